@@ -1,0 +1,326 @@
+//! The typed configuration: TOML file + `CCMETRICS__SECTION__KEY` environment overrides,
+//! defaults for everything, and validation with messages a user can act on.
+//!
+//! Startup, `check-config` and `replay` all go through [`Config::load`], so the path
+//! that is validated is the path that runs.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::engine::window::Interval;
+
+/// Environment prefix: `CCMETRICS__STORE__URL=sqlite://x.db` overrides `[store] url`.
+pub const ENV_PREFIX: &str = "CCMETRICS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: config::ConfigError },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// A duration written like `20s`, `5m`, `7d` (humantime syntax).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn ms(self) -> i64 {
+        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
+    }
+    fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| format!("bad duration {s:?}: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Which published service-level formula is exported as `service_level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlFormula {
+    /// answered_within / offered (default).
+    Offered,
+    /// answered_within / answered (Asterisk).
+    Answered,
+    /// (answered_within + abandoned_within) / offered (Amazon Connect "removed within X").
+    RemovedWithin,
+    /// answered_within / (offered − short_abandoned).
+    ExclShortAbandons,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created when missing) or `postgres://…` (next issue).
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { url: "sqlite://data/ccmetrics.db".into() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowsConfig {
+    /// IANA zone in which intervals (and days) are aligned.
+    pub timezone: String,
+    pub intervals: Vec<Interval>,
+    pub allowed_lateness: Dur,
+    pub correction_horizon: Dur,
+    pub rolling: Vec<Dur>,
+    /// With no input for this long, the watermark follows the wall clock (serve only).
+    pub idle_timeout: Dur,
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        WindowsConfig {
+            timezone: "UTC".into(),
+            intervals: vec![Interval::Minutes(15), Interval::Minutes(60), Interval::Day],
+            allowed_lateness: Dur::secs(300),
+            correction_horizon: Dur::secs(7 * 86_400),
+            rolling: vec![Dur::secs(300), Dur::secs(900), Dur::secs(3600)],
+            idle_timeout: Dur::secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub service_level_threshold: Dur,
+    pub service_level_formula: SlFormula,
+    pub short_abandon: Dur,
+    pub wrap_timeout: Dur,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            service_level_threshold: Dur::secs(20),
+            service_level_formula: SlFormula::Offered,
+            short_abandon: Dur::secs(5),
+            wrap_timeout: Dur::secs(600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FcrConfig {
+    pub window: Dur,
+}
+
+impl Default for FcrConfig {
+    fn default() -> Self {
+        FcrConfig { window: Dur::secs(7 * 86_400) }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsatConfig {
+    pub scale_min: i64,
+    pub scale_max: i64,
+    pub positive_min: i64,
+}
+
+impl Default for CsatConfig {
+    fn default() -> Self {
+        CsatConfig { scale_min: 1, scale_max: 5, positive_min: 4 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// Per-agent Prometheus series (off by default: one series set per agent).
+    pub per_agent_series: bool,
+    /// Cardinality guard: at most this many agents get series; the rest are summed
+    /// into `agent="__overflow__"`.
+    pub max_agent_series: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:9464".into(), per_agent_series: false, max_agent_series: 500 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Messages larger than this are rejected as `oversize`.
+    pub max_message_bytes: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig { max_message_bytes: 64 * 1024 }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub windows: WindowsConfig,
+    pub metrics: MetricsConfig,
+    pub fcr: FcrConfig,
+    pub csat: CsatConfig,
+    pub http: HttpConfig,
+    pub input: InputConfig,
+}
+
+impl Config {
+    /// Load `path` (TOML) with environment overrides, then validate.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut b = config::Config::builder();
+        let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into());
+        if let Some(p) = path {
+            b = b.add_source(config::File::from(p).format(config::FileFormat::Toml).required(true));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("windows.intervals")
+                .with_list_parse_key("windows.rolling")
+                .try_parsing(true),
+        );
+        let cfg: Config = b
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|source| ConfigError::Read { path: shown, source })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if jiff::tz::TimeZone::get(&self.windows.timezone).is_err() {
+            return bad(format!(
+                "[windows] timezone {:?} is not an IANA time zone (e.g. \"Asia/Shanghai\", \"America/New_York\", \"UTC\")",
+                self.windows.timezone
+            ));
+        }
+        if self.windows.intervals.is_empty() {
+            return bad("[windows] intervals must name at least one interval".into());
+        }
+        let w = &self.windows;
+        if w.correction_horizon < w.allowed_lateness {
+            return bad(format!(
+                "[windows] correction_horizon ({}) must be >= allowed_lateness ({})",
+                w.correction_horizon, w.allowed_lateness
+            ));
+        }
+        if w.correction_horizon < self.fcr.window {
+            return bad(format!(
+                "[windows] correction_horizon ({}) must be >= [fcr] window ({}), or FCR could not be corrected",
+                w.correction_horizon, self.fcr.window
+            ));
+        }
+        if w.rolling.iter().any(|r| r.0.as_secs() < 60 || r.0.as_secs() % 60 != 0 || r.0.as_secs() > 86_400) {
+            return bad("[windows] rolling windows must be whole minutes between 1m and 24h".into());
+        }
+        let c = &self.csat;
+        if !(c.scale_min < c.scale_max && (c.scale_min..=c.scale_max).contains(&c.positive_min)) {
+            return bad(format!(
+                "[csat] needs scale_min < scale_max and positive_min within the scale (got {}..{}, positive_min {})",
+                c.scale_min, c.scale_max, c.positive_min
+            ));
+        }
+        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres")) {
+            return bad(format!("[store] url {:?} must start with sqlite:// or postgres://", self.store.url));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!("[http] listen {:?} is not an address like 127.0.0.1:9464", self.http.listen));
+        }
+        if self.input.max_message_bytes < 256 {
+            return bad("[input] max_message_bytes must be at least 256".into());
+        }
+        Ok(())
+    }
+
+    /// The validated time zone.
+    pub fn tz(&self) -> jiff::tz::TimeZone {
+        jiff::tz::TimeZone::get(&self.windows.timezone).unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+
+    pub fn decoder(&self) -> crate::event::Decoder {
+        crate::event::Decoder {
+            max_message_bytes: self.input.max_message_bytes,
+            csat_scale_min: self.csat.scale_min,
+            csat_scale_max: self.csat.scale_max,
+        }
+    }
+
+    /// The effective config as TOML, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(s: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(s.as_bytes()).unwrap();
+        Config::load(Some(f.path()))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load_str("").unwrap();
+        assert_eq!(c.metrics.service_level_threshold, Dur::secs(20));
+        assert_eq!(c.windows.intervals.len(), 3);
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        let c = load_str("[windows]\ntimezone = \"Asia/Shanghai\"\nintervals = [\"30m\", \"1d\"]\n[metrics]\nservice_level_formula = \"removed_within\"\n").unwrap();
+        assert_eq!(c.windows.intervals, vec![Interval::Minutes(30), Interval::Day]);
+        assert_eq!(c.metrics.service_level_formula, SlFormula::RemovedWithin);
+        assert!(load_str("[windows]\ntimezone = \"Mars/Olympus\"\n").unwrap_err().to_string().contains("IANA"));
+        assert!(load_str("[windows]\nintervals = [\"7m\"]\n").is_err());
+        assert!(load_str("[windows]\ntypo = 1\n").is_err());
+        assert!(load_str("[fcr]\nwindow = \"8d\"\n").unwrap_err().to_string().contains("correction_horizon"));
+        assert!(load_str("[metrics]\nshort_abandon = \"five\"\n").is_err());
+    }
+}

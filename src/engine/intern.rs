@@ -1,0 +1,42 @@
+//! Interned dimension keys (agents, teams, queues, channels): a fact carries four
+//! `u32`s instead of four strings, and equal keys hash once.
+
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sym(u32);
+
+#[derive(Clone, Debug, Default)]
+pub struct Interner {
+    ids: HashMap<Box<str>, Sym>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    pub fn intern(&mut self, s: &str) -> Sym {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        // More than 4 billion distinct keys cannot be held in memory anyway.
+        let id = Sym(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+        self.names.push(s.into());
+        self.ids.insert(s.into(), id);
+        id
+    }
+
+    pub fn get(&self, s: &str) -> Option<Sym> {
+        self.ids.get(s).copied()
+    }
+
+    pub fn name(&self, id: Sym) -> &str {
+        self.names.get(id.0 as usize).map(|s| &**s).unwrap_or("")
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}

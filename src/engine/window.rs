@@ -1,0 +1,201 @@
+//! Tumbling intervals aligned in the configured time zone.
+//!
+//! Sub-day intervals are aligned on the local wall clock using the UTC offset in force
+//! at the timestamp, so a fall-back night has two distinct 01:00–02:00 hours and each
+//! interval is exactly its nominal length in real time. `1d` follows the zone's
+//! calendar: a DST day is 23 or 25 hours long. All bounds are UTC milliseconds.
+
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::event::Millis;
+
+/// A configured interval size: `Nm` / `Nh` dividing a day evenly, or `1d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Interval {
+    Minutes(u32),
+    Day,
+}
+
+impl Interval {
+    /// Nominal length (a calendar day counts 24 h here; see [`Windower::window`]).
+    pub fn nominal_ms(self) -> i64 {
+        match self {
+            Interval::Minutes(m) => i64::from(m) * 60_000,
+            Interval::Day => 86_400_000,
+        }
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Interval::Day => f.write_str("1d"),
+            Interval::Minutes(m) if m % 60 == 0 => write!(f, "{}h", m / 60),
+            Interval::Minutes(m) => write!(f, "{m}m"),
+        }
+    }
+}
+
+impl FromStr for Interval {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let err = || format!("interval {s:?} must be like 15m, 1h or 1d and divide a day evenly");
+        let (num, unit) = s.split_at(s.len().saturating_sub(1));
+        let n: u32 = num.parse().map_err(|_| err())?;
+        let minutes = match unit {
+            "m" => n,
+            "h" => n.checked_mul(60).ok_or_else(err)?,
+            "d" if n == 1 => return Ok(Interval::Day),
+            _ => return Err(err()),
+        };
+        if minutes == 1440 {
+            return Ok(Interval::Day);
+        }
+        if minutes == 0 || 1440 % minutes != 0 {
+            return Err(err());
+        }
+        Ok(Interval::Minutes(minutes))
+    }
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Interval {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Maps timestamps to interval bounds in one zone, caching the current day because
+/// calendar arithmetic is the expensive part and events mostly arrive in order.
+#[derive(Clone, Debug)]
+pub struct Windower {
+    tz: TimeZone,
+    day_cache: Option<(Millis, Millis)>,
+}
+
+impl Windower {
+    pub fn new(tz: TimeZone) -> Self {
+        Windower { tz, day_cache: None }
+    }
+
+    pub fn tz(&self) -> &TimeZone {
+        &self.tz
+    }
+
+    fn offset_ms(&self, ts: Millis) -> i64 {
+        let t = Timestamp::from_millisecond(ts).unwrap_or(Timestamp::UNIX_EPOCH);
+        i64::from(self.tz.to_offset(t).seconds()) * 1000
+    }
+
+    /// `[start, end)` of the interval holding `ts`.
+    pub fn window(&mut self, iv: Interval, ts: Millis) -> (Millis, Millis) {
+        match iv {
+            Interval::Minutes(_) => {
+                let size = iv.nominal_ms();
+                let off = self.offset_ms(ts);
+                let start = (ts + off).div_euclid(size) * size - off;
+                (start, start + size)
+            }
+            Interval::Day => {
+                if let Some((s, e)) = self.day_cache
+                    && (s..e).contains(&ts)
+                {
+                    return (s, e);
+                }
+                let day = self.day_bounds(ts);
+                self.day_cache = Some(day);
+                day
+            }
+        }
+    }
+
+    fn day_bounds(&self, ts: Millis) -> (Millis, Millis) {
+        let fallback = {
+            let off = self.offset_ms(ts);
+            let s = (ts + off).div_euclid(86_400_000) * 86_400_000 - off;
+            (s, s + 86_400_000)
+        };
+        let Ok(t) = Timestamp::from_millisecond(ts) else { return fallback };
+        let z = t.to_zoned(self.tz.clone());
+        let (Ok(start), Ok(next)) = (z.start_of_day(), z.tomorrow().and_then(|n| n.start_of_day())) else {
+            return fallback;
+        };
+        (start.timestamp().as_millisecond(), next.timestamp().as_millisecond())
+    }
+}
+
+/// RFC 3339 UTC with `Z` and milliseconds only when non-zero, as exported.
+pub fn fmt_utc(ms: Millis) -> String {
+    match Timestamp::from_millisecond(ms) {
+        Ok(t) if ms % 1000 == 0 => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Err(_) => ms.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode::parse_rfc3339;
+
+    fn ts(s: &str) -> Millis {
+        parse_rfc3339(s).unwrap()
+    }
+
+    fn win(tz: &str, iv: &str, at: &str) -> (String, String) {
+        let mut w = Windower::new(TimeZone::get(tz).unwrap());
+        let (s, e) = w.window(iv.parse().unwrap(), ts(at));
+        (fmt_utc(s), fmt_utc(e))
+    }
+
+    #[test]
+    fn parses_intervals() {
+        assert_eq!("15m".parse::<Interval>(), Ok(Interval::Minutes(15)));
+        assert_eq!("1h".parse::<Interval>(), Ok(Interval::Minutes(60)));
+        assert_eq!("24h".parse::<Interval>(), Ok(Interval::Day));
+        assert!("7m".parse::<Interval>().is_err());
+        assert!("0m".parse::<Interval>().is_err());
+        assert!("2d".parse::<Interval>().is_err());
+        assert!("h".parse::<Interval>().is_err());
+        assert_eq!(Interval::Minutes(60).to_string(), "1h");
+    }
+
+    #[test]
+    fn aligns_in_zone() {
+        assert_eq!(
+            win("Asia/Shanghai", "1d", "2026-11-23T01:15:02Z"),
+            ("2026-11-22T16:00:00Z".into(), "2026-11-23T16:00:00Z".into())
+        );
+        assert_eq!(
+            win("Asia/Kolkata", "1h", "2026-11-23T01:15:02Z"),
+            ("2026-11-23T00:30:00Z".into(), "2026-11-23T01:30:00Z".into())
+        );
+        assert_eq!(
+            win("UTC", "15m", "2026-11-23T01:15:00Z"),
+            ("2026-11-23T01:15:00Z".into(), "2026-11-23T01:30:00Z".into())
+        );
+    }
+
+    #[test]
+    fn dst_days_are_23_and_25_hours() {
+        // America/New_York: spring forward 2026-03-08, fall back 2026-11-01.
+        let (s, e) = win("America/New_York", "1d", "2026-03-08T12:00:00Z");
+        assert_eq!((s.as_str(), e.as_str()), ("2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z"));
+        let (s, e) = win("America/New_York", "1d", "2026-11-01T12:00:00Z");
+        assert_eq!((s.as_str(), e.as_str()), ("2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z"));
+        // The repeated 01:00 local hour on fall-back night is two distinct UTC hours.
+        assert_eq!(win("America/New_York", "1h", "2026-11-01T05:30:00Z").0, "2026-11-01T05:00:00Z");
+        assert_eq!(win("America/New_York", "1h", "2026-11-01T06:30:00Z").0, "2026-11-01T06:00:00Z");
+    }
+}

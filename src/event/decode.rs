@@ -1,0 +1,449 @@
+//! JSON → [`Event`] with validation. Never panics on input: every failure is a
+//! [`Reject`] with a stable, metric-friendly reason.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use super::{AgentState, Channel, Event, EventType, FIXED_SCALE, Millis};
+
+/// Why an input message was not applied. `as_str` values are the `reason` label of
+/// `ccmetrics_events_rejected_total` and the keys of the replay summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectReason {
+    /// Not parseable as JSON, or not valid UTF-8.
+    InvalidJson,
+    /// Valid JSON whose top level is not an object.
+    NotObject,
+    /// A field the event type requires is absent.
+    MissingField,
+    /// A field has the wrong JSON type or is out of range.
+    InvalidField,
+    /// `ts` is neither RFC 3339 with offset nor integer epoch milliseconds.
+    InvalidTimestamp,
+    /// `type` is not one of format v1's types.
+    UnknownType,
+    /// Message larger than the configured maximum.
+    Oversize,
+    /// Older than watermark − correction horizon: can no longer be applied.
+    TooLate,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 8] = [
+        RejectReason::InvalidJson,
+        RejectReason::NotObject,
+        RejectReason::MissingField,
+        RejectReason::InvalidField,
+        RejectReason::InvalidTimestamp,
+        RejectReason::UnknownType,
+        RejectReason::Oversize,
+        RejectReason::TooLate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::NotObject => "not_object",
+            RejectReason::MissingField => "missing_field",
+            RejectReason::InvalidField => "invalid_field",
+            RejectReason::InvalidTimestamp => "invalid_timestamp",
+            RejectReason::UnknownType => "unknown_type",
+            RejectReason::Oversize => "oversize",
+            RejectReason::TooLate => "too_late",
+        }
+    }
+}
+
+/// A rejected message: the reason and a human-readable detail for logs / dead letters.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct Reject {
+    pub reason: RejectReason,
+    pub detail: String,
+}
+
+impl Reject {
+    fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
+        Reject { reason, detail: detail.into() }
+    }
+    fn missing(field: &str, kind: &str) -> Self {
+        Reject::new(RejectReason::MissingField, format!("`{field}` is required on {kind}"))
+    }
+    fn invalid(field: &str, why: impl fmt::Display) -> Self {
+        Reject::new(RejectReason::InvalidField, format!("`{field}` {why}"))
+    }
+}
+
+/// Decoding settings taken from the config.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    pub max_message_bytes: usize,
+    pub csat_scale_min: i64,
+    pub csat_scale_max: i64,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder { max_message_bytes: 64 * 1024, csat_scale_min: 1, csat_scale_max: 5 }
+    }
+}
+
+/// Decode with default settings (CSAT scale 1–5).
+pub fn decode(bytes: &[u8]) -> Result<Event, Reject> {
+    Decoder::default().decode(bytes)
+}
+
+const MAX_ID_LEN: usize = 128;
+/// Years outside this range are certainly bogus device clocks, not contact-centre history.
+const MIN_TS: Millis = 946_684_800_000; // 2000-01-01T00:00:00Z
+const MAX_TS: Millis = 4_102_444_800_000; // 2100-01-01T00:00:00Z
+/// Upper bound for durations (`talk_ms`, …): 30 days.
+const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Upper bound for an order amount; above it fixed-point sums could overflow.
+const MAX_AMOUNT: f64 = 1e12;
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    ts: Option<RawTs<'a>>,
+    #[serde(borrow, default)]
+    contact_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    queue: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    agent_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    team: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    customer_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    to_agent_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    to_queue: Option<Cow<'a, str>>,
+    #[serde(default)]
+    talk_ms: Option<f64>,
+    #[serde(default)]
+    hold_ms: Option<f64>,
+    #[serde(default)]
+    wrap_ms: Option<f64>,
+    #[serde(default)]
+    amount: Option<f64>,
+    #[serde(default)]
+    score: Option<f64>,
+    #[serde(borrow, default)]
+    state: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+enum RawTs<'a> {
+    Millis(i64),
+    Text(Cow<'a, str>),
+    Bad,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTs<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("RFC 3339 string or epoch milliseconds")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(RawTs::Millis(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map(RawTs::Millis).unwrap_or(RawTs::Bad))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(RawTs::Bad)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(RawTs::Bad)
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(RawTs::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawTs::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(RawTs::Bad)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<de::IgnoredAny>()?.is_some() {}
+                Ok(RawTs::Bad)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<de::IgnoredAny, de::IgnoredAny>()?.is_some() {}
+                Ok(RawTs::Bad)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parse `ts` text: RFC 3339 with an explicit offset (`Z` or `±hh:mm`).
+pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    let ts: jiff::Timestamp = s.parse().ok()?;
+    Some(ts.as_millisecond())
+}
+
+fn id(field: &str, v: Option<Cow<'_, str>>) -> Result<Option<String>, Reject> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Err(Reject::invalid(field, "is empty")),
+        Some(s) if s.len() > MAX_ID_LEN => {
+            Err(Reject::invalid(field, format!("is longer than {MAX_ID_LEN} bytes")))
+        }
+        Some(s) if s.chars().any(char::is_control) => {
+            Err(Reject::invalid(field, "contains control characters"))
+        }
+        Some(s) => Ok(Some(s.into_owned())),
+    }
+}
+
+fn duration(field: &str, v: Option<f64>) -> Result<Option<u64>, Reject> {
+    match v {
+        None => Ok(None),
+        Some(x) if x.is_finite() && x >= 0.0 && x <= MAX_DURATION_MS as f64 => {
+            Ok(Some(x.round() as u64))
+        }
+        Some(x) => Err(Reject::invalid(field, format!("must be 0..={MAX_DURATION_MS} ms, got {x}"))),
+    }
+}
+
+impl Decoder {
+    /// Decode and validate one message.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, Reject> {
+        if bytes.len() > self.max_message_bytes {
+            return Err(Reject::new(
+                RejectReason::Oversize,
+                format!("{} bytes > max {}", bytes.len(), self.max_message_bytes),
+            ));
+        }
+        let raw: Raw<'_> = match serde_json::from_slice(bytes) {
+            Ok(r) => r,
+            Err(e) => return Err(classify_json_error(bytes, &e)),
+        };
+        self.validate(raw)
+    }
+
+    fn validate(&self, raw: Raw<'_>) -> Result<Event, Reject> {
+        let kind_s = raw.kind.ok_or_else(|| Reject::missing("type", "every event"))?;
+        let kind = EventType::parse(&kind_s).ok_or_else(|| {
+            Reject::new(RejectReason::UnknownType, format!("unknown type {:?}", truncate(&kind_s)))
+        })?;
+        let k = kind.as_str();
+        let event_id = id("event_id", raw.event_id)?.ok_or_else(|| Reject::missing("event_id", k))?;
+        let ts = match raw.ts {
+            None => return Err(Reject::missing("ts", k)),
+            Some(RawTs::Millis(ms)) => ms,
+            Some(RawTs::Text(s)) => parse_rfc3339(&s).ok_or_else(|| {
+                Reject::new(
+                    RejectReason::InvalidTimestamp,
+                    format!("`ts` {:?} is not RFC 3339 with offset", truncate(&s)),
+                )
+            })?,
+            Some(RawTs::Bad) => {
+                return Err(Reject::new(
+                    RejectReason::InvalidTimestamp,
+                    "`ts` must be an RFC 3339 string or integer epoch milliseconds",
+                ));
+            }
+        };
+        if !(MIN_TS..MAX_TS).contains(&ts) {
+            return Err(Reject::new(
+                RejectReason::InvalidTimestamp,
+                format!("`ts` {ts} ms is outside years 2000–2099"),
+            ));
+        }
+        let channel = match raw.channel {
+            None => None,
+            Some(c) => Some(Channel::parse(&c).ok_or_else(|| {
+                Reject::invalid("channel", format!("{:?} is not voice|chat|email|ticket|social", truncate(&c)))
+            })?),
+        };
+        let state = match raw.state {
+            None => None,
+            Some(s) => Some(AgentState::parse(&s).ok_or_else(|| {
+                Reject::invalid("state", format!("{:?} is not available|busy|wrap|away|offline", truncate(&s)))
+            })?),
+        };
+        let amount = match raw.amount {
+            None => None,
+            Some(a) if a.is_finite() && (0.0..=MAX_AMOUNT).contains(&a) => {
+                Some((a * FIXED_SCALE as f64).round() as i64)
+            }
+            Some(a) => return Err(Reject::invalid("amount", format!("must be 0..={MAX_AMOUNT}, got {a}"))),
+        };
+        let ev = Event {
+            event_id,
+            kind,
+            ts,
+            contact_id: id("contact_id", raw.contact_id)?,
+            channel,
+            queue: id("queue", raw.queue)?,
+            agent_id: id("agent_id", raw.agent_id)?,
+            team: id("team", raw.team)?,
+            customer_id: id("customer_id", raw.customer_id)?,
+            to_agent_id: id("to_agent_id", raw.to_agent_id)?,
+            to_queue: id("to_queue", raw.to_queue)?,
+            talk_ms: duration("talk_ms", raw.talk_ms)?,
+            hold_ms: duration("hold_ms", raw.hold_ms)?,
+            wrap_ms: duration("wrap_ms", raw.wrap_ms)?,
+            amount,
+            score: None,
+            state,
+            reason: raw.reason.map(|r| truncate(&r).to_owned()),
+        };
+        self.check_required(ev, raw.score)
+    }
+
+    fn check_required(&self, mut ev: Event, score: Option<f64>) -> Result<Event, Reject> {
+        let k = ev.kind.as_str();
+        if ev.kind.is_contact_scoped() && ev.contact_id.is_none() {
+            return Err(Reject::missing("contact_id", k));
+        }
+        let need_agent = matches!(
+            ev.kind,
+            EventType::ContactRouted
+                | EventType::ContactAnswered
+                | EventType::ContactFirstResponse
+                | EventType::ContactTransferred
+                | EventType::QaScored
+                | EventType::AgentState
+        );
+        if need_agent && ev.agent_id.is_none() {
+            return Err(Reject::missing("agent_id", k));
+        }
+        match ev.kind {
+            EventType::ContactOffered => {
+                if ev.channel.is_none() {
+                    return Err(Reject::missing("channel", k));
+                }
+                if ev.queue.is_none() {
+                    return Err(Reject::missing("queue", k));
+                }
+            }
+            EventType::ContactConverted if ev.amount.is_none() => {
+                return Err(Reject::missing("amount", k));
+            }
+            EventType::SurveyResponded => {
+                let s = score.ok_or_else(|| Reject::missing("score", k))?;
+                let (lo, hi) = (self.csat_scale_min, self.csat_scale_max);
+                if s.fract() != 0.0 || !(lo as f64..=hi as f64).contains(&s) {
+                    return Err(Reject::invalid("score", format!("must be an integer {lo}..={hi}, got {s}")));
+                }
+                ev.score = Some(s as i64 * FIXED_SCALE);
+            }
+            EventType::QaScored => {
+                let s = score.ok_or_else(|| Reject::missing("score", k))?;
+                if !s.is_finite() || !(0.0..=100.0).contains(&s) {
+                    return Err(Reject::invalid("score", format!("must be 0..=100, got {s}")));
+                }
+                ev.score = Some((s * FIXED_SCALE as f64).round() as i64);
+            }
+            EventType::AgentState if ev.state.is_none() => {
+                return Err(Reject::missing("state", k));
+            }
+            _ => {}
+        }
+        Ok(ev)
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn classify_json_error(bytes: &[u8], e: &serde_json::Error) -> Reject {
+    use serde_json::error::Category;
+    match e.classify() {
+        // A data error on a message that starts like an object is a field of the wrong type;
+        // anything else valid-but-not-an-object (array, string, number) is `not_object`.
+        Category::Data => {
+            let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+            if first == Some(&b'{') {
+                Reject::new(RejectReason::InvalidField, e.to_string())
+            } else {
+                Reject::new(RejectReason::NotObject, "top-level JSON value is not an object")
+            }
+        }
+        Category::Io | Category::Syntax | Category::Eof => {
+            Reject::new(RejectReason::InvalidJson, e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(s: &str) -> RejectReason {
+        decode(s.as_bytes()).expect_err("must reject").reason
+    }
+
+    #[test]
+    fn decodes_offered_with_rfc3339_offset() {
+        let e = decode(br#"{"event_id":"e1","type":"contact.offered","ts":"2026-11-23T09:15:02.123+08:00","contact_id":"c1","channel":"voice","queue":"sales","extra":{"x":1}}"#).unwrap();
+        assert_eq!(e.kind, EventType::ContactOffered);
+        assert_eq!(e.ts, parse_rfc3339("2026-11-23T01:15:02.123Z").unwrap());
+        assert_eq!(e.channel, Some(Channel::Voice));
+        assert_eq!(e.queue.as_deref(), Some("sales"));
+    }
+
+    #[test]
+    fn decodes_epoch_millis_and_escaped_strings() {
+        let e = decode(br#"{"event_id":"e\u0031","type":"contact.ended","ts":1795396502123,"contact_id":"c1","talk_ms":1500.4}"#).unwrap();
+        assert_eq!(e.event_id, "e1");
+        assert_eq!(e.ts, 1_795_396_502_123);
+        assert_eq!(e.talk_ms, Some(1500));
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        assert_eq!(reason("{not json"), RejectReason::InvalidJson);
+        assert_eq!(reason("[1,2]"), RejectReason::NotObject);
+        assert_eq!(reason(r#"{"event_id":"e","type":"nope","ts":1795396502123}"#), RejectReason::UnknownType);
+        assert_eq!(reason(r#"{"type":"contact.ended","ts":1795396502123,"contact_id":"c"}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":"yesterday","contact_id":"c"}"#), RejectReason::InvalidTimestamp);
+        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":"2026-11-23T09:15:02","contact_id":"c"}"#), RejectReason::InvalidTimestamp);
+        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":0,"contact_id":"c"}"#), RejectReason::InvalidTimestamp);
+        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":1795396502123}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"event_id":"e","type":"contact.offered","ts":1795396502123,"contact_id":"c","queue":"q"}"#), RejectReason::MissingField);
+        assert_eq!(reason(r#"{"event_id":"e","type":"contact.offered","ts":1795396502123,"contact_id":"c","queue":"q","channel":"fax"}"#), RejectReason::InvalidField);
+        assert_eq!(reason(r#"{"event_id":"e","type":"contact.converted","ts":1795396502123,"contact_id":"c","amount":-1}"#), RejectReason::InvalidField);
+        assert_eq!(reason(r#"{"event_id":"e","type":"survey.responded","ts":1795396502123,"contact_id":"c","score":6}"#), RejectReason::InvalidField);
+        assert_eq!(reason(r#"{"event_id":"e","type":"survey.responded","ts":1795396502123,"contact_id":"c","score":4.5}"#), RejectReason::InvalidField);
+        assert_eq!(reason(r#"{"event_id":"e","type":"qa.scored","ts":1795396502123,"contact_id":"c","agent_id":"a","score":101}"#), RejectReason::InvalidField);
+        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":1795396502123,"contact_id":7}"#), RejectReason::InvalidField);
+        assert_eq!(reason(r#"{"event_id":"","type":"contact.ended","ts":1795396502123,"contact_id":"c"}"#), RejectReason::InvalidField);
+        assert_eq!(reason(r#"{"event_id":"e","type":"agent.state","ts":1795396502123,"agent_id":"a"}"#), RejectReason::MissingField);
+        let long = "x".repeat(129);
+        assert_eq!(reason(&format!(r#"{{"event_id":"{long}","type":"contact.ended","ts":1795396502123,"contact_id":"c"}}"#)), RejectReason::InvalidField);
+        let d = Decoder { max_message_bytes: 10, ..Decoder::default() };
+        assert_eq!(d.decode(b"{\"a\":\"0123456789\"}").unwrap_err().reason, RejectReason::Oversize);
+        assert_eq!(decode(b"\xff\xfe").unwrap_err().reason, RejectReason::InvalidJson);
+    }
+
+    #[test]
+    fn survey_score_respects_configured_scale() {
+        let d = Decoder { csat_scale_min: 0, csat_scale_max: 10, ..Decoder::default() };
+        let e = d.decode(br#"{"event_id":"e","type":"survey.responded","ts":1795396502123,"contact_id":"c","score":9}"#).unwrap();
+        assert_eq!(e.score, Some(9 * FIXED_SCALE));
+    }
+}

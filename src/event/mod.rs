@@ -1,0 +1,174 @@
+//! Canonical event format v1: the public contract (see `docs/events.md`).
+//!
+//! `types` holds the validated, owned form the engine consumes; `decode` turns one
+//! JSON message into it or into a [`Reject`] with a stable reason.
+
+pub mod decode;
+
+pub use decode::{decode, Decoder, Reject, RejectReason};
+
+/// Event time: UTC milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// Every event type of format v1, in the order used to break timestamp ties when a
+/// contact's events are sorted (a contact is offered before it is answered, and so on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventType {
+    ContactOffered,
+    ContactRouted,
+    ContactAnswered,
+    ContactAbandoned,
+    ContactFirstResponse,
+    ContactTransferred,
+    ContactEnded,
+    ContactWrapped,
+    ContactResolved,
+    ContactReopened,
+    ContactConverted,
+    SurveyResponded,
+    QaScored,
+    AgentState,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 14] = [
+        EventType::ContactOffered,
+        EventType::ContactRouted,
+        EventType::ContactAnswered,
+        EventType::ContactAbandoned,
+        EventType::ContactFirstResponse,
+        EventType::ContactTransferred,
+        EventType::ContactEnded,
+        EventType::ContactWrapped,
+        EventType::ContactResolved,
+        EventType::ContactReopened,
+        EventType::ContactConverted,
+        EventType::SurveyResponded,
+        EventType::QaScored,
+        EventType::AgentState,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ContactOffered => "contact.offered",
+            EventType::ContactRouted => "contact.routed",
+            EventType::ContactAnswered => "contact.answered",
+            EventType::ContactAbandoned => "contact.abandoned",
+            EventType::ContactFirstResponse => "contact.first_response",
+            EventType::ContactTransferred => "contact.transferred",
+            EventType::ContactEnded => "contact.ended",
+            EventType::ContactWrapped => "contact.wrapped",
+            EventType::ContactResolved => "contact.resolved",
+            EventType::ContactReopened => "contact.reopened",
+            EventType::ContactConverted => "contact.converted",
+            EventType::SurveyResponded => "survey.responded",
+            EventType::QaScored => "qa.scored",
+            EventType::AgentState => "agent.state",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Contact-scoped events carry a `contact_id` and are joined per contact.
+    pub fn is_contact_scoped(self) -> bool {
+        !matches!(self, EventType::AgentState)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Channel {
+    Voice,
+    Chat,
+    Email,
+    Ticket,
+    Social,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 5] = [
+        Channel::Voice,
+        Channel::Chat,
+        Channel::Email,
+        Channel::Ticket,
+        Channel::Social,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Voice => "voice",
+            Channel::Chat => "chat",
+            Channel::Email => "email",
+            Channel::Ticket => "ticket",
+            Channel::Social => "social",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AgentState {
+    Available,
+    Busy,
+    Wrap,
+    Away,
+    Offline,
+}
+
+impl AgentState {
+    pub const ALL: [AgentState; 5] = [
+        AgentState::Available,
+        AgentState::Busy,
+        AgentState::Wrap,
+        AgentState::Away,
+        AgentState::Offline,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Available => "available",
+            AgentState::Busy => "busy",
+            AgentState::Wrap => "wrap",
+            AgentState::Away => "away",
+            AgentState::Offline => "offline",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AgentState> {
+        AgentState::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A validated canonical event. Every invariant of `docs/events.md` holds here: the
+/// required fields of its type are present and in range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event_id: String,
+    pub kind: EventType,
+    pub ts: Millis,
+    pub contact_id: Option<String>,
+    pub channel: Option<Channel>,
+    pub queue: Option<String>,
+    pub agent_id: Option<String>,
+    pub team: Option<String>,
+    pub customer_id: Option<String>,
+    pub to_agent_id: Option<String>,
+    pub to_queue: Option<String>,
+    pub talk_ms: Option<u64>,
+    pub hold_ms: Option<u64>,
+    pub wrap_ms: Option<u64>,
+    /// Order value in fixed point, 1/10 000 of the currency unit (exact sums).
+    pub amount: Option<i64>,
+    /// Survey score (integer on the CSAT scale) or QA score (0–100), in 1/10 000 units.
+    pub score: Option<i64>,
+    pub state: Option<AgentState>,
+    pub reason: Option<String>,
+}
+
+/// Fixed-point scale of `amount` and `score`: four decimals, so sums and corrections
+/// (subtracting what was added) stay exact where `f64` would drift.
+pub const FIXED_SCALE: i64 = 10_000;

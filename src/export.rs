@@ -1,0 +1,1 @@
+//! Merged snapshot export (rows, CSV / JSONL). See the store module.

@@ -1,0 +1,1 @@
+//! Where events come from: files (JSONL, .gz), stdin, the simulator.

@@ -1,0 +1,1 @@
+//! Snapshot persistence: only this module writes to the database.
