@@ -495,7 +495,7 @@ impl Engine {
     /// Release contacts and duplicate-detection memory that no acceptable event can
     /// reach any more (older than watermark − correction horizon). Runs at most hourly.
     fn expire(&mut self, wm: Millis) {
-        if wm - self.last_expiry < 3_600_000 {
+        if wm.saturating_sub(self.last_expiry) < 3_600_000 {
             return;
         }
         self.last_expiry = wm;

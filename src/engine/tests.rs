@@ -1,0 +1,379 @@
+//! Unit tests: one per definition in `docs/metrics.md`.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::event::decode;
+
+const T0: Millis = 1_795_392_000_000; // 2026-11-23T00:00:00Z
+
+/// Build an event line: `ev("e1", "contact.offered", 10.0, r#""contact_id":"c1","channel":"voice","queue":"q""#)`
+/// with `secs` after T0.
+fn ev(id: &str, kind: &str, secs: f64, extra: &str) -> Event {
+    let ts = T0 + (secs * 1000.0) as i64;
+    let sep = if extra.is_empty() { "" } else { "," };
+    let line = format!(r#"{{"event_id":"{id}","type":"{kind}","ts":{ts}{sep}{extra}}}"#);
+    decode(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+type Key = (Interval, Millis, Dimension, String);
+
+fn merge(out: &mut BTreeMap<Key, Acc>, deltas: Vec<SnapshotDelta>) {
+    for d in deltas {
+        let k = (d.interval, d.start, d.dimension, d.key);
+        let a = out.entry(k.clone()).or_default();
+        a.merge(&d.acc);
+        if a.is_zero() {
+            out.remove(&k);
+        }
+    }
+}
+
+fn run(cfg: EngineConfig, events: Vec<Event>) -> (Engine, BTreeMap<Key, Acc>) {
+    let mut e = Engine::new(cfg);
+    for x in events {
+        e.apply(x);
+    }
+    let mut out = BTreeMap::new();
+    merge(&mut out, e.flush_all());
+    (e, out)
+}
+
+/// Sum of the 1d windows for a dimension key (tests stay inside one day).
+fn day(out: &BTreeMap<Key, Acc>, dim: Dimension, key: &str) -> Acc {
+    let mut a = Acc::default();
+    for ((iv, _, d, k), acc) in out {
+        if *iv == Interval::Day && *d == dim && k == key {
+            a.merge(acc);
+        }
+    }
+    a
+}
+
+fn c(id: &str) -> String {
+    format!(r#""contact_id":"{id}""#)
+}
+
+fn offered(id: &str, contact: &str, secs: f64, queue: &str) -> Event {
+    ev(id, "contact.offered", secs, &format!(r#"{},"channel":"voice","queue":"{queue}","customer_id":"cust-{contact}""#, c(contact)))
+}
+
+fn with_agent(id: &str, kind: &str, contact: &str, secs: f64, agent: &str) -> Event {
+    ev(id, kind, secs, &format!(r#"{},"agent_id":"{agent}","team":"t-{agent}""#, c(contact)))
+}
+
+fn plain(id: &str, kind: &str, contact: &str, secs: f64) -> Event {
+    ev(id, kind, secs, &c(contact))
+}
+
+#[test]
+fn queue_outcome_counts_when_contact_leaves_the_queue() {
+    let (_, out) = run(
+        EngineConfig::default(),
+        vec![
+            offered("1", "a", 0.0, "q"),
+            with_agent("2", "contact.answered", "a", 12.0, "x"),
+            offered("3", "b", 10.0, "q"),
+            plain("4", "contact.abandoned", "b", 13.0),
+            offered("5", "c", 20.0, "q"),
+            plain("6", "contact.abandoned", "c", 50.0),
+            offered("7", "d", 30.0, "q"), // still waiting: in no interval
+        ],
+    );
+    let q = day(&out, Dimension::Queue, "q");
+    assert_eq!((q.offered, q.answered, q.abandoned, q.short_abandoned), (3, 1, 2, 1));
+    assert_eq!((q.answered_within, q.abandoned_within, q.wait_sum_ms), (1, 1, 12_000));
+    assert_eq!(day(&out, Dimension::All, ALL_KEY).offered, 3);
+    assert_eq!(day(&out, Dimension::Channel, "voice").offered, 3);
+    // Attributed to the leave time: contact c (offered 00:00:20) left at 00:00:50.
+    let cfg = EngineConfig { intervals: vec![Interval::Minutes(15)], ..EngineConfig::default() };
+    let (_, out) = run(cfg, vec![offered("1", "a", 890.0, "q"), plain("2", "contact.abandoned", "a", 910.0)]);
+    let starts: Vec<Millis> = out.keys().map(|k| k.1).collect();
+    assert!(starts.iter().all(|&s| s == T0 + 900_000), "{starts:?}");
+}
+
+#[test]
+fn service_level_formulas() {
+    use crate::config::SlFormula::*;
+    let (_, out) = run(
+        EngineConfig::default(),
+        vec![
+            offered("1", "a", 0.0, "q"),
+            with_agent("2", "contact.answered", "a", 20.0, "x"), // inclusive: within
+            offered("3", "b", 0.0, "q"),
+            with_agent("4", "contact.answered", "b", 21.0, "x"),
+            offered("5", "c", 0.0, "q"),
+            plain("6", "contact.abandoned", "c", 3.0), // short, within
+            offered("7", "d", 0.0, "q"),
+            plain("8", "contact.abandoned", "d", 60.0),
+        ],
+    );
+    let q = day(&out, Dimension::Queue, "q");
+    assert_eq!(crate::kpi::service_level(&q, Offered), Some(0.25));
+    assert_eq!(crate::kpi::service_level(&q, Answered), Some(0.5));
+    assert_eq!(crate::kpi::service_level(&q, RemovedWithin), Some(0.5));
+    assert_eq!(crate::kpi::service_level(&q, ExclShortAbandons), Some(1.0 / 3.0));
+}
+
+#[test]
+fn agent_presentations_answers_and_abandons() {
+    let (_, out) = run(
+        EngineConfig::default(),
+        vec![
+            offered("1", "a", 0.0, "q"),
+            with_agent("2", "contact.routed", "a", 1.0, "x"),
+            with_agent("3", "contact.routed", "a", 15.0, "y"), // x did not answer
+            with_agent("4", "contact.answered", "a", 18.0, "y"),
+            offered("5", "b", 0.0, "q"),
+            with_agent("6", "contact.answered", "b", 5.0, "x"), // no routed: one presentation
+            offered("7", "c", 0.0, "q"),
+            with_agent("8", "contact.routed", "c", 2.0, "y"),
+            plain("9", "contact.abandoned", "c", 9.0),
+        ],
+    );
+    let x = day(&out, Dimension::Agent, "x");
+    assert_eq!((x.offered, x.answered, x.abandoned), (2, 1, 0));
+    let y = day(&out, Dimension::Agent, "y");
+    assert_eq!((y.offered, y.answered, y.abandoned), (2, 1, 1));
+    assert_eq!(y.wait_sum_ms, 18_000);
+    let t = day(&out, Dimension::Team, "t-y");
+    assert_eq!((t.offered, t.answered, t.abandoned), (2, 1, 1));
+}
+
+#[test]
+fn handle_time_talk_hold_wrap_and_wrap_timeout() {
+    let (_, out) = run(
+        EngineConfig::default(),
+        vec![
+            offered("1", "a", 0.0, "q"),
+            with_agent("2", "contact.answered", "a", 10.0, "x"),
+            ev("3", "contact.ended", 110.0, &format!(r#"{},"hold_ms":20000"#, c("a"))), // talk 80 + hold 20
+            plain("4", "contact.wrapped", "a", 140.0),                                  // wrap 30
+            offered("5", "b", 0.0, "q"),
+            with_agent("6", "contact.answered", "b", 0.0, "x"),
+            ev("7", "contact.ended", 60.0, &format!(r#"{},"talk_ms":50000,"hold_ms":5000"#, c("b"))),
+            ev("8", "contact.wrapped", 70.0, &format!(r#"{},"wrap_ms":15000"#, c("b"))), // 50+5+15
+            offered("9", "c", 0.0, "q"),
+            with_agent("10", "contact.answered", "c", 0.0, "x"),
+            plain("11", "contact.ended", "c", 100.0),
+            plain("12", "contact.wrapped", "c", 100.0 + 601.0), // after wrap_timeout: ignored
+        ],
+    );
+    let x = day(&out, Dimension::Agent, "x");
+    assert_eq!(x.handled, 3);
+    assert_eq!(x.handle_sum_ms, 130_000 + 70_000 + 100_000);
+    assert_eq!(day(&out, Dimension::Queue, "q").handle_sum_ms, 300_000);
+}
+
+#[test]
+fn waiting_wrap_completes_when_watermark_passes_timeout() {
+    let cfg = EngineConfig { intervals: vec![Interval::Minutes(15)], ..EngineConfig::default() };
+    let mut e = Engine::new(cfg);
+    for x in [
+        offered("1", "a", 0.0, "q"),
+        with_agent("2", "contact.answered", "a", 10.0, "x"),
+        plain("3", "contact.ended", "a", 100.0),
+    ] {
+        e.apply(x);
+    }
+    let mut out = BTreeMap::new();
+    merge(&mut out, e.flush());
+    assert!(out.is_empty(), "nothing closed yet");
+    // Watermark = 100 s + 10 min wrap timeout: the segment completes at `ended`, late for the
+    // flushed-or-not 00:00 window, and comes out on the next flush.
+    e.advance_to(T0 + 1_300_000);
+    merge(&mut out, e.flush());
+    assert_eq!(day_like(&out, Dimension::Agent, "x").handled, 1);
+    assert_eq!(day_like(&out, Dimension::Agent, "x").handle_sum_ms, 90_000);
+}
+
+fn day_like(out: &BTreeMap<Key, Acc>, dim: Dimension, key: &str) -> Acc {
+    let mut a = Acc::default();
+    for ((_, _, d, k), acc) in out {
+        if *d == dim && k == key {
+            a.merge(acc);
+        }
+    }
+    a
+}
+
+#[test]
+fn transfer_splits_segments() {
+    let (_, out) = run(
+        EngineConfig::default(),
+        vec![
+            offered("1", "a", 0.0, "q"),
+            with_agent("2", "contact.answered", "a", 10.0, "x"),
+            ev("3", "contact.transferred", 70.0, &format!(r#"{},"agent_id":"x","to_agent_id":"y""#, c("a"))),
+            plain("4", "contact.ended", "a", 170.0),
+            plain("5", "contact.wrapped", "a", 180.0),
+            plain("6", "contact.resolved", "a", 180.0),
+        ],
+    );
+    let x = day(&out, Dimension::Agent, "x");
+    assert_eq!((x.handled, x.handle_sum_ms), (1, 60_000));
+    let y = day(&out, Dimension::Agent, "y");
+    assert_eq!((y.handled, y.handle_sum_ms), (1, 110_000));
+    // Resolution goes to the last handling agent, and a transferred contact is not FCR.
+    assert_eq!((y.resolved, y.fcr), (1, 0));
+    assert_eq!(day(&out, Dimension::Queue, "q").offered, 1, "one queue outcome");
+}
+
+#[test]
+fn fcr_repeat_reopen_and_provisional_correction() {
+    let cfg = EngineConfig { intervals: vec![Interval::Minutes(60)], ..EngineConfig::default() };
+    let mut e = Engine::new(cfg);
+    let cust = |id: &str, contact: &str, secs: f64, who: &str| {
+        ev(id, "contact.offered", secs, &format!(r#"{},"channel":"chat","queue":"q","customer_id":"{who}""#, c(contact)))
+    };
+    for x in [
+        cust("1", "a", 0.0, "k1"),
+        with_agent("2", "contact.answered", "a", 5.0, "x"),
+        plain("3", "contact.resolved", "a", 100.0),
+        cust("4", "b", 0.0, "k2"),
+        with_agent("5", "contact.answered", "b", 5.0, "x"),
+        plain("6", "contact.resolved", "b", 100.0),
+        plain("7", "contact.reopened", "b", 200.0),
+    ] {
+        e.apply(x);
+    }
+    // Two hours later: the first hour is flushed with a provisional FCR for contact a.
+    e.advance_to(T0 + 2 * 3_600_000 + 600_000);
+    let mut out = BTreeMap::new();
+    merge(&mut out, e.flush());
+    let x = day_like(&out, Dimension::Agent, "x");
+    assert_eq!((x.resolved, x.fcr), (2, 1));
+    // Customer k1 comes back within 7 days: a's FCR is corrected in the flushed hour.
+    e.apply(cust("8", "c", 3.0 * 86_400.0, "k1"));
+    e.advance_to(T0 + 3 * 86_400_000 + 3_600_000);
+    let correction = e.flush();
+    let first_hour: Vec<&SnapshotDelta> =
+        correction.iter().filter(|d| d.start == T0 && d.dimension == Dimension::Agent).collect();
+    assert_eq!(first_hour.len(), 1, "{first_hour:?}");
+    assert_eq!((first_hour[0].acc.resolved, first_hour[0].acc.fcr), (0, -1));
+    merge(&mut out, correction);
+    assert_eq!(day_like(&out, Dimension::Agent, "x").fcr, 0);
+    // A repeat after the FCR window does not fail it.
+    let (_, out) = run(
+        EngineConfig::default(),
+        vec![cust("1", "a", 0.0, "k"), with_agent("2", "contact.answered", "a", 1.0, "x"), plain("3", "contact.resolved", "a", 10.0), cust("4", "b", 10.0 + 7.0 * 86_400.0 + 1.0, "k")],
+    );
+    assert_eq!(day(&out, Dimension::Agent, "x").fcr, 1);
+}
+
+#[test]
+fn contact_facts_attribution_csat_conversion_qa_frt() {
+    let (_, out) = run(
+        EngineConfig::default(),
+        vec![
+            ev("1", "contact.offered", 0.0, &format!(r#"{},"channel":"chat","queue":"sales""#, c("a"))),
+            with_agent("2", "contact.answered", "a", 10.0, "x"),
+            with_agent("3", "contact.first_response", "a", 40.0, "x"),
+            with_agent("3b", "contact.first_response", "a", 50.0, "x"), // only the first counts
+            ev("4", "contact.converted", 60.0, &format!(r#"{},"amount":19.99"#, c("a"))),
+            ev("5", "contact.converted", 70.0, &format!(r#"{},"amount":5.01"#, c("a"))),
+            ev("6", "survey.responded", 500.0, &format!(r#"{},"score":4"#, c("a"))), // last handler x
+            ev("7", "survey.responded", 510.0, &format!(r#"{},"score":2,"agent_id":"z""#, c("a"))),
+            ev("8", "qa.scored", 900.0, &format!(r#"{},"score":87.5,"agent_id":"x""#, c("a"))),
+        ],
+    );
+    let x = day(&out, Dimension::Agent, "x");
+    assert_eq!((x.frt_count, x.frt_sum_ms), (1, 40_000));
+    assert_eq!((x.converted, x.revenue), (1, 250_000));
+    assert_eq!((x.csat_responses, x.csat_positive, x.csat_sum), (1, 1, 40_000));
+    assert_eq!((x.qa_count, x.qa_sum), (1, 875_000));
+    let z = day(&out, Dimension::Agent, "z");
+    assert_eq!((z.csat_responses, z.csat_positive), (1, 0));
+    // z's team is unknown: team rows still add up to the agent rows.
+    assert_eq!(day(&out, Dimension::Team, UNKNOWN_KEY).csat_responses, 1);
+    let ch = day(&out, Dimension::Channel, "chat");
+    assert_eq!((ch.csat_responses, ch.converted, ch.answered), (2, 1, 1));
+}
+
+#[test]
+fn duplicates_out_of_order_and_too_late() {
+    let evs = vec![
+        offered("1", "a", 0.0, "q"),
+        with_agent("2", "contact.answered", "a", 12.0, "x"),
+        plain("3", "contact.ended", "a", 72.0),
+        plain("4", "contact.wrapped", "a", 80.0),
+    ];
+    let (_, sorted) = run(EngineConfig::default(), evs.clone());
+    let mut shuffled: Vec<Event> = evs.iter().rev().cloned().collect();
+    shuffled.extend(evs.iter().cloned()); // every event twice
+    let (e, out) = run(EngineConfig::default(), shuffled);
+    assert_eq!(out, sorted);
+    assert_eq!((e.stats().accepted, e.stats().duplicates), (4, 4));
+
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(offered("1", "a", 8.0 * 86_400.0, "q"));
+    let late = e.apply(offered("2", "b", 0.0, "q"));
+    assert_eq!(late, Outcome::Rejected(RejectReason::TooLate));
+    assert_eq!(e.stats().rejected.get(&RejectReason::TooLate), Some(&1));
+}
+
+#[test]
+fn late_event_within_horizon_corrects_flushed_window() {
+    let cfg = EngineConfig { intervals: vec![Interval::Minutes(15)], ..EngineConfig::default() };
+    let mut e = Engine::new(cfg);
+    e.apply(offered("1", "a", 0.0, "q"));
+    e.apply(plain("2", "contact.abandoned", "a", 30.0));
+    e.apply(offered("3", "b", 3600.0, "q")); // watermark far past the first window
+    let first = e.flush();
+    let q0 = first.iter().find(|d| d.start == T0 && d.dimension == Dimension::Queue).unwrap();
+    assert_eq!((q0.acc.offered, q0.acc.abandoned), (1, 1));
+    // A late answer for contact b's queue-mate arrives: a new contact in the flushed window.
+    e.apply(offered("4", "c", 60.0, "q"));
+    e.apply(with_agent("5", "contact.answered", "c", 70.0, "x"));
+    assert_eq!(e.stats().late_applied, 2);
+    let fix = e.flush();
+    let q0 = fix.iter().find(|d| d.start == T0 && d.dimension == Dimension::Queue).unwrap();
+    assert_eq!((q0.acc.offered, q0.acc.answered, q0.acc.abandoned), (1, 1, 0), "delta only");
+}
+
+#[test]
+fn idle_advance_closes_windows() {
+    let cfg = EngineConfig { intervals: vec![Interval::Minutes(15)], ..EngineConfig::default() };
+    let mut e = Engine::new(cfg);
+    e.apply(offered("1", "a", 0.0, "q"));
+    e.apply(plain("2", "contact.abandoned", "a", 30.0));
+    assert!(e.flush().is_empty(), "watermark still inside the window");
+    e.advance_to(T0 + 20 * 60_000);
+    assert!(!e.flush().is_empty(), "wall clock advance closed the interval");
+}
+
+#[test]
+fn dst_day_is_one_window_of_25_hours() {
+    let cfg = EngineConfig {
+        intervals: vec![Interval::Day],
+        tz: jiff::tz::TimeZone::get("America/New_York").unwrap(),
+        ..EngineConfig::default()
+    };
+    let fall_back = 1_793_505_600_000; // 2026-11-01T04:00:00Z = local midnight
+    let mut e = Engine::new(cfg);
+    for (i, h) in [0.5, 24.5].into_iter().enumerate() {
+        let t = fall_back + (h * 3_600_000.0) as i64;
+        let line = format!(r#"{{"event_id":"o{i}","type":"contact.offered","ts":{t},"contact_id":"c{i}","channel":"voice","queue":"q"}}"#);
+        e.apply(decode(line.as_bytes()).unwrap());
+        let line = format!(r#"{{"event_id":"a{i}","type":"contact.abandoned","ts":{},"contact_id":"c{i}"}}"#, t + 1000);
+        e.apply(decode(line.as_bytes()).unwrap());
+    }
+    let out = e.flush_all();
+    let all: Vec<_> = out.iter().filter(|d| d.dimension == Dimension::All).collect();
+    assert_eq!(all.len(), 1, "both contacts are on the same 25-hour local day");
+    assert_eq!(all[0].end - all[0].start, 25 * 3_600_000);
+    assert_eq!(all[0].acc.offered, 2);
+}
+
+#[test]
+fn rolling_window_covers_last_minutes() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(offered("1", "a", 0.0, "q"));
+    e.apply(plain("2", "contact.abandoned", "a", 5.0));
+    e.apply(offered("3", "b", 600.0, "q"));
+    e.apply(with_agent("4", "contact.answered", "b", 610.0, "x"));
+    let r5: Vec<_> = e.rolling(5).into_iter().filter(|r| r.0 == Dimension::Queue).collect();
+    assert_eq!((r5[0].2.offered, r5[0].2.answered), (1, 1));
+    let r15: Vec<_> = e.rolling(15).into_iter().filter(|r| r.0 == Dimension::Queue).collect();
+    assert_eq!(r15[0].2.offered, 2);
+}
