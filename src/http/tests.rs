@@ -1,0 +1,774 @@
+//! End-to-end tests over real TCP on 127.0.0.1 with reqwest.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::metrics::test_support::rolling_values;
+use super::*;
+use crate::config::{Config, SlFormula};
+use crate::engine::acc::{Acc, Measure};
+use crate::engine::{Dimension, Engine, EngineConfig, Stats};
+use crate::event::RejectReason;
+use crate::kpi;
+
+struct Server {
+    base: String,
+    state: Arc<AppState>,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(cfg: &Config) -> Server {
+        let state = Arc::new(AppState::new(cfg).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Server {
+            base,
+            state,
+            stop,
+            handle,
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::get(format!("{}{path}", self.base)).await.unwrap()
+    }
+
+    async fn text(&self, path: &str) -> String {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().await.unwrap()
+    }
+
+    async fn shutdown(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), self.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn acc(measures: &[Measure]) -> Acc {
+    let mut a = Acc::default();
+    for m in measures {
+        a.apply(m, 1);
+    }
+    a
+}
+
+fn answered(wait_s: u64, within: bool) -> Measure {
+    Measure::QueueOutcome {
+        answered: true,
+        wait_ms: wait_s * 1000,
+        short: false,
+        within,
+    }
+}
+
+fn abandoned(wait_s: u64, short: bool, within: bool) -> Measure {
+    Measure::QueueOutcome {
+        answered: false,
+        wait_ms: wait_s * 1000,
+        short,
+        within,
+    }
+}
+
+/// Queue "sales": 6 offered, 4 answered (waits 3, 12, 20, 25 s; 3 within 20 s),
+/// 2 abandoned (one short, one within), 2 handled (300 s, 200 s), one first response
+/// (60 s), 2 resolved (1 FCR), 2 CSAT (1 positive), 1 conversion of 9.99.
+fn sales() -> Acc {
+    acc(&[
+        answered(3, true),
+        answered(12, true),
+        answered(20, true),
+        answered(25, false),
+        abandoned(2, true, true),
+        abandoned(40, false, false),
+        Measure::Handled { handle_ms: 300_000 },
+        Measure::Handled { handle_ms: 200_000 },
+        Measure::FirstResponse { frt_ms: 60_000 },
+        Measure::Resolved { fcr: true },
+        Measure::Resolved { fcr: false },
+        Measure::Csat {
+            score: 50_000,
+            positive: true,
+        },
+        Measure::Csat {
+            score: 20_000,
+            positive: false,
+        },
+        Measure::Converted {
+            first: true,
+            amount: 99_900,
+        },
+    ])
+}
+
+fn agent(n: usize) -> Acc {
+    let mut ms = vec![Measure::Presented; n];
+    ms.push(Measure::AgentAnswered {
+        wait_ms: Some(5000),
+        within: true,
+    });
+    ms.push(Measure::Handled { handle_ms: 100_000 });
+    acc(&ms)
+}
+
+fn rows() -> Vec<(Dimension, String, Acc)> {
+    let mut v = vec![
+        (Dimension::All, "all".to_owned(), sales()),
+        (Dimension::Channel, "voice".to_owned(), sales()),
+        (Dimension::Queue, "sales".to_owned(), sales()),
+        (Dimension::Team, "red".to_owned(), agent(4)),
+    ];
+    for (i, name) in ["a1", "a2", "a3", "a4"].into_iter().enumerate() {
+        v.push((Dimension::Agent, name.to_owned(), agent(i + 1)));
+    }
+    v
+}
+
+fn snapshot() -> LiveSnapshot {
+    let mut stats = Stats {
+        read: 10,
+        accepted: 7,
+        duplicates: 1,
+        late_applied: 1,
+        ..Stats::default()
+    };
+    stats.rejected.insert(RejectReason::InvalidJson, 2);
+    LiveSnapshot {
+        stats,
+        watermark: Some(1_700_000_000_000),
+        clock: Some(1_700_000_300_000),
+        open_contacts: 3,
+        totals: rows(),
+        rolling: vec![(5, Vec::new()), (15, rows()), (60, rows())],
+        flushes: 4,
+        last_flush_ms: Some(1_700_000_299_000),
+    }
+}
+
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A small parser for the text exposition format (enough for our own output).
+fn parse(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|e| panic!("{line}: {e}")),
+        };
+        let (name, mut rest) = match series.split_once('{') {
+            Some((n, r)) => (n, r),
+            None => (series, ""),
+        };
+        let mut labels = BTreeMap::new();
+        while let Some((k, r)) = rest.split_once("=\"") {
+            let mut v = String::new();
+            let mut chars = r.char_indices();
+            let end = loop {
+                match chars.next().unwrap() {
+                    (_, '\\') => match chars.next().unwrap().1 {
+                        'n' => v.push('\n'),
+                        c => v.push(c),
+                    },
+                    (i, '"') => break i,
+                    (_, c) => v.push(c),
+                }
+            };
+            labels.insert(k.trim_start_matches(',').to_owned(), v);
+            rest = &r[end + 1..];
+        }
+        out.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn find<'a>(s: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Vec<&'a Sample> {
+    s.iter()
+        .filter(|x| {
+            x.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| x.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect()
+}
+
+fn one(s: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let f = find(s, name, labels);
+    assert_eq!(f.len(), 1, "{name} {labels:?}: {f:?}");
+    f[0].value
+}
+
+#[tokio::test]
+async fn probes_follow_readiness_and_shutdown_is_graceful() {
+    let srv = Server::start(&Config::default()).await;
+    assert_eq!(srv.text("/healthz").await, "ok");
+    assert_eq!(srv.get("/readyz").await.status(), 503);
+    srv.state.set_ready(true);
+    assert_eq!(srv.text("/readyz").await, "ready");
+    srv.state.set_ready(false);
+    assert_eq!(srv.get("/readyz").await.status(), 503);
+    assert_eq!(srv.get("/nope").await.status(), 404);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_exposition() {
+    let srv = Server::start(&Config::default()).await;
+    srv.state.publish(snapshot());
+    let r = srv.get("/metrics").await;
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    let text = r.text().await.unwrap();
+    let samples = parse(&text);
+
+    // Every sample belongs to a family announced with HELP and TYPE.
+    let typed: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split_once(' ').unwrap())
+        .collect();
+    let helped: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .map(|l| l.split_once(' ').unwrap().0)
+        .collect();
+    assert_eq!(typed.keys().copied().collect::<BTreeSet<_>>(), helped);
+    for s in &samples {
+        let family = match typed.get(s.name.as_str()) {
+            Some(_) => s.name.as_str(),
+            None => s
+                .name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count"),
+        };
+        assert!(typed.contains_key(family), "untyped sample {}", s.name);
+        assert!(family.starts_with("ccmetrics_"), "{family}");
+        if typed[family] == "counter" {
+            assert!(family.ends_with("_total"), "{family}");
+        }
+    }
+
+    // Process-wide.
+    assert_eq!(one(&samples, "ccmetrics_events_read_total", &[]), 10.0);
+    assert_eq!(one(&samples, "ccmetrics_events_accepted_total", &[]), 7.0);
+    assert_eq!(one(&samples, "ccmetrics_events_duplicate_total", &[]), 1.0);
+    assert_eq!(
+        one(&samples, "ccmetrics_events_late_applied_total", &[]),
+        1.0
+    );
+    for r in RejectReason::ALL {
+        let want = if r == RejectReason::InvalidJson {
+            2.0
+        } else {
+            0.0
+        };
+        assert_eq!(
+            one(
+                &samples,
+                "ccmetrics_events_rejected_total",
+                &[("reason", r.as_str())]
+            ),
+            want
+        );
+    }
+    assert_eq!(
+        one(&samples, "ccmetrics_watermark_timestamp_seconds", &[]),
+        1_700_000_000.0
+    );
+    assert_eq!(one(&samples, "ccmetrics_open_contacts", &[]), 3.0);
+    assert_eq!(one(&samples, "ccmetrics_snapshot_flushes_total", &[]), 4.0);
+    assert_eq!(typed["ccmetrics_watermark_timestamp_seconds"], "gauge");
+
+    // Counters per dimension, with the dimension-named key label.
+    let q = [("dimension", "queue"), ("queue", "sales")];
+    assert_eq!(one(&samples, "ccmetrics_contacts_offered_total", &q), 6.0);
+    assert_eq!(
+        one(&samples, "ccmetrics_contacts_answered_within_sl_total", &q),
+        3.0
+    );
+    assert_eq!(
+        one(&samples, "ccmetrics_contacts_short_abandoned_total", &q),
+        1.0
+    );
+    assert_eq!(one(&samples, "ccmetrics_revenue_total", &q), 9.99);
+    assert_eq!(
+        one(
+            &samples,
+            "ccmetrics_contacts_offered_total",
+            &[("dimension", "all")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        one(
+            &samples,
+            "ccmetrics_contacts_offered_total",
+            &[("channel", "voice")]
+        ),
+        6.0
+    );
+    let all = find(
+        &samples,
+        "ccmetrics_contacts_offered_total",
+        &[("dimension", "all")],
+    );
+    assert_eq!(all[0].labels.len(), 1, "the all row has no key label");
+
+    // Histogram: cumulative, SL threshold and short-abandon bounds present, +Inf == count.
+    let buckets = find(&samples, "ccmetrics_wait_seconds_bucket", &q);
+    let les: Vec<&str> = buckets.iter().map(|b| b.labels["le"].as_str()).collect();
+    assert!(
+        les.contains(&"20") && les.contains(&"5") && les.last() == Some(&"+Inf"),
+        "{les:?}"
+    );
+    assert!(
+        buckets.windows(2).all(|w| w[0].value <= w[1].value),
+        "{buckets:?}"
+    );
+    let le = |v: &str| buckets.iter().find(|b| b.labels["le"] == v).unwrap().value;
+    assert_eq!(
+        (le("2"), le("5"), le("15"), le("20"), le("30"), le("+Inf")),
+        (0.0, 1.0, 2.0, 3.0, 4.0, 4.0)
+    );
+    assert_eq!(one(&samples, "ccmetrics_wait_seconds_count", &q), 4.0);
+    assert_eq!(one(&samples, "ccmetrics_wait_seconds_sum", &q), 60.0);
+    assert_eq!(one(&samples, "ccmetrics_handle_seconds_sum", &q), 500.0);
+    assert_eq!(
+        one(&samples, "ccmetrics_first_response_seconds_count", &q),
+        1.0
+    );
+    assert_eq!(typed["ccmetrics_wait_seconds"], "histogram");
+
+    // Rolling gauges: per window, omitted for an empty window.
+    let rq = [
+        ("window", "15m"),
+        ("dimension", "queue"),
+        ("queue", "sales"),
+    ];
+    assert_eq!(
+        one(&samples, "ccmetrics_rolling_answer_rate", &rq),
+        4.0 / 6.0
+    );
+    assert_eq!(
+        one(&samples, "ccmetrics_rolling_service_level", &rq),
+        3.0 / 6.0
+    );
+    assert_eq!(one(&samples, "ccmetrics_rolling_asa_seconds", &rq), 15.0);
+    assert_eq!(one(&samples, "ccmetrics_rolling_aht_seconds", &rq), 250.0);
+    assert_eq!(
+        one(
+            &samples,
+            "ccmetrics_rolling_offered",
+            &[("window", "1h"), ("dimension", "all")]
+        ),
+        6.0
+    );
+    assert!(find(&samples, "ccmetrics_rolling_offered", &[("window", "5m")]).is_empty());
+
+    // Per-agent series are off by default.
+    assert!(
+        samples
+            .iter()
+            .all(|s| !s.labels.contains_key("agent") && !s.labels.contains_key("team"))
+    );
+    assert!(samples.iter().all(|s| {
+        s.labels
+            .get("dimension")
+            .is_none_or(|d| d != "agent" && d != "team")
+    }));
+    assert!(!text.contains("ccmetrics_agent_series_dropped"));
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn empty_snapshot_still_renders() {
+    let srv = Server::start(&Config::default()).await;
+    let samples = parse(&srv.text("/metrics").await);
+    assert_eq!(one(&samples, "ccmetrics_events_read_total", &[]), 0.0);
+    assert_eq!(
+        find(&samples, "ccmetrics_events_rejected_total", &[]).len(),
+        RejectReason::ALL.len()
+    );
+    assert!(find(&samples, "ccmetrics_watermark_timestamp_seconds", &[]).is_empty());
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_agent_series_are_capped() {
+    let mut cfg = Config::default();
+    cfg.http.per_agent_series = true;
+    cfg.http.max_agent_series = 2;
+    let srv = Server::start(&cfg).await;
+    srv.state.publish(snapshot());
+    let samples = parse(&srv.text("/metrics").await);
+    let agents: BTreeSet<&str> = find(
+        &samples,
+        "ccmetrics_contacts_offered_total",
+        &[("dimension", "agent")],
+    )
+    .iter()
+    .map(|s| s.labels["agent"].as_str())
+    .collect();
+    assert_eq!(agents, BTreeSet::from(["a1", "a2", "__overflow__"]));
+    assert_eq!(
+        one(
+            &samples,
+            "ccmetrics_contacts_offered_total",
+            &[("agent", "a2")]
+        ),
+        2.0
+    );
+    // a3 (3 presented) + a4 (4 presented) folded.
+    assert_eq!(
+        one(
+            &samples,
+            "ccmetrics_contacts_offered_total",
+            &[("agent", "__overflow__")]
+        ),
+        7.0
+    );
+    assert_eq!(
+        one(
+            &samples,
+            "ccmetrics_handle_seconds_count",
+            &[("agent", "__overflow__")]
+        ),
+        2.0
+    );
+    assert_eq!(one(&samples, "ccmetrics_agent_series_dropped", &[]), 2.0);
+    assert_eq!(
+        one(
+            &samples,
+            "ccmetrics_contacts_offered_total",
+            &[("dimension", "team"), ("team", "red")]
+        ),
+        4.0
+    );
+    // Rolling gauges use the same agent set.
+    let rolling: BTreeSet<&str> = find(
+        &samples,
+        "ccmetrics_rolling_offered",
+        &[("window", "15m"), ("dimension", "agent")],
+    )
+    .iter()
+    .map(|s| s.labels["agent"].as_str())
+    .collect();
+    assert_eq!(rolling, agents);
+    assert_eq!(
+        one(
+            &samples,
+            "ccmetrics_rolling_answer_rate",
+            &[("window", "15m"), ("agent", "__overflow__")]
+        ),
+        2.0 / 7.0
+    );
+    srv.shutdown().await;
+
+    // Under the cap nothing is folded, and the gauge says so.
+    cfg.http.max_agent_series = 10;
+    let srv = Server::start(&cfg).await;
+    srv.state.publish(snapshot());
+    let samples = parse(&srv.text("/metrics").await);
+    assert!(
+        find(
+            &samples,
+            "ccmetrics_contacts_offered_total",
+            &[("agent", "__overflow__")]
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        find(
+            &samples,
+            "ccmetrics_contacts_offered_total",
+            &[("dimension", "agent")]
+        )
+        .len(),
+        4
+    );
+    assert_eq!(one(&samples, "ccmetrics_agent_series_dropped", &[]), 0.0);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn rolling_json() {
+    let srv = Server::start(&Config::default()).await;
+    srv.state.publish(snapshot());
+    let body = srv.text("/api/v1/rolling?window=15m&dimension=queue").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["window"], "15m");
+    assert_eq!(v["clock"], "2023-11-14T22:18:20Z");
+    let got = v["rows"].as_array().unwrap();
+    assert_eq!(got.len(), 1);
+    let row = &got[0];
+    assert_eq!(
+        (row["dimension"].as_str(), row["key"].as_str()),
+        (Some("queue"), Some("sales"))
+    );
+    // Hand-computed from `sales()`.
+    assert_eq!(row["offered"], 6);
+    assert_eq!(row["answer_rate"].as_f64(), Some(4.0 / 6.0));
+    assert_eq!(row["service_level"].as_f64(), Some(0.5));
+    assert_eq!(row["abandon_rate_excl_short"].as_f64(), Some(1.0 / 5.0));
+    assert_eq!(row["asa_s"].as_f64(), Some(15.0));
+    assert_eq!(row["aht_s"].as_f64(), Some(250.0));
+    assert_eq!(row["fcr_rate"].as_f64(), Some(0.5));
+    assert_eq!(row["csat"].as_f64(), Some(0.5));
+    assert_eq!(row["csat_avg"].as_f64(), Some(3.5));
+    assert_eq!(row["revenue"].as_f64(), Some(9.99));
+    assert!(row["qa_avg"].is_null());
+    // Every KPI column, as `kpi::kpis` derives it, in column order.
+    let cells = kpi::kpis(&sales(), SlFormula::Offered);
+    let obj = row.as_object().unwrap();
+    assert_eq!(obj.len(), 2 + kpi::KPI_COLUMNS.len());
+    for (name, cell) in kpi::KPI_COLUMNS.iter().zip(&cells) {
+        assert_eq!(obj[*name], cell.to_json(), "{name}");
+    }
+    let pos = |k: &str| body.find(&format!("\"{k}\":")).unwrap();
+    assert!(
+        pos("dimension") < pos("key")
+            && pos("key") < pos("offered")
+            && pos("offered") < pos("answer_rate")
+    );
+    assert!(pos("answer_rate") < pos("qa_avg"));
+
+    // Unfiltered: every dimension, agents included; any spelling of a configured window.
+    let v: serde_json::Value = srv
+        .get("/api/v1/rolling?window=60m")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["window"], "1h");
+    assert_eq!(v["rows"].as_array().unwrap().len(), rows().len());
+    let v: serde_json::Value = srv
+        .get("/api/v1/rolling?window=300s")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["window"].as_str(), v["rows"].as_array().map(Vec::len)),
+        (Some("5m"), Some(0))
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_params_are_400_with_json_error() {
+    let srv = Server::start(&Config::default()).await;
+    for q in [
+        "",
+        "?window=7m",
+        "?window=soon",
+        "?window=15m&dimension=floor",
+        "?window=15m&dimensions=queue",
+        "?window=15m&window=5m",
+    ] {
+        let r = srv.get(&format!("/api/v1/rolling{q}")).await;
+        assert_eq!(r.status(), 400, "{q}");
+        assert!(
+            r.headers()[reqwest::header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{q}: {v}"
+        );
+    }
+    let v: serde_json::Value = srv
+        .get("/api/v1/rolling?window=7m")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(v["error"].as_str().unwrap().contains("5m, 15m, 1h"), "{v}");
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_json() {
+    let srv = Server::start(&Config::default()).await;
+    let v: serde_json::Value = srv.get("/api/v1/status").await.json().await.unwrap();
+    assert_eq!(v["ready"], false);
+    assert!(v["watermark"].is_null() && v["clock"].is_null());
+    srv.state.publish(snapshot());
+    srv.state.set_ready(true);
+    let v: serde_json::Value = srv.get("/api/v1/status").await.json().await.unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["watermark"], "2023-11-14T22:13:20Z");
+    assert_eq!(v["clock"], "2023-11-14T22:18:20Z");
+    assert_eq!(v["open_contacts"], 3);
+    assert_eq!(v["stats"]["read"], 10);
+    assert_eq!(v["stats"]["rejected_total"], 2);
+    assert_eq!(v["stats"]["rejected"]["invalid_json"], 2);
+    assert_eq!(v["stats"]["rejected"]["too_late"], 0);
+    assert_eq!(v["rolling_windows"], serde_json::json!(["5m", "15m", "1h"]));
+    srv.shutdown().await;
+}
+
+/// The rolling gauges restate `kpi::kpis` formulas; they must not drift apart.
+#[test]
+fn rolling_gauges_match_kpi_formulas() {
+    let column = |name: &str| kpi::KPI_COLUMNS.iter().position(|c| *c == name).unwrap();
+    for f in [
+        SlFormula::Offered,
+        SlFormula::Answered,
+        SlFormula::RemovedWithin,
+        SlFormula::ExclShortAbandons,
+    ] {
+        for a in [sales(), agent(3), Acc::default()] {
+            let cells = kpi::kpis(&a, f);
+            for (gauge, value) in rolling_values(&a, f) {
+                let col = match gauge {
+                    "ccmetrics_rolling_offered" => "offered",
+                    "ccmetrics_rolling_answer_rate" => "answer_rate",
+                    "ccmetrics_rolling_abandon_rate" => "abandon_rate",
+                    "ccmetrics_rolling_service_level" => "service_level",
+                    "ccmetrics_rolling_asa_seconds" => "asa_s",
+                    "ccmetrics_rolling_aht_seconds" => "aht_s",
+                    other => panic!("unmapped gauge {other}"),
+                };
+                let want = match &cells[column(col)] {
+                    kpi::Cell::Int(i) => Some(*i as f64),
+                    kpi::Cell::Num(x) => *x,
+                    kpi::Cell::Text(t) => panic!("{t}"),
+                };
+                assert_eq!(value, want, "{gauge} {f:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn capture_matches_configured_windows() {
+    let cfg = Config::default();
+    let engine = Engine::new(EngineConfig::from_config(&cfg));
+    let snap = LiveSnapshot::capture(&engine, 0, None);
+    let settings = HttpSettings::from_config(&cfg);
+    let minutes: Vec<u32> = snap.rolling.iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        minutes,
+        settings
+            .rolling
+            .iter()
+            .map(|w| w.minutes)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        settings
+            .bucket_bounds_ms
+            .iter()
+            .filter(|&&b| b == 20_000 || b == 5_000)
+            .count(),
+        2
+    );
+    assert!(settings.bucket_bounds_ms.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn odd_thresholds_become_bucket_bounds() {
+    let mut cfg = Config::default();
+    cfg.metrics.service_level_threshold = "25s".parse().unwrap();
+    cfg.metrics.short_abandon = "2500ms".parse().unwrap();
+    let s = HttpSettings::from_config(&cfg);
+    assert!(s.bucket_bounds_ms.contains(&25_000) && s.bucket_bounds_ms.contains(&2_500));
+    assert!(s.bucket_bounds_ms.windows(2).all(|w| w[0] < w[1]));
+    let state = AppState::with_settings(s).unwrap();
+    state.publish(snapshot());
+    let mut buf = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &state.registry().gather(),
+        &mut buf,
+    )
+    .unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    assert!(text.contains("le=\"2.5\"") && text.contains("le=\"25\""));
+}
+
+/// `promtool check metrics` (format + lint) on real output, when promtool is installed.
+#[tokio::test]
+async fn promtool_accepts_metrics() {
+    let mut cfg = Config::default();
+    cfg.http.per_agent_series = true;
+    cfg.http.max_agent_series = 2;
+    let srv = Server::start(&cfg).await;
+    let mut snap = snapshot();
+    // Label values that need escaping.
+    snap.totals.push((
+        Dimension::Queue,
+        "q \"quoted\" \\ back\nslash".to_owned(),
+        sales(),
+    ));
+    srv.state.publish(snap);
+    let text = srv.text("/metrics").await;
+    srv.shutdown().await;
+
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("note: promtool not on PATH, skipping `promtool check metrics`");
+            return;
+        }
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let msg = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && msg.trim().is_empty(),
+        "promtool check metrics:\n{msg}\n---\n{text}"
+    );
+}
