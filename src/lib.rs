@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod event;
 pub mod kpi;
+pub mod pipeline;
 pub mod export;
 pub mod http;
 pub mod source;

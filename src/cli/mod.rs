@@ -1,0 +1,78 @@
+//! One file per command. Each turns arguments into library calls; errors get context
+//! here (`anyhow`) and become exit code 1 in `main`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ccmetrics::config::Config;
+
+mod check_config;
+mod export;
+mod replay;
+mod serve;
+
+#[derive(Parser, Debug)]
+#[command(name = "ccmetrics", version, about = "Event-time contact-centre KPIs from call, chat and ticket events")]
+pub struct Cli {
+    /// Log as JSON lines instead of human-readable text (level via RUST_LOG, default info).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Process JSONL files (plain or .gz) as one finite stream and write snapshots.
+    Replay(replay::Args),
+    /// Print merged snapshot rows as CSV or JSONL.
+    Export(export::Args),
+    /// Run the daemon: consume events, flush snapshots, serve /metrics and the JSON API.
+    Serve(serve::Args),
+    /// Validate the configuration and print the effective values.
+    CheckConfig(check_config::Args),
+    /// Write simulated events as JSONL (for demos, tests and benchmarks).
+    Generate(serve::GenerateArgs),
+}
+
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// `--config FILE`: optional everywhere; without it the defaults (plus environment
+/// overrides) apply.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArg {
+    /// TOML config file (see config/ccmetrics.toml); environment CCMETRICS__SECTION__KEY overrides it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Config::load(self.config.as_deref()).context("loading configuration")
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Replay(a) => runtime()?.block_on(replay::run(a)),
+        Command::Export(a) => runtime()?.block_on(export::run(a)),
+        Command::Serve(a) => runtime()?.block_on(serve::run(a)),
+        Command::CheckConfig(a) => check_config::run(a),
+        Command::Generate(a) => serve::generate(a),
+    }
+}

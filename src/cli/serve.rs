@@ -1,0 +1,250 @@
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ccmetrics::engine::EngineConfig;
+use ccmetrics::http::{self, AppState, LiveSnapshot};
+use ccmetrics::pipeline::Pipeline;
+use ccmetrics::source::{file, sim};
+use ccmetrics::store::Store;
+use tokio::sync::{mpsc, watch};
+
+use super::ConfigArg;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// JSONL events on standard input.
+    Stdin,
+    /// The built-in simulator: contacts, agents, queues, surveys in real time.
+    Sim,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Where events come from.
+    #[arg(long, value_enum, default_value = "sim")]
+    pub source: SourceKind,
+    /// Simulator arrival rate (contacts per hour).
+    #[arg(long, default_value_t = 3000.0)]
+    pub sim_contacts_per_hour: f64,
+    /// Simulator agents.
+    #[arg(long, default_value_t = 50)]
+    pub sim_agents: usize,
+    /// Simulator seed (same seed, same contacts).
+    #[arg(long, default_value_t = 1)]
+    pub sim_seed: u64,
+    /// Snapshot partition this daemon writes (default: the source name).
+    #[arg(long)]
+    pub partition: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Number of events to write.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Output file (`-` for stdout).
+    #[arg(long, short = 'o', default_value = "-")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 200)]
+    pub agents: usize,
+    #[arg(long, default_value_t = 12)]
+    pub queues: usize,
+    /// Contacts per hour of simulated time.
+    #[arg(long, default_value_t = 6000.0)]
+    pub contacts_per_hour: f64,
+    /// Simulated start time (RFC 3339); default 2026-11-02T00:00:00Z.
+    #[arg(long, default_value = "2026-11-02T00:00:00Z")]
+    pub start: String,
+}
+
+pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let start = ccmetrics::event::decode::parse_rfc3339(&a.start)
+        .with_context(|| format!("--start {:?} is not RFC 3339", a.start))?;
+    let cfg = sim::SimConfig {
+        seed: a.seed,
+        agents: a.agents,
+        queues: a.queues,
+        start_ms: start,
+        contacts_per_hour: a.contacts_per_hour,
+        ..sim::SimConfig::default()
+    };
+    let out: Box<dyn Write> = if a.out.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?)
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    sim::write_jsonl(cfg, a.events, &mut out).context("writing events")?;
+    out.flush().context("writing events")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let cfg = a.config.load()?;
+    let store = Store::open(&cfg.store.url).await.with_context(|| format!("opening store {}", cfg.store.url))?;
+    let state = Arc::new(AppState::new(&cfg).context("setting up metrics")?);
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.http.listen))?;
+    let addr = listener.local_addr().context("reading the listen address")?;
+    let partition = a.partition.clone().unwrap_or_else(|| format!("{:?}", a.source).to_lowercase());
+    tracing::info!(%addr, store = %cfg.store.url, source = ?a.source, %partition, "ccmetrics serving");
+    println!("ccmetrics is running: metrics at http://{addr}/metrics, rolling KPIs at http://{addr}/api/v1/rolling?window=15m&dimension=queue");
+    println!("snapshots go to {}; export them with `ccmetrics export --window 15m --dimension queue`", cfg.store.url);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http_task = tokio::spawn(http::serve(listener, state.clone(), async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    }));
+
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8192);
+    let source_task = match a.source {
+        SourceKind::Stdin => tokio::task::spawn_blocking(move || read_stdin(tx)),
+        SourceKind::Sim => {
+            let sc = sim::SimConfig {
+                seed: a.sim_seed,
+                agents: a.sim_agents,
+                start_ms: now_ms(),
+                contacts_per_hour: a.sim_contacts_per_hour,
+                ..sim::SimConfig::default()
+            };
+            tokio::spawn(run_sim(sc, tx, stop_rx.clone()))
+        }
+    };
+
+    let mut pipe = Pipeline::new(EngineConfig::from_config(&cfg), cfg.decoder(), partition);
+    let idle = cfg.windows.idle_timeout.0;
+    let mut last_input = Instant::now();
+    let mut last_flush_ms = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut input_open = true;
+    state.publish(LiveSnapshot::capture(&pipe.engine, 0, None));
+    state.set_ready(true);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            msg = rx.recv(), if input_open => match msg {
+                Some(bytes) => {
+                    pipe.ingest(&bytes);
+                    last_input = Instant::now();
+                }
+                None => {
+                    input_open = false;
+                    tracing::info!("input ended; still serving (Ctrl-C to stop)");
+                }
+            },
+            _ = tick.tick() => {
+                if last_input.elapsed() >= idle {
+                    // Quiet input: let wall-clock time close intervals.
+                    pipe.engine.advance_to(now_ms() - idle.as_millis() as i64);
+                }
+                match pipe.flush(&store).await {
+                    Ok(()) => last_flush_ms = Some(now_ms()),
+                    Err(e) => tracing::error!(error = %e, pending = pipe.unwritten(), "snapshot flush failed; will retry"),
+                }
+                state.publish(LiveSnapshot::capture(&pipe.engine, pipe.flushes, last_flush_ms));
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: flushing open windows");
+    state.set_ready(false);
+    let _ = stop_tx.send(true);
+    source_task.abort();
+    let rest = pipe.engine.flush_open();
+    let mut attempts = 0;
+    let mut rest = Some(rest);
+    loop {
+        match pipe.write(&store, rest.take().unwrap_or_default()).await {
+            Ok(()) => break,
+            Err(e) if attempts < 5 => {
+                attempts += 1;
+                tracing::warn!(error = %e, attempts, "final flush failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500 * attempts)).await;
+            }
+            Err(e) => return Err(e).context("final snapshot flush failed; open-window data was not written"),
+        }
+    }
+    let _ = http_task.await;
+    let s = pipe.stats();
+    tracing::info!(read = s.read, accepted = s.accepted, duplicates = s.duplicates, rejected = s.rejected_total(), "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_stdin(tx: mpsc::Sender<Vec<u8>>) {
+    let mut reader = file::open_stdin();
+    let mut buf = Vec::new();
+    loop {
+        match file::read_record(&mut reader, &mut buf) {
+            Ok(true) => {
+                if tx.blocking_send(buf.clone()).is_err() {
+                    return;
+                }
+            }
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "reading stdin failed");
+                return;
+            }
+        }
+    }
+}
+
+async fn run_sim(cfg: sim::SimConfig, tx: mpsc::Sender<Vec<u8>>, mut stop: watch::Receiver<bool>) {
+    let mut sim = sim::Simulator::new(cfg);
+    loop {
+        let (at, line) = sim.next_line();
+        let wait = at - now_ms();
+        if wait > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+        if tx.send(line.into_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
