@@ -1,1 +1,9 @@
-//! Where events come from: files (JSONL, .gz), stdin, the simulator.
+//! Where events come from: JSONL files (plain or gzip) and stdin
+//! ([`file`](mod@file)), and the deterministic contact-centre simulator ([`sim`]).
+//!
+//! Sources hand out raw records (one message as bytes) and never validate them:
+//! decoding and rejection happen in `event/`, so every source counts bad input the
+//! same way.
+
+pub mod file;
+pub mod sim;
