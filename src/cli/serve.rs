@@ -29,8 +29,8 @@ pub struct Args {
     /// Where events come from.
     #[arg(long, value_enum, default_value = "sim")]
     pub source: SourceKind,
-    /// Simulator arrival rate (contacts per hour).
-    #[arg(long, default_value_t = 3000.0)]
+    /// Simulator arrival rate (contacts per hour; about 12 per agent is a healthy load).
+    #[arg(long, default_value_t = 600.0)]
     pub sim_contacts_per_hour: f64,
     /// Simulator agents.
     #[arg(long, default_value_t = 50)]
@@ -53,7 +53,7 @@ pub struct GenerateArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 500)]
     pub agents: usize,
     #[arg(long, default_value_t = 12)]
     pub queues: usize,
