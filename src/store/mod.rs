@@ -1,1 +1,1034 @@
 //! Snapshot persistence: only this module writes to the database.
+//!
+//! The engine flushes additive [`SnapshotDelta`]s; [`Store::apply_deltas`] adds them to
+//! the stored row of the same (window, window start, dimension, key, partition) and
+//! bumps the row's revision. Rows hold only additive primitives (counters and HDR
+//! histograms), so partitions written by different ingest processes merge exactly at
+//! read time ([`Store::query`]) and derived KPIs are never stored.
+//!
+//! Backend-neutral parts live here: the SQL text ([`sql::Statements`], written in the
+//! dialect SQLite and PostgreSQL share: quoted keyword columns, row-value `IN`,
+//! `ON CONFLICT … DO UPDATE`; only the placeholder spelling differs), the row
+//! arithmetic, and merging across partitions. A backend module only runs the
+//! statements and converts rows, so a PostgreSQL variant is one more module and one
+//! more enum arm.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::path::PathBuf;
+
+use crate::engine::acc::{Acc, COUNTER_NAMES, HIST_NAMES};
+use crate::engine::hist::{Hist, HistError};
+use crate::engine::window::Interval;
+use crate::engine::{Dimension, SnapshotDelta};
+
+/// Number of counter columns (`COUNTER_NAMES`).
+const N_COUNTERS: usize = COUNTER_NAMES.len();
+/// Number of histogram columns (`HIST_NAMES`).
+const N_HISTS: usize = HIST_NAMES.len();
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A recognised but not (yet) supported backend.
+    #[error("unsupported store URL {url:?}: {reason}")]
+    Unsupported { url: String, reason: String },
+    #[error("invalid store URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot create directory {} for the store: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("cannot migrate the database schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored or merged histogram is unusable: undecodable bytes, or a correction
+    /// that would take a bin below zero (the deltas do not match what was stored).
+    /// `row` names the snapshot row for the operator (one string keeps the error small).
+    #[error("snapshot {row}, column {column}: {source}")]
+    Hist {
+        row: String,
+        column: &'static str,
+        #[source]
+        source: HistError,
+    },
+}
+
+/// What one [`Store::apply_deltas`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Rows that did not exist before (revision 1).
+    pub inserted: u64,
+    /// Existing rows that were added to (revision bumped).
+    pub revised: u64,
+    /// Input deltas that did not become a row write of their own: all zero, cancelled
+    /// out, or merged with another delta for the same row in the same call (a row is
+    /// revised at most once per call).
+    pub skipped: u64,
+}
+
+/// One exported row: a (window, dimension, key) merged across partitions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRow {
+    /// Window label, `Interval::to_string()` (`15m`, `1h`, `1d`).
+    pub window: String,
+    /// Window bounds, UTC milliseconds, `[start, end)`.
+    pub start: i64,
+    pub end: i64,
+    pub dimension: Dimension,
+    pub key: String,
+    pub acc: Acc,
+    /// Highest revision over the merged partitions: it grows whenever any of them is
+    /// revised, so consumers can tell a corrected row from one already seen.
+    pub revision: i64,
+}
+
+/// The snapshot store. An enum rather than a trait object: the backends are a closed
+/// set and async trait methods would need boxing.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl Store {
+    /// Open (creating when missing) and migrate the store at `url`:
+    /// `sqlite://PATH` or `sqlite::memory:`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("sqlite") => Ok(Store::Sqlite(sqlite::SqliteStore::open(url).await?)),
+            Some("postgres" | "postgresql") => Err(StoreError::Unsupported {
+                url: url.to_owned(),
+                reason: "PostgreSQL stores are not implemented yet; use sqlite://PATH".into(),
+            }),
+            _ => Err(StoreError::InvalidUrl {
+                url: url.to_owned(),
+                reason: "expected sqlite://PATH or sqlite::memory:".into(),
+            }),
+        }
+    }
+
+    /// Close the connections (flushing SQLite's WAL). Later calls fail.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+        }
+    }
+
+    /// Merge additive deltas into the stored rows of `partition` in one transaction:
+    /// counters add, histograms merge; the revision becomes the stored one + 1, or 1
+    /// for a new row. Deltas that add nothing are skipped. If any row fails (a
+    /// histogram bin would go negative) nothing is written.
+    pub async fn apply_deltas(
+        &self,
+        partition: &str,
+        deltas: &[SnapshotDelta],
+    ) -> Result<ApplyReport, StoreError> {
+        // The only clock read in the write path, and only for `updated_at`, which
+        // nothing computes with: the stored values stay reproducible.
+        let now = jiff::Timestamp::now().as_millisecond();
+        self.apply_deltas_at(partition, deltas, now).await
+    }
+
+    /// [`Store::apply_deltas`] with `updated_at` given (UTC milliseconds).
+    pub async fn apply_deltas_at(
+        &self,
+        partition: &str,
+        deltas: &[SnapshotDelta],
+        updated_at_ms: i64,
+    ) -> Result<ApplyReport, StoreError> {
+        let (pending, skipped) = coalesce(deltas);
+        let mut report = ApplyReport {
+            skipped,
+            ..ApplyReport::default()
+        };
+        if pending.is_empty() {
+            return Ok(report);
+        }
+        let updated_at = rfc3339_ms(updated_at_ms);
+        let (inserted, revised) = match self {
+            Store::Sqlite(s) => s.apply(partition, &pending, &updated_at).await?,
+        };
+        report.inserted = inserted;
+        report.revised = revised;
+        Ok(report)
+    }
+
+    /// Delete every row of `partition` (a replay recomputes its partition from
+    /// scratch). Returns the number of rows deleted.
+    pub async fn clear_partition(&self, partition: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.clear_partition(partition).await,
+        }
+    }
+
+    /// Rows of one window label and dimension with `from <= window_start < to`, merged
+    /// across partitions (counters summed, histograms merged, revision = max), sorted
+    /// by window start, then key.
+    pub async fn query(
+        &self,
+        window: &str,
+        dimension: Dimension,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.query(window, dimension, from, to).await,
+        }
+    }
+}
+
+/// SQL shared by the backends, generated once per backend from the accumulator's
+/// column lists so the statements cannot drift from `Acc`. Only the placeholder
+/// spelling differs between backends; `window`, `key` and `partition` are quoted
+/// because they are keywords (WINDOW is reserved in PostgreSQL).
+pub(crate) mod sql {
+    use super::{COUNTER_NAMES, HIST_NAMES};
+
+    /// Rows written or read per statement. Each statement is a round trip to the
+    /// driver (for SQLite, to its worker thread), which costs more than SQLite's own
+    /// work on a row, so rows go in chunks. 64 rows keep the upsert at 2,048 bind
+    /// parameters, far below SQLite's (32,766) and PostgreSQL's (65,535) limits.
+    pub const CHUNK: usize = 64;
+
+    /// Values bound per row of an upsert.
+    pub const UPSERT_BINDS: usize = 6 + COUNTER_NAMES.len() + HIST_NAMES.len() + 2;
+
+    /// How a backend spells the i-th (1-based) bind parameter. Every statement binds
+    /// its parameters in order of appearance, so both spellings bind alike.
+    #[derive(Clone, Copy, Debug)]
+    #[allow(dead_code)] // `Dollar` is for the PostgreSQL backend (and the tests).
+    pub enum Placeholder {
+        /// `?`: SQLite. Its numbered `$N` also works, but sqlx then resolves each
+        /// parameter by name with a linear search, which is quadratic in the 2,048
+        /// parameters of a chunked upsert and costs more than the writes themselves.
+        Question,
+        /// `$N`: PostgreSQL.
+        Dollar,
+    }
+
+    impl Placeholder {
+        fn list(self, first: usize, n: usize) -> String {
+            let one = |i: usize| match self {
+                Placeholder::Question => "?".to_owned(),
+                Placeholder::Dollar => format!("${i}"),
+            };
+            (first..first + n).map(one).collect::<Vec<_>>().join(", ")
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct Statements {
+        /// Existing rows of one partition for [`CHUNK`] primary keys: window,
+        /// window_start, dimension, key, then revision, counters, histograms. A caller
+        /// with fewer rows repeats a key to fill the list, so the statement text (and
+        /// its prepared statement) never changes.
+        /// Binds: partition, then `CHUNK` × (window, window_start, dimension, key).
+        pub select_rows: String,
+        /// Write the complete new values of [`CHUNK`] distinct rows. The caller has read
+        /// the old values in the same transaction, so the statement stores absolute
+        /// values (it never adds itself). Binds per row ([`UPSERT_BINDS`]): window,
+        /// window_start, window_end, dimension, key, partition, counters, histograms,
+        /// revision, updated_at.
+        pub upsert_chunk: String,
+        /// The same for one row: the tail of a batch that does not fill a chunk.
+        /// Padding is not possible here (PostgreSQL rejects an upsert that touches a
+        /// row twice), and one fixed shape keeps the prepared-statement cache small.
+        pub upsert_one: String,
+        /// Binds: partition.
+        pub delete_partition: String,
+        /// Export rows of every partition (served by the export index): window_start,
+        /// window_end, key, then revision, counters, histograms. Unordered: the merge
+        /// across partitions sorts anyway.
+        /// Binds: window, dimension, from (inclusive), to (exclusive).
+        pub select_export: String,
+    }
+
+    /// Counter columns, then histogram columns: the value order of every statement.
+    fn value_columns() -> String {
+        COUNTER_NAMES
+            .iter()
+            .chain(HIST_NAMES.iter())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn upsert(p: Placeholder, rows: usize) -> String {
+        let tuples: Vec<String> = (0..rows)
+            .map(|r| format!("({})", p.list(1 + r * UPSERT_BINDS, UPSERT_BINDS)))
+            .collect();
+        let updates: Vec<String> = ["window_end"]
+            .iter()
+            .chain(COUNTER_NAMES.iter())
+            .chain(HIST_NAMES.iter())
+            .chain(["revision", "updated_at"].iter())
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \"partition\", {}, \
+             revision, updated_at) VALUES {} \
+             ON CONFLICT (\"window\", window_start, dimension, \"key\", \"partition\") DO UPDATE SET {}",
+            value_columns(),
+            tuples.join(", "),
+            updates.join(", ")
+        )
+    }
+
+    impl Statements {
+        pub fn new(p: Placeholder) -> Statements {
+            let keys: Vec<String> = (0..CHUNK)
+                .map(|i| format!("({})", p.list(2 + 4 * i, 4)))
+                .collect();
+            Statements {
+                // A row-value IN list: SQLite (>= 3.15) and PostgreSQL resolve it with
+                // primary-key lookups.
+                select_rows: format!(
+                    "SELECT \"window\", window_start, dimension, \"key\", revision, {} FROM snapshots \
+                     WHERE \"partition\" = {} AND (\"window\", window_start, dimension, \"key\") IN (VALUES {})",
+                    value_columns(),
+                    p.list(1, 1),
+                    keys.join(", ")
+                ),
+                upsert_chunk: upsert(p, CHUNK),
+                upsert_one: upsert(p, 1),
+                delete_partition: format!(
+                    "DELETE FROM snapshots WHERE \"partition\" = {}",
+                    p.list(1, 1)
+                ),
+                select_export: format!(
+                    "SELECT window_start, window_end, \"key\", revision, {} FROM snapshots \
+                     WHERE \"window\" = {} AND dimension = {} AND window_start >= {} AND window_start < {}",
+                    value_columns(),
+                    p.list(1, 1),
+                    p.list(2, 1),
+                    p.list(3, 1),
+                    p.list(4, 1)
+                ),
+            }
+        }
+    }
+}
+
+/// One row's worth of input, after merging the deltas of one call.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub window: String,
+    pub start: i64,
+    pub end: i64,
+    pub dimension: Dimension,
+    pub key: String,
+    pub acc: Acc,
+}
+
+/// Merge deltas for the same row within one call (a caller may concatenate several
+/// flushes), drop the ones that add nothing, and order the rest by (window, start,
+/// dimension, key) so the writes mostly walk the primary-key B-tree in order. Returns the rows and the number of skipped deltas.
+///
+/// Merging first also means a row is revised once per call, and a retraction followed
+/// by its re-addition in the same batch is judged by the net result.
+fn coalesce(deltas: &[SnapshotDelta]) -> (Vec<Pending>, u64) {
+    let mut by_row: BTreeMap<(Interval, i64, Dimension, &str), (i64, Acc)> = BTreeMap::new();
+    for d in deltas {
+        match by_row.entry((d.interval, d.start, d.dimension, d.key.as_str())) {
+            Entry::Occupied(mut e) => e.get_mut().1.merge(&d.acc),
+            Entry::Vacant(e) => {
+                e.insert((d.end, d.acc.clone()));
+            }
+        }
+    }
+    let out: Vec<Pending> = by_row
+        .into_iter()
+        .filter(|(_, (_, acc))| !acc.is_zero())
+        .map(|((interval, start, dimension, key), (end, acc))| Pending {
+            window: interval.to_string(),
+            start,
+            end,
+            dimension,
+            key: key.to_owned(),
+            acc,
+        })
+        .collect();
+    // Every delta that did not become a row write of its own.
+    let skipped = (deltas.len() - out.len()) as u64;
+    (out, skipped)
+}
+
+/// The stored value of a row as read back: the revision plus raw column values.
+#[derive(Debug)]
+pub(crate) struct RawRow {
+    pub revision: i64,
+    pub counters: [i64; N_COUNTERS],
+    /// `None` (NULL) or empty bytes mean an empty histogram.
+    pub hists: [Option<Vec<u8>>; N_HISTS],
+}
+
+/// Column values to write for a row.
+#[derive(Debug)]
+pub(crate) struct NewRow {
+    pub revision: i64,
+    pub counters: [i64; N_COUNTERS],
+    pub hists: [Option<Vec<u8>>; N_HISTS],
+}
+
+impl Pending {
+    fn hist_error(&self, partition: &str, column: &'static str, source: HistError) -> StoreError {
+        StoreError::Hist {
+            row: describe_row(
+                &self.window,
+                self.start,
+                self.dimension,
+                &self.key,
+                Some(partition),
+            ),
+            column,
+            source,
+        }
+    }
+
+    /// The row's new value: `existing` + this delta.
+    pub(crate) fn merge_into(
+        &self,
+        partition: &str,
+        existing: Option<RawRow>,
+    ) -> Result<NewRow, StoreError> {
+        let (revision, mut counters, old_hists) = match existing {
+            Some(r) => (r.revision + 1, r.counters, r.hists),
+            None => (1, [0; N_COUNTERS], [None, None, None]),
+        };
+        for (c, d) in counters.iter_mut().zip(self.acc.counters()) {
+            *c += d;
+        }
+        let mut hists: [Option<Vec<u8>>; N_HISTS] = [None, None, None];
+        for (i, (old, delta)) in old_hists.into_iter().zip(self.acc.hists()).enumerate() {
+            let column = HIST_NAMES[i];
+            hists[i] = if delta.is_empty() {
+                // Nothing to add: keep the stored bytes as they are, saving a decode
+                // and an encode per untouched histogram.
+                old
+            } else {
+                let mut h = decode_hist(old.as_deref())
+                    .map_err(|e| self.hist_error(partition, column, e))?;
+                h.merge(delta);
+                // Fails if a correction took a bin below zero.
+                encode_hist(&h).map_err(|e| self.hist_error(partition, column, e))?
+            };
+        }
+        Ok(NewRow {
+            revision,
+            counters,
+            hists,
+        })
+    }
+}
+
+fn decode_hist(bytes: Option<&[u8]>) -> Result<Hist, HistError> {
+    match bytes {
+        Some(b) => Hist::decode(b),
+        None => Ok(Hist::new()),
+    }
+}
+
+/// Empty histograms are stored as NULL: most rows leave some histogram empty (agents
+/// without first responses, …) and encoding allocates a full HDR histogram.
+fn encode_hist(h: &Hist) -> Result<Option<Vec<u8>>, HistError> {
+    if h.is_empty() {
+        Ok(None)
+    } else {
+        h.encode().map(Some)
+    }
+}
+
+/// Identity of an export row as read, for merging partitions.
+#[derive(Debug)]
+pub(crate) struct ExportRaw {
+    pub start: i64,
+    pub end: i64,
+    pub key: String,
+    pub row: RawRow,
+}
+
+/// Merge rows of several partitions into export rows sorted by (start, key). Sorting
+/// here rather than with `ORDER BY` keeps the order byte-wise whatever the database's
+/// collation, and saves the database a sort the merge map does anyway.
+pub(crate) fn merge_partitions(
+    window: &str,
+    dimension: Dimension,
+    raws: Vec<ExportRaw>,
+) -> Result<Vec<StoredRow>, StoreError> {
+    let mut merged: BTreeMap<(i64, String), StoredRow> = BTreeMap::new();
+    for raw in raws {
+        let mut acc = Acc::default();
+        acc.set_counters(raw.row.counters);
+        for (i, (slot, bytes)) in acc.hists_mut().into_iter().zip(&raw.row.hists).enumerate() {
+            *slot = decode_hist(bytes.as_deref()).map_err(|source| StoreError::Hist {
+                row: describe_row(window, raw.start, dimension, &raw.key, None),
+                column: HIST_NAMES[i],
+                source,
+            })?;
+        }
+        match merged.entry((raw.start, raw.key)) {
+            Entry::Occupied(mut e) => {
+                let r = e.get_mut();
+                r.acc.merge(&acc);
+                r.revision = r.revision.max(raw.row.revision);
+                // Partitions agree on the bounds; max keeps the result independent of
+                // row order should they ever not.
+                r.end = r.end.max(raw.end);
+            }
+            Entry::Vacant(e) => {
+                let key = e.key().1.clone();
+                e.insert(StoredRow {
+                    window: window.to_owned(),
+                    start: raw.start,
+                    end: raw.end,
+                    dimension,
+                    key,
+                    acc,
+                    revision: raw.row.revision,
+                });
+            }
+        }
+    }
+    Ok(merged.into_values().collect())
+}
+
+/// A snapshot row for error messages; `partition` None for a merged export row.
+fn describe_row(
+    window: &str,
+    start: i64,
+    dimension: Dimension,
+    key: &str,
+    partition: Option<&str>,
+) -> String {
+    let d = dimension.as_str();
+    let start = crate::engine::window::fmt_utc(start);
+    match partition {
+        Some(p) => format!("{window} {start} {d}/{key:?} (partition {p:?})"),
+        None => format!("{window} {start} {d}/{key:?} (merged partitions)"),
+    }
+}
+
+/// RFC 3339 UTC with fixed milliseconds, so `updated_at` sorts as text.
+fn rfc3339_ms(ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        // Out of jiff's range (±9999 years): not a clock reading, keep the number.
+        Err(_) => ms.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::acc::Measure;
+
+    const H: i64 = 3_600_000;
+    const T0: i64 = 1_795_392_000_000; // 2026-11-23T00:00:00Z
+
+    fn hour() -> Interval {
+        Interval::Minutes(60)
+    }
+
+    fn delta(start: i64, dimension: Dimension, key: &str, acc: Acc) -> SnapshotDelta {
+        SnapshotDelta {
+            interval: hour(),
+            start,
+            end: start + H,
+            dimension,
+            key: key.into(),
+            acc,
+        }
+    }
+
+    /// `n` answered queue contacts that waited `wait_ms` each, within SL.
+    fn answered(n: i64, wait_ms: u64) -> Acc {
+        let mut a = Acc::default();
+        for _ in 0..n {
+            a.apply(
+                &Measure::QueueOutcome {
+                    answered: true,
+                    wait_ms,
+                    short: false,
+                    within: true,
+                },
+                1,
+            );
+        }
+        a
+    }
+
+    async fn mem() -> Store {
+        Store::open("sqlite::memory:").await.unwrap()
+    }
+
+    async fn all_rows(s: &Store) -> Vec<StoredRow> {
+        s.query("1h", Dimension::Queue, None, None).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn apply_twice_sums_counters_merges_hists_and_bumps_revision() {
+        let s = mem().await;
+        let r = s
+            .apply_deltas(
+                "p1",
+                &[delta(T0, Dimension::Queue, "sales", answered(2, 10_000))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            ApplyReport {
+                inserted: 1,
+                revised: 0,
+                skipped: 0
+            }
+        );
+        let rows = all_rows(&s).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].revision, 1);
+        assert_eq!(rows[0].acc, answered(2, 10_000));
+
+        let r = s
+            .apply_deltas(
+                "p1",
+                &[delta(T0, Dimension::Queue, "sales", answered(1, 30_000))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            ApplyReport {
+                inserted: 0,
+                revised: 1,
+                skipped: 0
+            }
+        );
+        let rows = all_rows(&s).await;
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(
+            (row.window.as_str(), row.start, row.end, row.key.as_str()),
+            ("1h", T0, T0 + H, "sales")
+        );
+        assert_eq!(row.revision, 2);
+        assert_eq!(row.acc.offered, 3);
+        assert_eq!(row.acc.answered, 3);
+        assert_eq!(row.acc.wait_sum_ms, 50_000);
+        let mut expected = answered(2, 10_000);
+        expected.merge(&answered(1, 30_000));
+        assert_eq!(row.acc, expected);
+        assert_eq!(row.acc.wait_hist.count(), 3);
+        assert_eq!(row.acc.wait_hist.count_le(10_000), 2);
+        assert!(row.acc.handle_hist.is_empty());
+    }
+
+    #[tokio::test]
+    async fn zero_deltas_are_skipped_and_duplicates_coalesced() {
+        let s = mem().await;
+        let r = s
+            .apply_deltas(
+                "p1",
+                &[
+                    delta(T0, Dimension::Queue, "sales", Acc::default()),
+                    delta(T0, Dimension::Queue, "support", answered(1, 1_000)),
+                    delta(T0, Dimension::Queue, "support", answered(1, 2_000)),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            ApplyReport {
+                inserted: 1,
+                revised: 0,
+                skipped: 2
+            }
+        );
+        let rows = all_rows(&s).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].key.as_str(), rows[0].revision, rows[0].acc.answered),
+            ("support", 1, 2)
+        );
+
+        // A delta that cancels out within the call writes nothing, so no revision bump.
+        let mut minus = answered(1, 5_000);
+        for h in minus.hists_mut() {
+            *h = Hist::new();
+        }
+        let mut back = Acc::default();
+        back.set_counters(minus.counters().map(|c| -c));
+        let r = s
+            .apply_deltas(
+                "p1",
+                &[
+                    delta(T0, Dimension::Queue, "support", minus),
+                    delta(T0, Dimension::Queue, "support", back),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            ApplyReport {
+                inserted: 0,
+                revised: 0,
+                skipped: 2
+            }
+        );
+        assert_eq!(all_rows(&s).await[0].revision, 1);
+    }
+
+    #[tokio::test]
+    async fn batches_larger_than_a_chunk() {
+        let s = mem().await;
+        let n = 2 * sql::CHUNK + 5;
+        let keys: Vec<String> = (0..n).map(|i| format!("agent-{i:03}")).collect();
+        let first: Vec<SnapshotDelta> = keys
+            .iter()
+            .map(|k| delta(T0, Dimension::Agent, k, answered(1, 1_000)))
+            .collect();
+        let r = s.apply_deltas("p1", &first).await.unwrap();
+        assert_eq!((r.inserted, r.revised), (n as u64, 0));
+        // Every other existing key plus new ones, so chunks mix inserts and revisions.
+        let mut second: Vec<SnapshotDelta> = keys
+            .iter()
+            .step_by(2)
+            .map(|k| delta(T0, Dimension::Agent, k, answered(2, 3_000)))
+            .collect();
+        second.extend(
+            (0..sql::CHUNK)
+                .map(|i| delta(T0, Dimension::Agent, &format!("new-{i:03}"), answered(1, 1))),
+        );
+        let revisions = keys.len().div_ceil(2);
+        let r = s.apply_deltas("p1", &second).await.unwrap();
+        assert_eq!(
+            (r.inserted, r.revised),
+            (sql::CHUNK as u64, revisions as u64)
+        );
+        let rows = s.query("1h", Dimension::Agent, None, None).await.unwrap();
+        assert_eq!(rows.len(), n + sql::CHUNK);
+        for row in rows.iter().filter(|r| r.key.starts_with("agent-")) {
+            let i: usize = row.key["agent-".len()..].parse().unwrap();
+            let (answered, revision) = if i.is_multiple_of(2) { (3, 2) } else { (1, 1) };
+            assert_eq!(
+                (row.acc.answered, row.acc.wait_hist.count(), row.revision),
+                (answered, answered, revision)
+            );
+        }
+        assert!(
+            rows.iter()
+                .filter(|r| r.key.starts_with("new-"))
+                .all(|r| r.revision == 1 && r.acc.answered == 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn query_merges_partitions() {
+        let s = mem().await;
+        s.apply_deltas(
+            "p1",
+            &[delta(T0, Dimension::Queue, "sales", answered(2, 10_000))],
+        )
+        .await
+        .unwrap();
+        s.apply_deltas(
+            "p1",
+            &[delta(T0, Dimension::Queue, "sales", answered(1, 10_000))],
+        )
+        .await
+        .unwrap();
+        s.apply_deltas(
+            "p2",
+            &[delta(T0, Dimension::Queue, "sales", answered(4, 60_000))],
+        )
+        .await
+        .unwrap();
+        let rows = all_rows(&s).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].acc.answered, 7);
+        assert_eq!(rows[0].acc.wait_hist.count(), 7);
+        assert_eq!(rows[0].acc.wait_hist.count_le(10_000), 3);
+        // Max over partitions, not the sum.
+        assert_eq!(rows[0].revision, 2);
+    }
+
+    #[tokio::test]
+    async fn clear_partition_deletes_only_that_partition() {
+        let s = mem().await;
+        let ds = [
+            delta(T0, Dimension::Queue, "sales", answered(1, 1)),
+            delta(T0, Dimension::Queue, "b", answered(1, 1)),
+        ];
+        s.apply_deltas("p1", &ds).await.unwrap();
+        s.apply_deltas("p2", &ds[..1]).await.unwrap();
+        assert_eq!(s.clear_partition("p1").await.unwrap(), 2);
+        assert_eq!(s.clear_partition("p1").await.unwrap(), 0);
+        let rows = all_rows(&s).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].key.as_str(), rows[0].acc.answered), ("sales", 1));
+        // A replay starts the partition over at revision 1.
+        s.apply_deltas("p1", &ds[1..]).await.unwrap();
+        assert_eq!(all_rows(&s).await[0].revision, 1);
+    }
+
+    #[tokio::test]
+    async fn negative_correction_brings_counters_down() {
+        let s = mem().await;
+        s.apply_deltas(
+            "p1",
+            &[delta(T0, Dimension::Queue, "sales", answered(3, 20_000))],
+        )
+        .await
+        .unwrap();
+        let mut fix = Acc::default();
+        fix.apply(
+            &Measure::QueueOutcome {
+                answered: true,
+                wait_ms: 20_000,
+                short: false,
+                within: true,
+            },
+            -1,
+        );
+        s.apply_deltas("p1", &[delta(T0, Dimension::Queue, "sales", fix)])
+            .await
+            .unwrap();
+        let rows = all_rows(&s).await;
+        assert_eq!(rows[0].acc, answered(2, 20_000));
+        assert_eq!(rows[0].revision, 2);
+    }
+
+    #[tokio::test]
+    async fn negative_hist_bin_is_an_error_and_rolls_back() {
+        let s = mem().await;
+        s.apply_deltas(
+            "p1",
+            &[delta(T0, Dimension::Queue, "sales", answered(1, 1_000))],
+        )
+        .await
+        .unwrap();
+        // Retracting a wait that was never stored: the bin at 90 s would be -1.
+        let mut bad = Acc::default();
+        bad.apply(
+            &Measure::QueueOutcome {
+                answered: true,
+                wait_ms: 90_000,
+                short: false,
+                within: false,
+            },
+            -1,
+        );
+        // More than a chunk of new rows sorting before the failing one, so a full
+        // chunk is written before the error: it must be rolled back with the rest.
+        let mut batch: Vec<SnapshotDelta> = (0..sql::CHUNK + 3)
+            .map(|i| {
+                delta(
+                    T0,
+                    Dimension::Queue,
+                    &format!("aaa-{i:03}"),
+                    answered(5, 1_000),
+                )
+            })
+            .collect();
+        batch.push(delta(T0, Dimension::Queue, "sales", bad));
+        let err = s.apply_deltas("p1", &batch).await.unwrap_err();
+        match &err {
+            StoreError::Hist {
+                row,
+                column,
+                source: HistError::Negative { .. },
+            } => {
+                assert_eq!(
+                    (row.as_str(), *column),
+                    (
+                        "1h 2026-11-23T00:00:00Z queue/\"sales\" (partition \"p1\")",
+                        "wait_hist"
+                    )
+                );
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        assert!(err.to_string().contains("negative"), "{err}");
+        let rows = all_rows(&s).await;
+        assert_eq!(
+            rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["sales"]
+        );
+        assert_eq!((rows[0].key.as_str(), rows[0].revision), ("sales", 1));
+        assert_eq!(rows[0].acc, answered(1, 1_000));
+        // The store is still usable after the rollback.
+        s.apply_deltas(
+            "p1",
+            &[delta(T0, Dimension::Queue, "sales", answered(1, 1_000))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(all_rows(&s).await[0].revision, 2);
+    }
+
+    #[tokio::test]
+    async fn query_filters_by_window_dimension_and_range_and_sorts() {
+        let s = mem().await;
+        let one = || answered(1, 1_000);
+        let mut ds = vec![
+            delta(T0 + 2 * H, Dimension::Queue, "b", one()),
+            delta(T0 + 2 * H, Dimension::Queue, "B", one()),
+            delta(T0, Dimension::Queue, "z", one()),
+            delta(T0 + H, Dimension::Queue, "a", one()),
+            delta(T0, Dimension::Queue, "a", one()),
+            delta(T0, Dimension::Agent, "a", one()),
+        ];
+        ds.push(SnapshotDelta {
+            interval: Interval::Minutes(15),
+            ..delta(T0, Dimension::Queue, "q15", one())
+        });
+        s.apply_deltas("p2", &ds[..3]).await.unwrap();
+        s.apply_deltas("p1", &ds[3..]).await.unwrap();
+
+        let ids = |rows: Vec<StoredRow>| {
+            rows.into_iter()
+                .map(|r| ((r.start - T0) / H, r.key))
+                .collect::<Vec<_>>()
+        };
+        let q = |from, to| s.query("1h", Dimension::Queue, from, to);
+        assert_eq!(
+            ids(q(None, None).await.unwrap()),
+            [
+                (0, "a".into()),
+                (0, "z".into()),
+                (1, "a".into()),
+                (2, "B".into()),
+                (2, "b".into())
+            ]
+        );
+        assert_eq!(
+            ids(q(Some(T0 + H), None).await.unwrap()),
+            [(1, "a".into()), (2, "B".into()), (2, "b".into())]
+        );
+        assert_eq!(
+            ids(q(None, Some(T0 + H)).await.unwrap()),
+            [(0, "a".into()), (0, "z".into())]
+        );
+        assert_eq!(
+            ids(q(Some(T0 + H), Some(T0 + 2 * H)).await.unwrap()),
+            [(1, "a".into())]
+        );
+        assert!(q(Some(T0 + H), Some(T0 + H)).await.unwrap().is_empty());
+
+        let agents = s.query("1h", Dimension::Agent, None, None).await.unwrap();
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].dimension, Dimension::Agent);
+        let q15 = s.query("15m", Dimension::Queue, None, None).await.unwrap();
+        assert_eq!(
+            (q15.len(), q15[0].key.as_str(), q15[0].window.as_str()),
+            (1, "q15", "15m")
+        );
+        assert!(
+            s.query("1d", Dimension::Queue, None, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn file_store_persists_and_migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        // Parent directories are created on open.
+        let path = dir.path().join("nested/deeper/cc.db");
+        let url = format!("sqlite://{}", path.display());
+        let s = Store::open(&url).await.unwrap();
+        s.apply_deltas(
+            "p1",
+            &[delta(T0, Dimension::Queue, "sales", answered(2, 10_000))],
+        )
+        .await
+        .unwrap();
+        s.close().await;
+        assert!(path.exists());
+
+        let s = Store::open(&url).await.unwrap();
+        let rows = all_rows(&s).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].acc.clone(), rows[0].revision),
+            (answered(2, 10_000), 1)
+        );
+        s.apply_deltas(
+            "p1",
+            &[delta(T0, Dimension::Queue, "sales", answered(1, 10_000))],
+        )
+        .await
+        .unwrap();
+        s.close().await;
+
+        let s = Store::open(&url).await.unwrap();
+        let rows = all_rows(&s).await;
+        assert_eq!((rows[0].acc.answered, rows[0].revision), (3, 2));
+        let Store::Sqlite(inner) = &s;
+        assert_eq!(inner.applied_migrations().await.unwrap(), 1);
+        assert_eq!(inner.journal_mode().await.unwrap(), "wal");
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn rejects_unsupported_urls() {
+        let err = Store::open("postgres://u@localhost/cc").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unsupported { .. }), "{err:?}");
+        assert!(err.to_string().contains("not implemented yet"), "{err}");
+        assert!(matches!(
+            Store::open("mysql://x").await.unwrap_err(),
+            StoreError::InvalidUrl { .. }
+        ));
+        assert!(matches!(
+            Store::open("sqlite://").await.unwrap_err(),
+            StoreError::InvalidUrl { .. }
+        ));
+    }
+
+    #[test]
+    fn sql_lists_every_column() {
+        use sql::{CHUNK, Placeholder, Statements, UPSERT_BINDS};
+        let st = Statements::new(Placeholder::Dollar);
+        for c in COUNTER_NAMES.iter().chain(HIST_NAMES.iter()) {
+            assert!(
+                st.upsert_one.contains(&format!("{c} = excluded.{c}")),
+                "{c}"
+            );
+            assert!(st.select_export.contains(c), "{c}");
+            assert!(st.select_rows.contains(c), "{c}");
+        }
+        assert_eq!(UPSERT_BINDS, 32);
+        assert!(st.upsert_one.contains("VALUES ($1, $2, "));
+        assert!(st.upsert_one.contains("$32) ON CONFLICT"));
+        assert!(!st.upsert_one.contains("$33"));
+        let last = CHUNK * UPSERT_BINDS;
+        assert!(st.upsert_chunk.contains("$32), ($33, "));
+        assert!(st.upsert_chunk.contains(&format!("${last}) ON CONFLICT")));
+        let last = 1 + 4 * CHUNK;
+        assert!(st.select_rows.contains("\"partition\" = $1 AND"));
+        assert!(
+            st.select_rows
+                .contains("IN (VALUES ($2, $3, $4, $5), ($6, ")
+        );
+        assert!(st.select_rows.ends_with(&format!("${last}))")));
+        assert!(
+            st.select_export
+                .contains("window_start >= $3 AND window_start < $4")
+        );
+        // The SQLite spelling binds the same parameters in the same order.
+        let q = Statements::new(Placeholder::Question);
+        let count = |s: &str, pat: &str| s.matches(pat).count();
+        assert_eq!(count(&q.upsert_chunk, "?"), CHUNK * UPSERT_BINDS);
+        assert_eq!(count(&q.select_rows, "?"), 1 + 4 * CHUNK);
+        assert_eq!(count(&q.select_export, "?"), 4);
+        assert!(!q.upsert_one.contains('$'));
+        assert_eq!(rfc3339_ms(T0 + 5), "2026-11-23T00:00:00.005Z");
+    }
+}
