@@ -19,7 +19,10 @@ pub const ENV_PREFIX: &str = "CCMETRICS";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: String, source: config::ConfigError },
+    Read {
+        path: String,
+        source: config::ConfigError,
+    },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -46,7 +49,9 @@ impl fmt::Display for Dur {
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| format!("bad duration {s:?}: {e}"))
+        humantime::parse_duration(s.trim())
+            .map(Dur)
+            .map_err(|e| format!("bad duration {s:?}: {e}"))
     }
 }
 
@@ -86,7 +91,9 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { url: "sqlite://data/ccmetrics.db".into() }
+        StoreConfig {
+            url: "sqlite://data/ccmetrics.db".into(),
+        }
     }
 }
 
@@ -144,7 +151,9 @@ pub struct FcrConfig {
 
 impl Default for FcrConfig {
     fn default() -> Self {
-        FcrConfig { window: Dur::secs(7 * 86_400) }
+        FcrConfig {
+            window: Dur::secs(7 * 86_400),
+        }
     }
 }
 
@@ -158,7 +167,11 @@ pub struct CsatConfig {
 
 impl Default for CsatConfig {
     fn default() -> Self {
-        CsatConfig { scale_min: 1, scale_max: 5, positive_min: 4 }
+        CsatConfig {
+            scale_min: 1,
+            scale_max: 5,
+            positive_min: 4,
+        }
     }
 }
 
@@ -175,7 +188,11 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:9464".into(), per_agent_series: false, max_agent_series: 500 }
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+            per_agent_series: false,
+            max_agent_series: 500,
+        }
     }
 }
 
@@ -188,7 +205,9 @@ pub struct InputConfig {
 
 impl Default for InputConfig {
     fn default() -> Self {
-        InputConfig { max_message_bytes: 64 * 1024 }
+        InputConfig {
+            max_message_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -208,9 +227,15 @@ impl Config {
     /// Load `path` (TOML) with environment overrides, then validate.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut b = config::Config::builder();
-        let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into());
+        let shown = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(defaults)".into());
         if let Some(p) = path {
-            b = b.add_source(config::File::from(p).format(config::FileFormat::Toml).required(true));
+            b = b.add_source(
+                config::File::from(p)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
         }
         b = b.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -224,7 +249,10 @@ impl Config {
         let cfg: Config = b
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|source| ConfigError::Read { path: shown, source })?;
+            .map_err(|source| ConfigError::Read {
+                path: shown,
+                source,
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -253,8 +281,13 @@ impl Config {
                 w.correction_horizon, self.fcr.window
             ));
         }
-        if w.rolling.iter().any(|r| r.0.as_secs() < 60 || r.0.as_secs() % 60 != 0 || r.0.as_secs() > 86_400) {
-            return bad("[windows] rolling windows must be whole minutes between 1m and 24h".into());
+        if w.rolling
+            .iter()
+            .any(|r| r.0.as_secs() < 60 || r.0.as_secs() % 60 != 0 || r.0.as_secs() > 86_400)
+        {
+            return bad(
+                "[windows] rolling windows must be whole minutes between 1m and 24h".into(),
+            );
         }
         let c = &self.csat;
         if !(c.scale_min < c.scale_max && (c.scale_min..=c.scale_max).contains(&c.positive_min)) {
@@ -264,10 +297,16 @@ impl Config {
             ));
         }
         if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres")) {
-            return bad(format!("[store] url {:?} must start with sqlite:// or postgres://", self.store.url));
+            return bad(format!(
+                "[store] url {:?} must start with sqlite:// or postgres://",
+                self.store.url
+            ));
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(format!("[http] listen {:?} is not an address like 127.0.0.1:9464", self.http.listen));
+            return bad(format!(
+                "[http] listen {:?} is not an address like 127.0.0.1:9464",
+                self.http.listen
+            ));
         }
         if self.input.max_message_bytes < 256 {
             return bad("[input] max_message_bytes must be at least 256".into());
@@ -315,12 +354,25 @@ mod tests {
     #[test]
     fn parses_and_rejects() {
         let c = load_str("[windows]\ntimezone = \"Asia/Shanghai\"\nintervals = [\"30m\", \"1d\"]\n[metrics]\nservice_level_formula = \"removed_within\"\n").unwrap();
-        assert_eq!(c.windows.intervals, vec![Interval::Minutes(30), Interval::Day]);
+        assert_eq!(
+            c.windows.intervals,
+            vec![Interval::Minutes(30), Interval::Day]
+        );
         assert_eq!(c.metrics.service_level_formula, SlFormula::RemovedWithin);
-        assert!(load_str("[windows]\ntimezone = \"Mars/Olympus\"\n").unwrap_err().to_string().contains("IANA"));
+        assert!(
+            load_str("[windows]\ntimezone = \"Mars/Olympus\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("IANA")
+        );
         assert!(load_str("[windows]\nintervals = [\"7m\"]\n").is_err());
         assert!(load_str("[windows]\ntypo = 1\n").is_err());
-        assert!(load_str("[fcr]\nwindow = \"8d\"\n").unwrap_err().to_string().contains("correction_horizon"));
+        assert!(
+            load_str("[fcr]\nwindow = \"8d\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("correction_horizon")
+        );
         assert!(load_str("[metrics]\nshort_abandon = \"five\"\n").is_err());
     }
 }

@@ -20,7 +20,9 @@ impl Cell {
             Cell::Int(i) => i.to_string(),
             Cell::Num(None) => String::new(),
             Cell::Num(Some(x)) => fmt_num(*x),
-            Cell::Text(s) if s.contains([',', '"', '\n', '\r']) => format!("\"{}\"", s.replace('"', "\"\"")),
+            Cell::Text(s) if s.contains([',', '"', '\n', '\r']) => {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            }
             Cell::Text(s) => s.clone(),
         }
     }
@@ -29,7 +31,9 @@ impl Cell {
         match self {
             Cell::Int(i) => (*i).into(),
             Cell::Num(None) => serde_json::Value::Null,
-            Cell::Num(Some(x)) => serde_json::Number::from_f64(*x).map(serde_json::Value::Number).unwrap_or_default(),
+            Cell::Num(Some(x)) => serde_json::Number::from_f64(*x)
+                .map(serde_json::Value::Number)
+                .unwrap_or_default(),
             Cell::Text(s) => s.clone().into(),
         }
     }
@@ -110,7 +114,10 @@ pub fn kpis(a: &Acc, f: SlFormula) -> Vec<Cell> {
         Cell::Int(a.short_abandoned),
         n(ratio(a.answered, a.offered)),
         n(ratio(a.abandoned, a.offered)),
-        n(ratio(a.abandoned - a.short_abandoned, a.offered - a.short_abandoned)),
+        n(ratio(
+            a.abandoned - a.short_abandoned,
+            a.offered - a.short_abandoned,
+        )),
         n(service_level(a, f)),
         n(secs(ratio(a.wait_sum_ms, a.wait_count))),
         n(pct_s(&a.wait_hist, 0.5)),

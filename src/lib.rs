@@ -7,9 +7,9 @@
 pub mod config;
 pub mod engine;
 pub mod event;
-pub mod kpi;
-pub mod pipeline;
 pub mod export;
 pub mod http;
+pub mod kpi;
+pub mod pipeline;
 pub mod source;
 pub mod store;

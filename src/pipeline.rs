@@ -61,7 +61,13 @@ impl Pipeline {
             }
         };
         if let Outcome::Rejected(r @ crate::event::RejectReason::TooLate) = outcome {
-            self.log_reject(&Reject { reason: r, detail: "older than watermark - correction_horizon".into() }, bytes);
+            self.log_reject(
+                &Reject {
+                    reason: r,
+                    detail: "older than watermark - correction_horizon".into(),
+                },
+                bytes,
+            );
         }
         Some(outcome)
     }
@@ -69,7 +75,10 @@ impl Pipeline {
     fn log_reject(&mut self, rej: &Reject, bytes: &[u8]) {
         if self.log_window.elapsed() > REJECT_LOG_INTERVAL {
             if self.logged > REJECT_LOG_BURST {
-                tracing::warn!(suppressed = self.logged - REJECT_LOG_BURST, "rejected messages not logged individually");
+                tracing::warn!(
+                    suppressed = self.logged - REJECT_LOG_BURST,
+                    "rejected messages not logged individually"
+                );
             }
             self.log_window = Instant::now();
             self.logged = 0;
@@ -83,7 +92,11 @@ impl Pipeline {
 
     /// Write deltas (plus any earlier unwritten ones) to the store in one transaction.
     /// On failure they are kept for the next attempt.
-    pub async fn write(&mut self, store: &Store, deltas: Vec<SnapshotDelta>) -> Result<(), StoreError> {
+    pub async fn write(
+        &mut self,
+        store: &Store,
+        deltas: Vec<SnapshotDelta>,
+    ) -> Result<(), StoreError> {
         self.unwritten.extend(deltas);
         if self.unwritten.is_empty() {
             return Ok(());

@@ -17,13 +17,21 @@ fn bin() -> &'static str {
 
 fn run(args: &[&str], db: &Path, dir: &Path) -> String {
     let mut cmd = Command::new(bin());
-    cmd.args(args).env("CCMETRICS__STORE__URL", format!("sqlite://{}", db.display()));
+    cmd.args(args).env(
+        "CCMETRICS__STORE__URL",
+        format!("sqlite://{}", db.display()),
+    );
     let cfg = dir.join("config.toml");
     if cfg.exists() {
         cmd.arg("--config").arg(cfg);
     }
     let out = cmd.output().expect("run ccmetrics");
-    assert!(out.status.success(), "{args:?} failed in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
@@ -31,13 +39,21 @@ fn check_case(dir: &Path) -> Vec<String> {
     let tmp = tempfile::tempdir().expect("tempdir");
     let db = tmp.path().join("golden.db");
     let events = dir.join("events.jsonl");
-    let mut args = vec!["replay".to_owned(), "--input".to_owned(), events.display().to_string()];
+    let mut args = vec![
+        "replay".to_owned(),
+        "--input".to_owned(),
+        events.display().to_string(),
+    ];
     if let Ok(extra) = std::fs::read_to_string(dir.join("replay.args")) {
         args.extend(extra.split_whitespace().map(str::to_owned));
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let summary = run(&argv, &db, dir);
-    let summary: String = summary.lines().filter(|l| !l.trim_start().starts_with("elapsed")).map(|l| format!("{l}\n")).collect();
+    let summary: String = summary
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("elapsed"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let bless = std::env::var_os("GOLDEN_BLESS").is_some();
     let mut failures = Vec::new();
     let mut compare = |name: &str, got: &str| {
@@ -48,7 +64,10 @@ fn check_case(dir: &Path) -> Vec<String> {
         }
         let want = std::fs::read_to_string(&path).unwrap_or_default();
         if want != got {
-            failures.push(format!("{}:\n--- expected\n{want}--- got\n{got}", path.display()));
+            failures.push(format!(
+                "{}:\n--- expected\n{want}--- got\n{got}",
+                path.display()
+            ));
         }
     };
     compare("summary.txt", &summary);
@@ -58,11 +77,22 @@ fn check_case(dir: &Path) -> Vec<String> {
         .filter(|p| p.extension().is_some_and(|x| x == "csv"))
         .collect();
     expected.sort();
-    assert!(!expected.is_empty(), "{} has no expected <window>_<dimension>.csv", dir.display());
+    assert!(
+        !expected.is_empty(),
+        "{} has no expected <window>_<dimension>.csv",
+        dir.display()
+    );
     for path in expected {
-        let stem = path.file_stem().and_then(|s| s.to_str()).expect("file name");
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("file name");
         let (window, dimension) = stem.split_once('_').expect("<window>_<dimension>.csv");
-        let got = run(&["export", "--window", window, "--dimension", dimension], &db, dir);
+        let got = run(
+            &["export", "--window", window, "--dimension", dimension],
+            &db,
+            dir,
+        );
         compare(&format!("{stem}.csv"), &got);
     }
     failures
@@ -79,5 +109,10 @@ fn golden_cases() {
     cases.sort();
     assert!(cases.len() >= 4, "golden cases missing");
     let failures: Vec<String> = cases.iter().flat_map(|c| check_case(c)).collect();
-    assert!(failures.is_empty(), "{} golden mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} golden mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -72,17 +72,26 @@ fn scenario(seed: u64, contacts: usize) -> Vec<Event> {
         let a1 = agent(&mut rng);
         if rng.random_bool(0.5) {
             t += rng.random_range(0..20_000);
-            out.push(with_agent(base(id(), EventType::ContactRouted, t, &contact), &a1));
+            out.push(with_agent(
+                base(id(), EventType::ContactRouted, t, &contact),
+                &a1,
+            ));
         }
         t += rng.random_range(0..60_000);
         if rng.random_bool(0.2) {
             out.push(base(id(), EventType::ContactAbandoned, t, &contact));
             continue;
         }
-        out.push(with_agent(base(id(), EventType::ContactAnswered, t, &contact), &a1));
+        out.push(with_agent(
+            base(id(), EventType::ContactAnswered, t, &contact),
+            &a1,
+        ));
         if rng.random_bool(0.5) {
             t += rng.random_range(0..90_000);
-            out.push(with_agent(base(id(), EventType::ContactFirstResponse, t, &contact), &a1));
+            out.push(with_agent(
+                base(id(), EventType::ContactFirstResponse, t, &contact),
+                &a1,
+            ));
         }
         if rng.random_bool(0.15) {
             t += rng.random_range(0..300_000);
@@ -116,12 +125,20 @@ fn scenario(seed: u64, contacts: usize) -> Vec<Event> {
             out.push(cv);
         }
         if rng.random_bool(0.3) {
-            let mut s = base(id(), EventType::SurveyResponded, t + rng.random_range(0..3_600_000), &contact);
+            let mut s = base(
+                id(),
+                EventType::SurveyResponded,
+                t + rng.random_range(0..3_600_000),
+                &contact,
+            );
             s.score = Some(rng.random_range(1..=5) * 10_000);
             out.push(s);
         }
         if rng.random_bool(0.1) {
-            let mut q = with_agent(base(id(), EventType::QaScored, t + 7_200_000, &contact), &a1);
+            let mut q = with_agent(
+                base(id(), EventType::QaScored, t + 7_200_000, &contact),
+                &a1,
+            );
             q.score = Some(rng.random_range(0..=1_000_000));
             out.push(q);
         }
@@ -158,28 +175,35 @@ fn oracle(cfg: &EngineConfig, events: &[Event]) -> BTreeMap<Key, Acc> {
         if let (Some(a), Some(t)) = (agent, team) {
             agent_team.insert(a, t);
         }
-        by_contact.entry(e.contact_id.clone().unwrap_or_default()).or_default().push(CEvent {
-            ts: e.ts,
-            kind: e.kind,
-            id_hash: xxhash_rust::xxh3::xxh3_128(e.event_id.as_bytes()) as u64,
-            agent,
-            team,
-            queue: e.queue.as_deref().map(|q| syms.intern(q)),
-            channel: e.channel,
-            customer: e.customer_id.as_deref().map(Box::from),
-            to_agent: e.to_agent_id.as_deref().map(|a| syms.intern(a)),
-            talk_ms: e.talk_ms,
-            hold_ms: e.hold_ms,
-            wrap_ms: e.wrap_ms,
-            amount: e.amount,
-            score: e.score,
-        });
+        by_contact
+            .entry(e.contact_id.clone().unwrap_or_default())
+            .or_default()
+            .push(CEvent {
+                ts: e.ts,
+                kind: e.kind,
+                id_hash: xxhash_rust::xxh3::xxh3_128(e.event_id.as_bytes()) as u64,
+                agent,
+                team,
+                queue: e.queue.as_deref().map(|q| syms.intern(q)),
+                channel: e.channel,
+                customer: e.customer_id.as_deref().map(Box::from),
+                to_agent: e.to_agent_id.as_deref().map(|a| syms.intern(a)),
+                talk_ms: e.talk_ms,
+                hold_ms: e.hold_ms,
+                wrap_ms: e.wrap_ms,
+                amount: e.amount,
+                score: e.score,
+            });
     }
     for evs in by_contact.values_mut() {
         evs.sort_by_key(|e| e.sort_key());
     }
     let customer_of = |evs: &[CEvent]| evs.iter().find_map(|e| e.customer.clone());
-    let first_offer = |evs: &[CEvent]| evs.iter().find(|e| e.kind == EventType::ContactOffered).map(|e| e.ts);
+    let first_offer = |evs: &[CEvent]| {
+        evs.iter()
+            .find(|e| e.kind == EventType::ContactOffered)
+            .map(|e| e.ts)
+    };
     let mut windower = Windower::new(cfg.tz.clone());
     let mut out: BTreeMap<Key, Acc> = BTreeMap::new();
     for (cid, evs) in &by_contact {
@@ -192,11 +216,22 @@ fn oracle(cfg: &EngineConfig, events: &[Event]) -> BTreeMap<Key, Acc> {
             None => vec![],
         };
         let at = |a| agent_team.get(&a).copied();
-        let ctx = Ctx { rules: &cfg.rules, watermark: Millis::MAX, repeat_offers: &repeats, unknown, channels: &channels, agent_team: &at };
+        let ctx = Ctx {
+            rules: &cfg.rules,
+            watermark: Millis::MAX,
+            repeat_offers: &repeats,
+            unknown,
+            channels: &channels,
+            agent_team: &at,
+        };
         for f in contact::derive(evs, &ctx).facts {
             let mut dims = vec![];
             if f.side != Side::Agent {
-                dims.extend([(Dimension::All, all), (Dimension::Channel, f.channel), (Dimension::Queue, f.queue)]);
+                dims.extend([
+                    (Dimension::All, all),
+                    (Dimension::Channel, f.channel),
+                    (Dimension::Queue, f.queue),
+                ]);
             }
             if let (true, Some(a)) = (f.side != Side::Queue, f.agent) {
                 dims.extend([(Dimension::Team, f.team), (Dimension::Agent, a)]);
@@ -204,7 +239,9 @@ fn oracle(cfg: &EngineConfig, events: &[Event]) -> BTreeMap<Key, Acc> {
             for iv in &cfg.intervals {
                 let (start, _) = windower.window(*iv, f.ts);
                 for (d, k) in &dims {
-                    out.entry((*iv, start, *d, syms.name(*k).to_owned())).or_default().apply(&f.measure, 1);
+                    out.entry((*iv, start, *d, syms.name(*k).to_owned()))
+                        .or_default()
+                        .apply(&f.measure, 1);
                 }
             }
         }
@@ -214,12 +251,36 @@ fn oracle(cfg: &EngineConfig, events: &[Event]) -> BTreeMap<Key, Acc> {
 }
 
 fn check(seed: u64, contacts: usize, dup_rate: f64, flush_every: usize) {
-    let cfg = EngineConfig { tz: jiff::tz::TimeZone::get("America/New_York").unwrap(), ..EngineConfig::default() };
+    check_with(
+        seed,
+        contacts,
+        dup_rate,
+        flush_every,
+        EngineConfig::default().intervals,
+    );
+}
+
+fn check_with(
+    seed: u64,
+    contacts: usize,
+    dup_rate: f64,
+    flush_every: usize,
+    intervals: Vec<Interval>,
+) {
+    let cfg = EngineConfig {
+        tz: jiff::tz::TimeZone::get("America/New_York").unwrap(),
+        intervals,
+        ..EngineConfig::default()
+    };
     let events = scenario(seed, contacts);
     let expected = oracle(&cfg, &events);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
     let mut input = events.clone();
-    let dups: Vec<Event> = events.iter().filter(|_| rng.random_bool(dup_rate)).cloned().collect();
+    let dups: Vec<Event> = events
+        .iter()
+        .filter(|_| rng.random_bool(dup_rate))
+        .cloned()
+        .collect();
     input.extend(dups);
     input.shuffle(&mut rng);
     let mut engine = Engine::new(cfg);
@@ -235,7 +296,11 @@ fn check(seed: u64, contacts: usize, dup_rate: f64, flush_every: usize) {
     if got != expected {
         for k in expected.keys().chain(got.keys()).collect::<HashSet<_>>() {
             if expected.get(k) != got.get(k) {
-                panic!("seed {seed}: {k:?}\n expected {:?}\n got      {:?}", expected.get(k), got.get(k));
+                panic!(
+                    "seed {seed}: {k:?}\n expected {:?}\n got      {:?}",
+                    expected.get(k),
+                    got.get(k)
+                );
             }
         }
     }
@@ -252,4 +317,34 @@ proptest! {
 #[test]
 fn larger_set_in_sorted_and_shuffled_order() {
     check(7, 2000, 0.05, 97);
+}
+
+/// Intervals that do not nest (10 min does not divide 15 min) take the per-interval
+/// path instead of merging coarse windows from the finest.
+#[test]
+fn intervals_that_do_not_nest() {
+    let ivs = ["10m", "15m", "1d"].map(|s| s.parse().unwrap()).to_vec();
+    check_with(11, 500, 0.05, 13, ivs);
+}
+
+/// Replay runs without live views; the snapshots must not depend on that.
+#[test]
+fn live_views_do_not_change_snapshots() {
+    let events = scenario(3, 300);
+    let run = |live: bool| {
+        let mut e = Engine::new(EngineConfig {
+            live,
+            ..EngineConfig::default()
+        });
+        let mut got = BTreeMap::new();
+        for (i, ev) in events.iter().cloned().enumerate() {
+            e.apply(ev);
+            if i % 17 == 0 {
+                merge(&mut got, e.flush());
+            }
+        }
+        merge(&mut got, e.flush_all());
+        got
+    };
+    assert_eq!(run(true), run(false));
 }

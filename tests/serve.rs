@@ -19,7 +19,10 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 }
 
 fn get(url: &str) -> Option<(u16, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
     rt.block_on(async {
         let r = reqwest::get(url).await.ok()?;
         let status = r.status().as_u16();
@@ -64,33 +67,69 @@ fn serve_from_stdin_matches_replay_and_stops_cleanly() {
     drop(stdin);
 
     assert_eq!(get(&format!("{base}/healthz")).map(|r| r.0), Some(200));
-    wait_for("ready", Duration::from_secs(10), || get(&format!("{base}/readyz")).filter(|r| r.0 == 200));
+    wait_for("ready", Duration::from_secs(10), || {
+        get(&format!("{base}/readyz")).filter(|r| r.0 == 200)
+    });
     // All 20 events accepted, and the idle wall-clock advance has moved the watermark
     // past every interval (the input ends at 09:29; the wall clock is later).
-    wait_for("events processed and the watermark advanced by the wall clock", Duration::from_secs(20), || {
-        let (_, body) = get(&format!("{base}/api/v1/status"))?;
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        let wm: jiff::Timestamp = v["watermark"].as_str()?.parse().ok()?;
-        let flushed: jiff::Timestamp = v["last_flush"].as_str()?.parse().ok()?;
-        (v["stats"]["accepted"] == 20 && wm > "2026-11-23T10:00:00Z".parse().ok()? && flushed > jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5))
+    wait_for(
+        "events processed and the watermark advanced by the wall clock",
+        Duration::from_secs(20),
+        || {
+            let (_, body) = get(&format!("{base}/api/v1/status"))?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let wm: jiff::Timestamp = v["watermark"].as_str()?.parse().ok()?;
+            let flushed: jiff::Timestamp = v["last_flush"].as_str()?.parse().ok()?;
+            (v["stats"]["accepted"] == 20
+                && wm > "2026-11-23T10:00:00Z".parse().ok()?
+                && flushed > jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5))
             .then_some(())
-    });
+        },
+    );
     let (_, metrics) = get(&format!("{base}/metrics")).unwrap();
-    assert!(metrics.contains("ccmetrics_events_rejected_total{reason=\"invalid_json\"} 1"), "{metrics}");
-    assert!(metrics.contains("ccmetrics_contacts_offered_total{dimension=\"queue\",queue=\"support\"} 4"), "{metrics}");
-    assert!(metrics.contains("ccmetrics_wait_seconds_bucket{dimension=\"queue\",queue=\"support\",le=\"20\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("ccmetrics_events_rejected_total{reason=\"invalid_json\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("ccmetrics_contacts_offered_total{dimension=\"queue\",queue=\"support\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "ccmetrics_wait_seconds_bucket{dimension=\"queue\",queue=\"support\",le=\"20\"} 1"
+        ),
+        "{metrics}"
+    );
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = wait_for("exit after SIGTERM", Duration::from_secs(20), || child.try_wait().unwrap());
+    let exit = wait_for("exit after SIGTERM", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
     assert!(exit.success(), "serve exited with {exit}");
 
     let export = Command::new(env!("CARGO_BIN_EXE_ccmetrics"))
-        .args(["export", "--window", "15m", "--dimension", "queue", "--config"])
+        .args([
+            "export",
+            "--window",
+            "15m",
+            "--dimension",
+            "queue",
+            "--config",
+        ])
         .arg(&cfg)
         .output()
         .unwrap();
-    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
     let want = std::fs::read_to_string(case.join("15m_queue.csv")).unwrap();
     assert_eq!(String::from_utf8(export.stdout).unwrap(), want);
 }

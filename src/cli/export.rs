@@ -32,24 +32,41 @@ pub struct Args {
 }
 
 fn parse_dimension(s: &str) -> Result<Dimension, String> {
-    Dimension::parse(s).ok_or_else(|| format!("{s:?} is not one of all, channel, queue, team, agent"))
+    Dimension::parse(s)
+        .ok_or_else(|| format!("{s:?} is not one of all, channel, queue, team, agent"))
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
-    parse_rfc3339(s).ok_or_else(|| format!("{s:?} is not RFC 3339 with an offset, e.g. 2026-11-23T00:00:00Z"))
+    parse_rfc3339(s)
+        .ok_or_else(|| format!("{s:?} is not RFC 3339 with an offset, e.g. 2026-11-23T00:00:00Z"))
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cfg = a.config.load()?;
     if !cfg.windows.intervals.contains(&a.window) {
-        let known: Vec<String> = cfg.windows.intervals.iter().map(|i| i.to_string()).collect();
-        anyhow::bail!("--window {} is not a configured interval (configured: {})", a.window, known.join(", "));
+        let known: Vec<String> = cfg
+            .windows
+            .intervals
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        anyhow::bail!(
+            "--window {} is not a configured interval (configured: {})",
+            a.window,
+            known.join(", ")
+        );
     }
-    let store = Store::open(&cfg.store.url).await.with_context(|| format!("opening store {}", cfg.store.url))?;
-    let rows = store.query(&a.window.to_string(), a.dimension, a.from, a.to).await.context("reading snapshots")?;
+    let store = Store::open(&cfg.store.url)
+        .await
+        .with_context(|| format!("opening store {}", cfg.store.url))?;
+    let rows = store
+        .query(&a.window.to_string(), a.dimension, a.from, a.to)
+        .await
+        .context("reading snapshots")?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    export::write(&rows, cfg.metrics.service_level_formula, a.format, &mut out).context("writing export")?;
+    export::write(&rows, cfg.metrics.service_level_formula, a.format, &mut out)
+        .context("writing export")?;
     out.flush().context("writing export")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
 use ccmetrics::config::Config;
+use clap::{Parser, Subcommand};
 
 mod check_config;
 mod export;
@@ -14,7 +14,11 @@ mod replay;
 mod serve;
 
 #[derive(Parser, Debug)]
-#[command(name = "ccmetrics", version, about = "Event-time contact-centre KPIs from call, chat and ticket events")]
+#[command(
+    name = "ccmetrics",
+    version,
+    about = "Event-time contact-centre KPIs from call, chat and ticket events"
+)]
 pub struct Cli {
     /// Log as JSON lines instead of human-readable text (level via RUST_LOG, default info).
     #[arg(long, global = true)]
@@ -40,7 +44,9 @@ pub enum Command {
 pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -64,7 +70,10 @@ impl ConfigArg {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {

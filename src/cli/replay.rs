@@ -11,7 +11,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ConfigArg;
 
-
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -35,24 +34,38 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     for p in &a.inputs {
         anyhow::ensure!(p.exists(), "input {} does not exist", p.display());
     }
-    let store = Store::open(&cfg.store.url).await.with_context(|| format!("opening store {}", cfg.store.url))?;
-    let cleared = store.clear_partition(&a.partition).await.context("clearing the replay partition")?;
+    let store = Store::open(&cfg.store.url)
+        .await
+        .with_context(|| format!("opening store {}", cfg.store.url))?;
+    let cleared = store
+        .clear_partition(&a.partition)
+        .await
+        .context("clearing the replay partition")?;
     if cleared > 0 {
         tracing::info!(partition = %a.partition, rows = cleared, "replacing earlier snapshots of this partition");
     }
     let started = Instant::now();
-    let mut pipe = Pipeline::new(EngineConfig::from_config(&cfg), cfg.decoder(), a.partition.clone());
+    let engine_cfg = EngineConfig {
+        live: false,
+        ..EngineConfig::from_config(&cfg)
+    };
+    let mut pipe = Pipeline::new(engine_cfg, cfg.decoder(), a.partition.clone());
     let bar = ProgressBar::new_spinner();
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed_precise} {human_pos} events ({per_sec}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} {human_pos} events ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     let mut buf = Vec::with_capacity(4096);
     let mut n: u64 = 0;
     for path in &a.inputs {
         bar.set_message(path.display().to_string());
-        let mut reader = file::open_lines(path).with_context(|| format!("opening {}", path.display()))?;
-        while file::read_record(&mut reader, &mut buf).with_context(|| format!("reading {}", path.display()))? {
+        let mut reader =
+            file::open_lines(path).with_context(|| format!("opening {}", path.display()))?;
+        while file::read_record(&mut reader, &mut buf)
+            .with_context(|| format!("reading {}", path.display()))?
+        {
             if pipe.ingest(&buf).is_none() {
                 continue;
             }
@@ -65,9 +78,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     bar.set_position(n);
     let rest = pipe.engine.flush_all();
-    pipe.write(&store, rest).await.context("writing snapshots")?;
+    pipe.write(&store, rest)
+        .await
+        .context("writing snapshots")?;
     bar.finish_and_clear();
-    print_summary(&a.inputs, pipe.stats(), pipe.rows_written, started.elapsed().as_secs_f64());
+    print_summary(
+        &a.inputs,
+        pipe.stats(),
+        pipe.rows_written,
+        started.elapsed().as_secs_f64(),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -83,5 +103,8 @@ fn print_summary(inputs: &[PathBuf], s: &Stats, rows: u64, secs: f64) {
     }
     println!("  late, applied    {}", s.late_applied);
     println!("  snapshot rows    {rows}");
-    println!("  elapsed          {secs:.2} s ({:.0} events/s)", s.read as f64 / secs.max(1e-9));
+    println!(
+        "  elapsed          {secs:.2} s ({:.0} events/s)",
+        s.read as f64 / secs.max(1e-9)
+    );
 }

@@ -79,7 +79,10 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     let out: Box<dyn Write> = if a.out.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?)
+        Box::new(
+            std::fs::File::create(&a.out)
+                .with_context(|| format!("creating {}", a.out.display()))?,
+        )
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
     sim::write_jsonl(cfg, a.events, &mut out).context("writing events")?;
@@ -93,16 +96,28 @@ fn now_ms() -> i64 {
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cfg = a.config.load()?;
-    let store = Store::open(&cfg.store.url).await.with_context(|| format!("opening store {}", cfg.store.url))?;
+    let store = Store::open(&cfg.store.url)
+        .await
+        .with_context(|| format!("opening store {}", cfg.store.url))?;
     let state = Arc::new(AppState::new(&cfg).context("setting up metrics")?);
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.http.listen))?;
-    let addr = listener.local_addr().context("reading the listen address")?;
-    let partition = a.partition.clone().unwrap_or_else(|| format!("{:?}", a.source).to_lowercase());
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    let partition = a
+        .partition
+        .clone()
+        .unwrap_or_else(|| format!("{:?}", a.source).to_lowercase());
     tracing::info!(%addr, store = %cfg.store.url, source = ?a.source, %partition, "ccmetrics serving");
-    println!("ccmetrics is running: metrics at http://{addr}/metrics, rolling KPIs at http://{addr}/api/v1/rolling?window=15m&dimension=queue");
-    println!("snapshots go to {}; export them with `ccmetrics export --window 15m --dimension queue`", cfg.store.url);
+    println!(
+        "ccmetrics is running: metrics at http://{addr}/metrics, rolling KPIs at http://{addr}/api/v1/rolling?window=15m&dimension=queue"
+    );
+    println!(
+        "snapshots go to {}; export them with `ccmetrics export --window 15m --dimension queue`",
+        cfg.store.url
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
@@ -177,12 +192,21 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 tracing::warn!(error = %e, attempts, "final flush failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500 * attempts)).await;
             }
-            Err(e) => return Err(e).context("final snapshot flush failed; open-window data was not written"),
+            Err(e) => {
+                return Err(e)
+                    .context("final snapshot flush failed; open-window data was not written");
+            }
         }
     }
     let _ = http_task.await;
     let s = pipe.stats();
-    tracing::info!(read = s.read, accepted = s.accepted, duplicates = s.duplicates, rejected = s.rejected_total(), "stopped");
+    tracing::info!(
+        read = s.read,
+        accepted = s.accepted,
+        duplicates = s.duplicates,
+        rejected = s.rejected_total(),
+        "stopped"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,12 @@ use super::hist::Hist;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Measure {
     /// Queue side: the contact left the queue (answered or abandoned) after `wait_ms`.
-    QueueOutcome { answered: bool, wait_ms: u64, short: bool, within: bool },
+    QueueOutcome {
+        answered: bool,
+        wait_ms: u64,
+        short: bool,
+        within: bool,
+    },
     /// Agent side: the contact was presented to the agent.
     Presented,
     /// Agent side: the agent answered; `wait_ms` is the queue wait when known.
@@ -100,7 +105,12 @@ impl Acc {
     /// Apply a measure with `sign` +1 (add) or -1 (retract a correction).
     pub fn apply(&mut self, m: &Measure, sign: i64) {
         match *m {
-            Measure::QueueOutcome { answered, wait_ms, short, within } => {
+            Measure::QueueOutcome {
+                answered,
+                wait_ms,
+                short,
+                within,
+            } => {
                 self.offered += sign;
                 if answered {
                     self.answered += sign;
@@ -234,7 +244,11 @@ impl Acc {
     }
 
     pub fn hists_mut(&mut self) -> [&mut Hist; 3] {
-        [&mut self.wait_hist, &mut self.handle_hist, &mut self.frt_hist]
+        [
+            &mut self.wait_hist,
+            &mut self.handle_hist,
+            &mut self.frt_hist,
+        ]
     }
 }
 
@@ -245,16 +259,35 @@ mod tests {
     #[test]
     fn apply_then_retract_is_zero() {
         let ms = [
-            Measure::QueueOutcome { answered: true, wait_ms: 12_000, short: false, within: true },
-            Measure::QueueOutcome { answered: false, wait_ms: 3_000, short: true, within: true },
+            Measure::QueueOutcome {
+                answered: true,
+                wait_ms: 12_000,
+                short: false,
+                within: true,
+            },
+            Measure::QueueOutcome {
+                answered: false,
+                wait_ms: 3_000,
+                short: true,
+                within: true,
+            },
             Measure::Presented,
-            Measure::AgentAnswered { wait_ms: Some(5), within: true },
+            Measure::AgentAnswered {
+                wait_ms: Some(5),
+                within: true,
+            },
             Measure::AgentAbandoned,
             Measure::Handled { handle_ms: 300_000 },
             Measure::FirstResponse { frt_ms: 60_000 },
             Measure::Resolved { fcr: true },
-            Measure::Converted { first: true, amount: 99_900 },
-            Measure::Csat { score: 50_000, positive: true },
+            Measure::Converted {
+                first: true,
+                amount: 99_900,
+            },
+            Measure::Csat {
+                score: 50_000,
+                positive: true,
+            },
             Measure::Qa { score: 875_000 },
         ];
         let mut a = Acc::default();

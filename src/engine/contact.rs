@@ -130,9 +130,14 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
     let mut out = Derived::default();
 
     // Whole-contact properties: FCR fails on any transfer or reopen, whenever it happened.
-    let transferred = events.iter().any(|e| e.kind == EventType::ContactTransferred);
+    let transferred = events
+        .iter()
+        .any(|e| e.kind == EventType::ContactTransferred);
     let reopened = events.iter().any(|e| e.kind == EventType::ContactReopened);
-    let first_offer = events.iter().find(|e| e.kind == EventType::ContactOffered).map(|e| e.ts);
+    let first_offer = events
+        .iter()
+        .find(|e| e.kind == EventType::ContactOffered)
+        .map(|e| e.ts);
     // Channel is set on the offer; later events inherit it, and an event carrying one
     // stands in when the offer is missing (late or lost).
     let contact_channel = events.iter().find_map(|e| e.channel);
@@ -167,8 +172,18 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
                 .unwrap_or(unknown)
         };
         let queue = offer.map(|o| o.queue).or(e.queue).unwrap_or(unknown);
-        let channel = offer.map(|o| o.channel).unwrap_or_else(|| chan_sym(contact_channel));
-        let fact = |side, measure, agent: Option<Sym>, team| Fact { ts: e.ts, side, measure, queue, channel, agent, team };
+        let channel = offer
+            .map(|o| o.channel)
+            .unwrap_or_else(|| chan_sym(contact_channel));
+        let fact = |side, measure, agent: Option<Sym>, team| Fact {
+            ts: e.ts,
+            side,
+            measure,
+            queue,
+            channel,
+            agent,
+            team,
+        };
         // Contact-level facts: the event's agent, else the last handling agent.
         let attributed = |out: &mut Derived, measure| {
             let agent = e.agent.or(last_handler);
@@ -193,7 +208,12 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
             }
             EventType::ContactRouted => {
                 if let Some(a) = e.agent {
-                    out.facts.push(fact(Side::Agent, Measure::Presented, Some(a), team_of(a, e.team)));
+                    out.facts.push(fact(
+                        Side::Agent,
+                        Measure::Presented,
+                        Some(a),
+                        team_of(a, e.team),
+                    ));
                     if !presented.contains(&a) {
                         presented.push(a);
                     }
@@ -212,22 +232,41 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
                 let team = team_of(a, e.team);
                 if !presented.contains(&a) {
                     presented.push(a);
-                    out.facts.push(fact(Side::Agent, Measure::Presented, Some(a), team));
+                    out.facts
+                        .push(fact(Side::Agent, Measure::Presented, Some(a), team));
                 }
-                out.facts.push(fact(Side::Agent, Measure::AgentAnswered { wait_ms: wait, within }, Some(a), team));
+                out.facts.push(fact(
+                    Side::Agent,
+                    Measure::AgentAnswered {
+                        wait_ms: wait,
+                        within,
+                    },
+                    Some(a),
+                    team,
+                ));
                 if let (Some(o), false) = (offer, outcome_done) {
                     let w = dur(o.ts, e.ts);
-                    let m = Measure::QueueOutcome { answered: true, wait_ms: w, short: false, within: w as i64 <= r.sl_threshold_ms };
+                    let m = Measure::QueueOutcome {
+                        answered: true,
+                        wait_ms: w,
+                        short: false,
+                        within: w as i64 <= r.sl_threshold_ms,
+                    };
                     out.facts.push(fact(Side::Queue, m, Some(a), team));
                     outcome_done = true;
                 }
                 if segment.is_none() {
-                    segment = Some(Segment { agent: a, start: e.ts });
+                    segment = Some(Segment {
+                        agent: a,
+                        start: e.ts,
+                    });
                 }
                 last_handler = Some(a);
             }
             EventType::ContactAbandoned => {
-                let (Some(o), false) = (offer, outcome_done) else { continue };
+                let (Some(o), false) = (offer, outcome_done) else {
+                    continue;
+                };
                 let w = dur(o.ts, e.ts);
                 let m = Measure::QueueOutcome {
                     answered: false,
@@ -238,7 +277,12 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
                 out.facts.push(fact(Side::Queue, m, None, unknown));
                 outcome_done = true;
                 if let Some(a) = last_routed.filter(|a| !answered_by.contains(a)) {
-                    out.facts.push(fact(Side::Agent, Measure::AgentAbandoned, Some(a), team_of(a, None)));
+                    out.facts.push(fact(
+                        Side::Agent,
+                        Measure::AgentAbandoned,
+                        Some(a),
+                        team_of(a, None),
+                    ));
                 }
             }
             EventType::ContactFirstResponse => {
@@ -247,15 +291,26 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
                     continue;
                 }
                 frt_done = true;
-                attributed(&mut out, Measure::FirstResponse { frt_ms: dur(t0, e.ts) });
+                attributed(
+                    &mut out,
+                    Measure::FirstResponse {
+                        frt_ms: dur(t0, e.ts),
+                    },
+                );
             }
             EventType::ContactTransferred => {
                 if let Some(s) = segment.take() {
-                    let m = Measure::Handled { handle_ms: dur(s.start, e.ts) };
-                    out.facts.push(fact(Side::Both, m, Some(s.agent), team_of(s.agent, None)));
+                    let m = Measure::Handled {
+                        handle_ms: dur(s.start, e.ts),
+                    };
+                    out.facts
+                        .push(fact(Side::Both, m, Some(s.agent), team_of(s.agent, None)));
                 }
                 if let Some(to) = e.to_agent {
-                    segment = Some(Segment { agent: to, start: e.ts });
+                    segment = Some(Segment {
+                        agent: to,
+                        start: e.ts,
+                    });
                     last_handler = Some(to);
                 }
             }
@@ -264,7 +319,9 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
                     let hold = e.hold_ms.unwrap_or(0);
                     // Without an explicit talk time, talk is the connected time minus hold,
                     // so talk + hold is never more than the conversation lasted.
-                    let talk = e.talk_ms.unwrap_or_else(|| dur(s.start, e.ts).saturating_sub(hold));
+                    let talk = e
+                        .talk_ms
+                        .unwrap_or_else(|| dur(s.start, e.ts).saturating_sub(hold));
                     pending = Some(Pending {
                         agent: s.agent,
                         team: team_of(s.agent, None),
@@ -278,8 +335,18 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
             EventType::ContactWrapped => {
                 if let Some(p) = pending.filter(|p| e.ts - p.ended <= r.wrap_timeout_ms) {
                     let wrap = e.wrap_ms.unwrap_or_else(|| dur(p.ended, e.ts));
-                    let m = Measure::Handled { handle_ms: p.talk_hold_ms + wrap };
-                    out.facts.push(Fact { ts: e.ts, side: Side::Both, measure: m, queue: p.queue, channel: p.channel, agent: Some(p.agent), team: p.team });
+                    let m = Measure::Handled {
+                        handle_ms: p.talk_hold_ms + wrap,
+                    };
+                    out.facts.push(Fact {
+                        ts: e.ts,
+                        side: Side::Both,
+                        measure: m,
+                        queue: p.queue,
+                        channel: p.channel,
+                        agent: Some(p.agent),
+                        team: p.team,
+                    });
                     pending = None;
                 }
             }
@@ -288,19 +355,44 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
                     continue;
                 }
                 resolved_done = true;
-                let repeat = ctx.repeat_offers.iter().any(|&t| t > e.ts && t - e.ts <= r.fcr_window_ms);
-                attributed(&mut out, Measure::Resolved { fcr: !transferred && !reopened && !repeat });
+                let repeat = ctx
+                    .repeat_offers
+                    .iter()
+                    .any(|&t| t > e.ts && t - e.ts <= r.fcr_window_ms);
+                attributed(
+                    &mut out,
+                    Measure::Resolved {
+                        fcr: !transferred && !reopened && !repeat,
+                    },
+                );
             }
             EventType::ContactConverted => {
                 let first = !converted_done;
                 converted_done = true;
-                attributed(&mut out, Measure::Converted { first, amount: e.amount.unwrap_or(0) });
+                attributed(
+                    &mut out,
+                    Measure::Converted {
+                        first,
+                        amount: e.amount.unwrap_or(0),
+                    },
+                );
             }
             EventType::SurveyResponded => {
                 let score = e.score.unwrap_or(0);
-                attributed(&mut out, Measure::Csat { score, positive: score >= r.csat_positive_min });
+                attributed(
+                    &mut out,
+                    Measure::Csat {
+                        score,
+                        positive: score >= r.csat_positive_min,
+                    },
+                );
             }
-            EventType::QaScored => attributed(&mut out, Measure::Qa { score: e.score.unwrap_or(0) }),
+            EventType::QaScored => attributed(
+                &mut out,
+                Measure::Qa {
+                    score: e.score.unwrap_or(0),
+                },
+            ),
             EventType::ContactReopened | EventType::AgentState => {}
         }
     }
@@ -308,8 +400,18 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
     if let Some(p) = pending {
         let deadline = p.ended.saturating_add(r.wrap_timeout_ms);
         if ctx.watermark >= deadline {
-            let m = Measure::Handled { handle_ms: p.talk_hold_ms };
-            out.facts.push(Fact { ts: p.ended, side: Side::Both, measure: m, queue: p.queue, channel: p.channel, agent: Some(p.agent), team: p.team });
+            let m = Measure::Handled {
+                handle_ms: p.talk_hold_ms,
+            };
+            out.facts.push(Fact {
+                ts: p.ended,
+                side: Side::Both,
+                measure: m,
+                queue: p.queue,
+                channel: p.channel,
+                agent: Some(p.agent),
+                team: p.team,
+            });
         } else {
             out.wrap_deadline = Some(deadline);
         }

@@ -93,7 +93,8 @@ impl Hist {
         for &(value, count) in &self.bins {
             let n = u64::try_from(count).map_err(|_| HistError::Negative { value, count })?;
             // Infallible: value <= MAX_VALUE_MS by construction of `record`.
-            h.record_n(value, n).map_err(|e| HistError::Encode(format!("{e:?}")))?;
+            h.record_n(value, n)
+                .map_err(|e| HistError::Encode(format!("{e:?}")))?;
         }
         Ok(h)
     }
@@ -137,7 +138,11 @@ impl Hist {
     /// Number of observations <= `ms` (for Prometheus cumulative buckets).
     pub fn count_le(&self, ms: u64) -> i64 {
         let limit = TEMPLATE.highest_equivalent(ms.min(MAX_VALUE_MS));
-        self.bins.iter().take_while(|b| b.0 <= limit).map(|b| b.1).sum()
+        self.bins
+            .iter()
+            .take_while(|b| b.0 <= limit)
+            .map(|b| b.1)
+            .sum()
     }
 }
 

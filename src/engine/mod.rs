@@ -13,7 +13,12 @@ pub mod hist;
 pub mod intern;
 pub mod window;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet as StdHashSet};
+
+/// A fast non-cryptographic hasher: keys are our own interned ids and event-id hashes,
+/// and the engine is on the hot path of every event.
+type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 
 use self::acc::Acc;
 use self::contact::{CEvent, Ctx, Fact, Rules, Side};
@@ -34,8 +39,13 @@ pub enum Dimension {
 }
 
 impl Dimension {
-    pub const ALL: [Dimension; 5] =
-        [Dimension::All, Dimension::Channel, Dimension::Queue, Dimension::Team, Dimension::Agent];
+    pub const ALL: [Dimension; 5] = [
+        Dimension::All,
+        Dimension::Channel,
+        Dimension::Queue,
+        Dimension::Team,
+        Dimension::Agent,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -66,6 +76,9 @@ pub struct EngineConfig {
     pub correction_horizon_ms: i64,
     pub rolling_minutes: Vec<u32>,
     pub rules: Rules,
+    /// Keep live views (rolling windows, totals since start). `serve` needs them for
+    /// `/metrics` and the JSON API; `replay` does not and skips the work.
+    pub live: bool,
 }
 
 impl EngineConfig {
@@ -75,7 +88,12 @@ impl EngineConfig {
             tz: c.tz(),
             allowed_lateness_ms: c.windows.allowed_lateness.ms(),
             correction_horizon_ms: c.windows.correction_horizon.ms(),
-            rolling_minutes: c.windows.rolling.iter().map(|d| (d.0.as_secs() / 60) as u32).collect(),
+            rolling_minutes: c
+                .windows
+                .rolling
+                .iter()
+                .map(|d| (d.0.as_secs() / 60) as u32)
+                .collect(),
             rules: Rules {
                 sl_threshold_ms: c.metrics.service_level_threshold.ms(),
                 short_abandon_ms: c.metrics.short_abandon.ms(),
@@ -83,6 +101,7 @@ impl EngineConfig {
                 fcr_window_ms: c.fcr.window.ms(),
                 csat_positive_min: c.csat.positive_min * FIXED_SCALE,
             },
+            live: true,
         }
     }
 }
@@ -162,7 +181,15 @@ pub struct Engine {
     customers: HashMap<Box<str>, Vec<Box<str>>>,
     agent_team: HashMap<Sym, Sym>,
     wrap_deadlines: BTreeMap<Millis, Vec<Box<str>>>,
+    /// Accumulators updated per fact: the finest interval when the intervals nest
+    /// (the usual 15m / 1h / 1d), every interval otherwise. Keyed by (interval, start).
     windows: HashMap<(u8, Millis), WindowAccs>,
+    /// Coarser intervals built at flush time by merging flushed finest windows, which
+    /// turns three accumulator updates per fact into one.
+    coarse: HashMap<(u8, Millis), WindowAccs>,
+    /// Interval indexes updated per fact, and those derived by merging (see `coarse`).
+    direct: Vec<u8>,
+    derived: Vec<u8>,
     minutes: BTreeMap<Millis, HashMap<DimKey, Acc>>,
     totals: HashMap<DimKey, Acc>,
     max_ts: Option<Millis>,
@@ -174,6 +201,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Engine {
+        let (direct, derived) = plan_intervals(&cfg.intervals);
         let mut syms = Interner::default();
         let unknown = syms.intern(UNKNOWN_KEY);
         let all = syms.intern(ALL_KEY);
@@ -185,15 +213,18 @@ impl Engine {
             unknown,
             all,
             channels,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             seen_by_hour: BTreeMap::new(),
-            contacts: HashMap::new(),
-            customers: HashMap::new(),
-            agent_team: HashMap::new(),
+            contacts: HashMap::default(),
+            customers: HashMap::default(),
+            agent_team: HashMap::default(),
             wrap_deadlines: BTreeMap::new(),
-            windows: HashMap::new(),
+            windows: HashMap::default(),
+            coarse: HashMap::default(),
+            direct,
+            derived,
             minutes: BTreeMap::new(),
-            totals: HashMap::new(),
+            totals: HashMap::default(),
             max_ts: None,
             flushed_to: Millis::MIN,
             last_expiry: Millis::MIN,
@@ -211,7 +242,8 @@ impl Engine {
 
     /// Event-time watermark: max event time seen − allowed lateness.
     pub fn watermark(&self) -> Option<Millis> {
-        self.max_ts.map(|t| t.saturating_sub(self.cfg.allowed_lateness_ms))
+        self.max_ts
+            .map(|t| t.saturating_sub(self.cfg.allowed_lateness_ms))
     }
 
     /// The engine's notion of "now": the latest event time (or wall-clock advance).
@@ -239,7 +271,11 @@ impl Engine {
         if let Some(wm) = self.watermark()
             && ev.ts < wm.saturating_sub(self.cfg.correction_horizon_ms)
         {
-            *self.stats.rejected.entry(RejectReason::TooLate).or_default() += 1;
+            *self
+                .stats
+                .rejected
+                .entry(RejectReason::TooLate)
+                .or_default() += 1;
             return Outcome::Rejected(RejectReason::TooLate);
         }
         let id = xxhash_rust::xxh3::xxh3_128(ev.event_id.as_bytes());
@@ -247,7 +283,10 @@ impl Engine {
             self.stats.duplicates += 1;
             return Outcome::Duplicate;
         }
-        self.seen_by_hour.entry(ev.ts.div_euclid(3_600_000)).or_default().push(id);
+        self.seen_by_hour
+            .entry(ev.ts.div_euclid(3_600_000))
+            .or_default()
+            .push(id);
         self.stats.accepted += 1;
         if self.watermark().is_some_and(|wm| ev.ts < wm) {
             self.stats.late_applied += 1;
@@ -284,7 +323,8 @@ impl Engine {
         };
         let c = self.contacts.entry(Box::from(contact_id)).or_default();
         let pos = c.events.partition_point(|x| x.sort_key() <= ce.sort_key());
-        let new_offer = ce.kind == EventType::ContactOffered && c.first_offer.is_none_or(|t| ce.ts < t);
+        let new_offer =
+            ce.kind == EventType::ContactOffered && c.first_offer.is_none_or(|t| ce.ts < t);
         if new_offer {
             c.first_offer = Some(ce.ts);
         }
@@ -297,7 +337,10 @@ impl Engine {
         let customer = c.customer.clone();
 
         if new_customer && let Some(k) = &customer {
-            self.customers.entry(k.clone()).or_default().push(Box::from(contact_id));
+            self.customers
+                .entry(k.clone())
+                .or_default()
+                .push(Box::from(contact_id));
         }
         self.bump_clock(ev.ts);
         match customer {
@@ -341,7 +384,9 @@ impl Engine {
     }
 
     fn rederive(&mut self, contact_id: &str) {
-        let Some(c) = self.contacts.get(contact_id) else { return };
+        let Some(c) = self.contacts.get(contact_id) else {
+            return;
+        };
         let repeat_offers: Vec<Millis> = match &c.customer {
             Some(k) => self
                 .customers
@@ -369,9 +414,11 @@ impl Engine {
                 ids.push(Box::from(contact_id));
             }
         }
-        let Some(c) = self.contacts.get_mut(contact_id) else { return };
-        let old = std::mem::replace(&mut c.facts, derived.facts);
-        let new = c.facts.clone();
+        let Some(c) = self.contacts.get_mut(contact_id) else {
+            return;
+        };
+        let old = std::mem::take(&mut c.facts);
+        let new = derived.facts;
         // Both lists are sorted: walk them together and apply only the difference.
         let (mut i, mut j) = (0, 0);
         while i < old.len() || j < new.len() {
@@ -395,11 +442,20 @@ impl Engine {
                 (None, None) => break,
             }
         }
+        if let Some(c) = self.contacts.get_mut(contact_id) {
+            c.facts = new;
+        }
     }
 
     fn dims(&self, f: &Fact) -> impl Iterator<Item = DimKey> {
-        let queue_side = [(Dimension::All, self.all), (Dimension::Channel, f.channel), (Dimension::Queue, f.queue)];
-        let agent_side = f.agent.map(|a| [(Dimension::Team, f.team), (Dimension::Agent, a)]);
+        let queue_side = [
+            (Dimension::All, self.all),
+            (Dimension::Channel, f.channel),
+            (Dimension::Queue, f.queue),
+        ];
+        let agent_side = f
+            .agent
+            .map(|a| [(Dimension::Team, f.team), (Dimension::Agent, a)]);
         let (q, a) = match f.side {
             Side::Queue => (Some(queue_side), None),
             Side::Agent => (None, agent_side),
@@ -409,21 +465,39 @@ impl Engine {
     }
 
     fn apply_fact(&mut self, f: &Fact, sign: i64) {
-        let dims: Vec<DimKey> = self.dims(f).collect();
-        for (i, iv) in self.cfg.intervals.iter().enumerate() {
-            let (start, end) = self.windower.window(*iv, f.ts);
-            let w = self.windows.entry((i as u8, start)).or_insert_with(|| WindowAccs { end, accs: HashMap::new() });
-            for dk in &dims {
+        let mut dims = [(Dimension::All, self.all); 5];
+        let mut n = 0;
+        for dk in self.dims(f) {
+            dims[n] = dk;
+            n += 1;
+        }
+        let dims = &dims[..n];
+        for &i in &self.direct {
+            let (start, end) = self.windower.window(self.cfg.intervals[i as usize], f.ts);
+            let w = self
+                .windows
+                .entry((i, start))
+                .or_insert_with(|| WindowAccs {
+                    end,
+                    accs: HashMap::default(),
+                });
+            for dk in dims {
                 w.accs.entry(*dk).or_default().apply(&f.measure, sign);
             }
         }
-        for dk in &dims {
+        if !self.cfg.live {
+            return;
+        }
+        for dk in dims {
             self.totals.entry(*dk).or_default().apply(&f.measure, sign);
         }
         let minute = f.ts.div_euclid(MINUTE) * MINUTE;
-        if self.max_ts.is_some_and(|now| minute > now - self.rolling_span_ms()) {
+        if self
+            .max_ts
+            .is_some_and(|now| minute > now - self.rolling_span_ms())
+        {
             let bucket = self.minutes.entry(minute).or_default();
-            for dk in &dims {
+            for dk in dims {
                 bucket.entry(*dk).or_default().apply(&f.measure, sign);
             }
         }
@@ -447,7 +521,9 @@ impl Engine {
     /// Hand out every window the watermark has passed (first flushes and corrections),
     /// and release state older than the correction horizon.
     pub fn flush(&mut self) -> Vec<SnapshotDelta> {
-        let Some(wm) = self.watermark() else { return Vec::new() };
+        let Some(wm) = self.watermark() else {
+            return Vec::new();
+        };
         self.fire_wrap_deadlines();
         let out = self.take_windows(|end| end <= wm);
         self.flushed_to = wm;
@@ -476,20 +552,68 @@ impl Engine {
     }
 
     fn take_windows(&mut self, ready: impl Fn(Millis) -> bool) -> Vec<SnapshotDelta> {
-        let keys: Vec<(u8, Millis)> = self.windows.iter().filter(|(_, w)| ready(w.end)).map(|(k, _)| *k).collect();
+        let keys: Vec<(u8, Millis)> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| ready(w.end))
+            .map(|(k, _)| *k)
+            .collect();
         let mut out = Vec::new();
         for k in keys {
-            let Some(w) = self.windows.remove(&k) else { continue };
-            let interval = self.cfg.intervals[k.0 as usize];
-            for ((dimension, key), acc) in w.accs {
-                if acc.is_zero() {
-                    continue;
+            let Some(w) = self.windows.remove(&k) else {
+                continue;
+            };
+            // A finished finest window feeds the coarser intervals containing it: still
+            // open ones grow, already flushed ones get a correction delta.
+            for &c in &self.derived {
+                let (start, end) = self.windower.window(self.cfg.intervals[c as usize], k.1);
+                let cw = self.coarse.entry((c, start)).or_insert_with(|| WindowAccs {
+                    end,
+                    accs: HashMap::default(),
+                });
+                for (dk, acc) in &w.accs {
+                    cw.accs.entry(*dk).or_default().merge(acc);
                 }
-                out.push(SnapshotDelta { interval, start: k.1, end: w.end, dimension, key: self.syms.name(key).to_owned(), acc });
+            }
+            self.emit(k, w, &mut out);
+        }
+        let keys: Vec<(u8, Millis)> = self
+            .coarse
+            .iter()
+            .filter(|(_, w)| ready(w.end))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(w) = self.coarse.remove(&k) {
+                self.emit(k, w, &mut out);
             }
         }
-        out.sort_by(|a, b| (a.interval, a.start, a.dimension, &a.key).cmp(&(b.interval, b.start, b.dimension, &b.key)));
+        out.sort_by(|a, b| {
+            (a.interval, a.start, a.dimension, &a.key).cmp(&(
+                b.interval,
+                b.start,
+                b.dimension,
+                &b.key,
+            ))
+        });
         out
+    }
+
+    fn emit(&self, k: (u8, Millis), w: WindowAccs, out: &mut Vec<SnapshotDelta>) {
+        let interval = self.cfg.intervals[k.0 as usize];
+        for ((dimension, key), acc) in w.accs {
+            if acc.is_zero() {
+                continue;
+            }
+            out.push(SnapshotDelta {
+                interval,
+                start: k.1,
+                end: w.end,
+                dimension,
+                key: self.syms.name(key).to_owned(),
+                acc,
+            });
+        }
     }
 
     /// Release contacts and duplicate-detection memory that no acceptable event can
@@ -500,8 +624,12 @@ impl Engine {
         }
         self.last_expiry = wm;
         let horizon = wm.saturating_sub(self.cfg.correction_horizon_ms);
-        let dead: Vec<Box<str>> =
-            self.contacts.iter().filter(|(_, c)| c.last_ts < horizon).map(|(k, _)| k.clone()).collect();
+        let dead: Vec<Box<str>> = self
+            .contacts
+            .iter()
+            .filter(|(_, c)| c.last_ts < horizon)
+            .map(|(k, _)| k.clone())
+            .collect();
         for id in dead {
             if let Some(c) = self.contacts.remove(&id)
                 && let Some(k) = c.customer
@@ -526,9 +654,11 @@ impl Engine {
 
     /// Rolling window of the last `minutes` minutes of event time, per dimension key.
     pub fn rolling(&self, minutes: u32) -> Vec<(Dimension, String, Acc)> {
-        let Some(now) = self.max_ts else { return Vec::new() };
+        let Some(now) = self.max_ts else {
+            return Vec::new();
+        };
         let from = now.div_euclid(MINUTE) * MINUTE - (i64::from(minutes) - 1) * MINUTE;
-        let mut merged: HashMap<DimKey, Acc> = HashMap::new();
+        let mut merged: HashMap<DimKey, Acc> = HashMap::default();
         for (_, bucket) in self.minutes.range(from..) {
             for (dk, acc) in bucket {
                 merged.entry(*dk).or_default().merge(acc);
@@ -543,9 +673,39 @@ impl Engine {
     }
 
     fn named(&self, m: HashMap<DimKey, Acc>) -> Vec<(Dimension, String, Acc)> {
-        let mut v: Vec<_> = m.into_iter().map(|((d, k), a)| (d, self.syms.name(k).to_owned(), a)).collect();
+        let mut v: Vec<_> = m
+            .into_iter()
+            .map(|((d, k), a)| (d, self.syms.name(k).to_owned(), a))
+            .collect();
         v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         v
+    }
+}
+
+/// Which intervals get per-fact updates and which are merged from the finest at flush.
+/// Merging is exact only when every interval is a whole number of finest intervals on
+/// the same local grid, i.e. the finest size divides every other size.
+fn plan_intervals(intervals: &[Interval]) -> (Vec<u8>, Vec<u8>) {
+    let minutes = |iv: &Interval| match iv {
+        Interval::Minutes(m) => *m,
+        Interval::Day => 1440,
+    };
+    let Some((finest, fm)) = intervals
+        .iter()
+        .enumerate()
+        .map(|(i, iv)| (i, minutes(iv)))
+        .min_by_key(|x| x.1)
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    if intervals.iter().all(|iv| minutes(iv) % fm == 0) {
+        let derived = (0..intervals.len())
+            .filter(|&i| i != finest)
+            .map(|i| i as u8)
+            .collect();
+        (vec![finest as u8], derived)
+    } else {
+        ((0..intervals.len()).map(|i| i as u8).collect(), Vec::new())
     }
 }
 

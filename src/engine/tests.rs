@@ -55,11 +55,24 @@ fn c(id: &str) -> String {
 }
 
 fn offered(id: &str, contact: &str, secs: f64, queue: &str) -> Event {
-    ev(id, "contact.offered", secs, &format!(r#"{},"channel":"voice","queue":"{queue}","customer_id":"cust-{contact}""#, c(contact)))
+    ev(
+        id,
+        "contact.offered",
+        secs,
+        &format!(
+            r#"{},"channel":"voice","queue":"{queue}","customer_id":"cust-{contact}""#,
+            c(contact)
+        ),
+    )
 }
 
 fn with_agent(id: &str, kind: &str, contact: &str, secs: f64, agent: &str) -> Event {
-    ev(id, kind, secs, &format!(r#"{},"agent_id":"{agent}","team":"t-{agent}""#, c(contact)))
+    ev(
+        id,
+        kind,
+        secs,
+        &format!(r#"{},"agent_id":"{agent}","team":"t-{agent}""#, c(contact)),
+    )
 }
 
 fn plain(id: &str, kind: &str, contact: &str, secs: f64) -> Event {
@@ -81,13 +94,28 @@ fn queue_outcome_counts_when_contact_leaves_the_queue() {
         ],
     );
     let q = day(&out, Dimension::Queue, "q");
-    assert_eq!((q.offered, q.answered, q.abandoned, q.short_abandoned), (3, 1, 2, 1));
-    assert_eq!((q.answered_within, q.abandoned_within, q.wait_sum_ms), (1, 1, 12_000));
+    assert_eq!(
+        (q.offered, q.answered, q.abandoned, q.short_abandoned),
+        (3, 1, 2, 1)
+    );
+    assert_eq!(
+        (q.answered_within, q.abandoned_within, q.wait_sum_ms),
+        (1, 1, 12_000)
+    );
     assert_eq!(day(&out, Dimension::All, ALL_KEY).offered, 3);
     assert_eq!(day(&out, Dimension::Channel, "voice").offered, 3);
     // Attributed to the leave time: contact c (offered 00:00:20) left at 00:00:50.
-    let cfg = EngineConfig { intervals: vec![Interval::Minutes(15)], ..EngineConfig::default() };
-    let (_, out) = run(cfg, vec![offered("1", "a", 890.0, "q"), plain("2", "contact.abandoned", "a", 910.0)]);
+    let cfg = EngineConfig {
+        intervals: vec![Interval::Minutes(15)],
+        ..EngineConfig::default()
+    };
+    let (_, out) = run(
+        cfg,
+        vec![
+            offered("1", "a", 890.0, "q"),
+            plain("2", "contact.abandoned", "a", 910.0),
+        ],
+    );
     let starts: Vec<Millis> = out.keys().map(|k| k.1).collect();
     assert!(starts.iter().all(|&s| s == T0 + 900_000), "{starts:?}");
 }
@@ -112,7 +140,10 @@ fn service_level_formulas() {
     assert_eq!(crate::kpi::service_level(&q, Offered), Some(0.25));
     assert_eq!(crate::kpi::service_level(&q, Answered), Some(0.5));
     assert_eq!(crate::kpi::service_level(&q, RemovedWithin), Some(0.5));
-    assert_eq!(crate::kpi::service_level(&q, ExclShortAbandons), Some(1.0 / 3.0));
+    assert_eq!(
+        crate::kpi::service_level(&q, ExclShortAbandons),
+        Some(1.0 / 3.0)
+    );
 }
 
 #[test]
@@ -147,12 +178,27 @@ fn handle_time_talk_hold_wrap_and_wrap_timeout() {
         vec![
             offered("1", "a", 0.0, "q"),
             with_agent("2", "contact.answered", "a", 10.0, "x"),
-            ev("3", "contact.ended", 110.0, &format!(r#"{},"hold_ms":20000"#, c("a"))), // talk 80 + hold 20
-            plain("4", "contact.wrapped", "a", 140.0),                                  // wrap 30
+            ev(
+                "3",
+                "contact.ended",
+                110.0,
+                &format!(r#"{},"hold_ms":20000"#, c("a")),
+            ), // talk 80 + hold 20
+            plain("4", "contact.wrapped", "a", 140.0), // wrap 30
             offered("5", "b", 0.0, "q"),
             with_agent("6", "contact.answered", "b", 0.0, "x"),
-            ev("7", "contact.ended", 60.0, &format!(r#"{},"talk_ms":50000,"hold_ms":5000"#, c("b"))),
-            ev("8", "contact.wrapped", 70.0, &format!(r#"{},"wrap_ms":15000"#, c("b"))), // 50+5+15
+            ev(
+                "7",
+                "contact.ended",
+                60.0,
+                &format!(r#"{},"talk_ms":50000,"hold_ms":5000"#, c("b")),
+            ),
+            ev(
+                "8",
+                "contact.wrapped",
+                70.0,
+                &format!(r#"{},"wrap_ms":15000"#, c("b")),
+            ), // 50+5+15
             offered("9", "c", 0.0, "q"),
             with_agent("10", "contact.answered", "c", 0.0, "x"),
             plain("11", "contact.ended", "c", 100.0),
@@ -167,7 +213,10 @@ fn handle_time_talk_hold_wrap_and_wrap_timeout() {
 
 #[test]
 fn waiting_wrap_completes_when_watermark_passes_timeout() {
-    let cfg = EngineConfig { intervals: vec![Interval::Minutes(15)], ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        intervals: vec![Interval::Minutes(15)],
+        ..EngineConfig::default()
+    };
     let mut e = Engine::new(cfg);
     for x in [
         offered("1", "a", 0.0, "q"),
@@ -204,7 +253,12 @@ fn transfer_splits_segments() {
         vec![
             offered("1", "a", 0.0, "q"),
             with_agent("2", "contact.answered", "a", 10.0, "x"),
-            ev("3", "contact.transferred", 70.0, &format!(r#"{},"agent_id":"x","to_agent_id":"y""#, c("a"))),
+            ev(
+                "3",
+                "contact.transferred",
+                70.0,
+                &format!(r#"{},"agent_id":"x","to_agent_id":"y""#, c("a")),
+            ),
             plain("4", "contact.ended", "a", 170.0),
             plain("5", "contact.wrapped", "a", 180.0),
             plain("6", "contact.resolved", "a", 180.0),
@@ -216,15 +270,30 @@ fn transfer_splits_segments() {
     assert_eq!((y.handled, y.handle_sum_ms), (1, 110_000));
     // Resolution goes to the last handling agent, and a transferred contact is not FCR.
     assert_eq!((y.resolved, y.fcr), (1, 0));
-    assert_eq!(day(&out, Dimension::Queue, "q").offered, 1, "one queue outcome");
+    assert_eq!(
+        day(&out, Dimension::Queue, "q").offered,
+        1,
+        "one queue outcome"
+    );
 }
 
 #[test]
 fn fcr_repeat_reopen_and_provisional_correction() {
-    let cfg = EngineConfig { intervals: vec![Interval::Minutes(60)], ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        intervals: vec![Interval::Minutes(60)],
+        ..EngineConfig::default()
+    };
     let mut e = Engine::new(cfg);
     let cust = |id: &str, contact: &str, secs: f64, who: &str| {
-        ev(id, "contact.offered", secs, &format!(r#"{},"channel":"chat","queue":"q","customer_id":"{who}""#, c(contact)))
+        ev(
+            id,
+            "contact.offered",
+            secs,
+            &format!(
+                r#"{},"channel":"chat","queue":"q","customer_id":"{who}""#,
+                c(contact)
+            ),
+        )
     };
     for x in [
         cust("1", "a", 0.0, "k1"),
@@ -247,8 +316,10 @@ fn fcr_repeat_reopen_and_provisional_correction() {
     e.apply(cust("8", "c", 3.0 * 86_400.0, "k1"));
     e.advance_to(T0 + 3 * 86_400_000 + 3_600_000);
     let correction = e.flush();
-    let first_hour: Vec<&SnapshotDelta> =
-        correction.iter().filter(|d| d.start == T0 && d.dimension == Dimension::Agent).collect();
+    let first_hour: Vec<&SnapshotDelta> = correction
+        .iter()
+        .filter(|d| d.start == T0 && d.dimension == Dimension::Agent)
+        .collect();
     assert_eq!(first_hour.len(), 1, "{first_hour:?}");
     assert_eq!((first_hour[0].acc.resolved, first_hour[0].acc.fcr), (0, -1));
     merge(&mut out, correction);
@@ -256,7 +327,12 @@ fn fcr_repeat_reopen_and_provisional_correction() {
     // A repeat after the FCR window does not fail it.
     let (_, out) = run(
         EngineConfig::default(),
-        vec![cust("1", "a", 0.0, "k"), with_agent("2", "contact.answered", "a", 1.0, "x"), plain("3", "contact.resolved", "a", 10.0), cust("4", "b", 10.0 + 7.0 * 86_400.0 + 1.0, "k")],
+        vec![
+            cust("1", "a", 0.0, "k"),
+            with_agent("2", "contact.answered", "a", 1.0, "x"),
+            plain("3", "contact.resolved", "a", 10.0),
+            cust("4", "b", 10.0 + 7.0 * 86_400.0 + 1.0, "k"),
+        ],
     );
     assert_eq!(day(&out, Dimension::Agent, "x").fcr, 1);
 }
@@ -266,21 +342,54 @@ fn contact_facts_attribution_csat_conversion_qa_frt() {
     let (_, out) = run(
         EngineConfig::default(),
         vec![
-            ev("1", "contact.offered", 0.0, &format!(r#"{},"channel":"chat","queue":"sales""#, c("a"))),
+            ev(
+                "1",
+                "contact.offered",
+                0.0,
+                &format!(r#"{},"channel":"chat","queue":"sales""#, c("a")),
+            ),
             with_agent("2", "contact.answered", "a", 10.0, "x"),
             with_agent("3", "contact.first_response", "a", 40.0, "x"),
             with_agent("3b", "contact.first_response", "a", 50.0, "x"), // only the first counts
-            ev("4", "contact.converted", 60.0, &format!(r#"{},"amount":19.99"#, c("a"))),
-            ev("5", "contact.converted", 70.0, &format!(r#"{},"amount":5.01"#, c("a"))),
-            ev("6", "survey.responded", 500.0, &format!(r#"{},"score":4"#, c("a"))), // last handler x
-            ev("7", "survey.responded", 510.0, &format!(r#"{},"score":2,"agent_id":"z""#, c("a"))),
-            ev("8", "qa.scored", 900.0, &format!(r#"{},"score":87.5,"agent_id":"x""#, c("a"))),
+            ev(
+                "4",
+                "contact.converted",
+                60.0,
+                &format!(r#"{},"amount":19.99"#, c("a")),
+            ),
+            ev(
+                "5",
+                "contact.converted",
+                70.0,
+                &format!(r#"{},"amount":5.01"#, c("a")),
+            ),
+            ev(
+                "6",
+                "survey.responded",
+                500.0,
+                &format!(r#"{},"score":4"#, c("a")),
+            ), // last handler x
+            ev(
+                "7",
+                "survey.responded",
+                510.0,
+                &format!(r#"{},"score":2,"agent_id":"z""#, c("a")),
+            ),
+            ev(
+                "8",
+                "qa.scored",
+                900.0,
+                &format!(r#"{},"score":87.5,"agent_id":"x""#, c("a")),
+            ),
         ],
     );
     let x = day(&out, Dimension::Agent, "x");
     assert_eq!((x.frt_count, x.frt_sum_ms), (1, 40_000));
     assert_eq!((x.converted, x.revenue), (1, 250_000));
-    assert_eq!((x.csat_responses, x.csat_positive, x.csat_sum), (1, 1, 40_000));
+    assert_eq!(
+        (x.csat_responses, x.csat_positive, x.csat_sum),
+        (1, 1, 40_000)
+    );
     assert_eq!((x.qa_count, x.qa_sum), (1, 875_000));
     let z = day(&out, Dimension::Agent, "z");
     assert_eq!((z.csat_responses, z.csat_positive), (1, 0));
@@ -314,32 +423,51 @@ fn duplicates_out_of_order_and_too_late() {
 
 #[test]
 fn late_event_within_horizon_corrects_flushed_window() {
-    let cfg = EngineConfig { intervals: vec![Interval::Minutes(15)], ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        intervals: vec![Interval::Minutes(15)],
+        ..EngineConfig::default()
+    };
     let mut e = Engine::new(cfg);
     e.apply(offered("1", "a", 0.0, "q"));
     e.apply(plain("2", "contact.abandoned", "a", 30.0));
     e.apply(offered("3", "b", 3600.0, "q")); // watermark far past the first window
     let first = e.flush();
-    let q0 = first.iter().find(|d| d.start == T0 && d.dimension == Dimension::Queue).unwrap();
+    let q0 = first
+        .iter()
+        .find(|d| d.start == T0 && d.dimension == Dimension::Queue)
+        .unwrap();
     assert_eq!((q0.acc.offered, q0.acc.abandoned), (1, 1));
     // A late answer for contact b's queue-mate arrives: a new contact in the flushed window.
     e.apply(offered("4", "c", 60.0, "q"));
     e.apply(with_agent("5", "contact.answered", "c", 70.0, "x"));
     assert_eq!(e.stats().late_applied, 2);
     let fix = e.flush();
-    let q0 = fix.iter().find(|d| d.start == T0 && d.dimension == Dimension::Queue).unwrap();
-    assert_eq!((q0.acc.offered, q0.acc.answered, q0.acc.abandoned), (1, 1, 0), "delta only");
+    let q0 = fix
+        .iter()
+        .find(|d| d.start == T0 && d.dimension == Dimension::Queue)
+        .unwrap();
+    assert_eq!(
+        (q0.acc.offered, q0.acc.answered, q0.acc.abandoned),
+        (1, 1, 0),
+        "delta only"
+    );
 }
 
 #[test]
 fn idle_advance_closes_windows() {
-    let cfg = EngineConfig { intervals: vec![Interval::Minutes(15)], ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        intervals: vec![Interval::Minutes(15)],
+        ..EngineConfig::default()
+    };
     let mut e = Engine::new(cfg);
     e.apply(offered("1", "a", 0.0, "q"));
     e.apply(plain("2", "contact.abandoned", "a", 30.0));
     assert!(e.flush().is_empty(), "watermark still inside the window");
     e.advance_to(T0 + 20 * 60_000);
-    assert!(!e.flush().is_empty(), "wall clock advance closed the interval");
+    assert!(
+        !e.flush().is_empty(),
+        "wall clock advance closed the interval"
+    );
 }
 
 #[test]
@@ -353,14 +481,26 @@ fn dst_day_is_one_window_of_25_hours() {
     let mut e = Engine::new(cfg);
     for (i, h) in [0.5, 24.5].into_iter().enumerate() {
         let t = fall_back + (h * 3_600_000.0) as i64;
-        let line = format!(r#"{{"event_id":"o{i}","type":"contact.offered","ts":{t},"contact_id":"c{i}","channel":"voice","queue":"q"}}"#);
+        let line = format!(
+            r#"{{"event_id":"o{i}","type":"contact.offered","ts":{t},"contact_id":"c{i}","channel":"voice","queue":"q"}}"#
+        );
         e.apply(decode(line.as_bytes()).unwrap());
-        let line = format!(r#"{{"event_id":"a{i}","type":"contact.abandoned","ts":{},"contact_id":"c{i}"}}"#, t + 1000);
+        let line = format!(
+            r#"{{"event_id":"a{i}","type":"contact.abandoned","ts":{},"contact_id":"c{i}"}}"#,
+            t + 1000
+        );
         e.apply(decode(line.as_bytes()).unwrap());
     }
     let out = e.flush_all();
-    let all: Vec<_> = out.iter().filter(|d| d.dimension == Dimension::All).collect();
-    assert_eq!(all.len(), 1, "both contacts are on the same 25-hour local day");
+    let all: Vec<_> = out
+        .iter()
+        .filter(|d| d.dimension == Dimension::All)
+        .collect();
+    assert_eq!(
+        all.len(),
+        1,
+        "both contacts are on the same 25-hour local day"
+    );
     assert_eq!(all[0].end - all[0].start, 25 * 3_600_000);
     assert_eq!(all[0].acc.offered, 2);
 }
@@ -372,8 +512,16 @@ fn rolling_window_covers_last_minutes() {
     e.apply(plain("2", "contact.abandoned", "a", 5.0));
     e.apply(offered("3", "b", 600.0, "q"));
     e.apply(with_agent("4", "contact.answered", "b", 610.0, "x"));
-    let r5: Vec<_> = e.rolling(5).into_iter().filter(|r| r.0 == Dimension::Queue).collect();
+    let r5: Vec<_> = e
+        .rolling(5)
+        .into_iter()
+        .filter(|r| r.0 == Dimension::Queue)
+        .collect();
     assert_eq!((r5[0].2.offered, r5[0].2.answered), (1, 1));
-    let r15: Vec<_> = e.rolling(15).into_iter().filter(|r| r.0 == Dimension::Queue).collect();
+    let r15: Vec<_> = e
+        .rolling(15)
+        .into_iter()
+        .filter(|r| r.0 == Dimension::Queue)
+        .collect();
     assert_eq!(r15[0].2.offered, 2);
 }

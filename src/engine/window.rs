@@ -66,7 +66,9 @@ impl FromStr for Interval {
 
 impl<'de> Deserialize<'de> for Interval {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -86,7 +88,10 @@ pub struct Windower {
 
 impl Windower {
     pub fn new(tz: TimeZone) -> Self {
-        Windower { tz, day_cache: None }
+        Windower {
+            tz,
+            day_cache: None,
+        }
     }
 
     pub fn tz(&self) -> &TimeZone {
@@ -126,12 +131,20 @@ impl Windower {
             let s = (ts + off).div_euclid(86_400_000) * 86_400_000 - off;
             (s, s + 86_400_000)
         };
-        let Ok(t) = Timestamp::from_millisecond(ts) else { return fallback };
-        let z = t.to_zoned(self.tz.clone());
-        let (Ok(start), Ok(next)) = (z.start_of_day(), z.tomorrow().and_then(|n| n.start_of_day())) else {
+        let Ok(t) = Timestamp::from_millisecond(ts) else {
             return fallback;
         };
-        (start.timestamp().as_millisecond(), next.timestamp().as_millisecond())
+        let z = t.to_zoned(self.tz.clone());
+        let (Ok(start), Ok(next)) = (
+            z.start_of_day(),
+            z.tomorrow().and_then(|n| n.start_of_day()),
+        ) else {
+            return fallback;
+        };
+        (
+            start.timestamp().as_millisecond(),
+            next.timestamp().as_millisecond(),
+        )
     }
 }
 
@@ -191,11 +204,23 @@ mod tests {
     fn dst_days_are_23_and_25_hours() {
         // America/New_York: spring forward 2026-03-08, fall back 2026-11-01.
         let (s, e) = win("America/New_York", "1d", "2026-03-08T12:00:00Z");
-        assert_eq!((s.as_str(), e.as_str()), ("2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z"));
+        assert_eq!(
+            (s.as_str(), e.as_str()),
+            ("2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z")
+        );
         let (s, e) = win("America/New_York", "1d", "2026-11-01T12:00:00Z");
-        assert_eq!((s.as_str(), e.as_str()), ("2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z"));
+        assert_eq!(
+            (s.as_str(), e.as_str()),
+            ("2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z")
+        );
         // The repeated 01:00 local hour on fall-back night is two distinct UTC hours.
-        assert_eq!(win("America/New_York", "1h", "2026-11-01T05:30:00Z").0, "2026-11-01T05:00:00Z");
-        assert_eq!(win("America/New_York", "1h", "2026-11-01T06:30:00Z").0, "2026-11-01T06:00:00Z");
+        assert_eq!(
+            win("America/New_York", "1h", "2026-11-01T05:30:00Z").0,
+            "2026-11-01T05:00:00Z"
+        );
+        assert_eq!(
+            win("America/New_York", "1h", "2026-11-01T06:30:00Z").0,
+            "2026-11-01T06:00:00Z"
+        );
     }
 }

@@ -67,10 +67,16 @@ pub struct Reject {
 
 impl Reject {
     fn new(reason: RejectReason, detail: impl Into<String>) -> Self {
-        Reject { reason, detail: detail.into() }
+        Reject {
+            reason,
+            detail: detail.into(),
+        }
     }
     fn missing(field: &str, kind: &str) -> Self {
-        Reject::new(RejectReason::MissingField, format!("`{field}` is required on {kind}"))
+        Reject::new(
+            RejectReason::MissingField,
+            format!("`{field}` is required on {kind}"),
+        )
     }
     fn invalid(field: &str, why: impl fmt::Display) -> Self {
         Reject::new(RejectReason::InvalidField, format!("`{field}` {why}"))
@@ -87,7 +93,11 @@ pub struct Decoder {
 
 impl Default for Decoder {
     fn default() -> Self {
-        Decoder { max_message_bytes: 64 * 1024, csat_scale_min: 1, csat_scale_max: 5 }
+        Decoder {
+            max_message_bytes: 64 * 1024,
+            csat_scale_min: 1,
+            csat_scale_max: 5,
+        }
     }
 }
 
@@ -203,9 +213,10 @@ fn id(field: &str, v: Option<Cow<'_, str>>) -> Result<Option<String>, Reject> {
     match v {
         None => Ok(None),
         Some(s) if s.is_empty() => Err(Reject::invalid(field, "is empty")),
-        Some(s) if s.len() > MAX_ID_LEN => {
-            Err(Reject::invalid(field, format!("is longer than {MAX_ID_LEN} bytes")))
-        }
+        Some(s) if s.len() > MAX_ID_LEN => Err(Reject::invalid(
+            field,
+            format!("is longer than {MAX_ID_LEN} bytes"),
+        )),
         Some(s) if s.chars().any(char::is_control) => {
             Err(Reject::invalid(field, "contains control characters"))
         }
@@ -219,7 +230,10 @@ fn duration(field: &str, v: Option<f64>) -> Result<Option<u64>, Reject> {
         Some(x) if x.is_finite() && x >= 0.0 && x <= MAX_DURATION_MS as f64 => {
             Ok(Some(x.round() as u64))
         }
-        Some(x) => Err(Reject::invalid(field, format!("must be 0..={MAX_DURATION_MS} ms, got {x}"))),
+        Some(x) => Err(Reject::invalid(
+            field,
+            format!("must be 0..={MAX_DURATION_MS} ms, got {x}"),
+        )),
     }
 }
 
@@ -240,12 +254,18 @@ impl Decoder {
     }
 
     fn validate(&self, raw: Raw<'_>) -> Result<Event, Reject> {
-        let kind_s = raw.kind.ok_or_else(|| Reject::missing("type", "every event"))?;
+        let kind_s = raw
+            .kind
+            .ok_or_else(|| Reject::missing("type", "every event"))?;
         let kind = EventType::parse(&kind_s).ok_or_else(|| {
-            Reject::new(RejectReason::UnknownType, format!("unknown type {:?}", truncate(&kind_s)))
+            Reject::new(
+                RejectReason::UnknownType,
+                format!("unknown type {:?}", truncate(&kind_s)),
+            )
         })?;
         let k = kind.as_str();
-        let event_id = id("event_id", raw.event_id)?.ok_or_else(|| Reject::missing("event_id", k))?;
+        let event_id =
+            id("event_id", raw.event_id)?.ok_or_else(|| Reject::missing("event_id", k))?;
         let ts = match raw.ts {
             None => return Err(Reject::missing("ts", k)),
             Some(RawTs::Millis(ms)) => ms,
@@ -271,13 +291,19 @@ impl Decoder {
         let channel = match raw.channel {
             None => None,
             Some(c) => Some(Channel::parse(&c).ok_or_else(|| {
-                Reject::invalid("channel", format!("{:?} is not voice|chat|email|ticket|social", truncate(&c)))
+                Reject::invalid(
+                    "channel",
+                    format!("{:?} is not voice|chat|email|ticket|social", truncate(&c)),
+                )
             })?),
         };
         let state = match raw.state {
             None => None,
             Some(s) => Some(AgentState::parse(&s).ok_or_else(|| {
-                Reject::invalid("state", format!("{:?} is not available|busy|wrap|away|offline", truncate(&s)))
+                Reject::invalid(
+                    "state",
+                    format!("{:?} is not available|busy|wrap|away|offline", truncate(&s)),
+                )
             })?),
         };
         let amount = match raw.amount {
@@ -285,7 +311,12 @@ impl Decoder {
             Some(a) if a.is_finite() && (0.0..=MAX_AMOUNT).contains(&a) => {
                 Some((a * FIXED_SCALE as f64).round() as i64)
             }
-            Some(a) => return Err(Reject::invalid("amount", format!("must be 0..={MAX_AMOUNT}, got {a}"))),
+            Some(a) => {
+                return Err(Reject::invalid(
+                    "amount",
+                    format!("must be 0..={MAX_AMOUNT}, got {a}"),
+                ));
+            }
         };
         let ev = Event {
             event_id,
@@ -343,14 +374,20 @@ impl Decoder {
                 let s = score.ok_or_else(|| Reject::missing("score", k))?;
                 let (lo, hi) = (self.csat_scale_min, self.csat_scale_max);
                 if s.fract() != 0.0 || !(lo as f64..=hi as f64).contains(&s) {
-                    return Err(Reject::invalid("score", format!("must be an integer {lo}..={hi}, got {s}")));
+                    return Err(Reject::invalid(
+                        "score",
+                        format!("must be an integer {lo}..={hi}, got {s}"),
+                    ));
                 }
                 ev.score = Some(s as i64 * FIXED_SCALE);
             }
             EventType::QaScored => {
                 let s = score.ok_or_else(|| Reject::missing("score", k))?;
                 if !s.is_finite() || !(0.0..=100.0).contains(&s) {
-                    return Err(Reject::invalid("score", format!("must be 0..=100, got {s}")));
+                    return Err(Reject::invalid(
+                        "score",
+                        format!("must be 0..=100, got {s}"),
+                    ));
                 }
                 ev.score = Some((s * FIXED_SCALE as f64).round() as i64);
             }
@@ -380,7 +417,10 @@ fn classify_json_error(bytes: &[u8], e: &serde_json::Error) -> Reject {
             if first == Some(&b'{') {
                 Reject::new(RejectReason::InvalidField, e.to_string())
             } else {
-                Reject::new(RejectReason::NotObject, "top-level JSON value is not an object")
+                Reject::new(
+                    RejectReason::NotObject,
+                    "top-level JSON value is not an object",
+                )
             }
         }
         Category::Io | Category::Syntax | Category::Eof => {
@@ -418,31 +458,108 @@ mod tests {
     fn rejects_with_reasons() {
         assert_eq!(reason("{not json"), RejectReason::InvalidJson);
         assert_eq!(reason("[1,2]"), RejectReason::NotObject);
-        assert_eq!(reason(r#"{"event_id":"e","type":"nope","ts":1795396502123}"#), RejectReason::UnknownType);
-        assert_eq!(reason(r#"{"type":"contact.ended","ts":1795396502123,"contact_id":"c"}"#), RejectReason::MissingField);
-        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":"yesterday","contact_id":"c"}"#), RejectReason::InvalidTimestamp);
-        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":"2026-11-23T09:15:02","contact_id":"c"}"#), RejectReason::InvalidTimestamp);
-        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":0,"contact_id":"c"}"#), RejectReason::InvalidTimestamp);
-        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":1795396502123}"#), RejectReason::MissingField);
-        assert_eq!(reason(r#"{"event_id":"e","type":"contact.offered","ts":1795396502123,"contact_id":"c","queue":"q"}"#), RejectReason::MissingField);
-        assert_eq!(reason(r#"{"event_id":"e","type":"contact.offered","ts":1795396502123,"contact_id":"c","queue":"q","channel":"fax"}"#), RejectReason::InvalidField);
-        assert_eq!(reason(r#"{"event_id":"e","type":"contact.converted","ts":1795396502123,"contact_id":"c","amount":-1}"#), RejectReason::InvalidField);
-        assert_eq!(reason(r#"{"event_id":"e","type":"survey.responded","ts":1795396502123,"contact_id":"c","score":6}"#), RejectReason::InvalidField);
-        assert_eq!(reason(r#"{"event_id":"e","type":"survey.responded","ts":1795396502123,"contact_id":"c","score":4.5}"#), RejectReason::InvalidField);
-        assert_eq!(reason(r#"{"event_id":"e","type":"qa.scored","ts":1795396502123,"contact_id":"c","agent_id":"a","score":101}"#), RejectReason::InvalidField);
-        assert_eq!(reason(r#"{"event_id":"e","type":"contact.ended","ts":1795396502123,"contact_id":7}"#), RejectReason::InvalidField);
-        assert_eq!(reason(r#"{"event_id":"","type":"contact.ended","ts":1795396502123,"contact_id":"c"}"#), RejectReason::InvalidField);
-        assert_eq!(reason(r#"{"event_id":"e","type":"agent.state","ts":1795396502123,"agent_id":"a"}"#), RejectReason::MissingField);
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"nope","ts":1795396502123}"#),
+            RejectReason::UnknownType
+        );
+        assert_eq!(
+            reason(r#"{"type":"contact.ended","ts":1795396502123,"contact_id":"c"}"#),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"contact.ended","ts":"yesterday","contact_id":"c"}"#),
+            RejectReason::InvalidTimestamp
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"contact.ended","ts":"2026-11-23T09:15:02","contact_id":"c"}"#
+            ),
+            RejectReason::InvalidTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"contact.ended","ts":0,"contact_id":"c"}"#),
+            RejectReason::InvalidTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"contact.ended","ts":1795396502123}"#),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"contact.offered","ts":1795396502123,"contact_id":"c","queue":"q"}"#
+            ),
+            RejectReason::MissingField
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"contact.offered","ts":1795396502123,"contact_id":"c","queue":"q","channel":"fax"}"#
+            ),
+            RejectReason::InvalidField
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"contact.converted","ts":1795396502123,"contact_id":"c","amount":-1}"#
+            ),
+            RejectReason::InvalidField
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"survey.responded","ts":1795396502123,"contact_id":"c","score":6}"#
+            ),
+            RejectReason::InvalidField
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"survey.responded","ts":1795396502123,"contact_id":"c","score":4.5}"#
+            ),
+            RejectReason::InvalidField
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","type":"qa.scored","ts":1795396502123,"contact_id":"c","agent_id":"a","score":101}"#
+            ),
+            RejectReason::InvalidField
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"contact.ended","ts":1795396502123,"contact_id":7}"#),
+            RejectReason::InvalidField
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"","type":"contact.ended","ts":1795396502123,"contact_id":"c"}"#),
+            RejectReason::InvalidField
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","type":"agent.state","ts":1795396502123,"agent_id":"a"}"#),
+            RejectReason::MissingField
+        );
         let long = "x".repeat(129);
-        assert_eq!(reason(&format!(r#"{{"event_id":"{long}","type":"contact.ended","ts":1795396502123,"contact_id":"c"}}"#)), RejectReason::InvalidField);
-        let d = Decoder { max_message_bytes: 10, ..Decoder::default() };
-        assert_eq!(d.decode(b"{\"a\":\"0123456789\"}").unwrap_err().reason, RejectReason::Oversize);
-        assert_eq!(decode(b"\xff\xfe").unwrap_err().reason, RejectReason::InvalidJson);
+        assert_eq!(
+            reason(&format!(
+                r#"{{"event_id":"{long}","type":"contact.ended","ts":1795396502123,"contact_id":"c"}}"#
+            )),
+            RejectReason::InvalidField
+        );
+        let d = Decoder {
+            max_message_bytes: 10,
+            ..Decoder::default()
+        };
+        assert_eq!(
+            d.decode(b"{\"a\":\"0123456789\"}").unwrap_err().reason,
+            RejectReason::Oversize
+        );
+        assert_eq!(
+            decode(b"\xff\xfe").unwrap_err().reason,
+            RejectReason::InvalidJson
+        );
     }
 
     #[test]
     fn survey_score_respects_configured_scale() {
-        let d = Decoder { csat_scale_min: 0, csat_scale_max: 10, ..Decoder::default() };
+        let d = Decoder {
+            csat_scale_min: 0,
+            csat_scale_max: 10,
+            ..Decoder::default()
+        };
         let e = d.decode(br#"{"event_id":"e","type":"survey.responded","ts":1795396502123,"contact_id":"c","score":9}"#).unwrap();
         assert_eq!(e.score, Some(9 * FIXED_SCALE));
     }

@@ -5,7 +5,7 @@
 
 pub mod decode;
 
-pub use decode::{decode, Decoder, Reject, RejectReason};
+pub use decode::{Decoder, Reject, RejectReason, decode};
 
 /// Event time: UTC milliseconds since the Unix epoch.
 pub type Millis = i64;
