@@ -8,7 +8,12 @@ use ccmetrics::event::Decoder;
 use ccmetrics::source::sim::{SimConfig, Simulator};
 
 fn lines(n: usize) -> Vec<String> {
-    let mut sim = Simulator::new(SimConfig { agents: 500, queues: 12, contacts_per_hour: 6000.0, ..SimConfig::default() });
+    let mut sim = Simulator::new(SimConfig {
+        agents: 500,
+        queues: 12,
+        contacts_per_hour: 6000.0,
+        ..SimConfig::default()
+    });
     (0..n).map(|_| sim.next_line().1).collect()
 }
 
@@ -19,7 +24,12 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(input.len() as u64));
     g.bench_function("parse", |b| {
-        b.iter(|| input.iter().filter(|l| decoder.decode(l.as_bytes()).is_ok()).count())
+        b.iter(|| {
+            input
+                .iter()
+                .filter(|l| decoder.decode(l.as_bytes()).is_ok())
+                .count()
+        })
     });
     g.bench_function("parse_aggregate", |b| {
         b.iter(|| {
