@@ -18,12 +18,12 @@ use rand::{Rng, SeedableRng};
 const T0: Millis = 1_795_392_000_000;
 type Key = (Interval, Millis, Dimension, String);
 
-fn base(id: String, kind: EventType, ts: Millis, contact: &str) -> Event {
+fn base(id: String, kind: EventType, ts: Millis, contact: &str) -> Event<'static> {
     Event {
-        event_id: id,
+        event_id: id.into(),
         kind,
         ts,
-        contact_id: Some(contact.to_owned()),
+        contact_id: Some(contact.to_owned().into()),
         channel: None,
         queue: None,
         agent_id: None,
@@ -43,7 +43,7 @@ fn base(id: String, kind: EventType, ts: Millis, contact: &str) -> Event {
 
 /// A random but plausible-to-hostile event set: lifecycles with random gaps, missing
 /// steps, repeats by a few customers, transfers, surveys, conversions, QA.
-fn scenario(seed: u64, contacts: usize) -> Vec<Event> {
+fn scenario(seed: u64, contacts: usize) -> Vec<Event<'static>> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out = Vec::new();
     let mut n = 0;
@@ -54,17 +54,17 @@ fn scenario(seed: u64, contacts: usize) -> Vec<Event> {
     for ci in 0..contacts {
         let contact = format!("c{ci}");
         let agent = |r: &mut SmallRng| format!("a{}", r.random_range(0..4));
-        let with_agent = |mut e: Event, a: &str| {
-            e.team = Some(format!("team-{}", &a[1..]));
-            e.agent_id = Some(a.to_owned());
+        let with_agent = |mut e: Event<'static>, a: &str| {
+            e.team = Some(format!("team-{}", &a[1..]).into());
+            e.agent_id = Some(a.to_owned().into());
             e
         };
         let mut t = T0 + rng.random_range(0..4 * 3_600_000);
         let mut o = base(id(), EventType::ContactOffered, t, &contact);
         o.channel = Some(Channel::ALL[rng.random_range(0..5)]);
-        o.queue = Some(format!("q{}", rng.random_range(0..3)));
+        o.queue = Some(format!("q{}", rng.random_range(0..3)).into());
         if rng.random_bool(0.7) {
-            o.customer_id = Some(format!("k{}", rng.random_range(0..(contacts / 3 + 1))));
+            o.customer_id = Some(format!("k{}", rng.random_range(0..(contacts / 3 + 1))).into());
         }
         if rng.random_bool(0.95) {
             out.push(o.clone());
@@ -96,7 +96,7 @@ fn scenario(seed: u64, contacts: usize) -> Vec<Event> {
         if rng.random_bool(0.15) {
             t += rng.random_range(0..300_000);
             let mut tr = with_agent(base(id(), EventType::ContactTransferred, t, &contact), &a1);
-            tr.to_agent_id = Some(agent(&mut rng));
+            tr.to_agent_id = Some(agent(&mut rng).into());
             out.push(tr);
         }
         t += rng.random_range(0..600_000);
@@ -158,7 +158,7 @@ fn merge(out: &mut BTreeMap<Key, Acc>, deltas: Vec<SnapshotDelta>) {
 }
 
 /// The oracle: no dedup set, no retraction, no watermark — sort, group, derive once.
-fn oracle(cfg: &EngineConfig, events: &[Event]) -> BTreeMap<Key, Acc> {
+fn oracle(cfg: &EngineConfig, events: &[Event<'static>]) -> BTreeMap<Key, Acc> {
     let mut syms = Interner::default();
     let unknown = syms.intern(UNKNOWN_KEY);
     let all = syms.intern(ALL_KEY);
@@ -176,7 +176,7 @@ fn oracle(cfg: &EngineConfig, events: &[Event]) -> BTreeMap<Key, Acc> {
             agent_team.insert(a, t);
         }
         by_contact
-            .entry(e.contact_id.clone().unwrap_or_default())
+            .entry(e.contact_id.clone().unwrap_or_default().into_owned())
             .or_default()
             .push(CEvent {
                 ts: e.ts,
@@ -276,7 +276,7 @@ fn check_with(
     let expected = oracle(&cfg, &events);
     let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
     let mut input = events.clone();
-    let dups: Vec<Event> = events
+    let dups: Vec<Event<'static>> = events
         .iter()
         .filter(|_| rng.random_bool(dup_rate))
         .cloned()

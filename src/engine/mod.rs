@@ -321,7 +321,13 @@ impl Engine {
             amount: ev.amount,
             score: ev.score,
         };
-        let c = self.contacts.entry(Box::from(contact_id)).or_default();
+        if !self.contacts.contains_key(contact_id) {
+            self.contacts
+                .insert(Box::from(contact_id), Contact::default());
+        }
+        let Some(c) = self.contacts.get_mut(contact_id) else {
+            return Outcome::Accepted;
+        };
         let pos = c.events.partition_point(|x| x.sort_key() <= ce.sort_key());
         let new_offer =
             ce.kind == EventType::ContactOffered && c.first_offer.is_none_or(|t| ce.ts < t);

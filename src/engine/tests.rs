@@ -9,11 +9,13 @@ const T0: Millis = 1_795_392_000_000; // 2026-11-23T00:00:00Z
 
 /// Build an event line: `ev("e1", "contact.offered", 10.0, r#""contact_id":"c1","channel":"voice","queue":"q""#)`
 /// with `secs` after T0.
-fn ev(id: &str, kind: &str, secs: f64, extra: &str) -> Event {
+fn ev(id: &str, kind: &str, secs: f64, extra: &str) -> Event<'static> {
     let ts = T0 + (secs * 1000.0) as i64;
     let sep = if extra.is_empty() { "" } else { "," };
     let line = format!(r#"{{"event_id":"{id}","type":"{kind}","ts":{ts}{sep}{extra}}}"#);
-    decode(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"))
+    decode(line.as_bytes())
+        .map(Event::into_owned)
+        .unwrap_or_else(|e| panic!("{line}: {e}"))
 }
 
 type Key = (Interval, Millis, Dimension, String);
@@ -29,7 +31,7 @@ fn merge(out: &mut BTreeMap<Key, Acc>, deltas: Vec<SnapshotDelta>) {
     }
 }
 
-fn run(cfg: EngineConfig, events: Vec<Event>) -> (Engine, BTreeMap<Key, Acc>) {
+fn run(cfg: EngineConfig, events: Vec<Event<'static>>) -> (Engine, BTreeMap<Key, Acc>) {
     let mut e = Engine::new(cfg);
     for x in events {
         e.apply(x);
@@ -54,7 +56,7 @@ fn c(id: &str) -> String {
     format!(r#""contact_id":"{id}""#)
 }
 
-fn offered(id: &str, contact: &str, secs: f64, queue: &str) -> Event {
+fn offered(id: &str, contact: &str, secs: f64, queue: &str) -> Event<'static> {
     ev(
         id,
         "contact.offered",
@@ -66,7 +68,7 @@ fn offered(id: &str, contact: &str, secs: f64, queue: &str) -> Event {
     )
 }
 
-fn with_agent(id: &str, kind: &str, contact: &str, secs: f64, agent: &str) -> Event {
+fn with_agent(id: &str, kind: &str, contact: &str, secs: f64, agent: &str) -> Event<'static> {
     ev(
         id,
         kind,
@@ -75,7 +77,7 @@ fn with_agent(id: &str, kind: &str, contact: &str, secs: f64, agent: &str) -> Ev
     )
 }
 
-fn plain(id: &str, kind: &str, contact: &str, secs: f64) -> Event {
+fn plain(id: &str, kind: &str, contact: &str, secs: f64) -> Event<'static> {
     ev(id, kind, secs, &c(contact))
 }
 
@@ -408,7 +410,7 @@ fn duplicates_out_of_order_and_too_late() {
         plain("4", "contact.wrapped", "a", 80.0),
     ];
     let (_, sorted) = run(EngineConfig::default(), evs.clone());
-    let mut shuffled: Vec<Event> = evs.iter().rev().cloned().collect();
+    let mut shuffled: Vec<Event<'static>> = evs.iter().rev().cloned().collect();
     shuffled.extend(evs.iter().cloned()); // every event twice
     let (e, out) = run(EngineConfig::default(), shuffled);
     assert_eq!(out, sorted);

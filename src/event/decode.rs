@@ -102,7 +102,7 @@ impl Default for Decoder {
 }
 
 /// Decode with default settings (CSAT scale 1–5).
-pub fn decode(bytes: &[u8]) -> Result<Event, Reject> {
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, Reject> {
     Decoder::default().decode(bytes)
 }
 
@@ -209,7 +209,7 @@ pub fn parse_rfc3339(s: &str) -> Option<Millis> {
     Some(ts.as_millisecond())
 }
 
-fn id(field: &str, v: Option<Cow<'_, str>>) -> Result<Option<String>, Reject> {
+fn id<'a>(field: &str, v: Option<Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, Reject> {
     match v {
         None => Ok(None),
         Some(s) if s.is_empty() => Err(Reject::invalid(field, "is empty")),
@@ -220,7 +220,7 @@ fn id(field: &str, v: Option<Cow<'_, str>>) -> Result<Option<String>, Reject> {
         Some(s) if s.chars().any(char::is_control) => {
             Err(Reject::invalid(field, "contains control characters"))
         }
-        Some(s) => Ok(Some(s.into_owned())),
+        Some(s) => Ok(Some(s)),
     }
 }
 
@@ -239,7 +239,7 @@ fn duration(field: &str, v: Option<f64>) -> Result<Option<u64>, Reject> {
 
 impl Decoder {
     /// Decode and validate one message.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Event, Reject> {
+    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Event<'a>, Reject> {
         if bytes.len() > self.max_message_bytes {
             return Err(Reject::new(
                 RejectReason::Oversize,
@@ -253,7 +253,7 @@ impl Decoder {
         self.validate(raw)
     }
 
-    fn validate(&self, raw: Raw<'_>) -> Result<Event, Reject> {
+    fn validate<'a>(&self, raw: Raw<'a>) -> Result<Event<'a>, Reject> {
         let kind_s = raw
             .kind
             .ok_or_else(|| Reject::missing("type", "every event"))?;
@@ -336,12 +336,16 @@ impl Decoder {
             amount,
             score: None,
             state,
-            reason: raw.reason.map(|r| truncate(&r).to_owned()),
+            reason: raw.reason.map(|r| Cow::Owned(truncate(&r).to_owned())),
         };
         self.check_required(ev, raw.score)
     }
 
-    fn check_required(&self, mut ev: Event, score: Option<f64>) -> Result<Event, Reject> {
+    fn check_required<'a>(
+        &self,
+        mut ev: Event<'a>,
+        score: Option<f64>,
+    ) -> Result<Event<'a>, Reject> {
         let k = ev.kind.as_str();
         if ev.kind.is_contact_scoped() && ev.contact_id.is_none() {
             return Err(Reject::missing("contact_id", k));

@@ -5,6 +5,8 @@
 
 pub mod decode;
 
+use std::borrow::Cow;
+
 pub use decode::{Decoder, Reject, RejectReason, decode};
 
 /// Event time: UTC milliseconds since the Unix epoch.
@@ -145,19 +147,22 @@ impl AgentState {
 
 /// A validated canonical event. Every invariant of `docs/events.md` holds here: the
 /// required fields of its type are present and in range.
+///
+/// Strings borrow from the input message where they can (no escapes), so decoding a
+/// typical message allocates nothing; [`Event::into_owned`] detaches it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Event {
-    pub event_id: String,
+pub struct Event<'a> {
+    pub event_id: Cow<'a, str>,
     pub kind: EventType,
     pub ts: Millis,
-    pub contact_id: Option<String>,
+    pub contact_id: Option<Cow<'a, str>>,
     pub channel: Option<Channel>,
-    pub queue: Option<String>,
-    pub agent_id: Option<String>,
-    pub team: Option<String>,
-    pub customer_id: Option<String>,
-    pub to_agent_id: Option<String>,
-    pub to_queue: Option<String>,
+    pub queue: Option<Cow<'a, str>>,
+    pub agent_id: Option<Cow<'a, str>>,
+    pub team: Option<Cow<'a, str>>,
+    pub customer_id: Option<Cow<'a, str>>,
+    pub to_agent_id: Option<Cow<'a, str>>,
+    pub to_queue: Option<Cow<'a, str>>,
     pub talk_ms: Option<u64>,
     pub hold_ms: Option<u64>,
     pub wrap_ms: Option<u64>,
@@ -166,7 +171,34 @@ pub struct Event {
     /// Survey score (integer on the CSAT scale) or QA score (0–100), in 1/10 000 units.
     pub score: Option<i64>,
     pub state: Option<AgentState>,
-    pub reason: Option<String>,
+    pub reason: Option<Cow<'a, str>>,
+}
+
+impl Event<'_> {
+    /// The same event, owning its strings.
+    pub fn into_owned(self) -> Event<'static> {
+        let own = |c: Option<Cow<'_, str>>| c.map(|s| Cow::Owned(s.into_owned()));
+        Event {
+            event_id: Cow::Owned(self.event_id.into_owned()),
+            kind: self.kind,
+            ts: self.ts,
+            contact_id: own(self.contact_id),
+            channel: self.channel,
+            queue: own(self.queue),
+            agent_id: own(self.agent_id),
+            team: own(self.team),
+            customer_id: own(self.customer_id),
+            to_agent_id: own(self.to_agent_id),
+            to_queue: own(self.to_queue),
+            talk_ms: self.talk_ms,
+            hold_ms: self.hold_ms,
+            wrap_ms: self.wrap_ms,
+            amount: self.amount,
+            score: self.score,
+            state: self.state,
+            reason: own(self.reason),
+        }
+    }
 }
 
 /// Fixed-point scale of `amount` and `score`: four decimals, so sums and corrections

@@ -1408,13 +1408,14 @@ mod tests {
         let mut dups = 0;
         for (_, line) in lines(seeded(5), n) {
             let ev = decode(line.as_bytes()).unwrap();
-            match seen.get(&ev.event_id) {
+            let id = ev.event_id.into_owned();
+            match seen.get(&id) {
                 Some(first) => {
                     assert_eq!(first, &line);
                     dups += 1;
                 }
                 None => {
-                    seen.insert(ev.event_id, line);
+                    seen.insert(id, line);
                 }
             }
         }
@@ -1426,7 +1427,7 @@ mod tests {
         };
         let ids: HashSet<String> = lines(none, 20_000)
             .into_iter()
-            .map(|(_, l)| decode(l.as_bytes()).unwrap().event_id)
+            .map(|(_, l)| decode(l.as_bytes()).unwrap().event_id.into_owned())
             .collect();
         assert_eq!(ids.len(), 20_000);
     }
@@ -1468,7 +1469,7 @@ mod tests {
             200_000,
         )
         .into_iter()
-        .map(|(_, l)| decode(l.as_bytes()).unwrap())
+        .map(|(_, l)| decode(l.as_bytes()).unwrap().into_owned())
         .collect();
         let count = |k: EventType| events.iter().filter(|e| e.kind == k).count() as f64;
         let offered: HashSet<&str> = events
@@ -1539,7 +1540,7 @@ mod tests {
         };
         for (_, line) in lines(cfg, 50_000) {
             let e = decode(line.as_bytes()).unwrap();
-            let agent = e.agent_id.clone().unwrap_or_default();
+            let agent = e.agent_id.clone().unwrap_or_default().into_owned();
             match e.kind {
                 EventType::AgentState => {
                     assert!(e.team.is_some());
@@ -1561,7 +1562,7 @@ mod tests {
                 EventType::ContactTransferred => {
                     *talking.entry(agent).or_default() -= 1;
                     if let Some(to) = e.to_agent_id {
-                        *talking.entry(to).or_default() += 1;
+                        *talking.entry(to.into_owned()).or_default() += 1;
                     }
                 }
                 EventType::ContactEnded => *talking.entry(agent).or_default() -= 1,
