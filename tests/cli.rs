@@ -1,0 +1,169 @@
+//! The command line as a user meets it: help, config validation, environment
+//! overrides, clear errors and exit codes.
+
+use std::process::{Command, Output};
+
+fn ccm(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ccmetrics"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run ccmetrics")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn help_lists_every_command() {
+    let o = ccm(&["--help"], &[]);
+    assert!(o.status.success());
+    for cmd in ["replay", "export", "serve", "check-config", "generate"] {
+        assert!(text(&o).contains(cmd), "{cmd} missing from --help");
+    }
+    let o = ccm(&["export", "--help"], &[]);
+    for flag in [
+        "--window",
+        "--dimension",
+        "--from",
+        "--to",
+        "--format",
+        "--config",
+    ] {
+        assert!(text(&o).contains(flag), "{flag} missing from export --help");
+    }
+}
+
+#[test]
+fn check_config_prints_effective_values_with_env_overrides() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ccmetrics.toml");
+    let o = ccm(
+        &["check-config", "--config", cfg],
+        &[
+            ("CCMETRICS__WINDOWS__TIMEZONE", "Asia/Shanghai"),
+            ("CCMETRICS__WINDOWS__INTERVALS", "15m,1d"),
+            ("CCMETRICS__CSAT__POSITIVE_MIN", "5"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("timezone = \"Asia/Shanghai\""), "{out}");
+    assert!(
+        out.contains("intervals = [\n    \"15m\",\n    \"1d\",\n]"),
+        "{out}"
+    );
+    assert!(out.contains("positive_min = 5"), "{out}");
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[windows]\ntimezone = \"Mars/Base\"\n").unwrap();
+    let o = ccm(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("IANA time zone"), "{}", text(&o));
+    let o = ccm(
+        &["check-config", "--config", "/nonexistent/ccmetrics.toml"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("/nonexistent/ccmetrics.toml"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("x.db").display());
+    let env = [("CCMETRICS__STORE__URL", db.as_str())];
+    let o = ccm(&["export", "--window", "30m", "--dimension", "queue"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("not a configured interval"),
+        "{}",
+        text(&o)
+    );
+    let o = ccm(
+        &["export", "--window", "15m", "--dimension", "planet"],
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("not one of all, channel, queue, team, agent"),
+        "{}",
+        text(&o)
+    );
+    let o = ccm(
+        &[
+            "export",
+            "--window",
+            "15m",
+            "--dimension",
+            "queue",
+            "--from",
+            "yesterday",
+        ],
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("RFC 3339"), "{}", text(&o));
+    let o = ccm(&["replay", "--input", "/nonexistent/events.jsonl"], &env);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("does not exist"), "{}", text(&o));
+}
+
+#[test]
+fn replay_twice_gives_the_same_snapshots_and_reads_gzip() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("x.db").display());
+    let env = [("CCMETRICS__STORE__URL", db.as_str())];
+    let events = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/basic_voice/events.jsonl"
+    ))
+    .unwrap();
+    let gz = dir.path().join("events.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(&events).unwrap();
+    enc.finish().unwrap();
+    let export = || {
+        let o = ccm(
+            &[
+                "export",
+                "--window",
+                "1d",
+                "--dimension",
+                "all",
+                "--format",
+                "jsonl",
+            ],
+            &env,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    for _ in 0..2 {
+        let o = ccm(&["replay", "--input", gz.to_str().unwrap()], &env);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("accepted         20"), "{}", text(&o));
+    }
+    let out = export();
+    let row: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(row["offered"], 5, "not doubled by the second replay: {out}");
+    assert_eq!(row["revision"], 1);
+    assert_eq!(row["answer_rate"], 0.6);
+}
