@@ -31,9 +31,13 @@ fn bench(c: &mut Criterion) {
                 .count()
         })
     });
+    // As `replay` runs it: no live views.
     g.bench_function("parse_aggregate", |b| {
         b.iter(|| {
-            let mut e = Engine::new(EngineConfig::default());
+            let mut e = Engine::new(EngineConfig {
+                live: false,
+                ..EngineConfig::default()
+            });
             for l in &input {
                 if let Ok(ev) = decoder.decode(l.as_bytes()) {
                     e.apply(ev);

@@ -186,7 +186,10 @@ fn oracle(cfg: &EngineConfig, events: &[Event<'static>]) -> BTreeMap<Key, Acc> {
                 team,
                 queue: e.queue.as_deref().map(|q| syms.intern(q)),
                 channel: e.channel,
-                customer: e.customer_id.as_deref().map(Box::from),
+                customer: e
+                    .customer_id
+                    .as_deref()
+                    .map(|c| xxhash_rust::xxh3::xxh3_128(c.as_bytes())),
                 to_agent: e.to_agent_id.as_deref().map(|a| syms.intern(a)),
                 talk_ms: e.talk_ms,
                 hold_ms: e.hold_ms,

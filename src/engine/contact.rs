@@ -22,7 +22,8 @@ pub struct CEvent {
     pub team: Option<Sym>,
     pub queue: Option<Sym>,
     pub channel: Option<Channel>,
-    pub customer: Option<Box<str>>,
+    /// Hash of `customer_id` (see `engine::key_of`).
+    pub customer: Option<u128>,
     pub to_agent: Option<Sym>,
     pub talk_ms: Option<u64>,
     pub hold_ms: Option<u64>,

@@ -8,6 +8,7 @@
 //! watermark has passed as additive [`SnapshotDelta`]s for `store/` to merge.
 
 pub mod acc;
+mod aggregate;
 pub mod contact;
 pub mod hist;
 pub mod intern;
@@ -17,11 +18,12 @@ use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet as StdHashSet};
 
 /// A fast non-cryptographic hasher: keys are our own interned ids and event-id hashes,
 /// and the engine is on the hot path of every event.
-type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 
 use self::acc::Acc;
-use self::contact::{CEvent, Ctx, Fact, Rules, Side};
+use self::aggregate::{Aggregator, DimKey, MINUTE};
+use self::contact::{CEvent, Ctx, Fact, Rules};
 use self::intern::{Interner, Sym};
 use self::window::{Interval, Windower};
 use crate::config::Config;
@@ -148,70 +150,60 @@ impl Stats {
     }
 }
 
+/// A contact's joined events and the facts last derived from them.
 #[derive(Debug, Default)]
 struct Contact {
     events: Vec<CEvent>,
     facts: Vec<Fact>,
-    customer: Option<Box<str>>,
+    customer: Option<CustomerKey>,
     first_offer: Option<Millis>,
     last_ts: Millis,
 }
 
-type DimKey = (Dimension, Sym);
+/// Contacts and customers are keyed by a 128-bit hash of their id: a fixed-size key
+/// (no pointer chase, no string compare on the hot path) whose collision probability
+/// is negligible (~1e-26 for a billion ids).
+type ContactKey = u128;
+type CustomerKey = u128;
 
-#[derive(Debug, Default)]
-struct WindowAccs {
-    end: Millis,
-    accs: HashMap<DimKey, Acc>,
+fn key_of(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
-
-/// One-minute buckets of event time for rolling live views.
-const MINUTE: i64 = 60_000;
 
 pub struct Engine {
     cfg: EngineConfig,
-    windower: Windower,
     syms: Interner,
     unknown: Sym,
-    all: Sym,
     channels: [Sym; 5],
     seen: HashSet<u128>,
     seen_by_hour: BTreeMap<Millis, Vec<u128>>,
-    contacts: HashMap<Box<str>, Contact>,
-    customers: HashMap<Box<str>, Vec<Box<str>>>,
+    contacts: HashMap<ContactKey, Contact>,
+    customers: HashMap<CustomerKey, Vec<ContactKey>>,
     agent_team: HashMap<Sym, Sym>,
-    wrap_deadlines: BTreeMap<Millis, Vec<Box<str>>>,
-    /// Accumulators updated per fact: the finest interval when the intervals nest
-    /// (the usual 15m / 1h / 1d), every interval otherwise. Keyed by (interval, start).
-    windows: HashMap<(u8, Millis), WindowAccs>,
-    /// Coarser intervals built at flush time by merging flushed finest windows, which
-    /// turns three accumulator updates per fact into one.
-    coarse: HashMap<(u8, Millis), WindowAccs>,
-    /// Interval indexes updated per fact, and those derived by merging (see `coarse`).
-    direct: Vec<u8>,
-    derived: Vec<u8>,
-    minutes: BTreeMap<Millis, HashMap<DimKey, Acc>>,
-    totals: HashMap<DimKey, Acc>,
+    wrap_deadlines: BTreeMap<Millis, Vec<ContactKey>>,
+    agg: Aggregator,
     max_ts: Option<Millis>,
-    /// Watermark at the last flush: facts for windows ending at or before it are late.
-    flushed_to: Millis,
     last_expiry: Millis,
     stats: Stats,
 }
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Engine {
-        let (direct, derived) = plan_intervals(&cfg.intervals);
         let mut syms = Interner::default();
         let unknown = syms.intern(UNKNOWN_KEY);
         let all = syms.intern(ALL_KEY);
         let channels = Channel::ALL.map(|c| syms.intern(c.as_str()));
+        let agg = Aggregator::new(
+            cfg.intervals.clone(),
+            Windower::new(cfg.tz.clone()),
+            all,
+            cfg.live,
+            &cfg.rolling_minutes,
+        );
         Engine {
-            windower: Windower::new(cfg.tz.clone()),
             cfg,
             syms,
             unknown,
-            all,
             channels,
             seen: HashSet::default(),
             seen_by_hour: BTreeMap::new(),
@@ -219,14 +211,8 @@ impl Engine {
             customers: HashMap::default(),
             agent_team: HashMap::default(),
             wrap_deadlines: BTreeMap::new(),
-            windows: HashMap::default(),
-            coarse: HashMap::default(),
-            direct,
-            derived,
-            minutes: BTreeMap::new(),
-            totals: HashMap::default(),
+            agg,
             max_ts: None,
-            flushed_to: Millis::MIN,
             last_expiry: Millis::MIN,
             stats: Stats::default(),
         }
@@ -305,6 +291,7 @@ impl Engine {
             // Decoding guarantees contact events carry an id; count defensively anyway.
             return Outcome::Accepted;
         };
+        let ck = key_of(contact_id);
         let ce = CEvent {
             ts: ev.ts,
             kind: ev.kind,
@@ -313,7 +300,7 @@ impl Engine {
             team,
             queue: ev.queue.as_deref().map(|q| self.syms.intern(q)),
             channel: ev.channel,
-            customer: ev.customer_id.as_deref().map(Box::from),
+            customer: ev.customer_id.as_deref().map(key_of),
             to_agent: ev.to_agent_id.as_deref().map(|a| self.syms.intern(a)),
             talk_ms: ev.talk_ms,
             hold_ms: ev.hold_ms,
@@ -321,13 +308,7 @@ impl Engine {
             amount: ev.amount,
             score: ev.score,
         };
-        if !self.contacts.contains_key(contact_id) {
-            self.contacts
-                .insert(Box::from(contact_id), Contact::default());
-        }
-        let Some(c) = self.contacts.get_mut(contact_id) else {
-            return Outcome::Accepted;
-        };
+        let c = self.contacts.entry(ck).or_default();
         let pos = c.events.partition_point(|x| x.sort_key() <= ce.sort_key());
         let new_offer =
             ce.kind == EventType::ContactOffered && c.first_offer.is_none_or(|t| ce.ts < t);
@@ -336,17 +317,14 @@ impl Engine {
         }
         let new_customer = c.customer.is_none() && ce.customer.is_some();
         if new_customer {
-            c.customer = ce.customer.clone();
+            c.customer = ce.customer;
         }
         c.last_ts = c.last_ts.max(ce.ts);
         c.events.insert(pos, ce);
-        let customer = c.customer.clone();
+        let customer = c.customer;
 
-        if new_customer && let Some(k) = &customer {
-            self.customers
-                .entry(k.clone())
-                .or_default()
-                .push(Box::from(contact_id));
+        if new_customer && let Some(k) = customer {
+            self.customers.entry(k).or_default().push(ck);
         }
         self.bump_clock(ev.ts);
         match customer {
@@ -354,10 +332,10 @@ impl Engine {
             Some(k) if new_offer || new_customer => {
                 let ids = self.customers.get(&k).cloned().unwrap_or_default();
                 for id in ids {
-                    self.rederive(&id);
+                    self.rederive(id);
                 }
             }
-            _ => self.rederive(contact_id),
+            _ => self.rederive(ck),
         }
         self.fire_wrap_deadlines();
         Outcome::Accepted
@@ -366,8 +344,8 @@ impl Engine {
     fn bump_clock(&mut self, ts: Millis) {
         if self.max_ts.is_none_or(|m| ts > m) {
             self.max_ts = Some(ts);
+            self.agg.trim(ts);
         }
-        self.trim_minutes();
     }
 
     /// Advance event time with the wall clock when the input is idle (serve only), so
@@ -384,143 +362,79 @@ impl Engine {
                 break;
             }
             for id in entry.remove() {
-                self.rederive(&id);
+                self.rederive(id);
             }
         }
     }
 
-    fn rederive(&mut self, contact_id: &str) {
-        let Some(c) = self.contacts.get(contact_id) else {
+    fn rederive(&mut self, ck: ContactKey) {
+        let Some(c) = self.contacts.get(&ck) else {
             return;
         };
-        let repeat_offers: Vec<Millis> = match &c.customer {
-            Some(k) => self
-                .customers
-                .get(k)
-                .into_iter()
-                .flatten()
-                .filter(|id| &***id != contact_id)
+        let repeat_offers: Vec<Millis> = match c.customer.and_then(|k| self.customers.get(&k)) {
+            Some(ids) => ids
+                .iter()
+                .filter(|id| **id != ck)
                 .filter_map(|id| self.contacts.get(id).and_then(|o| o.first_offer))
                 .collect(),
             None => Vec::new(),
         };
-        let agent_team = |a: Sym| self.agent_team.get(&a).copied();
+        let watermark = self.watermark().unwrap_or(Millis::MIN);
+        let clock = self.max_ts;
+        // Disjoint borrows: the contact (mutable) and the aggregator (mutable) at once.
+        let Engine {
+            contacts,
+            agent_team,
+            cfg,
+            agg,
+            wrap_deadlines,
+            unknown,
+            channels,
+            ..
+        } = self;
+        let Some(c) = contacts.get_mut(&ck) else {
+            return;
+        };
+        let agent_team = |a: Sym| agent_team.get(&a).copied();
         let ctx = Ctx {
-            rules: &self.cfg.rules,
-            watermark: self.watermark().unwrap_or(Millis::MIN),
+            rules: &cfg.rules,
+            watermark,
             repeat_offers: &repeat_offers,
-            unknown: self.unknown,
-            channels: &self.channels,
+            unknown: *unknown,
+            channels,
             agent_team: &agent_team,
         };
         let derived = contact::derive(&c.events, &ctx);
         if let Some(d) = derived.wrap_deadline {
-            let ids = self.wrap_deadlines.entry(d).or_default();
-            if !ids.iter().any(|x| &**x == contact_id) {
-                ids.push(Box::from(contact_id));
+            let ids = wrap_deadlines.entry(d).or_default();
+            if !ids.contains(&ck) {
+                ids.push(ck);
             }
         }
-        let Some(c) = self.contacts.get_mut(contact_id) else {
-            return;
-        };
-        let old = std::mem::take(&mut c.facts);
-        let new = derived.facts;
+        let old = std::mem::replace(&mut c.facts, derived.facts);
+        let new = &c.facts;
         // Both lists are sorted: walk them together and apply only the difference.
         let (mut i, mut j) = (0, 0);
-        while i < old.len() || j < new.len() {
+        loop {
             match (old.get(i), new.get(j)) {
                 (Some(o), Some(n)) if o == n => {
                     i += 1;
                     j += 1;
                 }
                 (Some(o), Some(n)) if o < n => {
-                    self.apply_fact(o, -1);
+                    agg.apply(o, -1, clock);
                     i += 1;
                 }
                 (Some(o), None) => {
-                    self.apply_fact(o, -1);
+                    agg.apply(o, -1, clock);
                     i += 1;
                 }
                 (_, Some(n)) => {
-                    self.apply_fact(n, 1);
+                    agg.apply(n, 1, clock);
                     j += 1;
                 }
                 (None, None) => break,
             }
-        }
-        if let Some(c) = self.contacts.get_mut(contact_id) {
-            c.facts = new;
-        }
-    }
-
-    fn dims(&self, f: &Fact) -> impl Iterator<Item = DimKey> {
-        let queue_side = [
-            (Dimension::All, self.all),
-            (Dimension::Channel, f.channel),
-            (Dimension::Queue, f.queue),
-        ];
-        let agent_side = f
-            .agent
-            .map(|a| [(Dimension::Team, f.team), (Dimension::Agent, a)]);
-        let (q, a) = match f.side {
-            Side::Queue => (Some(queue_side), None),
-            Side::Agent => (None, agent_side),
-            Side::Both => (Some(queue_side), agent_side),
-        };
-        q.into_iter().flatten().chain(a.into_iter().flatten())
-    }
-
-    fn apply_fact(&mut self, f: &Fact, sign: i64) {
-        let mut dims = [(Dimension::All, self.all); 5];
-        let mut n = 0;
-        for dk in self.dims(f) {
-            dims[n] = dk;
-            n += 1;
-        }
-        let dims = &dims[..n];
-        for &i in &self.direct {
-            let (start, end) = self.windower.window(self.cfg.intervals[i as usize], f.ts);
-            let w = self
-                .windows
-                .entry((i, start))
-                .or_insert_with(|| WindowAccs {
-                    end,
-                    accs: HashMap::default(),
-                });
-            for dk in dims {
-                w.accs.entry(*dk).or_default().apply(&f.measure, sign);
-            }
-        }
-        if !self.cfg.live {
-            return;
-        }
-        for dk in dims {
-            self.totals.entry(*dk).or_default().apply(&f.measure, sign);
-        }
-        let minute = f.ts.div_euclid(MINUTE) * MINUTE;
-        if self
-            .max_ts
-            .is_some_and(|now| minute > now - self.rolling_span_ms())
-        {
-            let bucket = self.minutes.entry(minute).or_default();
-            for dk in dims {
-                bucket.entry(*dk).or_default().apply(&f.measure, sign);
-            }
-        }
-    }
-
-    fn rolling_span_ms(&self) -> i64 {
-        i64::from(self.cfg.rolling_minutes.iter().copied().max().unwrap_or(60)) * MINUTE
-    }
-
-    fn trim_minutes(&mut self) {
-        let Some(now) = self.max_ts else { return };
-        let keep_from = now - self.rolling_span_ms();
-        while let Some(e) = self.minutes.first_entry() {
-            if *e.key() + MINUTE > keep_from {
-                break;
-            }
-            e.remove();
         }
     }
 
@@ -531,8 +445,7 @@ impl Engine {
             return Vec::new();
         };
         self.fire_wrap_deadlines();
-        let out = self.take_windows(|end| end <= wm);
-        self.flushed_to = wm;
+        let out = self.agg.take(|end| end <= wm, &self.syms);
         self.expire(wm);
         out
     }
@@ -540,86 +453,21 @@ impl Engine {
     /// Everything, open windows included, as if the watermark were at infinity: the
     /// end of a finite stream. Segments still waiting for a wrap complete at `ended`.
     pub fn flush_all(&mut self) -> Vec<SnapshotDelta> {
-        let ids: Vec<Box<str>> = self.wrap_deadlines.values().flatten().cloned().collect();
+        let ids: Vec<ContactKey> = self.wrap_deadlines.values().flatten().copied().collect();
         self.wrap_deadlines.clear();
         let saved = self.max_ts;
         self.max_ts = Some(Millis::MAX / 2);
         for id in ids {
-            self.rederive(&id);
+            self.rederive(id);
         }
         self.max_ts = saved;
-        self.take_windows(|_| true)
+        self.agg.take(|_| true, &self.syms)
     }
 
     /// Open windows' current partial values too, without completing waiting segments:
     /// for a daemon shutting down (deltas are additive, so a restart continues them).
     pub fn flush_open(&mut self) -> Vec<SnapshotDelta> {
-        self.take_windows(|_| true)
-    }
-
-    fn take_windows(&mut self, ready: impl Fn(Millis) -> bool) -> Vec<SnapshotDelta> {
-        let keys: Vec<(u8, Millis)> = self
-            .windows
-            .iter()
-            .filter(|(_, w)| ready(w.end))
-            .map(|(k, _)| *k)
-            .collect();
-        let mut out = Vec::new();
-        for k in keys {
-            let Some(w) = self.windows.remove(&k) else {
-                continue;
-            };
-            // A finished finest window feeds the coarser intervals containing it: still
-            // open ones grow, already flushed ones get a correction delta.
-            for &c in &self.derived {
-                let (start, end) = self.windower.window(self.cfg.intervals[c as usize], k.1);
-                let cw = self.coarse.entry((c, start)).or_insert_with(|| WindowAccs {
-                    end,
-                    accs: HashMap::default(),
-                });
-                for (dk, acc) in &w.accs {
-                    cw.accs.entry(*dk).or_default().merge(acc);
-                }
-            }
-            self.emit(k, w, &mut out);
-        }
-        let keys: Vec<(u8, Millis)> = self
-            .coarse
-            .iter()
-            .filter(|(_, w)| ready(w.end))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            if let Some(w) = self.coarse.remove(&k) {
-                self.emit(k, w, &mut out);
-            }
-        }
-        out.sort_by(|a, b| {
-            (a.interval, a.start, a.dimension, &a.key).cmp(&(
-                b.interval,
-                b.start,
-                b.dimension,
-                &b.key,
-            ))
-        });
-        out
-    }
-
-    fn emit(&self, k: (u8, Millis), w: WindowAccs, out: &mut Vec<SnapshotDelta>) {
-        let interval = self.cfg.intervals[k.0 as usize];
-        for ((dimension, key), acc) in w.accs {
-            if acc.is_zero() {
-                continue;
-            }
-            out.push(SnapshotDelta {
-                interval,
-                start: k.1,
-                end: w.end,
-                dimension,
-                key: self.syms.name(key).to_owned(),
-                acc,
-            });
-        }
+        self.agg.take(|_| true, &self.syms)
     }
 
     /// Release contacts and duplicate-detection memory that no acceptable event can
@@ -630,11 +478,11 @@ impl Engine {
         }
         self.last_expiry = wm;
         let horizon = wm.saturating_sub(self.cfg.correction_horizon_ms);
-        let dead: Vec<Box<str>> = self
+        let dead: Vec<ContactKey> = self
             .contacts
             .iter()
             .filter(|(_, c)| c.last_ts < horizon)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
             .collect();
         for id in dead {
             if let Some(c) = self.contacts.remove(&id)
@@ -664,18 +512,18 @@ impl Engine {
             return Vec::new();
         };
         let from = now.div_euclid(MINUTE) * MINUTE - (i64::from(minutes) - 1) * MINUTE;
-        let mut merged: HashMap<DimKey, Acc> = HashMap::default();
-        for (_, bucket) in self.minutes.range(from..) {
-            for (dk, acc) in bucket {
-                merged.entry(*dk).or_default().merge(acc);
-            }
-        }
-        self.named(merged)
+        self.named(self.agg.rolling_from(from))
     }
 
     /// Totals since the process started, per dimension key (Prometheus counters).
     pub fn totals(&self) -> Vec<(Dimension, String, Acc)> {
-        self.named(self.totals.iter().map(|(k, v)| (*k, v.clone())).collect())
+        self.named(
+            self.agg
+                .totals()
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+        )
     }
 
     fn named(&self, m: HashMap<DimKey, Acc>) -> Vec<(Dimension, String, Acc)> {
@@ -685,33 +533,6 @@ impl Engine {
             .collect();
         v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         v
-    }
-}
-
-/// Which intervals get per-fact updates and which are merged from the finest at flush.
-/// Merging is exact only when every interval is a whole number of finest intervals on
-/// the same local grid, i.e. the finest size divides every other size.
-fn plan_intervals(intervals: &[Interval]) -> (Vec<u8>, Vec<u8>) {
-    let minutes = |iv: &Interval| match iv {
-        Interval::Minutes(m) => *m,
-        Interval::Day => 1440,
-    };
-    let Some((finest, fm)) = intervals
-        .iter()
-        .enumerate()
-        .map(|(i, iv)| (i, minutes(iv)))
-        .min_by_key(|x| x.1)
-    else {
-        return (Vec::new(), Vec::new());
-    };
-    if intervals.iter().all(|iv| minutes(iv) % fm == 0) {
-        let derived = (0..intervals.len())
-            .filter(|&i| i != finest)
-            .map(|i| i as u8)
-            .collect();
-        (vec![finest as u8], derived)
-    } else {
-        ((0..intervals.len()).map(|i| i as u8).collect(), Vec::new())
     }
 }
 

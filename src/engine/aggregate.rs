@@ -1,0 +1,242 @@
+//! Window accumulators: where facts become per-(interval, window, dimension, key)
+//! counts, sums and histograms, and where flushed windows become snapshot deltas.
+//!
+//! Separate from the contact store so the engine can update windows while it holds a
+//! contact (and so each concern stays small).
+
+use std::collections::BTreeMap;
+
+use super::acc::Acc;
+use super::contact::{Fact, Side};
+use super::intern::{Interner, Sym};
+use super::window::{Interval, Windower};
+use super::{Dimension, HashMap, SnapshotDelta};
+use crate::event::Millis;
+
+pub(super) type DimKey = (Dimension, Sym);
+
+#[derive(Debug, Default)]
+struct WindowAccs {
+    end: Millis,
+    accs: HashMap<DimKey, Acc>,
+}
+
+/// One-minute buckets of event time for rolling live views.
+pub(super) const MINUTE: i64 = 60_000;
+
+pub(super) struct Aggregator {
+    intervals: Vec<Interval>,
+    windower: Windower,
+    all: Sym,
+    /// Accumulators updated per fact: the finest interval when the intervals nest
+    /// (the usual 15m / 1h / 1d), every interval otherwise. Keyed by (interval, start).
+    windows: HashMap<(u8, Millis), WindowAccs>,
+    /// Coarser intervals built at flush time by merging flushed finest windows, which
+    /// turns three accumulator updates per fact into one.
+    coarse: HashMap<(u8, Millis), WindowAccs>,
+    /// Interval indexes updated per fact, and those derived by merging (see `coarse`).
+    direct: Vec<u8>,
+    derived: Vec<u8>,
+    /// Live views (serve): one-minute buckets and totals since start.
+    live: bool,
+    rolling_span_ms: i64,
+    minutes: BTreeMap<Millis, HashMap<DimKey, Acc>>,
+    totals: HashMap<DimKey, Acc>,
+}
+
+impl Aggregator {
+    pub(super) fn new(
+        intervals: Vec<Interval>,
+        windower: Windower,
+        all: Sym,
+        live: bool,
+        rolling_minutes: &[u32],
+    ) -> Self {
+        let (direct, derived) = plan_intervals(&intervals);
+        Aggregator {
+            intervals,
+            windower,
+            all,
+            windows: HashMap::default(),
+            coarse: HashMap::default(),
+            direct,
+            derived,
+            live,
+            rolling_span_ms: i64::from(rolling_minutes.iter().copied().max().unwrap_or(60))
+                * MINUTE,
+            minutes: BTreeMap::new(),
+            totals: HashMap::default(),
+        }
+    }
+
+    /// Add (`sign` = 1) or retract (−1) a fact. `now` is the engine clock, which decides
+    /// whether the fact is still inside the rolling span.
+    pub(super) fn apply(&mut self, f: &Fact, sign: i64, now: Option<Millis>) {
+        let queue_side = [
+            (Dimension::All, self.all),
+            (Dimension::Channel, f.channel),
+            (Dimension::Queue, f.queue),
+        ];
+        let mut dims = [(Dimension::All, self.all); 5];
+        let mut n = 0;
+        if f.side != Side::Agent {
+            dims[..3].copy_from_slice(&queue_side);
+            n = 3;
+        }
+        if let (true, Some(a)) = (f.side != Side::Queue, f.agent) {
+            dims[n] = (Dimension::Team, f.team);
+            dims[n + 1] = (Dimension::Agent, a);
+            n += 2;
+        }
+        let dims = &dims[..n];
+        for &i in &self.direct {
+            let (start, end) = self.windower.window(self.intervals[i as usize], f.ts);
+            let w = self
+                .windows
+                .entry((i, start))
+                .or_insert_with(|| WindowAccs {
+                    end,
+                    accs: HashMap::default(),
+                });
+            for dk in dims {
+                w.accs.entry(*dk).or_default().apply(&f.measure, sign);
+            }
+        }
+        if !self.live {
+            return;
+        }
+        for dk in dims {
+            self.totals.entry(*dk).or_default().apply(&f.measure, sign);
+        }
+        let minute = f.ts.div_euclid(MINUTE) * MINUTE;
+        if now.is_some_and(|now| minute > now - self.rolling_span_ms) {
+            let bucket = self.minutes.entry(minute).or_default();
+            for dk in dims {
+                bucket.entry(*dk).or_default().apply(&f.measure, sign);
+            }
+        }
+    }
+
+    /// Drop minute buckets that left the rolling span.
+    pub(super) fn trim(&mut self, now: Millis) {
+        let keep_from = now - self.rolling_span_ms;
+        while let Some(e) = self.minutes.first_entry() {
+            if *e.key() + MINUTE > keep_from {
+                break;
+            }
+            e.remove();
+        }
+    }
+
+    /// Take the windows whose end is `ready`, as deltas sorted by key.
+    pub(super) fn take(
+        &mut self,
+        ready: impl Fn(Millis) -> bool,
+        syms: &Interner,
+    ) -> Vec<SnapshotDelta> {
+        let keys: Vec<(u8, Millis)> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| ready(w.end))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for k in keys {
+            let Some(w) = self.windows.remove(&k) else {
+                continue;
+            };
+            // A finished finest window feeds the coarser intervals containing it: still
+            // open ones grow, already flushed ones get a correction delta.
+            for &c in &self.derived {
+                let (start, end) = self.windower.window(self.intervals[c as usize], k.1);
+                let cw = self.coarse.entry((c, start)).or_insert_with(|| WindowAccs {
+                    end,
+                    accs: HashMap::default(),
+                });
+                for (dk, acc) in &w.accs {
+                    cw.accs.entry(*dk).or_default().merge(acc);
+                }
+            }
+            self.emit(k, w, syms, &mut out);
+        }
+        let keys: Vec<(u8, Millis)> = self
+            .coarse
+            .iter()
+            .filter(|(_, w)| ready(w.end))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(w) = self.coarse.remove(&k) {
+                self.emit(k, w, syms, &mut out);
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.interval, a.start, a.dimension, &a.key).cmp(&(
+                b.interval,
+                b.start,
+                b.dimension,
+                &b.key,
+            ))
+        });
+        out
+    }
+
+    fn emit(&self, k: (u8, Millis), w: WindowAccs, syms: &Interner, out: &mut Vec<SnapshotDelta>) {
+        let interval = self.intervals[k.0 as usize];
+        for ((dimension, key), acc) in w.accs {
+            if acc.is_zero() {
+                continue;
+            }
+            out.push(SnapshotDelta {
+                interval,
+                start: k.1,
+                end: w.end,
+                dimension,
+                key: syms.name(key).to_owned(),
+                acc,
+            });
+        }
+    }
+
+    /// Merged minute buckets from `from` (inclusive) on.
+    pub(super) fn rolling_from(&self, from: Millis) -> HashMap<DimKey, Acc> {
+        let mut merged: HashMap<DimKey, Acc> = HashMap::default();
+        for (_, bucket) in self.minutes.range(from..) {
+            for (dk, acc) in bucket {
+                merged.entry(*dk).or_default().merge(acc);
+            }
+        }
+        merged
+    }
+
+    pub(super) fn totals(&self) -> &HashMap<DimKey, Acc> {
+        &self.totals
+    }
+}
+
+/// Which intervals get per-fact updates and which are merged from the finest at flush.
+/// Merging is exact only when every interval is a whole number of finest intervals on
+/// the same local grid, i.e. the finest size divides every other size.
+fn plan_intervals(intervals: &[Interval]) -> (Vec<u8>, Vec<u8>) {
+    let minutes = |iv: &Interval| match iv {
+        Interval::Minutes(m) => *m,
+        Interval::Day => 1440,
+    };
+    let Some((finest, fm)) = intervals
+        .iter()
+        .enumerate()
+        .map(|(i, iv)| (i, minutes(iv)))
+        .min_by_key(|x| x.1)
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    if intervals.iter().all(|iv| minutes(iv) % fm == 0) {
+        let derived = (0..intervals.len())
+            .filter(|&i| i != finest)
+            .map(|i| i as u8)
+            .collect();
+        (vec![finest as u8], derived)
+    } else {
+        ((0..intervals.len()).map(|i| i as u8).collect(), Vec::new())
+    }
+}
