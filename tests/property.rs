@@ -201,7 +201,7 @@ fn oracle(cfg: &EngineConfig, events: &[Event<'static>]) -> BTreeMap<Key, Acc> {
     for evs in by_contact.values_mut() {
         evs.sort_by_key(|e| e.sort_key());
     }
-    let customer_of = |evs: &[CEvent]| evs.iter().find_map(|e| e.customer.clone());
+    let customer_of = |evs: &[CEvent]| evs.iter().find_map(|e| e.customer);
     let first_offer = |evs: &[CEvent]| {
         evs.iter()
             .find(|e| e.kind == EventType::ContactOffered)
