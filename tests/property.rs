@@ -166,6 +166,7 @@ fn oracle(cfg: &EngineConfig, events: &[Event<'static>]) -> BTreeMap<Key, Acc> {
     let mut seen = HashSet::new();
     let mut by_contact: BTreeMap<String, Vec<CEvent>> = BTreeMap::new();
     let mut agent_team = HashMap::new();
+    let mut customers: BTreeMap<String, String> = BTreeMap::new();
     for e in events {
         if !seen.insert(e.event_id.clone()) {
             continue;
@@ -186,22 +187,21 @@ fn oracle(cfg: &EngineConfig, events: &[Event<'static>]) -> BTreeMap<Key, Acc> {
                 team,
                 queue: e.queue.as_deref().map(|q| syms.intern(q)),
                 channel: e.channel,
-                customer: e
-                    .customer_id
-                    .as_deref()
-                    .map(|c| xxhash_rust::xxh3::xxh3_128(c.as_bytes())),
                 to_agent: e.to_agent_id.as_deref().map(|a| syms.intern(a)),
-                talk_ms: e.talk_ms,
-                hold_ms: e.hold_ms,
-                wrap_ms: e.wrap_ms,
-                amount: e.amount,
-                score: e.score,
+                talk_ms: e.talk_ms.map(|v| v as u32),
+                hold_ms: e.hold_ms.map(|v| v as u32),
+                wrap_ms: e.wrap_ms.map(|v| v as u32),
+                value: e.amount.or(e.score).unwrap_or(0),
             });
+        if let (Some(c), Some(k)) = (&e.contact_id, &e.customer_id) {
+            customers
+                .entry(c.to_string())
+                .or_insert_with(|| k.to_string());
+        }
     }
     for evs in by_contact.values_mut() {
         evs.sort_by_key(|e| e.sort_key());
     }
-    let customer_of = |evs: &[CEvent]| evs.iter().find_map(|e| e.customer);
     let first_offer = |evs: &[CEvent]| {
         evs.iter()
             .find(|e| e.kind == EventType::ContactOffered)
@@ -210,10 +210,10 @@ fn oracle(cfg: &EngineConfig, events: &[Event<'static>]) -> BTreeMap<Key, Acc> {
     let mut windower = Windower::new(cfg.tz.clone());
     let mut out: BTreeMap<Key, Acc> = BTreeMap::new();
     for (cid, evs) in &by_contact {
-        let repeats: Vec<Millis> = match customer_of(evs) {
+        let repeats: Vec<Millis> = match customers.get(cid) {
             Some(k) => by_contact
                 .iter()
-                .filter(|(other, o)| *other != cid && customer_of(o).as_ref() == Some(&k))
+                .filter(|(other, _)| *other != cid && customers.get(*other) == Some(k))
                 .filter_map(|(_, o)| first_offer(o))
                 .collect(),
             None => vec![],

@@ -22,14 +22,14 @@ pub struct CEvent {
     pub team: Option<Sym>,
     pub queue: Option<Sym>,
     pub channel: Option<Channel>,
-    /// Hash of `customer_id` (see `engine::key_of`).
-    pub customer: Option<u128>,
     pub to_agent: Option<Sym>,
-    pub talk_ms: Option<u64>,
-    pub hold_ms: Option<u64>,
-    pub wrap_ms: Option<u64>,
-    pub amount: Option<i64>,
-    pub score: Option<i64>,
+    /// Durations fit in u32 ms (decoding caps them at 30 days).
+    pub talk_ms: Option<u32>,
+    pub hold_ms: Option<u32>,
+    pub wrap_ms: Option<u32>,
+    /// `amount` of a conversion or `score` of a survey / QA (fixed point); decoding
+    /// guarantees the one its type needs is present.
+    pub value: i64,
 }
 
 impl CEvent {
@@ -317,11 +317,12 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
             }
             EventType::ContactEnded => {
                 if let Some(s) = segment.take() {
-                    let hold = e.hold_ms.unwrap_or(0);
+                    let hold = u64::from(e.hold_ms.unwrap_or(0));
                     // Without an explicit talk time, talk is the connected time minus hold,
                     // so talk + hold is never more than the conversation lasted.
                     let talk = e
                         .talk_ms
+                        .map(u64::from)
                         .unwrap_or_else(|| dur(s.start, e.ts).saturating_sub(hold));
                     pending = Some(Pending {
                         agent: s.agent,
@@ -335,7 +336,10 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
             }
             EventType::ContactWrapped => {
                 if let Some(p) = pending.filter(|p| e.ts - p.ended <= r.wrap_timeout_ms) {
-                    let wrap = e.wrap_ms.unwrap_or_else(|| dur(p.ended, e.ts));
+                    let wrap = e
+                        .wrap_ms
+                        .map(u64::from)
+                        .unwrap_or_else(|| dur(p.ended, e.ts));
                     let m = Measure::Handled {
                         handle_ms: p.talk_hold_ms + wrap,
                     };
@@ -374,12 +378,12 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
                     &mut out,
                     Measure::Converted {
                         first,
-                        amount: e.amount.unwrap_or(0),
+                        amount: e.value,
                     },
                 );
             }
             EventType::SurveyResponded => {
-                let score = e.score.unwrap_or(0);
+                let score = e.value;
                 attributed(
                     &mut out,
                     Measure::Csat {
@@ -388,12 +392,7 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
                     },
                 );
             }
-            EventType::QaScored => attributed(
-                &mut out,
-                Measure::Qa {
-                    score: e.score.unwrap_or(0),
-                },
-            ),
+            EventType::QaScored => attributed(&mut out, Measure::Qa { score: e.value }),
             EventType::ContactReopened | EventType::AgentState => {}
         }
     }

@@ -2,9 +2,11 @@
 //! `u32`s instead of four strings, and equal keys hash once.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 
+/// Non-zero so `Option<Sym>` is 4 bytes: contacts hold several per event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Sym(u32);
+pub struct Sym(NonZeroU32);
 
 #[derive(Clone, Debug, Default)]
 pub struct Interner {
@@ -18,7 +20,8 @@ impl Interner {
             return id;
         }
         // More than 4 billion distinct keys cannot be held in memory anyway.
-        let id = Sym(u32::try_from(self.names.len()).unwrap_or(u32::MAX));
+        let n = u32::try_from(self.names.len() + 1).unwrap_or(u32::MAX);
+        let id = Sym(NonZeroU32::new(n).unwrap_or(NonZeroU32::MAX));
         self.names.push(s.into());
         self.ids.insert(s.into(), id);
         id
@@ -29,7 +32,10 @@ impl Interner {
     }
 
     pub fn name(&self, id: Sym) -> &str {
-        self.names.get(id.0 as usize).map(|s| &**s).unwrap_or("")
+        self.names
+            .get(id.0.get() as usize - 1)
+            .map(|s| &**s)
+            .unwrap_or("")
     }
 
     pub fn len(&self) -> usize {

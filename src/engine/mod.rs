@@ -264,15 +264,28 @@ impl Engine {
                 .or_default() += 1;
             return Outcome::Rejected(RejectReason::TooLate);
         }
-        let id = xxhash_rust::xxh3::xxh3_128(ev.event_id.as_bytes());
-        if !self.seen.insert(id) {
+        let id = key_of(&ev.event_id);
+        // Duplicates: contact events are checked against their contact's own events
+        // (no global id set to keep for the whole correction horizon); agent states,
+        // which have no contact, against a set that expires with the horizon.
+        let contact_key = ev.contact_id.as_deref().map(key_of);
+        let duplicate = match contact_key {
+            Some(ck) => self
+                .contacts
+                .get(&ck)
+                .is_some_and(|c| c.events.iter().any(|e| e.id_hash == id as u64)),
+            None => !self.seen.insert(id),
+        };
+        if duplicate {
             self.stats.duplicates += 1;
             return Outcome::Duplicate;
         }
-        self.seen_by_hour
-            .entry(ev.ts.div_euclid(3_600_000))
-            .or_default()
-            .push(id);
+        if contact_key.is_none() {
+            self.seen_by_hour
+                .entry(ev.ts.div_euclid(3_600_000))
+                .or_default()
+                .push(id);
+        }
         self.stats.accepted += 1;
         if self.watermark().is_some_and(|wm| ev.ts < wm) {
             self.stats.late_applied += 1;
@@ -287,11 +300,11 @@ impl Engine {
             self.bump_clock(ev.ts);
             return Outcome::Accepted;
         }
-        let Some(contact_id) = ev.contact_id.as_deref() else {
+        let Some(ck) = contact_key else {
             // Decoding guarantees contact events carry an id; count defensively anyway.
             return Outcome::Accepted;
         };
-        let ck = key_of(contact_id);
+        let duration = |d: Option<u64>| d.map(|v| u32::try_from(v).unwrap_or(u32::MAX));
         let ce = CEvent {
             ts: ev.ts,
             kind: ev.kind,
@@ -300,14 +313,13 @@ impl Engine {
             team,
             queue: ev.queue.as_deref().map(|q| self.syms.intern(q)),
             channel: ev.channel,
-            customer: ev.customer_id.as_deref().map(key_of),
             to_agent: ev.to_agent_id.as_deref().map(|a| self.syms.intern(a)),
-            talk_ms: ev.talk_ms,
-            hold_ms: ev.hold_ms,
-            wrap_ms: ev.wrap_ms,
-            amount: ev.amount,
-            score: ev.score,
+            talk_ms: duration(ev.talk_ms),
+            hold_ms: duration(ev.hold_ms),
+            wrap_ms: duration(ev.wrap_ms),
+            value: ev.amount.or(ev.score).unwrap_or(0),
         };
+        let event_customer = ev.customer_id.as_deref().map(key_of);
         let c = self.contacts.entry(ck).or_default();
         let pos = c.events.partition_point(|x| x.sort_key() <= ce.sort_key());
         let new_offer =
@@ -315,9 +327,9 @@ impl Engine {
         if new_offer {
             c.first_offer = Some(ce.ts);
         }
-        let new_customer = c.customer.is_none() && ce.customer.is_some();
+        let new_customer = c.customer.is_none() && event_customer.is_some();
         if new_customer {
-            c.customer = ce.customer;
+            c.customer = event_customer;
         }
         c.last_ts = c.last_ts.max(ce.ts);
         c.events.insert(pos, ce);
