@@ -567,4 +567,23 @@ mod tests {
         let e = d.decode(br#"{"event_id":"e","type":"survey.responded","ts":1795396502123,"contact_id":"c","score":9}"#).unwrap();
         assert_eq!(e.score, Some(9 * FIXED_SCALE));
     }
+
+    proptest::proptest! {
+        /// Hostile input never panics: arbitrary bytes, and valid events with bytes
+        /// flipped, truncated or spliced, always come back as an event or a reject.
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn never_panics_on_mangled_events(cut in 0usize..200, pos in 0usize..200, byte in proptest::num::u8::ANY) {
+            let good = br#"{"event_id":"e1","type":"contact.ended","ts":"2026-11-23T09:15:02.123+08:00","contact_id":"c1","talk_ms":1500,"hold_ms":20,"amount":1.5,"score":3}"#;
+            let mut v = good.to_vec();
+            let p = pos % v.len();
+            v[p] = byte;
+            v.truncate(cut.max(1).min(v.len()));
+            let _ = decode(&v);
+        }
+    }
 }
