@@ -64,6 +64,10 @@ impl Dimension {
     }
 }
 
+/// A real contact has tens of events; a contact_id reused by a runaway producer is
+/// capped here, because every event re-derives its whole contact.
+pub const MAX_EVENTS_PER_CONTACT: usize = 1000;
+
 /// Key of the `all` dimension.
 pub const ALL_KEY: &str = "all";
 /// Key used when a contact's queue, channel or an agent's team is not known.
@@ -180,6 +184,10 @@ pub struct Engine {
     contacts: HashMap<ContactKey, Contact>,
     customers: HashMap<CustomerKey, Vec<ContactKey>>,
     agent_team: HashMap<Sym, Sym>,
+    /// Contacts with facts attributed to team `unknown` because their agent's team was
+    /// not known yet; re-derived when it becomes known, so the result does not depend
+    /// on whether the agent's other events arrived first.
+    awaiting_team: HashMap<Sym, Vec<ContactKey>>,
     wrap_deadlines: BTreeMap<Millis, Vec<ContactKey>>,
     agg: Aggregator,
     max_ts: Option<Millis>,
@@ -210,6 +218,7 @@ impl Engine {
             contacts: HashMap::default(),
             customers: HashMap::default(),
             agent_team: HashMap::default(),
+            awaiting_team: HashMap::default(),
             wrap_deadlines: BTreeMap::new(),
             agg,
             max_ts: None,
@@ -280,6 +289,16 @@ impl Engine {
             self.stats.duplicates += 1;
             return Outcome::Duplicate;
         }
+        if let Some(c) = contact_key.and_then(|ck| self.contacts.get(&ck))
+            && c.events.len() >= MAX_EVENTS_PER_CONTACT
+        {
+            *self
+                .stats
+                .rejected
+                .entry(RejectReason::ContactOverflow)
+                .or_default() += 1;
+            return Outcome::Rejected(RejectReason::ContactOverflow);
+        }
         if contact_key.is_none() {
             self.seen_by_hour
                 .entry(ev.ts.div_euclid(3_600_000))
@@ -293,8 +312,13 @@ impl Engine {
 
         let agent = ev.agent_id.as_deref().map(|a| self.syms.intern(a));
         let team = ev.team.as_deref().map(|t| self.syms.intern(t));
-        if let (Some(a), Some(t)) = (agent, team) {
-            self.agent_team.insert(a, t);
+        if let (Some(a), Some(t)) = (agent, team)
+            && self.agent_team.insert(a, t).is_none()
+            && let Some(waiting) = self.awaiting_team.remove(&a)
+        {
+            for ck in waiting {
+                self.rederive(ck);
+            }
         }
         if ev.kind == EventType::AgentState {
             self.bump_clock(ev.ts);
@@ -396,7 +420,8 @@ impl Engine {
         // Disjoint borrows: the contact (mutable) and the aggregator (mutable) at once.
         let Engine {
             contacts,
-            agent_team,
+            agent_team: teams,
+            awaiting_team,
             cfg,
             agg,
             wrap_deadlines,
@@ -407,7 +432,7 @@ impl Engine {
         let Some(c) = contacts.get_mut(&ck) else {
             return;
         };
-        let agent_team = |a: Sym| agent_team.get(&a).copied();
+        let agent_team = |a: Sym| teams.get(&a).copied();
         let ctx = Ctx {
             rules: &cfg.rules,
             watermark,
@@ -421,6 +446,17 @@ impl Engine {
             let ids = wrap_deadlines.entry(d).or_default();
             if !ids.contains(&ck) {
                 ids.push(ck);
+            }
+        }
+        for f in &derived.facts {
+            if let Some(a) = f.agent
+                && f.team == *unknown
+                && !teams.contains_key(&a)
+            {
+                let waiting = awaiting_team.entry(a).or_default();
+                if !waiting.contains(&ck) {
+                    waiting.push(ck);
+                }
             }
         }
         let old = std::mem::replace(&mut c.facts, derived.facts);
@@ -507,6 +543,11 @@ impl Engine {
                 }
             }
         }
+        let contacts = &self.contacts;
+        self.awaiting_team.retain(|_, waiting| {
+            waiting.retain(|ck| contacts.contains_key(ck));
+            !waiting.is_empty()
+        });
         let hour = horizon.div_euclid(3_600_000);
         while let Some(e) = self.seen_by_hour.first_entry() {
             if *e.key() >= hour {

@@ -527,3 +527,21 @@ fn rolling_window_covers_last_minutes() {
         .collect();
     assert_eq!(r15[0].2.offered, 2);
 }
+
+#[test]
+fn runaway_contact_is_capped() {
+    let mut e = Engine::new(EngineConfig::default());
+    for i in 0..MAX_EVENTS_PER_CONTACT + 5 {
+        e.apply(ev(
+            &format!("x{i}"),
+            "qa.scored",
+            i as f64,
+            r#""contact_id":"same","agent_id":"a","score":50"#,
+        ));
+    }
+    assert_eq!(e.stats().accepted as usize, MAX_EVENTS_PER_CONTACT);
+    assert_eq!(
+        e.stats().rejected.get(&RejectReason::ContactOverflow),
+        Some(&5)
+    );
+}

@@ -29,10 +29,13 @@ pub enum RejectReason {
     Oversize,
     /// Older than watermark − correction horizon: can no longer be applied.
     TooLate,
+    /// The contact already holds the maximum number of events (a runaway producer
+    /// reusing one `contact_id`); accepting more would make each event slower.
+    ContactOverflow,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::InvalidJson,
         RejectReason::NotObject,
         RejectReason::MissingField,
@@ -41,6 +44,7 @@ impl RejectReason {
         RejectReason::UnknownType,
         RejectReason::Oversize,
         RejectReason::TooLate,
+        RejectReason::ContactOverflow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl RejectReason {
             RejectReason::UnknownType => "unknown_type",
             RejectReason::Oversize => "oversize",
             RejectReason::TooLate => "too_late",
+            RejectReason::ContactOverflow => "contact_overflow",
         }
     }
 }
