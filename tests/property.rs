@@ -310,7 +310,7 @@ fn check_with(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     #[test]
     fn engine_equals_oracle(seed in any::<u64>(), contacts in 1usize..60, dup in 0.0f64..0.5, flush_every in 0usize..40) {
         check(seed, contacts, dup, flush_every);
