@@ -99,6 +99,23 @@ struct Pending {
     talk_hold_ms: u64,
 }
 
+impl Pending {
+    /// The segment's handled fact, completing at `ts` with `wrap_ms` of wrap-up.
+    fn completed(&self, ts: Millis, wrap_ms: u64) -> Fact {
+        Fact {
+            ts,
+            side: Side::Both,
+            measure: Measure::Handled {
+                handle_ms: self.talk_hold_ms + wrap_ms,
+            },
+            queue: self.queue,
+            channel: self.channel,
+            agent: Some(self.agent),
+            team: self.team,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Segment {
     agent: Sym,
@@ -340,18 +357,7 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
                         .wrap_ms
                         .map(u64::from)
                         .unwrap_or_else(|| dur(p.ended, e.ts));
-                    let m = Measure::Handled {
-                        handle_ms: p.talk_hold_ms + wrap,
-                    };
-                    out.facts.push(Fact {
-                        ts: e.ts,
-                        side: Side::Both,
-                        measure: m,
-                        queue: p.queue,
-                        channel: p.channel,
-                        agent: Some(p.agent),
-                        team: p.team,
-                    });
+                    out.facts.push(p.completed(e.ts, wrap));
                     pending = None;
                 }
             }
@@ -400,18 +406,7 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
     if let Some(p) = pending {
         let deadline = p.ended.saturating_add(r.wrap_timeout_ms);
         if ctx.watermark >= deadline {
-            let m = Measure::Handled {
-                handle_ms: p.talk_hold_ms,
-            };
-            out.facts.push(Fact {
-                ts: p.ended,
-                side: Side::Both,
-                measure: m,
-                queue: p.queue,
-                channel: p.channel,
-                agent: Some(p.agent),
-                team: p.team,
-            });
+            out.facts.push(p.completed(p.ended, 0));
         } else {
             out.wrap_deadline = Some(deadline);
         }
