@@ -9,7 +9,7 @@
 use std::sync::LazyLock;
 
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::serialization::{Serializer, V2Serializer};
 
 /// Largest recordable value: one year in milliseconds. Larger values are clamped.
 pub const MAX_VALUE_MS: u64 = 366 * 24 * 3600 * 1000;
@@ -23,6 +23,19 @@ fn empty_hdr() -> Histogram<u64> {
 }
 
 static TEMPLATE: LazyLock<Histogram<u64>> = LazyLock::new(empty_hdr);
+
+/// Bin value (lowest equivalent) of every HDR counts index of our layout, so a stored
+/// histogram decodes straight into sparse bins without a full counts array.
+static INDEX_BINS: LazyLock<Vec<u64>> = LazyLock::new(|| {
+    TEMPLATE
+        .iter_all()
+        .map(|v| TEMPLATE.lowest_equivalent(v.value_iterated_to()))
+        .collect()
+});
+
+/// HDR V2 (uncompressed) cookie: the V2 base 0x1c849303 with the 8-byte word-size flag.
+const V2_COOKIE: u32 = 0x1c84_9313;
+const V2_HEADER_LEN: usize = 40;
 
 /// Error reading a stored histogram.
 #[derive(Debug, thiserror::Error)]
@@ -120,10 +133,55 @@ impl Hist {
         if bytes.is_empty() {
             return Ok(Hist::new());
         }
-        let h: Histogram<u64> = Deserializer::new()
-            .deserialize(&mut &bytes[..])
-            .map_err(|e| HistError::Decode(format!("{e:?}")))?;
-        Ok(Hist::from_hdr(&h))
+        // Only our own layout is accepted: trusting another header's bounds or payload
+        // length would let one damaged row allocate gigabytes.
+        Hist::decode_v2_sparse(bytes).ok_or_else(|| {
+            HistError::Decode("not an uncompressed HDR V2 histogram with ccmetrics' layout (1 ms .. 1 y, 2 digits)".into())
+        })
+    }
+
+    /// Decode a blob in our layout (1 ms .. [`MAX_VALUE_MS`], 2 digits) straight into
+    /// sparse bins: walk the zig-zag LEB128 counts (negative = a run of empty indexes)
+    /// without building a full counts array. `None` for anything else or a damaged blob.
+    fn decode_v2_sparse(b: &[u8]) -> Option<Hist> {
+        let u32_at = |i: usize| {
+            b.get(i..i + 4)
+                .and_then(|s| s.try_into().ok())
+                .map(u32::from_be_bytes)
+        };
+        let u64_at = |i: usize| {
+            b.get(i..i + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        let header_ok = u32_at(0)? == V2_COOKIE
+            && u32_at(8)? == 0
+            && u32_at(12)? == u32::from(SIGFIG)
+            && u64_at(16)? == 1
+            && u64_at(24)? == MAX_VALUE_MS
+            && f64::from_bits(u64_at(32)?) == 1.0;
+        if !header_ok {
+            return None;
+        }
+        let len = usize::try_from(u32_at(4)?).ok()?;
+        let payload = b.get(V2_HEADER_LEN..V2_HEADER_LEN.checked_add(len)?)?;
+        let bins = &*INDEX_BINS;
+        let mut out = Hist::new();
+        let (mut pos, mut index) = (0usize, 0usize);
+        while pos < payload.len() {
+            let (zz, n) = varint(&payload[pos..])?;
+            pos += n;
+            let v = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+            if v < 0 {
+                index = index.checked_add(usize::try_from(v.unsigned_abs()).ok()?)?;
+            } else {
+                if v > 0 {
+                    out.bins.push((*bins.get(index)?, v));
+                }
+                index = index.checked_add(1)?;
+            }
+        }
+        Some(out)
     }
 
     /// Value at quantile `q` (0..=1) in milliseconds, `None` when empty.
@@ -146,9 +204,26 @@ impl Hist {
     }
 }
 
+/// LEB128 as HDR V2 writes it: up to 9 bytes, the 9th carrying a full 8 bits.
+fn varint(s: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..9 {
+        let b = *s.get(i)?;
+        if i == 8 {
+            return Some((v | (u64::from(b) << 56), 9));
+        }
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hdrhistogram::serialization::Deserializer;
     use proptest::prelude::*;
 
     #[test]
@@ -193,6 +268,30 @@ mod tests {
                 let got = h.quantile_ms(q).unwrap() as f64;
                 prop_assert!((got - exact).abs() <= exact * 0.01 + 1.0, "q={} exact={} got={}", q, exact, got);
             }
+        }
+
+        /// The sparse fast path decodes exactly what hdrhistogram's deserializer does.
+        #[test]
+        fn sparse_decode_equals_hdr_decode(values in proptest::collection::vec((0u64..MAX_VALUE_MS + 10, 1i64..1_000_000), 0..80)) {
+            let mut h = Hist::new();
+            for &(v, c) in &values { h.record(v, c); }
+            let bytes = h.encode().unwrap();
+            let slow: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).unwrap();
+            prop_assert_eq!(Hist::decode_v2_sparse(&bytes), Some(Hist::from_hdr(&slow)));
+            prop_assert_eq!(Hist::decode(&bytes).unwrap(), h);
+        }
+
+        /// A damaged stored blob is an error (or, if still well-formed, some histogram),
+        /// never a panic.
+        #[test]
+        fn damaged_blobs_do_not_panic(pos in 0usize..200, byte in proptest::num::u8::ANY, cut in 0usize..200) {
+            let mut h = Hist::new();
+            for v in [5u64, 900, 20_000, 3_600_000] { h.record(v, 7); }
+            let mut bytes = h.encode().unwrap();
+            let p = pos % bytes.len();
+            bytes[p] = byte;
+            bytes.truncate(cut.max(1).min(bytes.len()));
+            let _ = Hist::decode(&bytes);
         }
 
         #[test]
