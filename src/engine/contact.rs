@@ -7,6 +7,8 @@
 //! depends on arrival order: out-of-order, late and duplicate events give the same
 //! facts as a clean, sorted stream.
 
+use smallvec::SmallVec;
+
 use super::acc::Measure;
 use super::intern::Sym;
 use crate::event::{Channel, EventType, Millis};
@@ -145,7 +147,7 @@ fn dur(a: Millis, b: Millis) -> u64 {
 pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
     let r = ctx.rules;
     let unknown = ctx.unknown;
-    let mut out = Derived::default();
+    let mut out = Derived { facts: Vec::with_capacity(events.len() + 2), wrap_deadline: None };
 
     // Whole-contact properties: FCR fails on any transfer or reopen, whenever it happened.
     let transferred = events
@@ -166,13 +168,14 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
 
     let mut offer: Option<Offer> = None;
     let mut outcome_done = false;
-    let mut presented: Vec<Sym> = Vec::new();
-    let mut answered_by: Vec<Sym> = Vec::new();
+    // Small per-contact sets on the stack: derive runs for every event.
+    let mut presented: SmallVec<[Sym; 4]> = SmallVec::new();
+    let mut answered_by: SmallVec<[Sym; 4]> = SmallVec::new();
     let mut last_routed: Option<Sym> = None;
     let mut segment: Option<Segment> = None;
     let mut pending: Option<Pending> = None;
     let mut last_handler: Option<Sym> = None;
-    let mut teams: Vec<(Sym, Sym)> = Vec::new();
+    let mut teams: SmallVec<[(Sym, Sym); 4]> = SmallVec::new();
     let mut frt_done = false;
     let mut resolved_done = false;
     let mut converted_done = false;
