@@ -167,3 +167,50 @@ fn replay_twice_gives_the_same_snapshots_and_reads_gzip() {
     assert_eq!(row["revision"], 1);
     assert_eq!(row["answer_rate"], 0.6);
 }
+
+#[test]
+fn replay_copies_rejected_messages_to_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("x.db").display());
+    let dead = dir.path().join("dead.jsonl");
+    let case = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/late_and_duplicates"
+    );
+    let o = ccm(
+        &[
+            "replay",
+            "--config",
+            &format!("{case}/config.toml"),
+            "--input",
+            &format!("{case}/events.jsonl"),
+            "--flush-every",
+            "1",
+            "--dead-letter",
+            dead.to_str().unwrap(),
+        ],
+        &[("CCMETRICS__STORE__URL", db.as_str())],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("dead letters: 4 written"), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reasons: Vec<&str> = lines
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["too_late", "invalid_json", "unknown_type", "missing_field"]
+    );
+    assert_eq!(lines[1]["message"], "not json at all");
+    assert_eq!(lines[1]["partition"], "replay");
+    assert!(
+        lines[3]["detail"].as_str().unwrap().contains("queue"),
+        "{:?}",
+        lines[3]
+    );
+}

@@ -27,6 +27,9 @@ pub struct Args {
     /// revisions, as the daemon would.
     #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub flush_every: u64,
+    /// Copy rejected messages (with their reason) to this JSONL file.
+    #[arg(long, value_name = "PATH")]
+    pub dead_letter: Option<PathBuf>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -50,6 +53,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         ..EngineConfig::from_config(&cfg)
     };
     let mut pipe = Pipeline::new(engine_cfg, cfg.decoder(), a.partition.clone());
+    if let Some(path) = &a.dead_letter {
+        let f = std::fs::File::create(path)
+            .with_context(|| format!("creating dead-letter file {}", path.display()))?;
+        pipe.set_dead_letters(Box::new(std::io::BufWriter::new(f)));
+    }
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template(
@@ -82,6 +90,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("writing snapshots")?;
     bar.finish_and_clear();
+    pipe.finish().context("writing dead letters")?;
+    if let Some(path) = &a.dead_letter {
+        println!(
+            "dead letters: {} written to {}",
+            pipe.dead_lettered,
+            path.display()
+        );
+    }
     print_summary(
         &a.inputs,
         pipe.stats(),

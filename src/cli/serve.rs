@@ -41,6 +41,9 @@ pub struct Args {
     /// Snapshot partition this daemon writes (default: the source name).
     #[arg(long)]
     pub partition: Option<String>,
+    /// Append rejected messages (with their reason) to this JSONL file.
+    #[arg(long, value_name = "PATH")]
+    pub dead_letter: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,6 +144,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
 
     let mut pipe = Pipeline::new(EngineConfig::from_config(&cfg), cfg.decoder(), partition);
+    if let Some(path) = &a.dead_letter {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening dead-letter file {}", path.display()))?;
+        // Unbuffered: a daemon's dead letters should be on disk when it is killed.
+        pipe.set_dead_letters(Box::new(f));
+    }
     let idle = cfg.windows.idle_timeout.0;
     let mut last_input = Instant::now();
     let mut last_flush_ms = None;

@@ -147,7 +147,10 @@ fn dur(a: Millis, b: Millis) -> u64 {
 pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
     let r = ctx.rules;
     let unknown = ctx.unknown;
-    let mut out = Derived { facts: Vec::with_capacity(events.len() + 2), wrap_deadline: None };
+    let mut out = Derived {
+        facts: Vec::with_capacity(events.len() + 2),
+        wrap_deadline: None,
+    };
 
     // Whole-contact properties: FCR fails on any transfer or reopen, whenever it happened.
     let transferred = events
