@@ -545,3 +545,33 @@ fn runaway_contact_is_capped() {
         Some(&5)
     );
 }
+
+#[test]
+fn team_learned_later_moves_facts_out_of_unknown() {
+    let transfer = ev(
+        "3",
+        "contact.transferred",
+        60.0,
+        &format!(r#"{},"agent_id":"x","team":"tx","to_agent_id":"y""#, c("a")),
+    );
+    let events = vec![
+        offered("1", "a", 0.0, "q"),
+        with_agent("2", "contact.answered", "a", 10.0, "x"),
+        transfer,
+        plain("4", "contact.ended", "a", 160.0),
+        plain("5", "contact.wrapped", "a", 170.0),
+        // y's team is first named by an unrelated agent.state event, after the fact.
+        ev(
+            "6",
+            "agent.state",
+            400.0,
+            r#""agent_id":"y","team":"ty","state":"available""#,
+        ),
+    ];
+    let (_, out) = run(EngineConfig::default(), events.clone());
+    assert_eq!(day(&out, Dimension::Team, "ty").handled, 1);
+    assert_eq!(day(&out, Dimension::Team, UNKNOWN_KEY).handled, 0);
+    // The same events in another order give the same rows.
+    let (_, reversed) = run(EngineConfig::default(), events.into_iter().rev().collect());
+    assert_eq!(out, reversed);
+}
