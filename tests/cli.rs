@@ -214,3 +214,56 @@ fn replay_copies_rejected_messages_to_dead_letters() {
         lines[3]
     );
 }
+
+#[test]
+fn export_filters_by_window_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("x.db").display());
+    let env = [("CCMETRICS__STORE__URL", db.as_str())];
+    let case = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/basic_voice");
+    let cfg = format!("{case}/config.toml");
+    let o = ccm(
+        &[
+            "replay",
+            "--config",
+            &cfg,
+            "--input",
+            &format!("{case}/events.jsonl"),
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let export = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--config",
+            &cfg,
+            "--window",
+            "15m",
+            "--dimension",
+            "queue",
+        ];
+        args.extend_from_slice(extra);
+        let o = ccm(&args, &env);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').take(5).collect::<Vec<_>>().join(","))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(export(&[]).len(), 3);
+    // --from is inclusive, --to exclusive, both on window_start; offsets are honoured.
+    assert_eq!(
+        export(&["--from", "2026-11-23T17:15:00+08:00"]),
+        [
+            "2026-11-23T09:15:00Z,2026-11-23T09:30:00Z,15m,queue,billing",
+            "2026-11-23T09:15:00Z,2026-11-23T09:30:00Z,15m,queue,support"
+        ]
+    );
+    assert_eq!(
+        export(&["--to", "2026-11-23T09:15:00Z"]),
+        ["2026-11-23T09:00:00Z,2026-11-23T09:15:00Z,15m,queue,support"]
+    );
+}
