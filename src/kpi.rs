@@ -93,6 +93,26 @@ pub const KPI_COLUMNS: [&str; 31] = [
     "qa_avg",
 ];
 
+/// answered / offered.
+pub fn answer_rate(a: &Acc) -> Option<f64> {
+    ratio(a.answered, a.offered)
+}
+
+/// abandoned / offered.
+pub fn abandon_rate(a: &Acc) -> Option<f64> {
+    ratio(a.abandoned, a.offered)
+}
+
+/// Mean wait of answered contacts, seconds.
+pub fn asa_s(a: &Acc) -> Option<f64> {
+    secs(ratio(a.wait_sum_ms, a.wait_count))
+}
+
+/// Mean handle time of completed segments, seconds.
+pub fn aht_s(a: &Acc) -> Option<f64> {
+    secs(ratio(a.handle_sum_ms, a.handled))
+}
+
 /// Service level by the configured formula.
 pub fn service_level(a: &Acc, f: SlFormula) -> Option<f64> {
     match f {
@@ -112,18 +132,18 @@ pub fn kpis(a: &Acc, f: SlFormula) -> Vec<Cell> {
         Cell::Int(a.answered),
         Cell::Int(a.abandoned),
         Cell::Int(a.short_abandoned),
-        n(ratio(a.answered, a.offered)),
-        n(ratio(a.abandoned, a.offered)),
+        n(answer_rate(a)),
+        n(abandon_rate(a)),
         n(ratio(
             a.abandoned - a.short_abandoned,
             a.offered - a.short_abandoned,
         )),
         n(service_level(a, f)),
-        n(secs(ratio(a.wait_sum_ms, a.wait_count))),
+        n(asa_s(a)),
         n(pct_s(&a.wait_hist, 0.5)),
         n(pct_s(&a.wait_hist, 0.9)),
         Cell::Int(a.handled),
-        n(secs(ratio(a.handle_sum_ms, a.handled))),
+        n(aht_s(a)),
         n(pct_s(&a.handle_hist, 0.5)),
         n(pct_s(&a.handle_hist, 0.9)),
         Cell::Int(a.frt_count),

@@ -134,17 +134,9 @@ impl Aggregator {
         ready: impl Fn(Millis) -> bool,
         syms: &Interner,
     ) -> Vec<SnapshotDelta> {
-        let keys: Vec<(u8, Millis)> = self
-            .windows
-            .iter()
-            .filter(|(_, w)| ready(w.end))
-            .map(|(k, _)| *k)
-            .collect();
+        let finished: Vec<_> = self.windows.extract_if(|_, w| ready(w.end)).collect();
         let mut out = Vec::new();
-        for k in keys {
-            let Some(w) = self.windows.remove(&k) else {
-                continue;
-            };
+        for (k, w) in finished {
             // A finished finest window feeds the coarser intervals containing it: still
             // open ones grow, already flushed ones get a correction delta.
             for &c in &self.derived {
@@ -159,16 +151,9 @@ impl Aggregator {
             }
             self.emit(k, w, syms, &mut out);
         }
-        let keys: Vec<(u8, Millis)> = self
-            .coarse
-            .iter()
-            .filter(|(_, w)| ready(w.end))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            if let Some(w) = self.coarse.remove(&k) {
-                self.emit(k, w, syms, &mut out);
-            }
+        let finished: Vec<_> = self.coarse.extract_if(|_, w| ready(w.end)).collect();
+        for (k, w) in finished {
+            self.emit(k, w, syms, &mut out);
         }
         out.sort_by(|a, b| {
             (a.interval, a.start, a.dimension, &a.key).cmp(&(

@@ -46,10 +46,6 @@ struct GaugeDef {
     value: fn(&Acc, SlFormula) -> Option<f64>,
 }
 
-fn ratio(n: i64, d: i64) -> Option<f64> {
-    (d != 0).then(|| n as f64 / d as f64)
-}
-
 /// Per-dimension cumulative counters, from `Engine::totals`.
 const COUNTERS: [CounterDef; 13] = [
     CounterDef {
@@ -153,12 +149,12 @@ const ROLLING: [GaugeDef; 6] = [
     GaugeDef {
         name: "ccmetrics_rolling_answer_rate",
         help: "Answered / offered in the rolling window (absent when nothing was offered).",
-        value: |a, _| ratio(a.answered, a.offered),
+        value: |a, _| crate::kpi::answer_rate(a),
     },
     GaugeDef {
         name: "ccmetrics_rolling_abandon_rate",
         help: "Abandoned / offered in the rolling window (absent when nothing was offered).",
-        value: |a, _| ratio(a.abandoned, a.offered),
+        value: |a, _| crate::kpi::abandon_rate(a),
     },
     GaugeDef {
         name: "ccmetrics_rolling_service_level",
@@ -168,12 +164,12 @@ const ROLLING: [GaugeDef; 6] = [
     GaugeDef {
         name: "ccmetrics_rolling_asa_seconds",
         help: "Average speed of answer in the rolling window (absent when nothing was answered).",
-        value: |a, _| ratio(a.wait_sum_ms, a.wait_count).map(|ms| ms / 1000.0),
+        value: |a, _| crate::kpi::asa_s(a),
     },
     GaugeDef {
         name: "ccmetrics_rolling_aht_seconds",
         help: "Average handle time in the rolling window (absent when nothing was handled).",
-        value: |a, _| ratio(a.handle_sum_ms, a.handled).map(|ms| ms / 1000.0),
+        value: |a, _| crate::kpi::aht_s(a),
     },
 ];
 
