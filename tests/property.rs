@@ -309,12 +309,91 @@ fn check_with(
     }
 }
 
+/// The Kafka daemon's recovery contract, without Kafka: at every flush the deltas and
+/// a checkpoint are "committed" together with the input position; at random points
+/// the process "crashes" (everything since the last commit is lost), restores the
+/// checkpoint and re-reads the input from the committed position. The committed
+/// snapshots must still equal the oracle: nothing lost, nothing counted twice.
+fn check_crashes(seed: u64, contacts: usize, dup_rate: f64, flush_every: usize, crash_rate: f64) {
+    let cfg = EngineConfig::default();
+    let events = scenario(seed, contacts);
+    let expected = oracle(&cfg, &events);
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0xc4a5);
+    let mut input = events.clone();
+    let dups: Vec<Event<'static>> = events
+        .iter()
+        .filter(|_| rng.random_bool(dup_rate))
+        .cloned()
+        .collect();
+    input.extend(dups);
+    input.shuffle(&mut rng);
+
+    let mut committed: BTreeMap<Key, Acc> = BTreeMap::new();
+    let mut engine = Engine::new(cfg.clone());
+    let mut checkpoint = engine.checkpoint().unwrap();
+    let mut committed_pos = 0;
+    let mut uncommitted: Vec<SnapshotDelta> = Vec::new();
+    let mut pos = 0;
+    let mut crashes = 0;
+    while pos < input.len() {
+        engine.apply(input[pos].clone());
+        pos += 1;
+        if pos % flush_every.max(1) == 0 {
+            uncommitted.extend(engine.flush());
+            // Commit: deltas + state + position, atomically.
+            merge(&mut committed, std::mem::take(&mut uncommitted));
+            checkpoint = engine.checkpoint().unwrap();
+            committed_pos = pos;
+        }
+        if crashes < 50 && rng.random_bool(crash_rate) {
+            crashes += 1;
+            uncommitted.clear();
+            engine = Engine::restore(cfg.clone(), &checkpoint).unwrap();
+            pos = committed_pos;
+        }
+    }
+    merge(&mut committed, engine.flush_all());
+    assert_eq!(engine.stats().accepted as usize, events.len());
+    assert_eq!(committed, expected, "seed {seed}: {crashes} crashes");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     #[test]
     fn engine_equals_oracle(seed in any::<u64>(), contacts in 1usize..60, dup in 0.0f64..0.5, flush_every in 0usize..40) {
         check(seed, contacts, dup, flush_every);
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn crash_and_restore_from_checkpoints_equals_oracle(seed in any::<u64>(), contacts in 1usize..60, dup in 0.0f64..0.3, flush_every in 1usize..40, crash in 0.0f64..0.1) {
+        check_crashes(seed, contacts, dup, flush_every, crash);
+    }
+}
+
+#[test]
+fn crashes_on_a_larger_set() {
+    check_crashes(5, 1500, 0.05, 53, 0.01);
+}
+
+/// A checkpoint taken under one interval grid cannot be restored under another.
+#[test]
+fn checkpoint_refuses_other_intervals() {
+    let mut e = Engine::new(EngineConfig::default());
+    for ev in scenario(1, 5) {
+        e.apply(ev);
+    }
+    let bytes = e.checkpoint().unwrap();
+    let other = EngineConfig {
+        intervals: vec!["30m".parse().unwrap()],
+        ..EngineConfig::default()
+    };
+    let err = Engine::restore(other, &bytes).err().unwrap().to_string();
+    assert!(err.contains("intervals"), "{err}");
+    assert!(Engine::restore(EngineConfig::default(), &bytes[..bytes.len() / 2]).is_err());
+    assert!(Engine::restore(EngineConfig::default(), &[]).is_err());
 }
 
 #[test]

@@ -7,7 +7,9 @@
 use super::hist::Hist;
 
 /// One unit of measurement a contact contributes, produced by `engine::contact`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Measure {
     /// Queue side: the contact left the queue (answered or abandoned) after `wait_ms`.
     QueueOutcome {
@@ -64,7 +66,7 @@ pub const COUNTER_NAMES: [&str; 21] = [
 /// Names of the histogram columns, in storage order.
 pub const HIST_NAMES: [&str; 3] = ["wait_hist", "handle_hist", "frt_hist"];
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Acc {
     pub offered: i64,
     pub answered: i64,

@@ -15,7 +15,7 @@ use crate::event::Millis;
 
 pub(super) type DimKey = (Dimension, Sym);
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct WindowAccs {
     end: Millis,
     accs: HashMap<DimKey, Acc>,
@@ -197,6 +197,34 @@ impl Aggregator {
     pub(super) fn totals(&self) -> &HashMap<DimKey, Acc> {
         &self.totals
     }
+
+    /// Move the accumulated (non-config) state out, for a checkpoint; put it back
+    /// with [`Aggregator::put_state`].
+    pub(super) fn take_state(&mut self) -> AggState {
+        AggState {
+            windows: std::mem::take(&mut self.windows),
+            coarse: std::mem::take(&mut self.coarse),
+            minutes: std::mem::take(&mut self.minutes),
+            totals: std::mem::take(&mut self.totals),
+        }
+    }
+
+    pub(super) fn put_state(&mut self, s: AggState) {
+        self.windows = s.windows;
+        self.coarse = s.coarse;
+        self.minutes = s.minutes;
+        self.totals = s.totals;
+    }
+}
+
+/// The accumulators of an [`Aggregator`]: what a checkpoint must carry. Interval
+/// indexes refer to the configured interval list, which the checkpoint records.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct AggState {
+    windows: HashMap<(u8, Millis), WindowAccs>,
+    coarse: HashMap<(u8, Millis), WindowAccs>,
+    minutes: BTreeMap<Millis, HashMap<DimKey, Acc>>,
+    totals: HashMap<DimKey, Acc>,
 }
 
 /// Which intervals get per-fact updates and which are merged from the finest at flush.

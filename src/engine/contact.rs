@@ -14,7 +14,7 @@ use super::intern::Sym;
 use crate::event::{Channel, EventType, Millis};
 
 /// A contact event in compact, interned form.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CEvent {
     pub ts: Millis,
     pub kind: EventType,
@@ -41,7 +41,9 @@ impl CEvent {
 }
 
 /// Which dimensions a fact counts in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Side {
     /// all, channel, queue (queue outcomes).
     Queue,
@@ -52,7 +54,9 @@ pub enum Side {
 }
 
 /// One attributed contribution of a contact to the interval holding `ts`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Fact {
     pub ts: Millis,
     pub side: Side,

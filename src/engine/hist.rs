@@ -49,7 +49,7 @@ pub enum HistError {
 }
 
 /// Sparse signed histogram of millisecond values, bins sorted by value.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hist {
     bins: Vec<(u64, i64)>,
 }

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 
 /// Non-zero so `Option<Sym>` is 4 bytes: contacts hold several per event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Sym(NonZeroU32);
 
 #[derive(Clone, Debug, Default)]
@@ -36,6 +38,20 @@ impl Interner {
             .get(id.0.get() as usize - 1)
             .map(|s| &**s)
             .unwrap_or("")
+    }
+
+    /// Every interned name, in id order (for a checkpoint).
+    pub fn names(&self) -> &[Box<str>] {
+        &self.names
+    }
+
+    /// Rebuild an interner from [`Interner::names`]: the same ids in the same order.
+    pub fn from_names(names: Vec<Box<str>>) -> Interner {
+        let mut i = Interner::default();
+        for n in names {
+            i.intern(&n);
+        }
+        i
     }
 
     pub fn len(&self) -> usize {

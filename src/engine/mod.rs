@@ -9,6 +9,7 @@
 
 pub mod acc;
 mod aggregate;
+pub mod checkpoint;
 pub mod contact;
 pub mod hist;
 pub mod intern;
@@ -31,7 +32,9 @@ use crate::event::{Channel, Event, EventType, FIXED_SCALE, Millis, RejectReason}
 
 /// A dimension of the snapshots; `key` is the agent / team / queue / channel name, or
 /// `all` for the whole centre.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Dimension {
     All,
     Channel,
@@ -138,7 +141,7 @@ pub enum Outcome {
 }
 
 /// Input accounting, printed by `replay` and exported on `/metrics`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub read: u64,
     pub accepted: u64,
@@ -155,7 +158,7 @@ impl Stats {
 }
 
 /// A contact's joined events and the facts last derived from them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Contact {
     events: Vec<CEvent>,
     facts: Vec<Fact>,

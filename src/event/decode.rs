@@ -11,7 +11,9 @@ use super::{AgentState, Channel, Event, EventType, FIXED_SCALE, Millis};
 
 /// Why an input message was not applied. `as_str` values are the `reason` label of
 /// `ccmetrics_events_rejected_total` and the keys of the replay summary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum RejectReason {
     /// Not parseable as JSON, or not valid UTF-8.
     InvalidJson,

@@ -14,7 +14,9 @@ pub type Millis = i64;
 
 /// Every event type of format v1, in the order used to break timestamp ties when a
 /// contact's events are sorted (a contact is offered before it is answered, and so on).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum EventType {
     ContactOffered,
     ContactRouted,
@@ -79,7 +81,9 @@ impl EventType {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Channel {
     Voice,
     Chat,

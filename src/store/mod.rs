@@ -46,6 +46,12 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("cannot migrate the database schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The partition was claimed by another owner (a newer epoch) since this one
+    /// claimed it: the caller lost the partition and must drop its state unwritten.
+    #[error(
+        "partition {partition:?} is now owned by another instance (epoch {epoch} is stale); nothing was written"
+    )]
+    Fenced { partition: String, epoch: i64 },
     /// A stored or merged histogram is unusable: undecodable bytes, or a correction
     /// that would take a bin below zero (the deltas do not match what was stored).
     /// `row` names the snapshot row for the operator (one string keeps the error small).
@@ -85,6 +91,30 @@ pub struct StoredRow {
     /// Highest revision over the merged partitions: it grows whenever any of them is
     /// revised, so consumers can tell a corrected row from one already seen.
     pub revision: i64,
+}
+
+/// What [`Store::claim`] found: the new owner epoch and the partition's last committed
+/// checkpoint (none for a partition never committed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub epoch: i64,
+    /// Number of commits so far (0 when none).
+    pub seq: i64,
+    /// Next source offset to read; `None` before the first commit.
+    pub next_offset: Option<i64>,
+    /// Engine checkpoint bytes; `None` before the first commit.
+    pub state: Option<Vec<u8>>,
+}
+
+/// The partition bookkeeping written with a batch of deltas by [`Store::commit`].
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointWrite<'a> {
+    /// The epoch returned by [`Store::claim`]; the write is refused if it is stale.
+    pub epoch: i64,
+    /// Commit sequence number: the claimed `seq` + 1 for the first commit, and so on.
+    pub seq: i64,
+    pub next_offset: i64,
+    pub state: &'a [u8],
 }
 
 /// The snapshot store. An enum rather than a trait object: the backends are a closed
@@ -151,11 +181,50 @@ impl Store {
         }
         let updated_at = rfc3339_ms(updated_at_ms);
         let (inserted, revised) = match self {
-            Store::Sqlite(s) => s.apply(partition, &pending, &updated_at).await?,
+            Store::Sqlite(s) => s.apply(partition, &pending, &updated_at, None).await?,
         };
         report.inserted = inserted;
         report.revised = revised;
         Ok(report)
+    }
+
+    /// Take ownership of `partition` for `owner`: bump its epoch (fencing out any
+    /// previous owner's later writes) and return its last committed checkpoint.
+    pub async fn claim(&self, partition: &str, owner: &str) -> Result<Claim, StoreError> {
+        let now = rfc3339_ms(jiff::Timestamp::now().as_millisecond());
+        match self {
+            Store::Sqlite(s) => s.claim(partition, owner, &now).await,
+        }
+    }
+
+    /// Add `deltas` to `partition`'s rows AND record its checkpoint in one
+    /// transaction, provided `cp.epoch` is still the partition's epoch
+    /// ([`StoreError::Fenced`] otherwise, with nothing written).
+    pub async fn commit(
+        &self,
+        partition: &str,
+        deltas: &[SnapshotDelta],
+        cp: &CheckpointWrite<'_>,
+    ) -> Result<ApplyReport, StoreError> {
+        let (pending, skipped) = coalesce(deltas);
+        let now = rfc3339_ms(jiff::Timestamp::now().as_millisecond());
+        let (inserted, revised) = match self {
+            Store::Sqlite(s) => s.apply(partition, &pending, &now, Some(cp)).await?,
+        };
+        Ok(ApplyReport {
+            inserted,
+            revised,
+            skipped,
+        })
+    }
+
+    /// The committed (epoch, seq) of `partition`, if it was ever claimed. After a
+    /// commit whose outcome is unknown (the connection dropped during COMMIT), this
+    /// tells whether it landed: seq equals the one written.
+    pub async fn committed(&self, partition: &str) -> Result<Option<(i64, i64)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.committed(partition).await,
+        }
     }
 
     /// Delete every row of `partition` (a replay recomputes its partition from
@@ -241,6 +310,14 @@ pub(crate) mod sql {
         pub upsert_one: String,
         /// Binds: partition.
         pub delete_partition: String,
+        /// Claim a partition: create its checkpoint row (epoch 1) or bump its epoch.
+        /// Binds: partition, owner, updated_at. Returns epoch, seq, next_offset, state.
+        pub claim: String,
+        /// The fence and the checkpoint in one statement: matches no row when the
+        /// epoch is stale. Binds: next_offset, seq, state, updated_at, partition, epoch.
+        pub write_checkpoint: String,
+        /// Binds: partition. Returns epoch, seq.
+        pub select_committed: String,
         /// Export rows of every partition (served by the export index): window_start,
         /// window_end, key, then revision, counters, histograms. Unordered: the merge
         /// across partitions sorts anyway.
@@ -298,6 +375,29 @@ pub(crate) mod sql {
                 upsert_one: upsert(p, 1),
                 delete_partition: format!(
                     "DELETE FROM snapshots WHERE \"partition\" = {}",
+                    p.list(1, 1)
+                ),
+                claim: format!(
+                    "INSERT INTO checkpoints (\"partition\", epoch, owner, seq, updated_at) VALUES ({}, 1, {}, 0, {}) \
+                     ON CONFLICT (\"partition\") DO UPDATE SET epoch = checkpoints.epoch + 1, \
+                     owner = excluded.owner, updated_at = excluded.updated_at \
+                     RETURNING epoch, seq, next_offset, state",
+                    p.list(1, 1),
+                    p.list(2, 1),
+                    p.list(3, 1)
+                ),
+                write_checkpoint: format!(
+                    "UPDATE checkpoints SET next_offset = {}, seq = {}, state = {}, updated_at = {} \
+                     WHERE \"partition\" = {} AND epoch = {}",
+                    p.list(1, 1),
+                    p.list(2, 1),
+                    p.list(3, 1),
+                    p.list(4, 1),
+                    p.list(5, 1),
+                    p.list(6, 1)
+                ),
+                select_committed: format!(
+                    "SELECT epoch, seq FROM checkpoints WHERE \"partition\" = {}",
                     p.list(1, 1)
                 ),
                 select_export: format!(
@@ -972,7 +1072,7 @@ mod tests {
         let rows = all_rows(&s).await;
         assert_eq!((rows[0].acc.answered, rows[0].revision), (3, 2));
         let Store::Sqlite(inner) = &s;
-        assert_eq!(inner.applied_migrations().await.unwrap(), 1);
+        assert_eq!(inner.applied_migrations().await.unwrap(), 2);
         assert_eq!(inner.journal_mode().await.unwrap(), "wal");
         s.close().await;
     }

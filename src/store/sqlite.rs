@@ -12,7 +12,8 @@ use sqlx::{Row, SqlitePool};
 
 use super::sql::{Placeholder, Statements};
 use super::{
-    ExportRaw, N_COUNTERS, NewRow, Pending, RawRow, StoreError, StoredRow, merge_partitions, sql,
+    CheckpointWrite, Claim, ExportRaw, N_COUNTERS, NewRow, Pending, RawRow, StoreError, StoredRow,
+    merge_partitions, sql,
 };
 use crate::engine::Dimension;
 
@@ -94,18 +95,27 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    /// Apply pre-merged rows in one transaction. Returns (inserted, revised).
+    /// Apply pre-merged rows in one transaction, with the partition's checkpoint when
+    /// given (written first: it is the ownership fence). Returns (inserted, revised).
     pub(super) async fn apply(
         &self,
         partition: &str,
         rows: &[Pending],
         updated_at: &str,
+        checkpoint: Option<&CheckpointWrite<'_>>,
     ) -> Result<(u64, u64), StoreError> {
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads
         // and then writes can fail with SQLITE_BUSY when another writer got in between,
         // and that failure is not retried by the busy timeout.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        match apply_rows(&mut tx, partition, rows, updated_at).await {
+        let result = async {
+            if let Some(cp) = checkpoint {
+                write_checkpoint(&mut tx, partition, cp, updated_at).await?;
+            }
+            apply_rows(&mut tx, partition, rows, updated_at).await
+        }
+        .await;
+        match result {
             Ok(counts) => {
                 tx.commit().await?;
                 Ok(counts)
@@ -118,6 +128,40 @@ impl SqliteStore {
                 }
                 Err(e)
             }
+        }
+    }
+
+    pub(super) async fn claim(
+        &self,
+        partition: &str,
+        owner: &str,
+        updated_at: &str,
+    ) -> Result<Claim, StoreError> {
+        let r = sqlx::query(&SQL.claim)
+            .bind(partition)
+            .bind(owner)
+            .bind(updated_at)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Claim {
+            epoch: r.try_get(0)?,
+            seq: r.try_get(1)?,
+            next_offset: r.try_get(2)?,
+            state: r.try_get(3)?,
+        })
+    }
+
+    pub(super) async fn committed(
+        &self,
+        partition: &str,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let r = sqlx::query(&SQL.select_committed)
+            .bind(partition)
+            .fetch_optional(&self.pool)
+            .await?;
+        match r {
+            Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
+            None => Ok(None),
         }
     }
 
@@ -189,6 +233,32 @@ async fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
         }
         _ => Ok(()),
     }
+}
+
+/// The fenced checkpoint write: fails with [`StoreError::Fenced`] when another owner
+/// has claimed the partition since `cp.epoch`.
+async fn write_checkpoint(
+    conn: &mut SqliteConnection,
+    partition: &str,
+    cp: &CheckpointWrite<'_>,
+    updated_at: &str,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(&SQL.write_checkpoint)
+        .bind(cp.next_offset)
+        .bind(cp.seq)
+        .bind(cp.state)
+        .bind(updated_at)
+        .bind(partition)
+        .bind(cp.epoch)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Fenced {
+            partition: partition.to_owned(),
+            epoch: cp.epoch,
+        });
+    }
+    Ok(())
 }
 
 /// Read the current values of a chunk of rows by primary key, then upsert their sums,
