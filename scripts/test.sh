@@ -4,6 +4,32 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The store tests need a real PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth).
+# Start it when it is down; install it first when it is missing and we are root.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+  if [ -z "$(ls /etc/postgresql 2>/dev/null)" ] && [ "$(id -u)" = 0 ]; then
+    echo "== installing PostgreSQL (Debian package postgresql)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+      || { echo "error: could not install PostgreSQL (needed by the store tests)" >&2; exit 1; }
+    # A fresh cluster asks for passwords over TCP; the tests connect as postgres without one.
+    for hba in /etc/postgresql/*/main/pg_hba.conf; do
+      sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+    done
+  fi
+  for v in $(ls /etc/postgresql 2>/dev/null); do
+    echo "== starting PostgreSQL $v"
+    pg_ctlcluster --skip-systemctl-redirect "$v" main start || true # "already running" is fine
+  done
+  for _ in $(seq 60); do
+    pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+    echo "error: PostgreSQL is not accepting connections on 127.0.0.1:5432 (needed by the store tests)" >&2
+    exit 1
+  fi
+fi
+
 if ! command -v promtool >/dev/null 2>&1; then
   echo "== installing promtool (Debian package prometheus)"
   if [ "$(id -u)" = 0 ]; then
