@@ -85,7 +85,7 @@ pub enum SlFormula {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (created when missing) or `postgres://…` (next issue).
+    /// `sqlite://PATH` (created when missing) or `postgres://…` (an existing database).
     pub url: String,
 }
 
@@ -211,6 +211,158 @@ impl Default for InputConfig {
     }
 }
 
+/// Consumer-group partition assignment (eager protocols only: see [`KafkaConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssignmentStrategy {
+    Range,
+    Roundrobin,
+    /// Incremental (cooperative) rebalancing. Works with real Kafka; the test broker
+    /// (tansu 0.6) does not support it, so it is not the default.
+    CooperativeSticky,
+}
+
+impl AssignmentStrategy {
+    /// librdkafka's `partition.assignment.strategy` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignmentStrategy::Range => "range",
+            AssignmentStrategy::Roundrobin => "roundrobin",
+            AssignmentStrategy::CooperativeSticky => "cooperative-sticky",
+        }
+    }
+}
+
+/// A librdkafka property value as written in TOML: strings, numbers and booleans are
+/// passed as their text. Dotted keys written unquoted (`sasl.mechanism = "PLAIN"`) or
+/// read through the `config` crate arrive as nested tables and are joined back.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum PropValue {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Table(std::collections::BTreeMap<String, PropValue>),
+}
+
+/// The Kafka source of `serve` and the `produce` command.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated (`host:port,host:port`). Empty: Kafka is off
+    /// and `serve` uses the simulator unless `--source` says otherwise.
+    pub brokers: String,
+    /// Topics consumed by `serve`; `produce` writes to the first.
+    pub topics: Vec<String>,
+    pub group_id: String,
+    /// Where rejected messages are copied (original bytes, reason in headers). Empty:
+    /// no copies (rejections are still counted and logged).
+    pub dead_letter_topic: String,
+    pub assignment_strategy: AssignmentStrategy,
+    /// How often each partition's flushed windows, engine state and next offset are
+    /// committed to the store (one transaction per partition). Shorter: less to
+    /// re-read after a crash, more writes.
+    pub commit_interval: Dur,
+    /// Name of this instance in the store's ownership records (default host-pid).
+    pub instance_id: String,
+    /// Any librdkafka property, passed through unchanged (SASL, TLS, timeouts …).
+    /// Environment: `CCMETRICS_RDKAFKA_<NAME>` with `.` written as `_` (and a literal
+    /// `_` as `__`), e.g. `CCMETRICS_RDKAFKA_SASL_PASSWORD` sets `sasl.password`.
+    pub properties: std::collections::BTreeMap<String, PropValue>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            topics: vec!["ccmetrics.events".into()],
+            group_id: "ccmetrics".into(),
+            dead_letter_topic: "ccmetrics.dead-letter".into(),
+            assignment_strategy: AssignmentStrategy::Range,
+            commit_interval: Dur::secs(5),
+            instance_id: String::new(),
+            properties: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka properties ccmetrics sets itself: changing them would break the
+/// offsets-with-results contract.
+const RESERVED_KAFKA_PROPERTIES: [&str; 5] = [
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "bootstrap.servers",
+    "partition.assignment.strategy",
+];
+
+/// Environment prefix of pass-through librdkafka properties.
+pub const RDKAFKA_ENV_PREFIX: &str = "CCMETRICS_RDKAFKA_";
+
+impl KafkaConfig {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+
+    /// The pass-through librdkafka properties, flattened to `name → text`, with the
+    /// `CCMETRICS_RDKAFKA_*` environment variables applied over the file's values.
+    pub fn librdkafka_properties(&self) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        fn flatten(
+            prefix: &str,
+            v: &PropValue,
+            out: &mut std::collections::BTreeMap<String, String>,
+        ) {
+            let text = match v {
+                PropValue::Text(s) => s.clone(),
+                PropValue::Int(i) => i.to_string(),
+                PropValue::Float(f) => f.to_string(),
+                PropValue::Bool(b) => b.to_string(),
+                PropValue::Table(t) => {
+                    for (k, v) in t {
+                        flatten(&format!("{prefix}.{k}"), v, out);
+                    }
+                    return;
+                }
+            };
+            out.insert(prefix.to_owned(), text);
+        }
+        for (k, v) in &self.properties {
+            flatten(k, v, &mut out);
+        }
+        for (k, v) in std::env::vars() {
+            if let Some(name) = k.strip_prefix(RDKAFKA_ENV_PREFIX) {
+                out.insert(env_property_name(name), v);
+            }
+        }
+        out
+    }
+
+    /// The owner name recorded in the store when this instance claims a partition.
+    pub fn owner(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "ccmetrics".into());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+/// `SASL_PASSWORD` → `sasl.password`; `__` stands for a literal `_`.
+fn env_property_name(name: &str) -> String {
+    name.to_ascii_lowercase()
+        .split("__")
+        .map(|part| part.replace('_', "."))
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -221,6 +373,7 @@ pub struct Config {
     pub csat: CsatConfig,
     pub http: HttpConfig,
     pub input: InputConfig,
+    pub kafka: KafkaConfig,
 }
 
 impl Config {
@@ -244,6 +397,7 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("windows.intervals")
                 .with_list_parse_key("windows.rolling")
+                .with_list_parse_key("kafka.topics")
                 .try_parsing(true),
         );
         let cfg: Config = b
@@ -307,6 +461,33 @@ impl Config {
                 "[http] listen {:?} is not an address like 127.0.0.1:9464",
                 self.http.listen
             ));
+        }
+        let k = &self.kafka;
+        if k.enabled() {
+            if k.topics.is_empty() || k.topics.iter().any(|t| t.trim().is_empty()) {
+                return bad("[kafka] topics must name at least one topic, none empty".into());
+            }
+            if k.group_id.trim().is_empty() {
+                return bad("[kafka] group_id must not be empty".into());
+            }
+            if k.topics.contains(&k.dead_letter_topic) {
+                return bad(format!(
+                    "[kafka] dead_letter_topic {:?} is also a consumed topic: rejected messages would be consumed again",
+                    k.dead_letter_topic
+                ));
+            }
+            if let Some(key) = k
+                .librdkafka_properties()
+                .keys()
+                .find(|p| RESERVED_KAFKA_PROPERTIES.contains(&p.as_str()))
+            {
+                return bad(format!(
+                    "[kafka.properties] {key:?} is managed by ccmetrics (offsets live in the store); remove it"
+                ));
+            }
+        }
+        if k.commit_interval.0 < Duration::from_millis(100) {
+            return bad("[kafka] commit_interval must be at least 100ms".into());
         }
         if self.input.max_message_bytes < 256 {
             return bad("[input] max_message_bytes must be at least 256".into());
@@ -374,5 +555,44 @@ mod tests {
                 .contains("correction_horizon")
         );
         assert!(load_str("[metrics]\nshort_abandon = \"five\"\n").is_err());
+    }
+
+    #[test]
+    fn kafka_section() {
+        let c = load_str(
+            "[kafka]\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"a\", \"b\"]\nassignment_strategy = \"roundrobin\"\n\
+             [kafka.properties]\n\"sasl.mechanism\" = \"PLAIN\"\nsocket.timeout.ms = 1000\n\"enable.idempotence\" = true\n",
+        )
+        .unwrap();
+        assert!(c.kafka.enabled());
+        assert_eq!(c.kafka.topics, ["a", "b"]);
+        assert_eq!(c.kafka.assignment_strategy, AssignmentStrategy::Roundrobin);
+        let p = c.kafka.librdkafka_properties();
+        assert_eq!(p.get("sasl.mechanism").map(String::as_str), Some("PLAIN"));
+        assert_eq!(p.get("socket.timeout.ms").map(String::as_str), Some("1000"));
+        assert_eq!(
+            p.get("enable.idempotence").map(String::as_str),
+            Some("true")
+        );
+        let e = load_str(
+            "[kafka]\nbrokers = \"x:1\"\n[kafka.properties]\n\"enable.auto.commit\" = true\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("enable.auto.commit"), "{e}");
+        let e =
+            load_str("[kafka]\nbrokers = \"x:1\"\ntopics = [\"t\"]\ndead_letter_topic = \"t\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("dead_letter_topic"), "{e}");
+        assert!(load_str("[kafka]\nassignment_strategy = \"sticky\"\n").is_err());
+        assert!(!load_str("").unwrap().kafka.enabled());
+    }
+
+    #[test]
+    fn env_property_names() {
+        assert_eq!(env_property_name("SASL_PASSWORD"), "sasl.password");
+        assert_eq!(env_property_name("SSL_KEY_PASSWORD"), "ssl.key.password");
+        assert_eq!(env_property_name("A__B_C"), "a_b.c");
     }
 }

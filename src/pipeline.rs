@@ -5,9 +5,91 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::engine::checkpoint::CheckpointError;
 use crate::engine::{Engine, EngineConfig, Outcome, SnapshotDelta, Stats};
 use crate::event::{Decoder, Reject, RejectReason};
-use crate::store::{Store, StoreError};
+use crate::store::{CheckpointWrite, Store, StoreError};
+
+/// A rejected message on its way to a dead-letter destination.
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    pub reason: RejectReason,
+    pub detail: &'a str,
+    /// The snapshot partition (input) the message came from.
+    pub partition: &'a str,
+    /// Position in the input (the Kafka offset), when the source has one.
+    pub offset: Option<i64>,
+    /// The message key, when the source has one.
+    pub key: Option<&'a [u8]>,
+    /// The original bytes.
+    pub message: &'a [u8],
+}
+
+/// Where rejected messages are copied: a JSONL file (`replay`, `serve --dead-letter`)
+/// or a Kafka topic (`source::kafka`).
+pub trait DeadLetterSink: Send {
+    fn send(&mut self, letter: &DeadLetter<'_>) -> std::io::Result<()>;
+    /// Make everything sent so far durable (called before offsets are committed).
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+/// Dead letters as JSON lines: `reason`, `detail`, `partition`, `offset` (when known),
+/// the original `message` (lossy UTF-8) and `utf8` (whether `message` is byte-exact).
+pub struct JsonlDeadLetters<W: Write + Send>(pub W);
+
+impl<W: Write + Send> DeadLetterSink for JsonlDeadLetters<W> {
+    fn send(&mut self, l: &DeadLetter<'_>) -> std::io::Result<()> {
+        let mut record = serde_json::json!({
+            "reason": l.reason.as_str(),
+            "detail": l.detail,
+            "partition": l.partition,
+            "message": String::from_utf8_lossy(l.message),
+            "utf8": std::str::from_utf8(l.message).is_ok(),
+        });
+        if let Some(o) = l.offset {
+            record["offset"] = o.into();
+        }
+        serde_json::to_writer(&mut self.0, &record).map_err(std::io::Error::from)?;
+        self.0.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A checkpointed commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("cannot write dead letters before committing: {0}")]
+    DeadLetters(std::io::Error),
+}
+
+/// This process's ownership of a snapshot partition: the epoch it claimed and the
+/// number of checkpointed commits so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    pub epoch: i64,
+    pub seq: i64,
+    /// A commit whose outcome is unknown (the error came after the statement may have
+    /// reached the server): how many of the unwritten deltas it carried. Settled by
+    /// reading back the stored sequence number before the next commit.
+    in_doubt: Option<usize>,
+}
+
+impl Ownership {
+    pub fn new(epoch: i64, seq: i64) -> Ownership {
+        Ownership {
+            epoch,
+            seq,
+            in_doubt: None,
+        }
+    }
+}
 
 /// Log at most this many rejected messages per interval; the rest are only counted.
 const REJECT_LOG_BURST: u32 = 10;
@@ -24,15 +106,20 @@ pub struct Pipeline {
     /// Deltas taken from the engine but not yet committed (the store was unavailable).
     /// They are retried with the next write, so nothing acknowledged is dropped.
     unwritten: Vec<SnapshotDelta>,
-    /// Where rejected messages are copied (JSONL), when configured.
-    dead_letters: Option<Box<dyn Write + Send>>,
+    /// Where rejected messages are copied, when configured.
+    dead_letters: Option<Box<dyn DeadLetterSink>>,
     pub dead_lettered: u64,
 }
 
 impl Pipeline {
     pub fn new(cfg: EngineConfig, decoder: Decoder, partition: impl Into<String>) -> Pipeline {
+        Pipeline::with_engine(Engine::new(cfg), decoder, partition)
+    }
+
+    /// A pipeline continuing with `engine` (e.g. restored from a checkpoint).
+    pub fn with_engine(engine: Engine, decoder: Decoder, partition: impl Into<String>) -> Pipeline {
         Pipeline {
-            engine: Engine::new(cfg),
+            engine,
             decoder,
             partition: partition.into(),
             log_window: Instant::now(),
@@ -45,11 +132,9 @@ impl Pipeline {
         }
     }
 
-    /// Copy every rejected message to `w`, one JSON object per line: `reason`,
-    /// `detail`, `partition`, the original `message` (lossy UTF-8) and `utf8` (whether
-    /// it was valid UTF-8, i.e. whether `message` is byte-exact).
-    pub fn set_dead_letters(&mut self, w: Box<dyn Write + Send>) {
-        self.dead_letters = Some(w);
+    /// Copy every rejected message to `sink`.
+    pub fn set_dead_letters(&mut self, sink: Box<dyn DeadLetterSink>) {
+        self.dead_letters = Some(sink);
     }
 
     /// Flush the dead-letter output (call before exiting).
@@ -68,11 +153,23 @@ impl Pipeline {
         self.engine.stats()
     }
 
-    /// Decode and apply one message. Blank lines are not messages and are skipped.
+    /// Decode and apply one line of a file or stream. Blank lines are not messages
+    /// and are skipped.
     pub fn ingest(&mut self, bytes: &[u8]) -> Option<Outcome> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return None;
         }
+        Some(self.ingest_message(bytes, None, None))
+    }
+
+    /// Decode and apply one message of a record-oriented source (every message
+    /// counts, an empty one is rejected); `offset` and `key` go into dead letters.
+    pub fn ingest_message(
+        &mut self,
+        bytes: &[u8],
+        offset: Option<i64>,
+        key: Option<&[u8]>,
+    ) -> Outcome {
         let (outcome, reject) = match self.decoder.decode(bytes) {
             Ok(ev) => match self.engine.apply(ev) {
                 Outcome::Rejected(reason) => {
@@ -100,27 +197,24 @@ impl Pipeline {
         };
         if let Some(rej) = reject {
             self.log_reject(&rej, bytes);
-            self.dead_letter(&rej, bytes);
+            self.dead_letter(&rej, bytes, offset, key);
         }
-        Some(outcome)
+        outcome
     }
 
-    fn dead_letter(&mut self, rej: &Reject, bytes: &[u8]) {
+    fn dead_letter(&mut self, rej: &Reject, bytes: &[u8], offset: Option<i64>, key: Option<&[u8]>) {
         let Some(w) = &mut self.dead_letters else {
             return;
         };
-        let utf8 = std::str::from_utf8(bytes).is_ok();
-        let record = serde_json::json!({
-            "reason": rej.reason.as_str(),
-            "detail": rej.detail,
-            "partition": self.partition,
-            "message": String::from_utf8_lossy(bytes),
-            "utf8": utf8,
-        });
-        let written = serde_json::to_writer(&mut *w, &record)
-            .map_err(std::io::Error::from)
-            .and_then(|()| w.write_all(b"\n"));
-        match written {
+        let letter = DeadLetter {
+            reason: rej.reason,
+            detail: &rej.detail,
+            partition: &self.partition,
+            offset,
+            key,
+            message: bytes,
+        };
+        match w.send(&letter) {
             Ok(()) => self.dead_lettered += 1,
             Err(e) => {
                 // Counting goes on; losing the copies is loud, once.
@@ -175,5 +269,67 @@ impl Pipeline {
     pub async fn flush(&mut self, store: &Store) -> Result<(), StoreError> {
         let deltas = self.engine.flush();
         self.write(store, deltas).await
+    }
+
+    /// The checkpointed write of a partition owner: `deltas` plus any earlier
+    /// unwritten ones, the engine's state and `next_offset`, in one fenced store
+    /// transaction. Dead letters are flushed first, so a committed offset never skips
+    /// a rejected message's copy.
+    ///
+    /// A failed commit keeps the deltas (the next call carries them again with a newer
+    /// state). When the failure left it unknown whether the transaction landed (the
+    /// connection dropped during COMMIT), the next call first reads the stored
+    /// sequence number back: landed means those deltas are dropped, not written twice.
+    pub async fn commit(
+        &mut self,
+        store: &Store,
+        own: &mut Ownership,
+        deltas: Vec<SnapshotDelta>,
+        next_offset: i64,
+    ) -> Result<(), CommitError> {
+        self.unwritten.extend(deltas);
+        if let Some(n) = own.in_doubt {
+            let landed = match store.committed(&self.partition).await? {
+                Some((epoch, _)) if epoch != own.epoch => {
+                    return Err(StoreError::Fenced {
+                        partition: self.partition.clone(),
+                        epoch: own.epoch,
+                    }
+                    .into());
+                }
+                Some((_, seq)) => seq == own.seq + 1,
+                None => false,
+            };
+            if landed {
+                tracing::info!(partition = %self.partition, seq = own.seq + 1, "an earlier commit reported as failed did land");
+                self.unwritten.drain(..n.min(self.unwritten.len()));
+                own.seq += 1;
+            }
+            own.in_doubt = None;
+        }
+        if let Some(w) = &mut self.dead_letters {
+            w.flush().map_err(CommitError::DeadLetters)?;
+        }
+        let state = self.engine.checkpoint()?;
+        let cp = CheckpointWrite {
+            epoch: own.epoch,
+            seq: own.seq + 1,
+            next_offset,
+            state: &state,
+        };
+        match store.commit(&self.partition, &self.unwritten, &cp).await {
+            Ok(_) => {
+                own.seq += 1;
+                self.flushes += 1;
+                self.rows_written += self.unwritten.len() as u64;
+                self.unwritten.clear();
+                Ok(())
+            }
+            Err(e @ StoreError::Fenced { .. }) => Err(e.into()),
+            Err(e) => {
+                own.in_doubt = Some(self.unwritten.len());
+                Err(e.into())
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod check_config;
 mod export;
+mod produce;
 mod replay;
 mod serve;
 
@@ -35,6 +36,8 @@ pub enum Command {
     Export(export::Args),
     /// Run the daemon: consume events, flush snapshots, serve /metrics and the JSON API.
     Serve(serve::Args),
+    /// Publish events (JSONL files or the simulator) to the Kafka topic, keyed by customer.
+    Produce(produce::Args),
     /// Validate the configuration and print the effective values.
     CheckConfig(check_config::Args),
     /// Write simulated events as JSONL (for demos, tests and benchmarks).
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(a) => runtime()?.block_on(replay::run(a)),
         Command::Export(a) => runtime()?.block_on(export::run(a)),
         Command::Serve(a) => runtime()?.block_on(serve::run(a)),
+        Command::Produce(a) => produce::run(a),
         Command::CheckConfig(a) => check_config::run(a),
         Command::Generate(a) => serve::generate(a),
     }

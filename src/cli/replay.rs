@@ -56,7 +56,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &a.dead_letter {
         let f = std::fs::File::create(path)
             .with_context(|| format!("creating dead-letter file {}", path.display()))?;
-        pipe.set_dead_letters(Box::new(std::io::BufWriter::new(f)));
+        pipe.set_dead_letters(Box::new(ccmetrics::pipeline::JsonlDeadLetters(
+            std::io::BufWriter::new(f),
+        )));
     }
     let bar = ProgressBar::new_spinner();
     bar.set_style(

@@ -8,6 +8,7 @@ use anyhow::Context;
 use ccmetrics::engine::EngineConfig;
 use ccmetrics::http::{self, AppState, LiveSnapshot};
 use ccmetrics::pipeline::Pipeline;
+use ccmetrics::source::kafka::consumer::KafkaSource;
 use ccmetrics::source::{file, sim};
 use ccmetrics::store::Store;
 use tokio::sync::{mpsc, watch};
@@ -16,6 +17,8 @@ use super::ConfigArg;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
+    /// The [kafka] topics, as a member of the consumer group (the production source).
+    Kafka,
     /// JSONL events on standard input.
     Stdin,
     /// The built-in simulator: contacts, agents, queues, surveys in real time.
@@ -26,9 +29,9 @@ pub enum SourceKind {
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Where events come from.
-    #[arg(long, value_enum, default_value = "sim")]
-    pub source: SourceKind,
+    /// Where events come from (default: kafka when [kafka] brokers is set, else sim).
+    #[arg(long, value_enum)]
+    pub source: Option<SourceKind>,
     /// Simulator arrival rate (contacts per hour; about 12 per agent is a healthy load).
     #[arg(long, default_value_t = 600.0)]
     pub sim_contacts_per_hour: f64,
@@ -109,11 +112,26 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
+    let source = a.source.unwrap_or(if cfg.kafka.enabled() {
+        SourceKind::Kafka
+    } else {
+        SourceKind::Sim
+    });
+    if source == SourceKind::Kafka {
+        anyhow::ensure!(
+            cfg.kafka.enabled(),
+            "--source kafka needs [kafka] brokers (or CCMETRICS__KAFKA__BROKERS)"
+        );
+        anyhow::ensure!(
+            a.partition.is_none() && a.dead_letter.is_none(),
+            "--partition and --dead-letter are for the sim and stdin sources; Kafka partitions name themselves and dead letters go to [kafka] dead_letter_topic"
+        );
+    }
     let partition = a
         .partition
         .clone()
-        .unwrap_or_else(|| format!("{:?}", a.source).to_lowercase());
-    tracing::info!(%addr, store = %cfg.store.url, source = ?a.source, %partition, "ccmetrics serving");
+        .unwrap_or_else(|| format!("{source:?}").to_lowercase());
+    tracing::info!(%addr, store = %cfg.store.url, ?source, "ccmetrics serving");
     println!(
         "ccmetrics is running: metrics at http://{addr}/metrics, rolling KPIs at http://{addr}/api/v1/rolling?window=15m&dimension=queue"
     );
@@ -128,8 +146,19 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let _ = http_stop.wait_for(|s| *s).await;
     }));
 
+    if source == SourceKind::Kafka {
+        let result = run_kafka(&cfg, store.clone(), state.clone()).await;
+        state.set_ready(false);
+        let _ = stop_tx.send(true);
+        let _ = http_task.await;
+        store.close().await;
+        result?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8192);
-    let source_task = match a.source {
+    let source_task = match source {
+        SourceKind::Kafka => unreachable!("handled above"),
         SourceKind::Stdin => tokio::task::spawn_blocking(move || read_stdin(tx)),
         SourceKind::Sim => {
             let sc = sim::SimConfig {
@@ -151,7 +180,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .open(path)
             .with_context(|| format!("opening dead-letter file {}", path.display()))?;
         // Unbuffered: a daemon's dead letters should be on disk when it is killed.
-        pipe.set_dead_letters(Box::new(f));
+        pipe.set_dead_letters(Box::new(ccmetrics::pipeline::JsonlDeadLetters(f)));
     }
     let idle = cfg.windows.idle_timeout.0;
     let mut last_input = Instant::now();
@@ -220,6 +249,41 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         "stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Kafka source on a thread of its own until a shutdown signal (or a fatal error),
+/// then its orderly stop: every partition committed, the group left.
+async fn run_kafka(
+    cfg: &ccmetrics::config::Config,
+    store: Store,
+    state: Arc<AppState>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let source =
+        KafkaSource::new(cfg, store, state, stop.clone()).context("starting the Kafka source")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || {
+            let _ = done_tx.send(source.run());
+        })
+        .context("starting the consumer thread")?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    tokio::pin!(done_rx);
+    let result = tokio::select! {
+        r = &mut done_rx => r,
+        _ = &mut shutdown => {
+            tracing::info!("shutting down: committing every partition");
+            stop.store(true, Ordering::Release);
+            done_rx.await
+        }
+    };
+    match result {
+        Ok(r) => r.context("Kafka source failed"),
+        Err(_) => anyhow::bail!("the Kafka consumer thread ended without a result"),
+    }
 }
 
 fn read_stdin(tx: mpsc::Sender<Vec<u8>>) {

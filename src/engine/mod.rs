@@ -155,6 +155,17 @@ impl Stats {
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
+
+    /// Add another input's counts (several partitions shown as one).
+    pub fn merge(&mut self, o: &Stats) {
+        self.read += o.read;
+        self.accepted += o.accepted;
+        self.duplicates += o.duplicates;
+        self.late_applied += o.late_applied;
+        for (r, n) in &o.rejected {
+            *self.rejected.entry(*r).or_default() += n;
+        }
+    }
 }
 
 /// A contact's joined events and the facts last derived from them.

@@ -119,6 +119,7 @@ pub async fn status(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> 
             "rejected": rejected,
         },
         "rolling_windows": st.settings().rolling.iter().map(|w| w.label.as_str()).collect::<Vec<_>>(),
+        "partitions": snap.partitions,
     }))
 }
 

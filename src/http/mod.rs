@@ -72,7 +72,7 @@ use axum::Router;
 use axum::routing::get;
 
 pub use self::api::METRICS_CONTENT_TYPE;
-pub use self::state::{AppState, HttpSettings, LiveSnapshot, RollingWindow};
+pub use self::state::{AppState, HttpSettings, LiveSnapshot, PartitionStatus, RollingWindow};
 
 /// All routes over the shared state.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -6,6 +6,7 @@
 //! scrape cannot stall the engine and the engine cannot stall a scrape. Handlers clone
 //! the `Arc` and work on a consistent view (all figures from the same instant).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -45,6 +46,29 @@ pub struct LiveSnapshot {
     pub flushes: u64,
     /// Wall-clock time of the last successful flush, UTC ms.
     pub last_flush_ms: Option<Millis>,
+    /// Per consumed partition (Kafka source only): offsets, lag, ownership.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// One assigned Kafka partition, as `/api/v1/status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PartitionStatus {
+    /// Snapshot partition name, `kafka:TOPIC:N`.
+    pub partition: String,
+    /// Next offset to process (`null` before the first message of a new partition).
+    pub next_offset: Option<i64>,
+    /// Next offset as of the last store commit (what a restart resumes from).
+    pub committed_offset: Option<i64>,
+    /// The partition's log end, from the client's statistics (`null` until known).
+    pub high_watermark: Option<i64>,
+    /// `high_watermark - next_offset`.
+    pub lag: Option<i64>,
+    /// Ownership epoch in the store.
+    pub epoch: i64,
+    /// Deltas waiting for the store (non-zero while it is unavailable).
+    pub unwritten: usize,
+    /// The partition's event-time watermark, UTC ms.
+    pub watermark: Option<Millis>,
 }
 
 impl LiveSnapshot {
@@ -65,7 +89,44 @@ impl LiveSnapshot {
                 .collect(),
             flushes,
             last_flush_ms,
+            partitions: Vec::new(),
         }
+    }
+
+    /// One view over several engines (one per consumed partition): counts and rows
+    /// add up (rows of the same dimension key merge), the watermark is the lowest
+    /// (what every partition has passed), the clock the highest.
+    pub fn merge(parts: Vec<LiveSnapshot>) -> LiveSnapshot {
+        let mut out = LiveSnapshot::default();
+        let mut totals: BTreeMap<(Dimension, String), Acc> = BTreeMap::new();
+        let mut rolling: BTreeMap<u32, BTreeMap<(Dimension, String), Acc>> = BTreeMap::new();
+        let add = |into: &mut BTreeMap<(Dimension, String), Acc>, rows: Rows| {
+            for (d, k, a) in rows {
+                into.entry((d, k)).or_default().merge(&a);
+            }
+        };
+        for p in parts {
+            out.stats.merge(&p.stats);
+            out.watermark = match (out.watermark, p.watermark) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            out.clock = out.clock.max(p.clock);
+            out.open_contacts += p.open_contacts;
+            out.flushes += p.flushes;
+            out.last_flush_ms = out.last_flush_ms.max(p.last_flush_ms);
+            add(&mut totals, p.totals);
+            for (m, rows) in p.rolling {
+                add(rolling.entry(m).or_default(), rows);
+            }
+            out.partitions.extend(p.partitions);
+        }
+        let flat = |m: BTreeMap<(Dimension, String), Acc>| -> Rows {
+            m.into_iter().map(|((d, k), a)| (d, k, a)).collect()
+        };
+        out.totals = flat(totals);
+        out.rolling = rolling.into_iter().map(|(m, r)| (m, flat(r))).collect();
+        out
     }
 
     /// Rows of the rolling window of `minutes`, if the engine published it.

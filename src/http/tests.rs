@@ -157,7 +157,33 @@ fn snapshot() -> LiveSnapshot {
         rolling: vec![(5, Vec::new()), (15, rows()), (60, rows())],
         flushes: 4,
         last_flush_ms: Some(1_700_000_299_000),
+        partitions: Vec::new(),
     }
+}
+
+/// Several partitions' views shown as one: counts add, same keys merge, the
+/// watermark is the lowest.
+#[test]
+fn merged_snapshots_add_up() {
+    let a = snapshot();
+    let mut b = snapshot();
+    b.watermark = Some(1_600_000_000_000);
+    b.partitions.push(crate::http::PartitionStatus {
+        partition: "kafka:t:1".into(),
+        ..Default::default()
+    });
+    let m = LiveSnapshot::merge(vec![a.clone(), b]);
+    assert_eq!(m.stats.read, 20);
+    assert_eq!(m.stats.rejected.get(&RejectReason::InvalidJson), Some(&4));
+    assert_eq!(m.watermark, Some(1_600_000_000_000));
+    assert_eq!(m.open_contacts, 6);
+    assert_eq!(m.totals.len(), a.totals.len());
+    for ((d1, k1, x), (d2, k2, y)) in a.totals.iter().zip(&m.totals) {
+        assert_eq!((d1, k1), (d2, k2));
+        assert_eq!(y.offered, 2 * x.offered);
+    }
+    assert_eq!(m.rolling_rows(15).map(Vec::len), Some(a.totals.len()));
+    assert_eq!(m.partitions.len(), 1);
 }
 
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! Where events come from: JSONL files (plain or gzip) and stdin
+//! Where events come from: Kafka ([`kafka`], the daemon's production source), JSONL files (plain or gzip) and stdin
 //! ([`file`](mod@file)), and the deterministic contact-centre simulator ([`sim`]).
 //!
 //! Sources hand out raw records (one message as bytes) and never validate them:
@@ -6,4 +6,5 @@
 //! same way.
 
 pub mod file;
+pub mod kafka;
 pub mod sim;

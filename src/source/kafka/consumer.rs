@@ -1,0 +1,603 @@
+//! The consumer-group member behind `serve` when `[kafka] brokers` is set.
+//!
+//! One OS thread owns the librdkafka consumer and polls it; the rebalance callback
+//! runs inside `poll` on that same thread. So messages, commits and rebalances are
+//! strictly sequential per process, and store calls made from the thread
+//! (`Handle::block_on`) never race with message processing.
+//!
+//! Partition lifecycle:
+//! - **assign**: claim the snapshot partition in the store (bumping its owner epoch
+//!   fences out the previous owner), restore the engine from the claimed checkpoint,
+//!   and hand librdkafka the stored offset in the assignment itself (no second assign,
+//!   no seek race). A partition never committed starts at the beginning of the log.
+//! - **every `commit_interval`**: per partition, idle watermark advance, then deltas +
+//!   checkpoint + next offset in one fenced transaction; then Kafka's committed
+//!   offset, for lag tools only.
+//! - **revoke**: one last commit per revoked partition (bounded), then release. When
+//!   the assignment was *lost* (session timeout), nothing is written: another member
+//!   may already own the partition, and the fence would refuse the write anyway.
+//! - **shutdown**: every partition commits its open windows too, then the consumer
+//!   leaves the group.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::Producer;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
+use tokio::runtime::Handle;
+
+use super::dead_letter::{DeadLetterProducer, DeliveryCounter, KafkaDeadLetters};
+use super::partition::{Part, Position};
+use crate::config::{AssignmentStrategy, Config};
+use crate::engine::EngineConfig;
+use crate::event::Decoder;
+use crate::http::{AppState, LiveSnapshot, PartitionStatus};
+use crate::pipeline::CommitError;
+use crate::store::{Store, StoreError};
+
+/// How long one revoked partition may retry its last commit before it is released
+/// anyway (its next owner re-reads whatever was not committed).
+const REVOKE_COMMIT_BUDGET: Duration = Duration::from_secs(10);
+/// The live view is republished this often while input flows (event → /metrics
+/// latency is at most this plus the scrape).
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    #[error("cannot create the Kafka client: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("cannot register Kafka metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Operational metrics of the Kafka source (registered in the `/metrics` registry).
+pub struct KafkaMetrics {
+    lag: IntGaugeVec,
+    committed: IntGaugeVec,
+    assigned: IntGauge,
+    rebalances: IntCounterVec,
+    gaps: IntCounter,
+    commits: IntCounterVec,
+    commit_seconds: Histogram,
+    dead_letters: IntGauge,
+    dead_letter_failures: IntGauge,
+}
+
+impl KafkaMetrics {
+    pub fn register(r: &prometheus::Registry) -> Result<KafkaMetrics, prometheus::Error> {
+        let m = KafkaMetrics {
+            lag: IntGaugeVec::new(
+                Opts::new(
+                    "ccmetrics_kafka_consumer_lag",
+                    "Offsets not yet processed: high watermark - next offset",
+                ),
+                &["topic", "partition"],
+            )?,
+            committed: IntGaugeVec::new(
+                Opts::new(
+                    "ccmetrics_kafka_committed_offset",
+                    "Next offset stored with the results (where a restart resumes)",
+                ),
+                &["topic", "partition"],
+            )?,
+            assigned: IntGauge::new(
+                "ccmetrics_kafka_partitions_assigned",
+                "Partitions this instance owns",
+            )?,
+            rebalances: IntCounterVec::new(
+                Opts::new(
+                    "ccmetrics_kafka_rebalances_total",
+                    "Rebalance callbacks by kind: assign, revoke, lost, error",
+                ),
+                &["kind"],
+            )?,
+            gaps: IntCounter::new(
+                "ccmetrics_offset_gaps_total",
+                "Times the next message was not at the expected offset (skipped offsets)",
+            )?,
+            commits: IntCounterVec::new(
+                Opts::new(
+                    "ccmetrics_store_commits_total",
+                    "Partition commits (deltas + checkpoint + offset) by result: ok, error, fenced",
+                ),
+                &["result"],
+            )?,
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "ccmetrics_store_commit_duration_seconds",
+                    "Duration of one partition commit",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
+            dead_letters: IntGauge::new(
+                "ccmetrics_dead_letters_total",
+                "Rejected messages delivered to the dead-letter topic",
+            )?,
+            dead_letter_failures: IntGauge::new(
+                "ccmetrics_dead_letter_failures_total",
+                "Dead letters the broker finally refused (after librdkafka's retries)",
+            )?,
+        };
+        r.register(Box::new(m.lag.clone()))?;
+        r.register(Box::new(m.committed.clone()))?;
+        r.register(Box::new(m.assigned.clone()))?;
+        r.register(Box::new(m.rebalances.clone()))?;
+        r.register(Box::new(m.gaps.clone()))?;
+        r.register(Box::new(m.commits.clone()))?;
+        r.register(Box::new(m.commit_seconds.clone()))?;
+        r.register(Box::new(m.dead_letters.clone()))?;
+        r.register(Box::new(m.dead_letter_failures.clone()))?;
+        for kind in ["assign", "revoke", "lost", "error"] {
+            m.rebalances.with_label_values(&[kind]);
+        }
+        for result in ["ok", "error", "fenced"] {
+            m.commits.with_label_values(&[result]);
+        }
+        Ok(m)
+    }
+}
+
+/// Everything the polling thread and the rebalance callback share.
+pub struct Shared {
+    rt: Handle,
+    store: Store,
+    owner: String,
+    engine_cfg: EngineConfig,
+    decoder: Decoder,
+    dead_letters: Option<(Arc<DeadLetterProducer>, String)>,
+    idle: Duration,
+    cooperative: bool,
+    parts: Mutex<BTreeMap<(String, i32), Part>>,
+    high: Mutex<HashMap<(String, i32), i64>>,
+    metrics: KafkaMetrics,
+    state: Arc<AppState>,
+    stop: Arc<AtomicBool>,
+    fatal: Mutex<Option<String>>,
+}
+
+/// The consumer context: routes librdkafka's callbacks to [`Shared`].
+pub struct Ctx(Arc<Shared>);
+
+impl ClientContext for Ctx {
+    fn stats(&self, s: Statistics) {
+        let mut high = lock(&self.0.high);
+        for (topic, t) in s.topics {
+            for (p, ps) in t.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; -1001 an unknown offset.
+                if p >= 0 && ps.hi_offset >= 0 {
+                    high.insert((topic.clone(), p), ps.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let sh = &self.0;
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                sh.metrics.rebalances.with_label_values(&["assign"]).inc();
+                sh.assign(tpl);
+                if sh.cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                let kind = if lost { "lost" } else { "revoke" };
+                sh.metrics.rebalances.with_label_values(&[kind]).inc();
+                sh.revoke(tpl, lost);
+                if sh.cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                sh.metrics.rebalances.with_label_values(&["error"]).inc();
+                tracing::error!(error = ?other, "rebalance error; releasing every partition unwritten");
+                sh.revoke(tpl, true);
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot apply the new assignment");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock would already have ended the consumer thread;
+    // the data itself stays consistent, so recover it rather than propagate.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn fail(&self, msg: String) {
+        tracing::error!("{msg}");
+        lock(&self.fatal).get_or_insert(msg);
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Claim and restore every newly assigned partition and put its stored offset into
+    /// the assignment.
+    fn assign(&self, tpl: &mut TopicPartitionList) {
+        self.state.set_ready(false);
+        let wanted: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        for (topic, p) in wanted {
+            let name = super::partition_name(&topic, p);
+            let Some(claim) = self.retry(&name, "claim", || self.store.claim(&name, &self.owner))
+            else {
+                return; // stopping
+            };
+            let part = match Part::restore(
+                &topic,
+                p,
+                &claim,
+                self.engine_cfg.clone(),
+                self.decoder.clone(),
+            ) {
+                Ok(part) => part,
+                Err(e) => {
+                    self.fail(format!("cannot restore partition {name}: {e}"));
+                    return;
+                }
+            };
+            let offset = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
+                self.fail(format!("cannot set the start offset of {name}: {e}"));
+                return;
+            }
+            let mut part = part;
+            if let Some((producer, dlq)) = &self.dead_letters {
+                part.pipe.set_dead_letters(Box::new(KafkaDeadLetters {
+                    producer: producer.clone(),
+                    topic: dlq.clone(),
+                    source_topic: topic.clone(),
+                    source_partition: p,
+                }));
+            }
+            tracing::info!(partition = %name, epoch = claim.epoch, offset = ?claim.next_offset, restored = claim.state.is_some(), "partition assigned");
+            lock(&self.parts).insert((topic, p), part);
+        }
+        let n = lock(&self.parts).len();
+        self.metrics.assigned.set(n as i64);
+        self.state.set_ready(n > 0);
+    }
+
+    /// Retry a store call with backoff until it works or the daemon stops.
+    fn retry<T, F, Fut>(&self, name: &str, what: &str, mut f: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.rt.block_on(f()) {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    tracing::warn!(partition = %name, error = %e, "store {what} failed; retrying in {delay:?}");
+                    if self.stopping() {
+                        return None;
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Release revoked partitions: a last commit each (unless the assignment was lost).
+    fn revoke(&self, tpl: &TopicPartitionList, lost: bool) {
+        self.state.set_ready(false);
+        for e in tpl.elements() {
+            let key = (e.topic().to_owned(), e.partition());
+            let Some(mut part) = lock(&self.parts).remove(&key) else {
+                continue;
+            };
+            self.forget_labels(&part);
+            if lost {
+                tracing::warn!(partition = %part.name(), "partition lost; its uncommitted work is dropped (the next owner re-reads it)");
+                continue;
+            }
+            let started = Instant::now();
+            loop {
+                match self.commit_part(&mut part, false) {
+                    Ok(_) => break,
+                    Err(CommitError::Store(StoreError::Fenced { .. })) => break,
+                    Err(_) if started.elapsed() < REVOKE_COMMIT_BUDGET && !self.stopping() => {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = %part.name(), error = %e, "releasing a partition without its last commit; the next owner re-reads it");
+                        break;
+                    }
+                }
+            }
+            tracing::info!(partition = %part.name(), "partition released");
+        }
+        self.metrics.assigned.set(lock(&self.parts).len() as i64);
+    }
+
+    fn forget_labels(&self, part: &Part) {
+        let p = part.partition.to_string();
+        let _ = self.metrics.lag.remove_label_values(&[&part.topic, &p]);
+        let _ = self
+            .metrics
+            .committed
+            .remove_label_values(&[&part.topic, &p]);
+    }
+
+    /// One partition's commit with metrics and logging.
+    fn commit_part(&self, part: &mut Part, open: bool) -> Result<bool, CommitError> {
+        let started = Instant::now();
+        let r = self.rt.block_on(part.commit(&self.store, open));
+        match &r {
+            Ok(true) => {
+                self.metrics.commits.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if let Some(o) = part.committed_offset {
+                    self.metrics
+                        .committed
+                        .with_label_values(&[&part.topic, &part.partition.to_string()])
+                        .set(o);
+                }
+            }
+            Ok(false) => {}
+            Err(CommitError::Store(StoreError::Fenced { .. })) => {
+                self.metrics.commits.with_label_values(&["fenced"]).inc();
+            }
+            Err(e) => {
+                self.metrics.commits.with_label_values(&["error"]).inc();
+                tracing::error!(partition = %part.name(), error = %e, pending = part.pipe.unwritten(), "partition commit failed; will retry");
+            }
+        }
+        r
+    }
+
+    /// Idle advance and commit of every owned partition. A fenced partition (another
+    /// instance claimed it: this one is a zombie) is dropped unwritten.
+    fn commit_all(&self, consumer: &BaseConsumer<Ctx>, open: bool) {
+        let idle_ms = i64::try_from(self.idle.as_millis()).unwrap_or(i64::MAX);
+        let mut parts = lock(&self.parts);
+        let mut fenced = Vec::new();
+        let mut offsets = TopicPartitionList::new();
+        for (key, part) in parts.iter_mut() {
+            if part.last_input.elapsed() >= self.idle {
+                let before = part.pipe.engine.clock();
+                part.pipe.engine.advance_to(now_ms() - idle_ms);
+                part.dirty |= part.pipe.engine.clock() != before;
+            }
+            match self.commit_part(part, open) {
+                Ok(true) => {
+                    if let Some(o) = part.committed_offset {
+                        let _ = offsets.add_partition_offset(
+                            &part.topic,
+                            part.partition,
+                            Offset::Offset(o),
+                        );
+                    }
+                }
+                Ok(false) => {}
+                Err(CommitError::Store(StoreError::Fenced { .. })) => {
+                    tracing::warn!(partition = %part.name(), "another instance owns this partition now; dropping it");
+                    fenced.push(key.clone());
+                }
+                Err(_) => {}
+            }
+        }
+        for key in fenced {
+            if let Some(part) = parts.remove(&key) {
+                self.forget_labels(&part);
+            }
+        }
+        self.metrics.assigned.set(parts.len() as i64);
+        drop(parts);
+        // For lag tools only: never read back.
+        if offsets.count() > 0
+            && let Err(e) = consumer.commit(&offsets, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "cannot commit offsets to Kafka (lag monitoring only)");
+        }
+    }
+
+    fn ingest(&self, m: &BorrowedMessage<'_>) {
+        let mut parts = lock(&self.parts);
+        let Some(part) = parts.get_mut(&(m.topic().to_owned(), m.partition())) else {
+            return; // a message of a partition released in this very poll
+        };
+        match part.position(m.offset()) {
+            Position::Stale => return,
+            Position::Gap { .. } => self.metrics.gaps.inc(),
+            Position::Next => {}
+        }
+        part.pipe
+            .ingest_message(m.payload().unwrap_or_default(), Some(m.offset()), m.key());
+        part.last_input = Instant::now();
+        part.dirty = true;
+    }
+
+    fn publish(&self) {
+        let high = lock(&self.high).clone();
+        let parts = lock(&self.parts);
+        let mut views = Vec::with_capacity(parts.len());
+        for (key, part) in parts.iter() {
+            let engine = &part.pipe.engine;
+            let mut v = LiveSnapshot::capture(engine, part.pipe.flushes, None);
+            let hw = high.get(key).copied();
+            let lag = hw.map(|h| part.lag(h));
+            if let Some(l) = lag {
+                self.metrics
+                    .lag
+                    .with_label_values(&[&part.topic, &part.partition.to_string()])
+                    .set(l);
+            }
+            v.partitions.push(PartitionStatus {
+                partition: part.name().to_owned(),
+                next_offset: part.next_offset,
+                committed_offset: part.committed_offset,
+                high_watermark: hw,
+                lag,
+                epoch: part.own.epoch,
+                unwritten: part.pipe.unwritten(),
+                watermark: engine.watermark(),
+            });
+            views.push(v);
+        }
+        drop(parts);
+        if let Some((producer, _)) = &self.dead_letters {
+            let ctx = producer.context();
+            self.metrics
+                .dead_letters
+                .set(ctx.delivered.load(Ordering::Relaxed) as i64);
+            self.metrics
+                .dead_letter_failures
+                .set(ctx.failed.load(Ordering::Relaxed) as i64);
+        }
+        self.state.publish(LiveSnapshot::merge(views));
+    }
+}
+
+/// A running Kafka source: call [`KafkaSource::run`] on a thread of its own.
+pub struct KafkaSource {
+    shared: Arc<Shared>,
+    consumer: BaseConsumer<Ctx>,
+    commit_every: Duration,
+}
+
+impl KafkaSource {
+    /// Connect and subscribe. Must be called from within the tokio runtime whose
+    /// handle the store uses.
+    pub fn new(
+        cfg: &Config,
+        store: Store,
+        state: Arc<AppState>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<KafkaSource, KafkaSourceError> {
+        let k = &cfg.kafka;
+        let dead_letters = if k.dead_letter_topic.trim().is_empty() {
+            None
+        } else {
+            let mut pc = super::client_config(k);
+            // Copies of bad input must not be lost or duplicated by producer retries.
+            pc.set("enable.idempotence", "true");
+            let producer: DeadLetterProducer = pc.create_with_context(DeliveryCounter::default())?;
+            Some((Arc::new(producer), k.dead_letter_topic.clone()))
+        };
+        let metrics = KafkaMetrics::register(state.registry())?;
+        let shared = Arc::new(Shared {
+            rt: Handle::current(),
+            store,
+            owner: k.owner(),
+            engine_cfg: EngineConfig::from_config(cfg),
+            decoder: cfg.decoder(),
+            dead_letters,
+            idle: cfg.windows.idle_timeout.0,
+            cooperative: k.assignment_strategy == AssignmentStrategy::CooperativeSticky,
+            parts: Mutex::new(BTreeMap::new()),
+            high: Mutex::new(HashMap::new()),
+            metrics,
+            state,
+            stop,
+            fatal: Mutex::new(None),
+        });
+        let consumer: BaseConsumer<Ctx> =
+            super::consumer_config(k).create_with_context(Ctx(shared.clone()))?;
+        let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        tracing::info!(brokers = %k.brokers, topics = ?k.topics, group = %k.group_id, owner = %shared.owner, "kafka consumer subscribed");
+        Ok(KafkaSource {
+            shared,
+            consumer,
+            commit_every: k.commit_interval.0,
+        })
+    }
+
+    /// Consume until the stop flag is set; then commit every partition (open windows
+    /// included) and leave the group. Blocking: run it on a thread of its own, not on
+    /// a runtime worker.
+    pub fn run(self) -> Result<(), KafkaSourceError> {
+        let sh = &self.shared;
+        let mut last_commit = Instant::now();
+        let mut last_publish = Instant::now();
+        let mut fresh = false;
+        while !sh.stopping() {
+            match self.consumer.poll(POLL_TIMEOUT) {
+                Some(Ok(m)) => {
+                    sh.ingest(&m);
+                    fresh = true;
+                }
+                Some(Err(e)) => log_poll_error(&e),
+                None => {}
+            }
+            if last_commit.elapsed() >= self.commit_every {
+                sh.commit_all(&self.consumer, false);
+                last_commit = Instant::now();
+                fresh = true;
+            }
+            if last_publish.elapsed() >= PUBLISH_EVERY
+                && (fresh || last_publish.elapsed() >= Duration::from_secs(1))
+            {
+                sh.publish();
+                last_publish = Instant::now();
+                fresh = false;
+            }
+        }
+        if let Some(msg) = lock(&sh.fatal).clone() {
+            return Err(KafkaSourceError::Fatal(msg));
+        }
+        tracing::info!("stopping: committing every partition, open windows included");
+        sh.state.set_ready(false);
+        sh.commit_all(&self.consumer, true);
+        let released = std::mem::take(&mut *lock(&sh.parts));
+        for part in released.values() {
+            sh.forget_labels(part);
+        }
+        sh.publish();
+        self.consumer.unsubscribe();
+        // Dropping the consumer leaves the group (the revoke callback finds nothing).
+        drop(self.consumer);
+        Ok(())
+    }
+}
+
+fn log_poll_error(e: &rdkafka::error::KafkaError) {
+    // Broker connection trouble is retried by librdkafka itself; say so once per poll
+    // error rather than failing.
+    tracing::warn!(error = %e, "kafka poll error (librdkafka retries)");
+}
