@@ -9,11 +9,15 @@
 //! Backend-neutral parts live here: the SQL text ([`sql::Statements`], written in the
 //! dialect SQLite and PostgreSQL share: quoted keyword columns, row-value `IN`,
 //! `ON CONFLICT … DO UPDATE`; only the placeholder spelling differs), the row
-//! arithmetic, and merging across partitions. A backend module only runs the
-//! statements and converts rows, so a PostgreSQL variant is one more module and one
-//! more enum arm.
+//! arithmetic, and merging across partitions. `backend.rs` runs the statements and
+//! converts rows for any sqlx driver; `sqlite.rs` and `postgres.rs` only open their
+//! pools and say how a write transaction begins.
 
+mod backend;
+pub mod postgres;
 pub mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -31,9 +35,6 @@ const N_HISTS: usize = HIST_NAMES.len();
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A recognised but not (yet) supported backend.
-    #[error("unsupported store URL {url:?}: {reason}")]
-    Unsupported { url: String, reason: String },
     #[error("invalid store URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("cannot create directory {} for the store: {source}", path.display())]
@@ -62,6 +63,63 @@ pub enum StoreError {
         #[source]
         source: HistError,
     },
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if retried later (after a backoff): the
+    /// connection or the server was lost or is not there yet, or the database aborted
+    /// the transaction to resolve a conflict. Everything else (bad URL, schema, SQL,
+    /// data, a fenced partition) fails again the same way. A failed call wrote nothing,
+    /// except a commit whose COMMIT was lost: see [`Store::committed`].
+    pub fn is_transient(&self) -> bool {
+        use sqlx::migrate::MigrateError;
+        match self {
+            StoreError::Db(e)
+            | StoreError::Migrate(
+                MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _),
+            ) => sqlx_transient(e),
+            _ => false,
+        }
+    }
+}
+
+fn sqlx_transient(e: &sqlx::Error) -> bool {
+    match e {
+        // Refused, reset or closed connections, and unexpected EOF mid-message: sqlx
+        // reports a connection lost at the socket or protocol level as I/O.
+        sqlx::Error::Io(_) => true,
+        // No connection became available (or could be opened) within the timeout.
+        sqlx::Error::PoolTimedOut => true,
+        // Our own pool was closed (shutdown): retrying cannot help.
+        sqlx::Error::PoolClosed => false,
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else {
+                return false;
+            };
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLite result codes, the primary code in the low byte. SQLITE_BUSY:
+                // another process held the write lock past the busy timeout.
+                return code.parse::<u32>().is_ok_and(|c| c & 0xff == 5);
+            }
+            sqlstate_transient(&code)
+        }
+        _ => false,
+    }
+}
+
+/// SQLSTATEs (PostgreSQL's, from the standard) worth a retry.
+fn sqlstate_transient(code: &str) -> bool {
+    // Class 08: connection exception (lost, refused, failed during the handshake).
+    code.starts_with("08")
+        || matches!(
+            code,
+            // admin_shutdown, crash_shutdown, cannot_connect_now (starting up or in
+            // recovery): the server is being restarted.
+            "57P01" | "57P02" | "57P03"
+            // serialization_failure, deadlock_detected: the transaction was rolled back
+            // to let another through; running it again is the documented remedy.
+            | "40001" | "40P01"
+        )
 }
 
 /// What one [`Store::apply_deltas`] call did.
@@ -122,22 +180,22 @@ pub struct CheckpointWrite<'a> {
 #[derive(Clone, Debug)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
 }
 
 impl Store {
-    /// Open (creating when missing) and migrate the store at `url`:
-    /// `sqlite://PATH` or `sqlite::memory:`.
+    /// Open and migrate the store at `url`: `sqlite://PATH` (created when missing),
+    /// `sqlite::memory:`, or `postgres://…` / `postgresql://…` (an existing database).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
             Some("sqlite") => Ok(Store::Sqlite(sqlite::SqliteStore::open(url).await?)),
-            Some("postgres" | "postgresql") => Err(StoreError::Unsupported {
-                url: url.to_owned(),
-                reason: "PostgreSQL stores are not implemented yet; use sqlite://PATH".into(),
-            }),
+            Some("postgres" | "postgresql") => {
+                Ok(Store::Postgres(postgres::PostgresStore::open(url).await?))
+            }
             _ => Err(StoreError::InvalidUrl {
                 url: url.to_owned(),
-                reason: "expected sqlite://PATH or sqlite::memory:".into(),
+                reason: "expected sqlite://PATH, sqlite::memory: or postgres://…".into(),
             }),
         }
     }
@@ -146,6 +204,7 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 
@@ -182,6 +241,7 @@ impl Store {
         let updated_at = rfc3339_ms(updated_at_ms);
         let (inserted, revised) = match self {
             Store::Sqlite(s) => s.apply(partition, &pending, &updated_at, None).await?,
+            Store::Postgres(s) => s.apply(partition, &pending, &updated_at, None).await?,
         };
         report.inserted = inserted;
         report.revised = revised;
@@ -194,6 +254,7 @@ impl Store {
         let now = rfc3339_ms(jiff::Timestamp::now().as_millisecond());
         match self {
             Store::Sqlite(s) => s.claim(partition, owner, &now).await,
+            Store::Postgres(s) => s.claim(partition, owner, &now).await,
         }
     }
 
@@ -210,6 +271,7 @@ impl Store {
         let now = rfc3339_ms(jiff::Timestamp::now().as_millisecond());
         let (inserted, revised) = match self {
             Store::Sqlite(s) => s.apply(partition, &pending, &now, Some(cp)).await?,
+            Store::Postgres(s) => s.apply(partition, &pending, &now, Some(cp)).await?,
         };
         Ok(ApplyReport {
             inserted,
@@ -224,6 +286,7 @@ impl Store {
     pub async fn committed(&self, partition: &str) -> Result<Option<(i64, i64)>, StoreError> {
         match self {
             Store::Sqlite(s) => s.committed(partition).await,
+            Store::Postgres(s) => s.committed(partition).await,
         }
     }
 
@@ -232,6 +295,7 @@ impl Store {
     pub async fn clear_partition(&self, partition: &str) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.clear_partition(partition).await,
+            Store::Postgres(s) => s.clear_partition(partition).await,
         }
     }
 
@@ -247,6 +311,7 @@ impl Store {
     ) -> Result<Vec<StoredRow>, StoreError> {
         match self {
             Store::Sqlite(s) => s.query(window, dimension, from, to).await,
+            Store::Postgres(s) => s.query(window, dimension, from, to).await,
         }
     }
 }
@@ -270,7 +335,6 @@ pub(crate) mod sql {
     /// How a backend spells the i-th (1-based) bind parameter. Every statement binds
     /// its parameters in order of appearance, so both spellings bind alike.
     #[derive(Clone, Copy, Debug)]
-    #[allow(dead_code)] // `Dollar` is for the PostgreSQL backend (and the tests).
     pub enum Placeholder {
         /// `?`: SQLite. Its numbered `$N` also works, but sqlx then resolves each
         /// parameter by name with a linear search, which is quadratic in the 2,048
@@ -666,13 +730,78 @@ mod tests {
         Store::open("sqlite::memory:").await.unwrap()
     }
 
+    /// Run `case` on a fresh in-memory SQLite store.
+    async fn on_sqlite<F, Fut>(case: F)
+    where
+        F: FnOnce(Store) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let s = mem().await;
+        case(s.clone()).await;
+        s.close().await;
+    }
+
+    /// Run `case` on a store in a database of its own on the test PostgreSQL, and drop
+    /// the database afterwards, also when `case` panics. An unreachable server fails
+    /// the test: these tests must not pass by not running.
+    async fn on_postgres<F, Fut>(case: F)
+    where
+        F: FnOnce(Store) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let db = testing::TestDb::create()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = Store::open(&db.url).await.unwrap();
+        // A task of its own, so a failed assertion comes back here as an error.
+        let outcome = tokio::spawn(case(s.clone())).await;
+        s.close().await;
+        db.drop_db().await.unwrap_or_else(|e| panic!("{e}"));
+        if let Err(e) = outcome {
+            match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// One test per backend for each case (`async fn case(s: Store)`):
+    /// `case::sqlite` on an in-memory database, `case::postgres` on a fresh one.
+    macro_rules! on_both_backends {
+        ($($case:ident),* $(,)?) => {$(
+            mod $case {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::on_sqlite(super::$case).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::on_postgres(super::$case).await
+                }
+            }
+        )*};
+    }
+
+    on_both_backends!(
+        apply_twice_sums_counters_merges_hists_and_bumps_revision,
+        zero_deltas_are_skipped_and_duplicates_coalesced,
+        batches_larger_than_a_chunk,
+        query_merges_partitions,
+        clear_partition_deletes_only_that_partition,
+        negative_correction_brings_counters_down,
+        negative_hist_bin_is_an_error_and_rolls_back,
+        query_filters_by_window_dimension_and_range_and_sorts,
+        claim_starts_at_epoch_one_without_state,
+        commit_writes_rows_state_and_offset_together,
+        stale_epoch_is_fenced_and_writes_nothing,
+        concurrent_writers_neither_conflict_nor_lose_updates,
+    );
+
     async fn all_rows(s: &Store) -> Vec<StoredRow> {
         s.query("1h", Dimension::Queue, None, None).await.unwrap()
     }
 
-    #[tokio::test]
-    async fn apply_twice_sums_counters_merges_hists_and_bumps_revision() {
-        let s = mem().await;
+    async fn apply_twice_sums_counters_merges_hists_and_bumps_revision(s: Store) {
         let r = s
             .apply_deltas(
                 "p1",
@@ -727,9 +856,7 @@ mod tests {
         assert!(row.acc.handle_hist.is_empty());
     }
 
-    #[tokio::test]
-    async fn zero_deltas_are_skipped_and_duplicates_coalesced() {
-        let s = mem().await;
+    async fn zero_deltas_are_skipped_and_duplicates_coalesced(s: Store) {
         let r = s
             .apply_deltas(
                 "p1",
@@ -784,9 +911,7 @@ mod tests {
         assert_eq!(all_rows(&s).await[0].revision, 1);
     }
 
-    #[tokio::test]
-    async fn batches_larger_than_a_chunk() {
-        let s = mem().await;
+    async fn batches_larger_than_a_chunk(s: Store) {
         let n = 2 * sql::CHUNK + 5;
         let keys: Vec<String> = (0..n).map(|i| format!("agent-{i:03}")).collect();
         let first: Vec<SnapshotDelta> = keys
@@ -828,9 +953,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn query_merges_partitions() {
-        let s = mem().await;
+    async fn query_merges_partitions(s: Store) {
         s.apply_deltas(
             "p1",
             &[delta(T0, Dimension::Queue, "sales", answered(2, 10_000))],
@@ -858,9 +981,7 @@ mod tests {
         assert_eq!(rows[0].revision, 2);
     }
 
-    #[tokio::test]
-    async fn clear_partition_deletes_only_that_partition() {
-        let s = mem().await;
+    async fn clear_partition_deletes_only_that_partition(s: Store) {
         let ds = [
             delta(T0, Dimension::Queue, "sales", answered(1, 1)),
             delta(T0, Dimension::Queue, "b", answered(1, 1)),
@@ -877,9 +998,7 @@ mod tests {
         assert_eq!(all_rows(&s).await[0].revision, 1);
     }
 
-    #[tokio::test]
-    async fn negative_correction_brings_counters_down() {
-        let s = mem().await;
+    async fn negative_correction_brings_counters_down(s: Store) {
         s.apply_deltas(
             "p1",
             &[delta(T0, Dimension::Queue, "sales", answered(3, 20_000))],
@@ -904,26 +1023,14 @@ mod tests {
         assert_eq!(rows[0].revision, 2);
     }
 
-    #[tokio::test]
-    async fn negative_hist_bin_is_an_error_and_rolls_back() {
-        let s = mem().await;
+    async fn negative_hist_bin_is_an_error_and_rolls_back(s: Store) {
         s.apply_deltas(
             "p1",
             &[delta(T0, Dimension::Queue, "sales", answered(1, 1_000))],
         )
         .await
         .unwrap();
-        // Retracting a wait that was never stored: the bin at 90 s would be -1.
-        let mut bad = Acc::default();
-        bad.apply(
-            &Measure::QueueOutcome {
-                answered: true,
-                wait_ms: 90_000,
-                short: false,
-                within: false,
-            },
-            -1,
-        );
+        let bad = impossible_retraction();
         // More than a chunk of new rows sorting before the failing one, so a full
         // chunk is written before the error: it must be rolled back with the rest.
         let mut batch: Vec<SnapshotDelta> = (0..sql::CHUNK + 3)
@@ -972,9 +1079,7 @@ mod tests {
         assert_eq!(all_rows(&s).await[0].revision, 2);
     }
 
-    #[tokio::test]
-    async fn query_filters_by_window_dimension_and_range_and_sorts() {
-        let s = mem().await;
+    async fn query_filters_by_window_dimension_and_range_and_sorts(s: Store) {
         let one = || answered(1, 1_000);
         let mut ds = vec![
             delta(T0 + 2 * H, Dimension::Queue, "b", one()),
@@ -1071,25 +1176,30 @@ mod tests {
         let s = Store::open(&url).await.unwrap();
         let rows = all_rows(&s).await;
         assert_eq!((rows[0].acc.answered, rows[0].revision), (3, 2));
-        let Store::Sqlite(inner) = &s;
+        let Store::Sqlite(inner) = &s else {
+            unreachable!("a sqlite: URL opens the SQLite backend")
+        };
         assert_eq!(inner.applied_migrations().await.unwrap(), 2);
         assert_eq!(inner.journal_mode().await.unwrap(), "wal");
         s.close().await;
     }
 
     #[tokio::test]
-    async fn rejects_unsupported_urls() {
-        let err = Store::open("postgres://u@localhost/cc").await.unwrap_err();
-        assert!(matches!(err, StoreError::Unsupported { .. }), "{err:?}");
-        assert!(err.to_string().contains("not implemented yet"), "{err}");
-        assert!(matches!(
-            Store::open("mysql://x").await.unwrap_err(),
-            StoreError::InvalidUrl { .. }
-        ));
-        assert!(matches!(
-            Store::open("sqlite://").await.unwrap_err(),
-            StoreError::InvalidUrl { .. }
-        ));
+    async fn rejects_invalid_urls() {
+        for url in ["mysql://x", "sqlite://"] {
+            let err = Store::open(url).await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::InvalidUrl { .. }),
+                "{url}: {err:?}"
+            );
+            assert!(!err.is_transient(), "{url}");
+        }
+        // Parsed by the PostgreSQL driver: a configuration error, not worth a retry.
+        let err = Store::open("postgres://u@localhost:notaport/cc")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Db(_)), "{err:?}");
+        assert!(!err.is_transient(), "{err:?}");
     }
 
     #[test]
@@ -1130,5 +1240,458 @@ mod tests {
         assert_eq!(count(&q.select_export, "?"), 4);
         assert!(!q.upsert_one.contains('$'));
         assert_eq!(rfc3339_ms(T0 + 5), "2026-11-23T00:00:00.005Z");
+    }
+
+    fn checkpoint(epoch: i64, seq: i64, next_offset: i64, state: &[u8]) -> CheckpointWrite<'_> {
+        CheckpointWrite {
+            epoch,
+            seq,
+            next_offset,
+            state,
+        }
+    }
+
+    /// Retracts a 90 s wait that was never stored: its histogram bin would go negative.
+    fn impossible_retraction() -> Acc {
+        let mut bad = Acc::default();
+        bad.apply(
+            &Measure::QueueOutcome {
+                answered: true,
+                wait_ms: 90_000,
+                short: false,
+                within: false,
+            },
+            -1,
+        );
+        bad
+    }
+
+    async fn claim_starts_at_epoch_one_without_state(s: Store) {
+        assert_eq!(s.committed("kafka:events:0").await.unwrap(), None);
+        let c = s.claim("kafka:events:0", "host-a").await.unwrap();
+        assert_eq!(
+            c,
+            Claim {
+                epoch: 1,
+                seq: 0,
+                next_offset: None,
+                state: None
+            }
+        );
+        assert_eq!(s.committed("kafka:events:0").await.unwrap(), Some((1, 0)));
+        // Partitions are independent.
+        let other = s.claim("kafka:events:1", "host-a").await.unwrap();
+        assert_eq!((other.epoch, other.seq), (1, 0));
+    }
+
+    async fn commit_writes_rows_state_and_offset_together(s: Store) {
+        let p = "kafka:events:0";
+        let c = s.claim(p, "host-a").await.unwrap();
+        let sales = |acc| delta(T0, Dimension::Queue, "sales", acc);
+        let r = s
+            .commit(
+                p,
+                &[sales(answered(2, 10_000))],
+                &checkpoint(c.epoch, 1, 42, b"state-1"),
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.inserted, r.revised), (1, 0));
+        assert_eq!(s.committed(p).await.unwrap(), Some((1, 1)));
+        // A commit without deltas still moves the checkpoint on.
+        s.commit(p, &[], &checkpoint(c.epoch, 2, 50, b"state-2"))
+            .await
+            .unwrap();
+        assert_eq!(s.committed(p).await.unwrap(), Some((1, 2)));
+
+        // A commit that fails on its rows leaves the checkpoint where it was too.
+        let err = s
+            .commit(
+                p,
+                &[
+                    sales(answered(1, 10_000)),
+                    delta(T0, Dimension::Queue, "support", impossible_retraction()),
+                ],
+                &checkpoint(c.epoch, 3, 60, b"state-3"),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Hist { .. }), "{err:?}");
+        assert_eq!(s.committed(p).await.unwrap(), Some((1, 2)));
+        let rows = all_rows(&s).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].acc.answered, rows[0].revision), (2, 1));
+
+        // The next owner resumes from the last commit.
+        let c = s.claim(p, "host-b").await.unwrap();
+        assert_eq!(
+            c,
+            Claim {
+                epoch: 2,
+                seq: 2,
+                next_offset: Some(50),
+                state: Some(b"state-2".to_vec())
+            }
+        );
+    }
+
+    async fn stale_epoch_is_fenced_and_writes_nothing(s: Store) {
+        let p = "kafka:events:3";
+        let old = s.claim(p, "host-a").await.unwrap();
+        s.commit(
+            p,
+            &[delta(T0, Dimension::Queue, "sales", answered(2, 10_000))],
+            &checkpoint(old.epoch, 1, 10, b"a-1"),
+        )
+        .await
+        .unwrap();
+        let new = s.claim(p, "host-b").await.unwrap();
+        assert_eq!((new.epoch, new.seq, new.next_offset), (2, 1, Some(10)));
+        let before = all_rows(&s).await;
+
+        // The zombie's commit: a revision of an existing row and a new row.
+        let zombie = [
+            delta(T0, Dimension::Queue, "sales", answered(5, 10_000)),
+            delta(T0, Dimension::Queue, "support", answered(1, 1_000)),
+        ];
+        let err = s
+            .commit(p, &zombie, &checkpoint(old.epoch, 2, 20, b"a-2"))
+            .await
+            .unwrap_err();
+        match &err {
+            StoreError::Fenced { partition, epoch } => {
+                assert_eq!((partition.as_str(), *epoch), (p, 1));
+            }
+            other => panic!("expected Fenced, got {other:?}"),
+        }
+        assert!(!err.is_transient());
+        assert_eq!(all_rows(&s).await, before, "a fenced commit wrote rows");
+        assert_eq!(s.committed(p).await.unwrap(), Some((2, 1)));
+
+        // The new owner writes as usual.
+        s.commit(p, &zombie[1..], &checkpoint(new.epoch, 2, 20, b"b-2"))
+            .await
+            .unwrap();
+        assert_eq!(s.committed(p).await.unwrap(), Some((2, 2)));
+        assert_eq!(all_rows(&s).await.len(), 2);
+    }
+
+    /// Writers of different partitions run side by side; writers of one partition
+    /// queue, so none of their read-add-write updates is lost.
+    async fn concurrent_writers_neither_conflict_nor_lose_updates(s: Store) {
+        const WRITERS: usize = 6;
+        const SHARED: usize = 3;
+        const ROUNDS: usize = 5;
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..WRITERS {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let partition = if w < SHARED {
+                    "shared".to_owned()
+                } else {
+                    format!("own-{w}")
+                };
+                for _ in 0..ROUNDS {
+                    let ds = [
+                        delta(T0, Dimension::Queue, "sales", answered(1, 1_000)),
+                        delta(T0, Dimension::Queue, &format!("w{w}"), answered(1, 2_000)),
+                    ];
+                    s.apply_deltas(&partition, &ds).await.unwrap();
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let rows = all_rows(&s).await;
+        let sales = rows.iter().find(|r| r.key == "sales").unwrap();
+        assert_eq!(sales.acc.answered, (WRITERS * ROUNDS) as i64);
+        assert_eq!(sales.acc.wait_hist.count(), (WRITERS * ROUNDS) as i64);
+        // Every write of the shared partition revised its row once.
+        assert_eq!(sales.revision, (SHARED * ROUNDS) as i64);
+        assert_eq!(rows.len(), 1 + WRITERS);
+    }
+
+    /// Deltas covering every column kind, several windows, dimensions and partitions,
+    /// a correction, and keys whose order differs between collations.
+    fn mixed_batches() -> Vec<(&'static str, Vec<SnapshotDelta>)> {
+        let mut rich = answered(3, 25_000);
+        for m in [
+            Measure::Presented,
+            Measure::AgentAnswered {
+                wait_ms: Some(4_000),
+                within: true,
+            },
+            Measure::Handled { handle_ms: 310_000 },
+            Measure::FirstResponse { frt_ms: 45_000 },
+            Measure::Resolved { fcr: true },
+            Measure::Converted {
+                first: true,
+                amount: 129_990,
+            },
+            Measure::Csat {
+                score: 4_500,
+                positive: true,
+            },
+            Measure::Qa { score: 8_800 },
+        ] {
+            rich.apply(&m, 1);
+        }
+        let mut fix = Acc::default();
+        fix.apply(&Measure::Handled { handle_ms: 310_000 }, -1);
+        let day = |d: SnapshotDelta| SnapshotDelta {
+            interval: Interval::Day,
+            start: T0,
+            end: T0 + 24 * H,
+            ..d
+        };
+        vec![
+            (
+                "p1",
+                vec![
+                    delta(T0, Dimension::Queue, "sales", rich.clone()),
+                    delta(T0, Dimension::Queue, "B", answered(1, 500)),
+                    delta(T0, Dimension::Queue, "b", answered(2, 1_500)),
+                    delta(T0, Dimension::Queue, "é", answered(1, 90_000)),
+                    delta(T0 + H, Dimension::Agent, "a-1", rich.clone()),
+                    day(delta(T0, Dimension::All, "all", rich.clone())),
+                ],
+            ),
+            (
+                "p2",
+                vec![
+                    delta(T0, Dimension::Queue, "sales", answered(4, 70_000)),
+                    delta(T0, Dimension::Queue, "Z", answered(1, 1)),
+                    day(delta(T0, Dimension::All, "all", answered(4, 70_000))),
+                ],
+            ),
+            (
+                "p1",
+                vec![
+                    delta(T0 + H, Dimension::Agent, "a-1", fix.clone()),
+                    delta(T0, Dimension::Queue, "sales", answered(1, 2_000)),
+                ],
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn export_is_identical_on_sqlite_and_postgres() {
+        on_postgres(|pg| async move {
+            let lite = mem().await;
+            for (partition, ds) in mixed_batches() {
+                for s in [&lite, &pg] {
+                    s.apply_deltas_at(partition, &ds, T0).await.unwrap();
+                }
+            }
+            let mut seen = 0;
+            for window in ["15m", "1h", "1d"] {
+                for dimension in [Dimension::All, Dimension::Queue, Dimension::Agent] {
+                    for (from, to) in [(None, None), (Some(T0 + H), None), (None, Some(T0 + H))] {
+                        let a = lite.query(window, dimension, from, to).await.unwrap();
+                        let b = pg.query(window, dimension, from, to).await.unwrap();
+                        assert_eq!(a, b, "{window} {dimension:?} {from:?}..{to:?}");
+                        seen += a.len();
+                    }
+                }
+            }
+            assert!(seen >= 8, "the comparison covered too few rows: {seen}");
+            let queues = pg.query("1h", Dimension::Queue, None, None).await.unwrap();
+            let keys: Vec<&str> = queues.iter().map(|r| r.key.as_str()).collect();
+            assert_eq!(keys, ["B", "Z", "b", "sales", "é"], "byte-wise order");
+            lite.close().await;
+        })
+        .await;
+    }
+
+    /// The columns the migrations of every backend must create, in order: the
+    /// statements list them from `COUNTER_NAMES` and `HIST_NAMES`.
+    fn expected_columns(table: &str) -> Vec<&'static str> {
+        match table {
+            "snapshots" => {
+                let mut c = vec![
+                    "window",
+                    "window_start",
+                    "window_end",
+                    "dimension",
+                    "key",
+                    "partition",
+                ];
+                c.extend(COUNTER_NAMES);
+                c.extend(HIST_NAMES);
+                c.extend(["revision", "updated_at"]);
+                c
+            }
+            "checkpoints" => vec![
+                "partition",
+                "epoch",
+                "owner",
+                "next_offset",
+                "seq",
+                "state",
+                "updated_at",
+            ],
+            other => panic!("no table {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_tables_match_the_accumulator() {
+        let s = sqlite::SqliteStore::open("sqlite::memory:").await.unwrap();
+        for table in ["snapshots", "checkpoints"] {
+            assert_eq!(
+                s.table_columns(table).await.unwrap(),
+                expected_columns(table)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_migrations_are_idempotent_and_match_the_accumulator() {
+        let db = testing::TestDb::create()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for round in 0..2 {
+            let s = postgres::PostgresStore::open(&db.url).await.unwrap();
+            assert_eq!(s.applied_migrations().await.unwrap(), 2, "open #{round}");
+            for table in ["snapshots", "checkpoints"] {
+                assert_eq!(
+                    s.table_columns(table).await.unwrap(),
+                    expected_columns(table)
+                );
+            }
+            s.close().await;
+        }
+        db.drop_db().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[tokio::test]
+    async fn postgres_store_survives_a_killed_connection() {
+        on_postgres(|s| async move {
+            let Store::Postgres(pg) = &s else {
+                unreachable!("a postgres: URL opens the PostgreSQL backend")
+            };
+            // The server ends the session as it would on a restart or failover.
+            let err = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+                .execute(&pg.pool)
+                .await
+                .unwrap_err();
+            let err = StoreError::Db(err);
+            assert!(err.is_transient(), "{err:?}");
+            // A syntax error is not worth a retry.
+            let err = sqlx::query("SELEKT 1").execute(&pg.pool).await.unwrap_err();
+            assert!(!StoreError::Db(err).is_transient());
+            // The pool replaced the dead connection.
+            s.apply_deltas(
+                "p1",
+                &[delta(T0, Dimension::Queue, "sales", answered(1, 1_000))],
+            )
+            .await
+            .unwrap();
+            assert_eq!(all_rows(&s).await.len(), 1);
+        })
+        .await;
+    }
+
+    /// A database error with a given code, as a driver would report it.
+    #[derive(Debug)]
+    struct CodedError(&'static str);
+
+    impl std::fmt::Display for CodedError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for CodedError {}
+
+    impl sqlx::error::DatabaseError for CodedError {
+        fn message(&self) -> &str {
+            "coded"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn transient_errors_are_told_from_permanent_ones() {
+        use std::io::{Error as IoError, ErrorKind};
+        let db = |code| StoreError::Db(sqlx::Error::Database(Box::new(CodedError(code))));
+        let transient = [
+            StoreError::Db(sqlx::Error::Io(IoError::from(ErrorKind::ConnectionReset))),
+            StoreError::Db(sqlx::Error::Io(IoError::from(ErrorKind::ConnectionRefused))),
+            StoreError::Db(sqlx::Error::Io(IoError::from(ErrorKind::UnexpectedEof))),
+            StoreError::Db(sqlx::Error::PoolTimedOut),
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(
+                sqlx::Error::PoolTimedOut,
+            )),
+            db("08000"),
+            db("08003"),
+            db("08006"),
+            db("57P01"),
+            db("57P02"),
+            db("57P03"),
+            db("40001"),
+            db("40P01"),
+        ];
+        for e in &transient {
+            assert!(e.is_transient(), "{e:?}");
+        }
+        let permanent = [
+            StoreError::Db(sqlx::Error::PoolClosed),
+            StoreError::Db(sqlx::Error::RowNotFound),
+            StoreError::Db(sqlx::Error::Protocol("unknown message type".into())),
+            StoreError::Db(sqlx::Error::Configuration("bad URL".into())),
+            db("23505"), // unique_violation
+            db("42P01"), // undefined_table
+            db("28P01"), // invalid_password
+            db("57014"), // query_canceled
+            db("3D000"), // invalid_catalog_name: the database does not exist
+            StoreError::Migrate(sqlx::migrate::MigrateError::VersionMismatch(1)),
+            StoreError::Fenced {
+                partition: "p".into(),
+                epoch: 1,
+            },
+            StoreError::InvalidUrl {
+                url: "x".into(),
+                reason: "y".into(),
+            },
+        ];
+        for e in &permanent {
+            assert!(!e.is_transient(), "{e:?}");
+        }
+    }
+
+    /// SQLite reports a write lock held past the busy timeout as SQLITE_BUSY.
+    #[tokio::test]
+    async fn sqlite_busy_is_transient() {
+        use sqlx::sqlite::SqliteConnectOptions;
+        use sqlx::{ConnectOptions, Connection, Executor};
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("busy.db"))
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO);
+        let mut holder = options.connect().await.unwrap();
+        holder.execute("BEGIN IMMEDIATE").await.unwrap();
+        let mut other = options.connect().await.unwrap();
+        let err = other.execute("BEGIN IMMEDIATE").await.unwrap_err();
+        assert!(StoreError::Db(err).is_transient());
+        holder.execute("ROLLBACK").await.unwrap();
+        holder.close().await.unwrap();
+        other.close().await.unwrap();
     }
 }

@@ -1,0 +1,363 @@
+//! The statements of [`super::sql`] run on any sqlx driver: one implementation of
+//! apply / claim / commit / query shared by SQLite and PostgreSQL. A backend module
+//! (`sqlite.rs`, `postgres.rs`) only opens its pool and describes its transactions
+//! ([`Dialect`]); everything that binds parameters or reads columns is here, so the
+//! two backends cannot drift apart.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+
+use super::sql::{self, Statements};
+use super::{
+    CheckpointWrite, Claim, ExportRaw, N_COUNTERS, NewRow, Pending, RawRow, StoreError, StoredRow,
+    merge_partitions,
+};
+use crate::engine::Dimension;
+
+/// What differs between backends once a pool is open.
+pub trait Dialect: Database {
+    /// Starts every write transaction.
+    const BEGIN: &'static str;
+    /// Run first in every write transaction, binding the partition, when `BEGIN` alone
+    /// does not keep two writers of the same partition apart. A write reads rows and
+    /// then stores absolute values, so two concurrent writers of one partition would
+    /// lose one's update.
+    const LOCK_PARTITION: Option<&'static str>;
+    /// The shared statements in this backend's placeholder spelling.
+    fn statements() -> &'static Statements;
+    /// Rows changed by a statement (sqlx has no driver-neutral accessor).
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+}
+
+/// A snapshot store on an sqlx pool of backend `DB`.
+pub struct SqlxStore<DB: Database> {
+    pub(super) pool: Pool<DB>,
+}
+
+// By hand: a derive would require `DB: Clone + Debug`, which the driver markers are not.
+impl<DB: Database> Clone for SqlxStore<DB> {
+    fn clone(&self) -> Self {
+        SqlxStore {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<DB: Database> fmt::Debug for SqlxStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlxStore")
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>;
+
+/// The bounds are spelled once, on this impl, rather than on every function: what a
+/// backend must encode (i64, text, bytes, nullable bytes) and decode, and that its
+/// connections execute queries.
+impl<DB> SqlxStore<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB>,
+    for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
+    for<'q> String: Decode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    pub(super) fn new(pool: Pool<DB>) -> Self {
+        SqlxStore { pool }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Apply pre-merged rows in one transaction, with the partition's checkpoint when
+    /// given (written first: it is the ownership fence). Returns (inserted, revised).
+    pub(super) async fn apply(
+        &self,
+        partition: &str,
+        rows: &[Pending],
+        updated_at: &str,
+        checkpoint: Option<&CheckpointWrite<'_>>,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
+        let result = async {
+            Self::lock_partition(&mut tx, partition).await?;
+            if let Some(cp) = checkpoint {
+                Self::write_checkpoint(&mut tx, partition, cp, updated_at).await?;
+            }
+            Self::apply_rows(&mut tx, partition, rows, updated_at).await
+        }
+        .await;
+        match result {
+            Ok(counts) => {
+                tx.commit().await?;
+                Ok(counts)
+            }
+            Err(e) => {
+                // Explicit so the connection is clean before the error reaches the
+                // caller (dropping the transaction would only queue the rollback).
+                if let Err(rb) = tx.rollback().await {
+                    tracing::warn!(error = %rb, "rollback after a failed snapshot write failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn claim(
+        &self,
+        partition: &str,
+        owner: &str,
+        updated_at: &str,
+    ) -> Result<Claim, StoreError> {
+        let r = sqlx::query::<DB>(&DB::statements().claim)
+            .bind(partition)
+            .bind(owner)
+            .bind(updated_at)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Claim {
+            epoch: r.try_get(0)?,
+            seq: r.try_get(1)?,
+            next_offset: r.try_get(2)?,
+            state: r.try_get(3)?,
+        })
+    }
+
+    pub(super) async fn committed(
+        &self,
+        partition: &str,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let r = sqlx::query::<DB>(&DB::statements().select_committed)
+            .bind(partition)
+            .fetch_optional(&self.pool)
+            .await?;
+        match r {
+            Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// In a write transaction like [`Self::apply`], so it waits for (rather than
+    /// interleaves with) a write of the same partition in progress.
+    pub(super) async fn clear_partition(&self, partition: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
+        Self::lock_partition(&mut tx, partition).await?;
+        let done = sqlx::query::<DB>(&DB::statements().delete_partition)
+            .bind(partition)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    pub(super) async fn query(
+        &self,
+        window: &str,
+        dimension: Dimension,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        let rows = sqlx::query::<DB>(&DB::statements().select_export)
+            .bind(window)
+            .bind(dimension.as_str())
+            .bind(from.unwrap_or(i64::MIN))
+            .bind(to.unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut raws = Vec::with_capacity(rows.len());
+        for r in &rows {
+            raws.push(ExportRaw {
+                start: r.try_get(0)?,
+                end: r.try_get(1)?,
+                key: r.try_get(2)?,
+                row: Self::raw_row(r, 3)?,
+            });
+        }
+        merge_partitions(window, dimension, raws)
+    }
+
+    /// Migrations recorded as applied.
+    #[cfg(test)]
+    pub(super) async fn applied_migrations(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query::<DB>("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)
+    }
+
+    async fn lock_partition(conn: &mut DB::Connection, partition: &str) -> Result<(), StoreError> {
+        if let Some(lock) = DB::LOCK_PARTITION {
+            sqlx::query::<DB>(lock)
+                .bind(partition)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The fenced checkpoint write: fails with [`StoreError::Fenced`] when another
+    /// owner has claimed the partition since `cp.epoch`.
+    async fn write_checkpoint(
+        conn: &mut DB::Connection,
+        partition: &str,
+        cp: &CheckpointWrite<'_>,
+        updated_at: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query::<DB>(&DB::statements().write_checkpoint)
+            .bind(cp.next_offset)
+            .bind(cp.seq)
+            .bind(cp.state)
+            .bind(updated_at)
+            .bind(partition)
+            .bind(cp.epoch)
+            .execute(&mut *conn)
+            .await?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(StoreError::Fenced {
+                partition: partition.to_owned(),
+                epoch: cp.epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Read the current values of a chunk of rows by primary key, then upsert their
+    /// sums, chunk by chunk. The statements are prepared once per connection (sqlx
+    /// caches them by SQL text, and their shapes are fixed).
+    async fn apply_rows(
+        conn: &mut DB::Connection,
+        partition: &str,
+        rows: &[Pending],
+        updated_at: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        let statements = DB::statements();
+        let (mut inserted, mut revised) = (0, 0);
+        for chunk in rows.chunks(sql::CHUNK) {
+            let existing = Self::fetch_existing(conn, partition, chunk).await?;
+            let mut writes = Vec::with_capacity(chunk.len());
+            for (p, old) in chunk.iter().zip(existing) {
+                if old.is_some() {
+                    revised += 1;
+                } else {
+                    inserted += 1;
+                }
+                writes.push(p.merge_into(partition, old)?);
+            }
+            if chunk.len() == sql::CHUNK {
+                let mut q = sqlx::query::<DB>(&statements.upsert_chunk);
+                for (p, w) in chunk.iter().zip(writes) {
+                    q = Self::bind_upsert(q, p, partition, w, updated_at);
+                }
+                q.execute(&mut *conn).await?;
+            } else {
+                for (p, w) in chunk.iter().zip(writes) {
+                    let q = sqlx::query::<DB>(&statements.upsert_one);
+                    Self::bind_upsert(q, p, partition, w, updated_at)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+        }
+        Ok((inserted, revised))
+    }
+
+    /// The stored rows for `chunk` (1..=CHUNK distinct rows), in chunk order.
+    async fn fetch_existing(
+        conn: &mut DB::Connection,
+        partition: &str,
+        chunk: &[Pending],
+    ) -> Result<Vec<Option<RawRow>>, StoreError> {
+        let mut q = sqlx::query::<DB>(&DB::statements().select_rows).bind(partition);
+        for i in 0..sql::CHUNK {
+            // A short chunk repeats its last key to fill the fixed statement; IN
+            // ignores the repeats.
+            let p = &chunk[i.min(chunk.len().saturating_sub(1))];
+            q = q
+                .bind(p.window.as_str())
+                .bind(p.start)
+                .bind(p.dimension.as_str())
+                .bind(p.key.as_str());
+        }
+        let found = q.fetch_all(&mut *conn).await?;
+        let position: HashMap<(&str, i64, &str, &str), usize> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    (
+                        p.window.as_str(),
+                        p.start,
+                        p.dimension.as_str(),
+                        p.key.as_str(),
+                    ),
+                    i,
+                )
+            })
+            .collect();
+        let mut out: Vec<Option<RawRow>> = chunk.iter().map(|_| None).collect();
+        for r in &found {
+            let id: (&str, i64, &str, &str) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            if let Some(&i) = position.get(&id) {
+                out[i] = Some(Self::raw_row(r, 4)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bind one row's [`sql::UPSERT_BINDS`] values, in the order of the upserts.
+    fn bind_upsert<'q>(
+        q: Query<'q, DB>,
+        p: &'q Pending,
+        partition: &'q str,
+        row: NewRow,
+        updated_at: &'q str,
+    ) -> Query<'q, DB> {
+        let NewRow {
+            revision,
+            counters,
+            hists,
+        } = row;
+        let mut q = q
+            .bind(p.window.as_str())
+            .bind(p.start)
+            .bind(p.end)
+            .bind(p.dimension.as_str())
+            .bind(p.key.as_str())
+            .bind(partition);
+        for c in counters {
+            q = q.bind(c);
+        }
+        for h in hists {
+            q = q.bind(h);
+        }
+        q.bind(revision).bind(updated_at)
+    }
+
+    /// Revision, counters and histograms starting at column `first` (the order of
+    /// `select_rows` and `select_export`).
+    fn raw_row(r: &DB::Row, first: usize) -> Result<RawRow, sqlx::Error> {
+        let revision = r.try_get(first)?;
+        let mut counters = [0; N_COUNTERS];
+        for (i, c) in counters.iter_mut().enumerate() {
+            *c = r.try_get(first + 1 + i)?;
+        }
+        let h = first + 1 + N_COUNTERS;
+        let hists = [r.try_get(h)?, r.try_get(h + 1)?, r.try_get(h + 2)?];
+        Ok(RawRow {
+            revision,
+            counters,
+            hists,
+        })
+    }
+}

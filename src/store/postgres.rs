@@ -1,0 +1,89 @@
+//! PostgreSQL backend: opens the pool and says how write transactions keep partitions
+//! apart; the statements run in [`super::backend`].
+
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
+use sqlx::{ConnectOptions, Connection, Postgres};
+
+use super::StoreError;
+use super::backend::{Dialect, SqlxStore};
+use super::sql::{Placeholder, Statements};
+
+/// Connections per process. One writer per owned partition flushes at a time, and
+/// exports and HTTP reads share the rest; more would only hold server backends idle.
+const POOL_SIZE: u32 = 8;
+
+/// How long a call waits for a connection, including opening one. Bounded so an
+/// unreachable server surfaces as a (transient) `PoolTimedOut` the caller can retry,
+/// instead of a flush hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shared statements in PostgreSQL's placeholder spelling.
+static SQL: LazyLock<Statements> = LazyLock::new(|| Statements::new(Placeholder::Dollar));
+
+pub type PostgresStore = SqlxStore<Postgres>;
+
+impl Dialect for Postgres {
+    // Spelled out rather than left to the server's `default_transaction_isolation`:
+    // READ COMMITTED takes a fresh snapshot per statement, so once the partition lock
+    // below is held the rows read are the latest committed ones (REPEATABLE READ would
+    // read as of the lock wait and lose the previous writer's update), and writers of
+    // different partitions never conflict (SERIALIZABLE can report false conflicts
+    // between them through its page-level predicate locks).
+    const BEGIN: &'static str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+    // Writers of one partition queue here for the rest of their transaction, as SQLite's
+    // BEGIN IMMEDIATE makes them; writers of different partitions take different locks
+    // (a hash collision only makes two of them queue, never deadlock: a transaction
+    // takes one such lock, first). The two-key form with a constant first key keeps
+    // clear of single-key advisory locks, such as the one sqlx's migrator takes.
+    const LOCK_PARTITION: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(1667460467, hashtext($1))");
+
+    fn statements() -> &'static Statements {
+        &SQL
+    }
+
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+}
+
+impl SqlxStore<Postgres> {
+    /// Open `postgres://…` or `postgresql://…` (the database must exist) and apply
+    /// pending migrations.
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)?
+            // Shows in pg_stat_activity, next to the locks the connection holds.
+            .application_name("ccmetrics")
+            // The migrator's `CREATE TABLE IF NOT EXISTS` would otherwise log a NOTICE
+            // on every start.
+            .options([("client_min_messages", "warning")]);
+        // One connection of our own first: the pool retries a refused connection until
+        // its acquire timeout and then only says that it timed out; this says why, at
+        // once (refused, unknown database, authentication).
+        options.connect().await?.close().await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        // Records what it applied in `_sqlx_migrations` and holds an advisory lock while
+        // migrating, so reopening is a no-op and concurrent opens are safe.
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(SqlxStore::new(pool))
+    }
+
+    #[cfg(test)]
+    pub(super) async fn table_columns(&self, table: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT column_name::TEXT FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
