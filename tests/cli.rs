@@ -267,3 +267,90 @@ fn export_filters_by_window_start() {
         ["2026-11-23T09:00:00Z,2026-11-23T09:15:00Z,15m,queue,support"]
     );
 }
+
+/// Every golden case replayed and exported on PostgreSQL (a fresh database on the test
+/// server, see `ccmetrics::store::testing`) gives the same summary and the same CSV as
+/// on SQLite. One database serves all cases in turn: each replay replaces its partition.
+#[test]
+fn replay_and_export_on_postgres_match_sqlite() {
+    use ccmetrics::store::testing::TestDb;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg = rt
+        .block_on(TestDb::create())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("x.db").display());
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut cases: Vec<std::path::PathBuf> = std::fs::read_dir(&golden)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 3,
+        "golden cases missing in {}",
+        golden.display()
+    );
+
+    // The replay summary (minus its timing line), then each export the case checks.
+    let outputs = |url: &str, case: &std::path::Path| -> Vec<String> {
+        let env = [("CCMETRICS__STORE__URL", url)];
+        let cfg = case.join("config.toml").display().to_string();
+        let events = case.join("events.jsonl").display().to_string();
+        let mut args = vec!["replay", "--config", &cfg, "--input", &events];
+        let extra = std::fs::read_to_string(case.join("replay.args")).unwrap_or_default();
+        args.extend(extra.split_whitespace());
+        let o = ccm(&args, &env);
+        assert!(o.status.success(), "{}: {}", case.display(), text(&o));
+        let summary: String = String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("elapsed"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut out = vec![summary];
+        let mut csvs: Vec<String> = std::fs::read_dir(case)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".csv").map(str::to_owned)
+            })
+            .collect();
+        csvs.sort();
+        for name in csvs {
+            let (window, dimension) = name.split_once('_').unwrap();
+            let o = ccm(
+                &[
+                    "export",
+                    "--config",
+                    &cfg,
+                    "--window",
+                    window,
+                    "--dimension",
+                    dimension,
+                ],
+                &env,
+            );
+            assert!(o.status.success(), "{}: {}", case.display(), text(&o));
+            let csv = String::from_utf8(o.stdout).unwrap();
+            assert!(csv.lines().count() > 1, "{name}: no rows in {csv}");
+            out.push(csv);
+        }
+        out
+    };
+    // Drop the database whatever the comparison does.
+    let compared = std::panic::catch_unwind(|| {
+        for case in &cases {
+            let on_pg = outputs(&pg.url, case);
+            let on_sqlite = outputs(&sqlite, case);
+            assert_eq!(on_pg, on_sqlite, "{}", case.display());
+        }
+    });
+    rt.block_on(pg.drop_db()).unwrap_or_else(|e| panic!("{e}"));
+    if let Err(panic) = compared {
+        std::panic::resume_unwind(panic);
+    }
+}
