@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README, CI): formatting, lints, then every test.
-# Installs what the tests need when it is missing (promtool for the metrics check).
+# Installs and starts what the tests need when it is missing: PostgreSQL, the Kafka
+# broker (tansu), promtool for the metrics check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,13 +41,22 @@ if ! command -v promtool >/dev/null 2>&1; then
   fi
 fi
 
+# The Kafka end-to-end tests need a real broker: tansu 0.6.0 (installed when missing,
+# about 9 minutes once), on a free loopback port, stopped when this script exits.
+echo "== starting the test Kafka broker (tansu)"
+broker_pid=$(mktemp)
+CCMETRICS_TEST_KAFKA=$(TANSU_PID_FILE="$broker_pid" bash scripts/kafka-broker.sh)
+export CCMETRICS_TEST_KAFKA
+echo "   broker at $CCMETRICS_TEST_KAFKA"
+export PATH="$HOME/.cargo/bin:$PATH" # tansu, for the tests' topic creation
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, benches included)"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; kill "$(cat "$broker_pid")" 2>/dev/null; rm -f "$broker_pid"' EXIT
 cargo test --lib --bins --tests --locked 2>&1 | tee "$log"
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

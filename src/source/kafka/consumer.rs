@@ -394,11 +394,15 @@ impl Shared {
     /// instance claimed it: this one is a zombie) is dropped unwritten.
     fn commit_all(&self, consumer: &BaseConsumer<Ctx>, open: bool) {
         let idle_ms = i64::try_from(self.idle.as_millis()).unwrap_or(i64::MAX);
+        let high = lock(&self.high).clone();
         let mut parts = lock(&self.parts);
         let mut fenced = Vec::new();
         let mut offsets = TopicPartitionList::new();
         for (key, part) in parts.iter_mut() {
-            if part.last_input.elapsed() >= self.idle {
+            // Quiet means caught up: a partition with a known backlog is not idle, it is
+            // waiting for the broker, and moving its clock would make the backlog late.
+            let caught_up = high.get(key).is_none_or(|h| part.lag(*h) == 0);
+            if caught_up && part.last_input.elapsed() >= self.idle {
                 let before = part.pipe.engine.clock();
                 part.pipe.engine.advance_to(now_ms() - idle_ms);
                 part.dirty |= part.pipe.engine.clock() != before;

@@ -1,0 +1,353 @@
+//! Shared harness of the Kafka end-to-end tests: a real broker (tansu, started by
+//! scripts/test.sh, address in `CCMETRICS_TEST_KAFKA`), the real `ccmetrics` binary
+//! for `produce`, `serve`, `replay` and `export`, and waits on conditions with
+//! timeouts.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ccmetrics");
+
+/// The Kafka tests run one at a time: each starts several daemons, and side by side
+/// on a 2-core machine they would measure the machine, not the daemon.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn broker() -> String {
+    std::env::var("CCMETRICS_TEST_KAFKA").unwrap_or_else(|_| {
+        panic!(
+            "CCMETRICS_TEST_KAFKA is not set: the Kafka tests need a broker. Run scripts/test.sh \
+             (it starts one), or start one with `scripts/kafka-broker.sh` and export its address"
+        )
+    })
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        jiff::Timestamp::now().as_millisecond() % 1_000_000
+    )
+}
+
+pub fn create_topic(name: &str, partitions: u32) {
+    let out = Command::new("tansu")
+        .args(["topic", "create", "--broker"])
+        .arg(format!("tcp://{}", broker()))
+        .args(["--partitions", &partitions.to_string(), name])
+        .output()
+        .expect("running `tansu topic create` (is tansu on PATH?)");
+    assert!(
+        out.status.success(),
+        "creating topic {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One test's world: a temp dir, a topic, a group, a store and a config file.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub group: String,
+    pub store_url: String,
+    pub config: PathBuf,
+}
+
+impl World {
+    pub fn new(name: &str, partitions: u32, store_url: Option<String>) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = unique(name);
+        let dead_letter_topic = format!("{topic}-dlq");
+        create_topic(&topic, partitions);
+        create_topic(&dead_letter_topic, 1);
+        let store_url = store_url
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("kafka.db").display()));
+        let group = format!("{topic}-group");
+        let config = dir.path().join("ccmetrics.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[store]
+url = "{store_url}"
+[windows]
+idle_timeout = "2s"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+brokers = "{broker}"
+topics = ["{topic}"]
+group_id = "{group}"
+dead_letter_topic = "{dead_letter_topic}"
+commit_interval = "300ms"
+[kafka.properties]
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+"#,
+                broker = broker()
+            ),
+        )
+        .unwrap();
+        World {
+            dir,
+            topic,
+            dead_letter_topic,
+            group,
+            store_url,
+            config,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Simulated events (with the simulator's duplicates and out-of-order delays).
+    pub fn generate(&self, events: u64, seed: u64) -> PathBuf {
+        let out = self.path(&format!("events-{seed}.jsonl"));
+        let st = Command::new(BIN)
+            .args([
+                "generate",
+                "--events",
+                &events.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
+            .args(["--agents", "60", "--queues", "6"])
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        out
+    }
+
+    /// Publish `input` with one record per batch: tansu 0.6 loses the rest of a batch
+    /// when a fetch starts inside it, which a consumer resuming from a stored offset does.
+    pub fn produce(&self, input: &Path, extra: &[&str]) -> std::process::Child {
+        Command::new(BIN)
+            .args(["produce", "--property", "batch.num.messages=1", "--config"])
+            .arg(&self.config)
+            .arg("--input")
+            .arg(input)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn produce_all(&self, input: &Path) {
+        let out = self.produce(input, &[]).wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "produce failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn serve(&self, name: &str) -> Daemon {
+        Daemon::start(&self.config, &self.path(&format!("{name}.log")), &[])
+    }
+
+    /// A daemon in consumer group `group` instead of the configured one. Offsets live
+    /// in the store, keyed by topic partition, so a new group resumes exactly where the
+    /// old one committed. Used after a kill -9: tansu 0.6 never evicts a dead member
+    /// from its group, so a restarted member of the same group would wait forever for
+    /// the dead one's partitions (real Kafka evicts it after `session.timeout.ms`).
+    pub fn serve_in_group(&self, name: &str, group: &str) -> Daemon {
+        Daemon::start(
+            &self.config,
+            &self.path(&format!("{name}.log")),
+            &[("CCMETRICS__KAFKA__GROUP_ID", group)],
+        )
+    }
+
+    /// The merged exports the daemon's store holds.
+    pub fn exports(&self) -> String {
+        exports(&self.config, &[])
+    }
+
+    /// The same exports from `replay` of `inputs` into a store of its own.
+    pub fn replay_exports(&self, inputs: &[&Path]) -> String {
+        let url = format!("sqlite://{}", self.path("replay.db").display());
+        let env = [("CCMETRICS__STORE__URL", url.as_str())];
+        let mut c = Command::new(BIN);
+        c.args(["replay", "--config"]).arg(&self.config);
+        for i in inputs {
+            c.arg("--input").arg(i);
+        }
+        let out = c.envs(env).output().unwrap();
+        assert!(
+            out.status.success(),
+            "replay: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        exports(&self.config, &env)
+    }
+
+    /// Wait until the daemon's exports equal `expected`, then return.
+    pub fn wait_for_exports(&self, expected: &str, timeout: Duration) {
+        let mut last = String::new();
+        let start = Instant::now();
+        loop {
+            last = self.exports_or(last);
+            if last == expected {
+                return;
+            }
+            if start.elapsed() > timeout {
+                let diff: Vec<String> = expected
+                    .lines()
+                    .zip(last.lines())
+                    .filter(|(a, b)| a != b)
+                    .take(5)
+                    .map(|(a, b)| format!("  replay: {a}\n  kafka:  {b}"))
+                    .collect();
+                panic!(
+                    "exports still differ after {timeout:?} ({} vs {} lines):\n{}",
+                    expected.lines().count(),
+                    last.lines().count(),
+                    diff.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn exports_or(&self, previous: String) -> String {
+        // The store may be busy (a SQLite writer): keep the previous answer then.
+        std::panic::catch_unwind(|| self.exports()).unwrap_or(previous)
+    }
+}
+
+/// Every export the tests compare, concatenated, without the `revision` column: the
+/// figures must be equal, but how many commits produced them (the revision) depends on
+/// how the work was split.
+pub fn exports(config: &Path, env: &[(&str, &str)]) -> String {
+    let mut all = String::new();
+    for (window, dims) in [
+        ("15m", &["all", "channel", "queue", "team", "agent"][..]),
+        ("1d", &["queue", "agent"][..]),
+    ] {
+        for d in dims {
+            let out = Command::new(BIN)
+                .args(["export", "--window", window, "--dimension", d, "--config"])
+                .arg(config)
+                .envs(env.iter().copied())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "export: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for line in String::from_utf8(out.stdout).unwrap().lines() {
+                let cut = line.rfind(',').unwrap_or(line.len());
+                all.push_str(&line[..cut]);
+                all.push('\n');
+            }
+        }
+    }
+    all
+}
+
+/// A running `ccmetrics serve`.
+pub struct Daemon {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        let base = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") && w.ends_with("/metrics,"))
+            .map(|w| w.trim_end_matches("/metrics,").to_owned())
+            .unwrap_or_else(|| panic!("no address in {first:?}; see {}", log.display()));
+        Daemon { child, base }
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let r = reqwest::get(format!("{}{path}", self.base)).await.ok()?;
+            let status = r.status().as_u16();
+            Some((status, r.text().await.ok()?))
+        })
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let (_, body) = self.get("/api/v1/status")?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// Events read (accepted + duplicates + rejected) over the partitions it owns now.
+    pub fn read(&self) -> u64 {
+        self.status()
+            .and_then(|s| s["stats"]["read"].as_u64())
+            .unwrap_or(0)
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; the daemon must commit and exit 0 within the timeout.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(st.success());
+        let status = wait_for(
+            "the daemon to exit after SIGTERM",
+            Duration::from_secs(30),
+            || self.child.try_wait().unwrap(),
+        );
+        assert!(status.success(), "serve exited with {status}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
