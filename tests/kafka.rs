@@ -15,39 +15,6 @@ use support::{Daemon, World, wait_for};
 
 const CATCH_UP: Duration = Duration::from_secs(180);
 
-/// Events stamped two days ago: within the correction horizon of the wall clock, so
-/// the daemon's idle advance (wall clock) can never make them too late.
-fn recent_start() -> String {
-    let t = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48);
-    t.round(jiff::Unit::Second).unwrap().to_string()
-}
-
-fn generate(w: &World, events: u64, seed: u64) -> std::path::PathBuf {
-    let out = w.path(&format!("events-{seed}.jsonl"));
-    let st = std::process::Command::new(support::BIN)
-        .args([
-            "generate",
-            "--events",
-            &events.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .args([
-            "--agents",
-            "60",
-            "--queues",
-            "6",
-            "--start",
-            &recent_start(),
-        ])
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    out
-}
-
 fn pg_url() -> (tokio::runtime::Runtime, ccmetrics::store::testing::TestDb) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt
@@ -60,7 +27,7 @@ fn pg_url() -> (tokio::runtime::Runtime, ccmetrics::store::testing::TestDb) {
 fn serve_on_six_partitions_equals_replay() {
     let _serial = support::serial();
     let w = World::new("e2e", 6, None);
-    let events = generate(&w, 30_000, 11);
+    let events = w.generate(30_000, 11);
     w.produce_all(&events);
     let expected = w.replay_exports(&[&events]);
     assert!(expected.lines().count() > 100);
@@ -100,7 +67,7 @@ fn serve_on_six_partitions_equals_replay() {
 fn kill9_at_random_points_then_restart_equals_replay() {
     let _serial = support::serial();
     let w = World::new("crash", 6, None);
-    let events = generate(&w, 30_000, 12);
+    let events = w.generate(30_000, 12);
     w.produce_all(&events);
     let expected = w.replay_exports(&[&events]);
     let seed = jiff::Timestamp::now().as_millisecond() as u64;
@@ -131,7 +98,7 @@ fn scale_out_stop_one_and_add_one_equals_replay() {
     let _serial = support::serial();
     let (_rt, db) = pg_url();
     let w = World::new("scale", 6, Some(db.url.clone()));
-    let events = generate(&w, 40_000, 13);
+    let events = w.generate(40_000, 13);
     let expected = w.replay_exports(&[&events]);
     // Producing while the group consumes, so the kill and the join happen mid-stream.
     let mut producer = w.produce(&events, &["--rate", "4000"]);
@@ -175,7 +142,7 @@ fn scale_out_stop_one_and_add_one_equals_replay() {
 fn poison_messages_are_counted_and_dead_lettered() {
     let _serial = support::serial();
     let w = World::new("poison", 3, None);
-    let good = generate(&w, 5_000, 14);
+    let good = w.generate(5_000, 14);
     let bad: Vec<Vec<u8>> = vec![
         b"this is not json".to_vec(),
         b"{\"event_id\":\"x1\"}".to_vec(),

@@ -125,8 +125,12 @@ commit_interval = "300ms"
         self.dir.path().join(name)
     }
 
-    /// Simulated events (with the simulator's duplicates and out-of-order delays).
+    /// Simulated events (with the simulator's duplicates and out-of-order delays),
+    /// stamped from two days ago: within the correction horizon of the wall clock, so
+    /// the daemon's idle advance (wall clock) can never make them too late.
     pub fn generate(&self, events: u64, seed: u64) -> PathBuf {
+        let start = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48);
+        let start = start.round(jiff::Unit::Second).unwrap().to_string();
         let out = self.path(&format!("events-{seed}.jsonl"));
         let st = Command::new(BIN)
             .args([
@@ -136,7 +140,7 @@ commit_interval = "300ms"
                 "--seed",
                 &seed.to_string(),
             ])
-            .args(["--agents", "60", "--queues", "6"])
+            .args(["--agents", "60", "--queues", "6", "--start", &start])
             .arg("--out")
             .arg(&out)
             .status()

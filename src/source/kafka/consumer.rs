@@ -263,7 +263,7 @@ impl Shared {
             else {
                 return; // stopping
             };
-            let part = match Part::restore(
+            let mut part = match Part::restore(
                 &topic,
                 p,
                 &claim,
@@ -281,7 +281,6 @@ impl Shared {
                 self.fail(format!("cannot set the start offset of {name}: {e}"));
                 return;
             }
-            let mut part = part;
             if let Some((producer, dlq)) = &self.dead_letters {
                 part.pipe.set_dead_letters(Box::new(KafkaDeadLetters {
                     producer: producer.clone(),
