@@ -3,6 +3,7 @@
 # loopback port, installing it first when missing. Prints the bootstrap address
 # (127.0.0.1:PORT) on stdout; the broker's pid goes to $TANSU_PID_FILE when set.
 #
+#   scripts/kafka-broker.sh --install          # only make sure tansu is installed
 #   addr=$(scripts/kafka-broker.sh)            # start
 #   kill "$(cat "$TANSU_PID_FILE")"            # stop
 #
@@ -17,6 +18,8 @@ if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
   echo "== installing tansu $TANSU_VERSION (about 9 minutes on 2 cores; cached afterwards)" >&2
   cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features dynostore >&2
 fi
+
+[ "${1:-}" = "--install" ] && exit 0
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=${TANSU_LOG:-/tmp/tansu-$port.log}

@@ -187,7 +187,7 @@ fn poison_messages_are_counted_and_dead_lettered() {
 
     // Every bad message is in the dead-letter topic, byte for byte, with its reason.
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", support::broker())
+        .set("bootstrap.servers", &w.broker.addr)
         .set("group.id", support::unique("dlq-reader"))
         .set("auto.offset.reset", "earliest")
         .create()

@@ -1,5 +1,5 @@
-//! Shared harness of the Kafka end-to-end tests: a real broker (tansu, started by
-//! scripts/test.sh, address in `CCMETRICS_TEST_KAFKA`), the real `ccmetrics` binary
+//! Shared harness of the Kafka end-to-end tests: a real broker per test (tansu,
+//! started by scripts/kafka-broker.sh, which installs it when missing), the real `ccmetrics` binary
 //! for `produce`, `serve`, `replay` and `export`, and waits on conditions with
 //! timeouts.
 #![allow(dead_code)] // each test binary uses a different part
@@ -19,13 +19,42 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn broker() -> String {
-    std::env::var("CCMETRICS_TEST_KAFKA").unwrap_or_else(|_| {
-        panic!(
-            "CCMETRICS_TEST_KAFKA is not set: the Kafka tests need a broker. Run scripts/test.sh \
-             (it starts one), or start one with `scripts/kafka-broker.sh` and export its address"
-        )
-    })
+/// A broker of the test's own: a fresh tansu (in memory) on a free port, stopped on
+/// drop. One shared broker for every test proved unreliable: after some groups had come
+/// and gone, tansu 0.6 stopped completing new groups' joins.
+pub struct Broker {
+    pub addr: String,
+    pid: u32,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-broker.sh");
+        let pid_file = tempfile::NamedTempFile::new().unwrap();
+        let out = Command::new("bash")
+            .arg(script)
+            .env("TANSU_PID_FILE", pid_file.path())
+            .output()
+            .expect("running scripts/kafka-broker.sh");
+        assert!(
+            out.status.success(),
+            "starting the test broker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let addr = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let pid = std::fs::read_to_string(pid_file.path())
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Broker { addr, pid }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+    }
 }
 
 /// A name no other test (or earlier run against the same broker) uses.
@@ -39,10 +68,10 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-pub fn create_topic(name: &str, partitions: u32) {
+pub fn create_topic(broker: &str, name: &str, partitions: u32) {
     let out = Command::new("tansu")
         .args(["topic", "create", "--broker"])
-        .arg(format!("tcp://{}", broker()))
+        .arg(format!("tcp://{broker}"))
         .args(["--partitions", &partitions.to_string(), name])
         .output()
         .expect("running `tansu topic create` (is tansu on PATH?)");
@@ -69,6 +98,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 
 /// One test's world: a temp dir, a topic, a group, a store and a config file.
 pub struct World {
+    pub broker: Broker,
     pub dir: tempfile::TempDir,
     pub topic: String,
     pub dead_letter_topic: String,
@@ -79,11 +109,12 @@ pub struct World {
 
 impl World {
     pub fn new(name: &str, partitions: u32, store_url: Option<String>) -> World {
+        let broker = Broker::start();
         let dir = tempfile::tempdir().unwrap();
         let topic = unique(name);
         let dead_letter_topic = format!("{topic}-dlq");
-        create_topic(&topic, partitions);
-        create_topic(&dead_letter_topic, 1);
+        create_topic(&broker.addr, &topic, partitions);
+        create_topic(&broker.addr, &dead_letter_topic, 1);
         let store_url = store_url
             .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("kafka.db").display()));
         let group = format!("{topic}-group");
@@ -107,11 +138,12 @@ commit_interval = "300ms"
 "session.timeout.ms" = 6000
 "heartbeat.interval.ms" = 500
 "#,
-                broker = broker()
+                broker = broker.addr
             ),
         )
         .unwrap();
         World {
+            broker,
             dir,
             topic,
             dead_letter_topic,
