@@ -63,7 +63,6 @@ fn serve_on_six_partitions_equals_replay() {
 }
 
 #[test]
-#[ignore = "flaky under the full CI run (passes alone); run with `cargo test --test kafka -- --ignored`; see the issue 3 note"]
 fn kill9_at_random_points_then_restart_equals_replay() {
     let _serial = support::serial();
     let w = World::new("crash", 6, None);
@@ -94,7 +93,6 @@ fn kill9_at_random_points_then_restart_equals_replay() {
 }
 
 #[test]
-#[ignore = "passes alone; in the full CI run (after other groups on the same tansu) the group never assigned all three members within 180 s; run with `cargo test --test kafka -- --ignored`"]
 fn scale_out_stop_one_and_add_one_equals_replay() {
     let _serial = support::serial();
     let (_rt, db) = pg_url();

@@ -132,13 +132,22 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| format!("{source:?}").to_lowercase());
     tracing::info!(%addr, store = %cfg.store.url, ?source, "ccmetrics serving");
-    println!(
+    // A daemon must not die because whoever started it stopped reading its stdout
+    // (println! panics on a closed pipe), so write and ignore failures.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "ccmetrics is running: metrics at http://{addr}/metrics, rolling KPIs at http://{addr}/api/v1/rolling?window=15m&dimension=queue"
-    );
-    println!(
-        "snapshots go to {}; export them with `ccmetrics export --window 15m --dimension queue`",
-        cfg.store.url
-    );
+    )
+    .and_then(|()| {
+        writeln!(
+            out,
+            "snapshots go to {}; export them with `ccmetrics export --window 15m --dimension queue`",
+            cfg.store.url
+        )
+    })
+    .and_then(|()| out.flush());
+    drop(out);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();

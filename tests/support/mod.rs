@@ -20,8 +20,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A broker of the test's own: a fresh tansu (in memory) on a free port, stopped on
-/// drop. One shared broker for every test proved unreliable: after some groups had come
-/// and gone, tansu 0.6 stopped completing new groups' joins.
+/// drop, so no test sees another's topics, groups or leftovers.
 pub struct Broker {
     pub addr: String,
     pid: u32,
@@ -110,7 +109,12 @@ pub struct World {
 impl World {
     pub fn new(name: &str, partitions: u32, store_url: Option<String>) -> World {
         let broker = Broker::start();
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        // Daemon logs and stores for a post-mortem: CCMETRICS_TEST_KEEP=1.
+        if std::env::var_os("CCMETRICS_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let topic = unique(name);
         let dead_letter_topic = format!("{topic}-dlq");
         create_topic(&broker.addr, &topic, partitions);
