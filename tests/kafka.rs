@@ -11,17 +11,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message};
-use support::{Daemon, World, wait_for};
-
-const CATCH_UP: Duration = Duration::from_secs(180);
-
-fn pg_url() -> (tokio::runtime::Runtime, ccmetrics::store::testing::TestDb) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt
-        .block_on(ccmetrics::store::testing::TestDb::create())
-        .unwrap_or_else(|e| panic!("{e}"));
-    (rt, db)
-}
+use support::{CATCH_UP, Daemon, World, wait_for};
 
 #[test]
 fn serve_on_six_partitions_equals_replay() {
@@ -95,7 +85,7 @@ fn kill9_at_random_points_then_restart_equals_replay() {
 #[test]
 fn scale_out_stop_one_and_add_one_equals_replay() {
     let _serial = support::serial();
-    let (_rt, db) = pg_url();
+    let (_rt, db) = support::pg_db();
     let w = World::new("scale", 6, Some(db.url.clone()));
     let events = w.generate(40_000, 13);
     let expected = w.replay_exports(&[&events]);

@@ -123,7 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             ..sim::SimConfig::default()
         };
         let sc = match a.rate {
-            Some(r) => sized_for_rate(base, r),
+            Some(r) => base.sized_for_rate(r),
             None => base,
         };
         let mut s = sim::Simulator::new(sc);
@@ -190,22 +190,4 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-/// A simulator sized to emit about `rate` events per second: measure the default
-/// centre's event rate over an hour of simulated time, then scale contacts and agents.
-fn sized_for_rate(base: sim::SimConfig, rate: f64) -> sim::SimConfig {
-    let mut probe = sim::Simulator::new(base.clone());
-    let mut n = 0u64;
-    let end = base.start_ms + 3_600_000;
-    while probe.next_line().0 < end {
-        n += 1;
-    }
-    let per_s = (n as f64 / 3600.0).max(1e-3);
-    let scale = rate / per_s;
-    sim::SimConfig {
-        contacts_per_hour: base.contacts_per_hour * scale,
-        agents: ((base.agents as f64 * scale).round() as usize).clamp(1, 60_000),
-        ..base
-    }
 }

@@ -85,6 +85,26 @@ pub struct SimConfig {
     pub late_rate: f64,
 }
 
+impl SimConfig {
+    /// This centre scaled to emit about `rate` events per second: measures its event
+    /// rate over an hour of simulated time, then scales contacts and agents.
+    pub fn sized_for_rate(self, rate: f64) -> SimConfig {
+        let mut probe = Simulator::new(self.clone());
+        let mut n = 0u64;
+        let end = self.start_ms + 3_600_000;
+        while probe.next_line().0 < end {
+            n += 1;
+        }
+        let per_s = (n as f64 / 3600.0).max(1e-3);
+        let scale = rate / per_s;
+        SimConfig {
+            contacts_per_hour: self.contacts_per_hour * scale,
+            agents: ((self.agents as f64 * scale).round() as usize).clamp(1, 60_000),
+            ..self
+        }
+    }
+}
+
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {

@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ccmetrics");
 
+/// How long a daemon may take to catch up with a test's topic.
+pub const CATCH_UP: Duration = Duration::from_secs(180);
+
+/// A fresh PostgreSQL database of the test's own (dropped with `drop_db`), and the
+/// runtime its handle lives on.
+pub fn pg_db() -> (tokio::runtime::Runtime, ccmetrics::store::testing::TestDb) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt
+        .block_on(ccmetrics::store::testing::TestDb::create())
+        .unwrap_or_else(|e| panic!("{e}"));
+    (rt, db)
+}
+
 /// The Kafka tests run one at a time: each starts several daemons, and side by side
 /// on a 2-core machine they would measure the machine, not the daemon.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -364,6 +377,22 @@ impl Daemon {
         self.status()
             .and_then(|s| s["stats"]["read"].as_u64())
             .unwrap_or(0)
+    }
+
+    /// The value of one sample of `/metrics`, e.g.
+    /// `ccmetrics_store_commits_total{result="error"}` (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn kill9(mut self) {

@@ -50,6 +50,10 @@ const REVOKE_COMMIT_BUDGET: Duration = Duration::from_secs(10);
 /// latency is at most this plus the scrape).
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// After a failed commit round the next one waits twice as long as the last, up to
+/// this: a store that is down costs one bounded attempt (the pool's acquire timeout)
+/// per backoff step instead of stalling consumption on every `commit_interval`.
+const MAX_COMMIT_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSourceError {
@@ -64,6 +68,7 @@ pub enum KafkaSourceError {
 /// Operational metrics of the Kafka source (registered in the `/metrics` registry).
 pub struct KafkaMetrics {
     lag: IntGaugeVec,
+    position: IntGaugeVec,
     committed: IntGaugeVec,
     assigned: IntGauge,
     rebalances: IntCounterVec,
@@ -81,6 +86,13 @@ impl KafkaMetrics {
                 Opts::new(
                     "ccmetrics_kafka_consumer_lag",
                     "Offsets not yet processed: high watermark - next offset",
+                ),
+                &["topic", "partition"],
+            )?,
+            position: IntGaugeVec::new(
+                Opts::new(
+                    "ccmetrics_kafka_position",
+                    "Next offset to process: every message before it is in the live figures",
                 ),
                 &["topic", "partition"],
             )?,
@@ -132,6 +144,7 @@ impl KafkaMetrics {
             )?,
         };
         r.register(Box::new(m.lag.clone()))?;
+        r.register(Box::new(m.position.clone()))?;
         r.register(Box::new(m.committed.clone()))?;
         r.register(Box::new(m.assigned.clone()))?;
         r.register(Box::new(m.rebalances.clone()))?;
@@ -356,6 +369,10 @@ impl Shared {
         let _ = self.metrics.lag.remove_label_values(&[&part.topic, &p]);
         let _ = self
             .metrics
+            .position
+            .remove_label_values(&[&part.topic, &p]);
+        let _ = self
+            .metrics
             .committed
             .remove_label_values(&[&part.topic, &p]);
     }
@@ -390,8 +407,12 @@ impl Shared {
     }
 
     /// Idle advance and commit of every owned partition. A fenced partition (another
-    /// instance claimed it: this one is a zombie) is dropped unwritten.
-    fn commit_all(&self, consumer: &BaseConsumer<Ctx>, open: bool) {
+    /// instance claimed it: this one is a zombie) is dropped unwritten. Returns false
+    /// when a commit failed; a transient store error (connection lost or refused) ends
+    /// the round at once, since every other partition would wait for the same
+    /// unreachable server. Failed deltas stay with their partition for the next round.
+    fn commit_all(&self, consumer: &BaseConsumer<Ctx>, open: bool) -> bool {
+        let mut all_ok = true;
         let idle_ms = i64::try_from(self.idle.as_millis()).unwrap_or(i64::MAX);
         let high = lock(&self.high).clone();
         let mut parts = lock(&self.parts);
@@ -421,7 +442,11 @@ impl Shared {
                     tracing::warn!(partition = %part.name(), "another instance owns this partition now; dropping it");
                     fenced.push(key.clone());
                 }
-                Err(_) => {}
+                Err(CommitError::Store(e)) if e.is_transient() => {
+                    all_ok = false;
+                    break;
+                }
+                Err(_) => all_ok = false,
             }
         }
         for key in fenced {
@@ -437,6 +462,7 @@ impl Shared {
         {
             tracing::debug!(error = %e, "cannot commit offsets to Kafka (lag monitoring only)");
         }
+        all_ok
     }
 
     fn ingest(&self, m: &BorrowedMessage<'_>) {
@@ -459,9 +485,13 @@ impl Shared {
         let high = lock(&self.high).clone();
         let parts = lock(&self.parts);
         let mut views = Vec::with_capacity(parts.len());
+        let mut positions = Vec::with_capacity(parts.len());
         for (key, part) in parts.iter() {
             let engine = &part.pipe.engine;
             let mut v = LiveSnapshot::capture(engine, part.pipe.flushes, None);
+            if let Some(next) = part.next_offset {
+                positions.push((part.topic.clone(), part.partition.to_string(), next));
+            }
             let hw = high.get(key).copied();
             let lag = hw.map(|h| part.lag(h));
             if let Some(l) = lag {
@@ -493,6 +523,13 @@ impl Shared {
                 .set(ctx.failed.load(Ordering::Relaxed) as i64);
         }
         self.state.publish(LiveSnapshot::merge(views));
+        // After the publish: a scrape that sees a position sees its figures too.
+        for (topic, partition, next) in positions {
+            self.metrics
+                .position
+                .with_label_values(&[&topic, &partition])
+                .set(next);
+        }
     }
 }
 
@@ -557,6 +594,7 @@ impl KafkaSource {
     pub fn run(self) -> Result<(), KafkaSourceError> {
         let sh = &self.shared;
         let mut last_commit = Instant::now();
+        let mut commit_wait = self.commit_every;
         let mut last_publish = Instant::now();
         let mut fresh = false;
         while !sh.stopping() {
@@ -568,8 +606,14 @@ impl KafkaSource {
                 Some(Err(e)) => log_poll_error(&e),
                 None => {}
             }
-            if last_commit.elapsed() >= self.commit_every {
-                sh.commit_all(&self.consumer, false);
+            if last_commit.elapsed() >= commit_wait {
+                commit_wait = if sh.commit_all(&self.consumer, false) {
+                    self.commit_every
+                } else {
+                    let next = (commit_wait * 2).min(MAX_COMMIT_BACKOFF);
+                    tracing::warn!("store commits failing; next attempt in {next:?}");
+                    next
+                };
                 last_commit = Instant::now();
                 fresh = true;
             }
@@ -586,7 +630,11 @@ impl KafkaSource {
         }
         tracing::info!("stopping: committing every partition, open windows included");
         sh.state.set_ready(false);
-        sh.commit_all(&self.consumer, true);
+        if !sh.commit_all(&self.consumer, true) {
+            tracing::warn!(
+                "not every partition committed at shutdown; their next owner re-reads the uncommitted input"
+            );
+        }
         let released = std::mem::take(&mut *lock(&sh.parts));
         for part in released.values() {
             sh.forget_labels(part);
