@@ -27,9 +27,10 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}';
 
 kafka_bench() {
   local n=${KAFKA_N:-500000} rate=${LATENCY_RATE:-5000} secs=${LATENCY_SECONDS:-60}
-  local pidfile="$OUT/tansu.pid" addr cfg events="$OUT/kafka-events-$n.jsonl"
-  addr=$(TANSU_PID_FILE="$pidfile" TANSU_LOG="$OUT/tansu.log" bash scripts/kafka-broker.sh)
-  trap 'kill "$(cat "$pidfile")" 2>/dev/null || true' EXIT
+  local addr cfg events="$OUT/kafka-events-$n.jsonl"
+  TANSU_PID="$OUT/tansu.pid"
+  addr=$(TANSU_PID_FILE="$TANSU_PID" TANSU_LOG="$OUT/tansu.log" bash scripts/kafka-broker.sh)
+  trap 'kill "$(cat "$TANSU_PID")" 2>/dev/null || true' EXIT
   export PATH="$HOME/.cargo/bin:$PATH"
   tansu topic create --broker "tcp://$addr" --partitions 6 bench >/dev/null
   tansu topic create --broker "tcp://$addr" --partitions 6 latency >/dev/null

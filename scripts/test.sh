@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README, CI): formatting, lints, then every test.
 # Installs and starts what the tests need when it is missing: PostgreSQL, the Kafka
-# broker (tansu), promtool for the metrics check.
+# broker (tansu), Prometheus and promtool (Debian package prometheus) for the metrics
+# check, the rules tests and tests/prometheus.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,11 +36,30 @@ if ! command -v promtool >/dev/null 2>&1; then
   echo "== installing promtool (Debian package prometheus)"
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
-      || echo "warning: could not install prometheus; the promtool check will be skipped"
+      || echo "warning: could not install prometheus; the rules check below will fail"
     # The package starts a server we do not want running.
     (systemctl stop prometheus 2>/dev/null || service prometheus stop 2>/dev/null || pkill -x prometheus) >/dev/null 2>&1 || true
   fi
 fi
+
+# The wallboard test drives a real headless Chromium over WebDriver.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "== installing chromium and chromium-driver (Debian packages, for the wallboard test)"
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "warning: could not install chromium; the wallboard test will fail"
+  fi
+fi
+
+# Recording and alerting rules (deploy/prometheus, docs/alerting.md): syntax, then the
+# unit tests. Without promtool this fails: the rules are not skipped silently.
+echo "== promtool check rules / test rules (deploy/prometheus)"
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "error: promtool is missing; install the Debian package prometheus (as root this script does)" >&2
+  exit 1
+fi
+promtool check rules deploy/prometheus/rules.yml
+promtool test rules deploy/prometheus/rules.test.yml
 
 # The Kafka end-to-end tests start a broker each (tansu 0.6.0, in memory, on a free
 # loopback port): make sure it is installed (about 9 minutes once, cached after).
@@ -56,5 +76,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --lib --bins --tests --locked 2>&1 | tee "$log"
 # One closing line for the whole run, summed over every test binary.
+echo "== deployment files (scripts/check-deploy.sh)"
+bash scripts/check-deploy.sh
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

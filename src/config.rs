@@ -184,6 +184,9 @@ pub struct HttpConfig {
     /// Cardinality guard: at most this many agents get series; the rest are summed
     /// into `agent="__overflow__"`.
     pub max_agent_series: usize,
+    /// Bearer token for the JSON API and the wallboard (`/metrics`, `/healthz` and
+    /// `/readyz` stay open). Empty: no token. Prefer `CCMETRICS__HTTP__TOKEN`.
+    pub token: String,
 }
 
 impl Default for HttpConfig {
@@ -192,7 +195,68 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:9464".into(),
             per_agent_series: false,
             max_agent_series: 500,
+            token: String::new(),
         }
+    }
+}
+
+/// Service targets of one queue: what the wallboard colours and the alert rules
+/// compare against (exported as `ccmetrics_queue_target{queue,kpi}`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueTargets {
+    /// Minimum service level (ratio 0–1).
+    pub service_level: f64,
+    /// Minimum answer rate (ratio 0–1).
+    pub answer_rate: f64,
+    /// Maximum abandon rate (ratio 0–1).
+    pub abandon_rate: f64,
+    /// Maximum time the oldest waiting contact may wait.
+    pub max_wait: Dur,
+    /// Teams staffing the queue: the wallboard tile counts their agents by state
+    /// (events do not tie agents to queues). Empty: the tile shows the whole centre's.
+    pub teams: Vec<String>,
+}
+
+impl Default for QueueTargets {
+    fn default() -> Self {
+        QueueTargets {
+            service_level: 0.80,
+            answer_rate: 0.95,
+            abandon_rate: 0.05,
+            max_wait: Dur::secs(60),
+            teams: Vec::new(),
+        }
+    }
+}
+
+/// Per-queue targets: `default` for every queue, `queues.NAME` to override one. A
+/// queue named here is known from start-up: its tile and its counter series exist
+/// (at zero) before its first contact.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetsConfig {
+    pub default: QueueTargets,
+    pub queues: std::collections::BTreeMap<String, QueueTargets>,
+}
+
+/// A store URL safe to print: the password of `scheme://user:password@host/…` masked.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+impl TargetsConfig {
+    pub fn for_queue(&self, queue: &str) -> &QueueTargets {
+        self.queues.get(queue).unwrap_or(&self.default)
     }
 }
 
@@ -374,6 +438,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub input: InputConfig,
     pub kafka: KafkaConfig,
+    pub targets: TargetsConfig,
 }
 
 impl Config {
@@ -462,6 +527,25 @@ impl Config {
                 self.http.listen
             ));
         }
+        let targets = std::iter::once(("default".to_owned(), &self.targets.default)).chain(
+            self.targets
+                .queues
+                .iter()
+                .map(|(k, v)| (format!("queues.{k}"), v)),
+        );
+        for (name, t) in targets {
+            for (what, v) in [
+                ("service_level", t.service_level),
+                ("answer_rate", t.answer_rate),
+                ("abandon_rate", t.abandon_rate),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    return bad(format!(
+                        "[targets.{name}] {what} = {v} must be a ratio between 0 and 1 (0.8 for 80 %)"
+                    ));
+                }
+            }
+        }
         let k = &self.kafka;
         if k.enabled() {
             if k.topics.is_empty() || k.topics.iter().any(|t| t.trim().is_empty()) {
@@ -529,6 +613,11 @@ mod tests {
     fn defaults_are_valid() {
         let c = load_str("").unwrap();
         assert_eq!(c.metrics.service_level_threshold, Dur::secs(20));
+        assert_eq!(
+            redact_url("postgres://cc:s3cret@db:5432/cc"),
+            "postgres://cc:***@db:5432/cc"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
         assert_eq!(c.windows.intervals.len(), 3);
     }
 

@@ -56,9 +56,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             known.join(", ")
         );
     }
-    let store = Store::open(&cfg.store.url)
-        .await
-        .with_context(|| format!("opening store {}", cfg.store.url))?;
+    let store = Store::open(&cfg.store.url).await.with_context(|| {
+        format!(
+            "opening store {}",
+            ccmetrics::config::redact_url(&cfg.store.url)
+        )
+    })?;
     let rows = store
         .query(&a.window.to_string(), a.dimension, a.from, a.to)
         .await

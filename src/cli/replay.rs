@@ -37,9 +37,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     for p in &a.inputs {
         anyhow::ensure!(p.exists(), "input {} does not exist", p.display());
     }
-    let store = Store::open(&cfg.store.url)
-        .await
-        .with_context(|| format!("opening store {}", cfg.store.url))?;
+    let store = Store::open(&cfg.store.url).await.with_context(|| {
+        format!(
+            "opening store {}",
+            ccmetrics::config::redact_url(&cfg.store.url)
+        )
+    })?;
     let cleared = store
         .clear_partition(&a.partition)
         .await

@@ -102,9 +102,12 @@ fn now_ms() -> i64 {
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cfg = a.config.load()?;
-    let store = Store::open(&cfg.store.url)
-        .await
-        .with_context(|| format!("opening store {}", cfg.store.url))?;
+    let store = Store::open(&cfg.store.url).await.with_context(|| {
+        format!(
+            "opening store {}",
+            ccmetrics::config::redact_url(&cfg.store.url)
+        )
+    })?;
     let state = Arc::new(AppState::new(&cfg).context("setting up metrics")?);
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
@@ -131,7 +134,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .partition
         .clone()
         .unwrap_or_else(|| format!("{source:?}").to_lowercase());
-    tracing::info!(%addr, store = %cfg.store.url, ?source, "ccmetrics serving");
+    tracing::info!(%addr, store = %ccmetrics::config::redact_url(&cfg.store.url), ?source, "ccmetrics serving");
+    if cfg.http.token.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the JSON API and the wallboard are open to the network: set [http] token (CCMETRICS__HTTP__TOKEN)");
+    }
     // A daemon must not die because whoever started it stopped reading its stdout
     // (println! panics on a closed pipe), so write and ignore failures.
     let mut out = std::io::stdout().lock();
@@ -142,8 +148,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     .and_then(|()| {
         writeln!(
             out,
-            "snapshots go to {}; export them with `ccmetrics export --window 15m --dimension queue`",
-            cfg.store.url
+            "snapshots go to {}; export them with `ccmetrics export --window 15m --dimension queue`; wallboard at http://{addr}/wallboard",
+            ccmetrics::config::redact_url(&cfg.store.url)
         )
     })
     .and_then(|()| out.flush());

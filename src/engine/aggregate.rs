@@ -72,22 +72,7 @@ impl Aggregator {
     /// Add (`sign` = 1) or retract (−1) a fact. `now` is the engine clock, which decides
     /// whether the fact is still inside the rolling span.
     pub(super) fn apply(&mut self, f: &Fact, sign: i64, now: Option<Millis>) {
-        let queue_side = [
-            (Dimension::All, self.all),
-            (Dimension::Channel, f.channel),
-            (Dimension::Queue, f.queue),
-        ];
-        let mut dims = [(Dimension::All, self.all); 5];
-        let mut n = 0;
-        if f.side != Side::Agent {
-            dims[..3].copy_from_slice(&queue_side);
-            n = 3;
-        }
-        if let (true, Some(a)) = (f.side != Side::Queue, f.agent) {
-            dims[n] = (Dimension::Team, f.team);
-            dims[n + 1] = (Dimension::Agent, a);
-            n += 2;
-        }
+        let (dims, n) = self.dims(f);
         let dims = &dims[..n];
         for &i in &self.direct {
             let (start, end) = self.windower.window(self.intervals[i as usize], f.ts);
@@ -115,6 +100,27 @@ impl Aggregator {
                 bucket.entry(*dk).or_default().apply(&f.measure, sign);
             }
         }
+    }
+
+    /// The dimension keys a fact counts under: queue-side facts under all, channel and
+    /// queue; agent-side facts under team and agent.
+    pub(super) fn dims(&self, f: &Fact) -> ([DimKey; 5], usize) {
+        let mut dims = [(Dimension::All, self.all); 5];
+        let mut n = 0;
+        if f.side != Side::Agent {
+            dims[..3].copy_from_slice(&[
+                (Dimension::All, self.all),
+                (Dimension::Channel, f.channel),
+                (Dimension::Queue, f.queue),
+            ]);
+            n = 3;
+        }
+        if let (true, Some(a)) = (f.side != Side::Queue, f.agent) {
+            dims[n] = (Dimension::Team, f.team);
+            dims[n + 1] = (Dimension::Agent, a);
+            n += 2;
+        }
+        (dims, n)
     }
 
     /// Drop minute buckets that left the rolling span.

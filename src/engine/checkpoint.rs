@@ -20,7 +20,7 @@ use super::{Contact, ContactKey, CustomerKey, Engine, EngineConfig, HashMap, Has
 use crate::event::Millis;
 
 /// Bumped whenever the layout below changes; older checkpoints are refused.
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -89,8 +89,11 @@ impl Engine {
             last_expiry: self.last_expiry,
             stats: std::mem::take(&mut self.stats),
         };
-        let encoded =
-            postcard::to_extend(&state, vec![FORMAT_VERSION]).map_err(CheckpointError::Encode);
+        // Version 2 appends the live floor to version 1's body, so a version-1
+        // checkpoint still restores (with an empty floor).
+        let encoded = postcard::to_extend(&state, vec![FORMAT_VERSION])
+            .and_then(|buf| postcard::to_extend(&self.floor, buf))
+            .map_err(CheckpointError::Encode);
         // Put everything back whether or not encoding worked.
         self.seen_by_hour = state.seen_by_hour;
         self.contacts = state.contacts;
@@ -106,10 +109,16 @@ impl Engine {
     /// An engine continuing from `bytes` (made by [`Engine::checkpoint`]) under `cfg`.
     pub fn restore(cfg: EngineConfig, bytes: &[u8]) -> Result<Engine, CheckpointError> {
         let (&version, body) = bytes.split_first().ok_or(CheckpointError::Empty)?;
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(CheckpointError::Version { found: version });
         }
-        let s: State = postcard::from_bytes(body).map_err(CheckpointError::Decode)?;
+        let (s, rest): (State, &[u8]) =
+            postcard::take_from_bytes(body).map_err(CheckpointError::Decode)?;
+        let floor = if version >= 2 {
+            postcard::from_bytes(rest).map_err(CheckpointError::Decode)?
+        } else {
+            super::live::Floor::default()
+        };
         let (intervals, timezone) = settings(&cfg);
         if s.intervals != intervals {
             return Err(CheckpointError::Settings {
@@ -151,6 +160,7 @@ impl Engine {
         e.max_ts = s.max_ts;
         e.last_expiry = s.last_expiry;
         e.stats = s.stats;
+        e.floor = floor;
         Ok(e)
     }
 }

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod contact;
 pub mod hist;
 pub mod intern;
+pub mod live;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet as StdHashSet};
@@ -204,9 +205,49 @@ pub struct Engine {
     awaiting_team: HashMap<Sym, Vec<ContactKey>>,
     wrap_deadlines: BTreeMap<Millis, Vec<ContactKey>>,
     agg: Aggregator,
+    /// Who waits and what agents do now (live views only).
+    floor: live::Floor,
+    windower: Windower,
     max_ts: Option<Millis>,
     last_expiry: Millis,
     stats: Stats,
+}
+
+/// One queue's waiting contacts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct QueueWaiting {
+    pub queue: String,
+    pub waiting: usize,
+    /// Offer time of the longest-waiting contact, UTC ms.
+    pub oldest_since: Millis,
+}
+
+/// One agent on the floor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentView {
+    pub agent: String,
+    pub team: String,
+    pub state: crate::event::AgentState,
+    /// When the current state began, UTC ms.
+    pub since: Millis,
+    /// Milliseconds per state (order of `AgentState::ALL`) in the current interval of
+    /// the finest configured interval, up to "now".
+    pub interval_ms: [i64; 5],
+}
+
+/// The live floor at one instant ([`Engine::floor`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FloorView {
+    pub waiting: Vec<QueueWaiting>,
+    pub agents: Vec<AgentView>,
+    /// Start of the interval `interval_ms` covers, UTC ms.
+    pub interval_start: Option<Millis>,
+    /// Start of "today" (the day of `now` in the configured time zone), UTC ms.
+    pub day_start: Option<Millis>,
+    /// Today's figures per dimension key (empty when nothing happened today yet).
+    pub today: Vec<(Dimension, String, Acc)>,
+    /// Today per finest interval, for the centre and each queue: `(start, dim, key, acc)`.
+    pub trend: Vec<(Millis, Dimension, String, Acc)>,
 }
 
 impl Engine {
@@ -215,6 +256,7 @@ impl Engine {
         let unknown = syms.intern(UNKNOWN_KEY);
         let all = syms.intern(ALL_KEY);
         let channels = Channel::ALL.map(|c| syms.intern(c.as_str()));
+        let cfg_tz = cfg.tz.clone();
         let agg = Aggregator::new(
             cfg.intervals.clone(),
             Windower::new(cfg.tz.clone()),
@@ -235,6 +277,8 @@ impl Engine {
             awaiting_team: HashMap::default(),
             wrap_deadlines: BTreeMap::new(),
             agg,
+            floor: live::Floor::default(),
+            windower: Windower::new(cfg_tz),
             max_ts: None,
             last_expiry: Millis::MIN,
             stats: Stats::default(),
@@ -335,6 +379,13 @@ impl Engine {
             }
         }
         if ev.kind == EventType::AgentState {
+            if self.cfg.live
+                && let (Some(a), Some(state)) = (agent, ev.state)
+            {
+                let finest = self.finest();
+                self.floor
+                    .agent_state(a, state, ev.ts, (&mut self.windower, finest));
+            }
             self.bump_clock(ev.ts);
             return Outcome::Accepted;
         }
@@ -372,6 +423,10 @@ impl Engine {
         c.last_ts = c.last_ts.max(ce.ts);
         c.events.insert(pos, ce);
         let customer = c.customer;
+        if self.cfg.live {
+            let w = live::waiting_of(&c.events);
+            self.floor.set_waiting(ck, w);
+        }
 
         if new_customer && let Some(k) = customer {
             self.customers.entry(k).or_default().push(ck);
@@ -441,6 +496,8 @@ impl Engine {
             wrap_deadlines,
             unknown,
             channels,
+            floor,
+            windower,
             ..
         } = self;
         let Some(c) = contacts.get_mut(&ck) else {
@@ -475,6 +532,17 @@ impl Engine {
         }
         let old = std::mem::replace(&mut c.facts, derived.facts);
         let new = &c.facts;
+        let live = cfg.live;
+        let finest = finest_of(&cfg.intervals);
+        let mut apply = |f: &Fact, sign: i64| {
+            agg.apply(f, sign, clock);
+            if live {
+                let (dims, n) = agg.dims(f);
+                let day = windower.window(Interval::Day, f.ts).0;
+                let interval = windower.window(finest, f.ts).0;
+                floor.apply_today(f, sign, &dims[..n], day, interval);
+            }
+        };
         // Both lists are sorted: walk them together and apply only the difference.
         let (mut i, mut j) = (0, 0);
         loop {
@@ -484,15 +552,15 @@ impl Engine {
                     j += 1;
                 }
                 (Some(o), Some(n)) if o < n => {
-                    agg.apply(o, -1, clock);
+                    apply(o, -1);
                     i += 1;
                 }
                 (Some(o), None) => {
-                    agg.apply(o, -1, clock);
+                    apply(o, -1);
                     i += 1;
                 }
                 (_, Some(n)) => {
-                    agg.apply(n, 1, clock);
+                    apply(n, 1);
                     j += 1;
                 }
                 (None, None) => break,
@@ -547,6 +615,7 @@ impl Engine {
             .map(|(k, _)| *k)
             .collect();
         for id in dead {
+            self.floor.forget_contact(&id);
             if let Some(c) = self.contacts.remove(&id)
                 && let Some(k) = c.customer
                 && let Some(list) = self.customers.get_mut(&k)
@@ -582,6 +651,68 @@ impl Engine {
         self.named(self.agg.rolling_from(from))
     }
 
+    /// The finest configured interval: occupancy is kept per interval of this size.
+    fn finest(&self) -> Interval {
+        finest_of(&self.cfg.intervals)
+    }
+
+    /// Who waits per queue and what every agent does, as of `now` (UTC ms; the caller
+    /// decides whether that is the engine clock or the wall clock). Live views only.
+    pub fn floor(&self, now: Millis) -> FloorView {
+        let mut per_queue: BTreeMap<&str, (usize, Millis)> = BTreeMap::new();
+        for w in self.floor.waiting.values() {
+            let q = w.queue.map_or(UNKNOWN_KEY, |s| self.syms.name(s));
+            let e = per_queue.entry(q).or_insert((0, w.since));
+            e.0 += 1;
+            e.1 = e.1.min(w.since);
+        }
+        let mut windower = self.windower.clone();
+        let finest = self.finest();
+        let mut agents: Vec<AgentView> = self
+            .floor
+            .agents_at(now, &mut windower, finest)
+            .into_iter()
+            .map(|(a, st, ms)| AgentView {
+                agent: self.syms.name(a).to_owned(),
+                team: self
+                    .agent_team
+                    .get(&a)
+                    .map_or(UNKNOWN_KEY, |t| self.syms.name(*t))
+                    .to_owned(),
+                state: st.state,
+                since: st.since,
+                interval_ms: ms,
+            })
+            .collect();
+        agents.sort_by(|a, b| a.agent.cmp(&b.agent));
+        let day_start = windower.window(Interval::Day, now).0;
+        let (mut today, mut trend) = (Vec::new(), Vec::new());
+        if let Some(t) = self.floor.today.as_ref().filter(|t| t.day == day_start) {
+            today = self.named(t.accs.clone());
+            for (start, accs) in &t.intervals {
+                for ((d, k), a) in accs {
+                    trend.push((*start, *d, self.syms.name(*k).to_owned(), a.clone()));
+                }
+            }
+            trend.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+        }
+        FloorView {
+            day_start: Some(day_start),
+            today,
+            trend,
+            waiting: per_queue
+                .into_iter()
+                .map(|(q, (n, oldest))| QueueWaiting {
+                    queue: q.to_owned(),
+                    waiting: n,
+                    oldest_since: oldest,
+                })
+                .collect(),
+            agents,
+            interval_start: Some(windower.window(finest, now).0),
+        }
+    }
+
     /// Totals since the process started, per dimension key (Prometheus counters).
     pub fn totals(&self) -> Vec<(Dimension, String, Acc)> {
         self.named(
@@ -601,6 +732,14 @@ impl Engine {
         v.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         v
     }
+}
+
+fn finest_of(intervals: &[Interval]) -> Interval {
+    intervals
+        .iter()
+        .copied()
+        .min_by_key(|i| i.nominal_ms())
+        .unwrap_or(Interval::Minutes(15))
 }
 
 #[cfg(test)]

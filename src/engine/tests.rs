@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::event::decode;
+use crate::event::{AgentState, decode};
 
 const T0: Millis = 1_795_392_000_000; // 2026-11-23T00:00:00Z
 
@@ -574,4 +574,103 @@ fn team_learned_later_moves_facts_out_of_unknown() {
     // The same events in another order give the same rows.
     let (_, reversed) = run(EngineConfig::default(), events.into_iter().rev().collect());
     assert_eq!(out, reversed);
+}
+
+fn state(id: &str, agent: &str, secs: f64, st: &str) -> Event<'static> {
+    ev(
+        id,
+        "agent.state",
+        secs,
+        &format!(r#""agent_id":"{agent}","team":"red","state":"{st}""#),
+    )
+}
+
+/// Waiting = offered and not yet answered / abandoned / ended; the oldest wait per
+/// queue is the earliest offer still waiting, whatever the arrival order.
+#[test]
+fn floor_waiting_contacts_per_queue() {
+    let mut e = Engine::new(EngineConfig::default());
+    for x in [
+        offered("o1", "c1", 10.0, "sales"),
+        offered("o3", "c3", 30.0, "sales"),
+        with_agent("a1", "contact.answered", "c1", 40.0, "ann"),
+        offered("o2", "c2", 20.0, "support"),
+        offered("o4", "c4", 25.0, "sales"),
+        plain("x4", "contact.abandoned", "c4", 50.0),
+    ] {
+        e.apply(x);
+    }
+    let f = e.floor(T0 + 100_000);
+    let got: Vec<(&str, usize, Millis)> = f
+        .waiting
+        .iter()
+        .map(|w| (w.queue.as_str(), w.waiting, w.oldest_since))
+        .collect();
+    assert_eq!(
+        got,
+        [("sales", 1, T0 + 30_000), ("support", 1, T0 + 20_000)]
+    );
+    // Late-arriving answer of c3 stops its wait.
+    e.apply(with_agent("a3", "contact.answered", "c3", 35.0, "bob"));
+    let f = e.floor(T0 + 100_000);
+    assert_eq!(f.waiting.len(), 1);
+    assert_eq!(f.waiting[0].queue, "support");
+}
+
+/// Agent state: the newest state wins; time per state is split at interval
+/// boundaries by actual time; occupancy = (busy + wrap) / (logged in − away).
+#[test]
+fn floor_agent_states_and_occupancy() {
+    let mut e = Engine::new(EngineConfig::default()); // finest interval 15m
+    // 00:10 available, 00:14 busy, 00:20 wrap, 00:22 away, 00:25 available.
+    for x in [
+        state("s1", "ann", 600.0, "available"),
+        state("s2", "ann", 840.0, "busy"),
+        state("s4", "ann", 1320.0, "away"),
+        state("s3", "ann", 1200.0, "wrap"), // out of order: older than "away"
+        state("s5", "ann", 1500.0, "available"),
+    ] {
+        e.apply(x);
+    }
+    let f = e.floor(T0 + 1_740_000); // 00:29
+    let a = &f.agents[0];
+    assert_eq!((a.agent.as_str(), a.team.as_str()), ("ann", "red"));
+    assert_eq!(a.state, AgentState::Available);
+    assert_eq!(a.since, T0 + 1_500_000);
+    // Interval 00:15–00:30 so far: busy 00:15–00:22 (the late "wrap" cannot change
+    // history already replaced by a newer state) = 7 min, away 3 min, available 4 min.
+    assert_eq!(f.interval_start, Some(T0 + 900_000));
+    assert_eq!(a.interval_ms, [240_000, 420_000, 0, 180_000, 0]);
+    let occ = live::occupancy(&a.interval_ms).unwrap();
+    assert!((occ - 420.0 / 660.0).abs() < 1e-12, "{occ}");
+    // Checkpoints keep the floor.
+    let bytes = e.checkpoint().unwrap();
+    let r = Engine::restore(EngineConfig::default(), &bytes).unwrap();
+    assert_eq!(r.floor(T0 + 1_740_000), f);
+}
+
+/// Today's figures and trend come from facts of the day of "now" only.
+#[test]
+fn floor_today_counts_the_current_day() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(offered("o1", "c1", 10.0, "sales"));
+    e.apply(with_agent("a1", "contact.answered", "c1", 15.0, "ann"));
+    e.apply(offered("o2", "c2", 20.0, "sales"));
+    e.apply(plain("x2", "contact.abandoned", "c2", 30.0));
+    let f = e.floor(T0 + 60_000);
+    let sales = f
+        .today
+        .iter()
+        .find(|(d, k, _)| *d == Dimension::Queue && k == "sales")
+        .map(|(_, _, a)| a.clone())
+        .unwrap();
+    assert_eq!((sales.offered, sales.answered, sales.abandoned), (2, 1, 1));
+    assert!(
+        f.trend.iter().any(|(s, d, k, a)| *s == T0
+            && *d == Dimension::Queue
+            && k == "sales"
+            && a.offered == 2)
+    );
+    // The next day: nothing yet.
+    assert!(e.floor(T0 + 86_400_000 + 1).today.is_empty());
 }

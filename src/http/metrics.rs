@@ -277,6 +277,9 @@ impl SnapshotCollector {
         for g in &ROLLING {
             descs.push(desc(g.name, g.help, &rolling_labels)?);
         }
+        for (name, help, _, labels) in super::floor::FAMILIES {
+            descs.push(desc(name, help, labels)?);
+        }
         Ok(SnapshotCollector {
             rx,
             settings,
@@ -297,7 +300,7 @@ impl Collector for SnapshotCollector {
     }
 }
 
-fn label(name: &str, value: &str) -> LabelPair {
+pub(super) fn label(name: &str, value: &str) -> LabelPair {
     let mut l = LabelPair::default();
     l.set_name(name.to_owned());
     l.set_value(value.to_owned());
@@ -321,7 +324,7 @@ fn counter(labels: Vec<LabelPair>, value: f64) -> Metric {
     m
 }
 
-fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
+pub(super) fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
     let mut g = Gauge::default();
     g.set_value(value);
     let mut m = Metric::from_label(labels);
@@ -354,7 +357,7 @@ fn histogram(labels: Vec<LabelPair>, h: &Hist, sum_ms: i64, bounds_ms: &[u64]) -
     m
 }
 
-fn family(name: &str, help: &str, ty: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+pub(super) fn family(name: &str, help: &str, ty: MetricType, metrics: Vec<Metric>) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_owned());
     f.set_help(help.to_owned());
@@ -437,7 +440,18 @@ pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
         out.push(family(name, help, ty, metrics));
     }
 
-    let totals = exported(&snap.totals, s.per_agent_series, &kept);
+    let mut totals = exported(&snap.totals, s.per_agent_series, &kept);
+    // Configured queues exist from start-up at zero, so Prometheus' increase() sees
+    // their first contacts (a series born with its value reads as no increase).
+    for q in s.targets.queues.keys() {
+        if !snap
+            .totals
+            .iter()
+            .any(|(d, k, _)| *d == Dimension::Queue && k == q)
+        {
+            totals.push((Dimension::Queue, q.as_str(), Cow::Owned(Acc::default())));
+        }
+    }
     for c in &COUNTERS {
         let ms = totals
             .iter()
@@ -481,6 +495,7 @@ pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
         }
         out.push(family(g.name, g.help, MetricType::GAUGE, ms));
     }
+    out.extend(super::floor::families(snap, s, &kept));
     out
 }
 

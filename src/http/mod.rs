@@ -59,8 +59,10 @@
 //! The stored interval snapshots (`store/`, `export`) are the figures of record.
 
 mod api;
+pub mod floor;
 pub mod metrics;
 pub mod state;
+mod wallboard;
 
 #[cfg(test)]
 mod tests;
@@ -76,12 +78,23 @@ pub use self::state::{AppState, HttpSettings, LiveSnapshot, PartitionStatus, Rol
 
 /// All routes over the shared state.
 pub fn router(state: Arc<AppState>) -> Router {
+    // The JSON API and the wallboard sit behind the optional bearer token; probes and
+    // /metrics stay open (scrapers and orchestrators).
+    let guarded = Router::new()
+        .route("/api/v1/status", get(api::status))
+        .route("/api/v1/rolling", get(api::rolling))
+        .route("/api/v1/floor", get(wallboard::floor_json))
+        .route("/api/v1/floor/stream", get(wallboard::floor_stream))
+        .route("/wallboard", get(wallboard::page))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            wallboard::require_token,
+        ));
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
-        .route("/api/v1/status", get(api::status))
-        .route("/api/v1/rolling", get(api::rolling))
+        .merge(guarded)
         .with_state(state)
 }
 

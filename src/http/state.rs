@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, SlFormula};
 use crate::engine::acc::Acc;
-use crate::engine::{Dimension, Engine, Stats};
+use crate::engine::{Dimension, Engine, FloorView, Stats};
 use crate::event::Millis;
 
 use super::metrics::SnapshotCollector;
@@ -48,6 +48,24 @@ pub struct LiveSnapshot {
     pub last_flush_ms: Option<Millis>,
     /// Per consumed partition (Kafka source only): offsets, lag, ownership.
     pub partitions: Vec<PartitionStatus>,
+    /// The live floor (waiting contacts, agents, today) as of `now_ms`.
+    pub floor: FloorView,
+    /// The "now" ages and times in state are measured against, UTC ms.
+    pub now_ms: Millis,
+}
+
+/// Input this far behind the wall clock is history (a back-fill through `serve`):
+/// live ages are then measured against the engine clock instead of the wall clock.
+const HISTORY_MS: Millis = 3_600_000;
+
+/// "Now" for live ages: the wall clock while the input is live, the engine clock
+/// when the input is history, so a replay through `serve` shows the floor as it was.
+pub fn reference_now(clock: Option<Millis>, wall: Millis) -> Millis {
+    match clock {
+        Some(c) if c < wall - HISTORY_MS => c,
+        Some(c) => c.max(wall),
+        None => wall,
+    }
 }
 
 /// One assigned Kafka partition, as `/api/v1/status` shows it.
@@ -75,7 +93,10 @@ impl LiveSnapshot {
     /// Capture the engine's live view: totals plus every configured rolling window.
     /// Flush accounting lives outside the engine, so the caller passes it in.
     pub fn capture(engine: &Engine, flushes: u64, last_flush_ms: Option<Millis>) -> LiveSnapshot {
+        let now_ms = reference_now(engine.clock(), jiff::Timestamp::now().as_millisecond());
         LiveSnapshot {
+            floor: engine.floor(now_ms),
+            now_ms,
             stats: engine.stats().clone(),
             watermark: engine.watermark(),
             clock: engine.clock(),
@@ -120,6 +141,8 @@ impl LiveSnapshot {
                 add(rolling.entry(m).or_default(), rows);
             }
             out.partitions.extend(p.partitions);
+            out.now_ms = out.now_ms.max(p.now_ms);
+            merge_floor(&mut out.floor, p.floor);
         }
         let flat = |m: BTreeMap<(Dimension, String), Acc>| -> Rows {
             m.into_iter().map(|((d, k), a)| (d, k, a)).collect()
@@ -129,12 +152,97 @@ impl LiveSnapshot {
         out
     }
 
+    /// Waiting contacts per queue name, the centre included as `all`.
+    pub fn waiting(&self) -> Vec<(String, usize, Millis)> {
+        let mut all: Option<(usize, Millis)> = None;
+        let mut out = Vec::new();
+        for w in &self.floor.waiting {
+            out.push((w.queue.clone(), w.waiting, w.oldest_since));
+            let a = all.get_or_insert((0, w.oldest_since));
+            a.0 += w.waiting;
+            a.1 = a.1.min(w.oldest_since);
+        }
+        if let Some((n, oldest)) = all {
+            out.insert(0, (crate::engine::ALL_KEY.to_owned(), n, oldest));
+        }
+        out
+    }
+
     /// Rows of the rolling window of `minutes`, if the engine published it.
     pub fn rolling_rows(&self, minutes: u32) -> Option<&Rows> {
         self.rolling
             .iter()
             .find(|(m, _)| *m == minutes)
             .map(|(_, r)| r)
+    }
+}
+
+/// Several partitions' floors as one: waiting contacts add per queue (oldest is the
+/// earliest), agents are listed once (the newest state wins: an agent's states are
+/// keyed to one partition, so this only matters after a re-keying), today adds up.
+fn merge_floor(into: &mut FloorView, p: FloorView) {
+    use std::collections::btree_map::Entry;
+    let mut waiting: BTreeMap<String, (usize, Millis)> = std::mem::take(&mut into.waiting)
+        .into_iter()
+        .map(|w| (w.queue, (w.waiting, w.oldest_since)))
+        .collect();
+    for w in p.waiting {
+        let e = waiting.entry(w.queue).or_insert((0, w.oldest_since));
+        e.0 += w.waiting;
+        e.1 = e.1.min(w.oldest_since);
+    }
+    into.waiting = waiting
+        .into_iter()
+        .map(
+            |(queue, (waiting, oldest_since))| crate::engine::QueueWaiting {
+                queue,
+                waiting,
+                oldest_since,
+            },
+        )
+        .collect();
+    let mut agents: BTreeMap<String, crate::engine::AgentView> = std::mem::take(&mut into.agents)
+        .into_iter()
+        .map(|a| (a.agent.clone(), a))
+        .collect();
+    for a in p.agents {
+        match agents.entry(a.agent.clone()) {
+            Entry::Vacant(v) => {
+                v.insert(a);
+            }
+            Entry::Occupied(mut o) if o.get().since < a.since => {
+                o.insert(a);
+            }
+            Entry::Occupied(_) => {}
+        }
+    }
+    into.agents = agents.into_values().collect();
+    into.interval_start = into.interval_start.max(p.interval_start);
+    // Partitions may straddle midnight for a moment: keep the later day only.
+    if p.day_start > into.day_start {
+        into.day_start = p.day_start;
+        into.today = p.today;
+        into.trend = p.trend;
+    } else if p.day_start == into.day_start {
+        let mut today: BTreeMap<(Dimension, String), Acc> = std::mem::take(&mut into.today)
+            .into_iter()
+            .map(|(d, k, a)| ((d, k), a))
+            .collect();
+        for (d, k, a) in p.today {
+            today.entry((d, k)).or_default().merge(&a);
+        }
+        into.today = today.into_iter().map(|((d, k), a)| (d, k, a)).collect();
+        let mut trend: BTreeMap<(Millis, Dimension, String), Acc> = std::mem::take(&mut into.trend)
+            .into_iter()
+            .map(|(t, d, k, a)| ((t, d, k), a))
+            .collect();
+        for (t, d, k, a) in p.trend {
+            trend.entry((t, d, k)).or_default().merge(&a);
+        }
+        into.trend = trend
+            .into_iter()
+            .map(|((t, d, k), a)| (t, d, k, a))
+            .collect();
     }
 }
 
@@ -166,6 +274,11 @@ pub struct HttpSettings {
     pub bucket_bounds_ms: Vec<u64>,
     pub per_agent_series: bool,
     pub max_agent_series: usize,
+    pub targets: crate::config::TargetsConfig,
+    /// Bearer token for the JSON API and the wallboard; empty = open.
+    pub token: String,
+    /// Length of the finest configured interval (the wallboard's "current" window).
+    pub finest_interval_ms: i64,
 }
 
 impl HttpSettings {
@@ -191,6 +304,15 @@ impl HttpSettings {
             bucket_bounds_ms: bounds,
             per_agent_series: c.http.per_agent_series,
             max_agent_series: c.http.max_agent_series,
+            targets: c.targets.clone(),
+            token: c.http.token.clone(),
+            finest_interval_ms: c
+                .windows
+                .intervals
+                .iter()
+                .map(|i| i.nominal_ms())
+                .min()
+                .unwrap_or(900_000),
         }
     }
 
@@ -226,6 +348,7 @@ impl HttpSettings {
 pub struct AppState {
     snapshot: watch::Sender<Arc<LiveSnapshot>>,
     ready: AtomicBool,
+    ready_gauge: prometheus::IntGauge,
     settings: Arc<HttpSettings>,
     registry: Registry,
 }
@@ -242,9 +365,15 @@ impl AppState {
         let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
         let registry = Registry::new();
         registry.register(Box::new(SnapshotCollector::new(rx, settings.clone())?))?;
+        let ready_gauge = prometheus::IntGauge::new(
+            "ccmetrics_ready",
+            "1 when /readyz answers 200 (store open; Kafka: partitions assigned and restored), else 0.",
+        )?;
+        registry.register(Box::new(ready_gauge.clone()))?;
         Ok(AppState {
             snapshot: tx,
             ready: AtomicBool::new(false),
+            ready_gauge,
             settings,
             registry,
         })
@@ -275,6 +404,7 @@ impl AppState {
     /// Mark the daemon ready (store open, first snapshot published) or draining.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+        self.ready_gauge.set(i64::from(ready));
     }
 
     pub fn is_ready(&self) -> bool {

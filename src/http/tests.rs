@@ -158,6 +158,7 @@ fn snapshot() -> LiveSnapshot {
         flushes: 4,
         last_flush_ms: Some(1_700_000_299_000),
         partitions: Vec::new(),
+        ..LiveSnapshot::default()
     }
 }
 
