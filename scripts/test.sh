@@ -75,8 +75,8 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --lib --bins --tests --locked 2>&1 | tee "$log"
-# One closing line for the whole run, summed over every test binary.
 echo "== deployment files (scripts/check-deploy.sh)"
 bash scripts/check-deploy.sh
+# One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
