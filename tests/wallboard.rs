@@ -170,13 +170,8 @@ impl Browser {
             .block_on(async { req.send().await?.text().await })
             .expect("WebDriver call");
         let v: serde_json::Value = serde_json::from_str(&text).expect("WebDriver JSON");
-        v.get("value").cloned().map_or(v.clone(), |x| {
-            if path == "/session" {
-                v.get("value").cloned().unwrap_or(x)
-            } else {
-                x
-            }
-        })
+        // W3C WebDriver wraps every answer in {"value": …}.
+        v.get("value").cloned().unwrap_or(v)
     }
 
     fn session(

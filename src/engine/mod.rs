@@ -208,6 +208,9 @@ pub struct Engine {
     /// Who waits and what agents do now (live views only).
     floor: live::Floor,
     windower: Windower,
+    /// The finest configured interval: occupancy and the trend are kept per interval of
+    /// this size.
+    finest: Interval,
     max_ts: Option<Millis>,
     last_expiry: Millis,
     stats: Stats,
@@ -257,6 +260,7 @@ impl Engine {
         let all = syms.intern(ALL_KEY);
         let channels = Channel::ALL.map(|c| syms.intern(c.as_str()));
         let cfg_tz = cfg.tz.clone();
+        let finest = finest_of(&cfg.intervals);
         let agg = Aggregator::new(
             cfg.intervals.clone(),
             Windower::new(cfg.tz.clone()),
@@ -279,6 +283,7 @@ impl Engine {
             agg,
             floor: live::Floor::default(),
             windower: Windower::new(cfg_tz),
+            finest,
             max_ts: None,
             last_expiry: Millis::MIN,
             stats: Stats::default(),
@@ -382,7 +387,7 @@ impl Engine {
             if self.cfg.live
                 && let (Some(a), Some(state)) = (agent, ev.state)
             {
-                let finest = self.finest();
+                let finest = self.finest;
                 self.floor
                     .agent_state(a, state, ev.ts, (&mut self.windower, finest));
             }
@@ -498,6 +503,7 @@ impl Engine {
             channels,
             floor,
             windower,
+            finest,
             ..
         } = self;
         let Some(c) = contacts.get_mut(&ck) else {
@@ -533,7 +539,7 @@ impl Engine {
         let old = std::mem::replace(&mut c.facts, derived.facts);
         let new = &c.facts;
         let live = cfg.live;
-        let finest = finest_of(&cfg.intervals);
+        let finest = *finest;
         let mut apply = |f: &Fact, sign: i64| {
             agg.apply(f, sign, clock);
             if live {
@@ -651,11 +657,6 @@ impl Engine {
         self.named(self.agg.rolling_from(from))
     }
 
-    /// The finest configured interval: occupancy is kept per interval of this size.
-    fn finest(&self) -> Interval {
-        finest_of(&self.cfg.intervals)
-    }
-
     /// Who waits per queue and what every agent does, as of `now` (UTC ms; the caller
     /// decides whether that is the engine clock or the wall clock). Live views only.
     pub fn floor(&self, now: Millis) -> FloorView {
@@ -667,7 +668,7 @@ impl Engine {
             e.1 = e.1.min(w.since);
         }
         let mut windower = self.windower.clone();
-        let finest = self.finest();
+        let finest = self.finest;
         let mut agents: Vec<AgentView> = self
             .floor
             .agents_at(now, &mut windower, finest)
