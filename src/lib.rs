@@ -11,5 +11,6 @@ pub mod export;
 pub mod http;
 pub mod kpi;
 pub mod pipeline;
+pub mod scoring;
 pub mod source;
 pub mod store;

@@ -12,6 +12,7 @@ mod check_config;
 mod export;
 mod produce;
 mod replay;
+mod score;
 mod serve;
 
 #[derive(Parser, Debug)]
@@ -42,6 +43,8 @@ pub enum Command {
     CheckConfig(check_config::Args),
     /// Write simulated events as JSONL (for demos, tests and benchmarks).
     Generate(serve::GenerateArgs),
+    /// Score agents for a period from day snapshots with a scheme file (grades, caps, bonus).
+    Score(score::Args),
 }
 
 pub fn init_tracing(json: bool) {
@@ -87,5 +90,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Produce(a) => produce::run(a),
         Command::CheckConfig(a) => check_config::run(a),
         Command::Generate(a) => serve::generate(a),
+        Command::Score(a) => runtime()?.block_on(score::run(a)),
     }
 }
