@@ -329,8 +329,12 @@ mod tests {
         close(points(&ar, H, 0.925).unwrap(), 25.0);
         close(points(&ar, H, 0.5).unwrap(), 0.0);
         let whole = Rule::Deduction {
+            max: 30.0,
+            target: 0.95,
+            unit: 0.01,
+            per_unit: 2.0,
+            min: 0.0,
             whole_units: true,
-            ..ar.clone()
         };
         close(points(&whole, H, 0.925).unwrap(), 26.0);
         close(points(&whole, H, 0.93).unwrap(), 26.0);

@@ -478,12 +478,18 @@ impl Validator<'_> {
     /// An error about `key` inside the table spanning `span`: the line is the key's own
     /// line when it is written there, else the table's first line.
     fn err(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> SchemeError {
-        let end = span.end.min(self.text.len());
-        let start = span.start.min(end);
-        let mut offset = start;
-        let mut pos = start;
-        for l in self.text[start..end].split_inclusive('\n') {
-            let t = l.trim_start().trim_start_matches(['{', ',', ' ']);
+        // toml spans a `[[table]]` by its header only, and a value without its key, so
+        // the key is looked for from the start of the span's line to the next header.
+        let at = span.start.min(self.text.len());
+        let begin = self.text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let mut offset = at;
+        let mut pos = begin;
+        for (n, l) in self.text[begin..].split_inclusive('\n').enumerate() {
+            let t = l.trim_start();
+            if n > 0 && t.starts_with('[') {
+                break;
+            }
+            let t = t.trim_start_matches(['{', ',', ' ']);
             let k = t.split_once('=').map(|(k, _)| k.trim().trim_matches('"'));
             if k == Some(key) {
                 offset = pos + (l.len() - l.trim_start().len());
@@ -1041,5 +1047,132 @@ impl Validator<'_> {
             ));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Scheme, SchemeError> {
+        parse(text, Path::new("s.toml"), true)
+    }
+
+    const MINIMAL: &str = "name = \"t\"\n\
+        [[items]]\nid = \"csat\"\nmetric = \"csat\"\nrule = \"linear\"\nweight = 10\nfloor = 0.5\ntarget = 0.9\n\
+        [[grades]]\nname = \"A\"\nmin = 5\n[[grades]]\nname = \"B\"\nmin = 0\n";
+
+    /// (line, key, fragment of the message)
+    fn invalid(text: &str) -> (usize, Option<String>, String) {
+        match parse_str(text) {
+            Err(SchemeError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected an invalid scheme, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shipped_schemes_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/schemes");
+        for name in ["ecommerce", "callcenter", "balanced"] {
+            let s = load(&dir.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(s.name, name);
+        }
+        let e = load(&dir.join("ecommerce.toml")).unwrap();
+        // reference × (1 + uplift), and × (1 − uplift) for lower-is-better.
+        let Rule::Linear { target, .. } = e.items[0].rule else {
+            panic!()
+        };
+        assert!((target - 0.935).abs() < 1e-12);
+        let Rule::Linear { target, .. } = e.items[2].rule else {
+            panic!()
+        };
+        assert!((target - 45.0).abs() < 1e-12);
+        assert_eq!(e.items[2].direction, Direction::Lower);
+        assert_eq!(e.qualified_grade(90.0), 0);
+        assert_eq!(e.qualified_grade(89.9999), 1);
+        assert_eq!(e.qualified_grade(-5.0), 3);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        assert!(parse_str(MINIMAL).is_ok());
+        // Unknown metric: line 4, key metric.
+        let (line, key, msg) = invalid(&MINIMAL.replace("metric = \"csat\"", "metric = \"csatt\""));
+        assert_eq!((line, key.as_deref()), (4, Some("metric")));
+        assert!(msg.contains("unknown metric \"csatt\""), "{msg}");
+        // A typo in a key: toml/serde reports it with its position.
+        let (line, _, msg) = invalid(&MINIMAL.replace("target = 0.9", "targt = 0.9"));
+        assert_eq!(line, 8);
+        assert!(msg.contains("unknown field `targt`"), "{msg}");
+        // Wrong type: the key is read from the line.
+        let (line, key, _) = invalid(&MINIMAL.replace("weight = 10", "weight = \"ten\""));
+        assert_eq!((line, key.as_deref()), (6, Some("weight")));
+        // Inconsistent numbers: target must be better than floor.
+        let (line, key, msg) = invalid(&MINIMAL.replace("target = 0.9", "target = 0.4"));
+        assert_eq!((line, key.as_deref()), (8, Some("target")));
+        assert!(msg.contains("above floor"), "{msg}");
+        // A key of another rule type.
+        let (line, key, _) =
+            invalid(&MINIMAL.replace("target = 0.9", "target = 0.9\nper_unit = 2"));
+        assert_eq!((line, key.as_deref()), (9, Some("per_unit")));
+        // Unknown rule.
+        let (line, key, msg) = invalid(&MINIMAL.replace("rule = \"linear\"", "rule = \"linar\""));
+        assert_eq!((line, key.as_deref()), (5, Some("rule")));
+        assert!(
+            msg.contains("linear, bands, deduction, rank, manual"),
+            "{msg}"
+        );
+        // Grades out of order.
+        let (line, key, _) = invalid(&MINIMAL.replace("min = 0\n", "min = 50\n"));
+        assert_eq!((line, key.as_deref()), (14, Some("min")));
+        // The message a user sees.
+        let e = parse_str(&MINIMAL.replace("floor = 0.5", "floor = 0.95")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid scheme s.toml, line 8, key `target`: target 0.9 must be above floor 0.95 (direction higher)"
+        );
+    }
+
+    #[test]
+    fn bands_and_deduction_validation() {
+        let bands = "name = \"t\"\n[[items]]\nid = \"frt\"\nmetric = \"frt_avg_s\"\nrule = \"bands\"\n\
+            bands = [{ max = 60, points = 10 }, { max = 30, points = 6 }]\n\
+            [[grades]]\nname = \"A\"\nmin = 0\n";
+        let (line, key, msg) = invalid(bands);
+        assert_eq!((line, key.as_deref()), (6, Some("bands")));
+        assert!(msg.contains("best first"), "{msg}");
+        let (_, _, msg) = invalid(&bands.replace("max = 30", "min = 30"));
+        assert!(msg.contains("direction is lower"), "{msg}");
+        assert!(parse_str(&bands.replace("max = 30", "max = 180")).is_ok());
+        let ded = "name = \"t\"\n[[items]]\nid = \"ar\"\nmetric = \"answer_rate\"\nrule = \"deduction\"\n\
+            max = 30\ntarget = 0.95\nunit = 0\nper_unit = 2\n[[grades]]\nname = \"A\"\nmin = 0\n";
+        let (line, key, _) = invalid(ded);
+        assert_eq!((line, key.as_deref()), (8, Some("unit")));
+    }
+
+    #[test]
+    fn sections_raters_and_protection() {
+        let s = "name = \"t\"\n[[sections]]\nid = \"core\"\nweight = 70\nmax = 100\n\
+            [[items]]\nid = \"review\"\nsection = \"core\"\nmanual = \"review\"\nrule = \"manual\"\nweight = 100\nscale = 100\n\
+            raters = { peer = 0.2, manager = 0.5, self = 0.3 }\n[[grades]]\nname = \"A\"\nmin = 0\n";
+        let ok = parse_str(s).unwrap();
+        assert_eq!(ok.items[0].section, Some(0));
+        let (line, key, _) = invalid(&s.replace("section = \"core\"", "section = \"cor\""));
+        assert_eq!((line, key.as_deref()), (8, Some("section")));
+        let (_, key, _) = invalid(&s.replace("section = \"core\"\n", ""));
+        assert_eq!(key.as_deref(), Some("section"));
+        let (line, key, _) = invalid(&s.replace("peer = 0.2", "peer = \"a lot\""));
+        assert_eq!((line, key.as_deref()), (13, Some("raters")));
+        let p = format!("{s}[protection]\nmonths = 3\naction = \"scheme\"\n");
+        let (_, key, msg) = invalid(&p);
+        assert_eq!(key.as_deref(), Some("scheme"));
+        assert!(msg.contains("needs scheme"), "{msg}");
+        let p = format!("{s}[protection]\nmonths = 3\naction = \"exclude\"\n");
+        assert_eq!(
+            parse_str(&p).unwrap().protection.unwrap().action,
+            ProtectionAction::Exclude
+        );
     }
 }
