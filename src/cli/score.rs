@@ -37,6 +37,10 @@ pub struct Args {
     /// Bonus bases: agent_id,base; bonus = base × the grade's coefficient.
     #[arg(long, value_name = "CSV")]
     pub bonus_base: Option<PathBuf>,
+    /// Leave this day out of the metrics (e.g. an outage), in addition to the scheme's
+    /// excluded_dates; repeat for several days.
+    #[arg(long = "exclude-date", value_name = "DATE")]
+    pub exclude_dates: Vec<jiff::civil::Date>,
     /// Output directory for scores.csv, scores.json and report.html (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -56,7 +60,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let scheme = scheme::load(&a.scheme)?;
+    let mut scheme = scheme::load(&a.scheme)?;
+    scheme.excluded_dates.extend(&a.exclude_dates);
+    scheme.excluded_dates.sort();
+    scheme.excluded_dates.dedup();
     let tz = cfg.tz();
     let period = match (&a.period, &a.from, &a.to) {
         (Some(p), _, _) => Period::parse(p, &tz)?,

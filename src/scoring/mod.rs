@@ -728,7 +728,10 @@ fn score_group(
         .map(|&i| scheme.qualified_grade(totals[i]))
         .collect();
     let finals = grades::apply_caps(&qualified, &scheme.grades, scheme.cap_rounding);
-    let scope_label = format!("{} {key}", scheme.scope.as_str());
+    let scope_label = match scheme.scope {
+        Scope::Centre => "the centre".to_owned(),
+        s => format!("{} {key}", s.as_str()),
+    };
     let warnings = grades::distribution_warnings(
         &format!("{} ({})", scope_label, scheme.name),
         &finals,
@@ -761,13 +764,24 @@ fn score_group(
         let base = run.bases.and_then(|b| b.get(&p.agent).copied());
         let mut note = String::new();
         if f != q {
-            let g = &scheme.grades[q];
+            // Name every cap the agent was moved past, so the cascade is explainable.
+            let caps: Vec<String> = scheme.grades[q..f]
+                .iter()
+                .map(|g| {
+                    let share = g.max_share.unwrap_or(0.0);
+                    format!(
+                        "{} ≤ {} % allows {} of {n}",
+                        g.name,
+                        rules::num(share * 100.0),
+                        scheme.cap_rounding.count(share, n)
+                    )
+                })
+                .collect();
             note = format!(
-                "qualified for {} but its {:.0} % cap allows {} of {n} in {scope_label}: moved to {}",
-                g.name,
-                g.max_share.unwrap_or(0.0) * 100.0,
-                g.max_share.map_or(0, |s| scheme.cap_rounding.count(s, n)),
-                grade.name
+                "qualified for {}; moved to {} by the caps in {scope_label} ({})",
+                scheme.grades[q].name,
+                grade.name,
+                caps.join("; ")
             );
         }
         rows.push(AgentScore {
