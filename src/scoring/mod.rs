@@ -861,3 +861,285 @@ fn team_summaries(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::acc::Measure;
+    use std::path::Path;
+
+    const DAY: i64 = 86_400_000;
+
+    fn tz() -> TimeZone {
+        TimeZone::UTC
+    }
+
+    fn nov() -> Period {
+        Period::parse("2026-11", &tz()).unwrap()
+    }
+
+    /// A `1d` agent row on November `day` (UTC) with `measures`.
+    fn row(agent: &str, day: i64, measures: &[Measure]) -> StoredRow {
+        let start = nov().start_ms + (day - 1) * DAY;
+        let mut acc = Acc::default();
+        for m in measures {
+            acc.apply(m, 1);
+        }
+        StoredRow {
+            window: "1d".into(),
+            start,
+            end: start + DAY,
+            dimension: Dimension::Agent,
+            key: agent.into(),
+            acc,
+            revision: 1,
+        }
+    }
+
+    fn handled(n: usize) -> Vec<Measure> {
+        vec![Measure::Handled { handle_ms: 60_000 }; n]
+    }
+
+    fn scheme(text: &str) -> Scheme {
+        scheme::parse(text, Path::new("test.toml"), true).unwrap()
+    }
+
+    fn run<'a>(s: &'a Scheme, p: &'a Period, tz: &'a TimeZone, days: &'a [StoredRow]) -> Run<'a> {
+        static MANUAL: std::sync::OnceLock<ManualScores> = std::sync::OnceLock::new();
+        Run {
+            scheme: s,
+            period: p,
+            tz,
+            days,
+            roster: None,
+            manual: MANUAL.get_or_init(ManualScores::new),
+            bases: None,
+            sl_formula: SlFormula::Offered,
+            fcr_provisional: false,
+        }
+    }
+
+    fn agent<'a>(o: &'a Outcome, id: &str) -> &'a AgentScore {
+        o.agents.iter().find(|a| a.agent_id == id).unwrap()
+    }
+
+    const P90: &str = "name = \"p90\"\n[[items]]\nid = \"frt\"\nmetric = \"frt_p90_s\"\nrule = \"linear\"\n\
+        weight = 100\nfloor = 110\ntarget = 10\n[[grades]]\nname = \"A\"\nmin = 0\n";
+
+    #[test]
+    fn period_p90_comes_from_merged_histograms() {
+        // Day 1: nine first responses of 10 s; day 2: one of 100 s. The period's p90 is
+        // ~10 s (9 of 10 values); an average of the daily p90s would be 55 s.
+        let days = vec![
+            row("a", 1, &vec![Measure::FirstResponse { frt_ms: 10_000 }; 9]),
+            row("a", 2, &[Measure::FirstResponse { frt_ms: 100_000 }]),
+        ];
+        let (s, p, tz) = (scheme(P90), nov(), tz());
+        let o = score(&run(&s, &p, &tz, &days)).unwrap();
+        let v = agent(&o, "a").items[0].value.unwrap();
+        assert!((v - 10.0).abs() < 0.1, "{v}");
+        let mut merged = days[0].acc.clone();
+        merged.merge(&days[1].acc);
+        assert_eq!(
+            Some(v),
+            Values::new(&merged, SlFormula::Offered).get(&Metric::parse("frt_p90_s").unwrap())
+        );
+    }
+
+    #[test]
+    fn excluded_dates_leave_their_days_out() {
+        let text = P90.replace(
+            "name = \"p90\"",
+            "name = \"p90\"\nexcluded_dates = [\"2026-11-02\", \"2026-12-25\"]",
+        );
+        let days = vec![
+            row("a", 1, &vec![Measure::FirstResponse { frt_ms: 10_000 }; 9]),
+            row("a", 2, &[Measure::FirstResponse { frt_ms: 100_000 }]),
+            row("a", 3, &[Measure::FirstResponse { frt_ms: 10_000 }]),
+        ];
+        let (s, p, tz) = (scheme(&text), nov(), tz());
+        let o = score(&run(&s, &p, &tz, &days)).unwrap();
+        assert_eq!(o.excluded_dates.len(), 1);
+        assert!(
+            o.warnings
+                .iter()
+                .any(|w| w.contains("2026-12-25 is outside")),
+            "{:?}",
+            o.warnings
+        );
+        let a = agent(&o, "a");
+        // Without day 2 every response took 10 s: full points.
+        assert!((a.items[0].value.unwrap() - 10.0).abs() < 0.1);
+        assert!((a.total.unwrap() - 100.0).abs() < 1.5, "{:?}", a.total);
+    }
+
+    const TWO: &str = "name = \"main\"\nscope = \"team\"\nmin_handled = 3\ntie_break = [\"handled\"]\n\
+        [[items]]\nid = \"csat\"\nmetric = \"csat\"\nrule = \"linear\"\nweight = 50\nfloor = 0\ntarget = 1\nmissing_points = 10\n\
+        [[items]]\nid = \"volume\"\nmetric = \"handled\"\nrule = \"rank\"\npoints = [5]\n\
+        [[grades]]\nname = \"A\"\nmin = 40\nmax_share = 0.5\n[[grades]]\nname = \"B\"\nmin = 0\n";
+
+    #[test]
+    fn insufficient_data_missing_values_ties_and_scopes() {
+        let happy = Measure::Csat {
+            score: 50_000,
+            positive: true,
+        };
+        let mut x = handled(4);
+        x.push(happy);
+        let mut y = handled(5);
+        y.push(happy);
+        let days = vec![
+            row("x", 1, &x),          // csat 1 → 50, volume 4
+            row("y", 1, &y),          // csat 1 → 50, volume 5 → first, +5
+            row("z", 1, &handled(3)), // no survey → missing_points 10
+            row("w", 1, &handled(2)), // below min_handled
+            row("v", 1, &handled(9)), // team south, alone
+        ];
+        let mut roster = Roster::new();
+        for (a, t) in [
+            ("x", "north"),
+            ("y", "north"),
+            ("z", "north"),
+            ("w", "north"),
+            ("v", "south"),
+        ] {
+            roster.insert(
+                a.into(),
+                inputs::RosterEntry {
+                    team: t.into(),
+                    ..Default::default()
+                },
+            );
+        }
+        let (s, p, tz) = (scheme(TWO), nov(), tz());
+        let mut r = run(&s, &p, &tz, &days);
+        r.roster = Some(&roster);
+        let o = score(&r).unwrap();
+        let (x, y, z, w, v) = (
+            agent(&o, "x"),
+            agent(&o, "y"),
+            agent(&o, "z"),
+            agent(&o, "w"),
+            agent(&o, "v"),
+        );
+        assert_eq!((y.total, y.rank), (Some(55.0), Some(1)));
+        assert_eq!((x.total, x.rank), (Some(50.0), Some(2)));
+        assert_eq!(z.total, Some(10.0));
+        assert!(
+            z.items[0].note.contains("no data for csat"),
+            "{}",
+            z.items[0].note
+        );
+        // North has 3 scored agents: the A cap (50 %, floor) allows 1, so x moves to B.
+        assert_eq!(y.grade.as_deref(), Some("A"));
+        assert_eq!(
+            (x.qualified_grade.as_deref(), x.grade.as_deref()),
+            (Some("A"), Some("B"))
+        );
+        assert_eq!(w.status, Status::InsufficientData);
+        assert_eq!((w.total, w.grade.as_ref()), (None, None));
+        // South: one agent, no ranking possible, its own cap.
+        assert_eq!((v.scope.as_str(), v.total), ("south", Some(10.0)));
+        assert_eq!(o.scopes.len(), 2);
+        let north = o.teams.iter().find(|t| t.team == "north").unwrap();
+        assert_eq!((north.agents, north.scored), (4, 3));
+        // Team KPIs come from the merged team snapshot: 14 handled in north.
+        assert_eq!(north.kpis[0], ("handled".to_owned(), Some(14.0)));
+    }
+
+    #[test]
+    fn equal_totals_are_ordered_by_tie_break_then_id() {
+        let days = vec![
+            row("b", 1, &handled(4)),
+            row("a", 1, &handled(4)),
+            row("c", 1, &handled(6)),
+        ];
+        let text = TWO.replace("points = [5]", "points = [0]");
+        let (s, p, tz) = (scheme(&text), nov(), tz());
+        let o = score(&run(&s, &p, &tz, &days)).unwrap();
+        // All totals are 10 (missing csat): handled decides (c), then the agent id.
+        let order: Vec<&str> = o.agents.iter().map(|a| a.agent_id.as_str()).collect();
+        assert_eq!(order, vec!["c", "a", "b"]);
+    }
+
+    #[test]
+    fn protection_scores_new_hires_on_their_own_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = "name = \"probation\"\nscope = \"centre\"\n[[items]]\nid = \"volume\"\nmetric = \"handled\"\n\
+            rule = \"linear\"\nweight = 100\nfloor = 0\ntarget = 10\n[[grades]]\nname = \"P\"\nmin = 50\n[[grades]]\nname = \"F\"\nmin = 0\n";
+        std::fs::write(dir.path().join("probation.toml"), sub).unwrap();
+        let main = format!(
+            "{TWO}[protection]\nmonths = 3\naction = \"scheme\"\nscheme = \"probation.toml\"\n"
+        );
+        let s = scheme::parse(&main, &dir.path().join("main.toml"), true).unwrap();
+        let mut roster = Roster::new();
+        for (a, hired) in [
+            ("old", "2025-01-01"),
+            ("new", "2026-09-02"),
+            ("edge", "2026-09-01"),
+        ] {
+            roster.insert(
+                a.into(),
+                inputs::RosterEntry {
+                    team: "north".into(),
+                    hire_date: Some(hired.parse().unwrap()),
+                    ..Default::default()
+                },
+            );
+        }
+        let days = vec![
+            row("old", 1, &handled(5)),
+            row("new", 1, &handled(5)),
+            row("edge", 1, &handled(5)),
+        ];
+        let (p, tz) = (nov(), tz());
+        let mut r = run(&s, &p, &tz, &days);
+        r.roster = Some(&roster);
+        let o = score(&r).unwrap();
+        // Hired 2026-09-02: three months later is 2026-12-02, after the period: protected.
+        let new = agent(&o, "new");
+        assert_eq!(
+            (new.scheme.as_str(), new.grade.as_deref(), new.total),
+            ("probation", Some("P"), Some(50.0))
+        );
+        // Hired 2026-09-01: three full months by 2026-12-01: the main scheme.
+        assert_eq!(agent(&o, "edge").scheme, "main");
+        assert_eq!(o.grade_names, vec!["A", "B", "P", "F"]);
+        assert_eq!(o.item_columns, vec!["csat", "volume"]);
+    }
+
+    #[test]
+    fn fcr_window_closes_with_the_data() {
+        let p = nov();
+        assert!(fcr_provisional(&p, None, 7 * DAY));
+        assert!(fcr_provisional(&p, Some(p.end_ms + 6 * DAY), 7 * DAY));
+        assert!(!fcr_provisional(&p, Some(p.end_ms + 7 * DAY), 7 * DAY));
+    }
+
+    #[test]
+    fn unknown_rater_is_an_error() {
+        let text = "name = \"m\"\n[[items]]\nid = \"review\"\nrule = \"manual\"\nweight = 10\n\
+            raters = { peer = 1, manager = 1 }\n[[grades]]\nname = \"A\"\nmin = 0\n";
+        let s = scheme(text);
+        let mut manual = ManualScores::new();
+        manual.insert(("a".into(), "review".into()), vec![("boss".into(), 5.0)]);
+        let (p, tz) = (nov(), tz());
+        let mut r = run(&s, &p, &tz, &[]);
+        r.manual = &manual;
+        let e = score(&r).unwrap_err().to_string();
+        assert!(
+            e.contains("rater \"boss\"") && e.contains("manager, peer"),
+            "{e}"
+        );
+        manual.insert(
+            ("a".into(), "review".into()),
+            vec![("peer".into(), 4.0), ("manager".into(), 8.0)],
+        );
+        let mut r = run(&s, &p, &tz, &[]);
+        r.manual = &manual;
+        let o = score(&r).unwrap();
+        // Equal weights: (4 + 8) / 2 = 6 of 10.
+        assert_eq!(agent(&o, "a").items[0].value, Some(6.0));
+        assert_eq!(agent(&o, "a").total, Some(6.0));
+    }
+}
