@@ -1135,7 +1135,8 @@ mod tests {
             ("a".into(), "review".into()),
             vec![("peer".into(), 4.0), ("manager".into(), 8.0)],
         );
-        let mut r = run(&s, &p, &tz, &[]);
+        let days = [row("a", 1, &handled(1))];
+        let mut r = run(&s, &p, &tz, &days);
         r.manual = &manual;
         let o = score(&r).unwrap();
         // Equal weights: (4 + 8) / 2 = 6 of 10.
