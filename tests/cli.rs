@@ -284,9 +284,11 @@ fn replay_and_export_on_postgres_match_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}", dir.path().join("x.db").display());
     let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    // Only replay cases: `tests/golden/scoring/` holds the scoring runs (tests/scoring.rs).
     let mut cases: Vec<std::path::PathBuf> = std::fs::read_dir(&golden)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.join("events.jsonl").exists())
         .collect();
     cases.sort();
     assert!(

@@ -218,6 +218,29 @@ fn invalid_scheme_names_line_and_key() {
 }
 
 #[test]
+fn help_lists_the_options() {
+    let o = bin()
+        .args(["score", "--help"])
+        .output()
+        .expect("run score --help");
+    let text = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        "--scheme",
+        "--period",
+        "--from",
+        "--to",
+        "--manual",
+        "--roster",
+        "--bonus-base",
+        "--exclude-date",
+        "--out",
+        "--config",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from score --help");
+    }
+}
+
+#[test]
 fn usage_errors_are_clear() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("s.db");
