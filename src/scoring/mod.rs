@@ -215,6 +215,8 @@ pub struct Outcome {
     pub scopes: Vec<ScopeSummary>,
     pub teams: Vec<TeamSummary>,
     pub warnings: Vec<String>,
+    /// The scheme as validated (targets computed, grades ordered): what was applied.
+    pub scheme_definition: Scheme,
 }
 
 /// Round to 4 decimals: totals are compared for grades and ties after this, so binary
@@ -238,6 +240,12 @@ pub fn score(run: &Run) -> Result<Outcome, ScoreError> {
 
     // Agents: everyone with data in the period, and everyone on the roster.
     let mut agents: BTreeSet<String> = run.days.iter().map(|r| r.key.clone()).collect();
+    if agents.is_empty() {
+        warnings.push(format!(
+            "the store has no 1d agent snapshots from {} to {}: replay or serve first?",
+            run.period.first, run.period.last
+        ));
+    }
     agents.extend(roster.keys().cloned());
     if run.roster.is_some() {
         let missing: Vec<&str> = agents
@@ -403,6 +411,7 @@ pub fn score(run: &Run) -> Result<Outcome, ScoreError> {
         scopes,
         teams,
         warnings,
+        scheme_definition: main.clone(),
     })
 }
 
@@ -1106,6 +1115,24 @@ mod tests {
         assert_eq!(agent(&o, "edge").scheme, "main");
         assert_eq!(o.grade_names, vec!["A", "B", "P", "F"]);
         assert_eq!(o.item_columns, vec!["csat", "volume"]);
+    }
+
+    #[test]
+    fn scope_keys_come_from_the_roster() {
+        let e = inputs::RosterEntry {
+            team: "east".into(),
+            queue_group: "sales".into(),
+            ..Default::default()
+        };
+        assert_eq!(scope_key(Scope::Team, Some(&e)), "east");
+        assert_eq!(scope_key(Scope::QueueGroup, Some(&e)), "sales");
+        assert_eq!(scope_key(Scope::Centre, Some(&e)), "centre");
+        assert_eq!(scope_key(Scope::QueueGroup, None), "unknown");
+        let no_group = inputs::RosterEntry {
+            team: "east".into(),
+            ..Default::default()
+        };
+        assert_eq!(scope_key(Scope::QueueGroup, Some(&no_group)), "unknown");
     }
 
     #[test]

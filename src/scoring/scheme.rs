@@ -259,6 +259,7 @@ pub struct Grade {
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ProtectionAction {
     Exclude,
     Scheme(Box<Scheme>),
