@@ -239,7 +239,8 @@ pub fn score(run: &Run) -> Result<Outcome, ScoreError> {
     let roster = run.roster.unwrap_or(&empty_roster);
 
     // Agents: everyone with data in the period, and everyone on the roster.
-    let mut agents: BTreeSet<String> = run.days.iter().map(|r| r.key.clone()).collect();
+    let days = by_agent(run.days);
+    let mut agents: BTreeSet<String> = days.keys().map(|k| (*k).to_owned()).collect();
     if agents.is_empty() {
         warnings.push(format!(
             "the store has no 1d agent snapshots from {} to {}: replay or serve first?",
@@ -307,7 +308,7 @@ pub fn score(run: &Run) -> Result<Outcome, ScoreError> {
             (false, _) => pools[0].1.push(a.clone()),
             (true, Some(_)) => pools[1].1.push(a.clone()),
             (true, None) => {
-                let acc = merged(run, a, &in_period, run.tz)?;
+                let acc = merged(&days, a, &in_period, run.tz)?;
                 out_agents.push(unscored(
                     run,
                     main,
@@ -338,7 +339,7 @@ pub fn score(run: &Run) -> Result<Outcome, ScoreError> {
         );
         let mut groups: BTreeMap<String, Vec<Prepared>> = BTreeMap::new();
         for a in members {
-            let acc = merged(run, a, &excluded, run.tz)?;
+            let acc = merged(&days, a, &excluded, run.tz)?;
             if acc.handled < scheme.min_handled {
                 out_agents.push(unscored(
                     run,
@@ -396,7 +397,7 @@ pub fn score(run: &Run) -> Result<Outcome, ScoreError> {
             }
         }
     }
-    let teams = team_summaries(run, &out_agents, &in_period)?;
+    let teams = team_summaries(run, &days, &out_agents, &in_period)?;
     Ok(Outcome {
         scheme: main.name.clone(),
         scheme_title: main.title.clone(),
@@ -482,20 +483,37 @@ fn check_manual(
 
 /// The agent's day rows merged exactly (counters summed, histograms merged), minus
 /// the excluded days.
-fn merged(run: &Run, agent: &str, excluded: &[Date], tz: &TimeZone) -> Result<Acc, ScoreError> {
+fn merged(
+    days: &ByAgent,
+    agent: &str,
+    excluded: &[Date],
+    tz: &TimeZone,
+) -> Result<Acc, ScoreError> {
     let skip: BTreeSet<i64> = excluded
         .iter()
         .map(|d| period::day_start_ms(*d, tz))
         .collect::<Result<_, _>>()?;
     let mut acc = Acc::default();
-    for r in run
-        .days
-        .iter()
-        .filter(|r| r.key == agent && !skip.contains(&r.start))
+    for r in days
+        .get(agent)
+        .into_iter()
+        .flatten()
+        .filter(|r| !skip.contains(&r.start))
     {
         acc.merge(&r.acc);
     }
     Ok(acc)
+}
+
+/// Day rows by agent, indexed once: a year of a large centre is ~10⁵ rows.
+type ByAgent<'a> = BTreeMap<&'a str, Vec<&'a StoredRow>>;
+
+fn by_agent(days: &[StoredRow]) -> ByAgent<'_> {
+    let mut out = ByAgent::new();
+    for r in days {
+        out.entry(r.key.as_str()).or_default().push(r);
+    }
+    out
 }
 
 fn scope_key(scope: Scope, entry: Option<&inputs::RosterEntry>) -> String {
@@ -822,6 +840,7 @@ fn score_group(
 /// over the team's merged snapshots.
 fn team_summaries(
     run: &Run,
+    days: &ByAgent,
     agents: &[AgentScore],
     excluded: &[Date],
 ) -> Result<Vec<TeamSummary>, ScoreError> {
@@ -839,7 +858,7 @@ fn team_summaries(
     for (team, members) in by_team {
         let mut acc = Acc::default();
         for a in &members {
-            acc.merge(&merged(run, &a.agent_id, excluded, run.tz)?);
+            acc.merge(&merged(days, &a.agent_id, excluded, run.tz)?);
         }
         let values = Values::new(&acc, run.sl_formula);
         let totals: Vec<f64> = members.iter().filter_map(|a| a.total).collect();
