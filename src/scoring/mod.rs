@@ -273,7 +273,10 @@ pub fn score(run: &Run) -> Result<Outcome, ScoreError> {
         _ => None,
     };
     check_manual(run.manual, main, protected_scheme, &agents, &mut warnings)?;
-    if run.fcr_provisional && main.metrics().iter().any(Metric::uses_fcr) {
+    let scores_fcr = std::iter::once(main)
+        .chain(protected_scheme)
+        .any(|s| s.metrics().iter().any(Metric::uses_fcr));
+    if run.fcr_provisional && scores_fcr {
         warnings.push(format!(
             "the FCR window after {} has not closed in the data yet: fcr figures are provisional (rows marked fcr_provisional)",
             run.period.last
