@@ -67,6 +67,10 @@ pub enum CommitError {
     Checkpoint(#[from] CheckpointError),
     #[error("cannot write dead letters before committing: {0}")]
     DeadLetters(std::io::Error),
+    /// Not attempted: the store already failed with a transient error in the same
+    /// commit round, and every other partition would wait for the same server.
+    #[error("not attempted: the store is unreachable")]
+    Deferred,
 }
 
 /// This process's ownership of a snapshot partition: the epoch it claimed and the
@@ -280,6 +284,10 @@ impl Pipeline {
     /// state). When the failure left it unknown whether the transaction landed (the
     /// connection dropped during COMMIT), the next call first reads the stored
     /// sequence number back: landed means those deltas are dropped, not written twice.
+    ///
+    /// This is [`Pipeline::prepare_commit`], [`CommitJob::run`] and
+    /// [`Pipeline::finish_commit`] in a row; the Kafka daemon runs the middle step on a
+    /// committer task so that the store round trip does not stall consumption.
     pub async fn commit(
         &mut self,
         store: &Store,
@@ -287,7 +295,123 @@ impl Pipeline {
         deltas: Vec<SnapshotDelta>,
         next_offset: i64,
     ) -> Result<(), CommitError> {
+        let job = self.prepare_commit(own, deltas, next_offset)?;
+        let done = job.run(store).await;
+        self.finish_commit(own, done)
+    }
+
+    /// The part of a commit that needs the engine: take `deltas` (plus any earlier
+    /// unwritten ones) and the engine's state as of now, after making the dead letters
+    /// durable. Until the job's [`CommitDone`] comes back through
+    /// [`Pipeline::finish_commit`], no other commit may be prepared for this pipeline
+    /// (the job carries the ownership's next sequence number).
+    pub fn prepare_commit(
+        &mut self,
+        own: &Ownership,
+        deltas: Vec<SnapshotDelta>,
+        next_offset: i64,
+    ) -> Result<CommitJob, CommitError> {
         self.unwritten.extend(deltas);
+        if let Some(w) = &mut self.dead_letters {
+            w.flush().map_err(CommitError::DeadLetters)?;
+        }
+        let state = self.engine.checkpoint()?;
+        Ok(CommitJob {
+            partition: self.partition.clone(),
+            deltas: std::mem::take(&mut self.unwritten),
+            state,
+            next_offset,
+            own: *own,
+        })
+    }
+
+    /// Take a commit's outcome back: the ownership moves on, and on failure the job's
+    /// deltas go back in front of anything taken since, for the next attempt.
+    pub fn finish_commit(
+        &mut self,
+        own: &mut Ownership,
+        done: CommitDone,
+    ) -> Result<(), CommitError> {
+        *own = done.own;
+        match done.result {
+            Ok(rows) => {
+                self.flushes += 1;
+                self.rows_written += rows as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let mut deltas = done.deltas;
+                deltas.append(&mut self.unwritten);
+                self.unwritten = deltas;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A commit prepared by [`Pipeline::prepare_commit`]: everything the store transaction
+/// needs, owned, so it can run on another task while the pipeline keeps ingesting.
+pub struct CommitJob {
+    partition: String,
+    deltas: Vec<SnapshotDelta>,
+    state: Vec<u8>,
+    next_offset: i64,
+    own: Ownership,
+}
+
+/// What became of a [`CommitJob`]; hand it to [`Pipeline::finish_commit`].
+pub struct CommitDone {
+    partition: String,
+    pub next_offset: i64,
+    own: Ownership,
+    /// Rows written, or why nothing was.
+    pub result: Result<usize, CommitError>,
+    /// The deltas still to write (empty after a success).
+    deltas: Vec<SnapshotDelta>,
+}
+
+impl CommitDone {
+    /// The snapshot partition the commit was for.
+    pub fn partition(&self) -> &str {
+        &self.partition
+    }
+
+    /// The owner epoch the commit was made under.
+    pub fn epoch(&self) -> i64 {
+        self.own.epoch
+    }
+}
+
+impl CommitJob {
+    pub fn partition(&self) -> &str {
+        &self.partition
+    }
+
+    /// Run the fenced store transaction (settling an earlier commit in doubt first).
+    pub async fn run(mut self, store: &Store) -> CommitDone {
+        let result = self.write(store).await;
+        CommitDone {
+            partition: self.partition,
+            next_offset: self.next_offset,
+            own: self.own,
+            result,
+            deltas: self.deltas,
+        }
+    }
+
+    /// Give the job back unattempted, failed with `err` (its deltas are kept).
+    pub fn skip(self, err: CommitError) -> CommitDone {
+        CommitDone {
+            partition: self.partition,
+            next_offset: self.next_offset,
+            own: self.own,
+            result: Err(err),
+            deltas: self.deltas,
+        }
+    }
+
+    async fn write(&mut self, store: &Store) -> Result<usize, CommitError> {
+        let own = &mut self.own;
         if let Some(n) = own.in_doubt {
             let landed = match store.committed(&self.partition).await? {
                 Some((epoch, _)) if epoch != own.epoch => {
@@ -302,32 +426,27 @@ impl Pipeline {
             };
             if landed {
                 tracing::info!(partition = %self.partition, seq = own.seq + 1, "an earlier commit reported as failed did land");
-                self.unwritten.drain(..n.min(self.unwritten.len()));
+                self.deltas.drain(..n.min(self.deltas.len()));
                 own.seq += 1;
             }
             own.in_doubt = None;
         }
-        if let Some(w) = &mut self.dead_letters {
-            w.flush().map_err(CommitError::DeadLetters)?;
-        }
-        let state = self.engine.checkpoint()?;
         let cp = CheckpointWrite {
             epoch: own.epoch,
             seq: own.seq + 1,
-            next_offset,
-            state: &state,
+            next_offset: self.next_offset,
+            state: &self.state,
         };
-        match store.commit(&self.partition, &self.unwritten, &cp).await {
+        match store.commit(&self.partition, &self.deltas, &cp).await {
             Ok(_) => {
                 own.seq += 1;
-                self.flushes += 1;
-                self.rows_written += self.unwritten.len() as u64;
-                self.unwritten.clear();
-                Ok(())
+                let rows = self.deltas.len();
+                self.deltas.clear();
+                Ok(rows)
             }
             Err(e @ StoreError::Fenced { .. }) => Err(e.into()),
             Err(e) => {
-                own.in_doubt = Some(self.unwritten.len());
+                own.in_doubt = Some(self.deltas.len());
                 Err(e.into())
             }
         }

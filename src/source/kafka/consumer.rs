@@ -1,18 +1,23 @@
 //! The consumer-group member behind `serve` when `[kafka] brokers` is set.
 //!
 //! One OS thread owns the librdkafka consumer and polls it; the rebalance callback
-//! runs inside `poll` on that same thread. So messages, commits and rebalances are
-//! strictly sequential per process, and store calls made from the thread
-//! (`Handle::block_on`) never race with message processing.
+//! runs inside `poll` on that same thread. So messages, rebalances and the engine side
+//! of commits are strictly sequential per process. The store side of a periodic commit
+//! runs on a committer task: the polling thread prepares each partition's commit
+//! (deltas + checkpoint bytes + next offset, taken at one instant) and goes on
+//! consuming while the transaction runs, so a slow store never stalls the live
+//! figures. A partition has at most one commit in flight; rebalances and shutdown wait
+//! for it before they commit synchronously (`Handle::block_on`).
 //!
 //! Partition lifecycle:
 //! - **assign**: claim the snapshot partition in the store (bumping its owner epoch
 //!   fences out the previous owner), restore the engine from the claimed checkpoint,
 //!   and hand librdkafka the stored offset in the assignment itself (no second assign,
 //!   no seek race). A partition never committed starts at the beginning of the log.
-//! - **every `commit_interval`**: per partition, idle watermark advance, then deltas +
-//!   checkpoint + next offset in one fenced transaction; then Kafka's committed
-//!   offset, for lag tools only.
+//! - **every `commit_interval`** (a commit round): per partition, idle watermark
+//!   advance, then deltas + checkpoint + next offset in one fenced transaction, on the
+//!   committer task; then Kafka's committed offset, for lag tools only. The next round
+//!   starts `commit_interval` after the last one completed (longer while it fails).
 //! - **revoke**: one last commit per revoked partition (bounded), then release. When
 //!   the assignment was *lost* (session timeout), nothing is written: another member
 //!   may already own the partition, and the fence would refuse the write anyway.
@@ -33,6 +38,7 @@ use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 
 use super::dead_letter::{DeadLetterProducer, DeliveryCounter, KafkaDeadLetters};
 use super::partition::{Part, Position};
@@ -40,12 +46,14 @@ use crate::config::{AssignmentStrategy, Config};
 use crate::engine::EngineConfig;
 use crate::event::Decoder;
 use crate::http::{AppState, LiveSnapshot, PartitionStatus};
-use crate::pipeline::CommitError;
+use crate::pipeline::{CommitDone, CommitError, CommitJob};
 use crate::store::{Store, StoreError};
 
 /// How long one revoked partition may retry its last commit before it is released
 /// anyway (its next owner re-reads whatever was not committed).
 const REVOKE_COMMIT_BUDGET: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the commit round in flight before its final commits.
+const SHUTDOWN_ROUND_BUDGET: Duration = Duration::from_secs(30);
 /// The live view is republished this often while input flows (event → /metrics
 /// latency is at most this plus the scrape).
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
@@ -175,10 +183,83 @@ pub struct Shared {
     cooperative: bool,
     parts: Mutex<BTreeMap<(String, i32), Part>>,
     high: Mutex<HashMap<(String, i32), i64>>,
+    /// Prepared commits to the committer task, and their outcomes back.
+    jobs: mpsc::UnboundedSender<Job>,
+    finished: Mutex<std::sync::mpsc::Receiver<Finished>>,
+    round: Mutex<Round>,
+    /// Offsets stored with results since Kafka's committed offsets were last updated.
+    kafka_offsets: Mutex<Vec<(String, i32, i64)>>,
     metrics: KafkaMetrics,
     state: Arc<AppState>,
     stop: Arc<AtomicBool>,
     fatal: Mutex<Option<String>>,
+}
+
+type PartKey = (String, i32);
+
+/// A prepared commit on its way to the committer task.
+struct Job {
+    round: u64,
+    key: PartKey,
+    job: CommitJob,
+}
+
+/// A commit's outcome on its way back to the polling thread.
+struct Finished {
+    round: u64,
+    key: PartKey,
+    done: CommitDone,
+    took: Duration,
+}
+
+/// The commit round in flight (at most one at a time).
+#[derive(Debug, Default)]
+struct Round {
+    id: u64,
+    /// Commits sent and not back yet.
+    outstanding: usize,
+    /// No commit of the round has failed so far.
+    ok: bool,
+    /// Set when the round completes (all commits back): whether all of them worked.
+    /// Taken by the polling loop to schedule the next round.
+    completed: Option<bool>,
+}
+
+/// The store side of periodic commits, one at a time in the order they were
+/// prepared. After a transient store error (connection refused or lost) the rest of
+/// that round is handed back unattempted: every other partition would wait for the
+/// same unreachable server (one pool acquire timeout each).
+async fn committer(
+    store: Store,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    finished: std::sync::mpsc::Sender<Finished>,
+) {
+    let mut failed_round = None;
+    while let Some(Job { round, key, job }) = jobs.recv().await {
+        let started = Instant::now();
+        let done = if failed_round == Some(round) {
+            job.skip(CommitError::Deferred)
+        } else {
+            job.run(&store).await
+        };
+        if let Err(CommitError::Store(e)) = &done.result
+            && e.is_transient()
+        {
+            failed_round = Some(round);
+        }
+        let took = started.elapsed();
+        if finished
+            .send(Finished {
+                round,
+                key,
+                done,
+                took,
+            })
+            .is_err()
+        {
+            break; // the polling thread is gone
+        }
+    }
 }
 
 /// The consumer context: routes librdkafka's callbacks to [`Shared`].
@@ -335,6 +416,10 @@ impl Shared {
     /// Release revoked partitions: a last commit each (unless the assignment was lost).
     fn revoke(&self, tpl: &TopicPartitionList, lost: bool) {
         self.state.set_ready(false);
+        if !lost {
+            // A commit in flight carries the sequence number the last commit needs.
+            self.wait_round(Instant::now() + REVOKE_COMMIT_BUDGET);
+        }
         for e in tpl.elements() {
             let key = (e.topic().to_owned(), e.partition());
             let Some(mut part) = lock(&self.parts).remove(&key) else {
@@ -343,6 +428,12 @@ impl Shared {
             self.forget_labels(&part);
             if lost {
                 tracing::warn!(partition = %part.name(), "partition lost; its uncommitted work is dropped (the next owner re-reads it)");
+                continue;
+            }
+            if part.in_flight {
+                // Its commit may still land; a second one with the same sequence number
+                // must not race it. The next owner's claim fences out whichever is late.
+                tracing::warn!(partition = %part.name(), "releasing a partition whose commit is still in flight; the next owner re-reads what it did not commit");
                 continue;
             }
             let started = Instant::now();
@@ -377,90 +468,222 @@ impl Shared {
             .remove_label_values(&[&part.topic, &p]);
     }
 
-    /// One partition's commit with metrics and logging.
+    /// One partition's commit, synchronously (rebalance and shutdown), with metrics
+    /// and logging.
     fn commit_part(&self, part: &mut Part, open: bool) -> Result<bool, CommitError> {
         let started = Instant::now();
         let r = self.rt.block_on(part.commit(&self.store, open));
-        match &r {
-            Ok(true) => {
+        if !matches!(r, Ok(false)) {
+            self.record(part, r.as_ref().map(|_| ()), started.elapsed());
+        }
+        r
+    }
+
+    /// Metrics and logging of one partition commit's outcome.
+    fn record(&self, part: &Part, r: Result<(), &CommitError>, took: Duration) {
+        match r {
+            Ok(()) => {
                 self.metrics.commits.with_label_values(&["ok"]).inc();
-                self.metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.commit_seconds.observe(took.as_secs_f64());
                 if let Some(o) = part.committed_offset {
                     self.metrics
                         .committed
                         .with_label_values(&[&part.topic, &part.partition.to_string()])
                         .set(o);
+                    lock(&self.kafka_offsets).push((part.topic.clone(), part.partition, o));
                 }
             }
-            Ok(false) => {}
             Err(CommitError::Store(StoreError::Fenced { .. })) => {
                 self.metrics.commits.with_label_values(&["fenced"]).inc();
             }
+            // Not attempted: the failure that caused it was counted and logged.
+            Err(CommitError::Deferred) => {}
             Err(e) => {
                 self.metrics.commits.with_label_values(&["error"]).inc();
                 tracing::error!(partition = %part.name(), error = %e, pending = part.pipe.unwritten(), "partition commit failed; will retry");
             }
         }
-        r
     }
 
-    /// Idle advance and commit of every owned partition. A fenced partition (another
-    /// instance claimed it: this one is a zombie) is dropped unwritten. Returns false
-    /// when a commit failed; a transient store error (connection lost or refused) ends
-    /// the round at once, since every other partition would wait for the same
-    /// unreachable server. Failed deltas stay with their partition for the next round.
-    fn commit_all(&self, consumer: &BaseConsumer<Ctx>, open: bool) -> bool {
+    /// Start a commit round: per partition the idle advance, then its commit prepared
+    /// here and handed to the committer task. Does nothing while a round is in flight.
+    fn start_round(&self) {
+        let idle_ms = i64::try_from(self.idle.as_millis()).unwrap_or(i64::MAX);
+        let high = lock(&self.high).clone();
+        let mut parts = lock(&self.parts);
+        let mut round = lock(&self.round);
+        if round.outstanding > 0 {
+            return;
+        }
+        round.id += 1;
+        round.ok = true;
+        round.completed = None;
+        for (key, part) in parts.iter_mut() {
+            self.idle_advance(key, part, &high, idle_ms);
+            match part.prepare(false) {
+                Ok(Some(job)) => {
+                    let job = Job {
+                        round: round.id,
+                        key: key.clone(),
+                        job,
+                    };
+                    if self.jobs.send(job).is_err() {
+                        drop((parts, round));
+                        self.fail("the store committer task stopped".into());
+                        return;
+                    }
+                    round.outstanding += 1;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    round.ok = false;
+                    self.record(part, Err(&e), Duration::ZERO);
+                }
+            }
+        }
+        if round.outstanding == 0 {
+            round.completed = Some(round.ok);
+        }
+    }
+
+    /// The idle wall-clock advance of one partition.
+    fn idle_advance(
+        &self,
+        key: &PartKey,
+        part: &mut Part,
+        high: &HashMap<PartKey, i64>,
+        idle_ms: i64,
+    ) {
+        // Quiet means caught up: a partition with a known backlog is not idle, it is
+        // waiting for the broker, and moving its clock would make the backlog late.
+        let caught_up = high.get(key).is_none_or(|h| part.lag(*h) == 0);
+        if caught_up && part.last_input.elapsed() >= self.idle {
+            let before = part.pipe.engine.clock();
+            part.pipe.engine.advance_to(now_ms() - idle_ms);
+            part.dirty |= part.pipe.engine.clock() != before;
+        }
+    }
+
+    /// Take back the commits the committer has finished; with a deadline, wait for
+    /// the round in flight to complete (or the deadline to pass).
+    fn collect(&self, deadline: Option<Instant>) {
+        let rx = lock(&self.finished);
+        loop {
+            let msg = match deadline {
+                None => rx
+                    .try_recv()
+                    .map_err(|e| e == std::sync::mpsc::TryRecvError::Disconnected),
+                Some(d) => {
+                    if lock(&self.round).outstanding == 0 {
+                        return;
+                    }
+                    let left = d.saturating_duration_since(Instant::now());
+                    rx.recv_timeout(left)
+                        .map_err(|e| e == std::sync::mpsc::RecvTimeoutError::Disconnected)
+                }
+            };
+            let f = match msg {
+                Ok(f) => f,
+                Err(false) => return, // nothing yet / deadline passed
+                Err(true) => {
+                    drop(rx);
+                    self.fail("the store committer task stopped".into());
+                    return;
+                }
+            };
+            let ok = self.take_back(f.key, f.done, f.took);
+            let mut round = lock(&self.round);
+            if f.round == round.id && round.outstanding > 0 {
+                round.outstanding -= 1;
+                round.ok &= ok;
+                if round.outstanding == 0 {
+                    round.completed = Some(round.ok);
+                }
+            }
+        }
+    }
+
+    /// Wait (bounded) for the commit round in flight.
+    fn wait_round(&self, deadline: Instant) {
+        self.collect(Some(deadline));
+    }
+
+    /// Hand a finished commit back to its partition; false when it failed. A fenced
+    /// partition (another instance claimed it: this one is a zombie) is dropped.
+    fn take_back(&self, key: PartKey, done: CommitDone, took: Duration) -> bool {
+        let mut parts = lock(&self.parts);
+        let Some(part) = parts.get_mut(&key) else {
+            // Released meanwhile (lost, or revoked after a bounded wait): whatever this
+            // commit did, the fence keeps the next owner's rows safe.
+            return true;
+        };
+        if !part.in_flight || part.own.epoch != done.epoch() {
+            // A commit of an earlier ownership of this partition (released, then
+            // assigned again): the new claim fenced it, and it must not touch the
+            // new ownership's sequence numbers.
+            return true;
+        }
+        let r = part.finish(done);
+        self.record(part, r.as_ref().copied(), took);
+        match r {
+            Ok(()) => true,
+            Err(CommitError::Store(StoreError::Fenced { .. })) => {
+                tracing::warn!(partition = %part.name(), "another instance owns this partition now; dropping it");
+                if let Some(part) = parts.remove(&key) {
+                    self.forget_labels(&part);
+                }
+                self.metrics.assigned.set(parts.len() as i64);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Update Kafka's committed offsets (for lag tools only: never read back).
+    fn commit_kafka_offsets(&self, consumer: &BaseConsumer<Ctx>) {
+        let pending = std::mem::take(&mut *lock(&self.kafka_offsets));
+        if pending.is_empty() {
+            return;
+        }
+        let owned = lock(&self.parts);
+        let mut offsets = TopicPartitionList::new();
+        for (topic, p, o) in pending {
+            // Only partitions still owned: the new owner reports its own.
+            if owned.contains_key(&(topic.clone(), p)) {
+                let _ = offsets.add_partition_offset(&topic, p, Offset::Offset(o));
+            }
+        }
+        drop(owned);
+        if offsets.count() > 0
+            && let Err(e) = consumer.commit(&offsets, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "cannot commit offsets to Kafka (lag monitoring only)");
+        }
+    }
+
+    /// The final commit of every owned partition, synchronously (shutdown), open
+    /// windows included when `open` is set. Returns false when one failed; a transient
+    /// store error ends it at once, as in the committer.
+    fn commit_all_now(&self, open: bool) -> bool {
         let mut all_ok = true;
         let idle_ms = i64::try_from(self.idle.as_millis()).unwrap_or(i64::MAX);
         let high = lock(&self.high).clone();
         let mut parts = lock(&self.parts);
-        let mut fenced = Vec::new();
-        let mut offsets = TopicPartitionList::new();
         for (key, part) in parts.iter_mut() {
-            // Quiet means caught up: a partition with a known backlog is not idle, it is
-            // waiting for the broker, and moving its clock would make the backlog late.
-            let caught_up = high.get(key).is_none_or(|h| part.lag(*h) == 0);
-            if caught_up && part.last_input.elapsed() >= self.idle {
-                let before = part.pipe.engine.clock();
-                part.pipe.engine.advance_to(now_ms() - idle_ms);
-                part.dirty |= part.pipe.engine.clock() != before;
+            self.idle_advance(key, part, &high, idle_ms);
+            if part.in_flight {
+                tracing::warn!(partition = %part.name(), "a commit is still in flight; no final commit (the next owner re-reads what it did not commit)");
+                all_ok = false;
+                continue;
             }
             match self.commit_part(part, open) {
-                Ok(true) => {
-                    if let Some(o) = part.committed_offset {
-                        let _ = offsets.add_partition_offset(
-                            &part.topic,
-                            part.partition,
-                            Offset::Offset(o),
-                        );
-                    }
-                }
-                Ok(false) => {}
-                Err(CommitError::Store(StoreError::Fenced { .. })) => {
-                    tracing::warn!(partition = %part.name(), "another instance owns this partition now; dropping it");
-                    fenced.push(key.clone());
-                }
+                Ok(_) => {}
                 Err(CommitError::Store(e)) if e.is_transient() => {
                     all_ok = false;
                     break;
                 }
                 Err(_) => all_ok = false,
             }
-        }
-        for key in fenced {
-            if let Some(part) = parts.remove(&key) {
-                self.forget_labels(&part);
-            }
-        }
-        self.metrics.assigned.set(parts.len() as i64);
-        drop(parts);
-        // For lag tools only: never read back.
-        if offsets.count() > 0
-            && let Err(e) = consumer.commit(&offsets, CommitMode::Async)
-        {
-            tracing::debug!(error = %e, "cannot commit offsets to Kafka (lag monitoring only)");
         }
         all_ok
     }
@@ -560,6 +783,9 @@ impl KafkaSource {
             Some((Arc::new(producer), k.dead_letter_topic.clone()))
         };
         let metrics = KafkaMetrics::register(state.registry())?;
+        let (jobs, job_rx) = mpsc::unbounded_channel();
+        let (finished_tx, finished) = std::sync::mpsc::channel();
+        tokio::spawn(committer(store.clone(), job_rx, finished_tx));
         let shared = Arc::new(Shared {
             rt: Handle::current(),
             store,
@@ -571,6 +797,10 @@ impl KafkaSource {
             cooperative: k.assignment_strategy == AssignmentStrategy::CooperativeSticky,
             parts: Mutex::new(BTreeMap::new()),
             high: Mutex::new(HashMap::new()),
+            jobs,
+            finished: Mutex::new(finished),
+            round: Mutex::new(Round::default()),
+            kafka_offsets: Mutex::new(Vec::new()),
             metrics,
             state,
             stop,
@@ -606,8 +836,10 @@ impl KafkaSource {
                 Some(Err(e)) => log_poll_error(&e),
                 None => {}
             }
-            if last_commit.elapsed() >= commit_wait {
-                commit_wait = if sh.commit_all(&self.consumer, false) {
+            sh.collect(None);
+            let completed = lock(&sh.round).completed.take();
+            if let Some(ok) = completed {
+                commit_wait = if ok {
                     self.commit_every
                 } else {
                     let next = (commit_wait * 2).min(MAX_COMMIT_BACKOFF);
@@ -616,6 +848,13 @@ impl KafkaSource {
                 };
                 last_commit = Instant::now();
                 fresh = true;
+                sh.commit_kafka_offsets(&self.consumer);
+            }
+            let idle_round = lock(&sh.round).outstanding == 0;
+            if idle_round && last_commit.elapsed() >= commit_wait {
+                sh.start_round();
+                // Not counted from here: the next round waits for this one to complete.
+                last_commit = Instant::now();
             }
             if last_publish.elapsed() >= PUBLISH_EVERY
                 && (fresh || last_publish.elapsed() >= Duration::from_secs(1))
@@ -630,7 +869,8 @@ impl KafkaSource {
         }
         tracing::info!("stopping: committing every partition, open windows included");
         sh.state.set_ready(false);
-        if !sh.commit_all(&self.consumer, true) {
+        sh.wait_round(Instant::now() + SHUTDOWN_ROUND_BUDGET);
+        if !sh.commit_all_now(true) {
             tracing::warn!(
                 "not every partition committed at shutdown; their next owner re-reads the uncommitted input"
             );

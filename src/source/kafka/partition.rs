@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Decoder;
-use crate::pipeline::{CommitError, Ownership, Pipeline};
+use crate::pipeline::{CommitDone, CommitError, CommitJob, Ownership, Pipeline};
 use crate::store::{Claim, Store};
 
 /// What one assigned partition owns.
@@ -24,6 +24,9 @@ pub struct Part {
     pub last_input: Instant,
     /// Input or clock movement since the last commit.
     pub dirty: bool,
+    /// A prepared commit has not come back yet: no other may be prepared (it would
+    /// carry the same sequence number) until [`Part::finish`] has taken its outcome.
+    pub in_flight: bool,
 }
 
 /// How a partition's messages relate to its offsets.
@@ -61,6 +64,7 @@ impl Part {
             seeked: true,
             last_input: Instant::now(),
             dirty: false,
+            in_flight: false,
         })
     }
 
@@ -94,21 +98,49 @@ impl Part {
     /// and its next offset, in one fenced transaction. Nothing to do before the first
     /// message of a partition without a stored offset.
     pub async fn commit(&mut self, store: &Store, open: bool) -> Result<bool, CommitError> {
-        let Some(next) = self.next_offset else {
+        let Some(job) = self.prepare(open)? else {
             return Ok(false);
         };
-        if !self.dirty && self.pipe.unwritten() == 0 && !open {
-            return Ok(false);
+        let done = job.run(store).await;
+        self.finish(done).map(|()| true)
+    }
+
+    /// The engine side of [`Part::commit`], for a commit run elsewhere: `None` when
+    /// there is nothing to commit or a commit is already in flight.
+    pub fn prepare(&mut self, open: bool) -> Result<Option<CommitJob>, CommitError> {
+        let Some(next) = self.next_offset else {
+            return Ok(None);
+        };
+        if self.in_flight || (!self.dirty && self.pipe.unwritten() == 0 && !open) {
+            return Ok(None);
         }
         let deltas = if open {
             self.pipe.engine.flush_open()
         } else {
             self.pipe.engine.flush()
         };
-        self.pipe.commit(store, &mut self.own, deltas, next).await?;
-        self.committed_offset = Some(next);
+        let job = self.pipe.prepare_commit(&self.own, deltas, next)?;
         self.dirty = false;
-        Ok(true)
+        self.in_flight = true;
+        Ok(Some(job))
+    }
+
+    /// Take back the outcome of a prepared commit.
+    pub fn finish(&mut self, done: CommitDone) -> Result<(), CommitError> {
+        self.in_flight = false;
+        let next = done.next_offset;
+        match self.pipe.finish_commit(&mut self.own, done) {
+            Ok(()) => {
+                self.committed_offset = Some(next);
+                Ok(())
+            }
+            Err(e) => {
+                // The checkpoint and offset did not land either: commit them next time
+                // even when no new input arrives.
+                self.dirty = true;
+                Err(e)
+            }
+        }
     }
 
     /// Offsets not yet processed, given the partition's high watermark.
