@@ -7,7 +7,7 @@
 #   4. Kafka (a local tansu broker): `serve` catching up on a 6-partition topic vs a bare
 #      rdkafka consumer with the same settings, and event -> /metrics latency at a
 #      steady 5 000 events/s (examples/kafka_bench.rs).
-# Usage: scripts/bench.sh [all|engine|kafka]
+# Usage: scripts/bench.sh [all|engine|kafka|kafka-latency]
 #   (N=10000000 AGENTS=10000 RUNS=3; KAFKA_N=500000 LATENCY_RATE=5000 LATENCY_SECONDS=60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,27 +46,29 @@ dead_letter_topic = ""
 TOML
   done
   cfg="$OUT/kafka-bench.toml"
-  [ -s "$events" ] || $BIN generate --events "$n" --agents 500 --queues 12 --out "$events"
-  echo "== kafka: producing $n events to a 6-partition topic (broker $addr)"
-  $BIN produce --config "$cfg" --input "$events"
-  echo "== kafka: serve catching up vs a bare consumer, $RUNS runs each, alternating"
-  : > "$OUT/kafka-bare"; : > "$OUT/kafka-serve"
-  for _ in $(seq "$RUNS"); do
-    target/release/examples/kafka_bench bare --config "$cfg" --expect "$n" | tee -a "$OUT/kafka-bare.log" \
-      | sed -E 's/.* in ([0-9.]+) s.*/\1/' >> "$OUT/kafka-bare"
-    target/release/examples/kafka_bench catch-up --config "$cfg" --expect "$n" --bin "$BIN" | tee -a "$OUT/kafka-serve.log" \
-      | sed -E 's/.* in ([0-9.]+) s.*/\1/' >> "$OUT/kafka-serve"
-  done
-  read -r bmin bmed bmax < <(median < "$OUT/kafka-bare")
-  read -r smin smed smax < <(median < "$OUT/kafka-serve")
-  echo "bare consumer s (min/median/max): $bmin / $bmed / $bmax"
-  echo "serve catch-up s (min/median/max): $smin / $smed / $smax"
-  echo "serve rate as a fraction of the bare consumer's (medians): $(awk -v b="$bmed" -v s="$smed" 'BEGIN {printf "%.0f %%", 100 * b / s}')"
+  if [ "$WHAT" != kafka-latency ]; then
+    [ -s "$events" ] || $BIN generate --events "$n" --agents 500 --queues 12 --out "$events"
+    echo "== kafka: producing $n events to a 6-partition topic (broker $addr)"
+    $BIN produce --config "$cfg" --input "$events"
+    echo "== kafka: serve catching up vs a bare consumer, $RUNS runs each, alternating"
+    : > "$OUT/kafka-bare"; : > "$OUT/kafka-serve"
+    for _ in $(seq "$RUNS"); do
+      target/release/examples/kafka_bench bare --config "$cfg" --expect "$n" | tee -a "$OUT/kafka-bare.log" \
+        | sed -E 's/.* in ([0-9.]+) s.*/\1/' >> "$OUT/kafka-bare"
+      target/release/examples/kafka_bench catch-up --config "$cfg" --expect "$n" --bin "$BIN" | tee -a "$OUT/kafka-serve.log" \
+        | sed -E 's/.* in ([0-9.]+) s.*/\1/' >> "$OUT/kafka-serve"
+    done
+    read -r bmin bmed bmax < <(median < "$OUT/kafka-bare")
+    read -r smin smed smax < <(median < "$OUT/kafka-serve")
+    echo "bare consumer s (min/median/max): $bmin / $bmed / $bmax"
+    echo "serve catch-up s (min/median/max): $smin / $smed / $smax"
+    echo "serve rate as a fraction of the bare consumer's (medians): $(awk -v b="$bmed" -v s="$smed" 'BEGIN {printf "%.0f %%", 100 * b / s}')"
+  fi
   echo "== kafka: event -> /metrics latency at $rate events/s for $secs s"
   target/release/examples/kafka_bench latency --config "$OUT/kafka-latency.toml" --rate "$rate" --seconds "$secs" --bin "$BIN"
 }
 
-if [ "$WHAT" = kafka ]; then
+if [ "$WHAT" = kafka ] || [ "$WHAT" = kafka-latency ]; then
   kafka_bench
   exit 0
 fi
