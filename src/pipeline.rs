@@ -361,7 +361,6 @@ pub struct CommitJob {
 
 /// What became of a [`CommitJob`]; hand it to [`Pipeline::finish_commit`].
 pub struct CommitDone {
-    partition: String,
     pub next_offset: i64,
     own: Ownership,
     /// Rows written, or why nothing was.
@@ -371,11 +370,6 @@ pub struct CommitDone {
 }
 
 impl CommitDone {
-    /// The snapshot partition the commit was for.
-    pub fn partition(&self) -> &str {
-        &self.partition
-    }
-
     /// The owner epoch the commit was made under.
     pub fn epoch(&self) -> i64 {
         self.own.epoch
@@ -383,15 +377,10 @@ impl CommitDone {
 }
 
 impl CommitJob {
-    pub fn partition(&self) -> &str {
-        &self.partition
-    }
-
     /// Run the fenced store transaction (settling an earlier commit in doubt first).
     pub async fn run(mut self, store: &Store) -> CommitDone {
         let result = self.write(store).await;
         CommitDone {
-            partition: self.partition,
             next_offset: self.next_offset,
             own: self.own,
             result,
@@ -402,7 +391,6 @@ impl CommitJob {
     /// Give the job back unattempted, failed with `err` (its deltas are kept).
     pub fn skip(self, err: CommitError) -> CommitDone {
         CommitDone {
-            partition: self.partition,
             next_offset: self.next_offset,
             own: self.own,
             result: Err(err),

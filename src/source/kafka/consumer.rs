@@ -418,7 +418,7 @@ impl Shared {
         self.state.set_ready(false);
         if !lost {
             // A commit in flight carries the sequence number the last commit needs.
-            self.wait_round(Instant::now() + REVOKE_COMMIT_BUDGET);
+            self.collect(Some(Instant::now() + REVOKE_COMMIT_BUDGET));
         }
         for e in tpl.elements() {
             let key = (e.topic().to_owned(), e.partition());
@@ -601,11 +601,6 @@ impl Shared {
                 }
             }
         }
-    }
-
-    /// Wait (bounded) for the commit round in flight.
-    fn wait_round(&self, deadline: Instant) {
-        self.collect(Some(deadline));
     }
 
     /// Hand a finished commit back to its partition; false when it failed. A fenced
@@ -869,7 +864,7 @@ impl KafkaSource {
         }
         tracing::info!("stopping: committing every partition, open windows included");
         sh.state.set_ready(false);
-        sh.wait_round(Instant::now() + SHUTDOWN_ROUND_BUDGET);
+        sh.collect(Some(Instant::now() + SHUTDOWN_ROUND_BUDGET));
         if !sh.commit_all_now(true) {
             tracing::warn!(
                 "not every partition committed at shutdown; their next owner re-reads the uncommitted input"
