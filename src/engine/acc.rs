@@ -180,6 +180,19 @@ impl Acc {
         self.frt_hist.merge(&o.frt_hist);
     }
 
+    /// Undo a [`Acc::merge`] of `o`: every primitive is additive and signed.
+    pub fn unmerge(&mut self, o: &Acc) {
+        let theirs = o.counters();
+        let mut mine = self.counters();
+        for (m, t) in mine.iter_mut().zip(theirs) {
+            *m -= t;
+        }
+        self.set_counters(mine);
+        self.wait_hist.unmerge(&o.wait_hist);
+        self.handle_hist.unmerge(&o.handle_hist);
+        self.frt_hist.unmerge(&o.frt_hist);
+    }
+
     pub fn is_zero(&self) -> bool {
         self.counters().iter().all(|&c| c == 0)
             && self.wait_hist.is_empty()

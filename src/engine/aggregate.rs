@@ -41,7 +41,25 @@ pub(super) struct Aggregator {
     live: bool,
     rolling_span_ms: i64,
     minutes: BTreeMap<Millis, HashMap<DimKey, Acc>>,
+    /// One running sum per rolling window: the buckets from its start on, kept up to
+    /// date per fact and as the clock moves, so reading a rolling window copies one
+    /// map instead of merging up to an hour of minute buckets per key (which made
+    /// every live publish cost O(minutes × keys)).
+    rolling: Vec<RollingSum>,
     totals: HashMap<DimKey, Acc>,
+}
+
+struct RollingSum {
+    minutes: u32,
+    /// First minute bucket inside the window at the current clock.
+    from: Millis,
+    /// Sum of the buckets from `from` on; keys whose sum is zero are removed.
+    sum: HashMap<DimKey, Acc>,
+}
+
+/// First minute bucket of a `minutes`-minute rolling window ending at `now`.
+pub(super) fn rolling_start(now: Millis, minutes: u32) -> Millis {
+    now.div_euclid(MINUTE) * MINUTE - (i64::from(minutes) - 1) * MINUTE
 }
 
 impl Aggregator {
@@ -65,6 +83,14 @@ impl Aggregator {
             rolling_span_ms: i64::from(rolling_minutes.iter().copied().max().unwrap_or(60))
                 * MINUTE,
             minutes: BTreeMap::new(),
+            rolling: rolling_minutes
+                .iter()
+                .map(|&minutes| RollingSum {
+                    minutes,
+                    from: Millis::MIN,
+                    sum: HashMap::default(),
+                })
+                .collect(),
             totals: HashMap::default(),
         }
     }
@@ -99,6 +125,15 @@ impl Aggregator {
             for dk in dims {
                 bucket.entry(*dk).or_default().apply(&f.measure, sign);
             }
+            for r in self.rolling.iter_mut().filter(|r| minute >= r.from) {
+                for dk in dims {
+                    let acc = r.sum.entry(*dk).or_default();
+                    acc.apply(&f.measure, sign);
+                    if acc.is_zero() {
+                        r.sum.remove(dk);
+                    }
+                }
+            }
         }
     }
 
@@ -125,6 +160,25 @@ impl Aggregator {
 
     /// Drop minute buckets that left the rolling span.
     pub(super) fn trim(&mut self, now: Millis) {
+        // Buckets leaving a rolling window come out of its running sum first (before
+        // the span's oldest are dropped below).
+        for r in &mut self.rolling {
+            let from = rolling_start(now, r.minutes);
+            if from <= r.from {
+                continue;
+            }
+            for (_, bucket) in self.minutes.range(r.from..from) {
+                for (dk, acc) in bucket {
+                    if let Some(s) = r.sum.get_mut(dk) {
+                        s.unmerge(acc);
+                        if s.is_zero() {
+                            r.sum.remove(dk);
+                        }
+                    }
+                }
+            }
+            r.from = from;
+        }
         let keep_from = now - self.rolling_span_ms;
         while let Some(e) = self.minutes.first_entry() {
             if *e.key() + MINUTE > keep_from {
@@ -190,6 +244,37 @@ impl Aggregator {
     }
 
     /// Merged minute buckets from `from` (inclusive) on.
+    /// The `minutes`-minute rolling window at clock `now`: its running sum when it is
+    /// a configured window, else merged from the minute buckets.
+    pub(super) fn rolling(&self, now: Millis, minutes: u32) -> HashMap<DimKey, Acc> {
+        let from = rolling_start(now, minutes);
+        match self
+            .rolling
+            .iter()
+            .find(|r| r.minutes == minutes && r.from == from)
+        {
+            Some(r) => r.sum.clone(),
+            None => {
+                let mut m = self.rolling_from(from);
+                m.retain(|_, a| !a.is_zero());
+                m
+            }
+        }
+    }
+
+    /// Recompute the running sums from the minute buckets (after a restore: they are
+    /// derived state and not checkpointed).
+    pub(super) fn rebuild_rolling(&mut self, now: Option<Millis>) {
+        for i in 0..self.rolling.len() {
+            let minutes = self.rolling[i].minutes;
+            let from = now.map_or(Millis::MIN, |n| rolling_start(n, minutes));
+            let mut sum = self.rolling_from(from);
+            sum.retain(|_, a| !a.is_zero());
+            self.rolling[i].from = from;
+            self.rolling[i].sum = sum;
+        }
+    }
+
     pub(super) fn rolling_from(&self, from: Millis) -> HashMap<DimKey, Acc> {
         let mut merged: HashMap<DimKey, Acc> = HashMap::default();
         for (_, bucket) in self.minutes.range(from..) {

@@ -15,12 +15,58 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::AggState;
+use super::contact::{CEvent, Fact};
 use super::intern::{Interner, Sym};
 use super::{Contact, ContactKey, CustomerKey, Engine, EngineConfig, HashMap, HashSet, Stats};
 use crate::event::Millis;
 
+/// A contact as checkpoint formats 1 and 2 stored it (before packing).
+#[derive(Serialize, Deserialize)]
+struct LegacyContact {
+    events: Vec<CEvent>,
+    facts: Vec<Fact>,
+    customer: Option<CustomerKey>,
+    first_offer: Option<Millis>,
+    last_ts: Millis,
+}
+
+impl State<LegacyContact> {
+    fn upgrade(self) -> State {
+        State {
+            intervals: self.intervals,
+            timezone: self.timezone,
+            names: self.names,
+            seen_by_hour: self.seen_by_hour,
+            contacts: self
+                .contacts
+                .into_iter()
+                .map(|(k, c)| {
+                    let c = Contact {
+                        events: c.events,
+                        facts: c.facts,
+                        packed: None,
+                        customer: c.customer,
+                        first_offer: c.first_offer,
+                        last_ts: c.last_ts,
+                        touched: 0,
+                    };
+                    (k, c)
+                })
+                .collect(),
+            customers: self.customers,
+            agent_team: self.agent_team,
+            awaiting_team: self.awaiting_team,
+            wrap_deadlines: self.wrap_deadlines,
+            agg: self.agg,
+            max_ts: self.max_ts,
+            last_expiry: self.last_expiry,
+            stats: self.stats,
+        }
+    }
+}
+
 /// Bumped whenever the layout below changes; older checkpoints are refused.
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -45,13 +91,14 @@ pub enum CheckpointError {
     },
 }
 
+/// Version 3 added packed contacts; versions 1 and 2 stored [`LegacyContact`].
 #[derive(Serialize, Deserialize)]
-struct State {
+struct State<C = Contact> {
     intervals: Vec<String>,
     timezone: String,
     names: Vec<Box<str>>,
     seen_by_hour: BTreeMap<Millis, Vec<u128>>,
-    contacts: HashMap<ContactKey, Contact>,
+    contacts: HashMap<ContactKey, C>,
     customers: HashMap<CustomerKey, Vec<ContactKey>>,
     agent_team: HashMap<Sym, Sym>,
     awaiting_team: HashMap<Sym, Vec<ContactKey>>,
@@ -112,8 +159,13 @@ impl Engine {
         if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(CheckpointError::Version { found: version });
         }
-        let (s, rest): (State, &[u8]) =
-            postcard::take_from_bytes(body).map_err(CheckpointError::Decode)?;
+        let (s, rest): (State, &[u8]) = if version >= 3 {
+            postcard::take_from_bytes(body).map_err(CheckpointError::Decode)?
+        } else {
+            let (legacy, rest): (State<LegacyContact>, &[u8]) =
+                postcard::take_from_bytes(body).map_err(CheckpointError::Decode)?;
+            (legacy.upgrade(), rest)
+        };
         let floor = if version >= 2 {
             postcard::from_bytes(rest).map_err(CheckpointError::Decode)?
         } else {
@@ -161,6 +213,8 @@ impl Engine {
         e.last_expiry = s.last_expiry;
         e.stats = s.stats;
         e.floor = floor;
+        e.queue_unpacked();
+        e.agg.rebuild_rolling(e.max_ts);
         Ok(e)
     }
 }

@@ -87,6 +87,13 @@ impl Hist {
         }
     }
 
+    /// Undo a [`Hist::merge`] of `other` (bins are signed, so this is exact).
+    pub fn unmerge(&mut self, other: &Hist) {
+        for &(bin, count) in &other.bins {
+            self.record(bin, -count);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bins.is_empty()
     }
