@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::checkpoint::CheckpointError;
 use crate::engine::{Engine, EngineConfig, Outcome, SnapshotDelta, Stats};
-use crate::event::{Decoder, Reject, RejectReason};
+use crate::event::{Decoder, Event, Reject, RejectReason};
 use crate::store::{CheckpointWrite, Store, StoreError};
 
 /// A rejected message on its way to a dead-letter destination.
@@ -174,7 +174,20 @@ impl Pipeline {
         offset: Option<i64>,
         key: Option<&[u8]>,
     ) -> Outcome {
-        let (outcome, reject) = match self.decoder.decode(bytes) {
+        let decoded = self.decoder.decode(bytes);
+        self.ingest_decoded(bytes, decoded, offset, key)
+    }
+
+    /// Apply a message decoded elsewhere (by `source::ahead`'s reader thread, with
+    /// this pipeline's decoder settings); `bytes` are its raw form for dead letters.
+    pub fn ingest_decoded(
+        &mut self,
+        bytes: &[u8],
+        decoded: Result<Event<'_>, Reject>,
+        offset: Option<i64>,
+        key: Option<&[u8]>,
+    ) -> Outcome {
+        let (outcome, reject) = match decoded {
             Ok(ev) => match self.engine.apply(ev) {
                 Outcome::Rejected(reason) => {
                     let detail = match reason {

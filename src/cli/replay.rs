@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Context;
 use ccmetrics::engine::{EngineConfig, Stats};
 use ccmetrics::pipeline::Pipeline;
-use ccmetrics::source::file;
+use ccmetrics::source::ahead::{Ahead, Item};
 use ccmetrics::store::Store;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -70,22 +70,39 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
-    let mut buf = Vec::with_capacity(4096);
+    // Files are read and decoded ahead on a second thread (see `source::ahead`).
     let mut n: u64 = 0;
-    for path in &a.inputs {
-        bar.set_message(path.display().to_string());
-        let mut reader =
-            file::open_lines(path).with_context(|| format!("opening {}", path.display()))?;
-        while file::read_record(&mut reader, &mut buf)
-            .with_context(|| format!("reading {}", path.display()))?
-        {
-            if pipe.ingest(&buf).is_none() {
+    let ahead = Ahead::spawn(a.inputs.clone(), cfg.decoder()).context("starting the reader")?;
+    for item in ahead {
+        let mut batch = match item.context("reading input")? {
+            Item::File(path) => {
+                bar.set_message(path.display().to_string());
                 continue;
             }
-            n += 1;
+            Item::Batch(b) => b,
+        };
+        loop {
+            // Apply records up to the next flush point (or the batch's end); the flush
+            // itself is async, so it runs outside the borrow of the batch.
+            let (applied, more) = batch.with_dependent_mut(|records, decoded| {
+                let mut applied = 0;
+                while let Some(d) = decoded.pop_front() {
+                    let i = records.len() - decoded.len() - 1;
+                    pipe.ingest_decoded(records.record(i), d, None, None);
+                    applied += 1;
+                    if (n + applied).is_multiple_of(a.flush_every) {
+                        break;
+                    }
+                }
+                (applied, !decoded.is_empty())
+            });
+            n += applied;
             if n.is_multiple_of(a.flush_every) {
                 bar.set_position(n);
                 pipe.flush(&store).await.context("writing snapshots")?;
+            }
+            if !more {
+                break;
             }
         }
     }

@@ -5,6 +5,7 @@
 //! decoding and rejection happen in `event/`, so every source counts bad input the
 //! same way.
 
+pub mod ahead;
 pub mod file;
 pub mod kafka;
 pub mod sim;
