@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::BorrowedMessage;
@@ -83,6 +83,8 @@ pub struct KafkaMetrics {
     gaps: IntCounter,
     commits: IntCounterVec,
     commit_seconds: Histogram,
+    /// Time the polling thread spends away from consuming, by task.
+    busy_seconds: HistogramVec,
     dead_letters: IntGauge,
     dead_letter_failures: IntGauge,
 }
@@ -142,6 +144,17 @@ impl KafkaMetrics {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ]),
             )?,
+            busy_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "ccmetrics_kafka_poll_thread_busy_seconds",
+                    "Time the polling thread spends on one task instead of consuming: \
+                     publish (live figures for /metrics) or prepare (flush + checkpoint of a commit round)",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+                &["task"],
+            )?,
             dead_letters: IntGauge::new(
                 "ccmetrics_dead_letters_total",
                 "Rejected messages delivered to the dead-letter topic",
@@ -159,6 +172,7 @@ impl KafkaMetrics {
         r.register(Box::new(m.gaps.clone()))?;
         r.register(Box::new(m.commits.clone()))?;
         r.register(Box::new(m.commit_seconds.clone()))?;
+        r.register(Box::new(m.busy_seconds.clone()))?;
         r.register(Box::new(m.dead_letters.clone()))?;
         r.register(Box::new(m.dead_letter_failures.clone()))?;
         for kind in ["assign", "revoke", "lost", "error"] {
@@ -166,6 +180,9 @@ impl KafkaMetrics {
         }
         for result in ["ok", "error", "fenced"] {
             m.commits.with_label_values(&[result]);
+        }
+        for task in ["publish", "prepare"] {
+            m.busy_seconds.with_label_values(&[task]);
         }
         Ok(m)
     }
@@ -699,6 +716,13 @@ impl Shared {
         part.dirty = true;
     }
 
+    fn busy(&self, task: &str, since: Instant) {
+        self.metrics
+            .busy_seconds
+            .with_label_values(&[task])
+            .observe(since.elapsed().as_secs_f64());
+    }
+
     fn publish(&self) {
         let high = lock(&self.high).clone();
         let parts = lock(&self.parts);
@@ -847,14 +871,18 @@ impl KafkaSource {
             }
             let idle_round = lock(&sh.round).outstanding == 0;
             if idle_round && last_commit.elapsed() >= commit_wait {
+                let t = Instant::now();
                 sh.start_round();
+                sh.busy("prepare", t);
                 // Not counted from here: the next round waits for this one to complete.
                 last_commit = Instant::now();
             }
             if last_publish.elapsed() >= PUBLISH_EVERY
                 && (fresh || last_publish.elapsed() >= Duration::from_secs(1))
             {
+                let t = Instant::now();
                 sh.publish();
+                sh.busy("publish", t);
                 last_publish = Instant::now();
                 fresh = false;
             }
