@@ -147,8 +147,10 @@ impl KafkaMetrics {
             busy_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "ccmetrics_kafka_poll_thread_busy_seconds",
-                    "Time the polling thread spends on one task instead of consuming: \
-                     publish (live figures for /metrics) or prepare (flush + checkpoint of a commit round)",
+                    "Time spent publishing live figures and preparing commits, by task: publish \
+                     (capture of the partitions' views) and prepare (flush + checkpoint of a commit \
+                     round) on the polling thread, instead of consuming; merge (of the views, then \
+                     publish) on the publisher thread",
                 )
                 .buckets(vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -181,7 +183,7 @@ impl KafkaMetrics {
         for result in ["ok", "error", "fenced"] {
             m.commits.with_label_values(&[result]);
         }
-        for task in ["publish", "prepare"] {
+        for task in ["publish", "merge", "prepare"] {
             m.busy_seconds.with_label_values(&[task]);
         }
         Ok(m)
@@ -723,7 +725,9 @@ impl Shared {
             .observe(since.elapsed().as_secs_f64());
     }
 
-    fn publish(&self) {
+    /// Capture every partition's live view (needs the engines, so it runs on the
+    /// polling thread); merging them and publishing happen on the publisher thread.
+    fn capture(&self) -> Publication {
         let high = lock(&self.high).clone();
         let parts = lock(&self.parts);
         let mut views = Vec::with_capacity(parts.len());
@@ -764,14 +768,35 @@ impl Shared {
                 .dead_letter_failures
                 .set(ctx.failed.load(Ordering::Relaxed) as i64);
         }
-        self.state.publish(LiveSnapshot::merge(views));
+        Publication { views, positions }
+    }
+}
+
+/// Live views of every owned partition at one instant, with the positions they
+/// include.
+struct Publication {
+    views: Vec<LiveSnapshot>,
+    positions: Vec<(String, String, i64)>,
+}
+
+/// The publisher thread: merges the partitions' views (thousands of keys each on a
+/// large floor) and publishes them, so the polling thread only pays for the capture.
+/// At most one publication waits; the polling thread skips a capture while one does.
+fn publisher(
+    rx: std::sync::mpsc::Receiver<Publication>,
+    state: Arc<AppState>,
+    position: IntGaugeVec,
+    busy: HistogramVec,
+) {
+    while let Ok(p) = rx.recv() {
+        let t = Instant::now();
+        state.publish(LiveSnapshot::merge(p.views));
         // After the publish: a scrape that sees a position sees its figures too.
-        for (topic, partition, next) in positions {
-            self.metrics
-                .position
-                .with_label_values(&[&topic, &partition])
-                .set(next);
+        for (topic, partition, next) in p.positions {
+            position.with_label_values(&[&topic, &partition]).set(next);
         }
+        busy.with_label_values(&["merge"])
+            .observe(t.elapsed().as_secs_f64());
     }
 }
 
@@ -780,6 +805,8 @@ pub struct KafkaSource {
     shared: Arc<Shared>,
     consumer: BaseConsumer<Ctx>,
     commit_every: Duration,
+    publish_tx: std::sync::mpsc::SyncSender<Publication>,
+    publisher: std::thread::JoinHandle<()>,
 }
 
 impl KafkaSource {
@@ -830,10 +857,24 @@ impl KafkaSource {
         let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         tracing::info!(brokers = %k.brokers, topics = ?k.topics, group = %k.group_id, owner = %shared.owner, "kafka consumer subscribed");
+        let (publish_tx, publish_rx) = std::sync::mpsc::sync_channel(1);
+        let publisher = {
+            let state = shared.state.clone();
+            let position = shared.metrics.position.clone();
+            let busy = shared.metrics.busy_seconds.clone();
+            std::thread::Builder::new()
+                .name("publish".into())
+                .spawn(move || publisher(publish_rx, state, position, busy))
+                .map_err(|e| {
+                    KafkaSourceError::Fatal(format!("cannot start the publisher thread: {e}"))
+                })?
+        };
         Ok(KafkaSource {
             shared,
             consumer,
             commit_every: k.commit_interval.0,
+            publish_tx,
+            publisher,
         })
     }
 
@@ -881,10 +922,21 @@ impl KafkaSource {
                 && (fresh || last_publish.elapsed() >= Duration::from_secs(1))
             {
                 let t = Instant::now();
-                sh.publish();
+                // A publication still waiting means the publisher is behind: skip this
+                // capture rather than queue a stale one (the next loop tries again).
+                let sent = match self.publish_tx.try_send(sh.capture()) {
+                    Ok(()) => true,
+                    Err(std::sync::mpsc::TrySendError::Full(_)) => false,
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                        sh.fail("the publisher thread stopped".into());
+                        false
+                    }
+                };
                 sh.busy("publish", t);
-                last_publish = Instant::now();
-                fresh = false;
+                if sent {
+                    last_publish = Instant::now();
+                    fresh = false;
+                }
             }
         }
         if let Some(msg) = lock(&sh.fatal).clone() {
@@ -902,7 +954,12 @@ impl KafkaSource {
         for part in released.values() {
             sh.forget_labels(part);
         }
-        sh.publish();
+        // The last publication (nothing owned any more) goes out before we return.
+        let _ = self.publish_tx.send(sh.capture());
+        drop(self.publish_tx);
+        if self.publisher.join().is_err() {
+            tracing::error!("the publisher thread panicked");
+        }
         self.consumer.unsubscribe();
         // Dropping the consumer leaves the group (the revoke callback finds nothing).
         drop(self.consumer);
