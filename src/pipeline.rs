@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::checkpoint::CheckpointError;
 use crate::engine::{Engine, EngineConfig, Outcome, SnapshotDelta, Stats};
-use crate::event::{Decoder, Reject, RejectReason};
+use crate::event::{Decoder, Millis, Reject, RejectReason};
 use crate::store::{CheckpointWrite, Store, StoreError};
 
 /// A rejected message on its way to a dead-letter destination.
@@ -113,6 +113,12 @@ pub struct Pipeline {
     /// Where rejected messages are copied, when configured.
     dead_letters: Option<Box<dyn DeadLetterSink>>,
     pub dead_lettered: u64,
+    /// Fixed "now" for the `future` check instead of the wall clock (tests, or replaying
+    /// data recorded at a known time).
+    now_override: Option<Millis>,
+    /// Wall clock as last read: the clock is read again only for an event that looks
+    /// future against it, so the check costs a comparison per event.
+    now_cached: Millis,
 }
 
 impl Pipeline {
@@ -133,7 +139,27 @@ impl Pipeline {
             unwritten: Vec::new(),
             dead_letters: None,
             dead_lettered: 0,
+            now_override: None,
+            now_cached: Millis::MIN,
         }
+    }
+
+    /// Judge `future` events against `now` (UTC ms) instead of the wall clock.
+    pub fn set_now(&mut self, now: Option<Millis>) {
+        self.now_override = now;
+    }
+
+    /// Whether `ts` is more than `max_clock_skew` ahead of "now".
+    fn is_future(&mut self, ts: Millis) -> bool {
+        let skew = self.engine.config().max_clock_skew_ms;
+        if let Some(now) = self.now_override {
+            return ts > now.saturating_add(skew);
+        }
+        if ts <= self.now_cached.saturating_add(skew) {
+            return false;
+        }
+        self.now_cached = jiff::Timestamp::now().as_millisecond();
+        ts > self.now_cached.saturating_add(skew)
     }
 
     /// Copy every rejected message to `sink`.
@@ -175,6 +201,23 @@ impl Pipeline {
         key: Option<&[u8]>,
     ) -> Outcome {
         let (outcome, reject) = match self.decoder.decode(bytes) {
+            Ok(ev) if self.is_future(ev.ts) => {
+                self.engine.record_reject(RejectReason::Future);
+                let detail = format!(
+                    "`ts` {} is more than max_clock_skew ({} ms) ahead of the wall clock",
+                    jiff::Timestamp::from_millisecond(ev.ts)
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|_| ev.ts.to_string()),
+                    self.engine.config().max_clock_skew_ms
+                );
+                (
+                    Outcome::Rejected(RejectReason::Future),
+                    Some(Reject {
+                        reason: RejectReason::Future,
+                        detail,
+                    }),
+                )
+            }
             Ok(ev) => match self.engine.apply(ev) {
                 Outcome::Rejected(reason) => {
                     let detail = match reason {

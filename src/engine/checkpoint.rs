@@ -16,11 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use super::aggregate::AggState;
 use super::intern::{Interner, Sym};
+use super::limits::{Admission, KeyDim};
 use super::{Contact, ContactKey, CustomerKey, Engine, EngineConfig, HashMap, HashSet, Stats};
 use crate::event::Millis;
 
 /// Bumped whenever the layout below changes; older checkpoints are refused.
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -62,6 +63,15 @@ struct State {
     stats: Stats,
 }
 
+/// Appended in format 3, after the floor: robustness counters and key admission.
+/// A separate segment so that format-2 checkpoints (without it) still restore.
+#[derive(Serialize, Deserialize, Default)]
+struct Extra {
+    expired: u64,
+    overflowed: BTreeMap<KeyDim, u64>,
+    admission: Admission,
+}
+
 fn settings(cfg: &EngineConfig) -> (Vec<String>, String) {
     (
         cfg.intervals.iter().map(|i| i.to_string()).collect(),
@@ -93,6 +103,14 @@ impl Engine {
         // checkpoint still restores (with an empty floor).
         let encoded = postcard::to_extend(&state, vec![FORMAT_VERSION])
             .and_then(|buf| postcard::to_extend(&self.floor, buf))
+            .and_then(|buf| {
+                let extra = Extra {
+                    expired: state.stats.expired,
+                    overflowed: state.stats.overflowed.clone(),
+                    admission: self.admission.clone(),
+                };
+                postcard::to_extend(&extra, buf)
+            })
             .map_err(CheckpointError::Encode);
         // Put everything back whether or not encoding worked.
         self.seen_by_hour = state.seen_by_hour;
@@ -114,10 +132,20 @@ impl Engine {
         }
         let (s, rest): (State, &[u8]) =
             postcard::take_from_bytes(body).map_err(CheckpointError::Decode)?;
-        let floor = if version >= 2 {
-            postcard::from_bytes(rest).map_err(CheckpointError::Decode)?
-        } else {
-            super::live::Floor::default()
+        let (floor, extra) = match version {
+            1 => (super::live::Floor::default(), Extra::default()),
+            2 => (
+                postcard::from_bytes(rest).map_err(CheckpointError::Decode)?,
+                Extra::default(),
+            ),
+            _ => {
+                let (floor, rest) =
+                    postcard::take_from_bytes(rest).map_err(CheckpointError::Decode)?;
+                (
+                    floor,
+                    postcard::from_bytes(rest).map_err(CheckpointError::Decode)?,
+                )
+            }
         };
         let (intervals, timezone) = settings(&cfg);
         if s.intervals != intervals {
@@ -160,6 +188,11 @@ impl Engine {
         e.max_ts = s.max_ts;
         e.last_expiry = s.last_expiry;
         e.stats = s.stats;
+        e.stats.expired = extra.expired;
+        e.stats.overflowed = extra.overflowed;
+        // A format-2 checkpoint has no admission: names are admitted afresh as they
+        // come, up to the limits.
+        e.admission = extra.admission;
         e.floor = floor;
         Ok(e)
     }
