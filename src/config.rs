@@ -283,7 +283,7 @@ impl Default for InputConfig {
 /// How many distinct keys one engine (one partition) keeps per dimension. Beyond the
 /// limit a new agent / team / queue is counted under the key `__overflow__`, and a new
 /// customer is not remembered for first-contact resolution; either way the event is
-/// counted in `ccmetrics_keys_overflowed_total{dimension}`. Agents, teams and queues
+/// counted in `ccmetrics_keys_overflowed_total{kind}`. Agents, teams and queues
 /// are counted over the engine's lifetime (their names are interned for good);
 /// customers are those currently remembered (released with the correction horizon).
 #[derive(Clone, Debug, Deserialize, Serialize)]

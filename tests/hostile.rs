@@ -338,3 +338,131 @@ fn hostile_stream_rejects_each_bad_message_and_counts_every_good_one() {
     );
     assert_eq!(summary_count(&pinned, "accepted"), 0, "{pinned}");
 }
+
+fn wait_for<T>(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn get(url: &str) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async { reqwest::get(url).await.ok()?.text().await.ok() })
+}
+
+/// `serve` applies the same checks: a far-future event in the middle of the stream is
+/// rejected as `future`, counted on /metrics and dead-lettered, and the windows come
+/// out as in `replay` of the clean scenario; a tiny agent limit folds and counts.
+#[test]
+fn serve_rejects_future_events_and_folds_keys_beyond_the_limits() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let case = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/basic_voice");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("serve.toml");
+    let dead = tmp.path().join("dead.jsonl");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\nurl = \"sqlite://{}\"\n[windows]\ntimezone = \"UTC\"\nintervals = [\"15m\", \"1d\"]\nidle_timeout = \"1s\"\n[http]\nlisten = \"127.0.0.1:0\"\n[cardinality]\nmax_agents = 1\n",
+            tmp.path().join("serve.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ccmetrics"))
+        .args(["serve", "--source", "stdin", "--dead-letter"])
+        .arg(&dead)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && w.ends_with("/metrics,"))
+        .map(|w| w.trim_end_matches("/metrics,").to_owned())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+
+    let events = std::fs::read_to_string(case.join("events.jsonl")).unwrap();
+    let lines: Vec<&str> = events.lines().collect();
+    let mut stdin = child.stdin.take().unwrap();
+    for (i, l) in lines.iter().enumerate() {
+        if i == lines.len() / 2 {
+            stdin.write_all(FAR_FUTURE).unwrap();
+            stdin.write_all(b"\n").unwrap();
+        }
+        stdin.write_all(l.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+    }
+    drop(stdin);
+
+    let metrics = wait_for("every event processed", Duration::from_secs(20), || {
+        let m = get(&format!("{base}/metrics"))?;
+        m.contains("ccmetrics_events_accepted_total 20")
+            .then_some(m)
+    });
+    assert!(
+        metrics.contains("ccmetrics_events_rejected_total{reason=\"future\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("ccmetrics_events_rejected_total{reason=\"too_late\"} 1"),
+        "{metrics}"
+    );
+    let folded = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ccmetrics_keys_overflowed_total{kind=\"agent\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(folded >= 1.0, "{metrics}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = wait_for("exit after SIGTERM", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    assert!(exit.success(), "serve exited with {exit}");
+
+    let letters = std::fs::read_to_string(&dead).unwrap();
+    let letters: Vec<serde_json::Value> = letters
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["reason"], "future");
+
+    // Windows were not closed early: the queue snapshots equal the golden replay.
+    let export = Command::new(env!("CARGO_BIN_EXE_ccmetrics"))
+        .args([
+            "export",
+            "--window",
+            "15m",
+            "--dimension",
+            "queue",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(export.status.success(), "{}", text(&export));
+    let want = std::fs::read_to_string(case.join("15m_queue.csv")).unwrap();
+    assert_eq!(String::from_utf8(export.stdout).unwrap(), want);
+}

@@ -13,7 +13,7 @@ use super::intern::{Interner, Sym};
 /// The key new names of a full dimension are counted under.
 pub const OVERFLOW_KEY: &str = "__overflow__";
 
-/// A dimension whose keys are limited: the `dimension` label of
+/// A kind of key that is limited: the `kind` label of
 /// `ccmetrics_keys_overflowed_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum KeyDim {

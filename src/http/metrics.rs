@@ -250,9 +250,9 @@ const GLOBAL: [(&str, &str, MetricType, &[&str]); 13] = [
     ),
     (
         "ccmetrics_keys_overflowed_total",
-        "Events whose agent/team/queue was folded into __overflow__ (or whose customer was not remembered) by the [cardinality] limits.",
+        "Events whose agent/team/queue was folded into __overflow__ (or whose customer was not remembered) by the [cardinality] limits, by kind of key.",
         MetricType::COUNTER,
-        &["dimension"],
+        &["kind"],
     ),
 ];
 
@@ -454,7 +454,9 @@ pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
             .iter()
             .map(|d| {
                 counter(
-                    vec![label("dimension", d.as_str())],
+                    // `kind`, not `dimension`: on every other family `dimension`
+                    // selects snapshot series, and `agent` / `team` ones are opt-in.
+                    vec![label("kind", d.as_str())],
                     st.overflowed.get(d).copied().unwrap_or(0) as f64,
                 )
             })

@@ -23,7 +23,7 @@
 //! `ccmetrics_watermark_timestamp_seconds`, `ccmetrics_clock_timestamp_seconds`,
 //! `ccmetrics_open_contacts`, `ccmetrics_snapshot_flushes_total`,
 //! `ccmetrics_last_flush_timestamp_seconds` (timestamps absent until known),
-//! `ccmetrics_contacts_expired_total`, `ccmetrics_keys_overflowed_total{dimension}`
+//! `ccmetrics_contacts_expired_total`, `ccmetrics_keys_overflowed_total{kind}`
 //! (`agent`, `team`, `queue`, `customer`; always present).
 //!
 //! Per dimension key, every series carries `dimension` (`all`, `channel`, `queue`,
