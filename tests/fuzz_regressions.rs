@@ -22,6 +22,12 @@ fn replay_dir(target: Target, dir: &str) -> usize {
     let mut n = 0;
     for entry in entries {
         let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
         let input = std::fs::read(&path).unwrap();
         let started = std::time::Instant::now();
         if let Err(why) = harness::run(target, &input) {
