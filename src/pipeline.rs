@@ -119,6 +119,9 @@ pub struct Pipeline {
     /// Wall clock as last read: the clock is read again only for an event that looks
     /// future against it, so the check costs a comparison per event.
     now_cached: Millis,
+    /// How many kinds of key had overflowed their `[cardinality]` limit when last
+    /// looked: each new one is logged once (the count is on /metrics).
+    overflow_kinds_seen: usize,
 }
 
 impl Pipeline {
@@ -141,6 +144,7 @@ impl Pipeline {
             dead_lettered: 0,
             now_override: None,
             now_cached: Millis::MIN,
+            overflow_kinds_seen: 0,
         }
     }
 
@@ -246,6 +250,9 @@ impl Pipeline {
             self.log_reject(&rej, bytes);
             self.dead_letter(&rej, bytes, offset, key);
         }
+        if self.engine.stats().overflowed.len() != self.overflow_kinds_seen {
+            self.log_overflow();
+        }
         outcome
     }
 
@@ -269,6 +276,19 @@ impl Pipeline {
                 self.dead_letters = None;
             }
         }
+    }
+
+    /// A kind of key reached its `[cardinality]` limit (rare: once per kind and
+    /// partition, so not rate-limited further).
+    fn log_overflow(&mut self) {
+        let overflowed = &self.engine.stats().overflowed;
+        let kinds: Vec<&str> = overflowed.keys().map(|k| k.as_str()).collect();
+        tracing::warn!(
+            partition = %self.partition,
+            kinds = %kinds.join(","),
+            "a [cardinality] limit was reached: new keys of these kinds are counted under \"__overflow__\" (customers: not remembered); see ccmetrics_keys_overflowed_total"
+        );
+        self.overflow_kinds_seen = overflowed.len();
     }
 
     fn log_reject(&mut self, rej: &Reject, bytes: &[u8]) {

@@ -424,6 +424,21 @@ fn serve_rejects_future_events_and_folds_keys_beyond_the_limits() {
         !metrics.contains("ccmetrics_events_rejected_total{reason=\"too_late\"} 1"),
         "{metrics}"
     );
+    // As in tests/serve.rs: let the idle wall-clock advance close every interval (and
+    // complete the segments waiting for a wrap) before stopping.
+    wait_for(
+        "the watermark advanced by the wall clock and flushed",
+        Duration::from_secs(20),
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&get(&format!("{base}/api/v1/status"))?).ok()?;
+            let wm: jiff::Timestamp = v["watermark"].as_str()?.parse().ok()?;
+            let flushed: jiff::Timestamp = v["last_flush"].as_str()?.parse().ok()?;
+            (wm > "2026-11-23T10:00:00Z".parse().ok()?
+                && flushed > jiff::Timestamp::now() - jiff::SignedDuration::from_secs(5))
+            .then_some(())
+        },
+    );
     let folded = metrics
         .lines()
         .find_map(|l| l.strip_prefix("ccmetrics_keys_overflowed_total{kind=\"agent\"} "))
