@@ -207,12 +207,21 @@ impl Pipeline {
         let (outcome, reject) = match self.decoder.decode(bytes) {
             Ok(ev) if self.is_future(ev.ts) => {
                 self.engine.record_reject(RejectReason::Future);
-                let detail = format!(
-                    "`ts` {} is more than max_clock_skew ({} ms) ahead of the wall clock",
-                    jiff::Timestamp::from_millisecond(ev.ts)
+                let show = |ms: Millis| {
+                    jiff::Timestamp::from_millisecond(ms)
                         .map(|t| t.to_string())
-                        .unwrap_or_else(|_| ev.ts.to_string()),
-                    self.engine.config().max_clock_skew_ms
+                        .unwrap_or_else(|_| ms.to_string())
+                };
+                let detail = format!(
+                    "`ts` {} is more than max_clock_skew ({} ms) ahead of {} {}",
+                    show(ev.ts),
+                    self.engine.config().max_clock_skew_ms,
+                    if self.now_override.is_some() {
+                        "--now"
+                    } else {
+                        "the wall clock"
+                    },
+                    show(self.now_override.unwrap_or(self.now_cached)),
                 );
                 (
                     Outcome::Rejected(RejectReason::Future),
