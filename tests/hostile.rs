@@ -481,3 +481,35 @@ fn serve_rejects_future_events_and_folds_keys_beyond_the_limits() {
     let want = std::fs::read_to_string(case.join("15m_queue.csv")).unwrap();
     assert_eq!(String::from_utf8(export.stdout).unwrap(), want);
 }
+
+#[test]
+fn robustness_settings_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("unused.db");
+    for (toml, want) in [
+        (
+            "[cardinality]\nmax_agents = 0\n",
+            "[cardinality] limits must be at least 1",
+        ),
+        ("[windows]\nmax_clock_skew = \"soon\"\n", "max_clock_skew"),
+        ("[cardinality]\nmax_tenants = 5\n", "max_tenants"),
+    ] {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let o = ccm(&["check-config", "--config", path.to_str().unwrap()], &db);
+        assert_eq!(o.status.code(), Some(1), "{toml}: {}", text(&o));
+        assert!(text(&o).contains(want), "{toml}: {}", text(&o));
+    }
+    let o = ccm(
+        &[
+            "replay",
+            "--input",
+            "/dev/null",
+            "--now",
+            "2026-11-23T00:00:00",
+        ],
+        &db,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("RFC 3339"), "{}", text(&o));
+}
