@@ -108,6 +108,10 @@ pub struct WindowsConfig {
     pub rolling: Vec<Dur>,
     /// With no input for this long, the watermark follows the wall clock (serve only).
     pub idle_timeout: Dur,
+    /// An event stamped more than this ahead of the wall clock is rejected as `future`
+    /// (serve and replay): one device with a broken clock must not push the watermark
+    /// forward and close every window early.
+    pub max_clock_skew: Dur,
 }
 
 impl Default for WindowsConfig {
@@ -119,6 +123,7 @@ impl Default for WindowsConfig {
             correction_horizon: Dur::secs(7 * 86_400),
             rolling: vec![Dur::secs(300), Dur::secs(900), Dur::secs(3600)],
             idle_timeout: Dur::secs(30),
+            max_clock_skew: Dur::secs(600),
         }
     }
 }
@@ -271,6 +276,32 @@ impl Default for InputConfig {
     fn default() -> Self {
         InputConfig {
             max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// How many distinct keys one engine (one partition) keeps per dimension. Beyond the
+/// limit a new agent / team / queue is counted under the key `__overflow__`, and a new
+/// customer is not remembered for first-contact resolution; either way the event is
+/// counted in `ccmetrics_keys_overflowed_total{kind}`. Agents, teams and queues
+/// are counted over the engine's lifetime (their names are interned for good);
+/// customers are those currently remembered (released with the correction horizon).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CardinalityConfig {
+    pub max_agents: usize,
+    pub max_teams: usize,
+    pub max_queues: usize,
+    pub max_customers: usize,
+}
+
+impl Default for CardinalityConfig {
+    fn default() -> Self {
+        CardinalityConfig {
+            max_agents: 50_000,
+            max_teams: 5_000,
+            max_queues: 5_000,
+            max_customers: 5_000_000,
         }
     }
 }
@@ -437,6 +468,7 @@ pub struct Config {
     pub csat: CsatConfig,
     pub http: HttpConfig,
     pub input: InputConfig,
+    pub cardinality: CardinalityConfig,
     pub kafka: KafkaConfig,
     pub targets: TargetsConfig,
 }
@@ -572,6 +604,17 @@ impl Config {
         }
         if k.commit_interval.0 < Duration::from_millis(100) {
             return bad("[kafka] commit_interval must be at least 100ms".into());
+        }
+        let card = &self.cardinality;
+        if [
+            card.max_agents,
+            card.max_teams,
+            card.max_queues,
+            card.max_customers,
+        ]
+        .contains(&0)
+        {
+            return bad("[cardinality] limits must be at least 1".into());
         }
         if self.input.max_message_bytes < 256 {
             return bad("[input] max_message_bytes must be at least 256".into());

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::checkpoint::CheckpointError;
 use crate::engine::{Engine, EngineConfig, Outcome, SnapshotDelta, Stats};
-use crate::event::{Decoder, Event, Reject, RejectReason};
+use crate::event::{Decoder, Event, Millis, Reject, RejectReason};
 use crate::store::{CheckpointWrite, Store, StoreError};
 
 /// A rejected message on its way to a dead-letter destination.
@@ -113,6 +113,15 @@ pub struct Pipeline {
     /// Where rejected messages are copied, when configured.
     dead_letters: Option<Box<dyn DeadLetterSink>>,
     pub dead_lettered: u64,
+    /// Fixed "now" for the `future` check instead of the wall clock (tests, or replaying
+    /// data recorded at a known time).
+    now_override: Option<Millis>,
+    /// Wall clock as last read: the clock is read again only for an event that looks
+    /// future against it, so the check costs a comparison per event.
+    now_cached: Millis,
+    /// How many kinds of key had overflowed their `[cardinality]` limit when last
+    /// looked: each new one is logged once (the count is on /metrics).
+    overflow_kinds_seen: usize,
 }
 
 impl Pipeline {
@@ -133,7 +142,28 @@ impl Pipeline {
             unwritten: Vec::new(),
             dead_letters: None,
             dead_lettered: 0,
+            now_override: None,
+            now_cached: Millis::MIN,
+            overflow_kinds_seen: 0,
         }
+    }
+
+    /// Judge `future` events against `now` (UTC ms) instead of the wall clock.
+    pub fn set_now(&mut self, now: Option<Millis>) {
+        self.now_override = now;
+    }
+
+    /// Whether `ts` is more than `max_clock_skew` ahead of "now".
+    fn is_future(&mut self, ts: Millis) -> bool {
+        let skew = self.engine.config().max_clock_skew_ms;
+        if let Some(now) = self.now_override {
+            return ts > now.saturating_add(skew);
+        }
+        if ts <= self.now_cached.saturating_add(skew) {
+            return false;
+        }
+        self.now_cached = jiff::Timestamp::now().as_millisecond();
+        ts > self.now_cached.saturating_add(skew)
     }
 
     /// Copy every rejected message to `sink`.
@@ -188,6 +218,32 @@ impl Pipeline {
         key: Option<&[u8]>,
     ) -> Outcome {
         let (outcome, reject) = match decoded {
+            Ok(ev) if self.is_future(ev.ts) => {
+                self.engine.record_reject(RejectReason::Future);
+                let show = |ms: Millis| {
+                    jiff::Timestamp::from_millisecond(ms)
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|_| ms.to_string())
+                };
+                let detail = format!(
+                    "`ts` {} is more than max_clock_skew ({} ms) ahead of {} {}",
+                    show(ev.ts),
+                    self.engine.config().max_clock_skew_ms,
+                    if self.now_override.is_some() {
+                        "--now"
+                    } else {
+                        "the wall clock"
+                    },
+                    show(self.now_override.unwrap_or(self.now_cached)),
+                );
+                (
+                    Outcome::Rejected(RejectReason::Future),
+                    Some(Reject {
+                        reason: RejectReason::Future,
+                        detail,
+                    }),
+                )
+            }
             Ok(ev) => match self.engine.apply(ev) {
                 Outcome::Rejected(reason) => {
                     let detail = match reason {
@@ -216,6 +272,9 @@ impl Pipeline {
             self.log_reject(&rej, bytes);
             self.dead_letter(&rej, bytes, offset, key);
         }
+        if self.engine.stats().overflowed.len() != self.overflow_kinds_seen {
+            self.log_overflow();
+        }
         outcome
     }
 
@@ -239,6 +298,19 @@ impl Pipeline {
                 self.dead_letters = None;
             }
         }
+    }
+
+    /// A kind of key reached its `[cardinality]` limit (rare: once per kind and
+    /// partition, so not rate-limited further).
+    fn log_overflow(&mut self) {
+        let overflowed = &self.engine.stats().overflowed;
+        let kinds: Vec<&str> = overflowed.keys().map(|k| k.as_str()).collect();
+        tracing::warn!(
+            partition = %self.partition,
+            kinds = %kinds.join(","),
+            "a [cardinality] limit was reached: new keys of these kinds are counted under \"__overflow__\" (customers: not remembered); see ccmetrics_keys_overflowed_total"
+        );
+        self.overflow_kinds_seen = overflowed.len();
     }
 
     fn log_reject(&mut self, rej: &Reject, bytes: &[u8]) {

@@ -30,6 +30,16 @@ pub struct Args {
     /// Copy rejected messages (with their reason) to this JSONL file.
     #[arg(long, value_name = "PATH")]
     pub dead_letter: Option<PathBuf>,
+    /// Judge `future` events (more than `[windows] max_clock_skew` ahead) against this
+    /// instant (RFC 3339) instead of the wall clock, so a replay of recorded data gives
+    /// the same result whenever it runs.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_now)]
+    pub now: Option<i64>,
+}
+
+fn parse_now(s: &str) -> Result<i64, String> {
+    ccmetrics::event::decode::parse_rfc3339(s)
+        .ok_or_else(|| format!("{s:?} is not an RFC 3339 time with offset"))
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -56,6 +66,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         ..EngineConfig::from_config(&cfg)
     };
     let mut pipe = Pipeline::new(engine_cfg, cfg.decoder(), a.partition.clone());
+    pipe.set_now(a.now);
     if let Some(path) = &a.dead_letter {
         let f = std::fs::File::create(path)
             .with_context(|| format!("creating dead-letter file {}", path.display()))?;
@@ -140,6 +151,13 @@ fn print_summary(inputs: &[PathBuf], s: &Stats, rows: u64, secs: f64) {
         println!("    {:<14} {count}", reason.as_str());
     }
     println!("  late, applied    {}", s.late_applied);
+    println!("  expired contacts {}", s.expired);
+    if !s.overflowed.is_empty() {
+        println!("  keys overflowed  {}", s.overflowed.values().sum::<u64>());
+        for (dim, count) in &s.overflowed {
+            println!("    {:<14} {count}", dim.as_str());
+        }
+    }
     println!("  snapshot rows    {rows}");
     println!(
         "  elapsed          {secs:.2} s ({:.0} events/s)",

@@ -17,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use super::aggregate::AggState;
 use super::contact::{CEvent, Fact};
 use super::intern::{Interner, Sym};
+use super::limits::{Admission, KeyDim};
 use super::{Contact, ContactKey, CustomerKey, Engine, EngineConfig, HashMap, HashSet, Stats};
 use crate::event::Millis;
 
-/// A contact as checkpoint formats 1 and 2 stored it (before packing).
+/// A contact as checkpoint formats 1 to 3 stored it (before packing).
 #[derive(Serialize, Deserialize)]
 struct LegacyContact {
     events: Vec<CEvent>,
@@ -30,29 +31,14 @@ struct LegacyContact {
     last_ts: Millis,
 }
 
-impl State<LegacyContact> {
-    fn upgrade(self) -> State {
+impl<C> State<C> {
+    fn map_contacts<D>(self, mut f: impl FnMut(C) -> D) -> State<D> {
         State {
             intervals: self.intervals,
             timezone: self.timezone,
             names: self.names,
             seen_by_hour: self.seen_by_hour,
-            contacts: self
-                .contacts
-                .into_iter()
-                .map(|(k, c)| {
-                    let c = Contact {
-                        events: c.events,
-                        facts: c.facts,
-                        packed: None,
-                        customer: c.customer,
-                        first_offer: c.first_offer,
-                        last_ts: c.last_ts,
-                        touched: 0,
-                    };
-                    (k, c)
-                })
-                .collect(),
+            contacts: self.contacts.into_iter().map(|(k, c)| (k, f(c))).collect(),
             customers: self.customers,
             agent_team: self.agent_team,
             awaiting_team: self.awaiting_team,
@@ -65,8 +51,22 @@ impl State<LegacyContact> {
     }
 }
 
-/// Bumped whenever the layout below changes; older checkpoints are refused.
-const FORMAT_VERSION: u8 = 3;
+impl State<LegacyContact> {
+    fn upgrade(self) -> State {
+        self.map_contacts(|c| Contact {
+            events: c.events,
+            facts: c.facts,
+            packed: None,
+            customer: c.customer,
+            first_offer: c.first_offer,
+            last_ts: c.last_ts,
+            touched: 0,
+        })
+    }
+}
+
+/// Bumped whenever the layout below changes; formats 1 to 3 still restore (upgraded).
+const FORMAT_VERSION: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -91,7 +91,7 @@ pub enum CheckpointError {
     },
 }
 
-/// Version 3 added packed contacts; versions 1 and 2 stored [`LegacyContact`].
+/// Format 4 added packed contacts; formats 1 to 3 stored [`LegacyContact`].
 #[derive(Serialize, Deserialize)]
 struct State<C = Contact> {
     intervals: Vec<String>,
@@ -107,6 +107,15 @@ struct State<C = Contact> {
     max_ts: Option<Millis>,
     last_expiry: Millis,
     stats: Stats,
+}
+
+/// Appended in format 3, after the floor: robustness counters and key admission.
+/// A separate segment so that format-2 checkpoints (without it) still restore.
+#[derive(Serialize, Deserialize, Default)]
+struct Extra {
+    expired: u64,
+    overflowed: BTreeMap<KeyDim, u64>,
+    admission: Admission,
 }
 
 fn settings(cfg: &EngineConfig) -> (Vec<String>, String) {
@@ -140,6 +149,14 @@ impl Engine {
         // checkpoint still restores (with an empty floor).
         let encoded = postcard::to_extend(&state, vec![FORMAT_VERSION])
             .and_then(|buf| postcard::to_extend(&self.floor, buf))
+            .and_then(|buf| {
+                let extra = Extra {
+                    expired: state.stats.expired,
+                    overflowed: state.stats.overflowed.clone(),
+                    admission: self.admission.clone(),
+                };
+                postcard::to_extend(&extra, buf)
+            })
             .map_err(CheckpointError::Encode);
         // Put everything back whether or not encoding worked.
         self.seen_by_hour = state.seen_by_hour;
@@ -159,17 +176,27 @@ impl Engine {
         if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(CheckpointError::Version { found: version });
         }
-        let (s, rest): (State, &[u8]) = if version >= 3 {
+        let (s, rest): (State, &[u8]) = if version >= 4 {
             postcard::take_from_bytes(body).map_err(CheckpointError::Decode)?
         } else {
             let (legacy, rest): (State<LegacyContact>, &[u8]) =
                 postcard::take_from_bytes(body).map_err(CheckpointError::Decode)?;
             (legacy.upgrade(), rest)
         };
-        let floor = if version >= 2 {
-            postcard::from_bytes(rest).map_err(CheckpointError::Decode)?
-        } else {
-            super::live::Floor::default()
+        let (floor, extra) = match version {
+            1 => (super::live::Floor::default(), Extra::default()),
+            2 => (
+                postcard::from_bytes(rest).map_err(CheckpointError::Decode)?,
+                Extra::default(),
+            ),
+            _ => {
+                let (floor, rest) =
+                    postcard::take_from_bytes(rest).map_err(CheckpointError::Decode)?;
+                (
+                    floor,
+                    postcard::from_bytes(rest).map_err(CheckpointError::Decode)?,
+                )
+            }
         };
         let (intervals, timezone) = settings(&cfg);
         if s.intervals != intervals {
@@ -212,9 +239,43 @@ impl Engine {
         e.max_ts = s.max_ts;
         e.last_expiry = s.last_expiry;
         e.stats = s.stats;
+        e.stats.expired = extra.expired;
+        e.stats.overflowed = extra.overflowed;
+        // A format-2 checkpoint has no admission: names are admitted afresh as they
+        // come, up to the limits.
+        e.admission = extra.admission;
         e.floor = floor;
         e.queue_unpacked();
         e.agg.rebuild_rolling(e.max_ts);
         Ok(e)
+    }
+}
+
+#[cfg(test)]
+impl Engine {
+    /// This engine's state in an older checkpoint `version` (1 to 3), as the
+    /// binaries of that format wrote it: for tests of the upgrade path.
+    pub(crate) fn checkpoint_as(&mut self, version: u8) -> Vec<u8> {
+        let bytes = self.checkpoint().unwrap();
+        let (s, rest): (State, &[u8]) = postcard::take_from_bytes(&bytes[1..]).unwrap();
+        let (floor, extra): (super::live::Floor, &[u8]) = postcard::take_from_bytes(rest).unwrap();
+        let legacy = s.map_contacts(|mut c| {
+            c.unpack();
+            LegacyContact {
+                events: c.events,
+                facts: c.facts,
+                customer: c.customer,
+                first_offer: c.first_offer,
+                last_ts: c.last_ts,
+            }
+        });
+        let mut out = postcard::to_extend(&legacy, vec![version]).unwrap();
+        if version >= 2 {
+            out = postcard::to_extend(&floor, out).unwrap();
+        }
+        if version >= 3 {
+            out.extend_from_slice(extra);
+        }
+        out
     }
 }

@@ -10,6 +10,13 @@ use std::num::NonZeroU32;
 )]
 pub struct Sym(NonZeroU32);
 
+impl Sym {
+    /// Dense index from 0, for per-symbol vectors.
+    pub fn index(self) -> usize {
+        self.0.get() as usize - 1
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Interner {
     ids: HashMap<Box<str>, Sym>,

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod contact;
 pub mod hist;
 pub mod intern;
+pub mod limits;
 pub mod live;
 pub mod window;
 
@@ -27,6 +28,7 @@ use self::acc::Acc;
 use self::aggregate::{Aggregator, DimKey};
 use self::contact::{CEvent, Ctx, Fact, Rules};
 use self::intern::{Interner, Sym};
+use self::limits::{Admission, KeyDim, KeyLimits};
 use self::window::{Interval, Windower};
 use crate::config::Config;
 use crate::event::{Channel, Event, EventType, FIXED_SCALE, Millis, RejectReason};
@@ -92,6 +94,11 @@ pub struct EngineConfig {
     /// Event time after its last change at which a contact is packed
     /// ([`SETTLE_MS`]; tests vary it to check packing changes no figure).
     pub pack_after_ms: i64,
+    /// How far ahead of the wall clock an event may be stamped. The engine never reads
+    /// the clock: `pipeline` applies this before `apply`.
+    pub max_clock_skew_ms: i64,
+    /// Distinct keys kept per dimension ([`limits`]).
+    pub limits: KeyLimits,
 }
 
 impl EngineConfig {
@@ -116,6 +123,13 @@ impl EngineConfig {
             },
             live: true,
             pack_after_ms: SETTLE_MS,
+            max_clock_skew_ms: c.windows.max_clock_skew.ms(),
+            limits: KeyLimits {
+                agents: c.cardinality.max_agents,
+                teams: c.cardinality.max_teams,
+                queues: c.cardinality.max_queues,
+                customers: c.cardinality.max_customers,
+            },
         }
     }
 }
@@ -154,6 +168,15 @@ pub struct Stats {
     pub rejected: BTreeMap<RejectReason, u64>,
     /// Corrections: accepted events whose facts landed in already-flushed windows.
     pub late_applied: u64,
+    /// Contacts released at the correction horizon without ever ending (no
+    /// `contact.ended`, no `contact.abandoned`). Checkpointed outside the `State`
+    /// encoding (format 3), hence `skip` here.
+    #[serde(skip)]
+    pub expired: u64,
+    /// Events whose agent / team / queue was folded into `__overflow__`, or whose
+    /// customer was not remembered, because the dimension was at its limit.
+    #[serde(skip)]
+    pub overflowed: BTreeMap<KeyDim, u64>,
 }
 
 impl Stats {
@@ -167,6 +190,10 @@ impl Stats {
         self.accepted += o.accepted;
         self.duplicates += o.duplicates;
         self.late_applied += o.late_applied;
+        self.expired += o.expired;
+        for (d, n) in &o.overflowed {
+            *self.overflowed.entry(*d).or_default() += n;
+        }
         for (r, n) in &o.rejected {
             *self.rejected.entry(*r).or_default() += n;
         }
@@ -292,6 +319,7 @@ pub struct Engine {
     max_ts: Option<Millis>,
     last_expiry: Millis,
     stats: Stats,
+    admission: Admission,
 }
 
 /// One queue's waiting contacts.
@@ -366,6 +394,7 @@ impl Engine {
             max_ts: None,
             last_expiry: Millis::MIN,
             stats: Stats::default(),
+            admission: Admission::default(),
         }
     }
 
@@ -466,8 +495,8 @@ impl Engine {
             self.stats.late_applied += 1;
         }
 
-        let agent = ev.agent_id.as_deref().map(|a| self.syms.intern(a));
-        let team = ev.team.as_deref().map(|t| self.syms.intern(t));
+        let agent = ev.agent_id.as_deref().map(|a| self.key(KeyDim::Agent, a));
+        let team = ev.team.as_deref().map(|t| self.key(KeyDim::Team, t));
         if let (Some(a), Some(t)) = (agent, team)
             && self.agent_team.insert(a, t).is_none()
             && let Some(waiting) = self.awaiting_team.remove(&a)
@@ -498,15 +527,27 @@ impl Engine {
             id_hash: id as u64,
             agent,
             team,
-            queue: ev.queue.as_deref().map(|q| self.syms.intern(q)),
+            queue: ev.queue.as_deref().map(|q| self.key(KeyDim::Queue, q)),
             channel: ev.channel,
-            to_agent: ev.to_agent_id.as_deref().map(|a| self.syms.intern(a)),
+            to_agent: ev
+                .to_agent_id
+                .as_deref()
+                .map(|a| self.key(KeyDim::Agent, a)),
             talk_ms: duration(ev.talk_ms),
             hold_ms: duration(ev.hold_ms),
             wrap_ms: duration(ev.wrap_ms),
             value: ev.amount.or(ev.score).unwrap_or(0),
         };
-        let event_customer = ev.customer_id.as_deref().map(key_of);
+        let mut event_customer = ev.customer_id.as_deref().map(key_of);
+        if let Some(k) = event_customer
+            && self.customers.len() >= self.cfg.limits.customers
+            && !self.customers.contains_key(&k)
+            && self.contacts.get(&ck).is_none_or(|c| c.customer.is_none())
+        {
+            // Not remembered: this contact's FCR is judged as if it had no customer.
+            event_customer = None;
+            *self.stats.overflowed.entry(KeyDim::Customer).or_default() += 1;
+        }
         let c = self.contacts.entry(ck).or_default();
         let pos = c.events.partition_point(|x| x.sort_key() <= ce.sort_key());
         let new_offer =
@@ -546,6 +587,18 @@ impl Engine {
         }
         self.fire_wrap_deadlines();
         Outcome::Accepted
+    }
+
+    /// The symbol a name counts under in a limited dimension (`__overflow__` once the
+    /// dimension is full).
+    fn key(&mut self, d: KeyDim, name: &str) -> Sym {
+        let (s, folded) = self
+            .admission
+            .admit(&mut self.syms, &self.cfg.limits, d, name);
+        if folded {
+            *self.stats.overflowed.entry(d).or_default() += 1;
+        }
+        s
     }
 
     fn bump_clock(&mut self, ts: Millis) {
@@ -769,7 +822,15 @@ impl Engine {
             .collect();
         for id in dead {
             self.floor.forget_contact(&id);
-            if let Some(c) = self.contacts.remove(&id)
+            // Unpacked to look at its events (once, as it leaves).
+            let removed = self.contacts.remove(&id).map(|mut c| {
+                c.unpack();
+                c
+            });
+            if removed.as_ref().is_some_and(never_finished) {
+                self.stats.expired += 1;
+            }
+            if let Some(c) = removed
                 && let Some(k) = c.customer
                 && let Some(list) = self.customers.get_mut(&k)
             {
@@ -881,6 +942,24 @@ impl Engine {
     }
 }
 
+/// A contact that started (offered, routed, answered or first response) but has
+/// neither ended nor been abandoned: released at the horizon, it counts as `expired`.
+/// Contacts holding only late follow-ups (a survey, a QA score) did not start here.
+fn never_finished(c: &Contact) -> bool {
+    let mut started = false;
+    for e in &c.events {
+        match e.kind {
+            EventType::ContactEnded | EventType::ContactAbandoned => return false,
+            EventType::ContactOffered
+            | EventType::ContactRouted
+            | EventType::ContactAnswered
+            | EventType::ContactFirstResponse => started = true,
+            _ => {}
+        }
+    }
+    started
+}
+
 fn finest_of(intervals: &[Interval]) -> Interval {
     intervals
         .iter()
@@ -889,5 +968,7 @@ fn finest_of(intervals: &[Interval]) -> Interval {
         .unwrap_or(Interval::Minutes(15))
 }
 
+#[cfg(test)]
+mod robust_tests;
 #[cfg(test)]
 mod tests;

@@ -34,10 +34,15 @@ pub enum RejectReason {
     /// The contact already holds the maximum number of events (a runaway producer
     /// reusing one `contact_id`); accepting more would make each event slower.
     ContactOverflow,
+    /// Stamped more than `[windows] max_clock_skew` ahead of the wall clock: a device
+    /// with a broken clock, which would otherwise push the watermark forward and close
+    /// every window early. Decided by the pipeline (the engine never reads the clock).
+    /// Last in the enum: checkpoints store reasons by position.
+    Future,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::InvalidJson,
         RejectReason::NotObject,
         RejectReason::MissingField,
@@ -47,6 +52,7 @@ impl RejectReason {
         RejectReason::Oversize,
         RejectReason::TooLate,
         RejectReason::ContactOverflow,
+        RejectReason::Future,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +66,7 @@ impl RejectReason {
             RejectReason::Oversize => "oversize",
             RejectReason::TooLate => "too_late",
             RejectReason::ContactOverflow => "contact_overflow",
+            RejectReason::Future => "future",
         }
     }
 }
@@ -253,6 +260,18 @@ impl Decoder {
                 format!("{} bytes > max {}", bytes.len(), self.max_message_bytes),
             ));
         }
+        // Only an object may reach `Raw`: serde's derived struct also accepts a JSON
+        // array, field by field in declaration order, so `["e1","contact.ended",…]`
+        // would otherwise decode as an event.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(match serde_json::from_slice::<de::IgnoredAny>(bytes) {
+                Ok(_) => Reject::new(
+                    RejectReason::NotObject,
+                    "top-level JSON value is not an object",
+                ),
+                Err(e) => classify_json_error(bytes, &e),
+            });
+        }
         let raw: Raw<'_> = match serde_json::from_slice(bytes) {
             Ok(r) => r,
             Err(e) => return Err(classify_json_error(bytes, &e)),
@@ -433,6 +452,11 @@ fn classify_json_error(bytes: &[u8], e: &serde_json::Error) -> Reject {
                     "top-level JSON value is not an object",
                 )
             }
+        }
+        // A number beyond f64 (`1e400`) is a value out of range, not broken syntax (the
+        // parser does not say which field: `invalid_field` even for `ts`).
+        Category::Syntax if e.to_string().starts_with("number out of range") => {
+            Reject::new(RejectReason::InvalidField, e.to_string())
         }
         Category::Io | Category::Syntax | Category::Eof => {
             Reject::new(RejectReason::InvalidJson, e.to_string())

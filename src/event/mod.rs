@@ -4,6 +4,8 @@
 //! JSON message into it or into a [`Reject`] with a stable reason.
 
 pub mod decode;
+#[cfg(test)]
+mod hostile_tests;
 
 use std::borrow::Cow;
 

@@ -115,6 +115,8 @@ pub async fn status(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> 
             "accepted": s.accepted,
             "duplicates": s.duplicates,
             "late_applied": s.late_applied,
+            "expired": s.expired,
+            "keys_overflowed": s.overflowed.iter().map(|(d, n)| (d.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "rejected_total": s.rejected_total(),
             "rejected": rejected,
         },

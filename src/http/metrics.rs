@@ -17,6 +17,7 @@ use crate::config::SlFormula;
 use crate::engine::Dimension;
 use crate::engine::acc::Acc;
 use crate::engine::hist::Hist;
+use crate::engine::limits::KeyDim;
 use crate::event::{FIXED_SCALE, RejectReason};
 
 use super::state::{HttpSettings, LiveSnapshot, RollingWindow, Rows};
@@ -174,7 +175,7 @@ const ROLLING: [GaugeDef; 6] = [
 ];
 
 /// `(name, help, type, variable labels)` of the families not defined by the tables.
-const GLOBAL: [(&str, &str, MetricType, &[&str]); 11] = [
+const GLOBAL: [(&str, &str, MetricType, &[&str]); 13] = [
     (
         "ccmetrics_events_read_total",
         "Input messages read.",
@@ -240,6 +241,18 @@ const GLOBAL: [(&str, &str, MetricType, &[&str]); 11] = [
         "Agents folded into agent=\"__overflow__\" by http.max_agent_series (only with per-agent series on).",
         MetricType::GAUGE,
         &[],
+    ),
+    (
+        "ccmetrics_contacts_expired_total",
+        "Contacts released at the correction horizon without ever ending or being abandoned.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "ccmetrics_keys_overflowed_total",
+        "Events whose agent/team/queue was folded into __overflow__ (or whose customer was not remembered) by the [cardinality] limits, by kind of key.",
+        MetricType::COUNTER,
+        &["kind"],
     ),
 ];
 
@@ -414,7 +427,7 @@ pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
     let dropped = (agents.len() - kept.len()) as f64;
 
     // In `GLOBAL` order.
-    let globals: [Vec<Metric>; 11] = [
+    let globals: [Vec<Metric>; 13] = [
         vec![counter(vec![], st.read as f64)],
         vec![counter(vec![], st.accepted as f64)],
         vec![counter(vec![], st.duplicates as f64)],
@@ -435,6 +448,19 @@ pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
         vec![counter(vec![], snap.flushes as f64)],
         single(snap.last_flush_ms.map(secs)),
         single(s.per_agent_series.then_some(dropped)),
+        vec![counter(vec![], st.expired as f64)],
+        // Every dimension always present, like the reject reasons.
+        KeyDim::ALL
+            .iter()
+            .map(|d| {
+                counter(
+                    // `kind`, not `dimension`: on every other family `dimension`
+                    // selects snapshot series, and `agent` / `team` ones are opt-in.
+                    vec![label("kind", d.as_str())],
+                    st.overflowed.get(d).copied().unwrap_or(0) as f64,
+                )
+            })
+            .collect(),
     ];
     for (metrics, (name, help, ty, _)) in globals.into_iter().zip(GLOBAL) {
         out.push(family(name, help, ty, metrics));

@@ -145,9 +145,13 @@ fn snapshot() -> LiveSnapshot {
         accepted: 7,
         duplicates: 1,
         late_applied: 1,
+        expired: 4,
         ..Stats::default()
     };
     stats.rejected.insert(RejectReason::InvalidJson, 2);
+    stats
+        .overflowed
+        .insert(crate::engine::limits::KeyDim::Queue, 5);
     LiveSnapshot {
         stats,
         watermark: Some(1_700_000_000_000),
@@ -316,6 +320,22 @@ async fn metrics_exposition() {
         one(&samples, "ccmetrics_events_late_applied_total", &[]),
         1.0
     );
+    assert_eq!(one(&samples, "ccmetrics_contacts_expired_total", &[]), 4.0);
+    for (kind, want) in [
+        ("agent", 0.0),
+        ("team", 0.0),
+        ("queue", 5.0),
+        ("customer", 0.0),
+    ] {
+        assert_eq!(
+            one(
+                &samples,
+                "ccmetrics_keys_overflowed_total",
+                &[("kind", kind)]
+            ),
+            want
+        );
+    }
     for r in RejectReason::ALL {
         let want = if r == RejectReason::InvalidJson {
             2.0

@@ -1,0 +1,116 @@
+//! Cardinality limits: how many distinct agents, teams and queues one engine keeps.
+//!
+//! Names are interned for good (a fact carries `Sym`s), so a stream of millions of
+//! distinct ids would grow the interner, the windows and the totals without bound.
+//! Past a dimension's limit a new name is folded into [`OVERFLOW_KEY`] and the event
+//! counted; names admitted before keep their own key. Customers are limited in the
+//! engine itself (they are released with the correction horizon).
+
+use serde::{Deserialize, Serialize};
+
+use super::intern::{Interner, Sym};
+
+/// The key new names of a full dimension are counted under.
+pub const OVERFLOW_KEY: &str = "__overflow__";
+
+/// A kind of key that is limited: the `kind` label of
+/// `ccmetrics_keys_overflowed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum KeyDim {
+    Agent,
+    Team,
+    Queue,
+    Customer,
+}
+
+impl KeyDim {
+    pub const ALL: [KeyDim; 4] = [KeyDim::Agent, KeyDim::Team, KeyDim::Queue, KeyDim::Customer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyDim::Agent => "agent",
+            KeyDim::Team => "team",
+            KeyDim::Queue => "queue",
+            KeyDim::Customer => "customer",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// Per-dimension limits (`[cardinality]` in the config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub agents: usize,
+    pub teams: usize,
+    pub queues: usize,
+    pub customers: usize,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        let c = crate::config::CardinalityConfig::default();
+        KeyLimits {
+            agents: c.max_agents,
+            teams: c.max_teams,
+            queues: c.max_queues,
+            customers: c.max_customers,
+        }
+    }
+}
+
+impl KeyLimits {
+    pub fn of(&self, d: KeyDim) -> usize {
+        match d {
+            KeyDim::Agent => self.agents,
+            KeyDim::Team => self.teams,
+            KeyDim::Queue => self.queues,
+            KeyDim::Customer => self.customers,
+        }
+    }
+}
+
+/// Which names are admitted in which dimension. A name can be an agent and a queue at
+/// once, so admission is one bit per dimension, indexed by `Sym` (dense ids: a vector,
+/// not a map, on the hot path).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Admission {
+    bits: Vec<u8>,
+    admitted: [usize; 3],
+}
+
+impl Admission {
+    /// The symbol `name` counts under in dimension `d` (not `Customer`), and whether it
+    /// was folded into [`OVERFLOW_KEY`].
+    pub fn admit(
+        &mut self,
+        syms: &mut Interner,
+        limits: &KeyLimits,
+        d: KeyDim,
+        name: &str,
+    ) -> (Sym, bool) {
+        let slot = d as usize;
+        if let Some(s) = syms.get(name)
+            && self.has(s, d)
+        {
+            return (s, false);
+        }
+        if self.admitted.get(slot).copied().unwrap_or(usize::MAX) >= limits.of(d) {
+            return (syms.intern(OVERFLOW_KEY), true);
+        }
+        let s = syms.intern(name);
+        let i = s.index();
+        if self.bits.len() <= i {
+            self.bits.resize(i + 1, 0);
+        }
+        self.bits[i] |= d.bit();
+        self.admitted[slot] += 1;
+        (s, false)
+    }
+
+    fn has(&self, s: Sym, d: KeyDim) -> bool {
+        self.bits.get(s.index()).is_some_and(|b| b & d.bit() != 0)
+    }
+}

@@ -1,0 +1,201 @@
+//! Robustness (issue 7): contacts that never finish are released and counted as
+//! `expired`; a flood of distinct keys is folded into `__overflow__` within the
+//! configured limits; both survive a checkpoint.
+
+use super::limits::{KeyDim, KeyLimits, OVERFLOW_KEY};
+use super::*;
+use crate::event::decode;
+
+const T0: Millis = 1_795_392_000_000; // 2026-11-23T00:00:00Z
+const DAY: f64 = 86_400.0;
+
+fn ev(line: String) -> Event<'static> {
+    decode(line.as_bytes())
+        .map(Event::into_owned)
+        .unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+fn at(secs: f64) -> Millis {
+    T0 + (secs * 1000.0) as i64
+}
+
+fn offered(id: &str, contact: &str, secs: f64, queue: &str, customer: &str) -> Event<'static> {
+    ev(format!(
+        r#"{{"event_id":"{id}","type":"contact.offered","ts":{},"contact_id":"{contact}","channel":"voice","queue":"{queue}","customer_id":"{customer}"}}"#,
+        at(secs)
+    ))
+}
+
+fn answered(id: &str, contact: &str, secs: f64, agent: &str, team: &str) -> Event<'static> {
+    ev(format!(
+        r#"{{"event_id":"{id}","type":"contact.answered","ts":{},"contact_id":"{contact}","agent_id":"{agent}","team":"{team}"}}"#,
+        at(secs)
+    ))
+}
+
+fn simple(id: &str, kind: &str, contact: &str, secs: f64) -> Event<'static> {
+    ev(format!(
+        r#"{{"event_id":"{id}","type":"{kind}","ts":{},"contact_id":"{contact}"}}"#,
+        at(secs)
+    ))
+}
+
+#[test]
+fn contacts_that_never_finish_are_released_at_the_horizon_and_counted() {
+    let mut e = Engine::new(EngineConfig::default());
+    // Never finishes: offered and answered, then nothing.
+    e.apply(offered("1", "stuck", 0.0, "q", "k1"));
+    e.apply(answered("2", "stuck", 5.0, "a", "t"));
+    // Finishes: abandoned, and ended.
+    e.apply(offered("3", "gone", 0.0, "q", "k2"));
+    e.apply(simple("4", "contact.abandoned", "gone", 9.0));
+    e.apply(offered("5", "done", 0.0, "q", "k3"));
+    e.apply(answered("6", "done", 2.0, "a", "t"));
+    e.apply(simple("7", "contact.ended", "done", 60.0));
+    // Only a late survey: it never started here, so it did not expire either.
+    e.apply(ev(format!(
+        r#"{{"event_id":"8","type":"survey.responded","ts":{},"contact_id":"orphan","score":4}}"#,
+        at(10.0)
+    )));
+    assert_eq!(e.open_contacts(), 4);
+    // Within the horizon nothing is released.
+    e.apply(offered("9", "later", 6.0 * DAY, "q", "k4"));
+    e.flush();
+    assert_eq!((e.open_contacts(), e.stats().expired), (5, 0));
+    // Past watermark - horizon (7 days + lateness) the old four are released; only the
+    // unfinished one counts as expired.
+    e.apply(offered("10", "much-later", 8.0 * DAY, "q", "k5"));
+    e.flush();
+    assert_eq!(e.open_contacts(), 2, "old contacts released");
+    assert_eq!(e.stats().expired, 1);
+    // Its id is gone too: a straggler for it is too late, not a new contact.
+    assert_eq!(
+        e.apply(simple("11", "contact.ended", "stuck", 20.0)),
+        Outcome::Rejected(RejectReason::TooLate)
+    );
+    // The counter survives a checkpoint.
+    let bytes = e.checkpoint().unwrap();
+    let r = Engine::restore(EngineConfig::default(), &bytes).unwrap();
+    assert_eq!(r.stats().expired, 1);
+    assert_eq!(r.open_contacts(), 2);
+}
+
+#[test]
+fn a_flood_of_distinct_keys_is_folded_into_overflow() {
+    let limits = KeyLimits {
+        agents: 3,
+        teams: 2,
+        queues: 2,
+        customers: 4,
+    };
+    let cfg = EngineConfig {
+        intervals: vec![Interval::Day],
+        limits,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg.clone());
+    let n = 2000;
+    for i in 0..n {
+        let c = format!("c{i}");
+        let s = i as f64;
+        e.apply(offered(
+            &format!("o{i}"),
+            &c,
+            s,
+            &format!("q{i}"),
+            &format!("k{i}"),
+        ));
+        e.apply(answered(
+            &format!("a{i}"),
+            &c,
+            s + 0.5,
+            &format!("ag{i}"),
+            &format!("t{i}"),
+        ));
+    }
+    let st = e.stats().clone();
+    assert_eq!(st.accepted, 2 * n as u64, "every event still counts");
+    // Keys admitted first keep their names; every later one is folded and counted.
+    assert_eq!(st.overflowed.get(&KeyDim::Queue), Some(&(n as u64 - 2)));
+    assert_eq!(st.overflowed.get(&KeyDim::Agent), Some(&(n as u64 - 3)));
+    assert_eq!(st.overflowed.get(&KeyDim::Team), Some(&(n as u64 - 2)));
+    assert_eq!(st.overflowed.get(&KeyDim::Customer), Some(&(n as u64 - 4)));
+    // Memory: the interner holds the fixed names plus the admitted few, not 8 000.
+    assert!(e.syms.len() < 30, "{} names interned", e.syms.len());
+    assert!(e.customers.len() <= 4);
+
+    let out = e.flush_all();
+    let keys = |d: Dimension| -> BTreeMap<String, i64> {
+        out.iter()
+            .filter(|x| x.dimension == d)
+            .map(|x| (x.key.clone(), x.acc.offered + x.acc.answered))
+            .collect()
+    };
+    let queues = keys(Dimension::Queue);
+    assert_eq!(
+        queues.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["__overflow__", "q0", "q1"]
+    );
+    assert_eq!(queues.get(OVERFLOW_KEY).copied(), Some(2 * (n as i64 - 2)));
+    let agents = keys(Dimension::Agent);
+    assert_eq!(agents.len(), 4, "{agents:?}");
+    assert!(agents.contains_key(OVERFLOW_KEY));
+    // Nothing is lost: the centre still sees every contact.
+    let all: i64 = out
+        .iter()
+        .filter(|x| x.dimension == Dimension::All)
+        .map(|x| x.acc.offered)
+        .sum();
+    assert_eq!(all, n as i64);
+
+    // Admission survives a checkpoint: an admitted key stays itself, a new one folds.
+    let bytes = e.checkpoint().unwrap();
+    let mut r = Engine::restore(cfg, &bytes).unwrap();
+    assert_eq!(r.stats().overflowed, st.overflowed);
+    r.apply(offered("x1", "cx", 10.0, "q1", "kx"));
+    r.apply(offered("x2", "cy", 10.0, "brand-new", "ky"));
+    assert_eq!(
+        r.stats().overflowed.get(&KeyDim::Queue),
+        Some(&(n as u64 - 1))
+    );
+}
+
+#[test]
+fn stats_merge_adds_the_new_counters() {
+    let mut a = Stats {
+        expired: 2,
+        ..Stats::default()
+    };
+    a.overflowed.insert(KeyDim::Agent, 3);
+    let mut b = Stats {
+        expired: 1,
+        ..Stats::default()
+    };
+    b.overflowed.insert(KeyDim::Agent, 1);
+    b.overflowed.insert(KeyDim::Queue, 5);
+    a.merge(&b);
+    assert_eq!(a.expired, 3);
+    assert_eq!(a.overflowed.get(&KeyDim::Agent), Some(&4));
+    assert_eq!(a.overflowed.get(&KeyDim::Queue), Some(&5));
+}
+
+#[test]
+fn a_format_2_checkpoint_still_restores() {
+    // Format 3 appended one segment (expired, overflowed, admission) after the floor;
+    // format 4 packs contacts. `checkpoint_as` writes the older layouts.
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(simple("1", "contact.abandoned", "c1", 0.0));
+    e.apply(simple("2", "contact.abandoned", "c2", 60.0));
+    let v3 = e.checkpoint_as(3);
+    let r3 = Engine::restore(EngineConfig::default(), &v3).unwrap();
+    assert_eq!(r3.open_contacts(), 2);
+    assert_eq!(r3.stats(), e.stats());
+    let v2 = e.checkpoint_as(2);
+    assert_eq!(v2[0], 2);
+    let mut r = Engine::restore(EngineConfig::default(), &v2).unwrap();
+    assert_eq!(r.open_contacts(), 2);
+    assert_eq!(r.stats(), e.stats());
+    // Names are admitted afresh after such a restore.
+    r.apply(offered("3", "c3", 90.0, "q", "k"));
+    assert!(r.stats().overflowed.is_empty());
+}
