@@ -97,6 +97,12 @@ duckdb_bench() {
   local py n f db
   py=$(duckdb_python)
   echo "== duckdb $("$py" -c 'import duckdb; print(duckdb.__version__)'), machine: $MACHINE"
+  # Self-check of the SQL against a golden case the engine's tests pin.
+  mkdir -p "$OUT/duckdb-golden"
+  "$py" benches/duckdb/run.py tests/golden/basic_voice/events.jsonl "$OUT/duckdb-golden"
+  echo "-- SQL self-check on tests/golden/basic_voice (15m / queue):"
+  python3 benches/duckdb/compare.py tests/golden/basic_voice/15m_queue.csv \
+    "$OUT/duckdb-golden/duckdb-15m-queue.csv" | tail -1
   for n in "${SIZES[@]}"; do
     f=$(set_file "$n")
     events_file "$f" "$n" "$AGENTS"

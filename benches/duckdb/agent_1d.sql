@@ -1,10 +1,12 @@
 -- Daily agent rows (UTC days): the comparable columns of `ccmetrics export --window 1d
 -- --dimension agent` (docs/metrics.md "Agent and team rows"). Needs load.sql.
 WITH ev_visit AS (
-    -- Each routed / answered event with the queue visit (latest offer) it belongs to.
+    -- Each routed / answered event with the queue visit (latest offer) it belongs to;
+    -- events before any offer of their contact (the offer is missing, e.g. cut off at
+    -- the end of a file) form one visit of their own (offer_k NULL), as in the engine.
     SELECT e.contact_id, e.type, e.agent_id, e.t, e.k, o.k AS offer_k
     FROM (SELECT * FROM ev WHERE type IN ('contact.routed', 'contact.answered')) e
-    ASOF JOIN offers o ON o.contact_id = e.contact_id AND e.k > o.k
+    ASOF LEFT JOIN offers o ON o.contact_id = e.contact_id AND e.k > o.k
 ), presented AS (
     -- Every routing counts once at its time; an answer by an agent not routed earlier
     -- in the same visit counts as one presentation at the answer time.
@@ -14,7 +16,7 @@ WITH ev_visit AS (
     WHERE a.type = 'contact.answered' AND NOT EXISTS (
         SELECT 1 FROM ev_visit r
         WHERE r.type = 'contact.routed' AND r.contact_id = a.contact_id
-          AND r.offer_k = a.offer_k AND r.agent_id = a.agent_id AND r.k < a.k)
+          AND r.offer_k IS NOT DISTINCT FROM a.offer_k AND r.agent_id = a.agent_id AND r.k < a.k)
     GROUP BY a.contact_id, a.offer_k, a.agent_id
 ), answers AS (
     -- An agent answering the same visit twice counts once, at the first answer.
