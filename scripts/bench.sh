@@ -20,7 +20,7 @@
 # Environment (defaults in brackets):
 #   SIZES [1000000 10000000]  comparison event sets (all 10 k agents, 300 queues)
 #   AGENTS [10000]  RUNS [3]  N [10000000] (engine mode)
-#   MEM_N [1000000]  MEM_AGENTS [10000 50000 100000]
+#   MEM_N [2000000]  MEM_AGENTS [10000 50000 100000]
 #   SCRAPE_N [first of SIZES]  SCRAPES [50]
 #   KAFKA_N [500000]  LATENCY_RATE [5000]  LATENCY_SECONDS [60]
 #   DUCKDB_PY: a python with duckdb; else a venv is made under target/bench.
@@ -58,7 +58,8 @@ events_file() {
 }
 set_file() { echo "$OUT/events-$1-$AGENTS.jsonl"; }
 
-# timed NAME CMD...: RUNS runs of a whole command; prints "NAME min median max" (s).
+# timed NAME CMD...: RUNS runs of a whole command; prints "NAME min median max cpu":
+# wall seconds, and the mean CPU seconds (user + system, all threads) of a run.
 # hyperfine when installed (Debian package), else /usr/bin/time in a loop.
 timed() {
   local name=$1
@@ -66,14 +67,14 @@ timed() {
   if command -v hyperfine >/dev/null; then
     hyperfine --style none --runs "$RUNS" --warmup 0 --export-json "$OUT/$name.json" \
       -n "$name" "$(printf '%q ' "$@")" >&2
-    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print(sys.argv[2], "%.3f %.3f %.3f" % (r["min"], r["median"], r["max"]))' \
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print(sys.argv[2], "%.3f %.3f %.3f %.2f" % (r["min"], r["median"], r["max"], r["user"] + r["system"]))' \
       "$OUT/$name.json" "$name"
   else
     : > "$OUT/$name.times"
     for _ in $(seq "$RUNS"); do
-      /usr/bin/time -f %e -a -o "$OUT/$name.times" "$@" >/dev/null
+      /usr/bin/time -f "%e %U %S" -a -o "$OUT/$name.times" "$@" >/dev/null
     done
-    echo "$name $(median < "$OUT/$name.times")"
+    echo "$name $(cut -d' ' -f1 "$OUT/$name.times" | median) $(awk '{c += $2 + $3} END {printf "%.2f", c / NR}' "$OUT/$name.times")"
   fi
 }
 
@@ -116,10 +117,10 @@ CCMETRICS__STORE__URL=sqlite://$db $BIN export --window 1d --dimension agent > $
 SH
     mkdir -p "$OUT/duckdb-$n"
     echo "== $n events: replay + 2 exports vs DuckDB (load + 2 queries to CSV), $RUNS runs each"
-    read -r _ cmin cmed cmax < <(timed "ccmetrics-$n" bash "$OUT/cmp-$n.sh")
-    read -r _ dmin dmed dmax < <(timed "duckdb-$n" "$py" benches/duckdb/run.py "$f" "$OUT/duckdb-$n")
-    echo "ccmetrics replay+export s (min/median/max): $cmin / $cmed / $cmax  [$MACHINE]"
-    echo "duckdb s (min/median/max): $dmin / $dmed / $dmax  [$MACHINE]"
+    read -r _ cmin cmed cmax ccpu < <(timed "ccmetrics-$n" bash "$OUT/cmp-$n.sh")
+    read -r _ dmin dmed dmax dcpu < <(timed "duckdb-$n" "$py" benches/duckdb/run.py "$f" "$OUT/duckdb-$n")
+    echo "ccmetrics replay+export s (min/median/max): $cmin / $cmed / $cmax, CPU s per run $ccpu  [$MACHINE]"
+    echo "duckdb s (min/median/max): $dmin / $dmed / $dmax, CPU s per run $dcpu  [$MACHINE]"
     echo "ratio duckdb / ccmetrics (medians; > 1 means ccmetrics is faster): $(ratio "$dmed" "$cmed")"
     grep -E "events read|accepted|duplicates|rejected  " "$OUT/cmp-$n-replay.txt" | sed 's/^/  /'
     echo "-- counts, 15m / queue"
@@ -139,13 +140,13 @@ parse_bench() {
     events_file "$f" "$n" "$AGENTS"
     declare -A med=()
     for mode in read parse engine; do
-      read -r _ lo md hi < <(timed "parse-$mode-$n" "$PARSE" "$mode" "$f")
+      read -r _ lo md hi _ < <(timed "parse-$mode-$n" "$PARSE" "$mode" "$f")
       med[$mode]=$md
       "$PARSE" "$mode" "$f" | tee "$OUT/parse-$mode-$n.txt" | sed 's/^/  last run: /'
       echo "$mode $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}')  [$MACHINE]"
     done
     rm -f "$OUT/parse-replay.db"*
-    read -r _ lo md hi < <(timed "parse-replay-$n" env CCMETRICS__STORE__URL="sqlite://$OUT/parse-replay.db" "$BIN" replay --input "$f")
+    read -r _ lo md hi _ < <(timed "parse-replay-$n" env CCMETRICS__STORE__URL="sqlite://$OUT/parse-replay.db" "$BIN" replay --input "$f")
     med[replay]=$md
     echo "replay $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}')  [$MACHINE]"
     echo "engine (no store) as a fraction of the bare parse rate: $(awk -v p="${med[parse]}" -v e="${med[engine]}" 'BEGIN {printf "%.0f %%", 100 * p / e}')"
@@ -154,18 +155,23 @@ parse_bench() {
   done
 }
 
-# Peak RSS of replay vs active agents at the same contact rate (120 000 contacts/h),
-# so open contacts stay about the same and the difference is the agents' share; then
-# 10 k agents with twice the events (twice the simulated time), so the difference is
-# what grows with total events / contacts held.
+# Peak RSS of replay vs active agents. Every file has MEM_N events at the same contact
+# rate (120 000 contacts/h, so about the same simulated time and contacts held); only
+# the agents differ. One more file has 10 k agents and twice the events (twice the
+# time, so twice the contacts held). "Active" = agents with a row in the 1d / agent
+# export; contacts held = Engine::open_contacts (examples/parse_bench.rs, the largest
+# value sampled at each flush). A least-squares fit RSS = base + a * agents +
+# c * contacts over the four runs gives bytes per active agent (a) and per contact
+# held (c).
 memory_bench() {
-  local mem_n=${MEM_N:-1000000} cph=120000 ag f rss open agents
+  local mem_n=${MEM_N:-2000000} cph=120000 ag f rss open agents n
   read -r -a mem_agents <<< "${MEM_AGENTS:-10000 50000 100000}"
   echo "== memory: replay peak RSS, $mem_n events at $cph contacts/h, machine: $MACHINE"
-  printf '%-10s %-10s %-12s %-14s %-16s %s\n' agents events active_agents peak_rss_MiB max_open_contacts engine_only_rss_MiB
+  : > "$OUT/mem-rows"
+  printf '%-8s %-9s %-14s %-13s %-14s %s\n' agents events active_agents peak_rss_MiB contacts_held engine_only_rss_MiB
   for spec in "${mem_agents[@]/%/:$mem_n}" "${mem_agents[0]}:$((mem_n * 2))"; do
     ag=${spec%%:*}
-    local n=${spec##*:}
+    n=${spec##*:}
     f="$OUT/mem-$n-$ag.jsonl"
     if [ "$ag" -le 60000 ]; then
       events_file "$f" "$n" "$ag" 300 "$cph"
@@ -189,57 +195,74 @@ memory_bench() {
       | tail -n +2 | cut -d, -f5 | sort -u | wc -l)
     "$PARSE" engine "$f" > "$OUT/mem-engine.txt"
     open=$(sed -E 's/.*max_open_contacts=([0-9]+).*/\1/' "$OUT/mem-engine.txt")
-    printf '%-10s %-10s %-12s %-14s %-16s %s\n' "$ag" "$n" "$agents" "$rss" "$open" \
+    printf '%-8s %-9s %-14s %-13s %-14s %s\n' "$ag" "$n" "$agents" "$rss" "$open" \
       "$(($(sed -E 's/.*peak_rss_kb=([0-9]+).*/\1/' "$OUT/mem-engine.txt") / 1024))"
-    echo "$ag $n $agents $rss $open" >> "$OUT/mem-rows.$$"
+    echo "$ag $n $agents $rss $open" >> "$OUT/mem-rows"
   done
-  # Slopes: per active agent between the fewest and the most agents (same events);
-  # per open contact between the two runs with the fewest agents (same agents).
-  python3 - "$OUT/mem-rows.$$" "$MACHINE" <<'PY'
+  python3 - "$OUT/mem-rows" "$MACHINE" <<'PY'
 import sys
-rows = [list(map(int, l.split())) for l in open(sys.argv[1])]
-*by_agents, doubled = rows
-lo, hi = by_agents[0], by_agents[-1]
-per_agent = (hi[3] - lo[3]) * 2**20 / max(hi[2] - lo[2], 1)
-print(f"bytes per active agent (RSS slope {lo[2]} -> {hi[2]} agents): {per_agent:.0f}  [{sys.argv[2]}]")
-if doubled[4] != lo[4]:
-    per_contact = (doubled[3] - lo[3]) * 2**20 / (doubled[4] - lo[4])
-    print(f"bytes per open contact (RSS slope {lo[4]} -> {doubled[4]} contacts held, {lo[0]} agents): {per_contact:.0f}")
-print(f"RSS with twice the events at {lo[0]} agents: {lo[3]} -> {doubled[3]} MiB")
+rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
+# Least squares for rss_bytes = base + a * agents + c * contacts (normal equations).
+X = [[1.0, r[2], r[4]] for r in rows]
+y = [r[3] * 2**20 for r in rows]
+A = [[sum(x[i] * x[j] for x in X) for j in range(3)] for i in range(3)]
+b = [sum(x[i] * v for x, v in zip(X, y)) for i in range(3)]
+for i in range(3):  # Gauss-Jordan; A is 3x3 and well conditioned when the runs differ
+    p = A[i][i]
+    A[i] = [v / p for v in A[i]]; b[i] /= p
+    for k in range(3):
+        if k != i:
+            f = A[k][i]
+            A[k] = [u - f * v for u, v in zip(A[k], A[i])]; b[k] -= f * b[i]
+base, per_agent, per_contact = b
+print(f"fit over {len(rows)} runs: base {base / 2**20:.0f} MiB + {per_agent:.0f} bytes per active agent"
+      f" + {per_contact:.0f} bytes per contact held  [{sys.argv[2]}]")
+lo, dbl = rows[0], rows[-1]
+print(f"10 k agents, twice the events: {lo[3]:.0f} -> {dbl[3]:.0f} MiB, contacts held {lo[4]:.0f} -> {dbl[4]:.0f}")
 PY
-  rm -f "$OUT/mem-rows.$$"
 }
 
-# /metrics with per-agent series on, 10 k agents: serve reads a generated file on
-# stdin, then SCRAPES scrapes once every event is in.
+# /metrics at 10 k agents, per-agent series on (max_agent_series above the agents) and,
+# for reference, off: serve reads a generated file on stdin, then SCRAPES scrapes once
+# every event is in.
 scrape_bench() {
-  local n=${SCRAPE_N:-${SIZES[0]}} scrapes=${SCRAPES:-50} f pid addr lines
+  local n=${SCRAPE_N:-${SIZES[0]}} f
   f=$(set_file "$n")
   events_file "$f" "$n" "$AGENTS"
+  scrape_one "$f" true
+  scrape_one "$f" false
+}
+
+scrape_one() {
+  local f=$1 per_agent=$2 scrapes=${SCRAPES:-50} pid addr lines
   lines=$(wc -l < "$f")
   rm -f "$OUT/scrape.db"*
   CCMETRICS__STORE__URL="sqlite://$OUT/scrape.db" CCMETRICS__HTTP__LISTEN=127.0.0.1:0 \
-    CCMETRICS__HTTP__PER_AGENT_SERIES=true CCMETRICS__HTTP__MAX_AGENT_SERIES=1000000 \
+    CCMETRICS__HTTP__PER_AGENT_SERIES=$per_agent CCMETRICS__HTTP__MAX_AGENT_SERIES=1000000 \
     "$BIN" serve --source stdin < "$f" > "$OUT/scrape-serve.out" 2> "$OUT/scrape-serve.log" &
   pid=$!
-  trap 'kill -INT "$pid" 2>/dev/null || true' RETURN
+  addr=
   for _ in $(seq 100); do
     addr=$(sed -nE 's|.*metrics at http://([^/]+)/metrics.*|\1|p' "$OUT/scrape-serve.out")
     [ -n "$addr" ] && break
     sleep 0.1
   done
-  [ -n "$addr" ] || { echo "serve did not start; see $OUT/scrape-serve.log" >&2; return 1; }
-  echo "== scrape: serve --source stdin fed $lines lines ($AGENTS agents), waiting until all are read"
+  [ -n "$addr" ] || { echo "serve did not start; see $OUT/scrape-serve.log" >&2; kill "$pid"; return 1; }
+  echo "== scrape, per-agent series $per_agent: serve --source stdin fed $lines lines ($AGENTS agents)"
   local deadline=$((SECONDS + 600)) read_total=0
   while [ "$SECONDS" -lt "$deadline" ]; do
     read_total=$(curl -s "http://$addr/metrics" | awk '/^ccmetrics_events_read_total/ {print int($2)}' | head -1)
     [ "${read_total:-0}" -ge "$lines" ] && break
     sleep 1
   done
-  [ "${read_total:-0}" -ge "$lines" ] || { echo "serve read only $read_total of $lines lines in 600 s" >&2; return 1; }
+  if [ "${read_total:-0}" -lt "$lines" ]; then
+    echo "serve read only $read_total of $lines lines in 600 s" >&2
+    kill -INT "$pid"; wait "$pid" || true
+    return 1
+  fi
   sleep 2 # one more publish tick after the last event, so the scrape shows everything
-  curl -s "http://$addr/metrics" > "$OUT/scrape-metrics.txt"
-  echo "series: $(grep -vc '^#' "$OUT/scrape-metrics.txt"), agents with series: $(grep -o 'agent="[^"]*"' "$OUT/scrape-metrics.txt" | sort -u | wc -l)"
+  curl -s "http://$addr/metrics" > "$OUT/scrape-metrics-$per_agent.txt"
+  echo "samples: $(grep -vc '^#' "$OUT/scrape-metrics-$per_agent.txt"), agents with series: $(grep -o 'agent="[^"]*"' "$OUT/scrape-metrics-$per_agent.txt" | sort -u | wc -l)"
   : > "$OUT/scrape-times"
   for _ in $(seq "$scrapes"); do
     curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://$addr/metrics" >> "$OUT/scrape-times"
@@ -247,8 +270,8 @@ scrape_bench() {
   read -r tmin tmed tmax < <(cut -d' ' -f1 "$OUT/scrape-times" | median)
   read -r smin smed smax < <(cut -d' ' -f2 "$OUT/scrape-times" | median)
   echo "/metrics ms (min/median/max of $scrapes): $(awk -v a="$tmin" -v b="$tmed" -v c="$tmax" 'BEGIN {printf "%.1f / %.1f / %.1f", a*1000, b*1000, c*1000}')  [$MACHINE]"
-  echo "/metrics bytes (min/median/max): $smin / $smed / $smax"
-  echo "serve RSS now: $(awk '/VmRSS/ {print int($2/1024)}' "/proc/$pid/status") MiB"
+  echo "/metrics bytes (min/median/max): $smin / $smed / $smax; gzip -6 of one: $(gzip -6 -c "$OUT/scrape-metrics-$per_agent.txt" | wc -c)"
+  echo "serve RSS after the scrapes: $(awk '/VmRSS/ {print int($2/1024)}' "/proc/$pid/status") MiB, peak $(awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status") MiB"
   kill -INT "$pid"
   wait "$pid" || true
 }
