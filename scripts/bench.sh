@@ -39,8 +39,11 @@ mkdir -p "$OUT"
 BIN=target/release/ccmetrics
 PARSE=target/release/examples/parse_bench
 MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
+# The machine with the load average at the time of a figure: on a shared machine a
+# load above the cores means the wall times are stretched (the CPU seconds are not).
+machine() { echo "$MACHINE, load $(cut -d' ' -f1 /proc/loadavg)"; }
 
-echo "== machine: $MACHINE"
+echo "== machine: $(machine)"
 cargo build --release --locked --bins --examples
 # min / median / max of the numbers on stdin, one a line.
 median() { sort -g | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}'; }
@@ -97,7 +100,7 @@ gen_bench() {
 duckdb_bench() {
   local py n f db
   py=$(duckdb_python)
-  echo "== duckdb $("$py" -c 'import duckdb; print(duckdb.__version__)'), machine: $MACHINE"
+  echo "== duckdb $("$py" -c 'import duckdb; print(duckdb.__version__)'), machine: $(machine)"
   # Self-check of the SQL against a golden case the engine's tests pin.
   mkdir -p "$OUT/duckdb-golden"
   "$py" benches/duckdb/run.py tests/golden/basic_voice/events.jsonl "$OUT/duckdb-golden"
@@ -119,8 +122,8 @@ SH
     echo "== $n events: replay + 2 exports vs DuckDB (load + 2 queries to CSV), $RUNS runs each"
     read -r _ cmin cmed cmax ccpu < <(timed "ccmetrics-$n" bash "$OUT/cmp-$n.sh")
     read -r _ dmin dmed dmax dcpu < <(timed "duckdb-$n" "$py" benches/duckdb/run.py "$f" "$OUT/duckdb-$n")
-    echo "ccmetrics replay+export s (min/median/max): $cmin / $cmed / $cmax, CPU s per run $ccpu  [$MACHINE]"
-    echo "duckdb s (min/median/max): $dmin / $dmed / $dmax, CPU s per run $dcpu  [$MACHINE]"
+    echo "ccmetrics replay+export s (min/median/max): $cmin / $cmed / $cmax, CPU s per run $ccpu  [$(machine)]"
+    echo "duckdb s (min/median/max): $dmin / $dmed / $dmax, CPU s per run $dcpu  [$(machine)]"
     echo "ratio duckdb / ccmetrics (medians; > 1 means ccmetrics is faster): $(ratio "$dmed" "$cmed")"
     grep -E "events read|accepted|duplicates|rejected  " "$OUT/cmp-$n-replay.txt" | sed 's/^/  /'
     echo "-- counts, 15m / queue"
@@ -134,7 +137,7 @@ SH
 # wall seconds, measured outside the process like every other figure.
 parse_bench() {
   local n f mode
-  echo "== bare limits (one core each except replay's SQLite writer), machine: $MACHINE"
+  echo "== bare limits (one core each except replay's SQLite writer), machine: $(machine)"
   for n in "${SIZES[@]}"; do
     f=$(set_file "$n")
     events_file "$f" "$n" "$AGENTS"
@@ -143,12 +146,12 @@ parse_bench() {
       read -r _ lo md hi _ < <(timed "parse-$mode-$n" "$PARSE" "$mode" "$f")
       med[$mode]=$md
       "$PARSE" "$mode" "$f" | tee "$OUT/parse-$mode-$n.txt" | sed 's/^/  last run: /'
-      echo "$mode $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}')  [$MACHINE]"
+      echo "$mode $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
     done
     rm -f "$OUT/parse-replay.db"*
     read -r _ lo md hi _ < <(timed "parse-replay-$n" env CCMETRICS__STORE__URL="sqlite://$OUT/parse-replay.db" "$BIN" replay --input "$f")
     med[replay]=$md
-    echo "replay $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}')  [$MACHINE]"
+    echo "replay $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
     echo "engine (no store) as a fraction of the bare parse rate: $(awk -v p="${med[parse]}" -v e="${med[engine]}" 'BEGIN {printf "%.0f %%", 100 * p / e}')"
     echo "replay (whole command) as a fraction of the bare parse rate: $(awk -v p="${med[parse]}" -v e="${med[replay]}" 'BEGIN {printf "%.0f %%", 100 * p / e}')"
     unset med
@@ -166,7 +169,7 @@ parse_bench() {
 memory_bench() {
   local mem_n=${MEM_N:-2000000} cph=120000 ag f rss open agents n
   read -r -a mem_agents <<< "${MEM_AGENTS:-10000 50000 100000}"
-  echo "== memory: replay peak RSS, $mem_n events at $cph contacts/h, machine: $MACHINE"
+  echo "== memory: replay peak RSS, $mem_n events at $cph contacts/h, machine: $(machine)"
   : > "$OUT/mem-rows"
   printf '%-8s %-9s %-14s %-13s %-14s %s\n' agents events active_agents peak_rss_MiB contacts_held engine_only_rss_MiB
   for spec in "${mem_agents[@]/%/:$mem_n}" "${mem_agents[0]}:$((mem_n * 2))"; do
@@ -191,7 +194,7 @@ memory_bench() {
     CCMETRICS__STORE__URL="sqlite://$OUT/mem.db" /usr/bin/time -f %M -o "$OUT/mem-rss" \
       "$BIN" replay --input "$f" > /dev/null
     rss=$(($(cat "$OUT/mem-rss") / 1024))
-    agents=$(CCMETRICS__STORE__URL="sqlite://$OUT/mem.db" "$BIN" export --window 1d --dimension agent \
+    agents=$(CCMETRICS__STORE__URL="sqlite://$OUT/mem.db" RUST_LOG=error "$BIN" export --window 1d --dimension agent \
       | tail -n +2 | cut -d, -f5 | sort -u | wc -l)
     "$PARSE" engine "$f" > "$OUT/mem-engine.txt"
     open=$(sed -E 's/.*max_open_contacts=([0-9]+).*/\1/' "$OUT/mem-engine.txt")
@@ -199,7 +202,7 @@ memory_bench() {
       "$(($(sed -E 's/.*peak_rss_kb=([0-9]+).*/\1/' "$OUT/mem-engine.txt") / 1024))"
     echo "$ag $n $agents $rss $open" >> "$OUT/mem-rows"
   done
-  python3 - "$OUT/mem-rows" "$MACHINE" <<'PY'
+  python3 - "$OUT/mem-rows" "$(machine)" <<'PY'
 import sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
 # Least squares for rss_bytes = base + a * agents + c * contacts (normal equations).
@@ -224,7 +227,9 @@ PY
 
 # /metrics at 10 k agents, per-agent series on (max_agent_series above the agents) and,
 # for reference, off: serve reads a generated file on stdin, then SCRAPES scrapes once
-# every event is in.
+# every event is in. idle_timeout is raised to 1 h so the engine clock stays at the
+# file's last event during the scrapes (otherwise it jumps to the wall clock after 30 s
+# of no input, the rolling windows empty and the response shrinks mid-measurement).
 scrape_bench() {
   local n=${SCRAPE_N:-${SIZES[0]}} f
   f=$(set_file "$n")
@@ -239,6 +244,7 @@ scrape_one() {
   rm -f "$OUT/scrape.db"*
   CCMETRICS__STORE__URL="sqlite://$OUT/scrape.db" CCMETRICS__HTTP__LISTEN=127.0.0.1:0 \
     CCMETRICS__HTTP__PER_AGENT_SERIES=$per_agent CCMETRICS__HTTP__MAX_AGENT_SERIES=1000000 \
+    CCMETRICS__WINDOWS__IDLE_TIMEOUT=1h \
     "$BIN" serve --source stdin < "$f" > "$OUT/scrape-serve.out" 2> "$OUT/scrape-serve.log" &
   pid=$!
   addr=
@@ -251,7 +257,8 @@ scrape_one() {
   echo "== scrape, per-agent series $per_agent: serve --source stdin fed $lines lines ($AGENTS agents)"
   local deadline=$((SECONDS + 600)) read_total=0
   while [ "$SECONDS" -lt "$deadline" ]; do
-    read_total=$(curl -s "http://$addr/metrics" | awk '/^ccmetrics_events_read_total/ {print int($2)}' | head -1)
+    # A scrape can fail while serve is busy: not fatal, poll again.
+    read_total=$( (curl -s "http://$addr/metrics" || true) | awk '/^ccmetrics_events_read_total/ {print int($2)}' | head -1)
     [ "${read_total:-0}" -ge "$lines" ] && break
     sleep 1
   done
@@ -262,14 +269,14 @@ scrape_one() {
   fi
   sleep 2 # one more publish tick after the last event, so the scrape shows everything
   curl -s "http://$addr/metrics" > "$OUT/scrape-metrics-$per_agent.txt"
-  echo "samples: $(grep -vc '^#' "$OUT/scrape-metrics-$per_agent.txt"), agents with series: $(grep -o 'agent="[^"]*"' "$OUT/scrape-metrics-$per_agent.txt" | sort -u | wc -l)"
+  echo "samples: $(grep -vc '^#' "$OUT/scrape-metrics-$per_agent.txt" || true), agents with series: $(grep -o 'agent="[^"]*"' "$OUT/scrape-metrics-$per_agent.txt" | sort -u | wc -l)"
   : > "$OUT/scrape-times"
   for _ in $(seq "$scrapes"); do
     curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://$addr/metrics" >> "$OUT/scrape-times"
   done
   read -r tmin tmed tmax < <(cut -d' ' -f1 "$OUT/scrape-times" | median)
   read -r smin smed smax < <(cut -d' ' -f2 "$OUT/scrape-times" | median)
-  echo "/metrics ms (min/median/max of $scrapes): $(awk -v a="$tmin" -v b="$tmed" -v c="$tmax" 'BEGIN {printf "%.1f / %.1f / %.1f", a*1000, b*1000, c*1000}')  [$MACHINE]"
+  echo "/metrics ms (min/median/max of $scrapes): $(awk -v a="$tmin" -v b="$tmed" -v c="$tmax" 'BEGIN {printf "%.1f / %.1f / %.1f", a*1000, b*1000, c*1000}')  [$(machine)]"
   echo "/metrics bytes (min/median/max): $smin / $smed / $smax; gzip -6 of one: $(gzip -6 -c "$OUT/scrape-metrics-$per_agent.txt" | wc -c)"
   echo "serve RSS after the scrapes: $(awk '/VmRSS/ {print int($2/1024)}' "/proc/$pid/status") MiB, peak $(awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status") MiB"
   kill -INT "$pid"
@@ -299,7 +306,7 @@ TOML
   cfg="$OUT/kafka-bench.toml"
   if [ "$WHAT" != kafka-latency ]; then
     [ -s "$events" ] || $BIN generate --events "$n" --agents 500 --queues 12 --out "$events"
-    echo "== kafka: producing $n events to a 6-partition topic (broker $addr), machine: $MACHINE"
+    echo "== kafka: producing $n events to a 6-partition topic (broker $addr), machine: $(machine)"
     $BIN produce --config "$cfg" --input "$events"
     echo "== kafka: serve catching up vs a bare consumer, $RUNS runs each, alternating"
     : > "$OUT/kafka-bare"; : > "$OUT/kafka-serve"
