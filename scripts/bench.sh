@@ -24,6 +24,7 @@
 #   SCRAPE_N [first of SIZES]  SCRAPES [50]
 #   KAFKA_N [500000]  LATENCY_RATE [5000]  LATENCY_SECONDS [60]
 #   DUCKDB_PY: a python with duckdb; else a venv is made under target/bench.
+#   NO_HYPERFINE=1: time with /usr/bin/time loops even when hyperfine is installed.
 # Quick run: SIZES=200000 MEM_N=200000 RUNS=3 scripts/bench.sh suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +68,7 @@ set_file() { echo "$OUT/events-$1-$AGENTS.jsonl"; }
 timed() {
   local name=$1
   shift
-  if command -v hyperfine >/dev/null; then
+  if [ -z "${NO_HYPERFINE:-}" ] && command -v hyperfine >/dev/null; then
     hyperfine --style none --runs "$RUNS" --warmup 0 --export-json "$OUT/$name.json" \
       -n "$name" "$(printf '%q ' "$@")" >&2
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print(sys.argv[2], "%.3f %.3f %.3f %.2f" % (r["min"], r["median"], r["max"], r["user"] + r["system"]))' \
@@ -141,20 +142,24 @@ parse_bench() {
   for n in "${SIZES[@]}"; do
     f=$(set_file "$n")
     events_file "$f" "$n" "$AGENTS"
-    declare -A med=()
+    declare -A med=() cpu=()
     for mode in read parse engine; do
-      read -r _ lo md hi _ < <(timed "parse-$mode-$n" "$PARSE" "$mode" "$f")
+      read -r _ lo md hi c < <(timed "parse-$mode-$n" "$PARSE" "$mode" "$f")
       med[$mode]=$md
+      cpu[$mode]=$c
       "$PARSE" "$mode" "$f" | tee "$OUT/parse-$mode-$n.txt" | sed 's/^/  last run: /'
-      echo "$mode $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
+      echo "$mode $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}'), per CPU second $(awk -v n="$n" -v t="$c" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
     done
     rm -f "$OUT/parse-replay.db"*
-    read -r _ lo md hi _ < <(timed "parse-replay-$n" env CCMETRICS__STORE__URL="sqlite://$OUT/parse-replay.db" "$BIN" replay --input "$f")
+    read -r _ lo md hi c < <(timed "parse-replay-$n" env CCMETRICS__STORE__URL="sqlite://$OUT/parse-replay.db" "$BIN" replay --input "$f")
     med[replay]=$md
-    echo "replay $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
-    echo "engine (no store) as a fraction of the bare parse rate: $(awk -v p="${med[parse]}" -v e="${med[engine]}" 'BEGIN {printf "%.0f %%", 100 * p / e}')"
-    echo "replay (whole command) as a fraction of the bare parse rate: $(awk -v p="${med[parse]}" -v e="${med[replay]}" 'BEGIN {printf "%.0f %%", 100 * p / e}')"
-    unset med
+    cpu[replay]=$c
+    echo "replay $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}'), per CPU second $(awk -v n="$n" -v t="$c" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
+    # Wall medians are stretched by other load on a shared machine; CPU seconds are not.
+    for m in engine replay; do
+      echo "$m as a fraction of the bare parse rate: $(awk -v p="${med[parse]}" -v e="${med[$m]}" 'BEGIN {printf "%.0f %%", 100 * p / e}') (wall medians), $(awk -v p="${cpu[parse]}" -v e="${cpu[$m]}" 'BEGIN {printf "%.0f %%", 100 * p / e}') (CPU seconds)"
+    done
+    unset med cpu
   done
 }
 
