@@ -1,29 +1,292 @@
 #!/usr/bin/env bash
-# Reproducible benchmarks (docs/performance.md):
-#   1. criterion: parse and parse+aggregate throughput on the simulated mix;
-#   2. whole-command `replay` of a generated file (default 10 M events, 10 k agents):
-#      wall time over RUNS runs (min / median / max) and peak RSS;
-#   3. `export` of the 15m / queue and 1d / agent snapshots;
-#   4. Kafka (a local tansu broker): `serve` catching up on a 6-partition topic vs a bare
-#      rdkafka consumer with the same settings, and event -> /metrics latency at a
-#      steady 5 000 events/s (examples/kafka_bench.rs).
-# Usage: scripts/bench.sh [all|engine|kafka|kafka-latency]
-#   (N=10000000 AGENTS=10000 RUNS=3; KAFKA_N=500000 LATENCY_RATE=5000 LATENCY_SECONDS=60)
+# Reproducible benchmarks (docs/performance.md). Every figure is printed beside the
+# machine line (cores, CPU model, memory).
+#
+# Usage: scripts/bench.sh [MODE]
+#   engine         criterion (parse, parse+aggregate); `replay` of one generated file
+#                  (N events) over RUNS runs with peak RSS; `export` 15m/queue, 1d/agent
+#   gen            only generate (and cache) the comparison event sets
+#   duckdb         replay + export vs the same aggregations in DuckDB SQL
+#                  (benches/duckdb/), whole commands over RUNS runs, then a count check
+#   parse          bare limits on the same files: read only, read + decode (the bare
+#                  parse limit), read + decode + engine without a store, and `replay`
+#   memory         peak RSS of replay at 10 k / 50 k / 100 k active agents (same
+#                  contact rate), and at twice the events: bytes per agent / open contact
+#   scrape         /metrics response time and size with per-agent series at 10 k agents
+#   kafka          serve catching up vs a bare rdkafka consumer, then latency
+#   kafka-latency  only the event -> /metrics latency
+#   suite          gen + duckdb + parse + memory + scrape (the issue 6 comparison)
+#   all            suite + kafka (default)
+# Environment (defaults in brackets):
+#   SIZES [1000000 10000000]  comparison event sets (all 10 k agents, 300 queues)
+#   AGENTS [10000]  RUNS [3]  N [10000000] (engine mode)
+#   MEM_N [2000000]  MEM_AGENTS [10000 50000 100000]
+#   SCRAPE_N [first of SIZES]  SCRAPES [50]
+#   KAFKA_N [500000]  LATENCY_RATE [5000]  LATENCY_SECONDS [60]
+#   DUCKDB_PY: a python with duckdb; else a venv is made under target/bench.
+#   NO_HYPERFINE=1: time with /usr/bin/time loops even when hyperfine is installed.
+# Quick run: SIZES=200000 MEM_N=200000 RUNS=3 scripts/bench.sh suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-all}
 N=${N:-10000000}
 AGENTS=${AGENTS:-10000}
 RUNS=${RUNS:-3}
+read -r -a SIZES <<< "${SIZES:-1000000 10000000}"
 # About 12 contacts per agent-hour: a busy but healthy centre.
 CPH=$((AGENTS * 12))
 OUT=target/bench
 mkdir -p "$OUT"
 BIN=target/release/ccmetrics
+PARSE=target/release/examples/parse_bench
+MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
+# The machine with the load average at the time of a figure: on a shared machine a
+# load above the cores means the wall times are stretched (the CPU seconds are not).
+machine() { echo "$MACHINE, load $(cut -d' ' -f1 /proc/loadavg)"; }
 
-echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
+echo "== machine: $(machine)"
 cargo build --release --locked --bins --examples
-median() { sort -n | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}'; }
+# min / median / max of the numbers on stdin, one a line.
+median() { sort -g | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+
+# events FILE N AGENTS [QUEUES] [CPH] [SEED]: generate once, keep the file.
+events_file() {
+  local f=$1 n=$2 agents=$3 queues=${4:-300} cph=${5:-$(($3 * 12))} seed=${6:-1}
+  if [ ! -s "$f" ]; then
+    echo "== generating $f: $n events, $agents agents, $queues queues, $cph contacts/h, seed $seed" >&2
+    $BIN generate --events "$n" --agents "$agents" --queues "$queues" \
+      --contacts-per-hour "$cph" --seed "$seed" --out "$f.tmp"
+    mv "$f.tmp" "$f"
+  fi
+}
+set_file() { echo "$OUT/events-$1-$AGENTS.jsonl"; }
+
+# timed NAME CMD...: RUNS runs of a whole command; prints "NAME min median max cpu":
+# wall seconds, and the mean CPU seconds (user + system, all threads) of a run.
+# hyperfine when installed (Debian package), else /usr/bin/time in a loop.
+timed() {
+  local name=$1
+  shift
+  if [ -z "${NO_HYPERFINE:-}" ] && command -v hyperfine >/dev/null; then
+    hyperfine --style none --runs "$RUNS" --warmup 0 --export-json "$OUT/$name.json" \
+      -n "$name" "$(printf '%q ' "$@")" >&2
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print(sys.argv[2], "%.3f %.3f %.3f %.2f" % (r["min"], r["median"], r["max"], r["user"] + r["system"]))' \
+      "$OUT/$name.json" "$name"
+  else
+    : > "$OUT/$name.times"
+    for _ in $(seq "$RUNS"); do
+      /usr/bin/time -f "%e %U %S" -a -o "$OUT/$name.times" "$@" >/dev/null
+    done
+    echo "$name $(cut -d' ' -f1 "$OUT/$name.times" | median) $(awk '{c += $2 + $3} END {printf "%.2f", c / NR}' "$OUT/$name.times")"
+  fi
+}
+
+duckdb_python() {
+  if [ -n "${DUCKDB_PY:-}" ]; then echo "$DUCKDB_PY"; return; fi
+  local venv="$OUT/duckdb-venv"
+  if ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
+    echo "== installing duckdb (PyPI) into $venv" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q duckdb >&2
+  fi
+  echo "$venv/bin/python"
+}
+
+gen_bench() {
+  for n in "${SIZES[@]}"; do events_file "$(set_file "$n")" "$n" "$AGENTS"; ls -l "$(set_file "$n")"; done
+}
+
+# Replay + export vs DuckDB over the same JSONL; both write the two CSVs.
+duckdb_bench() {
+  local py n f db
+  py=$(duckdb_python)
+  echo "== duckdb $("$py" -c 'import duckdb; print(duckdb.__version__)'), machine: $(machine)"
+  # Self-check of the SQL against a golden case the engine's tests pin.
+  mkdir -p "$OUT/duckdb-golden"
+  "$py" benches/duckdb/run.py tests/golden/basic_voice/events.jsonl "$OUT/duckdb-golden"
+  echo "-- SQL self-check on tests/golden/basic_voice (15m / queue):"
+  python3 benches/duckdb/compare.py tests/golden/basic_voice/15m_queue.csv \
+    "$OUT/duckdb-golden/duckdb-15m-queue.csv" | tail -1
+  for n in "${SIZES[@]}"; do
+    f=$(set_file "$n")
+    events_file "$f" "$n" "$AGENTS"
+    db="$OUT/cmp-$n.db"
+    cat > "$OUT/cmp-$n.sh" <<SH
+set -e
+rm -f $db $db-wal $db-shm
+CCMETRICS__STORE__URL=sqlite://$db $BIN replay --input $f > $OUT/cmp-$n-replay.txt
+CCMETRICS__STORE__URL=sqlite://$db $BIN export --window 15m --dimension queue > $OUT/ccmetrics-$n-15m-queue.csv
+CCMETRICS__STORE__URL=sqlite://$db $BIN export --window 1d --dimension agent > $OUT/ccmetrics-$n-1d-agent.csv
+SH
+    mkdir -p "$OUT/duckdb-$n"
+    echo "== $n events: replay + 2 exports vs DuckDB (load + 2 queries to CSV), $RUNS runs each"
+    read -r _ cmin cmed cmax ccpu < <(timed "ccmetrics-$n" bash "$OUT/cmp-$n.sh")
+    read -r _ dmin dmed dmax dcpu < <(timed "duckdb-$n" "$py" benches/duckdb/run.py "$f" "$OUT/duckdb-$n")
+    echo "ccmetrics replay+export s (min/median/max): $cmin / $cmed / $cmax, CPU s per run $ccpu  [$(machine)]"
+    echo "duckdb s (min/median/max): $dmin / $dmed / $dmax, CPU s per run $dcpu  [$(machine)]"
+    echo "ratio duckdb / ccmetrics (medians; > 1 means ccmetrics is faster): $(ratio "$dmed" "$cmed")"
+    grep -E "events read|accepted|duplicates|rejected  " "$OUT/cmp-$n-replay.txt" | sed 's/^/  /'
+    echo "-- counts, 15m / queue"
+    python3 benches/duckdb/compare.py "$OUT/ccmetrics-$n-15m-queue.csv" "$OUT/duckdb-$n/duckdb-15m-queue.csv" || true
+    echo "-- counts, 1d / agent"
+    python3 benches/duckdb/compare.py "$OUT/ccmetrics-$n-1d-agent.csv" "$OUT/duckdb-$n/duckdb-1d-agent.csv" || true
+  done
+}
+
+# rate_of MODE FILE N: RUNS runs of the parse bench (or replay); prints "min median max"
+# wall seconds, measured outside the process like every other figure.
+parse_bench() {
+  local n f mode
+  echo "== bare limits (one core each except replay's SQLite writer), machine: $(machine)"
+  for n in "${SIZES[@]}"; do
+    f=$(set_file "$n")
+    events_file "$f" "$n" "$AGENTS"
+    declare -A med=() cpu=()
+    for mode in read parse engine; do
+      read -r _ lo md hi c < <(timed "parse-$mode-$n" "$PARSE" "$mode" "$f")
+      med[$mode]=$md
+      cpu[$mode]=$c
+      "$PARSE" "$mode" "$f" | tee "$OUT/parse-$mode-$n.txt" | sed 's/^/  last run: /'
+      echo "$mode $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}'), per CPU second $(awk -v n="$n" -v t="$c" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
+    done
+    rm -f "$OUT/parse-replay.db"*
+    read -r _ lo md hi c < <(timed "parse-replay-$n" env CCMETRICS__STORE__URL="sqlite://$OUT/parse-replay.db" "$BIN" replay --input "$f")
+    med[replay]=$md
+    cpu[replay]=$c
+    echo "replay $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}'), per CPU second $(awk -v n="$n" -v t="$c" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
+    # Wall medians are stretched by other load on a shared machine; CPU seconds are not.
+    for m in engine replay; do
+      echo "$m as a fraction of the bare parse rate: $(awk -v p="${med[parse]}" -v e="${med[$m]}" 'BEGIN {printf "%.0f %%", 100 * p / e}') (wall medians), $(awk -v p="${cpu[parse]}" -v e="${cpu[$m]}" 'BEGIN {printf "%.0f %%", 100 * p / e}') (CPU seconds)"
+    done
+    unset med cpu
+  done
+}
+
+# Peak RSS of replay vs active agents. Every file has MEM_N events at the same contact
+# rate (120 000 contacts/h, so about the same simulated time and contacts held); only
+# the agents differ. One more file has 10 k agents and twice the events (twice the
+# time, so twice the contacts held). "Active" = agents with a row in the 1d / agent
+# export; contacts held = Engine::open_contacts (examples/parse_bench.rs, the largest
+# value sampled at each flush). A least-squares fit RSS = base + a * agents +
+# c * contacts over the four runs gives bytes per active agent (a) and per contact
+# held (c).
+memory_bench() {
+  local mem_n=${MEM_N:-2000000} cph=120000 ag f rss open agents n
+  read -r -a mem_agents <<< "${MEM_AGENTS:-10000 50000 100000}"
+  echo "== memory: replay peak RSS, $mem_n events at $cph contacts/h, machine: $(machine)"
+  : > "$OUT/mem-rows"
+  printf '%-8s %-9s %-14s %-13s %-14s %s\n' agents events active_agents peak_rss_MiB contacts_held engine_only_rss_MiB
+  for spec in "${mem_agents[@]/%/:$mem_n}" "${mem_agents[0]}:$((mem_n * 2))"; do
+    ag=${spec%%:*}
+    n=${spec##*:}
+    f="$OUT/mem-$n-$ag.jsonl"
+    if [ "$ag" -le 60000 ]; then
+      events_file "$f" "$n" "$ag" 300 "$cph"
+    elif [ ! -s "$f" ]; then
+      # The simulator caps agents at 60 000: two centres of ag/2 agents (seeds 1 and 2,
+      # the second's agents renamed) at half the rate each, interleaved line by line.
+      # Both cover the same simulated time, so the merged file is one centre of ag
+      # agents at the full rate with its lines still in near time order.
+      events_file "$OUT/mem-half-a-$n-$ag.jsonl" $((n / 2)) $((ag / 2)) 300 $((cph / 2)) 1
+      events_file "$OUT/mem-half-b-$n-$ag.jsonl" $((n / 2)) $((ag / 2)) 300 $((cph / 2)) 2
+      paste -d '\n' "$OUT/mem-half-a-$n-$ag.jsonl" \
+        <(sed 's/"agent-/"agentb-/g' "$OUT/mem-half-b-$n-$ag.jsonl") | grep -v '^$' > "$f.tmp"
+      mv "$f.tmp" "$f"
+      rm -f "$OUT/mem-half-a-$n-$ag.jsonl" "$OUT/mem-half-b-$n-$ag.jsonl"
+    fi
+    rm -f "$OUT/mem.db"*
+    CCMETRICS__STORE__URL="sqlite://$OUT/mem.db" /usr/bin/time -f %M -o "$OUT/mem-rss" \
+      "$BIN" replay --input "$f" > /dev/null
+    rss=$(($(cat "$OUT/mem-rss") / 1024))
+    agents=$(CCMETRICS__STORE__URL="sqlite://$OUT/mem.db" RUST_LOG=error "$BIN" export --window 1d --dimension agent \
+      | tail -n +2 | cut -d, -f5 | sort -u | wc -l)
+    "$PARSE" engine "$f" > "$OUT/mem-engine.txt"
+    open=$(sed -E 's/.*max_open_contacts=([0-9]+).*/\1/' "$OUT/mem-engine.txt")
+    printf '%-8s %-9s %-14s %-13s %-14s %s\n' "$ag" "$n" "$agents" "$rss" "$open" \
+      "$(($(sed -E 's/.*peak_rss_kb=([0-9]+).*/\1/' "$OUT/mem-engine.txt") / 1024))"
+    echo "$ag $n $agents $rss $open" >> "$OUT/mem-rows"
+  done
+  python3 - "$OUT/mem-rows" "$(machine)" <<'PY'
+import sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
+# Least squares for rss_bytes = base + a * agents + c * contacts (normal equations).
+X = [[1.0, r[2], r[4]] for r in rows]
+y = [r[3] * 2**20 for r in rows]
+A = [[sum(x[i] * x[j] for x in X) for j in range(3)] for i in range(3)]
+b = [sum(x[i] * v for x, v in zip(X, y)) for i in range(3)]
+for i in range(3):  # Gauss-Jordan; A is 3x3 and well conditioned when the runs differ
+    p = A[i][i]
+    A[i] = [v / p for v in A[i]]; b[i] /= p
+    for k in range(3):
+        if k != i:
+            f = A[k][i]
+            A[k] = [u - f * v for u, v in zip(A[k], A[i])]; b[k] -= f * b[i]
+base, per_agent, per_contact = b
+print(f"fit over {len(rows)} runs: base {base / 2**20:.0f} MiB + {per_agent:.0f} bytes per active agent"
+      f" + {per_contact:.0f} bytes per contact held  [{sys.argv[2]}]")
+lo, dbl = rows[0], rows[-1]
+print(f"10 k agents, twice the events: {lo[3]:.0f} -> {dbl[3]:.0f} MiB, contacts held {lo[4]:.0f} -> {dbl[4]:.0f}")
+PY
+}
+
+# /metrics at 10 k agents, per-agent series on (max_agent_series above the agents) and,
+# for reference, off: serve reads a generated file on stdin, then SCRAPES scrapes once
+# every event is in. idle_timeout is raised to 1 h so the engine clock stays at the
+# file's last event during the scrapes (otherwise it jumps to the wall clock after 30 s
+# of no input, the rolling windows empty and the response shrinks mid-measurement).
+scrape_bench() {
+  local n=${SCRAPE_N:-${SIZES[0]}} f
+  f=$(set_file "$n")
+  events_file "$f" "$n" "$AGENTS"
+  scrape_one "$f" true
+  scrape_one "$f" false
+}
+
+scrape_one() {
+  local f=$1 per_agent=$2 scrapes=${SCRAPES:-50} pid addr lines
+  lines=$(wc -l < "$f")
+  rm -f "$OUT/scrape.db"*
+  CCMETRICS__STORE__URL="sqlite://$OUT/scrape.db" CCMETRICS__HTTP__LISTEN=127.0.0.1:0 \
+    CCMETRICS__HTTP__PER_AGENT_SERIES=$per_agent CCMETRICS__HTTP__MAX_AGENT_SERIES=1000000 \
+    CCMETRICS__WINDOWS__IDLE_TIMEOUT=1h \
+    "$BIN" serve --source stdin < "$f" > "$OUT/scrape-serve.out" 2> "$OUT/scrape-serve.log" &
+  pid=$!
+  addr=
+  for _ in $(seq 100); do
+    addr=$(sed -nE 's|.*metrics at http://([^/]+)/metrics.*|\1|p' "$OUT/scrape-serve.out")
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { echo "serve did not start; see $OUT/scrape-serve.log" >&2; kill "$pid"; return 1; }
+  echo "== scrape, per-agent series $per_agent: serve --source stdin fed $lines lines ($AGENTS agents)"
+  local deadline=$((SECONDS + 600)) read_total=0
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    # A scrape can fail while serve is busy: not fatal, poll again.
+    read_total=$( (curl -s "http://$addr/metrics" || true) | awk '/^ccmetrics_events_read_total/ {print int($2)}' | head -1)
+    [ "${read_total:-0}" -ge "$lines" ] && break
+    sleep 1
+  done
+  if [ "${read_total:-0}" -lt "$lines" ]; then
+    echo "serve read only $read_total of $lines lines in 600 s" >&2
+    kill -INT "$pid"; wait "$pid" || true
+    return 1
+  fi
+  sleep 2 # one more publish tick after the last event, so the scrape shows everything
+  curl -s "http://$addr/metrics" > "$OUT/scrape-metrics-$per_agent.txt"
+  echo "samples: $(grep -vc '^#' "$OUT/scrape-metrics-$per_agent.txt" || true), agents with series: $(grep -o 'agent="[^"]*"' "$OUT/scrape-metrics-$per_agent.txt" | sort -u | wc -l)"
+  : > "$OUT/scrape-times"
+  for _ in $(seq "$scrapes"); do
+    curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://$addr/metrics" >> "$OUT/scrape-times"
+  done
+  read -r tmin tmed tmax < <(cut -d' ' -f1 "$OUT/scrape-times" | median)
+  read -r smin smed smax < <(cut -d' ' -f2 "$OUT/scrape-times" | median)
+  echo "/metrics ms (min/median/max of $scrapes): $(awk -v a="$tmin" -v b="$tmed" -v c="$tmax" 'BEGIN {printf "%.1f / %.1f / %.1f", a*1000, b*1000, c*1000}')  [$(machine)]"
+  echo "/metrics bytes (min/median/max): $smin / $smed / $smax; gzip -6 of one: $(gzip -6 -c "$OUT/scrape-metrics-$per_agent.txt" | wc -c)"
+  echo "serve RSS after the scrapes: $(awk '/VmRSS/ {print int($2/1024)}' "/proc/$pid/status") MiB, peak $(awk '/VmHWM/ {print int($2/1024)}' "/proc/$pid/status") MiB"
+  kill -INT "$pid"
+  wait "$pid" || true
+}
 
 kafka_bench() {
   local n=${KAFKA_N:-500000} rate=${LATENCY_RATE:-5000} secs=${LATENCY_SECONDS:-60}
@@ -48,7 +311,7 @@ TOML
   cfg="$OUT/kafka-bench.toml"
   if [ "$WHAT" != kafka-latency ]; then
     [ -s "$events" ] || $BIN generate --events "$n" --agents 500 --queues 12 --out "$events"
-    echo "== kafka: producing $n events to a 6-partition topic (broker $addr)"
+    echo "== kafka: producing $n events to a 6-partition topic (broker $addr), machine: $(machine)"
     $BIN produce --config "$cfg" --input "$events"
     echo "== kafka: serve catching up vs a bare consumer, $RUNS runs each, alternating"
     : > "$OUT/kafka-bare"; : > "$OUT/kafka-serve"
@@ -68,43 +331,47 @@ TOML
   target/release/examples/kafka_bench latency --config "$OUT/kafka-latency.toml" --rate "$rate" --seconds "$secs" --bin "$BIN"
 }
 
-if [ "$WHAT" = kafka ] || [ "$WHAT" = kafka-latency ]; then
-  kafka_bench
-  exit 0
-fi
+engine_bench() {
+  local events="$OUT/events-$N-$AGENTS.jsonl"
+  events_file "$events" "$N" "$AGENTS" 300 "$CPH"
+  ls -l "$events"
 
-EVENTS="$OUT/events-$N-$AGENTS.jsonl"
-if [ ! -s "$EVENTS" ]; then
-  echo "== generating $N events ($AGENTS agents, $CPH contacts/hour)"
-  $BIN generate --events "$N" --agents "$AGENTS" --queues 300 --contacts-per-hour "$CPH" --out "$EVENTS"
-fi
-ls -l "$EVENTS"
+  echo "== criterion (parse, parse+aggregate)"
+  cargo bench --locked --bench engine -- --noplot 2>&1 | grep -E "^events/|time:|thrpt:"
 
-echo "== criterion (parse, parse+aggregate)"
-cargo bench --locked --bench engine -- --noplot 2>&1 | grep -E "^events/|time:|thrpt:"
+  echo "== replay, $RUNS runs"
+  : > "$OUT/replay-times"
+  for i in $(seq "$RUNS"); do
+    rm -f "$OUT"/bench.db*
+    CCMETRICS__STORE__URL="sqlite://$OUT/bench.db" /usr/bin/time -f "%e %M" -o "$OUT/time.$i" \
+      $BIN replay --input "$events" > "$OUT/replay-summary.txt"
+    cat "$OUT/time.$i" >> "$OUT/replay-times"
+  done
+  cat "$OUT/replay-summary.txt"
+  read -r wmin wmed wmax < <(cut -d' ' -f1 "$OUT/replay-times" | median)
+  read -r rmin rmed rmax < <(cut -d' ' -f2 "$OUT/replay-times" | median)
+  echo "replay wall s (min/median/max): $wmin / $wmed / $wmax"
+  echo "replay events/s at median: $(awk -v n="$N" -v t="$wmed" 'BEGIN {printf "%.0f", n / t}')"
+  echo "replay peak RSS MB (min/median/max): $((rmin / 1024)) / $((rmed / 1024)) / $((rmax / 1024))"
 
-echo "== replay, $RUNS runs"
-: > "$OUT/replay-times"
-for i in $(seq "$RUNS"); do
-  rm -f "$OUT"/bench.db*
-  CCMETRICS__STORE__URL="sqlite://$OUT/bench.db" /usr/bin/time -f "%e %M" -o "$OUT/time.$i" \
-    $BIN replay --input "$EVENTS" > "$OUT/replay-summary.txt"
-  cat "$OUT/time.$i" >> "$OUT/replay-times"
-done
-cat "$OUT/replay-summary.txt"
-read -r wmin wmed wmax < <(cut -d' ' -f1 "$OUT/replay-times" | median)
-read -r rmin rmed rmax < <(cut -d' ' -f2 "$OUT/replay-times" | median)
-echo "replay wall s (min/median/max): $wmin / $wmed / $wmax"
-echo "replay events/s at median: $(awk -v n="$N" -v t="$wmed" 'BEGIN {printf "%.0f", n / t}')"
-echo "replay peak RSS MB (min/median/max): $((rmin / 1024)) / $((rmed / 1024)) / $((rmax / 1024))"
+  echo "== export"
+  for spec in "15m queue" "1d agent"; do
+    set -- $spec
+    CCMETRICS__STORE__URL="sqlite://$OUT/bench.db" /usr/bin/time -f "export $1 $2: %e s, %M KB" \
+      $BIN export --window "$1" --dimension "$2" > "$OUT/export-$1-$2.csv"
+    echo "  rows: $(($(wc -l < "$OUT/export-$1-$2.csv") - 1))"
+  done
+}
 
-echo "== export"
-for spec in "15m queue" "1d agent"; do
-  set -- $spec
-  CCMETRICS__STORE__URL="sqlite://$OUT/bench.db" /usr/bin/time -f "export $1 $2: %e s, %M KB" \
-    $BIN export --window "$1" --dimension "$2" > "$OUT/export-$1-$2.csv"
-  echo "  rows: $(($(wc -l < "$OUT/export-$1-$2.csv") - 1))"
-done
-
-[ "$WHAT" = all ] && kafka_bench
-exit 0
+case "$WHAT" in
+  engine) engine_bench ;;
+  gen) gen_bench ;;
+  duckdb) duckdb_bench ;;
+  parse) parse_bench ;;
+  memory) memory_bench ;;
+  scrape) scrape_bench ;;
+  kafka | kafka-latency) kafka_bench ;;
+  suite) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench ;;
+  all) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench; kafka_bench ;;
+  *) echo "unknown mode $WHAT (engine|gen|duckdb|parse|memory|scrape|kafka|kafka-latency|suite|all)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,106 @@
+//! Whole-file throughput limits for docs/performance.md, run by `scripts/bench.sh parse`:
+//!
+//! - `read`: read the JSONL file line by line exactly as `replay` does
+//!   (`source::file::open_lines` + `read_record`) and nothing else: the I/O floor.
+//! - `parse`: read + decode every line into the event structs with the project's
+//!   decoder (`event::Decoder`, the one `replay` uses) and drop them: the **bare parse
+//!   limit** the engine's throughput is compared with.
+//! - `engine`: read + decode + `Engine::apply` + a flush of closed windows every
+//!   250 000 events (the rows are dropped, no store): replay without SQLite, and the
+//!   largest number of contacts the engine held (sampled at every flush).
+//!
+//! Each prints one `key=value` line; `secs` is measured inside the process from the
+//! first read to the last event (process start and the final flush excluded), so the
+//! figure is the steady rate. The script also times the whole command from outside.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use ccmetrics::engine::{Engine, EngineConfig};
+use ccmetrics::event::Decoder;
+use ccmetrics::source::file;
+use clap::Parser;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Read,
+    Parse,
+    Engine,
+}
+
+#[derive(Parser)]
+struct Args {
+    /// What to do with each line.
+    #[arg(value_enum)]
+    mode: Mode,
+    /// JSONL input (plain or .gz).
+    input: PathBuf,
+    /// In `engine` mode: flush closed windows every N events, as `replay --flush-every`.
+    #[arg(long, default_value_t = 250_000)]
+    flush_every: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let decoder = Decoder::default();
+    // Same engine settings as `replay`: defaults, live views off.
+    let mut engine = (a.mode == Mode::Engine).then(|| {
+        Engine::new(EngineConfig {
+            live: false,
+            ..EngineConfig::default()
+        })
+    });
+    let mut reader =
+        file::open_lines(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
+    let mut buf = Vec::with_capacity(4096);
+    let (mut lines, mut ok, mut max_open) = (0u64, 0u64, 0usize);
+    let started = Instant::now();
+    while file::read_record(&mut reader, &mut buf)
+        .with_context(|| format!("reading {}", a.input.display()))?
+    {
+        lines += 1;
+        match a.mode {
+            Mode::Read => {
+                black_box(&buf);
+            }
+            Mode::Parse => {
+                if let Ok(ev) = decoder.decode(&buf) {
+                    black_box(&ev);
+                    ok += 1;
+                }
+            }
+            Mode::Engine => {
+                if let (Ok(ev), Some(e)) = (decoder.decode(&buf), engine.as_mut()) {
+                    e.apply(ev);
+                    ok += 1;
+                    if ok.is_multiple_of(a.flush_every) {
+                        max_open = max_open.max(e.open_contacts());
+                        black_box(e.flush().len());
+                    }
+                }
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if let Some(e) = engine.as_mut() {
+        max_open = max_open.max(e.open_contacts());
+        black_box(e.flush_all().len());
+    }
+    println!(
+        "mode={} lines={lines} decoded={ok} secs={secs:.3} events_per_s={:.0} max_open_contacts={max_open} peak_rss_kb={}",
+        format!("{:?}", a.mode).to_lowercase(),
+        lines as f64 / secs.max(1e-9),
+        peak_rss_kb().unwrap_or(0),
+    );
+    Ok(())
+}
+
+/// VmHWM (peak resident set) of this process from /proc, in KiB; None off Linux.
+fn peak_rss_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
