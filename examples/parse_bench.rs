@@ -47,9 +47,19 @@ fn main() -> anyhow::Result<()> {
     let decoder = Decoder::default();
     // Same engine settings as `replay`: defaults, live views off.
     let mut engine = (a.mode == Mode::Engine).then(|| {
+        let base = EngineConfig::default();
         Engine::new(EngineConfig {
             live: false,
-            ..EngineConfig::default()
+            // A/B switch for the contact packing: PACK_AFTER_MS=-1 never packs.
+            pack_after_ms: match std::env::var("PACK_AFTER_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                Some(v) if v < 0 => i64::MAX,
+                Some(v) => v,
+                None => base.pack_after_ms,
+            },
+            ..base
         })
     });
     let mut reader =
