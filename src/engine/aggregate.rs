@@ -246,17 +246,28 @@ impl Aggregator {
     /// Merged minute buckets from `from` (inclusive) on.
     /// The `minutes`-minute rolling window at clock `now`: its running sum when it is
     /// a configured window, else merged from the minute buckets.
-    pub(super) fn rolling(&self, now: Millis, minutes: u32) -> HashMap<DimKey, Acc> {
+    /// Only the keys of dimensions `keep` accepts are read (and copied).
+    pub(super) fn rolling(
+        &self,
+        now: Millis,
+        minutes: u32,
+        keep: impl Fn(Dimension) -> bool,
+    ) -> HashMap<DimKey, Acc> {
         let from = rolling_start(now, minutes);
         match self
             .rolling
             .iter()
             .find(|r| r.minutes == minutes && r.from == from)
         {
-            Some(r) => r.sum.clone(),
+            Some(r) => r
+                .sum
+                .iter()
+                .filter(|((d, _), _)| keep(*d))
+                .map(|(k, a)| (*k, a.clone()))
+                .collect(),
             None => {
                 let mut m = self.rolling_from(from);
-                m.retain(|_, a| !a.is_zero());
+                m.retain(|(d, _), a| keep(*d) && !a.is_zero());
                 m
             }
         }

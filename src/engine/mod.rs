@@ -74,6 +74,23 @@ impl Dimension {
 /// capped here, because every event re-derives its whole contact.
 pub const MAX_EVENTS_PER_CONTACT: usize = 1000;
 
+/// Which part of the live views to read: a large floor has tens of thousands of agent
+/// and team keys but only a few centre, channel and queue keys, so the daemon reads
+/// the agent part less often (see `source/kafka/consumer.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every dimension, and the agents on the floor.
+    All,
+    /// `all`, `channel` and `queue` rows only; no agents.
+    Centre,
+}
+
+impl Scope {
+    pub fn has(self, d: Dimension) -> bool {
+        self == Scope::All || matches!(d, Dimension::All | Dimension::Channel | Dimension::Queue)
+    }
+}
+
 /// Key of the `all` dimension.
 pub const ALL_KEY: &str = "all";
 /// Key used when a contact's queue, channel or an agent's team is not known.
@@ -858,15 +875,26 @@ impl Engine {
 
     /// Rolling window of the last `minutes` minutes of event time, per dimension key.
     pub fn rolling(&self, minutes: u32) -> Vec<(Dimension, String, Acc)> {
+        self.rolling_of(minutes, Scope::All)
+    }
+
+    /// [`Engine::rolling`] for the dimensions of `scope` only.
+    pub fn rolling_of(&self, minutes: u32, scope: Scope) -> Vec<(Dimension, String, Acc)> {
         let Some(now) = self.max_ts else {
             return Vec::new();
         };
-        self.named(self.agg.rolling(now, minutes))
+        self.named(self.agg.rolling(now, minutes, |d| scope.has(d)))
     }
 
     /// Who waits per queue and what every agent does, as of `now` (UTC ms; the caller
     /// decides whether that is the engine clock or the wall clock). Live views only.
     pub fn floor(&self, now: Millis) -> FloorView {
+        self.floor_of(now, Scope::All)
+    }
+
+    /// [`Engine::floor`] for `scope`: without agents (and their team / agent rows of
+    /// today) for [`Scope::Centre`].
+    pub fn floor_of(&self, now: Millis, scope: Scope) -> FloorView {
         let mut per_queue: BTreeMap<&str, (usize, Millis)> = BTreeMap::new();
         for w in self.floor.waiting.values() {
             let q = w.queue.map_or(UNKNOWN_KEY, |s| self.syms.name(s));
@@ -876,9 +904,12 @@ impl Engine {
         }
         let mut windower = self.windower.clone();
         let finest = self.finest;
-        let mut agents: Vec<AgentView> = self
-            .floor
-            .agents_at(now, &mut windower, finest)
+        let listed = if scope.has(Dimension::Agent) {
+            self.floor.agents_at(now, &mut windower, finest)
+        } else {
+            Vec::new()
+        };
+        let mut agents: Vec<AgentView> = listed
             .into_iter()
             .map(|(a, st, ms)| AgentView {
                 agent: self.syms.name(a).to_owned(),
@@ -896,7 +927,13 @@ impl Engine {
         let day_start = windower.window(Interval::Day, now).0;
         let (mut today, mut trend) = (Vec::new(), Vec::new());
         if let Some(t) = self.floor.today.as_ref().filter(|t| t.day == day_start) {
-            today = self.named(t.accs.clone());
+            today = self.named(
+                t.accs
+                    .iter()
+                    .filter(|((d, _), _)| scope.has(*d))
+                    .map(|(k, a)| (*k, a.clone()))
+                    .collect(),
+            );
             for (start, accs) in &t.intervals {
                 for ((d, k), a) in accs {
                     trend.push((*start, *d, self.syms.name(*k).to_owned(), a.clone()));
@@ -923,10 +960,16 @@ impl Engine {
 
     /// Totals since the process started, per dimension key (Prometheus counters).
     pub fn totals(&self) -> Vec<(Dimension, String, Acc)> {
+        self.totals_of(Scope::All)
+    }
+
+    /// [`Engine::totals`] for the dimensions of `scope` only.
+    pub fn totals_of(&self, scope: Scope) -> Vec<(Dimension, String, Acc)> {
         self.named(
             self.agg
                 .totals()
                 .iter()
+                .filter(|((d, _), _)| scope.has(*d))
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
         )

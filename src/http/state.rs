@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, SlFormula};
 use crate::engine::acc::Acc;
-use crate::engine::{Dimension, Engine, FloorView, Stats};
+use crate::engine::{Dimension, Engine, FloorView, Scope, Stats};
 use crate::event::Millis;
 
 use super::metrics::SnapshotCollector;
@@ -93,20 +93,31 @@ impl LiveSnapshot {
     /// Capture the engine's live view: totals plus every configured rolling window.
     /// Flush accounting lives outside the engine, so the caller passes it in.
     pub fn capture(engine: &Engine, flushes: u64, last_flush_ms: Option<Millis>) -> LiveSnapshot {
+        LiveSnapshot::capture_of(engine, flushes, last_flush_ms, Scope::All)
+    }
+
+    /// [`LiveSnapshot::capture`] of one [`Scope`]: with [`Scope::Centre`] no team or
+    /// agent rows and no agents (see [`LiveSnapshot::splice_agents_from`]).
+    pub fn capture_of(
+        engine: &Engine,
+        flushes: u64,
+        last_flush_ms: Option<Millis>,
+        scope: Scope,
+    ) -> LiveSnapshot {
         let now_ms = reference_now(engine.clock(), jiff::Timestamp::now().as_millisecond());
         LiveSnapshot {
-            floor: engine.floor(now_ms),
+            floor: engine.floor_of(now_ms, scope),
             now_ms,
             stats: engine.stats().clone(),
             watermark: engine.watermark(),
             clock: engine.clock(),
             open_contacts: engine.open_contacts(),
-            totals: engine.totals(),
+            totals: engine.totals_of(scope),
             rolling: engine
                 .config()
                 .rolling_minutes
                 .iter()
-                .map(|&m| (m, engine.rolling(m)))
+                .map(|&m| (m, engine.rolling_of(m, scope)))
                 .collect(),
             flushes,
             last_flush_ms,
@@ -150,6 +161,28 @@ impl LiveSnapshot {
         out.totals = flat(totals);
         out.rolling = rolling.into_iter().map(|(m, r)| (m, flat(r))).collect();
         out
+    }
+
+    /// Complete a [`Scope::Centre`] snapshot with the agent part (team and agent rows,
+    /// the agents on the floor) of `full`, an earlier [`Scope::All`] one. Rows stay
+    /// sorted: team and agent sort after the centre's dimensions.
+    pub fn splice_agents_from(&mut self, full: &LiveSnapshot) {
+        let agent_rows = |rows: &Rows| -> Vec<(Dimension, String, Acc)> {
+            rows.iter()
+                .filter(|(d, _, _)| !Scope::Centre.has(*d))
+                .cloned()
+                .collect()
+        };
+        self.totals.extend(agent_rows(&full.totals));
+        for (m, rows) in &mut self.rolling {
+            if let Some((_, f)) = full.rolling.iter().find(|(fm, _)| fm == m) {
+                rows.extend(agent_rows(f));
+            }
+        }
+        self.floor.agents = full.floor.agents.clone();
+        if self.floor.day_start == full.floor.day_start {
+            self.floor.today.extend(agent_rows(&full.floor.today));
+        }
     }
 
     /// Waiting contacts per queue name, the centre included as `all`.

@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use super::dead_letter::{DeadLetterProducer, DeliveryCounter, KafkaDeadLetters};
 use super::partition::{Part, Position};
 use crate::config::{AssignmentStrategy, Config};
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, Scope};
 use crate::event::Decoder;
 use crate::http::{AppState, LiveSnapshot, PartitionStatus};
 use crate::pipeline::{CommitDone, CommitError, CommitJob};
@@ -57,6 +57,11 @@ const SHUTDOWN_ROUND_BUDGET: Duration = Duration::from_secs(30);
 /// The live view is republished this often while input flows (event → /metrics
 /// latency is at most this plus the scrape).
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// The live view's agent part (team and agent rows, agents on the floor) is captured
+/// this often; centre, channel and queue figures on every publish. Capturing and
+/// merging 60 000 agents over six partitions takes a few hundred milliseconds, which
+/// on every publish kept event → /metrics latency above a second.
+const AGENTS_EVERY: Duration = Duration::from_secs(2);
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// After a failed commit round the next one waits twice as long as the last, up to
 /// this: a store that is down costs one bounded attempt (the pool's acquire timeout)
@@ -727,14 +732,14 @@ impl Shared {
 
     /// Capture every partition's live view (needs the engines, so it runs on the
     /// polling thread); merging them and publishing happen on the publisher thread.
-    fn capture(&self) -> Publication {
+    fn capture(&self, scope: Scope) -> Publication {
         let high = lock(&self.high).clone();
         let parts = lock(&self.parts);
         let mut views = Vec::with_capacity(parts.len());
         let mut positions = Vec::with_capacity(parts.len());
         for (key, part) in parts.iter() {
             let engine = &part.pipe.engine;
-            let mut v = LiveSnapshot::capture(engine, part.pipe.flushes, None);
+            let mut v = LiveSnapshot::capture_of(engine, part.pipe.flushes, None, scope);
             if let Some(next) = part.next_offset {
                 positions.push((part.topic.clone(), part.partition.to_string(), next));
             }
@@ -768,7 +773,11 @@ impl Shared {
                 .dead_letter_failures
                 .set(ctx.failed.load(Ordering::Relaxed) as i64);
         }
-        Publication { views, positions }
+        Publication {
+            views,
+            positions,
+            scope,
+        }
     }
 }
 
@@ -777,6 +786,8 @@ impl Shared {
 struct Publication {
     views: Vec<LiveSnapshot>,
     positions: Vec<(String, String, i64)>,
+    /// [`Scope::Centre`] publications take the agent part from the last full one.
+    scope: Scope,
 }
 
 /// The publisher thread: merges the partitions' views (thousands of keys each on a
@@ -788,9 +799,22 @@ fn publisher(
     position: IntGaugeVec,
     busy: HistogramVec,
 ) {
+    let mut last_full: Option<Arc<LiveSnapshot>> = None;
     while let Ok(p) = rx.recv() {
         let t = Instant::now();
-        state.publish(LiveSnapshot::merge(p.views));
+        let mut snap = LiveSnapshot::merge(p.views);
+        match (p.scope, &last_full) {
+            (Scope::All, _) => {
+                let full = Arc::new(snap);
+                last_full = Some(full.clone());
+                state.publish_arc(full);
+            }
+            (Scope::Centre, Some(full)) => {
+                snap.splice_agents_from(full);
+                state.publish(snap);
+            }
+            (Scope::Centre, None) => state.publish(snap),
+        }
         // After the publish: a scrape that sees a position sees its figures too.
         for (topic, partition, next) in p.positions {
             position.with_label_values(&[&topic, &partition]).set(next);
@@ -886,6 +910,10 @@ impl KafkaSource {
         let mut last_commit = Instant::now();
         let mut commit_wait = self.commit_every;
         let mut last_publish = Instant::now();
+        // Long ago: the first publication is a full one.
+        let mut last_full = Instant::now()
+            .checked_sub(AGENTS_EVERY)
+            .unwrap_or_else(Instant::now);
         let mut fresh = false;
         while !sh.stopping() {
             match self.consumer.poll(POLL_TIMEOUT) {
@@ -924,7 +952,15 @@ impl KafkaSource {
                 let t = Instant::now();
                 // A publication still waiting means the publisher is behind: skip this
                 // capture rather than queue a stale one (the next loop tries again).
-                let sent = match self.publish_tx.try_send(sh.capture()) {
+                // The agent part (tens of thousands of keys on a large floor) is
+                // captured every AGENTS_EVERY; the centre, channels and queues (what
+                // alerts read) on every publish.
+                let scope = if last_full.elapsed() >= AGENTS_EVERY {
+                    Scope::All
+                } else {
+                    Scope::Centre
+                };
+                let sent = match self.publish_tx.try_send(sh.capture(scope)) {
                     Ok(()) => true,
                     Err(std::sync::mpsc::TrySendError::Full(_)) => false,
                     Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
@@ -936,6 +972,9 @@ impl KafkaSource {
                 if sent {
                     last_publish = Instant::now();
                     fresh = false;
+                    if scope == Scope::All {
+                        last_full = last_publish;
+                    }
                 }
             }
         }
@@ -955,7 +994,7 @@ impl KafkaSource {
             sh.forget_labels(part);
         }
         // The last publication (nothing owned any more) goes out before we return.
-        let _ = self.publish_tx.send(sh.capture());
+        let _ = self.publish_tx.send(sh.capture(Scope::All));
         drop(self.publish_tx);
         if self.publisher.join().is_err() {
             tracing::error!("the publisher thread panicked");
