@@ -246,14 +246,14 @@ const GLOBAL: [(&str, &str, MetricType, &[&str]); 11] = [
 /// The collector registered in [`super::AppState`]'s registry.
 pub struct SnapshotCollector {
     rx: watch::Receiver<Arc<LiveSnapshot>>,
-    settings: Arc<HttpSettings>,
+    settings: watch::Receiver<Arc<HttpSettings>>,
     descs: Vec<Desc>,
 }
 
 impl SnapshotCollector {
     pub fn new(
         rx: watch::Receiver<Arc<LiveSnapshot>>,
-        settings: Arc<HttpSettings>,
+        settings: watch::Receiver<Arc<HttpSettings>>,
     ) -> Result<SnapshotCollector, prometheus::Error> {
         let desc = |name: &str, help: &str, labels: &[&str]| {
             Desc::new(
@@ -296,7 +296,8 @@ impl Collector for SnapshotCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         // Clone the Arc so the watch lock is not held while building families.
         let snap = self.rx.borrow().clone();
-        families(&snap, &self.settings)
+        let settings = self.settings.borrow().clone();
+        families(&snap, &settings)
     }
 }
 
