@@ -782,10 +782,11 @@ pub struct KafkaSource {
 
 /// Backpressure state of the polling loop: the partitions it paused, and the
 /// assignment generation they were paused in.
-#[derive(Default)]
 struct Paused {
     parts: std::collections::BTreeSet<PartKey>,
     generation: u64,
+    /// The assign counter (looked up once: the check runs on every poll).
+    assigns: IntCounter,
 }
 
 impl KafkaSource {
@@ -854,7 +855,11 @@ impl KafkaSource {
         let mut commit_wait = self.commit_every;
         let mut last_publish = Instant::now();
         let mut fresh = false;
-        let mut paused = Paused::default();
+        let mut paused = Paused {
+            parts: Default::default(),
+            generation: 0,
+            assigns: sh.metrics.rebalances.with_label_values(&["assign"]),
+        };
         while !sh.stopping() {
             match self.consumer.poll(POLL_TIMEOUT) {
                 Some(Ok(m)) => {
@@ -925,7 +930,7 @@ impl KafkaSource {
         sh.metrics
             .pending
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
-        let generation = sh.metrics.rebalances.with_label_values(&["assign"]).get();
+        let generation = paused.assigns.get();
         if generation != paused.generation {
             // A new assignment: whether librdkafka kept a partition's pause across it
             // is not ours to rely on. Resume them all (harmless when not paused); the
