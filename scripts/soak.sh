@@ -126,6 +126,17 @@ print(f"events read: {last['read']}; lag at the end: {last['lag']}")
 print(f"RSS: start {int(first['rss_kib'])//1024} MiB, median after warm-up {rss_med/1024:.1f} MiB, "
       f"max {max(int(r['rss_kib']) for r in rows)//1024} MiB, slope {rss_h/1024:+.1f} MiB/h")
 print(f"open contacts: median after warm-up {open_med:.0f}, slope {open_h:+.0f}/h")
+# How much of RSS the retained contacts explain: RSS = a + b * open_contacts over the
+# samples after warm-up, and the time trend of what is left.
+xs = [float(r["open_contacts"]) for r in after]; ys = [float(r["rss_kib"]) for r in after]
+mx, my = statistics.fmean(xs), statistics.fmean(ys)
+den = sum((x - mx) ** 2 for x in xs)
+if den:
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den
+    res = [y - (my + b * (x - mx)) for x, y in zip(xs, ys)]
+    ts = [int(r["elapsed_s"]) for r in after]; mt = statistics.fmean(ts)
+    rs = sum((t - mt) * r for t, r in zip(ts, res)) / sum((t - mt) ** 2 for t in ts) * 3600
+    print(f"RSS per open contact {b:.1f} KiB; RSS not explained by open contacts: slope {rs/1024:+.1f} MiB/h")
 flat = rss_h < 0.05 * rss_med and rss_h < 16 * 1024 and (open_med == 0 or open_h < 0.05 * open_med)
 print("verdict: memory " + ("FLAT after warm-up" if flat else "NOT flat after warm-up")
       + " (criterion: RSS and open-contacts slopes below 5 % of their median per hour, RSS below 16 MiB/h)")

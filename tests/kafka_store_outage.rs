@@ -182,22 +182,24 @@ fn store_lost_mid_stream_pauses_at_the_budget_then_back_equals_replay() {
     wait_for("a failed commit while the store is down", CATCH_UP, || {
         (d.metric(ERRORS) >= 1.0).then_some(())
     });
-    // Consumption goes on between the (bounded, backed-off) commit attempts ...
-    wait_for("consumption to go on without the store", CATCH_UP, || {
-        (d.read() >= read_before + 2_000).then_some(())
-    });
-    assert!(d.alive(), "serve exited while the store was down");
-    // ... up to the budget, then it pauses instead of holding more.
+    // Consumption goes on between the (bounded, backed-off) commit attempts, up to the
+    // budget, then it pauses instead of holding more.
     wait_for("backpressure: consumption paused", CATCH_UP, || {
         (d.metric(PAUSED) == 1.0).then_some(())
     });
+    assert!(d.alive(), "serve exited while the store was down");
     // The status is republished at least once a second: let it catch up with the
     // pause before taking the reference count.
     std::thread::sleep(Duration::from_millis(1_500));
     let paused_at = d.read();
     let held_now = held(&d);
     assert!(
-        (2_000..=BUDGET).contains(&held_now),
+        paused_at > read_before,
+        "nothing was read during the outage ({read_before} before, {paused_at} at the pause)"
+    );
+    // It pauses when the budget is reached, not before.
+    assert!(
+        (BUDGET * 3 / 4..=BUDGET).contains(&held_now),
         "held {held_now} messages, budget {BUDGET}"
     );
     assert!(d.metric(PENDING) as i64 <= BUDGET);
