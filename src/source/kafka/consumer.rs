@@ -22,7 +22,11 @@
 //!   the assignment was *lost* (session timeout), nothing is written: another member
 //!   may already own the partition, and the fence would refuse the write anyway.
 //! - **shutdown**: every partition commits its open windows too, then the consumer
-//!   leaves the group.
+//!   leaves the group; `Err(Uncommitted)` when one could not (the caller bounds all of
+//!   it by `[serve] shutdown_timeout`).
+//! - **backpressure**: with `[kafka] max_pending_events` messages read but not
+//!   committed (the store is away), every owned partition is paused until commits
+//!   bring that to half; polling goes on meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
