@@ -192,6 +192,13 @@ pub struct HttpConfig {
     /// Bearer token for the JSON API and the wallboard (`/metrics`, `/healthz` and
     /// `/readyz` stay open). Empty: no token. Prefer `CCMETRICS__HTTP__TOKEN`.
     pub token: String,
+    /// A request whose response has not started within this time gets `503`
+    /// (streams such as the SSE feed are not cut: the limit is on the response head).
+    pub request_timeout: Dur,
+    /// At most this many client connections at once; further ones wait in the
+    /// listen backlog until one closes (a flood of clients cannot exhaust memory or
+    /// file descriptors).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -201,6 +208,8 @@ impl Default for HttpConfig {
             per_agent_series: false,
             max_agent_series: 500,
             token: String::new(),
+            request_timeout: Dur::secs(10),
+            max_connections: 256,
         }
     }
 }
@@ -306,6 +315,24 @@ impl Default for CardinalityConfig {
     }
 }
 
+/// How the `serve` process itself behaves.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// On SIGTERM / Ctrl-C: how long the daemon may take to stop consuming, commit
+    /// every partition (open windows included) and exit 0. Past it the process exits
+    /// with status 1, leaving whatever it had not committed to be re-read.
+    pub shutdown_timeout: Dur,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            shutdown_timeout: Dur::secs(30),
+        }
+    }
+}
+
 /// Consumer-group partition assignment (eager protocols only: see [`KafkaConfig`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -361,6 +388,10 @@ pub struct KafkaConfig {
     pub commit_interval: Dur,
     /// Name of this instance in the store's ownership records (default host-pid).
     pub instance_id: String,
+    /// Backpressure: when this many messages have been read but not yet committed to
+    /// the store (summed over the owned partitions; e.g. the store is down), the
+    /// consumer pauses its partitions until commits bring it below half of it.
+    pub max_pending_events: u64,
     /// Any librdkafka property, passed through unchanged (SASL, TLS, timeouts …).
     /// Environment: `CCMETRICS_RDKAFKA_<NAME>` with `.` written as `_` (and a literal
     /// `_` as `__`), e.g. `CCMETRICS_RDKAFKA_SASL_PASSWORD` sets `sasl.password`.
@@ -377,6 +408,7 @@ impl Default for KafkaConfig {
             assignment_strategy: AssignmentStrategy::Range,
             commit_interval: Dur::secs(5),
             instance_id: String::new(),
+            max_pending_events: 1_000_000,
             properties: std::collections::BTreeMap::new(),
         }
     }
@@ -449,6 +481,28 @@ impl KafkaConfig {
     }
 }
 
+/// Dotted names of the leaves that differ between two TOML trees.
+fn diff_keys(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (toml::Value::Table(x), toml::Value::Table(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(v), Some(w)) => diff_keys(&name, v, w, out),
+                    _ => out.push(name),
+                }
+            }
+        }
+        _ if a != b => out.push(prefix.to_owned()),
+        _ => {}
+    }
+}
+
 /// `SASL_PASSWORD` → `sasl.password`; `__` stands for a literal `_`.
 fn env_property_name(name: &str) -> String {
     name.to_ascii_lowercase()
@@ -471,6 +525,30 @@ pub struct Config {
     pub cardinality: CardinalityConfig,
     pub kafka: KafkaConfig,
     pub targets: TargetsConfig,
+    pub serve: ServeConfig,
+}
+
+/// The keys a running `serve` applies on SIGHUP. Everything else is read at start-up
+/// only: it shapes stored figures (windows, thresholds, attribution rules), open
+/// connections (store, brokers, listen address) or the Prometheus series layout
+/// (histogram bucket bounds include the service-level threshold).
+pub const RELOADABLE_KEYS: [&str; 5] = [
+    "targets",
+    "metrics.service_level_formula",
+    "http.per_agent_series",
+    "http.max_agent_series",
+    "http.token",
+];
+
+/// The outcome of [`Config::reload`].
+#[derive(Debug)]
+pub struct Reload {
+    /// The running config with the reloadable keys taken from the new file.
+    pub effective: Config,
+    /// Reloadable keys whose value changed (applied).
+    pub applied: Vec<String>,
+    /// Keys that changed but need a restart (ignored until then).
+    pub needs_restart: Vec<String>,
 }
 
 impl Config {
@@ -616,10 +694,51 @@ impl Config {
         {
             return bad("[cardinality] limits must be at least 1".into());
         }
+        if k.max_pending_events < 100 {
+            return bad("[kafka] max_pending_events must be at least 100".into());
+        }
+        if self.serve.shutdown_timeout.0 < Duration::from_secs(1) {
+            return bad("[serve] shutdown_timeout must be at least 1s".into());
+        }
+        if self.http.request_timeout.0 < Duration::from_millis(100) {
+            return bad("[http] request_timeout must be at least 100ms".into());
+        }
+        if self.http.max_connections == 0 {
+            return bad("[http] max_connections must be at least 1".into());
+        }
         if self.input.max_message_bytes < 256 {
             return bad("[input] max_message_bytes must be at least 256".into());
         }
         Ok(())
+    }
+
+    /// Merge a newly loaded (already validated) config into this running one: the
+    /// [`RELOADABLE_KEYS`] come from `new`, everything else stays, and every changed
+    /// key is listed as applied or needing a restart.
+    pub fn reload(&self, new: &Config) -> Reload {
+        let mut effective = self.clone();
+        effective.targets = new.targets.clone();
+        effective.metrics.service_level_formula = new.metrics.service_level_formula;
+        effective.http.per_agent_series = new.http.per_agent_series;
+        effective.http.max_agent_series = new.http.max_agent_series;
+        effective.http.token = new.http.token.clone();
+        let mut changed = Vec::new();
+        match (toml::Value::try_from(self), toml::Value::try_from(new)) {
+            (Ok(old), Ok(new)) => diff_keys("", &old, &new, &mut changed),
+            // Not expected (the config is plain data); report it rather than guess.
+            _ => changed.push("(config could not be compared)".into()),
+        }
+        let reloadable = |k: &str| {
+            RELOADABLE_KEYS
+                .iter()
+                .any(|r| k == *r || k.starts_with(&format!("{r}.")))
+        };
+        let (applied, needs_restart) = changed.into_iter().partition(|k| reloadable(k));
+        Reload {
+            effective,
+            applied,
+            needs_restart,
+        }
     }
 
     /// The validated time zone.
@@ -719,6 +838,52 @@ mod tests {
         assert!(e.contains("dead_letter_topic"), "{e}");
         assert!(load_str("[kafka]\nassignment_strategy = \"sticky\"\n").is_err());
         assert!(!load_str("").unwrap().kafka.enabled());
+    }
+
+    #[test]
+    fn reload_applies_only_reloadable_keys() {
+        let old = load_str("[targets.default]\nservice_level = 0.8\n").unwrap();
+        let new = load_str(
+            "[targets.default]\nservice_level = 0.9\n[targets.queues.vip]\nanswer_rate = 0.99\n\
+             [metrics]\nservice_level_formula = \"answered\"\nservice_level_threshold = \"30s\"\n\
+             [store]\nurl = \"sqlite://other.db\"\n[serve]\nshutdown_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let r = old.reload(&new);
+        assert_eq!(r.effective.targets.default.service_level, 0.9);
+        assert_eq!(r.effective.targets.for_queue("vip").answer_rate, 0.99);
+        assert_eq!(
+            r.effective.metrics.service_level_formula,
+            SlFormula::Answered
+        );
+        // Not reloadable: kept, and reported.
+        assert_eq!(r.effective.metrics.service_level_threshold, Dur::secs(20));
+        assert_eq!(r.effective.store.url, old.store.url);
+        assert_eq!(
+            r.needs_restart,
+            [
+                "metrics.service_level_threshold",
+                "serve.shutdown_timeout",
+                "store.url"
+            ]
+        );
+        assert!(
+            r.applied
+                .contains(&"targets.default.service_level".to_owned())
+        );
+        assert!(r.applied.contains(&"targets.queues.vip".to_owned()));
+        let same = old.reload(&old);
+        assert!(same.applied.is_empty() && same.needs_restart.is_empty());
+    }
+
+    #[test]
+    fn process_limits_are_validated() {
+        assert!(load_str("[kafka]\nmax_pending_events = 5\n").is_err());
+        assert!(load_str("[serve]\nshutdown_timeout = \"0s\"\n").is_err());
+        assert!(load_str("[http]\nmax_connections = 0\n").is_err());
+        let c = load_str("").unwrap();
+        assert_eq!(c.serve.shutdown_timeout, Dur::secs(30));
+        assert_eq!(c.kafka.max_pending_events, 1_000_000);
     }
 
     #[test]

@@ -83,6 +83,53 @@ fn kill9_at_random_points_then_restart_equals_replay() {
 }
 
 #[test]
+fn sigterm_mid_stream_commits_within_the_deadline_and_a_restart_equals_replay() {
+    let _serial = support::serial();
+    let w = World::new("sigterm", 6, None);
+    let events = w.generate(30_000, 16);
+    let expected = w.replay_exports(&[&events]);
+    // Producing while the daemon consumes, so the signal lands mid-stream.
+    let mut producer = w.produce(&events, &["--rate", "3000"]);
+    let deadline = Duration::from_secs(10);
+    let d = Daemon::start(
+        &w.config,
+        &w.path("first.log"),
+        &[("CCMETRICS__SERVE__SHUTDOWN_TIMEOUT", "10s")],
+    );
+    wait_for("consumption under way", CATCH_UP, || {
+        (d.read() >= 5_000).then_some(())
+    });
+    let read = d.read();
+    let (status, took) = d.terminate(deadline + Duration::from_secs(20));
+    // Exit 0 means every partition committed (else it exits 1); within the deadline.
+    assert!(
+        status.success(),
+        "serve exited with {status}; see first.log"
+    );
+    assert!(
+        took < deadline,
+        "shutdown took {took:?}, deadline {deadline:?}"
+    );
+    assert!(
+        read < 30_000,
+        "the stream had already ended: not mid-stream"
+    );
+    let log = std::fs::read_to_string(w.path("first.log")).unwrap();
+    assert!(
+        log.contains("shutting down: committing every partition"),
+        "{log}"
+    );
+
+    // The member left the group on its way out, so a restart in the same group takes
+    // over at once and ends where replay does: nothing lost, nothing counted twice.
+    let d = w.serve("second");
+    assert!(producer.wait().unwrap().success());
+    w.wait_for_exports(&expected, CATCH_UP);
+    d.stop();
+    assert_eq!(w.exports(), expected);
+}
+
+#[test]
 fn scale_out_stop_one_and_add_one_equals_replay() {
     let _serial = support::serial();
     let (_rt, db) = support::pg_db();

@@ -133,3 +133,103 @@ fn serve_from_stdin_matches_replay_and_stops_cleanly() {
     let want = std::fs::read_to_string(case.join("15m_queue.csv")).unwrap();
     assert_eq!(String::from_utf8(export.stdout).unwrap(), want);
 }
+
+/// `ccmetrics_queue_target{queue="vip",kpi="service_level"}` as served now.
+fn vip_target(base: &str) -> Option<f64> {
+    let (_, m) = get(&format!("{base}/metrics"))?;
+    m.lines().find_map(|l| {
+        l.strip_prefix("ccmetrics_queue_target{queue=\"vip\",kpi=\"service_level\"} ")?
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn sighup_reloads_targets_and_keeps_the_old_config_when_the_new_one_is_invalid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("serve.toml");
+    let log = tmp.path().join("serve.log");
+    let write = |vip_sl: &str, extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[store]\nurl = \"sqlite://{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}\n[targets.queues.vip]\nservice_level = {vip_sl}\n",
+                tmp.path().join("serve.db").display()
+            ),
+        )
+        .unwrap();
+    };
+    write("0.8", "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ccmetrics"))
+        .args(["serve", "--source", "sim", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && w.ends_with("/metrics,"))
+        .map(|w| w.trim_end_matches("/metrics,").to_owned())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    wait_for("the first target", Duration::from_secs(20), || {
+        (vip_target(&base)? == 0.8).then_some(())
+    });
+    let hup = |child: &std::process::Child| {
+        let st = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let log_has = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(needle)
+    };
+
+    // A changed target is applied; a changed shutdown timeout only logged.
+    write("0.9", "[serve]\nshutdown_timeout = \"7s\"\n");
+    hup(&child);
+    wait_for("the reloaded target", Duration::from_secs(20), || {
+        (vip_target(&base)? == 0.9).then_some(())
+    });
+    wait_for("the needs-restart line", Duration::from_secs(10), || {
+        log_has("needs restart").then_some(())
+    });
+    assert!(log_has("serve.shutdown_timeout"));
+
+    // An invalid file (a ratio out of range) is rejected; the old values stay.
+    write("90", "");
+    hup(&child);
+    wait_for("the rejection line", Duration::from_secs(10), || {
+        log_has("config reload rejected").then_some(())
+    });
+    assert!(log_has("must be a ratio"));
+    assert_eq!(vip_target(&base), Some(0.9));
+    // And a file that is not TOML at all.
+    std::fs::write(&cfg, "[targets\nbroken").unwrap();
+    hup(&child);
+    wait_for("the second rejection", Duration::from_secs(10), || {
+        let n = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("config reload rejected")
+            .count();
+        (n >= 2).then_some(())
+    });
+    assert!(child.try_wait().unwrap().is_none(), "serve exited");
+    assert_eq!(vip_target(&base), Some(0.9));
+    assert_eq!(get(&format!("{base}/healthz")).map(|r| r.0), Some(200));
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = wait_for("exit after SIGTERM", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    assert!(exit.success(), "serve exited with {exit}");
+}

@@ -86,7 +86,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Replay(a) => runtime()?.block_on(replay::run(a)),
         Command::Export(a) => runtime()?.block_on(export::run(a)),
-        Command::Serve(a) => runtime()?.block_on(serve::run(a)),
+        Command::Serve(a) => {
+            let rt = runtime()?;
+            let r = rt.block_on(serve::run(a));
+            // After a missed shutdown deadline work may still be running (a commit
+            // waiting for the store, a blocking stdin read): do not wait for it, the
+            // deadline was the promise.
+            rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            r
+        }
         Command::Produce(a) => produce::run(a),
         Command::CheckConfig(a) => check_config::run(a),
         Command::Generate(a) => serve::generate(a),

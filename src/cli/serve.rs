@@ -155,18 +155,38 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     .and_then(|()| out.flush());
     drop(out);
 
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(
+        a.config.config.clone(),
+        cfg.clone(),
+        state.clone(),
+    ));
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(http::serve(listener, state.clone(), async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    }));
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        state.clone(),
+        cfg.http.clone(),
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let grace = cfg.serve.shutdown_timeout.0;
 
     if source == SourceKind::Kafka {
-        let result = run_kafka(&cfg, store.clone(), state.clone()).await;
+        let (result, deadline) = run_kafka(&cfg, store.clone(), state.clone()).await;
         state.set_ready(false);
         let _ = stop_tx.send(true);
-        let _ = http_task.await;
-        store.close().await;
+        // A fatal error (no signal) still gets the configured time to drain HTTP.
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + grace);
+        finish_http(http_task, deadline).await;
+        if tokio::time::timeout_at(deadline.into(), store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the store's connections did not close before the shutdown deadline");
+        }
         result?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -234,27 +254,40 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     tracing::info!("shutting down: flushing open windows");
+    let deadline = Instant::now() + grace;
     state.set_ready(false);
     let _ = stop_tx.send(true);
     source_task.abort();
     let rest = pipe.engine.flush_open();
-    let mut attempts = 0;
-    let mut rest = Some(rest);
-    loop {
-        match pipe.write(&store, rest.take().unwrap_or_default()).await {
-            Ok(()) => break,
-            Err(e) if attempts < 5 => {
-                attempts += 1;
-                tracing::warn!(error = %e, attempts, "final flush failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500 * attempts)).await;
-            }
-            Err(e) => {
-                return Err(e)
-                    .context("final snapshot flush failed; open-window data was not written");
+    let final_flush = async {
+        let mut attempts = 0;
+        let mut rest = Some(rest);
+        loop {
+            match pipe.write(&store, rest.take().unwrap_or_default()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempts < 5 => {
+                    attempts += 1;
+                    tracing::warn!(error = %e, attempts, "final flush failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * attempts)).await;
+                }
+                Err(e) => return Err(e),
             }
         }
+    };
+    match tokio::time::timeout_at(deadline.into(), final_flush).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(e).context("final snapshot flush failed; open-window data was not written");
+        }
+        Err(_) => {
+            tracing::error!(timeout = %cfg.serve.shutdown_timeout, "shutdown deadline passed before the final snapshot flush finished; exiting with status 1 (open-window data not written)");
+            anyhow::bail!(
+                "shutdown deadline ({}) passed before the final snapshot flush finished",
+                cfg.serve.shutdown_timeout
+            );
+        }
     }
-    let _ = http_task.await;
+    finish_http(http_task, deadline).await;
     let s = pipe.stats();
     tracing::info!(
         read = s.read,
@@ -266,39 +299,111 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Let in-flight requests finish, but not past `deadline` and not for long: an open
+/// SSE stream (a wallboard) would otherwise hold the graceful shutdown forever.
+async fn finish_http(mut task: tokio::task::JoinHandle<std::io::Result<()>>, deadline: Instant) {
+    let drain = deadline.min(Instant::now() + Duration::from_secs(2));
+    if tokio::time::timeout_at(drain.into(), &mut task)
+        .await
+        .is_err()
+    {
+        tracing::info!("closing the remaining HTTP connections (streams)");
+        task.abort();
+    }
+}
+
+/// On SIGHUP: re-read the config file (and the environment), apply the reloadable
+/// keys ([`ccmetrics::config::RELOADABLE_KEYS`]: targets, the service-level formula,
+/// per-agent series, the token) and log every other changed key as needing a
+/// restart. An invalid file changes nothing: the running config stays.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    path: Option<PathBuf>,
+    mut running: ccmetrics::config::Config,
+    state: Arc<AppState>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; config reload is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let shown = path
+            .as_deref()
+            .map_or_else(|| "(defaults)".into(), |p| p.display().to_string());
+        let new = match ccmetrics::config::Config::load(path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(config = %shown, error = %e, "config reload rejected; keeping the running config");
+                continue;
+            }
+        };
+        let r = running.reload(&new);
+        for key in &r.needs_restart {
+            tracing::warn!(config = %shown, %key, "config key changed but needs restart; ignored until then");
+        }
+        state.set_settings(http::HttpSettings::from_config(&r.effective));
+        tracing::info!(config = %shown, applied = ?r.applied, needs_restart = r.needs_restart.len(), "config reloaded");
+        running = r.effective;
+    }
+}
+
 /// The Kafka source on a thread of its own until a shutdown signal (or a fatal error),
-/// then its orderly stop: every partition committed, the group left.
+/// then its orderly stop: every partition committed, the group left, within
+/// `[serve] shutdown_timeout` of the signal. Returns the outcome and, when a signal
+/// started the stop, its deadline.
 async fn run_kafka(
     cfg: &ccmetrics::config::Config,
     store: Store,
     state: Arc<AppState>,
-) -> anyhow::Result<()> {
+) -> (anyhow::Result<()>, Option<Instant>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = Arc::new(AtomicBool::new(false));
-    let source =
-        KafkaSource::new(cfg, store, state, stop.clone()).context("starting the Kafka source")?;
+    let source = match KafkaSource::new(cfg, store, state, stop.clone()) {
+        Ok(s) => s,
+        Err(e) => return (Err(e).context("starting the Kafka source"), None),
+    };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
+    if let Err(e) = std::thread::Builder::new()
         .name("kafka-consumer".into())
         .spawn(move || {
             let _ = done_tx.send(source.run());
         })
-        .context("starting the consumer thread")?;
+    {
+        return (Err(e).context("starting the consumer thread"), None);
+    }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     tokio::pin!(done_rx);
-    let result = tokio::select! {
-        r = &mut done_rx => r,
+    let timeout = cfg.serve.shutdown_timeout;
+    let (result, deadline) = tokio::select! {
+        r = &mut done_rx => (r, None),
         _ = &mut shutdown => {
-            tracing::info!("shutting down: committing every partition");
+            let deadline = Instant::now() + timeout.0;
+            tracing::info!(%timeout, "shutting down: committing every partition");
             stop.store(true, Ordering::Release);
-            done_rx.await
+            match tokio::time::timeout_at(deadline.into(), &mut done_rx).await {
+                Ok(r) => (r, Some(deadline)),
+                Err(_) => {
+                    tracing::error!(%timeout, "shutdown deadline passed before every partition was committed; exiting with status 1 (the next owner re-reads the uncommitted input)");
+                    return (
+                        Err(anyhow::anyhow!("shutdown deadline ({timeout}) passed before every partition was committed")),
+                        Some(deadline),
+                    );
+                }
+            }
         }
     };
-    match result {
+    let result = match result {
         Ok(r) => r.context("Kafka source failed"),
-        Err(_) => anyhow::bail!("the Kafka consumer thread ended without a result"),
-    }
+        Err(_) => Err(anyhow::anyhow!(
+            "the Kafka consumer thread ended without a result"
+        )),
+    };
+    (result, deadline)
 }
 
 fn read_stdin(tx: mpsc::Sender<Vec<u8>>) {

@@ -824,9 +824,13 @@ impl Engine {
     }
 
     /// Release contacts and duplicate-detection memory that no acceptable event can
-    /// reach any more (older than watermark − correction horizon). Runs at most hourly.
+    /// reach any more (older than watermark − correction horizon). Runs at most hourly,
+    /// and for a short horizon every eighth of it: the scan visits every contact, and
+    /// between scans up to one period's contacts are held beyond the horizon, so a
+    /// fixed hour would let a 5-minute horizon hold 13 times its worth.
     fn expire(&mut self, wm: Millis) {
-        if wm.saturating_sub(self.last_expiry) < 3_600_000 {
+        let every = (self.cfg.correction_horizon_ms / 8).clamp(1_000, 3_600_000);
+        if wm.saturating_sub(self.last_expiry) < every {
             return;
         }
         self.last_expiry = wm;

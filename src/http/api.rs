@@ -91,7 +91,34 @@ fn ts(ms: Option<Millis>) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-pub async fn status(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+/// The query of an endpoint that takes no parameters: only the optional `token` (the
+/// guard's query form) is accepted, so a typo (`?dimension=queue` on `/status`) is a
+/// `400` that says so rather than silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {
+    #[serde(rename = "token")]
+    _token: Option<String>,
+}
+
+/// Check a [`NoParams`] query, naming the endpoint in the error.
+pub fn no_params(
+    endpoint: &str,
+    q: Result<Query<NoParams>, QueryRejection>,
+) -> Result<(), ApiError> {
+    q.map(|_| ()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{endpoint} takes no query parameters ({})",
+            e.body_text()
+        ))
+    })
+}
+
+pub async fn status(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<NoParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    no_params("/api/v1/status", q)?;
     let snap = st.snapshot();
     let s = &snap.stats;
     let rejected: serde_json::Map<String, serde_json::Value> = RejectReason::ALL
@@ -103,7 +130,7 @@ pub async fn status(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> 
             )
         })
         .collect();
-    Json(json!({
+    Ok(Json(json!({
         "ready": st.is_ready(),
         "watermark": ts(snap.watermark),
         "clock": ts(snap.clock),
@@ -122,7 +149,7 @@ pub async fn status(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> 
         },
         "rolling_windows": st.settings().rolling.iter().map(|w| w.label.as_str()).collect::<Vec<_>>(),
         "partitions": snap.partitions,
-    }))
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +157,9 @@ pub async fn status(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> 
 pub struct RollingParams {
     window: Option<String>,
     dimension: Option<String>,
+    /// The guard's query form of the token (already checked by the guard).
+    #[serde(rename = "token")]
+    _token: Option<String>,
 }
 
 /// One JSON row: `dimension`, `key`, then the KPI columns in [`KPI_COLUMNS`] order

@@ -259,14 +259,14 @@ const GLOBAL: [(&str, &str, MetricType, &[&str]); 13] = [
 /// The collector registered in [`super::AppState`]'s registry.
 pub struct SnapshotCollector {
     rx: watch::Receiver<Arc<LiveSnapshot>>,
-    settings: Arc<HttpSettings>,
+    settings: watch::Receiver<Arc<HttpSettings>>,
     descs: Vec<Desc>,
 }
 
 impl SnapshotCollector {
     pub fn new(
         rx: watch::Receiver<Arc<LiveSnapshot>>,
-        settings: Arc<HttpSettings>,
+        settings: watch::Receiver<Arc<HttpSettings>>,
     ) -> Result<SnapshotCollector, prometheus::Error> {
         let desc = |name: &str, help: &str, labels: &[&str]| {
             Desc::new(
@@ -309,7 +309,8 @@ impl Collector for SnapshotCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         // Clone the Arc so the watch lock is not held while building families.
         let snap = self.rx.borrow().clone();
-        families(&snap, &self.settings)
+        let settings = self.settings.borrow().clone();
+        families(&snap, &settings)
     }
 }
 

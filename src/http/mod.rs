@@ -70,10 +70,21 @@ mod wallboard;
 mod tests;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::HttpConfig;
 
 pub use self::api::METRICS_CONTENT_TYPE;
 pub use self::state::{AppState, HttpSettings, LiveSnapshot, PartitionStatus, RollingWindow};
@@ -100,20 +111,161 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// [`router`] with the server's protective limits: a response that has not started
+/// within `request_timeout` becomes `503 {"error": ...}`. Only the response head is
+/// timed, so the SSE stream (whose head comes at once) is not cut.
+pub fn app(state: Arc<AppState>, request_timeout: Duration) -> Router {
+    with_timeout(router(state), request_timeout)
+}
+
+fn with_timeout(r: Router, request_timeout: Duration) -> Router {
+    r.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| async move {
+            let path = req.uri().path().to_owned();
+            match tokio::time::timeout(request_timeout, next.run(req)).await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::warn!(%path, timeout = ?request_timeout, "http request timed out");
+                    timed_out(request_timeout)
+                }
+            }
+        },
+    ))
+}
+
+fn timed_out(after: Duration) -> Response {
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(serde_json::json!({
+            "error": format!("request timed out after {after:?}")
+        })),
+    )
+        .into_response()
+}
+
 /// Serve on `listener` until `shutdown` completes, then stop accepting connections
-/// and wait for in-flight requests to finish (graceful shutdown).
+/// and wait for in-flight requests to finish (graceful shutdown). At most
+/// `[http] max_connections` connections are served at once; more wait in the listen
+/// backlog (not refused: a scraper retrying is worse than one waiting briefly).
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     state: Arc<AppState>,
+    cfg: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "http listening"),
+        Ok(addr) => tracing::info!(%addr, max_connections = cfg.max_connections, "http listening"),
         Err(e) => tracing::warn!(error = %e, "http listening (address unknown)"),
     }
-    axum::serve(listener, router(state))
+    let listener = LimitedListener::new(listener, cfg.max_connections);
+    axum::serve(listener, app(state, cfg.request_timeout.0))
         .with_graceful_shutdown(shutdown)
         .await?;
     tracing::info!("http stopped");
     Ok(())
+}
+
+/// A TCP listener that holds one semaphore permit per open connection: at the limit
+/// it stops accepting until a connection closes (its permit drops with it).
+pub struct LimitedListener {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+    limit: usize,
+    warned: bool,
+}
+
+impl LimitedListener {
+    pub fn new(inner: TcpListener, max_connections: usize) -> LimitedListener {
+        let limit = max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        LimitedListener {
+            inner,
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            warned: false,
+        }
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = LimitedIo;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (LimitedIo, std::net::SocketAddr) {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if !self.warned {
+                    // Once per process: a flood would otherwise flood the log too.
+                    tracing::warn!(
+                        limit = self.limit,
+                        "http connection limit reached; new connections wait"
+                    );
+                    self.warned = true;
+                }
+                match self.slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    // The semaphore is never closed.
+                    Err(_) => std::future::pending().await,
+                }
+            }
+        };
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (
+            LimitedIo {
+                io,
+                _permit: permit,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that gives its slot back when it is dropped.
+pub struct LimitedIo {
+    io: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for LimitedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }

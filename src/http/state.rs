@@ -382,7 +382,8 @@ pub struct AppState {
     snapshot: watch::Sender<Arc<LiveSnapshot>>,
     ready: AtomicBool,
     ready_gauge: prometheus::IntGauge,
-    settings: Arc<HttpSettings>,
+    /// Replaced as a whole on a config reload (SIGHUP); readers take the current one.
+    settings: watch::Sender<Arc<HttpSettings>>,
     registry: Registry,
 }
 
@@ -394,10 +395,10 @@ impl AppState {
     }
 
     pub fn with_settings(settings: HttpSettings) -> Result<AppState, prometheus::Error> {
-        let settings = Arc::new(settings);
+        let (settings, settings_rx) = watch::channel(Arc::new(settings));
         let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
         let registry = Registry::new();
-        registry.register(Box::new(SnapshotCollector::new(rx, settings.clone())?))?;
+        registry.register(Box::new(SnapshotCollector::new(rx, settings_rx)?))?;
         let ready_gauge = prometheus::IntGauge::new(
             "ccmetrics_ready",
             "1 when /readyz answers 200 (store open; Kafka: partitions assigned and restored), else 0.",
@@ -444,8 +445,17 @@ impl AppState {
         self.ready.load(Ordering::Acquire)
     }
 
-    pub fn settings(&self) -> &HttpSettings {
-        &self.settings
+    /// The current settings (a reload replaces them; a request keeps the ones it
+    /// started with).
+    pub fn settings(&self) -> Arc<HttpSettings> {
+        self.settings.borrow().clone()
+    }
+
+    /// Replace the settings (config reload). The histogram bucket bounds must not
+    /// change: Prometheus cannot compare buckets across a change of `le` bounds, so
+    /// the caller keeps the thresholds that define them (they need a restart).
+    pub fn set_settings(&self, settings: HttpSettings) {
+        self.settings.send_replace(Arc::new(settings));
     }
 
     /// The registry `/metrics` gathers from; other subsystems may register their own

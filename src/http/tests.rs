@@ -28,9 +28,14 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(listener, state.clone(), async move {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(serve(
+            listener,
+            state.clone(),
+            cfg.http.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Server {
             base,
             state,
@@ -666,6 +671,134 @@ async fn bad_params_are_400_with_json_error() {
         .await
         .unwrap();
     assert!(v["error"].as_str().unwrap().contains("5m, 15m, 1h"), "{v}");
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn parameterless_json_endpoints_reject_unknown_params() {
+    let srv = Server::start(&Config::default()).await;
+    for path in ["/api/v1/status", "/api/v1/floor", "/api/v1/floor/stream"] {
+        for q in ["?window=15m", "?verbose", "?token=a&token=b"] {
+            let r = srv.get(&format!("{path}{q}")).await;
+            assert_eq!(r.status(), 400, "{path}{q}");
+            let v: serde_json::Value = r.json().await.unwrap();
+            let e = v["error"].as_str().unwrap_or_default();
+            assert!(
+                e.contains(path) && e.contains("no query parameters"),
+                "{path}{q}: {v}"
+            );
+        }
+    }
+    // The guard's query form of the token is not an unknown parameter.
+    assert_eq!(srv.get("/api/v1/status?token=x").await.status(), 200);
+    assert_eq!(srv.get("/api/v1/floor?token=x").await.status(), 200);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn rolling_accepts_the_token_in_the_query() {
+    let mut cfg = Config::default();
+    cfg.http.token = "s3cret".into();
+    let srv = Server::start(&cfg).await;
+    assert_eq!(srv.get("/api/v1/rolling?window=15m").await.status(), 401);
+    assert_eq!(
+        srv.get("/api/v1/rolling?window=15m&token=s3cret")
+            .await
+            .status(),
+        200
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_with_503() {
+    let state = Arc::new(AppState::new(&Config::default()).unwrap());
+    let r = with_timeout(
+        router(state).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                "late"
+            }),
+        ),
+        std::time::Duration::from_millis(200),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, r).await });
+    let started = std::time::Instant::now();
+    let resp = reqwest::get(format!("{base}/slow")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("timed out"), "{v}");
+    // Fast routes are not affected.
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let mut cfg = Config::default();
+    cfg.http.max_connections = 2;
+    let srv = Server::start(&cfg).await;
+    let addr = srv.base.trim_start_matches("http://").to_owned();
+    // Two idle connections take both slots.
+    let a = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let b = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("{}/healthz", srv.base);
+    let third = tokio::spawn({
+        let client = client.clone();
+        let url = url.clone();
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    // Not served while both slots are held ...
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served beyond the limit"
+    );
+    // ... and served as soon as one closes.
+    drop(a);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(5), third)
+        .await
+        .expect("the waiting connection was not served after a slot freed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    drop(b);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn reloaded_settings_show_in_metrics_and_floor() {
+    let srv = Server::start(&Config::default()).await;
+    let target = |metrics: &str| {
+        one(
+            &parse(metrics),
+            "ccmetrics_queue_target",
+            &[("queue", "vip"), ("kpi", "service_level")],
+        )
+    };
+    let mut cfg = Config::default();
+    cfg.targets.queues.insert(
+        "vip".into(),
+        crate::config::QueueTargets {
+            service_level: 0.9,
+            ..Default::default()
+        },
+    );
+    srv.state.set_settings(HttpSettings::from_config(&cfg));
+    assert_eq!(target(&srv.text("/metrics").await), 0.9);
+    let floor: serde_json::Value = srv.get("/api/v1/floor").await.json().await.unwrap();
+    assert!(floor.to_string().contains("vip"), "{floor}");
     srv.shutdown().await;
 }
 

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use futures_util::Stream;
 
+use super::api::{ApiError, NoParams, no_params};
 use super::floor;
 use super::state::AppState;
 
@@ -24,9 +26,13 @@ pub async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
-pub async fn floor_json(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+pub async fn floor_json(
+    State(st): State<Arc<AppState>>,
+    q: Result<Query<NoParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    no_params("/api/v1/floor", q)?;
     let snap = st.snapshot();
-    Json(floor::view(&snap, st.settings()))
+    Ok(Json(floor::view(&snap, &st.settings())))
 }
 
 /// One message per published snapshot (the Kafka source publishes every 250 ms while
@@ -35,27 +41,30 @@ pub async fn floor_json(State(st): State<Arc<AppState>>) -> Json<serde_json::Val
 /// itself when the connection drops.
 pub async fn floor_stream(
     State(st): State<Arc<AppState>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    q: Result<Query<NoParams>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    no_params("/api/v1/floor/stream", q)?;
     let rx = st.subscribe();
     let stream = futures_util::stream::unfold((rx, st, true), |(mut rx, st, first)| async move {
         if !first && rx.changed().await.is_err() {
             return None; // the daemon is shutting down
         }
         let snap = rx.borrow_and_update().clone();
-        let data = floor::view(&snap, st.settings()).to_string();
+        let data = floor::view(&snap, &st.settings()).to_string();
         Some((
             Ok(Event::default().event("floor").data(data)),
             (rx, st, false),
         ))
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// Guard of the JSON API and the wallboard when `[http] token` is set: the token is
 /// accepted as `Authorization: Bearer TOKEN`, or as `?token=TOKEN` (the wallboard's
 /// page and its EventSource cannot send headers). Compared in constant time.
 pub async fn require_token(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let want = st.settings().token.as_bytes();
+    let settings = st.settings();
+    let want = settings.token.as_bytes();
     if want.is_empty() {
         return next.run(req).await;
     }

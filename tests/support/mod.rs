@@ -400,6 +400,19 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then wait (at most `timeout`) for the exit: its status and how long it
+    /// took from the signal.
+    pub fn terminate(mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = self.child.id().to_string();
+        let started = Instant::now();
+        let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(st.success());
+        let status = wait_for("the daemon to exit after SIGTERM", timeout, || {
+            self.child.try_wait().unwrap()
+        });
+        (status, started.elapsed())
+    }
+
     /// SIGTERM; the daemon must commit and exit 0 within the timeout.
     pub fn stop(mut self) {
         let pid = self.child.id().to_string();

@@ -22,7 +22,11 @@
 //!   the assignment was *lost* (session timeout), nothing is written: another member
 //!   may already own the partition, and the fence would refuse the write anyway.
 //! - **shutdown**: every partition commits its open windows too, then the consumer
-//!   leaves the group.
+//!   leaves the group; `Err(Uncommitted)` when one could not (the caller bounds all of
+//!   it by `[serve] shutdown_timeout`).
+//! - **backpressure**: with `[kafka] max_pending_events` messages read but not
+//!   committed (the store is away), every owned partition is paused until commits
+//!   bring that to half; polling goes on meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,8 +56,6 @@ use crate::store::{Store, StoreError};
 /// How long one revoked partition may retry its last commit before it is released
 /// anyway (its next owner re-reads whatever was not committed).
 const REVOKE_COMMIT_BUDGET: Duration = Duration::from_secs(10);
-/// How long shutdown waits for the commit round in flight before its final commits.
-const SHUTDOWN_ROUND_BUDGET: Duration = Duration::from_secs(30);
 /// The live view is republished this often while input flows (event → /metrics
 /// latency is at most this plus the scrape).
 const PUBLISH_EVERY: Duration = Duration::from_millis(150);
@@ -76,6 +78,10 @@ pub enum KafkaSourceError {
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Fatal(String),
+    #[error(
+        "not every partition committed at shutdown; their next owner re-reads the uncommitted input"
+    )]
+    Uncommitted,
 }
 
 /// Operational metrics of the Kafka source (registered in the `/metrics` registry).
@@ -92,6 +98,8 @@ pub struct KafkaMetrics {
     busy_seconds: HistogramVec,
     dead_letters: IntGauge,
     dead_letter_failures: IntGauge,
+    paused: IntGauge,
+    pending: IntGauge,
 }
 
 impl KafkaMetrics {
@@ -170,6 +178,14 @@ impl KafkaMetrics {
                 "ccmetrics_dead_letter_failures_total",
                 "Dead letters the broker finally refused (after librdkafka's retries)",
             )?,
+            paused: IntGauge::new(
+                "ccmetrics_kafka_consumer_paused",
+                "1 while consumption is paused because [kafka] max_pending_events are read but not committed (backpressure), else 0",
+            )?,
+            pending: IntGauge::new(
+                "ccmetrics_kafka_pending_events",
+                "Messages read but not yet committed to the store, over the owned partitions",
+            )?,
         };
         r.register(Box::new(m.lag.clone()))?;
         r.register(Box::new(m.position.clone()))?;
@@ -182,6 +198,8 @@ impl KafkaMetrics {
         r.register(Box::new(m.busy_seconds.clone()))?;
         r.register(Box::new(m.dead_letters.clone()))?;
         r.register(Box::new(m.dead_letter_failures.clone()))?;
+        r.register(Box::new(m.paused.clone()))?;
+        r.register(Box::new(m.pending.clone()))?;
         for kind in ["assign", "revoke", "lost", "error"] {
             m.rebalances.with_label_values(&[kind]);
         }
@@ -707,6 +725,11 @@ impl Shared {
         all_ok
     }
 
+    /// Messages read but not committed, over every owned partition.
+    fn pending_events(&self) -> u64 {
+        lock(&self.parts).values().map(Part::pending).sum()
+    }
+
     fn ingest(&self, m: &BorrowedMessage<'_>) {
         let mut parts = lock(&self.parts);
         let Some(part) = parts.get_mut(&(m.topic().to_owned(), m.partition())) else {
@@ -831,6 +854,18 @@ pub struct KafkaSource {
     commit_every: Duration,
     publish_tx: std::sync::mpsc::SyncSender<Publication>,
     publisher: std::thread::JoinHandle<()>,
+    max_pending: u64,
+    /// How long shutdown may wait for the commit round in flight.
+    shutdown_budget: Duration,
+}
+
+/// Backpressure state of the polling loop: the partitions it paused, and the
+/// assignment generation they were paused in.
+struct Paused {
+    parts: std::collections::BTreeSet<PartKey>,
+    generation: u64,
+    /// The assign counter (looked up once: the check runs on every poll).
+    assigns: IntCounter,
 }
 
 impl KafkaSource {
@@ -899,6 +934,8 @@ impl KafkaSource {
             commit_every: k.commit_interval.0,
             publish_tx,
             publisher,
+            max_pending: k.max_pending_events,
+            shutdown_budget: cfg.serve.shutdown_timeout.0,
         })
     }
 
@@ -915,6 +952,11 @@ impl KafkaSource {
             .checked_sub(AGENTS_EVERY)
             .unwrap_or_else(Instant::now);
         let mut fresh = false;
+        let mut paused = Paused {
+            parts: Default::default(),
+            generation: 0,
+            assigns: sh.metrics.rebalances.with_label_values(&["assign"]),
+        };
         while !sh.stopping() {
             match self.consumer.poll(POLL_TIMEOUT) {
                 Some(Ok(m)) => {
@@ -925,6 +967,7 @@ impl KafkaSource {
                 None => {}
             }
             sh.collect(None);
+            self.backpressure(&mut paused);
             let completed = lock(&sh.round).completed.take();
             if let Some(ok) = completed {
                 commit_wait = if ok {
@@ -983,12 +1026,8 @@ impl KafkaSource {
         }
         tracing::info!("stopping: committing every partition, open windows included");
         sh.state.set_ready(false);
-        sh.collect(Some(Instant::now() + SHUTDOWN_ROUND_BUDGET));
-        if !sh.commit_all_now(true) {
-            tracing::warn!(
-                "not every partition committed at shutdown; their next owner re-reads the uncommitted input"
-            );
-        }
+        sh.collect(Some(Instant::now() + self.shutdown_budget));
+        let all_committed = sh.commit_all_now(true);
         let released = std::mem::take(&mut *lock(&sh.parts));
         for part in released.values() {
             sh.forget_labels(part);
@@ -1002,8 +1041,79 @@ impl KafkaSource {
         self.consumer.unsubscribe();
         // Dropping the consumer leaves the group (the revoke callback finds nothing).
         drop(self.consumer);
-        Ok(())
+        if all_committed {
+            Ok(())
+        } else {
+            Err(KafkaSourceError::Uncommitted)
+        }
     }
+
+    /// Backpressure: past `max_pending_events` read-but-uncommitted messages (the
+    /// store is down or slow) pause every owned partition, so memory stops growing;
+    /// resume once commits have brought it to half the budget. Polling goes on while
+    /// paused (rebalances, heartbeats, commit outcomes).
+    fn backpressure(&self, paused: &mut Paused) {
+        let sh = &self.shared;
+        let pending = sh.pending_events();
+        sh.metrics
+            .pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        let generation = paused.assigns.get();
+        if generation != paused.generation {
+            // A new assignment: whether librdkafka kept a partition's pause across it
+            // is not ours to rely on. Resume them all (harmless when not paused); the
+            // check below pauses again if still over budget.
+            paused.generation = generation;
+            if !paused.parts.is_empty() {
+                paused.parts.clear();
+                let owned: Vec<PartKey> = lock(&sh.parts).keys().cloned().collect();
+                if let Err(e) = self.consumer.resume(&tpl(&owned)) {
+                    tracing::warn!(error = %e, "cannot resume partitions after a rebalance");
+                }
+            }
+        }
+        if pending >= self.max_pending {
+            let owned: Vec<PartKey> = lock(&sh.parts).keys().cloned().collect();
+            paused.parts.retain(|k| owned.contains(k));
+            let more: Vec<PartKey> = owned
+                .into_iter()
+                .filter(|k| !paused.parts.contains(k))
+                .collect();
+            if !more.is_empty() {
+                match self.consumer.pause(&tpl(&more)) {
+                    Ok(()) => {
+                        if paused.parts.is_empty() {
+                            tracing::warn!(
+                                pending,
+                                max_pending_events = self.max_pending,
+                                "backpressure: pausing consumption until the store takes commits again"
+                            );
+                        }
+                        paused.parts.extend(more);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot pause partitions"),
+                }
+            }
+        } else if !paused.parts.is_empty() && pending <= self.max_pending / 2 {
+            let keys: Vec<PartKey> = std::mem::take(&mut paused.parts).into_iter().collect();
+            match self.consumer.resume(&tpl(&keys)) {
+                Ok(()) => tracing::info!(pending, "backpressure released: consuming again"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resume partitions; retrying");
+                    paused.parts.extend(keys);
+                }
+            }
+        }
+        sh.metrics.paused.set(i64::from(!paused.parts.is_empty()));
+    }
+}
+
+fn tpl(keys: &[PartKey]) -> TopicPartitionList {
+    let mut l = TopicPartitionList::new();
+    for (topic, p) in keys {
+        l.add_partition(topic, *p);
+    }
+    l
 }
 
 fn log_poll_error(e: &rdkafka::error::KafkaError) {

@@ -19,6 +19,9 @@ pub struct Part {
     pub next_offset: Option<i64>,
     /// The next offset as of the last successful store commit.
     pub committed_offset: Option<i64>,
+    /// The first offset processed since the assignment (for [`Part::pending`] before
+    /// the first commit of a partition that had no stored offset).
+    pub first_offset: Option<i64>,
     /// Right after a seek: the first message tells whether the broker skipped offsets.
     pub seeked: bool,
     pub last_input: Instant,
@@ -61,6 +64,7 @@ impl Part {
             own: Ownership::new(claim.epoch, claim.seq),
             next_offset: claim.next_offset,
             committed_offset: claim.next_offset,
+            first_offset: None,
             seeked: true,
             last_input: Instant::now(),
             dirty: false,
@@ -90,7 +94,18 @@ impl Part {
             tracing::warn!(partition = %self.name(), offset, missing, "first message after the seek is not at the stored offset");
         }
         self.next_offset = Some(offset + 1);
+        self.first_offset.get_or_insert(offset);
         pos
+    }
+
+    /// Messages read but not yet committed to the store: what a restart would re-read,
+    /// and what the backpressure budget counts.
+    pub fn pending(&self) -> u64 {
+        let Some(next) = self.next_offset else {
+            return 0;
+        };
+        let from = self.committed_offset.or(self.first_offset).unwrap_or(next);
+        u64::try_from(next - from).unwrap_or(0)
     }
 
     /// Commit the partition: the windows its watermark has passed (or, when
@@ -172,8 +187,12 @@ mod tests {
         assert_eq!(p.position(13), Position::Stale);
         assert_eq!(p.next_offset, Some(14));
         assert_eq!(p.lag(20), 6);
+        assert_eq!(p.pending(), 4);
         let mut fresh = part(None);
+        assert_eq!(fresh.pending(), 0);
         assert_eq!(fresh.position(5), Position::Next);
+        assert_eq!(fresh.position(6), Position::Next);
+        assert_eq!(fresh.pending(), 2);
         assert_eq!(fresh.name(), "kafka:t:0");
     }
 }

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Soak test (not in CI): the simulator publishes at a steady rate into a real broker
+# (a throwaway tansu) while `ccmetrics serve` consumes it into PostgreSQL. Every
+# SOAK_SAMPLE seconds it records the daemon's RSS, open contacts, consumer lag and
+# events read into a CSV, and at the end says whether memory was flat after warm-up.
+#
+#   scripts/soak.sh                         # 30 minutes at 500 events/s
+#   SOAK_SECONDS=300 SOAK_RATE=800 scripts/soak.sh
+#
+# The engine holds every contact for the correction horizon (late corrections, FCR
+# memory), so its state grows for that long before it can be flat: the soak runs with
+# a short horizon (SOAK_HORIZON, default 5m; [fcr] window the same, allowed lateness
+# 30s) and a warm-up longer than it. With the default 7 d horizon memory grows for a
+# week, in proportion to rate x horizon, and then levels off the same way.
+#
+# Environment: SOAK_SECONDS (default 1800), SOAK_RATE events/s (500), SOAK_SAMPLE
+# seconds between samples (10), SOAK_WARMUP seconds excluded from the verdict (default
+# a third of the run, at most 600), SOAK_PG base URL of a PostgreSQL server
+# (postgres://postgres@127.0.0.1:5432/test; a database of its own is created and
+# dropped), SOAK_OUT output directory (target/soak), SOAK_BIN the binary
+# (target/release/ccmetrics; build it with `cargo build --release --locked --bin ccmetrics`).
+#
+# Verdict ("memory flat"): after warm-up, the least-squares slope of RSS over time,
+# extrapolated to one hour, is below 5 % of the post-warm-up median RSS and below
+# 16 MiB/h. Open contacts must stay bounded too (their slope likewise below 5 %/h of
+# their median), since RSS can only stay flat if the state does. Exit status 0 when
+# flat, 1 when not, 2 on setup errors.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_TOTAL=${SOAK_SECONDS:-1800}
+RATE=${SOAK_RATE:-500}
+SAMPLE=${SOAK_SAMPLE:-10}
+WARMUP=${SOAK_WARMUP:-$(( SECONDS_TOTAL / 3 < 600 ? SECONDS_TOTAL / 3 : 600 ))}
+HORIZON=${SOAK_HORIZON:-5m}
+PG=${SOAK_PG:-postgres://postgres@127.0.0.1:5432/test}
+OUT=${SOAK_OUT:-target/soak}
+BIN=${SOAK_BIN:-target/release/ccmetrics}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+[ -x "$BIN" ] || { echo "error: $BIN missing: cargo build --release --locked --bin ccmetrics" >&2; exit 2; }
+command -v tansu >/dev/null || { echo "error: tansu missing: scripts/kafka-broker.sh --install" >&2; exit 2; }
+command -v psql >/dev/null || { echo "error: psql missing (creates the soak database)" >&2; exit 2; }
+mkdir -p "$OUT"
+
+db="ccmetrics_soak_$$"
+store_url="${PG%/*}/$db"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  psql -q "$PG" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+psql -q "$PG" -c "CREATE DATABASE $db" >/dev/null || { echo "error: cannot create $db on $PG" >&2; exit 2; }
+
+addr=$(TANSU_PID_FILE="$OUT/tansu.pid" TANSU_LOG="$OUT/tansu.log" bash scripts/kafka-broker.sh)
+pids+=("$(cat "$OUT/tansu.pid")")
+tansu topic create --broker "tcp://$addr" --partitions 6 soak >/dev/null
+tansu topic create --broker "tcp://$addr" --partitions 1 soak-dlq >/dev/null
+
+cfg="$OUT/soak.toml"
+cat >"$cfg" <<EOF
+[store]
+url = "$store_url"
+[windows]
+allowed_lateness = "30s"
+correction_horizon = "$HORIZON"
+[fcr]
+window = "$HORIZON"
+[http]
+listen = "127.0.0.1:0"
+[kafka]
+brokers = "$addr"
+topics = ["soak"]
+group_id = "soak"
+dead_letter_topic = "soak-dlq"
+EOF
+
+"$BIN" serve --config "$cfg" >"$OUT/serve.out" 2>"$OUT/serve.log" &
+serve_pid=$!
+pids+=("$serve_pid")
+for _ in $(seq 100); do grep -q 'metrics at' "$OUT/serve.out" 2>/dev/null && break; sleep 0.1; done
+base=$(grep -o 'http://[^ ]*/metrics' "$OUT/serve.out" | head -1 | sed 's|/metrics||')
+[ -n "$base" ] || { echo "error: serve did not start; see $OUT/serve.log" >&2; exit 2; }
+
+"$BIN" produce --config "$cfg" --sim --rate "$RATE" >"$OUT/produce.out" 2>"$OUT/produce.log" &
+pids+=("$!")
+
+csv="$OUT/soak.csv"
+echo "elapsed_s,rss_kib,open_contacts,lag,read" >"$csv"
+echo "== soak: ${SECONDS_TOTAL}s at ${RATE} events/s, correction horizon $HORIZON, sampling every ${SAMPLE}s, warm-up ${WARMUP}s; $csv"
+start=$(date +%s)
+while :; do
+  now=$(date +%s); elapsed=$(( now - start ))
+  [ "$elapsed" -le "$SECONDS_TOTAL" ] || break
+  kill -0 "$serve_pid" 2>/dev/null || { echo "error: serve died; see $OUT/serve.log" >&2; exit 1; }
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$serve_pid/status")
+  status=$(curl -sf "$base/api/v1/status" || echo '{}')
+  read -r open lag read_n < <(python3 -c '
+import json, sys
+s = json.loads(sys.argv[1] or "{}")
+lag = sum((p.get("lag") or 0) for p in s.get("partitions", []))
+print(s.get("open_contacts", 0), lag, s.get("stats", {}).get("read", 0))' "$status")
+  echo "$elapsed,$rss,$open,$lag,$read_n" | tee -a "$csv"
+  sleep "$SAMPLE"
+done
+
+python3 - "$csv" "$WARMUP" <<'EOF'
+import csv, statistics, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1]))]
+warm = int(sys.argv[2])
+after = [r for r in rows if int(r["elapsed_s"]) >= warm]
+if len(after) < 3:
+    print("too few samples after warm-up for a verdict"); sys.exit(1)
+def slope(key):
+    xs = [int(r["elapsed_s"]) for r in after]; ys = [float(r[key]) for r in after]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return (sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0) * 3600, statistics.median(ys)
+rss_h, rss_med = slope("rss_kib")
+open_h, open_med = slope("open_contacts")
+first, last = rows[0], rows[-1]
+print(f"samples: {len(rows)} ({len(after)} after the {warm}s warm-up)")
+print(f"events read: {last['read']}; lag at the end: {last['lag']}")
+print(f"RSS: start {int(first['rss_kib'])//1024} MiB, median after warm-up {rss_med/1024:.1f} MiB, "
+      f"max {max(int(r['rss_kib']) for r in rows)//1024} MiB, slope {rss_h/1024:+.1f} MiB/h")
+print(f"open contacts: median after warm-up {open_med:.0f}, slope {open_h:+.0f}/h")
+# How much of RSS the retained contacts explain: RSS = a + b * open_contacts over the
+# samples after warm-up, and the time trend of what is left.
+xs = [float(r["open_contacts"]) for r in after]; ys = [float(r["rss_kib"]) for r in after]
+mx, my = statistics.fmean(xs), statistics.fmean(ys)
+den = sum((x - mx) ** 2 for x in xs)
+if den:
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den
+    res = [y - (my + b * (x - mx)) for x, y in zip(xs, ys)]
+    ts = [int(r["elapsed_s"]) for r in after]; mt = statistics.fmean(ts)
+    rs = sum((t - mt) * r for t, r in zip(ts, res)) / sum((t - mt) ** 2 for t in ts) * 3600
+    print(f"RSS per open contact {b:.1f} KiB; RSS not explained by open contacts: slope {rs/1024:+.1f} MiB/h")
+flat = rss_h < 0.05 * rss_med and rss_h < 16 * 1024 and (open_med == 0 or open_h < 0.05 * open_med)
+print("verdict: memory " + ("FLAT after warm-up" if flat else "NOT flat after warm-up")
+      + " (criterion: RSS and open-contacts slopes below 5 % of their median per hour, RSS below 16 MiB/h)")
+sys.exit(0 if flat else 1)
+EOF
