@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use ccmetrics::engine::{EngineConfig, Stats};
+use ccmetrics::engine::{EngineConfig, SnapshotDelta, Stats};
 use ccmetrics::pipeline::Pipeline;
 use ccmetrics::source::ahead::{Ahead, Item};
 use ccmetrics::store::Store;
@@ -74,6 +74,30 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             std::io::BufWriter::new(f),
         )));
     }
+    // Snapshot writes run on a writer task while the engine goes on: one batch in
+    // the channel and one being written at most, applied in order (deltas add up,
+    // but the order keeps revisions identical to an inline write).
+    let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<Vec<SnapshotDelta>>(1);
+    let writer = {
+        let store = store.clone();
+        let partition = a.partition.clone();
+        tokio::spawn(async move {
+            let mut rows = 0u64;
+            while let Some(deltas) = write_rx.recv().await {
+                if deltas.is_empty() {
+                    continue;
+                }
+                store.apply_deltas(&partition, &deltas).await?;
+                rows += deltas.len() as u64;
+            }
+            Ok::<u64, ccmetrics::store::StoreError>(rows)
+        })
+    };
+    // A failed write ends the writer; its error is reported once the stream stops.
+    let send = |deltas: Vec<SnapshotDelta>| {
+        let tx = write_tx.clone();
+        async move { tx.send(deltas).await.is_ok() }
+    };
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template(
@@ -84,7 +108,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // Files are read and decoded ahead on a second thread (see `source::ahead`).
     let mut n: u64 = 0;
     let ahead = Ahead::spawn(a.inputs.clone(), cfg.decoder()).context("starting the reader")?;
-    for item in ahead {
+    'input: for item in ahead {
         let mut batch = match item.context("reading input")? {
             Item::File(path) => {
                 bar.set_message(path.display().to_string());
@@ -110,7 +134,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             n += applied;
             if n.is_multiple_of(a.flush_every) {
                 bar.set_position(n);
-                pipe.flush(&store).await.context("writing snapshots")?;
+                if !send(pipe.engine.flush()).await {
+                    break 'input;
+                }
             }
             if !more {
                 break;
@@ -118,9 +144,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     bar.set_position(n);
-    let rest = pipe.engine.flush_all();
-    pipe.write(&store, rest)
+    send(pipe.engine.flush_all()).await;
+    drop(write_tx);
+    let rows = writer
         .await
+        .context("the snapshot writer task failed")?
         .context("writing snapshots")?;
     bar.finish_and_clear();
     pipe.finish().context("writing dead letters")?;
@@ -134,7 +162,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     print_summary(
         &a.inputs,
         pipe.stats(),
-        pipe.rows_written,
+        rows,
         started.elapsed().as_secs_f64(),
     );
     Ok(ExitCode::SUCCESS)
