@@ -4,6 +4,8 @@
 //! dead-lettered, and a far-future event in the middle neither counts nor closes
 //! windows early.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -363,7 +365,7 @@ fn get(url: &str) -> Option<String> {
 /// out as in `replay` of the clean scenario; a tiny agent limit folds and counts.
 #[test]
 fn serve_rejects_future_events_and_folds_keys_beyond_the_limits() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     use std::process::Stdio;
     use std::time::Duration;
 
@@ -390,13 +392,8 @@ fn serve_rejects_future_events_and_folds_keys_beyond_the_limits() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let base = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://") && w.ends_with("/metrics,"))
-        .map(|w| w.trim_end_matches("/metrics,").to_owned())
-        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let base = support::listen_address(&mut stdout)
+        .unwrap_or_else(|first| panic!("no address in {first:?}"));
 
     let events = std::fs::read_to_string(case.join("events.jsonl")).unwrap();
     let lines: Vec<&str> = events.lines().collect();

@@ -2,7 +2,9 @@
 //! HTTP, stopped with SIGTERM; its snapshots must equal what `replay` produced for the
 //! same events (tests/golden/basic_voice).
 
-use std::io::{BufRead, BufReader, Write};
+mod support;
+
+use std::io::{BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,13 +54,8 @@ fn serve_from_stdin_matches_replay_and_stops_cleanly() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let base = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://") && w.ends_with("/metrics,"))
-        .map(|w| w.trim_end_matches("/metrics,").to_owned())
-        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let base = support::listen_address(&mut stdout)
+        .unwrap_or_else(|first| panic!("no address in {first:?}"));
 
     let events = std::fs::read(case.join("events.jsonl")).unwrap();
     let mut stdin = child.stdin.take().unwrap();
@@ -168,13 +165,8 @@ fn sighup_reloads_targets_and_keeps_the_old_config_when_the_new_one_is_invalid()
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    let base = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://") && w.ends_with("/metrics,"))
-        .map(|w| w.trim_end_matches("/metrics,").to_owned())
-        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let base = support::listen_address(&mut stdout)
+        .unwrap_or_else(|first| panic!("no address in {first:?}"));
     wait_for("the first target", Duration::from_secs(20), || {
         (vip_target(&base)? == 0.8).then_some(())
     });

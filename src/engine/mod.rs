@@ -251,27 +251,15 @@ impl Contact {
             return;
         }
         let base = self.events.first().map_or(0, |e| e.ts);
-        let mut events = std::mem::take(&mut self.events);
-        let mut facts = std::mem::take(&mut self.facts);
-        for e in &mut events {
-            e.ts = e.ts.wrapping_sub(base);
-        }
-        for f in &mut facts {
-            f.ts = f.ts.wrapping_sub(base);
-        }
-        match postcard::to_allocvec(&(base, &events, &facts)) {
-            Ok(bytes) => self.packed = Some(bytes.into_boxed_slice()),
-            // Cannot happen for these plain types; stay unpacked rather than lose data.
-            Err(_) => {
-                for e in &mut events {
-                    e.ts = e.ts.wrapping_add(base);
-                }
-                for f in &mut facts {
-                    f.ts = f.ts.wrapping_add(base);
-                }
-                self.events = events;
-                self.facts = facts;
+        shift_times(&mut self.events, &mut self.facts, base.wrapping_neg());
+        match postcard::to_allocvec(&(base, &self.events, &self.facts)) {
+            Ok(bytes) => {
+                self.packed = Some(bytes.into_boxed_slice());
+                self.events = Vec::new();
+                self.facts = Vec::new();
             }
+            // Cannot happen for these plain types; stay unpacked rather than lose data.
+            Err(_) => shift_times(&mut self.events, &mut self.facts, base),
         }
     }
 
@@ -286,14 +274,20 @@ impl Contact {
         let decoded: Result<Body, _> = postcard::from_bytes(&bytes);
         debug_assert!(decoded.is_ok(), "a packed contact did not decode");
         let (base, mut events, mut facts) = decoded.unwrap_or_default();
-        for e in &mut events {
-            e.ts = e.ts.wrapping_add(base);
-        }
-        for f in &mut facts {
-            f.ts = f.ts.wrapping_add(base);
-        }
+        shift_times(&mut events, &mut facts, base);
         self.events = events;
         self.facts = facts;
+    }
+}
+
+/// Move every event and fact time by `by` (wrapping: packing stores times relative
+/// to the first event and adds it back on unpacking).
+fn shift_times(events: &mut [CEvent], facts: &mut [Fact], by: Millis) {
+    for e in events {
+        e.ts = e.ts.wrapping_add(by);
+    }
+    for f in facts {
+        f.ts = f.ts.wrapping_add(by);
     }
 }
 

@@ -345,13 +345,8 @@ impl Daemon {
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        stdout.read_line(&mut first).unwrap();
-        let base = first
-            .split_whitespace()
-            .find(|w| w.starts_with("http://") && w.ends_with("/metrics,"))
-            .map(|w| w.trim_end_matches("/metrics,").to_owned())
-            .unwrap_or_else(|| panic!("no address in {first:?}; see {}", log.display()));
+        let base = listen_address(&mut stdout)
+            .unwrap_or_else(|first| panic!("no address in {first:?}; see {}", log.display()));
         Daemon { child, base }
     }
 
@@ -432,4 +427,16 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The base URL (`http://HOST:PORT`) from `serve`'s first stdout line, which names
+/// its `/metrics` address; `Err(line)` when the line has none.
+pub fn listen_address(stdout: &mut impl BufRead) -> Result<String, String> {
+    let mut first = String::new();
+    stdout.read_line(&mut first).map_err(|e| e.to_string())?;
+    first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && w.ends_with("/metrics,"))
+        .map(|w| w.trim_end_matches("/metrics,").to_owned())
+        .ok_or(first)
 }
