@@ -7,7 +7,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder, TextEncoder};
 use serde::Deserialize;
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::json;
@@ -74,11 +73,8 @@ async fn blocking<T: Send + 'static>(
 
 pub async fn metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let body = blocking(move || {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        TextEncoder::new()
-            .encode(&st.registry().gather(), &mut buf)
-            .map_err(|e| format!("encode metrics: {e}"))?;
-        Ok(buf)
+        super::exposition::render(st.registry(), &st.snapshot(), &st.settings())
+            .map_err(|e| format!("encode metrics: {e}"))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response())

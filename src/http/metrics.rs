@@ -1,17 +1,13 @@
-//! `/metrics`: Prometheus metric families built at scrape time from the published
-//! [`LiveSnapshot`] by a custom [`Collector`]. Nothing is kept between scrapes, so the
-//! families are always consistent with one snapshot. The naming and label scheme is
+//! `/metrics`: the Prometheus metric families of the published [`LiveSnapshot`], and
+//! their definitions. Built at scrape time by [`super::exposition::render`] from one
+//! snapshot; nothing is kept between scrapes, so the families always agree. The naming and label scheme is
 //! documented in the `http` module docs.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
-use tokio::sync::watch;
+use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 use crate::config::SlFormula;
 use crate::engine::Dimension;
@@ -20,7 +16,9 @@ use crate::engine::hist::Hist;
 use crate::engine::limits::KeyDim;
 use crate::event::{FIXED_SCALE, RejectReason};
 
-use super::state::{HttpSettings, LiveSnapshot, RollingWindow, Rows};
+#[cfg(test)]
+use super::state::RollingWindow;
+use super::state::{HttpSettings, LiveSnapshot, Rows};
 
 /// Key of the series that sums the agents beyond `max_agent_series`.
 pub const OVERFLOW_KEY: &str = "__overflow__";
@@ -28,27 +26,27 @@ pub const OVERFLOW_KEY: &str = "__overflow__";
 /// Label names a per-dimension series can carry: `dimension` plus one named after it.
 const DIM_LABELS: [&str; 5] = ["dimension", "channel", "queue", "team", "agent"];
 
-struct CounterDef {
-    name: &'static str,
-    help: &'static str,
-    value: fn(&Acc) -> f64,
+pub(super) struct CounterDef {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: fn(&Acc) -> f64,
 }
 
-struct HistDef {
-    name: &'static str,
-    help: &'static str,
-    hist: fn(&Acc) -> &Hist,
-    sum_ms: fn(&Acc) -> i64,
+pub(super) struct HistDef {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub hist: fn(&Acc) -> &Hist,
+    pub sum_ms: fn(&Acc) -> i64,
 }
 
-struct GaugeDef {
-    name: &'static str,
-    help: &'static str,
-    value: fn(&Acc, SlFormula) -> Option<f64>,
+pub(super) struct GaugeDef {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: fn(&Acc, SlFormula) -> Option<f64>,
 }
 
 /// Per-dimension cumulative counters, from `Engine::totals`.
-const COUNTERS: [CounterDef; 13] = [
+pub(super) const COUNTERS: [CounterDef; 13] = [
     CounterDef {
         name: "ccmetrics_contacts_offered_total",
         help: "Contacts offered (queue dimensions) or presented (team/agent), since start.",
@@ -117,7 +115,7 @@ const COUNTERS: [CounterDef; 13] = [
 ];
 
 /// Per-dimension latency histograms, from `Engine::totals`.
-const HISTOGRAMS: [HistDef; 3] = [
+pub(super) const HISTOGRAMS: [HistDef; 3] = [
     HistDef {
         name: "ccmetrics_wait_seconds",
         help: "Queue wait of answered contacts, since start (HDR bins, <=1% bucket-edge error).",
@@ -141,7 +139,7 @@ const HISTOGRAMS: [HistDef; 3] = [
 /// Rolling-window gauges. The formulas are `kpi::kpis`' (a test holds them equal);
 /// they are restated here because `kpis` also computes percentiles, which cost an
 /// HDR allocation per histogram and are not exported here.
-const ROLLING: [GaugeDef; 6] = [
+pub(super) const ROLLING: [GaugeDef; 6] = [
     GaugeDef {
         name: "ccmetrics_rolling_offered",
         help: "Contacts offered (or presented) in the rolling window.",
@@ -256,18 +254,17 @@ const GLOBAL: [(&str, &str, MetricType, &[&str]); 13] = [
     ),
 ];
 
-/// The collector registered in [`super::AppState`]'s registry.
-pub struct SnapshotCollector {
-    rx: watch::Receiver<Arc<LiveSnapshot>>,
-    settings: watch::Receiver<Arc<HttpSettings>>,
+/// Registered in [`super::AppState`]'s registry to reserve the snapshot's family
+/// names (the registry refuses a second collector with the same name), so no other
+/// subsystem can register a clashing `ccmetrics_*` family. It collects nothing: the
+/// snapshot's families are written by [`super::exposition::render`], from one
+/// snapshot read once per scrape so every family agrees.
+pub struct SnapshotNames {
     descs: Vec<Desc>,
 }
 
-impl SnapshotCollector {
-    pub fn new(
-        rx: watch::Receiver<Arc<LiveSnapshot>>,
-        settings: watch::Receiver<Arc<HttpSettings>>,
-    ) -> Result<SnapshotCollector, prometheus::Error> {
+impl SnapshotNames {
+    pub fn new() -> Result<SnapshotNames, prometheus::Error> {
         let desc = |name: &str, help: &str, labels: &[&str]| {
             Desc::new(
                 name.into(),
@@ -293,24 +290,17 @@ impl SnapshotCollector {
         for (name, help, _, labels) in super::floor::FAMILIES {
             descs.push(desc(name, help, labels)?);
         }
-        Ok(SnapshotCollector {
-            rx,
-            settings,
-            descs,
-        })
+        Ok(SnapshotNames { descs })
     }
 }
 
-impl Collector for SnapshotCollector {
+impl Collector for SnapshotNames {
     fn desc(&self) -> Vec<&Desc> {
         self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        // Clone the Arc so the watch lock is not held while building families.
-        let snap = self.rx.borrow().clone();
-        let settings = self.settings.borrow().clone();
-        families(&snap, &settings)
+        Vec::new()
     }
 }
 
@@ -322,6 +312,7 @@ pub(super) fn label(name: &str, value: &str) -> LabelPair {
 }
 
 /// `dimension="<dim>"` plus `<dim>="<key>"`, except for the centre-wide row.
+#[cfg(test)]
 fn dim_labels(dim: Dimension, key: &str) -> Vec<LabelPair> {
     let mut v = vec![label("dimension", dim.as_str())];
     if dim != Dimension::All {
@@ -349,19 +340,20 @@ pub(super) fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
 /// A Prometheus histogram from a signed HDR [`Hist`]. Counts are clamped to be
 /// non-negative and non-decreasing: a transient retraction must not produce a
 /// malformed histogram that breaks `histogram_quantile`.
+#[cfg(test)]
 fn histogram(labels: Vec<LabelPair>, h: &Hist, sum_ms: i64, bounds_ms: &[u64]) -> Metric {
     let mut prev = 0u64;
     let buckets = bounds_ms
         .iter()
         .map(|&ms| {
             prev = prev.max(u64::try_from(h.count_le(ms)).unwrap_or(0));
-            let mut b = Bucket::default();
+            let mut b = prometheus::proto::Bucket::default();
             b.set_upper_bound(ms as f64 / 1000.0);
             b.set_cumulative_count(prev);
             b
         })
         .collect();
-    let mut ph = Histogram::default();
+    let mut ph = prometheus::proto::Histogram::default();
     ph.set_bucket(buckets);
     // `_count` doubles as the `+Inf` bucket, so it must be >= every finite bucket.
     ph.set_sample_count(prev.max(u64::try_from(h.count()).unwrap_or(0)));
@@ -381,21 +373,19 @@ pub(super) fn family(name: &str, help: &str, ty: MetricType, metrics: Vec<Metric
 }
 
 /// Exported rows: `(dimension, key, accumulator)`, borrowed unless folded.
-type Exported<'a> = Vec<(Dimension, &'a str, Cow<'a, Acc>)>;
+pub(super) type Exported<'a> = Vec<(Dimension, &'a str, Cow<'a, Acc>)>;
 
 /// Rows to export: team/agent rows only with per-agent series on; agents outside
-/// `kept` are summed into one [`OVERFLOW_KEY`] row.
-fn exported<'a>(
-    rows: &'a Rows,
-    per_agent: bool,
-    kept: &HashSet<&str>,
-) -> Vec<(Dimension, &'a str, Cow<'a, Acc>)> {
+/// `kept` are summed into one [`OVERFLOW_KEY`] row. An agent row that is already
+/// `__overflow__` (the engine's own cardinality fold) joins that row, so the key
+/// never appears twice.
+pub(super) fn exported<'a>(rows: &'a Rows, per_agent: bool, kept: &HashSet<&str>) -> Exported<'a> {
     let mut out = Vec::with_capacity(rows.len());
     let mut overflow: Option<Acc> = None;
     for (dim, key, acc) in rows {
         match dim {
             Dimension::Team | Dimension::Agent if !per_agent => {}
-            Dimension::Agent if !kept.contains(key.as_str()) => {
+            Dimension::Agent if key == OVERFLOW_KEY || !kept.contains(key.as_str()) => {
                 overflow.get_or_insert_default().merge(acc)
             }
             _ => out.push((*dim, key.as_str(), Cow::Borrowed(acc))),
@@ -407,26 +397,56 @@ fn exported<'a>(
     out
 }
 
-/// Build every family from one snapshot. Families without series are left out by
-/// the registry (the text format cannot express an empty family).
+/// The agents allowed series of their own, and how many were folded. Deterministic:
+/// the first `max_agent_series` agents by name. Chosen from the totals (a superset of
+/// every rolling window's agents) so counters and rolling gauges use the same set.
+pub(super) fn kept_agents<'a>(
+    snap: &'a LiveSnapshot,
+    s: &HttpSettings,
+) -> (HashSet<&'a str>, usize) {
+    let mut agents: Vec<&str> = snap
+        .totals
+        .iter()
+        .filter(|(d, k, _)| *d == Dimension::Agent && k != OVERFLOW_KEY)
+        .map(|(_, k, _)| k.as_str())
+        .collect();
+    agents.sort_unstable();
+    let kept: HashSet<&str> = agents.iter().copied().take(s.max_agent_series).collect();
+    let dropped = agents.len() - kept.len();
+    (kept, dropped)
+}
+
+/// `totals` plus the configured queues that have no row yet, at zero: they exist from
+/// start-up so Prometheus' increase() sees their first contacts (a series born with
+/// its value reads as no increase).
+pub(super) fn with_zero_queues<'a>(
+    mut totals: Exported<'a>,
+    snap: &LiveSnapshot,
+    s: &'a HttpSettings,
+) -> Exported<'a> {
+    for q in s.targets.queues.keys() {
+        if !snap
+            .totals
+            .iter()
+            .any(|(d, k, _)| *d == Dimension::Queue && k == q)
+        {
+            totals.push((Dimension::Queue, q.as_str(), Cow::Owned(Acc::default())));
+        }
+    }
+    totals
+}
+
+/// The families the registry gathers from one snapshot: the process-wide ones and the
+/// floor. The per-dimension counters, histograms and rolling gauges (nearly all the
+/// samples) are written by [`super::exposition`]. Families without series are left
+/// out by the registry (the text format cannot express an empty family).
 pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
     let mut out = Vec::new();
     let st = &snap.stats;
     let secs = |ms: i64| ms as f64 / 1000.0;
     let single = |v: Option<f64>| v.map(|v| gauge(vec![], v)).into_iter().collect::<Vec<_>>();
-    // Deterministic cap: the first `max_agent_series` agents by name keep their own
-    // series. Chosen from the totals (a superset of every rolling window's agents) so
-    // counters and rolling gauges use the same agent set.
-    let mut agents: Vec<&str> = snap
-        .totals
-        .iter()
-        .filter(|(d, _, _)| *d == Dimension::Agent)
-        .map(|(_, k, _)| k.as_str())
-        .collect();
-    agents.sort_unstable();
-    let kept: HashSet<&str> = agents.iter().copied().take(s.max_agent_series).collect();
-    let dropped = (agents.len() - kept.len()) as f64;
-
+    let (kept, dropped) = kept_agents(snap, s);
+    let dropped = dropped as f64;
     // In `GLOBAL` order.
     let globals: [Vec<Metric>; 13] = [
         vec![counter(vec![], st.read as f64)],
@@ -467,18 +487,17 @@ pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
         out.push(family(name, help, ty, metrics));
     }
 
-    let mut totals = exported(&snap.totals, s.per_agent_series, &kept);
-    // Configured queues exist from start-up at zero, so Prometheus' increase() sees
-    // their first contacts (a series born with its value reads as no increase).
-    for q in s.targets.queues.keys() {
-        if !snap
-            .totals
-            .iter()
-            .any(|(d, k, _)| *d == Dimension::Queue && k == q)
-        {
-            totals.push((Dimension::Queue, q.as_str(), Cow::Owned(Acc::default())));
-        }
-    }
+    out.extend(super::floor::families(snap, s, &kept));
+    out
+}
+
+/// The per-dimension families as `prometheus` structures: what
+/// [`super::exposition`] writes directly. Kept as the tests' reference for it.
+#[cfg(test)]
+pub(super) fn dimension_families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    let (kept, _) = kept_agents(snap, s);
+    let totals = with_zero_queues(exported(&snap.totals, s.per_agent_series, &kept), snap, s);
     for c in &COUNTERS {
         let ms = totals
             .iter()
@@ -522,7 +541,6 @@ pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
         }
         out.push(family(g.name, g.help, MetricType::GAUGE, ms));
     }
-    out.extend(super::floor::families(snap, s, &kept));
     out
 }
 

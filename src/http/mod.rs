@@ -61,6 +61,7 @@
 //! The stored interval snapshots (`store/`, `export`) are the figures of record.
 
 mod api;
+mod exposition;
 pub mod floor;
 pub mod metrics;
 pub mod state;

@@ -18,7 +18,7 @@ use crate::engine::acc::Acc;
 use crate::engine::{Dimension, Engine, FloorView, Scope, Stats};
 use crate::event::Millis;
 
-use super::metrics::SnapshotCollector;
+use super::metrics::SnapshotNames;
 
 /// Histogram bucket bounds (seconds) offered for every latency histogram, before the
 /// configured service-level threshold and short-abandon bound are merged in.
@@ -395,10 +395,10 @@ impl AppState {
     }
 
     pub fn with_settings(settings: HttpSettings) -> Result<AppState, prometheus::Error> {
-        let (settings, settings_rx) = watch::channel(Arc::new(settings));
-        let (tx, rx) = watch::channel(Arc::new(LiveSnapshot::default()));
+        let (settings, _) = watch::channel(Arc::new(settings));
+        let (tx, _) = watch::channel(Arc::new(LiveSnapshot::default()));
         let registry = Registry::new();
-        registry.register(Box::new(SnapshotCollector::new(rx, settings_rx)?))?;
+        registry.register(Box::new(SnapshotNames::new()?))?;
         let ready_gauge = prometheus::IntGauge::new(
             "ccmetrics_ready",
             "1 when /readyz answers 200 (store open; Kafka: partitions assigned and restored), else 0.",

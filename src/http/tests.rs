@@ -892,13 +892,7 @@ fn odd_thresholds_become_bucket_bounds() {
     assert!(s.bucket_bounds_ms.windows(2).all(|w| w[0] < w[1]));
     let state = AppState::with_settings(s).unwrap();
     state.publish(snapshot());
-    let mut buf = Vec::new();
-    prometheus::Encoder::encode(
-        &prometheus::TextEncoder::new(),
-        &state.registry().gather(),
-        &mut buf,
-    )
-    .unwrap();
+    let buf = exposition::render(state.registry(), &state.snapshot(), &state.settings()).unwrap();
     let text = String::from_utf8(buf).unwrap();
     assert!(text.contains("le=\"2.5\"") && text.contains("le=\"25\""));
 }
@@ -984,4 +978,126 @@ fn centre_capture_spliced_with_agents_equals_full_capture() {
     assert_eq!(centre.totals, full.totals);
     assert_eq!(centre.rolling, full.rolling);
     assert_eq!(centre.floor, full.floor);
+}
+
+/// Returns fixed families, for the reference registry below.
+struct Fixed(Vec<prometheus::proto::MetricFamily>);
+
+impl prometheus::core::Collector for Fixed {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        Vec::new()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.clone()
+    }
+}
+
+/// A realistic snapshot: simulated events through a live engine, plus rows that test
+/// the edges (label values that need escaping, the engine's own `__overflow__` agent).
+fn simulated_snapshot(cfg: &Config) -> LiveSnapshot {
+    use crate::source::sim::{SimConfig, Simulator};
+    let mut sim = Simulator::new(SimConfig {
+        agents: 60,
+        queues: 5,
+        contacts_per_hour: 3000.0,
+        ..SimConfig::default()
+    });
+    let mut e = Engine::new(EngineConfig::from_config(cfg));
+    let decoder = crate::event::Decoder::default();
+    for _ in 0..20_000 {
+        let line = sim.next_line().1;
+        if let Ok(ev) = decoder.decode(line.as_bytes()) {
+            e.apply(ev);
+        }
+    }
+    let mut snap = LiveSnapshot::capture(&e, 3, Some(1_700_000_000_000));
+    for d in [Dimension::Queue, Dimension::Agent, Dimension::Team] {
+        snap.totals
+            .push((d, "q \"quoted\" \\ back\nslash".to_owned(), sales()));
+    }
+    snap.totals
+        .push((Dimension::Agent, metrics::OVERFLOW_KEY.to_owned(), sales()));
+    if let Some((_, rows)) = snap.rolling.first_mut() {
+        rows.push((Dimension::Agent, metrics::OVERFLOW_KEY.to_owned(), sales()));
+    }
+    snap
+}
+
+/// The directly written `/metrics` body is byte for byte what `TextEncoder` writes
+/// for the same families built as `prometheus` structures and ordered by
+/// `Registry::gather`: per-agent series on (with and without folding) and off, a
+/// configured queue without traffic, label values that need escaping.
+#[test]
+fn exposition_matches_text_encoder() {
+    for (per_agent, max_agents) in [(true, 1000), (true, 7), (false, 500)] {
+        let mut cfg = Config::default();
+        cfg.http.per_agent_series = per_agent;
+        cfg.http.max_agent_series = max_agents;
+        cfg.targets
+            .queues
+            .insert("quiet queue".to_owned(), cfg.targets.default.clone());
+        let state = AppState::new(&cfg).unwrap();
+        state.set_ready(true);
+        let snap = simulated_snapshot(&cfg);
+        let settings = state.settings();
+        let fast = exposition::render(state.registry(), &snap, &settings).unwrap();
+
+        let mut families = state.registry().gather();
+        families.extend(metrics::families(&snap, &settings));
+        families.extend(metrics::dimension_families(&snap, &settings));
+        let reference = prometheus::Registry::new();
+        reference.register(Box::new(Fixed(families))).unwrap();
+        let mut expected = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &reference.gather(),
+            &mut expected,
+        )
+        .unwrap();
+        let (fast, expected) = (
+            String::from_utf8(fast).unwrap(),
+            String::from_utf8(expected).unwrap(),
+        );
+        // Sanity: the case is not trivial.
+        let lines = expected.lines().count();
+        assert!(
+            lines > if per_agent { 2000 } else { 200 },
+            "{per_agent} {max_agents}: {lines}"
+        );
+        assert_eq!(
+            expected.contains("agent=\"__overflow__\""),
+            per_agent,
+            "{per_agent} {max_agents}"
+        );
+        if fast != expected {
+            let first = fast.lines().zip(expected.lines()).position(|(a, b)| a != b);
+            panic!(
+                "per_agent {per_agent} max {max_agents}: bodies differ ({} vs {} lines), first at line {first:?}: {:?} vs {:?}",
+                fast.lines().count(),
+                expected.lines().count(),
+                first.and_then(|i| fast.lines().nth(i)),
+                first.and_then(|i| expected.lines().nth(i)),
+            );
+        }
+    }
+}
+
+/// An agent literally keyed `__overflow__` (the engine's cardinality fold) and the
+/// agents folded by `max_agent_series` share one series, never two.
+#[test]
+fn overflow_agent_appears_once() {
+    let mut cfg = Config::default();
+    cfg.http.per_agent_series = true;
+    cfg.http.max_agent_series = 7;
+    let state = AppState::new(&cfg).unwrap();
+    let snap = simulated_snapshot(&cfg);
+    let body = exposition::render(state.registry(), &snap, &state.settings()).unwrap();
+    let body = String::from_utf8(body).unwrap();
+    let series: Vec<&str> = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("ccmetrics_contacts_offered_total{") && l.contains("__overflow__")
+        })
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
 }
