@@ -71,13 +71,32 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-pub async fn metrics(State(st): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let body = blocking(move || {
-        super::exposition::render(st.registry(), &st.snapshot(), &st.settings())
-            .map_err(|e| format!("encode metrics: {e}"))
-    })
-    .await?;
-    Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body).into_response())
+/// Chunks of the `/metrics` body in flight per scrape (see [`super::exposition`]).
+const METRICS_CHUNKS_IN_FLIGHT: usize = 4;
+
+/// `/metrics`, streamed: the body is written on a blocking thread from one snapshot
+/// and sent in chunks as it is written. Rendering cannot fail on valid families; if it
+/// ever does mid-body, the stream ends with an error, which aborts the response (the
+/// scraper sees a failed scrape, never a truncated one taken as whole).
+pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    type Chunk = Result<axum::body::Bytes, std::io::Error>;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(METRICS_CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        let (snap, settings) = (st.snapshot(), st.settings());
+        let mut send = |chunk: Vec<u8>| tx.blocking_send(Ok(chunk.into())).is_ok();
+        if let Err(e) = super::exposition::render_chunks(st.registry(), &snap, &settings, &mut send)
+        {
+            tracing::error!(error = %e, "encode metrics failed");
+            let _ = tx.blocking_send(Err(std::io::Error::other(format!("encode metrics: {e}"))));
+        }
+    });
+    let chunks =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 /// RFC 3339 UTC (`...Z`), or null.

@@ -11,6 +11,11 @@
 //! still come from the registry, and the two lists are merged by name, so the body is
 //! byte for byte what `TextEncoder` would write for the same families (a test holds
 //! the two equal).
+//!
+//! The body is handed out in chunks of about [`CHUNK`] bytes as it is written, so
+//! `/metrics` streams it: a scrape holds a few chunks rather than the whole body (72 MB
+//! at 10 000 agents), the pages are reused instead of faulted in anew for every
+//! scrape, and sending overlaps writing.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -78,14 +83,36 @@ fn dim_label_text(out: &mut String, d: Dimension, key: &str) {
     }
 }
 
+/// Size of the chunks the body is handed out in.
+pub const CHUNK: usize = 256 * 1024;
+
 /// Sample writer: a value is formatted as `f64`'s `Display` (what `TextEncoder`
 /// writes), through `itoa` when it is a whole number, which nearly every sample is.
-struct Out {
+struct Out<'s> {
     buf: Vec<u8>,
     int: itoa::Buffer,
+    /// Takes each full chunk; `false` when the reader is gone.
+    sink: &'s mut dyn FnMut(Vec<u8>) -> bool,
+    gone: bool,
 }
 
-impl Out {
+impl Out<'_> {
+    /// Hand out the buffer once it holds a chunk. Called between rows, so a chunk
+    /// ends on a line boundary.
+    fn maybe_flush(&mut self) {
+        if self.buf.len() >= CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.buf.is_empty() || self.gone {
+            return;
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + CHUNK / 4));
+        self.gone = !(self.sink)(full);
+    }
+
     fn header(&mut self, name: &str, help: &str, ty: &str) {
         let mut h = String::with_capacity(help.len());
         escape_into(&mut h, help, false);
@@ -208,11 +235,15 @@ impl<'a> DimFamilies<'a> {
         names
     }
 
-    fn write(&self, name: &str, out: &mut Out) {
+    fn write(&self, name: &str, out: &mut Out<'_>) {
+        if out.gone {
+            return;
+        }
         if let Some(c) = COUNTERS.iter().find(|c| c.name == name) {
             out.header(c.name, c.help, "counter");
             for r in &self.totals {
                 out.sample(c.name, "", &r.labels, "", (c.value)(&r.acc));
+                out.maybe_flush();
             }
         } else if let Some(h) = HISTOGRAMS.iter().find(|h| h.name == name) {
             out.header(h.name, h.help, "histogram");
@@ -230,6 +261,7 @@ impl<'a> DimFamilies<'a> {
                 let sum = (h.sum_ms)(&r.acc) as f64 / 1000.0;
                 out.sample(h.name, "_sum", &r.labels, "", sum);
                 out.sample(h.name, "_count", &r.labels, "", count as f64);
+                out.maybe_flush();
             }
         } else if let Some(g) = ROLLING.iter().find(|g| g.name == name) {
             out.header(g.name, g.help, "gauge");
@@ -239,6 +271,7 @@ impl<'a> DimFamilies<'a> {
                         out.sample(g.name, "", &r.labels, "", v);
                     }
                 }
+                out.maybe_flush();
             }
         }
     }
@@ -258,12 +291,15 @@ fn sort_metrics(f: &mut MetricFamily) {
 
 /// The whole `/metrics` body from one snapshot: the registry's families (Kafka,
 /// `ready`), the snapshot's small families ([`super::metrics::families`]) and its
-/// per-dimension families, merged by name as `Registry::gather` would.
-pub fn render(
+/// per-dimension families, merged by name as `Registry::gather` would. Handed to
+/// `sink` in chunks of about [`CHUNK`] bytes, each ending on a line; stops early when
+/// `sink` returns `false` (the client went away).
+pub fn render_chunks(
     registry: &Registry,
     snap: &LiveSnapshot,
     settings: &HttpSettings,
-) -> prometheus::Result<Vec<u8>> {
+    sink: &mut dyn FnMut(Vec<u8>) -> bool,
+) -> prometheus::Result<()> {
     let dims = DimFamilies::new(snap, settings);
     let mut small: Vec<MetricFamily> = registry.gather();
     for mut f in super::metrics::families(snap, settings) {
@@ -274,11 +310,11 @@ pub fn render(
     }
     small.sort_by(|a, b| a.name().cmp(b.name()));
     let names = dims.names();
-    // ~80 bytes a sample; 88 samples per agent row dominate at scale.
-    let rows = dims.totals.len() + dims.rolling.len();
     let mut out = Out {
-        buf: Vec::with_capacity(64 * 1024 + rows * 80 * 30),
+        buf: Vec::with_capacity(CHUNK + CHUNK / 4),
         int: itoa::Buffer::new(),
+        sink,
+        gone: false,
     };
     let encoder = TextEncoder::new();
     let mut next = names.iter().peekable();
@@ -287,9 +323,29 @@ pub fn render(
             dims.write(n, &mut out);
         }
         encoder.encode(std::slice::from_ref(f), &mut out.buf)?;
+        out.maybe_flush();
+        if out.gone {
+            return Ok(());
+        }
     }
     for n in next {
         dims.write(n, &mut out);
     }
-    Ok(out.buf)
+    out.flush();
+    Ok(())
+}
+
+/// [`render_chunks`] into one buffer.
+#[cfg(test)]
+pub fn render(
+    registry: &Registry,
+    snap: &LiveSnapshot,
+    settings: &HttpSettings,
+) -> prometheus::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    render_chunks(registry, snap, settings, &mut |chunk| {
+        body.extend_from_slice(&chunk);
+        true
+    })?;
+    Ok(body)
 }

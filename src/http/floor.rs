@@ -81,7 +81,7 @@ fn secs(ms: Millis) -> f64 {
 pub fn families(
     snap: &LiveSnapshot,
     s: &HttpSettings,
-    kept: &std::collections::HashSet<&str>,
+    kept: &super::metrics::KeptAgents<'_>,
 ) -> Vec<MetricFamily> {
     let queues = known_queues(snap, s);
     let now = snap.now_ms;

@@ -372,6 +372,11 @@ pub(super) fn family(name: &str, help: &str, ty: MetricType, metrics: Vec<Metric
     f
 }
 
+/// The agents allowed series of their own. foldhash, not SipHash: it is looked up for
+/// every row of every scrape, and its per-process random seed still spreads
+/// adversarial agent names.
+pub(super) type KeptAgents<'a> = HashSet<&'a str, foldhash::fast::RandomState>;
+
 /// Exported rows: `(dimension, key, accumulator)`, borrowed unless folded.
 pub(super) type Exported<'a> = Vec<(Dimension, &'a str, Cow<'a, Acc>)>;
 
@@ -379,7 +384,7 @@ pub(super) type Exported<'a> = Vec<(Dimension, &'a str, Cow<'a, Acc>)>;
 /// `kept` are summed into one [`OVERFLOW_KEY`] row. An agent row that is already
 /// `__overflow__` (the engine's own cardinality fold) joins that row, so the key
 /// never appears twice.
-pub(super) fn exported<'a>(rows: &'a Rows, per_agent: bool, kept: &HashSet<&str>) -> Exported<'a> {
+pub(super) fn exported<'a>(rows: &'a Rows, per_agent: bool, kept: &KeptAgents<'_>) -> Exported<'a> {
     let mut out = Vec::with_capacity(rows.len());
     let mut overflow: Option<Acc> = None;
     for (dim, key, acc) in rows {
@@ -400,10 +405,7 @@ pub(super) fn exported<'a>(rows: &'a Rows, per_agent: bool, kept: &HashSet<&str>
 /// The agents allowed series of their own, and how many were folded. Deterministic:
 /// the first `max_agent_series` agents by name. Chosen from the totals (a superset of
 /// every rolling window's agents) so counters and rolling gauges use the same set.
-pub(super) fn kept_agents<'a>(
-    snap: &'a LiveSnapshot,
-    s: &HttpSettings,
-) -> (HashSet<&'a str>, usize) {
+pub(super) fn kept_agents<'a>(snap: &'a LiveSnapshot, s: &HttpSettings) -> (KeptAgents<'a>, usize) {
     let mut agents: Vec<&str> = snap
         .totals
         .iter()
@@ -411,7 +413,7 @@ pub(super) fn kept_agents<'a>(
         .map(|(_, k, _)| k.as_str())
         .collect();
     agents.sort_unstable();
-    let kept: HashSet<&str> = agents.iter().copied().take(s.max_agent_series).collect();
+    let kept: KeptAgents<'a> = agents.iter().copied().take(s.max_agent_series).collect();
     let dropped = agents.len() - kept.len();
     (kept, dropped)
 }

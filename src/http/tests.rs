@@ -1101,3 +1101,63 @@ fn overflow_agent_appears_once() {
         .collect();
     assert_eq!(series.len(), 1, "{series:?}");
 }
+
+/// A body of many chunks arrives over HTTP whole and in order: the streamed
+/// `/metrics` equals the body rendered in one piece.
+#[tokio::test]
+async fn metrics_streams_the_whole_body() {
+    let mut cfg = Config::default();
+    cfg.http.per_agent_series = true;
+    cfg.http.max_agent_series = 100_000;
+    let srv = Server::start(&cfg).await;
+    let mut snap = simulated_snapshot(&cfg);
+    for i in 0..500 {
+        snap.totals
+            .push((Dimension::Agent, format!("bulk-{i:04}"), sales()));
+    }
+    srv.state.publish(snap);
+    let text = srv.text("/metrics").await;
+    let expected = exposition::render(
+        srv.state.registry(),
+        &srv.state.snapshot(),
+        &srv.state.settings(),
+    )
+    .unwrap();
+    srv.shutdown().await;
+    assert!(
+        text.len() > 4 * exposition::CHUNK,
+        "only {} bytes: not a multi-chunk body",
+        text.len()
+    );
+    assert!(text == String::from_utf8(expected).unwrap());
+    assert!(text.ends_with('\n'));
+}
+
+/// Rendering stops as soon as the reader is gone (a scraper that hung up does not
+/// keep a thread writing megabytes nobody reads).
+#[test]
+fn rendering_stops_when_the_reader_is_gone() {
+    let mut cfg = Config::default();
+    cfg.http.per_agent_series = true;
+    let state = AppState::new(&cfg).unwrap();
+    let mut snap = simulated_snapshot(&cfg);
+    for i in 0..500 {
+        snap.totals
+            .push((Dimension::Agent, format!("bulk-{i:04}"), sales()));
+    }
+    let settings = state.settings();
+    let mut all = 0;
+    exposition::render_chunks(state.registry(), &snap, &settings, &mut |_| {
+        all += 1;
+        true
+    })
+    .unwrap();
+    assert!(all > 4, "{all} chunks");
+    let mut calls = 0;
+    exposition::render_chunks(state.registry(), &snap, &settings, &mut |_| {
+        calls += 1;
+        false
+    })
+    .unwrap();
+    assert_eq!(calls, 1);
+}
