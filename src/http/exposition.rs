@@ -29,9 +29,20 @@ use crate::engine::acc::Acc;
 use super::metrics::{COUNTERS, HISTOGRAMS, ROLLING, exported, kept_agents, with_zero_queues};
 use super::state::{HttpSettings, LiveSnapshot};
 
+/// The bucket bounds of a histogram series of dimension `d`: none (only `+Inf`) on
+/// agent rows unless `per_agent_buckets`.
+pub(super) fn bucket_bounds(s: &HttpSettings, d: Dimension) -> &[u64] {
+    if d == Dimension::Agent && !s.per_agent_buckets {
+        &[]
+    } else {
+        &s.bucket_bounds_ms
+    }
+}
+
 /// One exported row with its label text (`dimension="queue",queue="q1"`, escaped),
 /// in the order `Registry::gather` sorts metrics: by label count, then label values.
 struct Row<'a> {
+    dim: Dimension,
     /// Label values, for sorting only.
     values: Vec<&'a str>,
     labels: String,
@@ -169,6 +180,7 @@ impl<'a> DimFamilies<'a> {
                     let mut labels = String::new();
                     dim_label_text(&mut labels, d, k);
                     Row {
+                        dim: d,
                         values: dim_values(d, k),
                         labels,
                         acc,
@@ -188,6 +200,7 @@ impl<'a> DimFamilies<'a> {
                 let mut values = vec![w.label.as_str()];
                 values.extend(dim_values(d, k));
                 rolling.push(Row {
+                    dim: d,
                     values,
                     labels,
                     acc,
@@ -251,7 +264,8 @@ impl<'a> DimFamilies<'a> {
                 let hist = (h.hist)(&r.acc);
                 // Clamped non-negative and non-decreasing, as in `metrics::histogram`.
                 let mut prev = 0u64;
-                for (&ms, le) in self.settings.bucket_bounds_ms.iter().zip(&self.le) {
+                let bounds = bucket_bounds(self.settings, r.dim);
+                for (&ms, le) in bounds.iter().zip(&self.le) {
                     prev = prev.max(u64::try_from(hist.count_le(ms)).unwrap_or(0));
                     out.sample(h.name, "_bucket", &r.labels, le, prev as f64);
                 }

@@ -515,7 +515,7 @@ pub(super) fn dimension_families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<M
                     dim_labels(*d, k),
                     (h.hist)(a),
                     (h.sum_ms)(a),
-                    &s.bucket_bounds_ms,
+                    super::exposition::bucket_bounds(s, *d),
                 )
             })
             .collect();

@@ -307,6 +307,8 @@ pub struct HttpSettings {
     pub bucket_bounds_ms: Vec<u64>,
     pub per_agent_series: bool,
     pub max_agent_series: usize,
+    /// Histogram buckets on agent rows (else only `+Inf`, `_sum` and `_count`).
+    pub per_agent_buckets: bool,
     pub targets: crate::config::TargetsConfig,
     /// Bearer token for the JSON API and the wallboard; empty = open.
     pub token: String,
@@ -337,6 +339,7 @@ impl HttpSettings {
             bucket_bounds_ms: bounds,
             per_agent_series: c.http.per_agent_series,
             max_agent_series: c.http.max_agent_series,
+            per_agent_buckets: c.http.per_agent_buckets,
             targets: c.targets.clone(),
             token: c.http.token.clone(),
             finest_interval_ms: c

@@ -1029,10 +1029,16 @@ fn simulated_snapshot(cfg: &Config) -> LiveSnapshot {
 /// configured queue without traffic, label values that need escaping.
 #[test]
 fn exposition_matches_text_encoder() {
-    for (per_agent, max_agents) in [(true, 1000), (true, 7), (false, 500)] {
+    for (per_agent, max_agents, buckets) in [
+        (true, 1000, false),
+        (true, 1000, true),
+        (true, 7, false),
+        (false, 500, false),
+    ] {
         let mut cfg = Config::default();
         cfg.http.per_agent_series = per_agent;
         cfg.http.max_agent_series = max_agents;
+        cfg.http.per_agent_buckets = buckets;
         cfg.targets
             .queues
             .insert("quiet queue".to_owned(), cfg.targets.default.clone());
@@ -1109,6 +1115,7 @@ async fn metrics_streams_the_whole_body() {
     let mut cfg = Config::default();
     cfg.http.per_agent_series = true;
     cfg.http.max_agent_series = 100_000;
+    cfg.http.per_agent_buckets = true;
     let srv = Server::start(&cfg).await;
     let mut snap = simulated_snapshot(&cfg);
     for i in 0..500 {
@@ -1139,6 +1146,7 @@ async fn metrics_streams_the_whole_body() {
 fn rendering_stops_when_the_reader_is_gone() {
     let mut cfg = Config::default();
     cfg.http.per_agent_series = true;
+    cfg.http.per_agent_buckets = true;
     let state = AppState::new(&cfg).unwrap();
     let mut snap = simulated_snapshot(&cfg);
     for i in 0..500 {
@@ -1160,4 +1168,38 @@ fn rendering_stops_when_the_reader_is_gone() {
     })
     .unwrap();
     assert_eq!(calls, 1);
+}
+
+/// Agent histograms carry only `+Inf`, `_sum` and `_count` unless `per_agent_buckets`;
+/// queue and team histograms always carry every bucket.
+#[test]
+fn agent_histogram_buckets_are_opt_in() {
+    for buckets in [false, true] {
+        let mut cfg = Config::default();
+        cfg.http.per_agent_series = true;
+        cfg.http.per_agent_buckets = buckets;
+        let state = AppState::new(&cfg).unwrap();
+        let snap = simulated_snapshot(&cfg);
+        let body = exposition::render(state.registry(), &snap, &state.settings()).unwrap();
+        let body = String::from_utf8(body).unwrap();
+        let count = |dim: &str, what: &str| {
+            body.lines()
+                .filter(|l| l.starts_with("ccmetrics_wait_seconds_bucket{"))
+                .filter(|l| l.contains(&format!("dimension=\"{dim}\"")) && l.contains(what))
+                .count()
+        };
+        let agents = body
+            .lines()
+            .filter(|l| l.starts_with("ccmetrics_handle_seconds_count{dimension=\"agent\""))
+            .count();
+        assert!(agents > 10, "{agents}");
+        assert_eq!(count("agent", "le=\"+Inf\""), agents);
+        assert!(count("queue", "le=\"20\"") > 0);
+        assert!(count("team", "le=\"20\"") > 0);
+        assert_eq!(
+            count("agent", "le=\"20\"") > 0,
+            buckets,
+            "buckets {buckets}"
+        );
+    }
 }
