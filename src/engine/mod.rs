@@ -836,7 +836,8 @@ impl Engine {
     /// reach any more (older than watermark − correction horizon). Runs at most hourly,
     /// and for a short horizon every eighth of it: the scan visits every contact, and
     /// between scans up to one period's contacts are held beyond the horizon, so a
-    /// fixed hour would let a 5-minute horizon hold 13 times its worth.
+    /// fixed hour would let a 5-minute horizon hold 13 times its worth. Called as event
+    /// time moves ([`Engine::expire_due`]) and at every flush; the period gates both.
     fn expire(&mut self, wm: Millis) {
         let every = (self.cfg.correction_horizon_ms / 8).clamp(1_000, 3_600_000);
         if wm.saturating_sub(self.last_expiry) < every {
