@@ -8,7 +8,11 @@
 //! - `dashboard_queries_return_data`: every panel query and variable of
 //!   `deploy/grafana/ccmetrics.json` parses and returns data.
 //!
-//! Both tests share one Prometheus and one daemon (started by whichever test comes
+//! - `promtool_unit_tests_of_the_rules`: `promtool check rules` and `promtool test
+//!   rules deploy/prometheus/rules.test.yml` (every alert firing, pending and held back
+//!   on synthetic series, the robustness alerts included) pass.
+//!
+//! The first two tests share one Prometheus and one daemon (started by whichever test comes
 //! first, stopped when the last one ends).
 //!
 //! Counters and `increase()`: Prometheus reads a counter that first appears with its
@@ -36,7 +40,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
+/// From the same Debian package as `PROMETHEUS`.
+const PROMTOOL: &str = "/usr/bin/promtool";
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/rules.yml");
+const RULES_TEST: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/prometheus/rules.test.yml"
+);
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/ccmetrics.json");
 /// Metrics only the Kafka source exports (docs/prometheus.md).
 const KAFKA_ONLY: [&str; 2] = ["ccmetrics_kafka_", "ccmetrics_store_commit"];
@@ -470,6 +480,29 @@ impl Floor {
     }
 }
 
+/// The rules' own unit tests, run by the real promtool: a failing `exp_alerts` (or a
+/// rule promtool rejects) fails `cargo test`, not only `scripts/test.sh`.
+#[test]
+fn promtool_unit_tests_of_the_rules() {
+    assert!(
+        Path::new(PROMTOOL).exists(),
+        "{PROMTOOL} is missing: install the Debian package prometheus"
+    );
+    for args in [["check", "rules", RULES], ["test", "rules", RULES_TEST]] {
+        let out = Command::new(PROMTOOL)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {PROMTOOL}: {e}"));
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn recording_rules_and_alerts() {
     let http = Http::new();
@@ -599,6 +632,10 @@ fn recording_rules_and_alerts() {
                     "CcmetricsNotReady",
                     "CcmetricsAbsent",
                     "CcmetricsEventsRejected",
+                    "CcmetricsConsumerPaused",
+                    "CcmetricsKeysOverflowed",
+                    "CcmetricsContactsExpiring",
+                    "CcmetricsEventsFromTheFuture",
                 ]
                 .iter()
                 .any(|n| a["labels"]["alertname"] == *n)

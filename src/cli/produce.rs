@@ -45,6 +45,12 @@ pub struct Args {
     /// Simulator seed.
     #[arg(long, default_value_t = 1)]
     pub sim_seed: u64,
+    /// Simulated time the simulator runs, unpublished, before its first published line
+    /// (`24h`, `90m`): the stream then starts from a centre that has been open that
+    /// long, so its rate and mix are steady from the start (a cold simulator's event
+    /// rate climbs for about a day). `--rate` is sized on the hour after it.
+    #[arg(long, value_name = "DURATION", requires = "sim", default_value = "0s")]
+    pub sim_warmup: ccmetrics::config::Dur,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -122,11 +128,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             start_ms: jiff::Timestamp::now().as_millisecond(),
             ..sim::SimConfig::default()
         };
+        let warmup_ms = a.sim_warmup.ms();
         let sc = match a.rate {
-            Some(r) => base.sized_for_rate(r),
+            Some(r) => base.sized_for_rate_after(r, warmup_ms),
             None => base,
         };
-        let mut s = sim::Simulator::new(sc);
+        let mut s = sim::warmed_up(sc, warmup_ms);
+        // Warming up took wall-clock time (minutes for a day of a large centre): drop
+        // what fell due meanwhile rather than send it in one burst, so the published
+        // rate is steady from the first line.
+        s.skip_until(jiff::Timestamp::now().as_millisecond());
         while publisher.sent() < limit {
             let (at, line) = s.next_line();
             let wait = at - jiff::Timestamp::now().as_millisecond();

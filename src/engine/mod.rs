@@ -525,6 +525,7 @@ impl Engine {
                     .agent_state(a, state, ev.ts, (&mut self.windower, finest));
             }
             self.bump_clock(ev.ts);
+            self.expire_due();
             return Outcome::Accepted;
         }
         let Some(ck) = contact_key else {
@@ -597,6 +598,7 @@ impl Engine {
             _ => self.rederive(ck),
         }
         self.fire_wrap_deadlines();
+        self.expire_due();
         Outcome::Accepted
     }
 
@@ -624,6 +626,19 @@ impl Engine {
     pub fn advance_to(&mut self, now: Millis) {
         self.bump_clock(now);
         self.fire_wrap_deadlines();
+        self.expire_due();
+    }
+
+    /// Release what the correction horizon has passed as event time moves, not only at
+    /// [`Engine::flush`]: `serve` flushes a partition only when it prepares a store
+    /// commit, and while commits lag (a slow store, large checkpoints) contacts past the
+    /// horizon piled up, which made the checkpoints and so the commits bigger still
+    /// (docs/reliability.md, "Soak"). [`Engine::expire`] itself decides whether a scan
+    /// is due, so this costs a comparison per event.
+    fn expire_due(&mut self) {
+        if let Some(wm) = self.watermark() {
+            self.expire(wm);
+        }
     }
 
     fn fire_wrap_deadlines(&mut self) {
@@ -821,7 +836,8 @@ impl Engine {
     /// reach any more (older than watermark − correction horizon). Runs at most hourly,
     /// and for a short horizon every eighth of it: the scan visits every contact, and
     /// between scans up to one period's contacts are held beyond the horizon, so a
-    /// fixed hour would let a 5-minute horizon hold 13 times its worth.
+    /// fixed hour would let a 5-minute horizon hold 13 times its worth. Called as event
+    /// time moves ([`Engine::expire_due`]) and at every flush; the period gates both.
     fn expire(&mut self, wm: Millis) {
         let every = (self.cfg.correction_horizon_ms / 8).clamp(1_000, 3_600_000);
         if wm.saturating_sub(self.last_expiry) < every {

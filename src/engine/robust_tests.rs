@@ -80,6 +80,47 @@ fn contacts_that_never_finish_are_released_at_the_horizon_and_counted() {
     assert_eq!(r.open_contacts(), 2);
 }
 
+/// Expiry follows event time, not flushes: `serve` flushes only when it prepares a
+/// store commit, so with commits behind, contacts past the horizon used to stay.
+#[test]
+fn contacts_past_the_horizon_are_released_without_a_flush() {
+    let mut e = Engine::new(EngineConfig {
+        correction_horizon_ms: 5 * 60_000,
+        allowed_lateness_ms: 30_000,
+        ..EngineConfig::default()
+    });
+    e.apply(offered("1", "stuck", 0.0, "q", "k1"));
+    e.apply(answered("2", "stuck", 5.0, "a", "t"));
+    // Other contacts keep event time moving for 20 minutes; nothing is flushed.
+    for i in 0..40 {
+        let t = 30.0 * f64::from(i + 1);
+        e.apply(offered(
+            &format!("o{i}"),
+            &format!("c{i}"),
+            t,
+            "q",
+            &format!("k{i}"),
+        ));
+        e.apply(simple(
+            &format!("a{i}"),
+            "contact.abandoned",
+            &format!("c{i}"),
+            t + 1.0,
+        ));
+    }
+    // Held: the contacts of the last horizon + lateness (5.5 min, 11 of them) and at
+    // most one expiry period (horizon / 8) more; "stuck" is gone and counted.
+    assert!(
+        e.open_contacts() <= 14,
+        "{} contacts held",
+        e.open_contacts()
+    );
+    assert_eq!(e.stats().expired, 1);
+    // An idle partition's wall-clock advance releases the rest.
+    e.advance_to(at(3_600.0));
+    assert_eq!(e.open_contacts(), 0);
+}
+
 #[test]
 fn a_flood_of_distinct_keys_is_folded_into_overflow() {
     let limits = KeyLimits {

@@ -89,7 +89,17 @@ impl SimConfig {
     /// This centre scaled to emit about `rate` events per second: measures its event
     /// rate over an hour of simulated time, then scales contacts and agents.
     pub fn sized_for_rate(self, rate: f64) -> SimConfig {
-        let mut probe = Simulator::new(self.clone());
+        self.sized_for_rate_after(rate, 0)
+    }
+
+    /// Like [`SimConfig::sized_for_rate`], but measures the event rate of the hour that
+    /// follows `warmup_ms` of simulated time, where a [`warmed_up`] simulator starts
+    /// emitting. The first hours of a cold simulator are not representative: a contact
+    /// emits events for hours to days after its offer (email and ticket waits, resolution,
+    /// QA, reopens, callbacks), so the event rate of a cold start climbs for a day and
+    /// sizing on its first hour overshoots the steady rate.
+    pub fn sized_for_rate_after(self, rate: f64, warmup_ms: Millis) -> SimConfig {
+        let mut probe = warmed_up(self.clone(), warmup_ms);
         let mut n = 0u64;
         let end = self.start_ms + 3_600_000;
         while probe.next_line().0 < end {
@@ -103,6 +113,21 @@ impl SimConfig {
             ..self
         }
     }
+}
+
+/// A simulator that has already run for `warmup_ms` of simulated time before
+/// `cfg.start_ms`: its first line is the first one emitted at or after `start_ms`, and
+/// everything before is generated and dropped. Contacts, follow-ups and callbacks are
+/// then in flight as in a centre that has been open for that long, so the event rate
+/// and the mix of events are (nearly) steady from the first line: the soak's input.
+pub fn warmed_up(cfg: SimConfig, warmup_ms: Millis) -> Simulator {
+    let start = cfg.start_ms;
+    let mut s = Simulator::new(SimConfig {
+        start_ms: start.saturating_sub(warmup_ms.max(0)),
+        ..cfg
+    });
+    s.skip_until(start);
+    s
 }
 
 impl Default for SimConfig {
@@ -502,6 +527,22 @@ impl Simulator {
                 return (t, line);
             }
             self.step();
+        }
+    }
+
+    /// Generate and drop every line emitted before `t`: the next line is the first one
+    /// emitted at or after it.
+    pub fn skip_until(&mut self, t: Millis) {
+        loop {
+            if self.ready.front().is_some_and(|(r, _)| *r < t) {
+                self.ready.pop_front();
+            } else if self.delayed.peek().is_some_and(|Reverse((d, _, _))| *d < t) {
+                self.delayed.pop();
+            } else if self.actions.peek().is_some_and(|a| a.t < t) {
+                self.step();
+            } else {
+                return;
+            }
         }
     }
 
@@ -1610,6 +1651,69 @@ mod tests {
             let expect = jiff::Timestamp::from_millisecond(t).unwrap();
             assert_eq!(s, format!("{expect:.3}").replace("+00:00", "Z"), "{t}");
             assert_eq!(crate::event::decode::parse_rfc3339(&s), Some(t));
+        }
+    }
+
+    /// Events emitted per hour of simulated time from `sim`'s next line on, `hours` in a row.
+    fn hourly_counts(sim: &mut Simulator, from: Millis, hours: usize) -> Vec<u64> {
+        let mut counts = vec![0u64; hours];
+        loop {
+            let (t, _) = sim.next_line();
+            let h = ((t - from) / HOUR) as usize;
+            if h >= hours {
+                return counts;
+            }
+            counts[h] += 1;
+        }
+    }
+
+    #[test]
+    fn warmed_up_starts_at_start_and_zero_warmup_is_the_cold_simulator() {
+        let cfg = seeded(5);
+        let warm: Vec<_> = warmed_up(cfg.clone(), 0).take(2_000).collect();
+        assert_eq!(warm, lines(cfg.clone(), 2_000));
+        let mut s = warmed_up(cfg.clone(), 6 * HOUR);
+        let first = s.next_line();
+        assert!(first.0 >= cfg.start_ms, "{} < {}", first.0, cfg.start_ms);
+        assert!(
+            first.0 < cfg.start_ms + MIN,
+            "the first line comes right away"
+        );
+        // Not the cold simulator's first line: contacts are already in flight.
+        assert_ne!(first, lines(cfg, 1)[0]);
+    }
+
+    /// Why the soak warms the simulator up: cold, its event rate climbs for hours (a
+    /// contact's events spread over hours to days after its offer); warmed up for a day
+    /// it is steady from the first hour, and sized for a rate it delivers that rate.
+    #[test]
+    fn a_warmed_up_simulator_runs_at_a_steady_rate() {
+        let cfg = SimConfig {
+            seed: 9,
+            agents: 200,
+            contacts_per_hour: 2_400.0,
+            ..SimConfig::default()
+        };
+        let start = cfg.start_ms;
+        let cold = hourly_counts(&mut Simulator::new(cfg.clone()), start, 4);
+        assert!(
+            (cold[0] as f64) < 0.9 * cold[3] as f64,
+            "a cold start ramps up: {cold:?}"
+        );
+        let warm = hourly_counts(&mut warmed_up(cfg.clone(), DAY), start, 4);
+        let mean = warm.iter().sum::<u64>() as f64 / 4.0;
+        for n in &warm {
+            assert!(
+                (*n as f64 - mean).abs() < 0.05 * mean,
+                "warmed up for a day, every hour is within 5 % of the mean: {warm:?}"
+            );
+        }
+        // Sized on the hour after the warm-up, it delivers the rate asked for.
+        let sized = cfg.sized_for_rate_after(5.0, DAY);
+        let got = hourly_counts(&mut warmed_up(sized, DAY), start, 2);
+        for n in got {
+            let per_s = n as f64 / 3600.0;
+            assert!((per_s - 5.0).abs() < 0.25, "{per_s} events/s for 5 asked");
         }
     }
 
