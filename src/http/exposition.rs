@@ -280,10 +280,10 @@ impl<'a> DimFamilies<'a> {
         } else if let Some(g) = ROLLING.iter().find(|g| g.name == name) {
             out.header(g.name, g.help, "gauge");
             for r in &self.rolling {
-                if let Some(v) = (g.value)(&r.acc, self.settings.sl_formula) {
-                    if v.is_finite() {
-                        out.sample(g.name, "", &r.labels, "", v);
-                    }
+                if let Some(v) = (g.value)(&r.acc, self.settings.sl_formula)
+                    && v.is_finite()
+                {
+                    out.sample(g.name, "", &r.labels, "", v);
                 }
                 out.maybe_flush();
             }
