@@ -43,16 +43,39 @@ pub(super) fn bucket_bounds(s: &HttpSettings, d: Dimension) -> &[u64] {
 /// in the order `Registry::gather` sorts metrics: by label count, then label values.
 struct Row<'a> {
     dim: Dimension,
-    /// Label values, for sorting only.
-    values: Vec<&'a str>,
+    /// Label values (window, dimension, key; as many as the row has), for sorting only.
+    values: Values<'a>,
     labels: String,
     acc: Cow<'a, Acc>,
 }
 
+/// Up to three label values without a heap allocation per row.
+#[derive(Default)]
+struct Values<'a> {
+    v: [&'a str; 3],
+    n: usize,
+}
+
+impl<'a> Values<'a> {
+    fn push(&mut self, s: &'a str) {
+        if let Some(slot) = self.v.get_mut(self.n) {
+            *slot = s;
+            self.n += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[&'a str] {
+        &self.v[..self.n]
+    }
+}
+
 fn sort_rows(rows: &mut [Row<'_>]) {
-    rows.sort_by(|a, b| match a.values.len().cmp(&b.values.len()) {
-        Ordering::Equal => a.values.cmp(&b.values),
-        o => o,
+    rows.sort_by(|a, b| {
+        let (a, b) = (a.values.as_slice(), b.values.as_slice());
+        match a.len().cmp(&b.len()) {
+            Ordering::Equal => a.cmp(b),
+            o => o,
+        }
     });
 }
 
@@ -69,6 +92,14 @@ fn push_label(out: &mut String, name: &str, value: &str) {
 
 /// The text format's escaping: `\` and newline always, `"` inside label values.
 fn escape_into(out: &mut String, v: &str, quote: bool) {
+    // Nearly every value needs no escaping: copy it whole.
+    if !v
+        .bytes()
+        .any(|b| b == b'\\' || b == b'\n' || (quote && b == b'"'))
+    {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -79,11 +110,10 @@ fn escape_into(out: &mut String, v: &str, quote: bool) {
     }
 }
 
-fn dim_values(d: Dimension, key: &str) -> Vec<&str> {
-    if d == Dimension::All {
-        vec![d.as_str()]
-    } else {
-        vec![d.as_str(), key]
+fn dim_values<'a>(values: &mut Values<'a>, d: Dimension, key: &'a str) {
+    values.push(d.as_str());
+    if d != Dimension::All {
+        values.push(key);
     }
 }
 
@@ -98,10 +128,12 @@ fn dim_label_text(out: &mut String, d: Dimension, key: &str) {
 pub const CHUNK: usize = 256 * 1024;
 
 /// Sample writer: a value is formatted as `f64`'s `Display` (what `TextEncoder`
-/// writes), through `itoa` when it is a whole number, which nearly every sample is.
+/// writes), through `itoa` when it is a whole number (most samples) and `ryu` when it
+/// is a fraction in the range where `ryu` writes the same text.
 struct Out<'s> {
     buf: Vec<u8>,
     int: itoa::Buffer,
+    float: ryu::Buffer,
     /// Takes each full chunk; `false` when the reader is gone.
     sink: &'s mut dyn FnMut(Vec<u8>) -> bool,
     gone: bool,
@@ -153,12 +185,24 @@ impl Out<'_> {
         if v.fract() == 0.0 && v.abs() < 9.0e15 && !(v == 0.0 && v.is_sign_negative()) {
             let s = self.int.format(v as i64);
             self.buf.extend_from_slice(s.as_bytes());
+        } else if ryu_matches_display(v) {
+            let s = self.float.format_finite(v);
+            self.buf.extend_from_slice(s.as_bytes());
         } else {
             use std::io::Write;
             // Writing into a Vec cannot fail.
             let _ = write!(self.buf, "{v}");
         }
     }
+}
+
+/// Whether `ryu` prints `v` exactly as `f64`'s `Display` does: both print the shortest
+/// digits that round-trip, but `ryu` switches to exponent notation outside
+/// [1e-5, 1e16) and prints whole numbers with a `.0`; in between (every ratio, rate
+/// and seconds sum a scrape has) the text is the same, at a quarter of the cost.
+fn ryu_matches_display(v: f64) -> bool {
+    let a = v.abs();
+    v.fract() != 0.0 && (1e-5..1e15).contains(&a)
 }
 
 /// The per-dimension families of one snapshot, rows sorted and labelled once.
@@ -179,9 +223,11 @@ impl<'a> DimFamilies<'a> {
                 .map(|(d, k, acc)| {
                     let mut labels = String::new();
                     dim_label_text(&mut labels, d, k);
+                    let mut values = Values::default();
+                    dim_values(&mut values, d, k);
                     Row {
                         dim: d,
-                        values: dim_values(d, k),
+                        values,
                         labels,
                         acc,
                     }
@@ -197,8 +243,9 @@ impl<'a> DimFamilies<'a> {
                 let mut labels = String::new();
                 push_label(&mut labels, "window", &w.label);
                 dim_label_text(&mut labels, d, k);
-                let mut values = vec![w.label.as_str()];
-                values.extend(dim_values(d, k));
+                let mut values = Values::default();
+                values.push(w.label.as_str());
+                dim_values(&mut values, d, k);
                 rolling.push(Row {
                     dim: d,
                     values,
@@ -327,6 +374,7 @@ pub fn render_chunks(
     let mut out = Out {
         buf: Vec::with_capacity(CHUNK + CHUNK / 4),
         int: itoa::Buffer::new(),
+        float: ryu::Buffer::new(),
         sink,
         gone: false,
     };
@@ -362,4 +410,76 @@ pub fn render(
         true
     })?;
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn written(v: f64) -> String {
+        let mut sink = |_: Vec<u8>| true;
+        let mut out = Out {
+            buf: Vec::new(),
+            int: itoa::Buffer::new(),
+            float: ryu::Buffer::new(),
+            sink: &mut sink,
+            gone: false,
+        };
+        out.value(v);
+        String::from_utf8(out.buf).unwrap_or_default()
+    }
+
+    #[test]
+    fn values_are_written_as_display_writes_them() {
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            0.5,
+            1.5,
+            2.0 / 3.0,
+            1e-5,
+            1.5e-5,
+            9.99e-6,
+            1e-7,
+            123.456,
+            1e15,
+            1e15 + 0.5,
+            9.0e15,
+            1e16,
+            1e21,
+            1e300,
+            5e-324,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            0.3,
+            299.99,
+            86_399.999,
+        ] {
+            assert_eq!(written(v), v.to_string(), "{v:e}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_value_is_written_as_display_writes_it(bits in any::<u64>()) {
+            let v = f64::from_bits(bits);
+            prop_assert_eq!(written(v), v.to_string());
+        }
+
+        #[test]
+        fn ratios_and_seconds_are_written_as_display_writes_them(a in 0u64..10_000_000, b in 1u64..100_000) {
+            let v = a as f64 / b as f64;
+            prop_assert_eq!(written(v), v.to_string());
+            let s = a as f64 / 1000.0;
+            prop_assert_eq!(written(s), s.to_string());
+        }
+    }
 }

@@ -372,10 +372,23 @@ pub(super) fn family(name: &str, help: &str, ty: MetricType, metrics: Vec<Metric
     f
 }
 
-/// The agents allowed series of their own. foldhash, not SipHash: it is looked up for
-/// every row of every scrape, and its per-process random seed still spreads
-/// adversarial agent names.
-pub(super) type KeptAgents<'a> = HashSet<&'a str, foldhash::fast::RandomState>;
+/// The agents allowed series of their own: all of them (the usual case: fewer agents
+/// than `max_agent_series`, no set to build or look up), or the first ones by name.
+/// foldhash, not SipHash: the set is looked up for every row of every scrape, and its
+/// per-process random seed still spreads adversarial agent names.
+pub(super) enum KeptAgents<'a> {
+    All,
+    Only(HashSet<&'a str, foldhash::fast::RandomState>),
+}
+
+impl KeptAgents<'_> {
+    pub(super) fn contains(&self, agent: &str) -> bool {
+        match self {
+            KeptAgents::All => true,
+            KeptAgents::Only(set) => set.contains(agent),
+        }
+    }
+}
 
 /// Exported rows: `(dimension, key, accumulator)`, borrowed unless folded.
 pub(super) type Exported<'a> = Vec<(Dimension, &'a str, Cow<'a, Acc>)>;
@@ -412,10 +425,13 @@ pub(super) fn kept_agents<'a>(snap: &'a LiveSnapshot, s: &HttpSettings) -> (Kept
         .filter(|(d, k, _)| *d == Dimension::Agent && k != OVERFLOW_KEY)
         .map(|(_, k, _)| k.as_str())
         .collect();
+    if agents.len() <= s.max_agent_series {
+        return (KeptAgents::All, 0);
+    }
     agents.sort_unstable();
-    let kept: KeptAgents<'a> = agents.iter().copied().take(s.max_agent_series).collect();
+    let kept: HashSet<&str, _> = agents.iter().copied().take(s.max_agent_series).collect();
     let dropped = agents.len() - kept.len();
-    (kept, dropped)
+    (KeptAgents::Only(kept), dropped)
 }
 
 /// `totals` plus the configured queues that have no row yet, at zero: they exist from

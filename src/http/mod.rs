@@ -88,6 +88,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::HttpConfig;
 
 pub use self::api::METRICS_CONTENT_TYPE;
+pub use self::exposition::render_chunks;
 pub use self::state::{AppState, HttpSettings, LiveSnapshot, PartitionStatus, RollingWindow};
 
 /// All routes over the shared state.
