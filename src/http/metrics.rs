@@ -376,13 +376,13 @@ pub(super) fn family(name: &str, help: &str, ty: MetricType, metrics: Vec<Metric
 /// than `max_agent_series`, no set to build or look up), or the first ones by name.
 /// foldhash, not SipHash: the set is looked up for every row of every scrape, and its
 /// per-process random seed still spreads adversarial agent names.
-pub(super) enum KeptAgents<'a> {
+pub enum KeptAgents<'a> {
     All,
     Only(HashSet<&'a str, foldhash::fast::RandomState>),
 }
 
 impl KeptAgents<'_> {
-    pub(super) fn contains(&self, agent: &str) -> bool {
+    pub fn contains(&self, agent: &str) -> bool {
         match self {
             KeptAgents::All => true,
             KeptAgents::Only(set) => set.contains(agent),
