@@ -26,7 +26,9 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use crate::engine::Dimension;
 use crate::engine::acc::Acc;
 
-use super::metrics::{COUNTERS, HISTOGRAMS, ROLLING, exported, kept_agents, with_zero_queues};
+use super::metrics::{
+    COUNTERS, HISTOGRAMS, KeptAgents, ROLLING, exported, kept_agents, with_zero_queues,
+};
 use super::state::{HttpSettings, LiveSnapshot};
 
 /// The bucket bounds of a histogram series of dimension `d`: none (only `+Inf`) on
@@ -215,10 +217,9 @@ struct DimFamilies<'a> {
 }
 
 impl<'a> DimFamilies<'a> {
-    fn new(snap: &'a LiveSnapshot, s: &'a HttpSettings) -> DimFamilies<'a> {
-        let (kept, _) = kept_agents(snap, s);
+    fn new(snap: &'a LiveSnapshot, s: &'a HttpSettings, kept: &KeptAgents<'_>) -> DimFamilies<'a> {
         let mut totals: Vec<Row<'a>> =
-            with_zero_queues(exported(&snap.totals, s.per_agent_series, &kept), snap, s)
+            with_zero_queues(exported(&snap.totals, s.per_agent_series, kept), snap, s)
                 .into_iter()
                 .map(|(d, k, acc)| {
                     let mut labels = String::new();
@@ -239,7 +240,7 @@ impl<'a> DimFamilies<'a> {
             let Some(rows) = snap.rolling_rows(w.minutes) else {
                 continue;
             };
-            for (d, k, acc) in exported(rows, s.per_agent_series, &kept) {
+            for (d, k, acc) in exported(rows, s.per_agent_series, kept) {
                 let mut labels = String::new();
                 push_label(&mut labels, "window", &w.label);
                 dim_label_text(&mut labels, d, k);
@@ -361,9 +362,10 @@ pub fn render_chunks(
     settings: &HttpSettings,
     sink: &mut dyn FnMut(Vec<u8>) -> bool,
 ) -> prometheus::Result<()> {
-    let dims = DimFamilies::new(snap, settings);
+    let (kept, dropped) = kept_agents(snap, settings);
+    let dims = DimFamilies::new(snap, settings, &kept);
     let mut small: Vec<MetricFamily> = registry.gather();
-    for mut f in super::metrics::families(snap, settings) {
+    for mut f in super::metrics::families(snap, settings, &kept, dropped) {
         if !f.get_metric().is_empty() {
             sort_metrics(&mut f);
             small.push(f);

@@ -1,5 +1,5 @@
 //! `/metrics`: the Prometheus metric families of the published [`LiveSnapshot`], and
-//! their definitions. Built at scrape time by [`super::exposition::render`] from one
+//! their definitions. Built at scrape time by [`super::exposition::render_chunks`] from one
 //! snapshot; nothing is kept between scrapes, so the families always agree. The naming and label scheme is
 //! documented in the `http` module docs.
 
@@ -257,7 +257,7 @@ const GLOBAL: [(&str, &str, MetricType, &[&str]); 13] = [
 /// Registered in [`super::AppState`]'s registry to reserve the snapshot's family
 /// names (the registry refuses a second collector with the same name), so no other
 /// subsystem can register a clashing `ccmetrics_*` family. It collects nothing: the
-/// snapshot's families are written by [`super::exposition::render`], from one
+/// snapshot's families are written by [`super::exposition::render_chunks`], from one
 /// snapshot read once per scrape so every family agrees.
 pub struct SnapshotNames {
     descs: Vec<Desc>,
@@ -418,7 +418,7 @@ pub(super) fn exported<'a>(rows: &'a Rows, per_agent: bool, kept: &KeptAgents<'_
 /// The agents allowed series of their own, and how many were folded. Deterministic:
 /// the first `max_agent_series` agents by name. Chosen from the totals (a superset of
 /// every rolling window's agents) so counters and rolling gauges use the same set.
-pub(super) fn kept_agents<'a>(snap: &'a LiveSnapshot, s: &HttpSettings) -> (KeptAgents<'a>, usize) {
+pub fn kept_agents<'a>(snap: &'a LiveSnapshot, s: &HttpSettings) -> (KeptAgents<'a>, usize) {
     let mut agents: Vec<&str> = snap
         .totals
         .iter()
@@ -457,13 +457,18 @@ pub(super) fn with_zero_queues<'a>(
 /// The families the registry gathers from one snapshot: the process-wide ones and the
 /// floor. The per-dimension counters, histograms and rolling gauges (nearly all the
 /// samples) are written by [`super::exposition`]. Families without series are left
-/// out by the registry (the text format cannot express an empty family).
-pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
+/// out by the registry (the text format cannot express an empty family). `kept` and
+/// `dropped` are [`kept_agents`]' answer, computed once per scrape for every family.
+pub fn families(
+    snap: &LiveSnapshot,
+    s: &HttpSettings,
+    kept: &KeptAgents<'_>,
+    dropped: usize,
+) -> Vec<MetricFamily> {
     let mut out = Vec::new();
     let st = &snap.stats;
     let secs = |ms: i64| ms as f64 / 1000.0;
     let single = |v: Option<f64>| v.map(|v| gauge(vec![], v)).into_iter().collect::<Vec<_>>();
-    let (kept, dropped) = kept_agents(snap, s);
     let dropped = dropped as f64;
     // In `GLOBAL` order.
     let globals: [Vec<Metric>; 13] = [
@@ -505,7 +510,7 @@ pub fn families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<MetricFamily> {
         out.push(family(name, help, ty, metrics));
     }
 
-    out.extend(super::floor::families(snap, s, &kept));
+    out.extend(super::floor::families(snap, s, kept));
     out
 }
 

@@ -1049,7 +1049,8 @@ fn exposition_matches_text_encoder() {
         let fast = exposition::render(state.registry(), &snap, &settings).unwrap();
 
         let mut families = state.registry().gather();
-        families.extend(metrics::families(&snap, &settings));
+        let (kept, dropped) = metrics::kept_agents(&snap, &settings);
+        families.extend(metrics::families(&snap, &settings, &kept, dropped));
         families.extend(metrics::dimension_families(&snap, &settings));
         let reference = prometheus::Registry::new();
         reference.register(Box::new(Fixed(families))).unwrap();
