@@ -7,7 +7,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ccmetrics::config::Config;
 use ccmetrics::engine::{Engine, EngineConfig};
 use ccmetrics::event::Decoder;
-use ccmetrics::http::{HttpSettings, LiveSnapshot, render_chunks};
+use std::sync::Arc;
+
+use ccmetrics::http::{AgentBlock, HttpSettings, LiveSnapshot, render_chunks};
 use ccmetrics::source::sim::{SimConfig, Simulator};
 
 /// A live snapshot of an engine fed simulated events from 10 000 agents.
@@ -37,10 +39,11 @@ fn bench(c: &mut Criterion) {
         cfg.http.per_agent_series = true;
         cfg.http.max_agent_series = 1_000_000;
         cfg.http.per_agent_buckets = buckets;
-        let settings = HttpSettings::from_config(&cfg);
+        let settings = Arc::new(HttpSettings::from_config(&cfg));
         let snap = snapshot(&cfg);
+        let block = AgentBlock::build(&snap, settings.clone());
         let mut bytes = 0u64;
-        render_chunks(&registry, &snap, &settings, &mut |c| {
+        render_chunks(&registry, &snap, &block, &mut |c| {
             bytes += c.len() as u64;
             true
         })
@@ -51,10 +54,28 @@ fn bench(c: &mut Criterion) {
         } else {
             "10k_agents"
         };
-        g.bench_function(name, |b| {
+        // A scrape of an agent part already rendered (the steady state while someone
+        // scrapes: the block is rendered ahead when the agent part is published).
+        g.bench_function(format!("{name}/scrape"), |b| {
             b.iter(|| {
                 let mut n = 0usize;
-                render_chunks(&registry, &snap, &settings, &mut |c| {
+                render_chunks(&registry, &snap, &block, &mut |c| {
+                    n += c.len();
+                    true
+                })
+                .map(|()| n)
+            })
+        });
+        // Rendering the agent part (once per agent part, on the render-ahead thread).
+        g.bench_function(format!("{name}/agent_block"), |b| {
+            b.iter(|| AgentBlock::build(&snap, settings.clone()).len())
+        });
+        // A scrape that finds no block ready renders both.
+        g.bench_function(format!("{name}/cold"), |b| {
+            b.iter(|| {
+                let block = AgentBlock::build(&snap, settings.clone());
+                let mut n = 0usize;
+                render_chunks(&registry, &snap, &block, &mut |c| {
                     n += c.len();
                     true
                 })

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ccmetrics::engine::EngineConfig;
-use ccmetrics::http::{self, AppState, LiveSnapshot};
+use ccmetrics::engine::{EngineConfig, Scope};
+use ccmetrics::http::{self, AGENTS_EVERY, AppState, LiveSnapshot};
 use ccmetrics::pipeline::Pipeline;
 use ccmetrics::source::kafka::consumer::KafkaSource;
 use ccmetrics::source::{file, sim};
@@ -223,6 +223,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut input_open = true;
+    let mut last_full: Option<(Instant, Arc<LiveSnapshot>)> = None;
     state.publish(LiveSnapshot::capture(&pipe.engine, 0, None));
     state.set_ready(true);
     let shutdown = shutdown_signal();
@@ -248,7 +249,20 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     Ok(()) => last_flush_ms = Some(now_ms()),
                     Err(e) => tracing::error!(error = %e, pending = pipe.unwritten(), "snapshot flush failed; will retry"),
                 }
-                state.publish(LiveSnapshot::capture(&pipe.engine, pipe.flushes, last_flush_ms));
+                // As the Kafka source does: the agent part (team and agent rows, the
+                // agents on the floor) every AGENTS_EVERY, the centre on every tick.
+                match &last_full {
+                    Some((at, full)) if at.elapsed() < AGENTS_EVERY => {
+                        let mut snap = LiveSnapshot::capture_of(&pipe.engine, pipe.flushes, last_flush_ms, Scope::Centre);
+                        snap.splice_agents_from(full);
+                        state.publish(snap);
+                    }
+                    _ => {
+                        let full = Arc::new(LiveSnapshot::capture(&pipe.engine, pipe.flushes, last_flush_ms));
+                        last_full = Some((Instant::now(), full.clone()));
+                        state.publish_arc(full);
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }

@@ -83,9 +83,9 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(METRICS_CHUNKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
         let (snap, settings) = (st.snapshot(), st.settings());
-        let mut send = |chunk: Vec<u8>| tx.blocking_send(Ok(chunk.into())).is_ok();
-        if let Err(e) = super::exposition::render_chunks(st.registry(), &snap, &settings, &mut send)
-        {
+        let block = st.agent_block(&snap, &settings);
+        let mut send = |chunk: axum::body::Bytes| tx.blocking_send(Ok(chunk)).is_ok();
+        if let Err(e) = super::exposition::render_chunks(st.registry(), &snap, &block, &mut send) {
             tracing::error!(error = %e, "encode metrics failed");
             let _ = tx.blocking_send(Err(std::io::Error::other(format!("encode metrics: {e}"))));
         }

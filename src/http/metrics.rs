@@ -46,7 +46,7 @@ pub(super) struct GaugeDef {
 }
 
 /// Per-dimension cumulative counters, from `Engine::totals`.
-pub(super) const COUNTERS: [CounterDef; 13] = [
+pub(super) static COUNTERS: [CounterDef; 13] = [
     CounterDef {
         name: "ccmetrics_contacts_offered_total",
         help: "Contacts offered (queue dimensions) or presented (team/agent), since start.",
@@ -115,7 +115,7 @@ pub(super) const COUNTERS: [CounterDef; 13] = [
 ];
 
 /// Per-dimension latency histograms, from `Engine::totals`.
-pub(super) const HISTOGRAMS: [HistDef; 3] = [
+pub(super) static HISTOGRAMS: [HistDef; 3] = [
     HistDef {
         name: "ccmetrics_wait_seconds",
         help: "Queue wait of answered contacts, since start (HDR bins, <=1% bucket-edge error).",
@@ -139,7 +139,7 @@ pub(super) const HISTOGRAMS: [HistDef; 3] = [
 /// Rolling-window gauges. The formulas are `kpi::kpis`' (a test holds them equal);
 /// they are restated here because `kpis` also computes percentiles, which cost an
 /// HDR allocation per histogram and are not exported here.
-pub(super) const ROLLING: [GaugeDef; 6] = [
+pub(super) static ROLLING: [GaugeDef; 6] = [
     GaugeDef {
         name: "ccmetrics_rolling_offered",
         help: "Contacts offered (or presented) in the rolling window.",

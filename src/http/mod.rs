@@ -88,8 +88,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::HttpConfig;
 
 pub use self::api::METRICS_CONTENT_TYPE;
-pub use self::exposition::render_chunks;
-pub use self::state::{AppState, HttpSettings, LiveSnapshot, PartitionStatus, RollingWindow};
+pub use self::exposition::{AgentBlock, render_chunks};
+pub use self::state::{
+    AGENTS_EVERY, AppState, HttpSettings, LiveSnapshot, PartitionStatus, RollingWindow,
+    next_agent_part,
+};
 
 /// All routes over the shared state.
 pub fn router(state: Arc<AppState>) -> Router {

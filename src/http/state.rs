@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus::Registry;
 use tokio::sync::watch;
@@ -18,6 +18,7 @@ use crate::engine::acc::Acc;
 use crate::engine::{Dimension, Engine, FloorView, Scope, Stats};
 use crate::event::Millis;
 
+use super::exposition::{AgentBlock, BlockCache};
 use super::metrics::SnapshotNames;
 
 /// Histogram bucket bounds (seconds) offered for every latency histogram, before the
@@ -52,7 +53,26 @@ pub struct LiveSnapshot {
     pub floor: FloorView,
     /// The "now" ages and times in state are measured against, UTC ms.
     pub now_ms: Millis,
+    /// Identifies the agent part (team and agent rows): a new number for every capture
+    /// of it, kept by [`LiveSnapshot::splice_agents_from`]; 0 when unknown. `/metrics`
+    /// renders an agent part's text once per number (`exposition::AgentBlock`), so
+    /// code that changes team or agent rows after a capture must set a new one
+    /// ([`next_agent_part`]).
+    pub agent_part: u64,
 }
+
+static AGENT_PARTS: AtomicU64 = AtomicU64::new(1);
+
+/// A new [`LiveSnapshot::agent_part`] number, larger than every earlier one.
+pub fn next_agent_part() -> u64 {
+    AGENT_PARTS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How often the publishers capture the agent part of the view (team and agent rows,
+/// the agents on the floor: tens of thousands of keys on a large floor); the centre,
+/// channels and queues (what alerts read) are captured on every publication and the
+/// agent part of the last full capture is spliced in.
+pub const AGENTS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Input this far behind the wall clock is history (a back-fill through `serve`):
 /// live ages are then measured against the engine clock instead of the wall clock.
@@ -122,6 +142,10 @@ impl LiveSnapshot {
             flushes,
             last_flush_ms,
             partitions: Vec::new(),
+            agent_part: match scope {
+                Scope::All => next_agent_part(),
+                Scope::Centre => 0,
+            },
         }
     }
 
@@ -130,6 +154,9 @@ impl LiveSnapshot {
     /// (what every partition has passed), the clock the highest.
     pub fn merge(parts: Vec<LiveSnapshot>) -> LiveSnapshot {
         let mut out = LiveSnapshot::default();
+        if parts.iter().any(|p| p.agent_part != 0) {
+            out.agent_part = next_agent_part();
+        }
         let mut totals: BTreeMap<(Dimension, String), Acc> = BTreeMap::new();
         let mut rolling: BTreeMap<u32, BTreeMap<(Dimension, String), Acc>> = BTreeMap::new();
         let add = |into: &mut BTreeMap<(Dimension, String), Acc>, rows: Rows| {
@@ -179,6 +206,7 @@ impl LiveSnapshot {
                 rows.extend(agent_rows(f));
             }
         }
+        self.agent_part = full.agent_part;
         self.floor.agents = full.floor.agents.clone();
         if self.floor.day_start == full.floor.day_start {
             self.floor.today.extend(agent_rows(&full.floor.today));
@@ -388,6 +416,8 @@ pub struct AppState {
     /// Replaced as a whole on a config reload (SIGHUP); readers take the current one.
     settings: watch::Sender<Arc<HttpSettings>>,
     registry: Registry,
+    /// The rendered agent part of `/metrics`.
+    blocks: Arc<BlockCache>,
 }
 
 impl AppState {
@@ -413,6 +443,7 @@ impl AppState {
             ready_gauge,
             settings,
             registry,
+            blocks: Arc::default(),
         })
     }
 
@@ -423,8 +454,25 @@ impl AppState {
     }
 
     pub fn publish_arc(&self, snap: Arc<LiveSnapshot>) {
+        self.blocks.published(&snap, self.settings());
         // `send_replace` stores the value even when nobody subscribed.
         self.snapshot.send_replace(snap);
+    }
+
+    /// The rendered agent part of `/metrics` for `snap` under `settings` (kept
+    /// between scrapes of the same agent part).
+    pub fn agent_block(
+        &self,
+        snap: &LiveSnapshot,
+        settings: &Arc<HttpSettings>,
+    ) -> Arc<AgentBlock> {
+        self.blocks.get(snap, settings)
+    }
+
+    /// Whether the rendered agent part of `snap` (under the current settings) is kept.
+    #[cfg(test)]
+    pub(super) fn agent_block_kept(&self, snap: &LiveSnapshot) -> bool {
+        self.blocks.cached(snap, &self.settings()).is_some()
     }
 
     /// The latest published snapshot.

@@ -972,7 +972,10 @@ fn centre_capture_spliced_with_agents_equals_full_capture() {
     assert!(centre.totals.iter().all(|(d, _, _)| Scope::Centre.has(*d)));
     assert!(full.totals.iter().any(|(d, _, _)| *d == Dimension::Agent));
     assert!(!full.floor.agents.is_empty());
+    assert_eq!(centre.agent_part, 0);
+    assert_ne!(full.agent_part, 0);
     centre.splice_agents_from(&full);
+    assert_eq!(centre.agent_part, full.agent_part);
     // `now_ms` is read from the wall clock per capture; the rest must be equal.
     centre.now_ms = full.now_ms;
     assert_eq!(centre.totals, full.totals);
@@ -1156,14 +1159,15 @@ fn rendering_stops_when_the_reader_is_gone() {
     }
     let settings = state.settings();
     let mut all = 0;
-    exposition::render_chunks(state.registry(), &snap, &settings, &mut |_| {
+    let block = exposition::AgentBlock::build(&snap, settings.clone());
+    exposition::render_chunks(state.registry(), &snap, &block, &mut |_| {
         all += 1;
         true
     })
     .unwrap();
     assert!(all > 4, "{all} chunks");
     let mut calls = 0;
-    exposition::render_chunks(state.registry(), &snap, &settings, &mut |_| {
+    exposition::render_chunks(state.registry(), &snap, &block, &mut |_| {
         calls += 1;
         false
     })
@@ -1202,5 +1206,119 @@ fn agent_histogram_buckets_are_opt_in() {
             buckets,
             "buckets {buckets}"
         );
+    }
+}
+
+/// The lines of a `/metrics` body that belong to agent series.
+fn agent_lines(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter(|l| l.contains("dimension=\"agent\""))
+        .collect()
+}
+
+/// `/metrics` reuses the rendered agent part only while it is current: a new capture
+/// of the agents (new figures) or a settings reload renders it again, a centre
+/// publication spliced with the same agent part reuses it, and every body is what a
+/// fresh render of the published snapshot gives.
+#[tokio::test]
+async fn metrics_reuses_the_agent_part_only_while_it_is_current() {
+    use crate::engine::Scope;
+    use crate::source::sim::{SimConfig, Simulator};
+    let mut cfg = Config::default();
+    cfg.http.per_agent_series = true;
+    let srv = Server::start(&cfg).await;
+    let st = srv.state.clone();
+    let fresh = |st: &AppState| {
+        let body = exposition::render(st.registry(), &st.snapshot(), &st.settings()).unwrap();
+        String::from_utf8(body).unwrap()
+    };
+    let mut sim = Simulator::new(SimConfig {
+        seed: 5,
+        agents: 40,
+        contacts_per_hour: 2_000.0,
+        ..SimConfig::default()
+    });
+    let mut e = Engine::new(EngineConfig::from_config(&cfg));
+    let mut feed = |e: &mut Engine, n: usize| {
+        for _ in 0..n {
+            if let Ok(ev) = crate::event::decode(sim.next_line().1.as_bytes()) {
+                e.apply(ev);
+            }
+        }
+    };
+    feed(&mut e, 4_000);
+    st.publish(LiveSnapshot::capture(&e, 1, None));
+    let first = srv.text("/metrics").await;
+    assert_eq!(first, fresh(&st));
+    assert!(st.agent_block_kept(&st.snapshot()));
+    assert!(
+        agent_lines(&first).len() > 100,
+        "{}",
+        agent_lines(&first).len()
+    );
+
+    // New agent figures: the kept block is another part's, so it is not used.
+    feed(&mut e, 4_000);
+    let full = Arc::new(LiveSnapshot::capture(&e, 2, None));
+    st.publish_arc(full.clone());
+    assert_eq!(
+        st.agent_block(&full, &st.settings()).part(),
+        full.agent_part
+    );
+    let second = srv.text("/metrics").await;
+    assert_eq!(second, fresh(&st));
+    assert_ne!(agent_lines(&second), agent_lines(&first));
+
+    // The centre moves on, the agent part is the same capture: the block is reused
+    // (the agent lines are those of `full`), the centre's lines are new.
+    feed(&mut e, 4_000);
+    let mut centre = LiveSnapshot::capture_of(&e, 3, None, Scope::Centre);
+    centre.splice_agents_from(&full);
+    st.publish(centre);
+    assert!(st.agent_block_kept(&st.snapshot()));
+    let third = srv.text("/metrics").await;
+    assert_eq!(third, fresh(&st));
+    assert_eq!(agent_lines(&third), agent_lines(&second));
+    assert_ne!(third, second);
+
+    // A reload (agent histograms with buckets) renders the agent part again.
+    let mut reloaded = cfg.clone();
+    reloaded.http.per_agent_buckets = true;
+    st.set_settings(HttpSettings::from_config(&reloaded));
+    assert!(!st.agent_block_kept(&st.snapshot()));
+    let fourth = srv.text("/metrics").await;
+    assert_eq!(fourth, fresh(&st));
+    assert!(
+        fourth.lines().any(
+            |l| l.starts_with("ccmetrics_wait_seconds_bucket{dimension=\"agent\"")
+                && l.contains("le=\"20\"")
+        ),
+        "no agent buckets after the reload"
+    );
+    srv.shutdown().await;
+}
+
+/// While `/metrics` is scraped, a newly published agent part is rendered ahead on
+/// the render-ahead thread (the next scrape finds it ready); before any scrape
+/// nothing is rendered.
+#[test]
+fn a_new_agent_part_is_rendered_ahead_while_metrics_is_scraped() {
+    let mut cfg = Config::default();
+    cfg.http.per_agent_series = true;
+    let state = AppState::new(&cfg).unwrap();
+    state.publish(simulated_snapshot(&cfg));
+    state.publish(simulated_snapshot(&cfg));
+    assert!(!state.agent_block_kept(&state.snapshot()));
+
+    let _ = state.agent_block(&state.snapshot(), &state.settings());
+    assert!(state.agent_block_kept(&state.snapshot()));
+    state.publish(simulated_snapshot(&cfg));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !state.agent_block_kept(&state.snapshot()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new agent part was not rendered ahead within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }

@@ -49,7 +49,7 @@ use super::partition::{Part, Position};
 use crate::config::{AssignmentStrategy, Config};
 use crate::engine::{EngineConfig, Scope};
 use crate::event::Decoder;
-use crate::http::{AppState, LiveSnapshot, PartitionStatus};
+use crate::http::{AGENTS_EVERY, AppState, LiveSnapshot, PartitionStatus};
 use crate::pipeline::{CommitDone, CommitError, CommitJob};
 use crate::store::{Store, StoreError};
 
@@ -59,11 +59,10 @@ const REVOKE_COMMIT_BUDGET: Duration = Duration::from_secs(10);
 /// The live view is republished this often while input flows (event → /metrics
 /// latency is at most this plus the scrape).
 const PUBLISH_EVERY: Duration = Duration::from_millis(150);
-/// The live view's agent part (team and agent rows, agents on the floor) is captured
-/// this often; centre, channel and queue figures on every publish. Capturing and
-/// merging 60 000 agents over six partitions takes a few hundred milliseconds, which
-/// on every publish kept event → /metrics latency above a second.
-const AGENTS_EVERY: Duration = Duration::from_secs(5);
+// The live view's agent part (team and agent rows, agents on the floor) is captured
+// every `AGENTS_EVERY`; centre, channel and queue figures on every publish.
+// Capturing and merging 60 000 agents over six partitions takes a few hundred
+// milliseconds, which on every publish kept event → /metrics latency above a second.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// After a failed commit round the next one waits twice as long as the last, up to
 /// this: a store that is down costs one bounded attempt (the pool's acquire timeout)
