@@ -232,7 +232,7 @@ PY
 
 # /metrics at 10 k agents, per-agent series on (max_agent_series above the agents) and,
 # for reference, off: serve reads a generated file on stdin, then SCRAPES scrapes once
-# every event is in. idle_timeout is raised to 1 h so the engine clock stays at the
+# every event is in, SCRAPE_GAP seconds apart (default 0.5). idle_timeout is raised to 1 h so the engine clock stays at the
 # file's last event during the scrapes (otherwise it jumps to the wall clock after 30 s
 # of no input, the rolling windows empty and the response shrinks mid-measurement).
 scrape_bench() {
@@ -278,6 +278,9 @@ scrape_one() {
   : > "$OUT/scrape-times"
   for _ in $(seq "$scrapes"); do
     curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "http://$addr/metrics" >> "$OUT/scrape-times"
+    # Spaced out so the run crosses several captures of the agent part (every 5 s):
+    # scrapes right after one find its text still being rendered ahead.
+    sleep "${SCRAPE_GAP:-0.5}"
   done
   read -r tmin tmed tmax < <(cut -d' ' -f1 "$OUT/scrape-times" | median)
   read -r smin smed smax < <(cut -d' ' -f2 "$OUT/scrape-times" | median)

@@ -15,7 +15,10 @@
 # windows of the live views keep a bucket per minute and key (every agent, in every
 # partition) for the longest of them, an hour by default, so memory grows for that
 # hour too: the soak keeps them at 15 minutes at most (SOAK_ROLLING, default "5m",
-# "15m"), which leaves the 1 h snapshot interval as the longest period left.
+# "15m"). The open snapshot windows hold a row per key and window until the window is
+# flushed (the default intervals 15m, 1h and 1d: a saw-tooth an hour or a day long),
+# so the soak writes 5-minute snapshots only (SOAK_INTERVALS, default "5m"); a day of
+# the default intervals is what `examples/soak_model.rs` shows (docs/reliability.md).
 #
 # The simulator is warmed up first (SOAK_SIM_WARMUP of simulated time, default 6h,
 # generated and not published: `produce --sim-warmup`): a cold simulator's event rate
@@ -29,7 +32,8 @@
 # seconds between samples (10), SOAK_WARMUP seconds after the first event read that are
 # excluded from the verdict (default a third of the run, at most 600), SOAK_PG base URL of a PostgreSQL server
 # (postgres://postgres@127.0.0.1:5432/test; a database of its own is created and
-# dropped), SOAK_SIM_WARMUP (6h), SOAK_ROLLING (the TOML list of rolling windows), SOAK_OUT output directory (target/soak), SOAK_BIN the binary
+# dropped), SOAK_SIM_WARMUP (6h), SOAK_ROLLING (the TOML list of rolling windows), SOAK_INTERVALS (the TOML list of
+# snapshot intervals, default "5m"), SOAK_OUT output directory (target/soak), SOAK_BIN the binary
 # (target/release/ccmetrics; build it with `cargo build --release --locked --bin ccmetrics`).
 #
 # Verdict ("memory flat"): after warm-up, the least-squares slope of RSS over time,
@@ -47,6 +51,7 @@ WARMUP=${SOAK_WARMUP:-$(( SECONDS_TOTAL / 3 < 600 ? SECONDS_TOTAL / 3 : 600 ))}
 HORIZON=${SOAK_HORIZON:-5m}
 SIM_WARMUP=${SOAK_SIM_WARMUP:-6h}
 ROLLING=${SOAK_ROLLING:-'"5m", "15m"'}
+INTERVALS=${SOAK_INTERVALS:-'"5m"'}
 PG=${SOAK_PG:-postgres://postgres@127.0.0.1:5432/test}
 OUT=${SOAK_OUT:-target/soak}
 BIN=${SOAK_BIN:-target/release/ccmetrics}
@@ -81,6 +86,7 @@ url = "$store_url"
 allowed_lateness = "30s"
 correction_horizon = "$HORIZON"
 rolling = [$ROLLING]
+intervals = [$INTERVALS]
 [fcr]
 window = "$HORIZON"
 [http]
@@ -104,7 +110,7 @@ pids+=("$!")
 
 csv="$OUT/soak.csv"
 echo "elapsed_s,rss_kib,open_contacts,lag,read" >"$csv"
-echo "== soak: ${SECONDS_TOTAL}s at ${RATE} events/s (simulator warmed up $SIM_WARMUP), correction horizon $HORIZON, sampling every ${SAMPLE}s, warm-up ${WARMUP}s; $csv"
+echo "== soak: ${SECONDS_TOTAL}s at ${RATE} events/s (simulator warmed up $SIM_WARMUP), correction horizon $HORIZON, rolling [$ROLLING], intervals [$INTERVALS], sampling every ${SAMPLE}s, warm-up ${WARMUP}s; $csv"
 start=$(date +%s)
 while :; do
   now=$(date +%s); elapsed=$(( now - start ))
