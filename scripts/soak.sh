@@ -30,7 +30,7 @@
 #
 # Environment: SOAK_SECONDS (default 1800), SOAK_RATE events/s (500), SOAK_SAMPLE
 # seconds between samples (10), SOAK_WARMUP seconds after the first event read that are
-# excluded from the verdict (default a third of the run, at most 600), SOAK_PG base URL of a PostgreSQL server
+# excluded from the verdict (default: the longest retention period kept, plus 90 s), SOAK_PG base URL of a PostgreSQL server
 # (postgres://postgres@127.0.0.1:5432/test; a database of its own is created and
 # dropped), SOAK_SIM_WARMUP (6h), SOAK_ROLLING (the TOML list of rolling windows), SOAK_INTERVALS (the TOML list of
 # snapshot intervals, default "5m"), SOAK_OUT output directory (target/soak), SOAK_BIN the binary
@@ -47,11 +47,21 @@ cd "$(dirname "$0")/.."
 SECONDS_TOTAL=${SOAK_SECONDS:-1800}
 RATE=${SOAK_RATE:-500}
 SAMPLE=${SOAK_SAMPLE:-10}
-WARMUP=${SOAK_WARMUP:-$(( SECONDS_TOTAL / 3 < 600 ? SECONDS_TOTAL / 3 : 600 ))}
 HORIZON=${SOAK_HORIZON:-5m}
 SIM_WARMUP=${SOAK_SIM_WARMUP:-6h}
 ROLLING=${SOAK_ROLLING:-'"5m", "15m"'}
 INTERVALS=${SOAK_INTERVALS:-'"5m"'}
+# The verdict's warm-up: the longest period the soak's state fills for (correction
+# horizon, rolling windows, snapshot intervals) plus the allowed lateness and a minute,
+# so every bounded part of the state has filled once before the slope is taken.
+WARMUP=${SOAK_WARMUP:-$(python3 - "$HORIZON" "$ROLLING" "$INTERVALS" <<'PY'
+import re, sys
+def secs(t):
+    return int(t[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[t[-1]]
+periods = [sys.argv[1]] + re.findall(r'"([^"]+)"', sys.argv[2] + " " + sys.argv[3])
+print(max(secs(p) for p in periods) + 30 + 60)
+PY
+)}
 PG=${SOAK_PG:-postgres://postgres@127.0.0.1:5432/test}
 OUT=${SOAK_OUT:-target/soak}
 BIN=${SOAK_BIN:-target/release/ccmetrics}
@@ -131,43 +141,4 @@ done
 cat "/proc/$serve_pid/smaps" >"$OUT/smaps.end" 2>/dev/null || true
 curl -sf "$base/api/v1/status" >"$OUT/status.end.json" || true
 
-python3 - "$csv" "$WARMUP" <<'EOF'
-import csv, statistics, sys
-rows = [r for r in csv.DictReader(open(sys.argv[1]))]
-# The warm-up counts from the first event read, not from the start: the producer
-# spends a minute or two warming its simulator up first, and the engine's contacts
-# fill up for a correction horizon after the first event.
-first_read = next((int(r["elapsed_s"]) for r in rows if int(r["read"]) > 0), 0)
-warm = first_read + int(sys.argv[2])
-after = [r for r in rows if int(r["elapsed_s"]) >= warm]
-if len(after) < 3:
-    print("too few samples after warm-up for a verdict"); sys.exit(1)
-def slope(key):
-    xs = [int(r["elapsed_s"]) for r in after]; ys = [float(r[key]) for r in after]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return (sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0) * 3600, statistics.median(ys)
-rss_h, rss_med = slope("rss_kib")
-open_h, open_med = slope("open_contacts")
-first, last = rows[0], rows[-1]
-print(f"samples: {len(rows)} ({len(after)} after the warm-up: first event read at {first_read}s, verdict from {warm}s)")
-print(f"events read: {last['read']}; lag at the end: {last['lag']}")
-print(f"RSS: start {int(first['rss_kib'])//1024} MiB, median after warm-up {rss_med/1024:.1f} MiB, "
-      f"max {max(int(r['rss_kib']) for r in rows)//1024} MiB, slope {rss_h/1024:+.1f} MiB/h")
-print(f"open contacts: median after warm-up {open_med:.0f}, slope {open_h:+.0f}/h")
-# How much of RSS the retained contacts explain: RSS = a + b * open_contacts over the
-# samples after warm-up, and the time trend of what is left.
-xs = [float(r["open_contacts"]) for r in after]; ys = [float(r["rss_kib"]) for r in after]
-mx, my = statistics.fmean(xs), statistics.fmean(ys)
-den = sum((x - mx) ** 2 for x in xs)
-if den:
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den
-    res = [y - (my + b * (x - mx)) for x, y in zip(xs, ys)]
-    ts = [int(r["elapsed_s"]) for r in after]; mt = statistics.fmean(ts)
-    rs = sum((t - mt) * r for t, r in zip(ts, res)) / sum((t - mt) ** 2 for t in ts) * 3600
-    print(f"RSS per open contact {b:.1f} KiB; RSS not explained by open contacts: slope {rs/1024:+.1f} MiB/h")
-flat = rss_h < 0.05 * rss_med and rss_h < 16 * 1024 and (open_med == 0 or open_h < 0.05 * open_med)
-print("verdict: memory " + ("FLAT after warm-up" if flat else "NOT flat after warm-up")
-      + " (criterion: RSS and open-contacts slopes below 5 % of their median per hour, RSS below 16 MiB/h)")
-sys.exit(0 if flat else 1)
-EOF
+python3 scripts/soak-verdict.py "$csv" "$WARMUP"

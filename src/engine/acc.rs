@@ -106,6 +106,16 @@ fn b(x: bool) -> i64 {
 impl Acc {
     /// Apply a measure with `sign` +1 (add) or -1 (retract a correction).
     pub fn apply(&mut self, m: &Measure, sign: i64) {
+        self.apply_with(m, sign, true);
+    }
+
+    /// [`Acc::apply`] without the latency histograms (counts and sums only), for
+    /// accumulators that are never asked for a percentile.
+    pub fn apply_counts(&mut self, m: &Measure, sign: i64) {
+        self.apply_with(m, sign, false);
+    }
+
+    fn apply_with(&mut self, m: &Measure, sign: i64, hists: bool) {
         match *m {
             Measure::QueueOutcome {
                 answered,
@@ -119,7 +129,9 @@ impl Acc {
                     self.answered_within += sign * b(within);
                     self.wait_sum_ms += sign * wait_ms as i64;
                     self.wait_count += sign;
-                    self.wait_hist.record(wait_ms, sign);
+                    if hists {
+                        self.wait_hist.record(wait_ms, sign);
+                    }
                 } else {
                     self.abandoned += sign;
                     self.short_abandoned += sign * b(short);
@@ -133,19 +145,25 @@ impl Acc {
                 if let Some(w) = wait_ms {
                     self.wait_sum_ms += sign * w as i64;
                     self.wait_count += sign;
-                    self.wait_hist.record(w, sign);
+                    if hists {
+                        self.wait_hist.record(w, sign);
+                    }
                 }
             }
             Measure::AgentAbandoned => self.abandoned += sign,
             Measure::Handled { handle_ms } => {
                 self.handled += sign;
                 self.handle_sum_ms += sign * handle_ms as i64;
-                self.handle_hist.record(handle_ms, sign);
+                if hists {
+                    self.handle_hist.record(handle_ms, sign);
+                }
             }
             Measure::FirstResponse { frt_ms } => {
                 self.frt_count += sign;
                 self.frt_sum_ms += sign * frt_ms as i64;
-                self.frt_hist.record(frt_ms, sign);
+                if hists {
+                    self.frt_hist.record(frt_ms, sign);
+                }
             }
             Measure::Resolved { fcr } => {
                 self.resolved += sign;

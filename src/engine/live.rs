@@ -101,6 +101,10 @@ impl Floor {
     /// Add or retract a fact in today's accumulators. `day` and `interval` are the
     /// starts of the fact's day and finest interval. Facts of earlier days are not
     /// today's; the first fact of a later day starts a new day.
+    ///
+    /// Without latency histograms: the wallboard shows counts, rates and means for
+    /// today, never percentiles, and a histogram per agent gains bins with every new
+    /// value all day long (in every partition's engine: the soak's RSS grew with it).
     pub fn apply_today(
         &mut self,
         f: &Fact,
@@ -121,14 +125,17 @@ impl Floor {
         }
         let Some(t) = self.today.as_mut() else { return };
         for dk in dims {
-            t.accs.entry(*dk).or_default().apply(&f.measure, sign);
+            t.accs
+                .entry(*dk)
+                .or_default()
+                .apply_counts(&f.measure, sign);
             if matches!(dk.0, Dimension::All | Dimension::Queue) {
                 t.intervals
                     .entry(interval)
                     .or_default()
                     .entry(*dk)
                     .or_default()
-                    .apply(&f.measure, sign);
+                    .apply_counts(&f.measure, sign);
             }
         }
     }

@@ -665,6 +665,11 @@ fn floor_today_counts_the_current_day() {
         .map(|(_, _, a)| a.clone())
         .unwrap();
     assert_eq!((sales.offered, sales.answered, sales.abandoned), (2, 1, 1));
+    assert_eq!((sales.wait_sum_ms, sales.wait_count), (5_000, 1));
+    // Counts and sums only: today's figures never need a percentile.
+    assert!(f.today.iter().all(|(_, _, a)| a.wait_hist.is_empty()
+        && a.handle_hist.is_empty()
+        && a.frt_hist.is_empty()));
     assert!(
         f.trend.iter().any(|(s, d, k, a)| *s == T0
             && *d == Dimension::Queue
