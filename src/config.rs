@@ -193,7 +193,9 @@ pub struct HttpConfig {
     /// wait, handle and first-response histograms then carry only `le="+Inf"`,
     /// `_sum` and `_count`, enough for averages; percentiles per agent come from the
     /// snapshots). Buckets are 17 of an agent's ~20 samples per histogram: with them
-    /// 10 000 agents are ~0.9 M samples a scrape, without them ~0.4 M.
+    /// 10 000 agents are ~0.9 M samples a scrape, without them ~0.4 M. Read at start-up
+    /// only: the engine keeps an agent's latency histograms since start only when it is
+    /// on (`EngineConfig::agent_total_hists`).
     pub per_agent_buckets: bool,
     /// Bearer token for the JSON API and the wallboard (`/metrics`, `/healthz` and
     /// `/readyz` stay open). Empty: no token. Prefer `CCMETRICS__HTTP__TOKEN`.
@@ -539,12 +541,11 @@ pub struct Config {
 /// only: it shapes stored figures (windows, thresholds, attribution rules), open
 /// connections (store, brokers, listen address) or the Prometheus series layout
 /// (histogram bucket bounds include the service-level threshold).
-pub const RELOADABLE_KEYS: [&str; 6] = [
+pub const RELOADABLE_KEYS: [&str; 5] = [
     "targets",
     "metrics.service_level_formula",
     "http.per_agent_series",
     "http.max_agent_series",
-    "http.per_agent_buckets",
     "http.token",
 ];
 
@@ -729,7 +730,6 @@ impl Config {
         effective.metrics.service_level_formula = new.metrics.service_level_formula;
         effective.http.per_agent_series = new.http.per_agent_series;
         effective.http.max_agent_series = new.http.max_agent_series;
-        effective.http.per_agent_buckets = new.http.per_agent_buckets;
         effective.http.token = new.http.token.clone();
         let mut changed = Vec::new();
         match (toml::Value::try_from(self), toml::Value::try_from(new)) {
@@ -883,6 +883,12 @@ mod tests {
         assert!(r.applied.contains(&"targets.queues.vip".to_owned()));
         let same = old.reload(&old);
         assert!(same.applied.is_empty() && same.needs_restart.is_empty());
+        // Agent histogram buckets need a restart: the engine keeps an agent's
+        // histograms since start only when they were on at start-up.
+        let buckets = load_str("[http]\nper_agent_buckets = true\n").unwrap();
+        let r = old.reload(&buckets);
+        assert!(!r.effective.http.per_agent_buckets);
+        assert_eq!(r.needs_restart, ["http.per_agent_buckets"]);
     }
 
     #[test]

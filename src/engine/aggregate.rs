@@ -47,6 +47,8 @@ pub(super) struct Aggregator {
     /// every live publish cost O(minutes × keys)).
     rolling: Vec<RollingSum>,
     totals: HashMap<DimKey, Acc>,
+    /// `EngineConfig::agent_total_hists`.
+    agent_total_hists: bool,
 }
 
 struct RollingSum {
@@ -69,6 +71,7 @@ impl Aggregator {
         all: Sym,
         live: bool,
         rolling_minutes: &[u32],
+        agent_total_hists: bool,
     ) -> Self {
         let (direct, derived) = plan_intervals(&intervals);
         Aggregator {
@@ -92,6 +95,7 @@ impl Aggregator {
                 })
                 .collect(),
             totals: HashMap::default(),
+            agent_total_hists,
         }
     }
 
@@ -117,7 +121,12 @@ impl Aggregator {
             return;
         }
         for dk in dims {
-            self.totals.entry(*dk).or_default().apply(&f.measure, sign);
+            let acc = self.totals.entry(*dk).or_default();
+            if dk.0 == Dimension::Agent && !self.agent_total_hists {
+                acc.apply_counts(&f.measure, sign);
+            } else {
+                acc.apply(&f.measure, sign);
+            }
         }
         let minute = f.ts.div_euclid(MINUTE) * MINUTE;
         if now.is_some_and(|now| minute > now - self.rolling_span_ms) {

@@ -116,6 +116,13 @@ pub struct EngineConfig {
     pub max_clock_skew_ms: i64,
     /// Distinct keys kept per dimension ([`limits`]).
     pub limits: KeyLimits,
+    /// Keep latency histograms in each agent's totals since start (the `/metrics`
+    /// agent histogram buckets, `[http] per_agent_buckets`). Off, an agent's totals
+    /// keep counts and sums only: its histograms would gain a bin for every new
+    /// distinct value for as long as the process runs (tens of KB per agent and
+    /// partition after weeks), and nothing else reads them. Windows and rolling views
+    /// always keep them (percentiles per agent come from the snapshots).
+    pub agent_total_hists: bool,
 }
 
 impl EngineConfig {
@@ -147,6 +154,7 @@ impl EngineConfig {
                 queues: c.cardinality.max_queues,
                 customers: c.cardinality.max_customers,
             },
+            agent_total_hists: c.http.per_agent_buckets,
         }
     }
 }
@@ -384,6 +392,7 @@ impl Engine {
             all,
             cfg.live,
             &cfg.rolling_minutes,
+            cfg.agent_total_hists,
         );
         Engine {
             cfg,

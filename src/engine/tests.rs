@@ -764,3 +764,35 @@ fn running_rolling_sums_equal_merged_buckets() {
     }
     assert!(compared > 1000, "compared only {compared} rows");
 }
+
+/// An agent's totals since start keep latency histograms only with
+/// `agent_total_hists` (`[http] per_agent_buckets`): their counts and sums are the same
+/// either way, and queue totals always keep theirs.
+#[test]
+fn agent_totals_keep_histograms_only_when_asked() {
+    for hists in [false, true] {
+        let mut e = Engine::new(EngineConfig {
+            agent_total_hists: hists,
+            ..EngineConfig::default()
+        });
+        e.apply(offered("o1", "c1", 10.0, "sales"));
+        e.apply(with_agent("a1", "contact.answered", "c1", 15.0, "ann"));
+        e.apply(plain("e1", "contact.ended", "c1", 75.0));
+        e.advance_to(T0 + 3_600_000);
+        let totals = e.totals_of(Scope::All);
+        let row = |d: Dimension, k: &str| {
+            totals
+                .iter()
+                .find(|(rd, rk, _)| *rd == d && rk == k)
+                .map(|(_, _, a)| a.clone())
+                .unwrap()
+        };
+        let (agent, queue) = (row(Dimension::Agent, "ann"), row(Dimension::Queue, "sales"));
+        assert_eq!((agent.wait_count, agent.wait_sum_ms), (1, 5_000), "{hists}");
+        assert_eq!(agent.handled, 1, "{hists}");
+        assert_eq!(!agent.wait_hist.is_empty(), hists);
+        assert_eq!(!agent.handle_hist.is_empty(), hists);
+        assert_eq!(queue.wait_hist.count(), 1);
+        assert_eq!(queue.wait_count, 1);
+    }
+}

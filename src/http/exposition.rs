@@ -430,7 +430,7 @@ fn write_rows(
                     prev = prev.max(u64::try_from(hist.count_le(ms)).unwrap_or(0));
                     out.sample(h.name, "_bucket", &r.labels, le, prev as f64);
                 }
-                let count = prev.max(u64::try_from(hist.count()).unwrap_or(0));
+                let count = prev.max(u64::try_from((h.count)(acc)).unwrap_or(0));
                 let inf = le.last().map_or("", String::as_str);
                 out.sample(h.name, "_bucket", &r.labels, inf, count as f64);
                 let sum = (h.sum_ms)(acc) as f64 / 1000.0;

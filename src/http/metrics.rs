@@ -37,6 +37,10 @@ pub(super) struct HistDef {
     pub help: &'static str,
     pub hist: fn(&Acc) -> &Hist,
     pub sum_ms: fn(&Acc) -> i64,
+    /// Observations, from the counter recorded with each one: `_count` and the `+Inf`
+    /// bucket come from it, so they are right where the histogram's bins are not kept
+    /// (an agent's totals without `per_agent_buckets`).
+    pub count: fn(&Acc) -> i64,
 }
 
 pub(super) struct GaugeDef {
@@ -121,18 +125,21 @@ pub(super) static HISTOGRAMS: [HistDef; 3] = [
         help: "Queue wait of answered contacts, since start (HDR bins, <=1% bucket-edge error).",
         hist: |a| &a.wait_hist,
         sum_ms: |a| a.wait_sum_ms,
+        count: |a| a.wait_count,
     },
     HistDef {
         name: "ccmetrics_handle_seconds",
         help: "Handle time (talk + hold + wrap) per segment, since start (HDR bins, <=1% bucket-edge error).",
         hist: |a| &a.handle_hist,
         sum_ms: |a| a.handle_sum_ms,
+        count: |a| a.handled,
     },
     HistDef {
         name: "ccmetrics_first_response_seconds",
         help: "First response time from offer, since start (HDR bins, <=1% bucket-edge error).",
         hist: |a| &a.frt_hist,
         sum_ms: |a| a.frt_sum_ms,
+        count: |a| a.frt_count,
     },
 ];
 
@@ -341,7 +348,13 @@ pub(super) fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
 /// non-negative and non-decreasing: a transient retraction must not produce a
 /// malformed histogram that breaks `histogram_quantile`.
 #[cfg(test)]
-fn histogram(labels: Vec<LabelPair>, h: &Hist, sum_ms: i64, bounds_ms: &[u64]) -> Metric {
+fn histogram(
+    labels: Vec<LabelPair>,
+    h: &Hist,
+    count: i64,
+    sum_ms: i64,
+    bounds_ms: &[u64],
+) -> Metric {
     let mut prev = 0u64;
     let buckets = bounds_ms
         .iter()
@@ -356,7 +369,7 @@ fn histogram(labels: Vec<LabelPair>, h: &Hist, sum_ms: i64, bounds_ms: &[u64]) -
     let mut ph = prometheus::proto::Histogram::default();
     ph.set_bucket(buckets);
     // `_count` doubles as the `+Inf` bucket, so it must be >= every finite bucket.
-    ph.set_sample_count(prev.max(u64::try_from(h.count()).unwrap_or(0)));
+    ph.set_sample_count(prev.max(u64::try_from(count).unwrap_or(0)));
     ph.set_sample_sum(sum_ms as f64 / 1000.0);
     let mut m = Metric::from_label(labels);
     m.set_histogram(ph);
@@ -535,6 +548,7 @@ pub(super) fn dimension_families(snap: &LiveSnapshot, s: &HttpSettings) -> Vec<M
                 histogram(
                     dim_labels(*d, k),
                     (h.hist)(a),
+                    (h.count)(a),
                     (h.sum_ms)(a),
                     super::exposition::bucket_bounds(s, *d),
                 )

@@ -1281,20 +1281,24 @@ async fn metrics_reuses_the_agent_part_only_while_it_is_current() {
     assert_eq!(agent_lines(&third), agent_lines(&second));
     assert_ne!(third, second);
 
-    // A reload (agent histograms with buckets) renders the agent part again.
+    // A reload (fewer agents with series of their own) renders the agent part again.
     let mut reloaded = cfg.clone();
-    reloaded.http.per_agent_buckets = true;
+    reloaded.http.max_agent_series = 5;
     st.set_settings(HttpSettings::from_config(&reloaded));
     assert!(!st.agent_block_kept(&st.snapshot()));
     let fourth = srv.text("/metrics").await;
     assert_eq!(fourth, fresh(&st));
-    assert!(
-        fourth.lines().any(
-            |l| l.starts_with("ccmetrics_wait_seconds_bucket{dimension=\"agent\"")
-                && l.contains("le=\"20\"")
-        ),
-        "no agent buckets after the reload"
-    );
+    let agents = |body: &str| -> BTreeSet<String> {
+        agent_lines(body)
+            .iter()
+            .filter_map(|l| l.split("agent=\"").nth(1))
+            .filter_map(|r| r.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    // Five agents and `__overflow__`.
+    assert_eq!(agents(&fourth).len(), 6, "{:?}", agents(&fourth));
+    assert!(agents(&third).len() > 6);
     srv.shutdown().await;
 }
 
