@@ -35,6 +35,11 @@ struct Args {
     /// Rolling windows in minutes (the default's 5, 15 and 60 when not given).
     #[arg(long, value_delimiter = ',')]
     rolling: Vec<u32>,
+    /// Generate and decode the events but apply none: the RSS is then the
+    /// simulator's own (its queue of events due later grows as it ramps up), to
+    /// subtract from a normal run's.
+    #[arg(long)]
+    sim_only: bool,
 }
 
 /// This process's resident set (Linux), MiB; 0 where it cannot be read.
@@ -109,7 +114,9 @@ fn main() {
             next_row += every;
         }
         n_period += 1;
-        if let Ok(ev) = decoder.decode(line.as_bytes()) {
+        if let Ok(ev) = decoder.decode(line.as_bytes())
+            && !a.sim_only
+        {
             engine.apply(ev);
         }
     }
