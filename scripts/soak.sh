@@ -76,7 +76,14 @@ db="ccmetrics_soak_$$"
 store_url="${PG%/*}/$db"
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Newest first (producer, then serve, then the broker): serve's shutdown commits
+  # every partition, which needs the broker still up (otherwise it waits out its
+  # deadline and exits 1).
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[i]}" 2>/dev/null || true
+    [ "${pids[i]}" = "${serve_pid:-}" ] && { timeout 40 tail --pid="${pids[i]}" -f /dev/null 2>/dev/null || true; }
+  done
   wait 2>/dev/null || true
   psql -q "$PG" -c "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
 }
