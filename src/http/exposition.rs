@@ -327,7 +327,10 @@ impl<'a> RowLists<'a> {
         kept: &KeptAgents<'_>,
         part: Part,
     ) -> RowLists<'a> {
-        let mut src: Exported<'a> = exported(&snap.totals, s.per_agent_series, kept);
+        // The centre part has no team or agent rows: asking `exported` for none also
+        // skips folding the agents outside `kept` into `__overflow__` on every scrape.
+        let per_agent = s.per_agent_series && part == Part::Agents;
+        let mut src: Exported<'a> = exported(&snap.totals, per_agent, kept);
         if part == Part::Centre {
             src = with_zero_queues(src, snap, s);
         }
@@ -342,7 +345,7 @@ impl<'a> RowLists<'a> {
             let Some(rows) = snap.rolling_rows(w.minutes) else {
                 continue;
             };
-            for (d, k, acc) in exported(rows, s.per_agent_series, kept) {
+            for (d, k, acc) in exported(rows, per_agent, kept) {
                 if part.has(d) {
                     rolling.push(row(Some(&w.label), d, k, acc));
                 }

@@ -71,7 +71,9 @@ pub fn next_agent_part() -> u64 {
 /// How often the publishers capture the agent part of the view (team and agent rows,
 /// the agents on the floor: tens of thousands of keys on a large floor); the centre,
 /// channels and queues (what alerts read) are captured on every publication and the
-/// agent part of the last full capture is spliced in.
+/// agent part of the last full capture is spliced in. Capturing and merging 60 000
+/// agents over six partitions takes a few hundred milliseconds, which on every publish
+/// kept event → /metrics latency above a second.
 pub const AGENTS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Input this far behind the wall clock is history (a back-fill through `serve`):

@@ -59,10 +59,6 @@ const REVOKE_COMMIT_BUDGET: Duration = Duration::from_secs(10);
 /// The live view is republished this often while input flows (event → /metrics
 /// latency is at most this plus the scrape).
 const PUBLISH_EVERY: Duration = Duration::from_millis(150);
-// The live view's agent part (team and agent rows, agents on the floor) is captured
-// every `AGENTS_EVERY`; centre, channel and queue figures on every publish.
-// Capturing and merging 60 000 agents over six partitions takes a few hundred
-// milliseconds, which on every publish kept event → /metrics latency above a second.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// After a failed commit round the next one waits twice as long as the last, up to
 /// this: a store that is down costs one bounded attempt (the pool's acquire timeout)
