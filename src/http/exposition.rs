@@ -265,11 +265,14 @@ impl<'s> Out<'s> {
 
 /// Whether `ryu` prints `v` exactly as `f64`'s `Display` does: both print the shortest
 /// digits that round-trip, but `ryu` switches to exponent notation outside
-/// [1e-5, 1e16) and prints whole numbers with a `.0`; in between (every ratio, rate
-/// and seconds sum a scrape has) the text is the same, at a quarter of the cost.
+/// [1e-5, 1e16) and prints whole numbers with a `.0`; and where two shortest
+/// candidates are equally close (from 2^49 ≈ 5.6e14 up, where a step is 1/8 and
+/// `x.25` lies midway between `x.2` and `x.3`) the two break the tie differently.
+/// Below 1e14 (every ratio, rate and seconds sum a scrape has) the text is the same,
+/// at a quarter of the cost.
 fn ryu_matches_display(v: f64) -> bool {
     let a = v.abs();
-    v.fract() != 0.0 && (1e-5..1e15).contains(&a)
+    v.fract() != 0.0 && (1e-5..1e14).contains(&a)
 }
 
 /// One per-dimension family.
@@ -883,6 +886,9 @@ mod tests {
             123.456,
             1e15,
             1e15 + 0.5,
+            -970_635_653_126_215.25,
+            562_949_953_421_312.25,
+            99_999_999_999_999.98,
             9.0e15,
             1e16,
             1e21,
