@@ -99,7 +99,7 @@ struct State<C = Contact> {
     names: Vec<Box<str>>,
     seen_by_hour: BTreeMap<Millis, Vec<u128>>,
     contacts: HashMap<ContactKey, C>,
-    customers: HashMap<CustomerKey, Vec<ContactKey>>,
+    customers: HashMap<CustomerKey, super::CustomerContacts>,
     agent_team: HashMap<Sym, Sym>,
     awaiting_team: HashMap<Sym, Vec<ContactKey>>,
     wrap_deadlines: BTreeMap<Millis, Vec<ContactKey>>,

@@ -1,7 +1,8 @@
 //! Latency histograms with HDR bucketing and signed counts.
 //!
 //! Open windows hold a sparse, signed bin list: small for the many per-agent windows
-//! (a handful of contacts each) and able to take a correction (`-1`) exactly, which
+//! (a handful of contacts each; the few histograms with hundreds of bins turn into a
+//! dense array, see [`DENSE_AT`]) and able to take a correction (`-1`) exactly, which
 //! `hdrhistogram` counts cannot. Bins are HDR bins (2 significant digits, so ≤ 1 %
 //! relative error), so converting to an [`hdrhistogram::Histogram`] for storage,
 //! merging and percentiles is lossless.
@@ -48,20 +49,118 @@ pub enum HistError {
     Negative { value: u64, count: i64 },
 }
 
-/// Sparse signed histogram of millisecond values, bins sorted by value.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Bins a histogram holds sparse before it turns dense. A sparse record is a binary
+/// search plus, for a new bin, a shift of the bins above it; the centre's, channels' and
+/// big queues' histograms reach hundreds of distinct bins per window, where that search
+/// and shift were most of the time the engine spent in histograms. Dense costs
+/// [`INDEX_BINS`]`.len()` × 8 bytes (about 30 KB) and a record is one add; at 256
+/// sparse bins (4 KB) only those few large histograms turn dense, while the many
+/// per-agent ones (a handful of bins) stay small.
+const DENSE_AT: usize = 256;
+
+/// HDR layout of our bounds (lowest 1, 2 significant digits): 256 sub-buckets per
+/// bucket (half of them used past bucket 0), unit magnitude 0. `index_of` and
+/// `bin_of` are hdrhistogram's `index_for` and `lowest_equivalent` for that layout,
+/// computed without going through a `Histogram` (a test checks them against it).
+const SUB_BUCKET_HALF_MAGNITUDE: u32 = 7;
+const SUB_BUCKET_HALF: u64 = 1 << SUB_BUCKET_HALF_MAGNITUDE;
+const SUB_BUCKET_MASK: u64 = (SUB_BUCKET_HALF << 1) - 1;
+const LEADING_ZERO_BASE: u32 = 64 - (SUB_BUCKET_HALF_MAGNITUDE + 1);
+
+/// (bucket, sub-bucket) of a value already clamped to [`MAX_VALUE_MS`].
+fn loc(ms: u64) -> (u32, u64) {
+    let bucket = LEADING_ZERO_BASE - (ms | SUB_BUCKET_MASK).leading_zeros();
+    (bucket, ms >> bucket)
+}
+
+/// HDR counts index of `ms` (clamped): the dense array's slot.
+fn index_of(ms: u64) -> usize {
+    let (bucket, sub) = loc(ms.min(MAX_VALUE_MS));
+    (((u64::from(bucket) + 1) << SUB_BUCKET_HALF_MAGNITUDE) + sub - SUB_BUCKET_HALF) as usize
+}
+
+/// Sparse or dense signed bins; see [`DENSE_AT`].
+#[derive(Clone, Debug)]
+enum Bins {
+    /// `(bin value, count)`, sorted by value, no zero counts.
+    Sparse(Vec<(u64, i64)>),
+    /// Count per HDR index (`INDEX_BINS` gives the value); `nonzero` of them not zero.
+    Dense { counts: Box<[i64]>, nonzero: usize },
+}
+
+impl Default for Bins {
+    fn default() -> Self {
+        Bins::Sparse(Vec::new())
+    }
+}
+
+/// Sparse signed histogram of millisecond values (dense once large, see [`DENSE_AT`]).
+///
+/// Stored and checkpointed as its sorted non-zero `(bin, count)` list whatever its
+/// in-memory form, so the encoding is the one checkpoint format 4 has always had.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(from = "SparseHist")]
 pub struct Hist {
+    bins: Bins,
+}
+
+/// The serialized form of a [`Hist`].
+#[derive(serde::Deserialize)]
+struct SparseHist {
     bins: Vec<(u64, i64)>,
 }
+
+impl From<SparseHist> for Hist {
+    fn from(s: SparseHist) -> Hist {
+        Hist::from_sorted(s.bins)
+    }
+}
+
+impl serde::Serialize for Hist {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+        struct Seq<'a>(&'a Hist);
+        impl serde::Serialize for Seq<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for b in self.0.iter() {
+                    seq.serialize_element(&b)?;
+                }
+                seq.end()
+            }
+        }
+        let mut st = s.serialize_struct("Hist", 1)?;
+        st.serialize_field("bins", &Seq(self))?;
+        st.end()
+    }
+}
+
+impl PartialEq for Hist {
+    fn eq(&self, other: &Hist) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Hist {}
 
 impl Hist {
     pub fn new() -> Self {
         Hist::default()
     }
 
+    /// From bins sorted by value without zero counts (a decoded or stored list).
+    fn from_sorted(bins: Vec<(u64, i64)>) -> Hist {
+        let mut h = Hist {
+            bins: Bins::Sparse(bins),
+        };
+        h.densify_if_large();
+        h
+    }
+
     /// The HDR bin (its lowest equivalent value) that holds `ms`.
     pub fn bin_of(ms: u64) -> u64 {
-        TEMPLATE.lowest_equivalent(ms.min(MAX_VALUE_MS))
+        let (bucket, sub) = loc(ms.min(MAX_VALUE_MS));
+        sub << bucket
     }
 
     /// Add `count` (may be negative, to retract) observations of `ms`.
@@ -69,48 +168,119 @@ impl Hist {
         if count == 0 {
             return;
         }
-        let bin = Hist::bin_of(ms);
-        match self.bins.binary_search_by_key(&bin, |b| b.0) {
-            Ok(i) => {
-                self.bins[i].1 += count;
-                if self.bins[i].1 == 0 {
-                    self.bins.remove(i);
+        match &mut self.bins {
+            Bins::Sparse(bins) => {
+                let bin = Hist::bin_of(ms);
+                match bins.binary_search_by_key(&bin, |b| b.0) {
+                    Ok(i) => {
+                        bins[i].1 += count;
+                        if bins[i].1 == 0 {
+                            bins.remove(i);
+                        }
+                    }
+                    Err(i) => {
+                        bins.insert(i, (bin, count));
+                        self.densify_if_large();
+                    }
                 }
             }
-            Err(i) => self.bins.insert(i, (bin, count)),
+            Bins::Dense { counts, nonzero } => {
+                // `index_of` is below `INDEX_BINS.len()` == `counts.len()` for every
+                // clamped value (tested); `get_mut` keeps a slip from panicking.
+                if let Some(c) = counts.get_mut(index_of(ms)) {
+                    let before = *c;
+                    *c += count;
+                    match (before == 0, *c == 0) {
+                        (true, false) => *nonzero += 1,
+                        (false, true) => *nonzero -= 1,
+                        _ => {}
+                    }
+                }
+            }
         }
     }
 
+    fn densify_if_large(&mut self) {
+        let Bins::Sparse(bins) = &self.bins else {
+            return;
+        };
+        if bins.len() <= DENSE_AT {
+            return;
+        }
+        let mut counts = vec![0i64; INDEX_BINS.len()].into_boxed_slice();
+        for &(bin, count) in bins {
+            if let Some(c) = counts.get_mut(index_of(bin)) {
+                *c += count;
+            }
+        }
+        let nonzero = counts.iter().filter(|c| **c != 0).count();
+        self.bins = Bins::Dense { counts, nonzero };
+    }
+
     pub fn merge(&mut self, other: &Hist) {
-        for &(bin, count) in &other.bins {
+        if let (Bins::Dense { counts, nonzero }, Bins::Dense { counts: theirs, .. }) =
+            (&mut self.bins, &other.bins)
+        {
+            for (m, t) in counts.iter_mut().zip(theirs.iter()) {
+                *m += t;
+            }
+            *nonzero = counts.iter().filter(|c| **c != 0).count();
+            return;
+        }
+        for (bin, count) in other.iter() {
             self.record(bin, count);
         }
     }
 
     /// Undo a [`Hist::merge`] of `other` (bins are signed, so this is exact).
     pub fn unmerge(&mut self, other: &Hist) {
-        for &(bin, count) in &other.bins {
+        for (bin, count) in other.iter() {
             self.record(bin, -count);
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bins.is_empty()
+        self.len() == 0
     }
 
-    pub fn bins(&self) -> &[(u64, i64)] {
-        &self.bins
+    /// Number of non-zero bins.
+    fn len(&self) -> usize {
+        match &self.bins {
+            Bins::Sparse(bins) => bins.len(),
+            Bins::Dense { nonzero, .. } => *nonzero,
+        }
+    }
+
+    /// Non-zero `(bin value, count)` pairs in ascending bin order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
+        let (sparse, dense) = match &self.bins {
+            Bins::Sparse(bins) => (Some(bins.iter().copied()), None),
+            Bins::Dense { counts, .. } => (
+                None,
+                Some(
+                    counts
+                        .iter()
+                        .zip(INDEX_BINS.iter())
+                        .filter(|(c, _)| **c != 0)
+                        .map(|(c, b)| (*b, *c)),
+                ),
+            ),
+        };
+        sparse
+            .into_iter()
+            .flatten()
+            .chain(dense.into_iter().flatten())
     }
 
     /// Total count (net of retractions).
     pub fn count(&self) -> i64 {
-        self.bins.iter().map(|b| b.1).sum()
+        self.iter().map(|b| b.1).sum()
     }
 
     /// Convert to an HDR histogram; fails if any bin is net negative.
     pub fn to_hdr(&self) -> Result<Histogram<u64>, HistError> {
         let mut h = empty_hdr();
-        for &(value, count) in &self.bins {
+        for (value, count) in self.iter() {
             let n = u64::try_from(count).map_err(|_| HistError::Negative { value, count })?;
             // Infallible: value <= MAX_VALUE_MS by construction of `record`.
             h.record_n(value, n)
@@ -173,7 +343,7 @@ impl Hist {
         let len = usize::try_from(u32_at(4)?).ok()?;
         let payload = b.get(V2_HEADER_LEN..V2_HEADER_LEN.checked_add(len)?)?;
         let bins = &*INDEX_BINS;
-        let mut out = Hist::new();
+        let mut out = Vec::new();
         let (mut pos, mut index) = (0usize, 0usize);
         while pos < payload.len() {
             let (zz, n) = varint(&payload[pos..])?;
@@ -183,12 +353,12 @@ impl Hist {
                 index = index.checked_add(usize::try_from(v.unsigned_abs()).ok()?)?;
             } else {
                 if v > 0 {
-                    out.bins.push((*bins.get(index)?, v));
+                    out.push((*bins.get(index)?, v));
                 }
                 index = index.checked_add(1)?;
             }
         }
-        Some(out)
+        Some(Hist::from_sorted(out))
     }
 
     /// Value at quantile `q` (0..=1) in milliseconds, `None` when empty.
@@ -203,11 +373,7 @@ impl Hist {
     /// Number of observations <= `ms` (for Prometheus cumulative buckets).
     pub fn count_le(&self, ms: u64) -> i64 {
         let limit = TEMPLATE.highest_equivalent(ms.min(MAX_VALUE_MS));
-        self.bins
-            .iter()
-            .take_while(|b| b.0 <= limit)
-            .map(|b| b.1)
-            .sum()
+        self.iter().take_while(|b| b.0 <= limit).map(|b| b.1).sum()
     }
 }
 
@@ -239,7 +405,7 @@ mod tests {
         h.record(1500, 1);
         h.record(20_000, 2);
         h.record(1500, -1);
-        assert_eq!(h.bins(), &[(Hist::bin_of(20_000), 2)]);
+        assert_eq!(h.iter().collect::<Vec<_>>(), [(Hist::bin_of(20_000), 2)]);
         h.record(20_000, -2);
         assert!(h.is_empty());
     }
@@ -253,6 +419,23 @@ mod tests {
         let back = Hist::decode(&h.encode().unwrap()).unwrap();
         assert_eq!(back, h);
         assert!(Hist::decode(b"garbage").is_err());
+    }
+
+    /// `index_of` and `bin_of` are hdrhistogram's own arithmetic for our layout.
+    #[test]
+    fn index_and_bin_match_hdrhistogram() {
+        let mut values: Vec<u64> = (0..70_000).collect();
+        for shift in 0..64 {
+            let p = 1u64 << shift;
+            values.extend([p - 1, p, p + 1, p.saturating_mul(3) / 2]);
+        }
+        values.extend([MAX_VALUE_MS - 1, MAX_VALUE_MS, MAX_VALUE_MS + 1, u64::MAX]);
+        for v in values {
+            let expected = TEMPLATE.lowest_equivalent(v.min(MAX_VALUE_MS));
+            assert_eq!(Hist::bin_of(v), expected, "bin of {v}");
+            assert_eq!(INDEX_BINS[index_of(v)], expected, "index of {v}");
+        }
+        assert!(index_of(MAX_VALUE_MS) < INDEX_BINS.len());
     }
 
     #[test]
@@ -299,6 +482,42 @@ mod tests {
             bytes[p] = byte;
             bytes.truncate(cut.max(1).min(bytes.len()));
             let _ = Hist::decode(&bytes);
+        }
+
+        /// Past [`DENSE_AT`] bins a histogram turns dense; every operation still gives
+        /// what a plain map of bin -> count gives, and it stores as the same list.
+        #[test]
+        fn dense_and_sparse_agree_with_a_map(
+            ops in proptest::collection::vec((0u64..5_000_000, -2i64..4), 0..900),
+            other in proptest::collection::vec((0u64..5_000_000, 1i64..3), 0..600),
+        ) {
+            let mut h = Hist::new();
+            let mut model = std::collections::BTreeMap::<u64, i64>::new();
+            for &(v, c) in &ops {
+                h.record(v, c);
+                *model.entry(Hist::bin_of(v)).or_default() += c;
+            }
+            let mut o = Hist::new();
+            for &(v, c) in &other {
+                o.record(v, c);
+                *model.entry(Hist::bin_of(v)).or_default() += c;
+            }
+            h.merge(&o);
+            model.retain(|_, c| *c != 0);
+            let want: Vec<(u64, i64)> = model.into_iter().collect();
+            prop_assert_eq!(h.iter().collect::<Vec<_>>(), want.clone());
+            prop_assert_eq!(h.count(), want.iter().map(|b| b.1).sum::<i64>());
+            prop_assert_eq!(h.is_empty(), want.is_empty());
+            // Stored form: the sorted list, whichever form is in memory.
+            let bytes = postcard::to_allocvec(&h).unwrap();
+            let plain = postcard::to_allocvec(&(want,)).unwrap();
+            prop_assert_eq!(&bytes, &plain);
+            let back: Hist = postcard::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(&back, &h);
+            h.unmerge(&o);
+            let mut alone = Hist::new();
+            for &(v, c) in &ops { alone.record(v, c); }
+            prop_assert_eq!(h, alone);
         }
 
         #[test]

@@ -305,6 +305,10 @@ fn shift_times(events: &mut [CEvent], facts: &mut [Fact], by: Millis) {
 type ContactKey = u128;
 type CustomerKey = u128;
 
+/// A customer's contacts held: almost always one, kept inline so the FCR look-up of
+/// a contact's customer costs no second pointer chase (checkpointed like a `Vec`).
+type CustomerContacts = smallvec::SmallVec<[ContactKey; 1]>;
+
 fn key_of(id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
@@ -321,7 +325,7 @@ pub struct Engine {
     /// packed once `pack_after_ms` has passed (entries of since-touched contacts are
     /// stale and skipped).
     pack_queue: std::collections::VecDeque<(Millis, ContactKey)>,
-    customers: HashMap<CustomerKey, Vec<ContactKey>>,
+    customers: HashMap<CustomerKey, CustomerContacts>,
     agent_team: HashMap<Sym, Sym>,
     /// Contacts with facts attributed to team `unknown` because their agent's team was
     /// not known yet; re-derived when it becomes known, so the result does not depend
@@ -666,14 +670,16 @@ impl Engine {
         let Some(c) = self.contacts.get(&ck) else {
             return;
         };
-        let repeat_offers: Vec<Millis> = match c.customer.and_then(|k| self.customers.get(&k)) {
-            Some(ids) => ids
-                .iter()
-                .filter(|id| **id != ck)
-                .filter_map(|id| self.contacts.get(id).and_then(|o| o.first_offer))
-                .collect(),
-            None => Vec::new(),
-        };
+        // Inline for the usual handful: this runs for every event of a contact.
+        let repeat_offers: smallvec::SmallVec<[Millis; 4]> =
+            match c.customer.and_then(|k| self.customers.get(&k)) {
+                Some(ids) => ids
+                    .iter()
+                    .filter(|id| **id != ck)
+                    .filter_map(|id| self.contacts.get(id).and_then(|o| o.first_offer))
+                    .collect(),
+                None => smallvec::SmallVec::new(),
+            };
         let watermark = self.watermark().unwrap_or(Millis::MIN);
         let clock = self.max_ts;
         // Disjoint borrows: the contact (mutable) and the aggregator (mutable) at once.
