@@ -260,9 +260,20 @@ impl Contact {
         }
         let base = self.events.first().map_or(0, |e| e.ts);
         shift_times(&mut self.events, &mut self.facts, base.wrapping_neg());
-        match postcard::to_allocvec(&(base, &self.events, &self.facts)) {
+        // Encoded into a reused buffer, then copied once into an exact-size box: the
+        // encoder growing a fresh vector cost several reallocations per contact.
+        let packed = PACK_BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            let taken = std::mem::take(buf);
+            postcard::to_extend(&(base, &self.events, &self.facts), taken).map(|full| {
+                let bytes: Box<[u8]> = full.as_slice().into();
+                *buf = full;
+                bytes
+            })
+        });
+        match packed {
             Ok(bytes) => {
-                self.packed = Some(bytes.into_boxed_slice());
+                self.packed = Some(bytes);
                 self.events = Vec::new();
                 self.facts = Vec::new();
             }
@@ -286,6 +297,11 @@ impl Contact {
         self.events = events;
         self.facts = facts;
     }
+}
+
+thread_local! {
+    /// [`Contact::pack`]'s encoding buffer (kept between calls; engines are per thread).
+    static PACK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Move every event and fact time by `by` (wrapping: packing stores times relative
