@@ -489,10 +489,14 @@ impl Engine {
         // (no global id set to keep for the whole correction horizon); agent states,
         // which have no contact, against a set that expires with the horizon.
         let contact_key = ev.contact_id.as_deref().map(key_of);
-        let mut was_packed = false;
+        // One look-up of a known contact answers all three: was it packed, is this a
+        // duplicate, is it full.
+        let (mut was_packed, mut duplicate, mut full) = (false, false, false);
         if let Some(c) = contact_key.and_then(|ck| self.contacts.get_mut(&ck)) {
             was_packed = c.packed.is_some();
             c.unpack();
+            duplicate = c.events.iter().any(|e| e.id_hash == id as u64);
+            full = c.events.len() >= MAX_EVENTS_PER_CONTACT;
         }
         // An event turned away leaves a packed contact packed: its queue entry is
         // gone, so nothing would pack it again.
@@ -501,21 +505,15 @@ impl Engine {
                 c.pack();
             }
         };
-        let duplicate = match contact_key {
-            Some(ck) => self
-                .contacts
-                .get(&ck)
-                .is_some_and(|c| c.events.iter().any(|e| e.id_hash == id as u64)),
-            None => !self.seen.insert(id),
-        };
+        if contact_key.is_none() {
+            duplicate = !self.seen.insert(id);
+        }
         if duplicate {
             repack(&mut self.contacts);
             self.stats.duplicates += 1;
             return Outcome::Duplicate;
         }
-        if let Some(c) = contact_key.and_then(|ck| self.contacts.get(&ck))
-            && c.events.len() >= MAX_EVENTS_PER_CONTACT
-        {
+        if full {
             *self
                 .stats
                 .rejected
