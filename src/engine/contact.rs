@@ -149,10 +149,17 @@ fn dur(a: Millis, b: Millis) -> u64 {
 
 /// Derive the facts of one contact from its events sorted by [`CEvent::sort_key`].
 pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
+    derive_into(events, ctx, Vec::with_capacity(events.len() + 2))
+}
+
+/// [`derive`] into `buf` (cleared first): the engine passes the buffer of the facts
+/// it replaced last time, so re-deriving allocates nothing in the usual case.
+pub fn derive_into(events: &[CEvent], ctx: &Ctx<'_>, mut buf: Vec<Fact>) -> Derived {
     let r = ctx.rules;
     let unknown = ctx.unknown;
+    buf.clear();
     let mut out = Derived {
-        facts: Vec::with_capacity(events.len() + 2),
+        facts: buf,
         wrap_deadline: None,
     };
 

@@ -348,6 +348,9 @@ pub struct Engine {
     /// on whether the agent's other events arrived first.
     awaiting_team: HashMap<Sym, Vec<ContactKey>>,
     wrap_deadlines: BTreeMap<Millis, Vec<ContactKey>>,
+    /// The facts a re-derivation replaced, kept for their allocation (see
+    /// `contact::derive_into`); empty between calls in meaning, not in capacity.
+    fact_buf: Vec<Fact>,
     agg: Aggregator,
     /// Who waits and what agents do now (live views only).
     floor: live::Floor,
@@ -427,6 +430,7 @@ impl Engine {
             agent_team: HashMap::default(),
             awaiting_team: HashMap::default(),
             wrap_deadlines: BTreeMap::new(),
+            fact_buf: Vec::new(),
             agg,
             floor: live::Floor::default(),
             windower: Windower::new(cfg_tz),
@@ -710,6 +714,7 @@ impl Engine {
             windower,
             finest,
             pack_queue,
+            fact_buf,
             ..
         } = self;
         let Some(c) = contacts.get_mut(&ck) else {
@@ -725,7 +730,7 @@ impl Engine {
             channels,
             agent_team: &agent_team,
         };
-        let derived = contact::derive(&c.events, &ctx);
+        let derived = contact::derive_into(&c.events, &ctx, std::mem::take(fact_buf));
         if let Some(d) = derived.wrap_deadline {
             let ids = wrap_deadlines.entry(d).or_default();
             if !ids.contains(&ck) {
@@ -785,6 +790,7 @@ impl Engine {
                 (None, None) => break,
             }
         }
+        *fact_buf = old;
     }
 
     /// Hand out every window the watermark has passed (first flushes and corrections),
