@@ -162,6 +162,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         state.clone(),
     ));
 
+    tokio::spawn(trim_freed_memory_periodically());
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(http::serve(
@@ -482,3 +484,49 @@ async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+/// How often `serve` hands free heap pages back to the operating system.
+const TRIM_EVERY: Duration = Duration::from_secs(30);
+
+/// glibc's allocator keeps memory freed in a thread's arena for reuse rather than
+/// returning it, so after any burst (a backlog caught up after a slow store or a busy
+/// machine, a large checkpoint) the daemon's RSS stayed at the burst's high-water mark
+/// for good: a soak saw a 65 MiB step that never came back down (docs/reliability.md,
+/// "Soak"). Trimming every 30 s keeps RSS near what is in use, which is what
+/// operators' memory alerts and the soak measure; it costs a few milliseconds of one
+/// core, off the async workers.
+async fn trim_freed_memory_periodically() {
+    let mut tick = tokio::time::interval(TRIM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let _ = tokio::task::spawn_blocking(trim_freed_memory).await;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_freed_memory() {
+    let started = Instant::now();
+    // SAFETY: malloc_trim takes no pointer from us; it walks glibc's own arenas under
+    // their locks, so it is safe while other threads allocate.
+    let released = unsafe { libc::malloc_trim(0) } != 0;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if ms > 100.0 {
+        tracing::info!(
+            elapsed_ms = ms,
+            released,
+            "returning free heap pages to the OS was slow"
+        );
+    } else {
+        tracing::debug!(
+            elapsed_ms = ms,
+            released,
+            "returned free heap pages to the OS"
+        );
+    }
+}
+
+/// Other allocators and platforms return memory their own way.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_freed_memory() {}
