@@ -52,11 +52,16 @@ pub enum HistError {
 /// Bins a histogram holds sparse before it turns dense. A sparse record is a binary
 /// search plus, for a new bin, a shift of the bins above it; the centre's, channels' and
 /// big queues' histograms reach hundreds of distinct bins per window, where that search
-/// and shift were most of the time the engine spent in histograms. Dense costs
-/// [`INDEX_BINS`]`.len()` × 8 bytes (about 30 KB) and a record is one add; at 256
-/// sparse bins (4 KB) only those few large histograms turn dense, while the many
-/// per-agent ones (a handful of bins) stay small.
+/// and shift were most of the time the engine spent in histograms. Dense, a record is
+/// one add into an array over the HDR slots from the lowest to the highest value seen
+/// (1 KB per doubling of the value range, rounded out to whole doublings: a histogram
+/// of handle times from 1 minute to 1 hour spans 6 doublings, 6 KB, where its sparse
+/// list at 256 bins is 4 KB and at its ~700 possible bins 11 KB). The many per-agent
+/// histograms (a handful of bins) stay sparse.
 const DENSE_AT: usize = 256;
+
+/// Slots per doubling of the value range in the HDR layout (past bucket 0).
+const SLOTS_PER_DOUBLING: usize = SUB_BUCKET_HALF as usize;
 
 /// HDR layout of our bounds (lowest 1, 2 significant digits): 256 sub-buckets per
 /// bucket (half of them used past bucket 0), unit magnitude 0. `index_of` and
@@ -84,8 +89,13 @@ fn index_of(ms: u64) -> usize {
 enum Bins {
     /// `(bin value, count)`, sorted by value, no zero counts.
     Sparse(Vec<(u64, i64)>),
-    /// Count per HDR index (`INDEX_BINS` gives the value); `nonzero` of them not zero.
-    Dense { counts: Box<[i64]>, nonzero: usize },
+    /// Count per HDR index from `lo` on (`INDEX_BINS[lo + i]` is slot `i`'s value);
+    /// `nonzero` of them not zero.
+    Dense {
+        lo: usize,
+        counts: Vec<i64>,
+        nonzero: usize,
+    },
 }
 
 impl Default for Bins {
@@ -184,10 +194,25 @@ impl Hist {
                     }
                 }
             }
-            Bins::Dense { counts, nonzero } => {
-                // `index_of` is below `INDEX_BINS.len()` == `counts.len()` for every
-                // clamped value (tested); `get_mut` keeps a slip from panicking.
-                if let Some(c) = counts.get_mut(index_of(ms)) {
+            Bins::Dense {
+                lo,
+                counts,
+                nonzero,
+            } => {
+                let i = index_of(ms);
+                if i < *lo {
+                    // Extend down to a whole doubling: values below the range are rare
+                    // once it is established, and each extension shifts the array.
+                    let new_lo = i - i % SLOTS_PER_DOUBLING;
+                    counts.splice(0..0, std::iter::repeat_n(0, *lo - new_lo));
+                    *lo = new_lo;
+                } else if i - *lo >= counts.len() {
+                    let hi = (i / SLOTS_PER_DOUBLING + 1) * SLOTS_PER_DOUBLING;
+                    counts.resize(hi.min(INDEX_BINS.len()) - *lo, 0);
+                }
+                // In range now (index_of < INDEX_BINS.len(), tested); `get_mut` keeps
+                // a slip from panicking.
+                if let Some(c) = counts.get_mut(i - *lo) {
                     let before = *c;
                     *c += count;
                     match (before == 0, *c == 0) {
@@ -207,26 +232,27 @@ impl Hist {
         if bins.len() <= DENSE_AT {
             return;
         }
-        let mut counts = vec![0i64; INDEX_BINS.len()].into_boxed_slice();
+        let (Some(first), Some(last)) = (bins.first(), bins.last()) else {
+            return;
+        };
+        let lo = index_of(first.0) - index_of(first.0) % SLOTS_PER_DOUBLING;
+        let hi = ((index_of(last.0) / SLOTS_PER_DOUBLING + 1) * SLOTS_PER_DOUBLING)
+            .min(INDEX_BINS.len());
+        let mut counts = vec![0i64; hi - lo];
         for &(bin, count) in bins {
-            if let Some(c) = counts.get_mut(index_of(bin)) {
+            if let Some(c) = counts.get_mut(index_of(bin) - lo) {
                 *c += count;
             }
         }
         let nonzero = counts.iter().filter(|c| **c != 0).count();
-        self.bins = Bins::Dense { counts, nonzero };
+        self.bins = Bins::Dense {
+            lo,
+            counts,
+            nonzero,
+        };
     }
 
     pub fn merge(&mut self, other: &Hist) {
-        if let (Bins::Dense { counts, nonzero }, Bins::Dense { counts: theirs, .. }) =
-            (&mut self.bins, &other.bins)
-        {
-            for (m, t) in counts.iter_mut().zip(theirs.iter()) {
-                *m += t;
-            }
-            *nonzero = counts.iter().filter(|c| **c != 0).count();
-            return;
-        }
         for (bin, count) in other.iter() {
             self.record(bin, count);
         }
@@ -255,12 +281,12 @@ impl Hist {
     pub fn iter(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
         let (sparse, dense) = match &self.bins {
             Bins::Sparse(bins) => (Some(bins.iter().copied()), None),
-            Bins::Dense { counts, .. } => (
+            Bins::Dense { lo, counts, .. } => (
                 None,
                 Some(
                     counts
                         .iter()
-                        .zip(INDEX_BINS.iter())
+                        .zip(INDEX_BINS[*lo..].iter())
                         .filter(|(c, _)| **c != 0)
                         .map(|(c, b)| (*b, *c)),
                 ),
@@ -436,6 +462,33 @@ mod tests {
             assert_eq!(INDEX_BINS[index_of(v)], expected, "index of {v}");
         }
         assert!(index_of(MAX_VALUE_MS) < INDEX_BINS.len());
+    }
+
+    /// A dense histogram's range grows both ways, to the layout's ends.
+    #[test]
+    fn dense_range_grows_down_and_up() {
+        let mut h = Hist::new();
+        // 257 consecutive HDR slots from slot 1000 (values ~1.3 s to ~4.3 s).
+        for &v in &INDEX_BINS[1000..=1000 + DENSE_AT] {
+            h.record(v, 1);
+        }
+        assert!(matches!(h.bins, Bins::Dense { .. }));
+        for v in [0, 1, 255, 256, 999, 600_000, MAX_VALUE_MS, u64::MAX] {
+            h.record(v, 2);
+        }
+        let got: Vec<(u64, i64)> = h.iter().collect();
+        assert_eq!(
+            got.len(),
+            DENSE_AT + 1 + 7,
+            "u64::MAX and MAX_VALUE_MS share a bin"
+        );
+        assert_eq!(got.first(), Some(&(0, 2)));
+        assert_eq!(got.last(), Some(&(Hist::bin_of(MAX_VALUE_MS), 4)));
+        assert_eq!(h.count(), DENSE_AT as i64 + 1 + 16);
+        h.record(0, -2);
+        assert_eq!(h.iter().next(), Some((1, 2)));
+        let back = Hist::decode(&h.encode().unwrap()).unwrap();
+        assert_eq!(back, h);
     }
 
     #[test]
