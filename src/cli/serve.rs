@@ -101,6 +101,7 @@ fn now_ms() -> i64 {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    fix_mmap_threshold();
     let cfg = a.config.load()?;
     let store = Store::open(&cfg.store.url).await.with_context(|| {
         format!(
@@ -530,3 +531,25 @@ fn trim_freed_memory() {
 /// Other allocators and platforms return memory their own way.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_freed_memory() {}
+
+/// Allocations from this size up are mapped on their own and unmapped when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 256 * 1024;
+
+/// glibc raises its mmap threshold (up to 32 MiB) each time a mapped block is freed,
+/// after which the daemon's large transient buffers (checkpoint bytes, snapshot
+/// deltas, the `/metrics` agent text) come out of the per-thread arenas instead, where
+/// they leave holes between long-lived state that neither a free nor `malloc_trim` can
+/// give back: a soak showed eight 64 MiB arenas nearly all resident. Setting the
+/// threshold fixes it at 256 KiB (and so turns the dynamic raising off).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_mmap_threshold() {
+    // SAFETY: mallopt takes no pointer; it sets a parameter of glibc's allocator
+    // under the allocator's own lock.
+    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } == 0 {
+        tracing::warn!("could not set the allocator's mmap threshold");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_mmap_threshold() {}
