@@ -84,6 +84,33 @@ fn index_of(ms: u64) -> usize {
     (((u64::from(bucket) + 1) << SUB_BUCKET_HALF_MAGNITUDE) + sub - SUB_BUCKET_HALF) as usize
 }
 
+/// Add `count` at HDR index `i` of a dense range starting at `lo`, extending the
+/// range to whole doublings first when `i` is outside it.
+fn dense_add(lo: &mut usize, counts: &mut Vec<i64>, nonzero: &mut usize, i: usize, count: i64) {
+    if i < *lo {
+        // Values below the range are rare once it is established, and each extension
+        // downwards shifts the array.
+        let new_lo = i - i % SLOTS_PER_DOUBLING;
+        counts.splice(0..0, std::iter::repeat_n(0, *lo - new_lo));
+        *lo = new_lo;
+    }
+    if i - *lo >= counts.len() {
+        let hi = (i / SLOTS_PER_DOUBLING + 1) * SLOTS_PER_DOUBLING;
+        counts.resize(hi.min(INDEX_BINS.len()) - *lo, 0);
+    }
+    // In range now (index_of < INDEX_BINS.len(), tested); `get_mut` keeps a slip from
+    // panicking.
+    if let Some(c) = counts.get_mut(i - *lo) {
+        let before = *c;
+        *c += count;
+        match (before == 0, *c == 0) {
+            (true, false) => *nonzero += 1,
+            (false, true) => *nonzero -= 1,
+            _ => {}
+        }
+    }
+}
+
 /// Sparse or dense signed bins; see [`DENSE_AT`].
 #[derive(Clone, Debug)]
 enum Bins {
@@ -198,30 +225,7 @@ impl Hist {
                 lo,
                 counts,
                 nonzero,
-            } => {
-                let i = index_of(ms);
-                if i < *lo {
-                    // Extend down to a whole doubling: values below the range are rare
-                    // once it is established, and each extension shifts the array.
-                    let new_lo = i - i % SLOTS_PER_DOUBLING;
-                    counts.splice(0..0, std::iter::repeat_n(0, *lo - new_lo));
-                    *lo = new_lo;
-                } else if i - *lo >= counts.len() {
-                    let hi = (i / SLOTS_PER_DOUBLING + 1) * SLOTS_PER_DOUBLING;
-                    counts.resize(hi.min(INDEX_BINS.len()) - *lo, 0);
-                }
-                // In range now (index_of < INDEX_BINS.len(), tested); `get_mut` keeps
-                // a slip from panicking.
-                if let Some(c) = counts.get_mut(i - *lo) {
-                    let before = *c;
-                    *c += count;
-                    match (before == 0, *c == 0) {
-                        (true, false) => *nonzero += 1,
-                        (false, true) => *nonzero -= 1,
-                        _ => {}
-                    }
-                }
-            }
+            } => dense_add(lo, counts, nonzero, index_of(ms), count),
         }
     }
 
@@ -232,19 +236,12 @@ impl Hist {
         if bins.len() <= DENSE_AT {
             return;
         }
-        let (Some(first), Some(last)) = (bins.first(), bins.last()) else {
-            return;
-        };
-        let lo = index_of(first.0) - index_of(first.0) % SLOTS_PER_DOUBLING;
-        let hi = ((index_of(last.0) / SLOTS_PER_DOUBLING + 1) * SLOTS_PER_DOUBLING)
-            .min(INDEX_BINS.len());
-        let mut counts = vec![0i64; hi - lo];
+        // Start the range at the lowest bin: the rest only extend it upwards.
+        let (mut lo, mut counts, mut nonzero) =
+            (bins.first().map_or(0, |b| index_of(b.0)), Vec::new(), 0);
         for &(bin, count) in bins {
-            if let Some(c) = counts.get_mut(index_of(bin) - lo) {
-                *c += count;
-            }
+            dense_add(&mut lo, &mut counts, &mut nonzero, index_of(bin), count);
         }
-        let nonzero = counts.iter().filter(|c| **c != 0).count();
         self.bins = Bins::Dense {
             lo,
             counts,
