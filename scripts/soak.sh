@@ -34,7 +34,11 @@
 # (postgres://postgres@127.0.0.1:5432/test; a database of its own is created and
 # dropped), SOAK_SIM_WARMUP (6h), SOAK_ROLLING (the TOML list of rolling windows), SOAK_INTERVALS (the TOML list of
 # snapshot intervals, default "5m"), SOAK_OUT output directory (target/soak), SOAK_BIN the binary
-# (target/release/ccmetrics; build it with `cargo build --release --locked --bin ccmetrics`).
+# (target/release/ccmetrics; build it with `cargo build --release --locked --bin ccmetrics`),
+# SOAK_HEAPTRACK=1 to run the daemon under heaptrack's preload library (Debian package
+# heaptrack; attaching to a running daemon fails here): every allocation is recorded
+# into $OUT/heap.zst, and `heaptrack_print -M massif.out $OUT/heap.zst` gives the heap
+# by call site over time. It slows the daemon down; RSS includes heaptrack's own.
 #
 # Verdict ("memory flat"): after warm-up, the least-squares slope of RSS over time,
 # extrapolated to one hour, is below 5 % of the post-warm-up median RSS and below
@@ -115,7 +119,18 @@ group_id = "soak"
 dead_letter_topic = "soak-dlq"
 EOF
 
-"$BIN" serve --config "$cfg" >"$OUT/serve.out" 2>"$OUT/serve.log" &
+preload=()
+if [ "${SOAK_HEAPTRACK:-}" = 1 ]; then
+  # What /usr/bin/heaptrack does, without its wrapper process, so $serve_pid is the
+  # daemon itself (its RSS is sampled, its SIGTERM is the daemon's).
+  interp=/usr/lib/heaptrack/libexec/heaptrack_interpret
+  lib=/usr/lib/heaptrack/libheaptrack_preload.so
+  [ -x "$interp" ] && [ -f "$lib" ] || { echo "error: heaptrack missing (Debian package heaptrack)" >&2; exit 2; }
+  rm -f "$OUT/heap.pipe" && mkfifo "$OUT/heap.pipe"
+  "$interp" <"$OUT/heap.pipe" | zstd -q -c >"$OUT/heap.zst" &
+  preload=(env LD_PRELOAD="$lib" DUMP_HEAPTRACK_OUTPUT="$OUT/heap.pipe")
+fi
+"${preload[@]}" "$BIN" serve --config "$cfg" >"$OUT/serve.out" 2>"$OUT/serve.log" &
 serve_pid=$!
 pids+=("$serve_pid")
 for _ in $(seq 100); do grep -q 'metrics at' "$OUT/serve.out" 2>/dev/null && break; sleep 0.1; done
