@@ -390,7 +390,9 @@ pub struct AgentView {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FloorView {
     pub waiting: Vec<QueueWaiting>,
-    pub agents: Vec<AgentView>,
+    /// Shared, not copied, by the live publications that splice in the same capture
+    /// of the agents (`http::state::LiveSnapshot::splice_agents_from`).
+    pub agents: std::sync::Arc<Vec<AgentView>>,
     /// Start of the interval `interval_ms` covers, UTC ms.
     pub interval_start: Option<Millis>,
     /// Start of "today" (the day of `now` in the configured time zone), UTC ms.
@@ -1002,7 +1004,7 @@ impl Engine {
                     oldest_since: oldest,
                 })
                 .collect(),
-            agents,
+            agents: std::sync::Arc::new(agents),
             interval_start: Some(windower.window(finest, now).0),
         }
     }

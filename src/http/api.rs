@@ -235,7 +235,7 @@ pub async fn rolling(
     let snap: Arc<LiveSnapshot> = st.snapshot();
     // Percentiles build an HDR histogram per cell: keep that off the async workers.
     let body = blocking(move || {
-        let empty = Vec::new();
+        let empty = super::state::SplitRows::default();
         let rows: Vec<Row<'_>> = snap
             .rolling_rows(window.minutes)
             .unwrap_or(&empty)

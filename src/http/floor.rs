@@ -105,7 +105,7 @@ pub fn families(
     // Agents by state and occupancy, per team and for the centre.
     let mut by_team: BTreeMap<&str, ([usize; 5], [i64; 5])> = BTreeMap::new();
     let mut centre = ([0usize; 5], [0i64; 5]);
-    for a in &snap.floor.agents {
+    for a in snap.floor.agents.iter() {
         let t = by_team.entry(a.team.as_str()).or_default();
         let i = state_index(a.state);
         t.0[i] += 1;
@@ -258,7 +258,7 @@ pub fn view(snap: &LiveSnapshot, s: &HttpSettings) -> Value {
     // or the whole centre's when none are configured).
     let mut team_counts: BTreeMap<&str, [usize; 5]> = BTreeMap::new();
     let mut centre_counts = [0usize; 5];
-    for a in &snap.floor.agents {
+    for a in snap.floor.agents.iter() {
         team_counts.entry(a.team.as_str()).or_default()[state_index(a.state)] += 1;
         centre_counts[state_index(a.state)] += 1;
     }

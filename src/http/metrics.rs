@@ -18,7 +18,7 @@ use crate::event::{FIXED_SCALE, RejectReason};
 
 #[cfg(test)]
 use super::state::RollingWindow;
-use super::state::{HttpSettings, LiveSnapshot, Rows};
+use super::state::{HttpSettings, LiveSnapshot, SplitRows};
 
 /// Key of the series that sums the agents beyond `max_agent_series`.
 pub const OVERFLOW_KEY: &str = "__overflow__";
@@ -410,7 +410,11 @@ pub(super) type Exported<'a> = Vec<(Dimension, &'a str, Cow<'a, Acc>)>;
 /// `kept` are summed into one [`OVERFLOW_KEY`] row. An agent row that is already
 /// `__overflow__` (the engine's own cardinality fold) joins that row, so the key
 /// never appears twice.
-pub(super) fn exported<'a>(rows: &'a Rows, per_agent: bool, kept: &KeptAgents<'_>) -> Exported<'a> {
+pub(super) fn exported<'a>(
+    rows: &'a SplitRows,
+    per_agent: bool,
+    kept: &KeptAgents<'_>,
+) -> Exported<'a> {
     let mut out = Vec::with_capacity(rows.len());
     let mut overflow: Option<Acc> = None;
     for (dim, key, acc) in rows {

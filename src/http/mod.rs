@@ -90,7 +90,7 @@ use crate::config::HttpConfig;
 pub use self::api::METRICS_CONTENT_TYPE;
 pub use self::exposition::{AgentBlock, render_chunks};
 pub use self::state::{
-    AGENTS_EVERY, AppState, HttpSettings, LiveSnapshot, PartitionStatus, RollingWindow,
+    AGENTS_EVERY, AppState, HttpSettings, LiveSnapshot, PartitionStatus, RollingWindow, SplitRows,
     next_agent_part,
 };
 

@@ -162,8 +162,12 @@ fn snapshot() -> LiveSnapshot {
         watermark: Some(1_700_000_000_000),
         clock: Some(1_700_000_300_000),
         open_contacts: 3,
-        totals: rows(),
-        rolling: vec![(5, Vec::new()), (15, rows()), (60, rows())],
+        totals: rows().into(),
+        rolling: vec![
+            (5, Vec::new().into()),
+            (15, rows().into()),
+            (60, rows().into()),
+        ],
         flushes: 4,
         last_flush_ms: Some(1_700_000_299_000),
         partitions: Vec::new(),
@@ -192,7 +196,7 @@ fn merged_snapshots_add_up() {
         assert_eq!((d1, k1), (d2, k2));
         assert_eq!(y.offered, 2 * x.offered);
     }
-    assert_eq!(m.rolling_rows(15).map(Vec::len), Some(a.totals.len()));
+    assert_eq!(m.rolling_rows(15).map(SplitRows::len), Some(a.totals.len()));
     assert_eq!(m.partitions.len(), 1);
 }
 
@@ -981,6 +985,19 @@ fn centre_capture_spliced_with_agents_equals_full_capture() {
     assert_eq!(centre.totals, full.totals);
     assert_eq!(centre.rolling, full.rolling);
     assert_eq!(centre.floor, full.floor);
+    // Shared, not copied: splicing costs no allocation per agent.
+    assert!(centre.totals.shares_agents_with(&full.totals));
+    for ((_, c), (_, f)) in centre.rolling.iter().zip(&full.rolling) {
+        assert!(c.shares_agents_with(f));
+    }
+    assert!(Arc::ptr_eq(&centre.floor.agents, &full.floor.agents));
+    // One list in (dimension, key) order, the agent part after the centre's rows.
+    let keys: Vec<(Dimension, &str)> = centre
+        .totals
+        .iter()
+        .map(|(d, k, _)| (*d, k.as_str()))
+        .collect();
+    assert!(keys.is_sorted(), "{keys:?}");
 }
 
 /// Returns fixed families, for the reference registry below.
