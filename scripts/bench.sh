@@ -13,6 +13,9 @@
 #   memory         peak RSS of replay at 10 k / 50 k / 100 k active agents (same
 #                  contact rate), and at twice the events: bytes per agent / open contact
 #   scrape         /metrics response time and size with per-agent series at 10 k agents
+#   publish        serve's CPU to keep the live view current at 10 k agents: fed one
+#                  file on stdin, then PUBLISH_SECONDS [60] idle (the centre published
+#                  every second, the agent part captured every 5 s), RUNS runs
 #   kafka          serve catching up vs a bare rdkafka consumer, then latency
 #   kafka-latency  only the event -> /metrics latency
 #   suite          gen + duckdb + parse + memory + scrape (the issue 6 comparison)
@@ -37,7 +40,7 @@ read -r -a SIZES <<< "${SIZES:-1000000 10000000}"
 CPH=$((AGENTS * 12))
 OUT=target/bench
 mkdir -p "$OUT"
-BIN=target/release/ccmetrics
+BIN=${BIN:-target/release/ccmetrics}
 PARSE=target/release/examples/parse_bench
 MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
 # The machine with the load average at the time of a figure: on a shared machine a
@@ -366,6 +369,26 @@ engine_bench() {
   done
 }
 
+# serve --source stdin fed the first comparison file, stopped with SIGTERM after
+# PUBLISH_SECONDS: the file takes a few seconds, the rest is the publisher keeping the
+# live view (and /metrics) current with nothing arriving. CPU = user + system of the
+# whole process (/usr/bin/time). The engine clock stays at the file's last event
+# (idle_timeout 1 h), so the rolling windows keep every agent's rows.
+publish_bench() {
+  local n=${SCRAPE_N:-${SIZES[0]}} f secs=${PUBLISH_SECONDS:-60} i
+  f=$(set_file "$n")
+  events_file "$f" "$n" "$AGENTS"
+  echo "== publish: serve --source stdin fed $(wc -l < "$f") lines ($AGENTS agents), stopped after ${secs}s; $(machine)"
+  for i in $(seq "$RUNS"); do
+    rm -f "$OUT/publish.db"*
+    CCMETRICS__STORE__URL="sqlite://$OUT/publish.db" CCMETRICS__HTTP__LISTEN=127.0.0.1:0 \
+      CCMETRICS__WINDOWS__IDLE_TIMEOUT=1h \
+      /usr/bin/time -f "run $i: cpu %U user + %S sys s, wall %e s, peak %M KiB" \
+      timeout -s TERM "$secs" "$BIN" serve --source stdin < "$f" > /dev/null 2> "$OUT/publish.log" || true
+    tail -1 "$OUT/publish.log"
+  done
+}
+
 case "$WHAT" in
   engine) engine_bench ;;
   gen) gen_bench ;;
@@ -373,6 +396,7 @@ case "$WHAT" in
   parse) parse_bench ;;
   memory) memory_bench ;;
   scrape) scrape_bench ;;
+  publish) publish_bench ;;
   kafka | kafka-latency) kafka_bench ;;
   suite) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench ;;
   all) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench; kafka_bench ;;

@@ -30,87 +30,7 @@ pub const DEFAULT_BUCKETS_S: [u64; 16] = [
 /// One rolling window's rows: `(dimension, key, accumulator)` sorted by dimension, key.
 pub type Rows = Vec<Row>;
 
-/// `(dimension, key, accumulator)`.
-pub type Row = (Dimension, String, Acc);
-
-/// A list of rows in two parts: the centre's (all, channel and queue rows, captured
-/// for every publication) and the team and agent rows, held behind an `Arc` so that
-/// every publication splicing in the same agent capture shares them instead of
-/// copying them. On a floor of 24,000 agents the copies were about 130,000 heap
-/// allocations a second and the publisher thread took 3.5 times the engine's CPU
-/// (docs/reliability.md, "2026-12-01, night"). Iterates as one list: the centre's
-/// rows, then the agent part (team and agent rows sort after the centre's).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SplitRows {
-    centre: Rows,
-    agents: Arc<Rows>,
-}
-
-impl SplitRows {
-    pub fn iter(&self) -> std::iter::Chain<std::slice::Iter<'_, Row>, std::slice::Iter<'_, Row>> {
-        self.centre.iter().chain(self.agents.iter())
-    }
-
-    pub fn len(&self) -> usize {
-        self.centre.len() + self.agents.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.centre.is_empty() && self.agents.is_empty()
-    }
-
-    /// The all, channel and queue rows only.
-    pub fn centre(&self) -> &[Row] {
-        &self.centre
-    }
-
-    /// Append a row to its part (the agent part is copied first if it is shared).
-    pub fn push(&mut self, row: Row) {
-        if Scope::Centre.has(row.0) {
-            self.centre.push(row);
-        } else {
-            Arc::make_mut(&mut self.agents).push(row);
-        }
-    }
-
-    /// Every row by value; the agent part is moved out when this list was its only
-    /// holder (always, for a fresh capture), else copied.
-    pub fn into_rows(self) -> impl Iterator<Item = Row> {
-        let agents = Arc::try_unwrap(self.agents).unwrap_or_else(|shared| (*shared).clone());
-        self.centre.into_iter().chain(agents)
-    }
-
-    /// Share `other`'s agent part instead of this list's own.
-    fn share_agents_of(&mut self, other: &SplitRows) {
-        self.agents = Arc::clone(&other.agents);
-    }
-
-    /// Whether both lists hold the same agent part (not equal rows: the same memory).
-    pub fn shares_agents_with(&self, other: &SplitRows) -> bool {
-        Arc::ptr_eq(&self.agents, &other.agents)
-    }
-}
-
-impl From<Rows> for SplitRows {
-    /// Split a list into its parts, keeping the order within each.
-    fn from(rows: Rows) -> SplitRows {
-        let (centre, agents): (Rows, Rows) = rows
-            .into_iter()
-            .partition(|(d, _, _)| Scope::Centre.has(*d));
-        SplitRows {
-            centre,
-            agents: Arc::new(agents),
-        }
-    }
-}
-
-impl<'a> IntoIterator for &'a SplitRows {
-    type Item = &'a Row;
-    type IntoIter = std::iter::Chain<std::slice::Iter<'a, Row>, std::slice::Iter<'a, Row>>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
+pub use crate::engine::{Row, SplitRows};
 
 /// Everything the HTTP surface shows, captured by the engine task at one instant.
 #[derive(Clone, Debug, Default)]
@@ -283,12 +203,6 @@ impl LiveSnapshot {
     ///
     /// The team and agent rows are shared with `full` ([`SplitRows`]), not copied.
     pub fn splice_agents_from(&mut self, full: &LiveSnapshot) {
-        let agent_rows = |rows: &Rows| -> Vec<(Dimension, String, Acc)> {
-            rows.iter()
-                .filter(|(d, _, _)| !Scope::Centre.has(*d))
-                .cloned()
-                .collect()
-        };
         self.totals.share_agents_of(&full.totals);
         for (m, rows) in &mut self.rolling {
             if let Some((_, f)) = full.rolling.iter().find(|(fm, _)| fm == m) {
@@ -298,7 +212,7 @@ impl LiveSnapshot {
         self.agent_part = full.agent_part;
         self.floor.agents = Arc::clone(&full.floor.agents);
         if self.floor.day_start == full.floor.day_start {
-            self.floor.today.extend(agent_rows(&full.floor.today));
+            self.floor.today.share_agents_of(&full.floor.today);
         }
     }
 
@@ -376,13 +290,17 @@ fn merge_floor(into: &mut FloorView, p: FloorView) {
         into.trend = p.trend;
     } else if p.day_start == into.day_start {
         let mut today: BTreeMap<(Dimension, String), Acc> = std::mem::take(&mut into.today)
-            .into_iter()
+            .into_rows()
             .map(|(d, k, a)| ((d, k), a))
             .collect();
-        for (d, k, a) in p.today {
+        for (d, k, a) in p.today.into_rows() {
             today.entry((d, k)).or_default().merge(&a);
         }
-        into.today = today.into_iter().map(|((d, k), a)| (d, k, a)).collect();
+        into.today = today
+            .into_iter()
+            .map(|((d, k), a)| (d, k, a))
+            .collect::<Rows>()
+            .into();
         let mut trend: BTreeMap<(Millis, Dimension, String), Acc> = std::mem::take(&mut into.trend)
             .into_iter()
             .map(|(t, d, k, a)| ((t, d, k), a))

@@ -991,6 +991,13 @@ fn centre_capture_spliced_with_agents_equals_full_capture() {
         assert!(c.shares_agents_with(f));
     }
     assert!(Arc::ptr_eq(&centre.floor.agents, &full.floor.agents));
+    assert!(centre.floor.today.shares_agents_with(&full.floor.today));
+    assert!(
+        full.floor
+            .today
+            .iter()
+            .any(|(d, _, _)| *d == Dimension::Agent)
+    );
     // One list in (dimension, key) order, the agent part after the centre's rows.
     let keys: Vec<(Dimension, &str)> = centre
         .totals
