@@ -14,8 +14,8 @@
 #                  contact rate), and at twice the events: bytes per agent / open contact
 #   scrape         /metrics response time and size with per-agent series at 10 k agents
 #   publish        serve's CPU to keep the live view current at 10 k agents: fed one
-#                  file on stdin, then PUBLISH_SECONDS [60] idle (the centre published
-#                  every second, the agent part captured every 5 s), RUNS runs
+#                  file on stdin, then its CPU while idle (the centre published every
+#                  second, the agent part captured every 5 s), RUNS runs
 #   kafka          serve catching up vs a bare rdkafka consumer, then latency
 #   kafka-latency  only the event -> /metrics latency
 #   suite          gen + duckdb + parse + memory + scrape (the issue 6 comparison)
@@ -24,7 +24,7 @@
 #   SIZES [1000000 10000000]  comparison event sets (all 10 k agents, 300 queues)
 #   AGENTS [10000]  RUNS [3]  N [10000000] (engine mode)
 #   MEM_N [2000000]  MEM_AGENTS [10000 50000 100000]
-#   SCRAPE_N [first of SIZES]  SCRAPES [50]
+#   SCRAPE_N [first of SIZES]  SCRAPES [50]  PUBLISH_FROM [20]  PUBLISH_SECONDS [20]
 #   KAFKA_N [500000]  LATENCY_RATE [5000]  LATENCY_SECONDS [60]
 #   DUCKDB_PY: a python with duckdb; else a venv is made under target/bench.
 #   NO_HYPERFINE=1: time with /usr/bin/time loops even when hyperfine is installed.
@@ -369,23 +369,31 @@ engine_bench() {
   done
 }
 
-# serve --source stdin fed the first comparison file, stopped with SIGTERM after
-# PUBLISH_SECONDS: the file takes a few seconds, the rest is the publisher keeping the
-# live view (and /metrics) current with nothing arriving. CPU = user + system of the
-# whole process (/usr/bin/time). The engine clock stays at the file's last event
-# (idle_timeout 1 h), so the rolling windows keep every agent's rows.
+# serve --source stdin fed the first comparison file; once it has read it (PUBLISH_FROM
+# seconds after start, default 20), the CPU seconds (user + system, /proc/PID/stat) the
+# idle process uses over PUBLISH_SECONDS (20): the publisher keeping the live view (and
+# /metrics) current with nothing arriving, the centre every second and the agent part
+# every 5 s. The engine clock stays at the file's last event (idle_timeout 1 h), so the
+# rolling windows keep every agent's rows. RUNS runs.
 publish_bench() {
-  local n=${SCRAPE_N:-${SIZES[0]}} f secs=${PUBLISH_SECONDS:-60} i
+  local n=${SCRAPE_N:-${SIZES[0]}} f from=${PUBLISH_FROM:-20} secs=${PUBLISH_SECONDS:-20} i pid a b tk
   f=$(set_file "$n")
   events_file "$f" "$n" "$AGENTS"
-  echo "== publish: serve --source stdin fed $(wc -l < "$f") lines ($AGENTS agents), stopped after ${secs}s; $(machine)"
+  tk=$(getconf CLK_TCK)
+  echo "== publish: serve --source stdin fed $(wc -l < "$f") lines ($AGENTS agents); CPU while idle from ${from}s for ${secs}s; $(machine)"
   for i in $(seq "$RUNS"); do
     rm -f "$OUT/publish.db"*
     CCMETRICS__STORE__URL="sqlite://$OUT/publish.db" CCMETRICS__HTTP__LISTEN=127.0.0.1:0 \
       CCMETRICS__WINDOWS__IDLE_TIMEOUT=1h \
-      /usr/bin/time -f "run $i: cpu %U user + %S sys s, wall %e s, peak %M KiB" \
-      timeout -s TERM "$secs" "$BIN" serve --source stdin < "$f" > /dev/null 2> "$OUT/publish.log" || true
-    tail -1 "$OUT/publish.log"
+      "$BIN" serve --source stdin < "$f" > /dev/null 2> "$OUT/publish.log" &
+    pid=$!
+    sleep "$from"
+    a=$(awk -v t="$tk" '{print ($14 + $15) / t}' "/proc/$pid/stat")
+    sleep "$secs"
+    b=$(awk -v t="$tk" '{print ($14 + $15) / t}' "/proc/$pid/stat")
+    kill -TERM "$pid"
+    wait "$pid" || true
+    echo "run $i: $(awk -v a="$a" -v b="$b" -v s="$secs" 'BEGIN {printf "%.2f CPU s in %d s idle (%.1f %% of a core)", b - a, s, 100 * (b - a) / s}'); CPU at ${from}s: $a s"
   done
 }
 
