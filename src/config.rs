@@ -112,6 +112,14 @@ pub struct WindowsConfig {
     /// (serve and replay): one device with a broken clock must not push the watermark
     /// forward and close every window early.
     pub max_clock_skew: Dur,
+    /// Move closed contacts out of memory into the store once nothing has changed
+    /// them for `spill_after` of event time (`serve` from Kafka and `replay`; see
+    /// `engine::spill`). Off, every contact of the correction horizon stays in memory
+    /// and in every checkpoint. The default hour lets the follow-ups that come soon
+    /// (a survey minutes after the call, a callback) find the contact in memory, while
+    /// the days of the horizon live in the store.
+    pub spill: bool,
+    pub spill_after: Dur,
 }
 
 impl Default for WindowsConfig {
@@ -124,6 +132,8 @@ impl Default for WindowsConfig {
             rolling: vec![Dur::secs(300), Dur::secs(900), Dur::secs(3600)],
             idle_timeout: Dur::secs(30),
             max_clock_skew: Dur::secs(600),
+            spill: true,
+            spill_after: Dur::secs(3600),
         }
     }
 }

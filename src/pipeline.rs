@@ -6,6 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::engine::checkpoint::CheckpointError;
+use crate::engine::spill::SpillBatch;
 use crate::engine::{Engine, EngineConfig, Outcome, SnapshotDelta, Stats};
 use crate::event::{Decoder, Event, Millis, Reject, RejectReason};
 use crate::store::{CheckpointWrite, Store, StoreError};
@@ -401,10 +402,14 @@ impl Pipeline {
             w.flush().map_err(CommitError::DeadLetters)?;
         }
         let state = self.engine.checkpoint()?;
+        // Taken at the same instant as the state: every contact is in exactly one of
+        // the two once the transaction lands.
+        let spill = self.engine.spill_mut().and_then(|s| s.prepare());
         Ok(CommitJob {
             partition: self.partition.clone(),
             deltas: std::mem::take(&mut self.unwritten),
             state,
+            spill,
             next_offset,
             own: *own,
         })
@@ -418,6 +423,9 @@ impl Pipeline {
         done: CommitDone,
     ) -> Result<(), CommitError> {
         *own = done.own;
+        if let Some(s) = self.engine.spill_mut() {
+            s.finish(done.result.is_ok());
+        }
         match done.result {
             Ok(rows) => {
                 self.flushes += 1;
@@ -440,6 +448,8 @@ pub struct CommitJob {
     partition: String,
     deltas: Vec<SnapshotDelta>,
     state: Vec<u8>,
+    /// The engine's spill changes, written with the state.
+    spill: Option<SpillBatch>,
     next_offset: i64,
     own: Ownership,
 }
@@ -509,6 +519,7 @@ impl CommitJob {
             seq: own.seq + 1,
             next_offset: self.next_offset,
             state: &self.state,
+            spill: self.spill.as_ref(),
         };
         match store.commit(&self.partition, &self.deltas, &cp).await {
             Ok(_) => {

@@ -15,6 +15,7 @@ pub mod hist;
 pub mod intern;
 pub mod limits;
 pub mod live;
+pub mod spill;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet as StdHashSet};
@@ -209,6 +210,10 @@ pub struct EngineConfig {
     /// partition after weeks), and nothing else reads them. Windows and rolling views
     /// always keep them (percentiles per agent come from the snapshots).
     pub agent_total_hists: bool,
+    /// Event time a closed contact stays in memory after its last change before it is
+    /// handed to the spill ([`spill`]; only when the engine has one, see
+    /// [`Engine::set_spill`]).
+    pub spill_after_ms: i64,
 }
 
 impl EngineConfig {
@@ -241,6 +246,7 @@ impl EngineConfig {
                 customers: c.cardinality.max_customers,
             },
             agent_total_hists: c.http.per_agent_buckets,
+            spill_after_ms: c.windows.spill_after.ms(),
         }
     }
 }
@@ -368,6 +374,15 @@ impl Contact {
         }
     }
 
+    /// The events and facts of a packed contact, decoded without unpacking it.
+    fn peek(&self) -> Option<(Vec<CEvent>, Vec<Fact>)> {
+        let bytes = self.packed.as_ref()?;
+        let (_, events, facts): (Millis, Vec<CEvent>, Vec<Fact>) =
+            postcard::from_bytes(bytes).ok()?;
+        // Times stay relative to the first event: the callers look at kinds and keys.
+        Some((events, facts))
+    }
+
     /// Undo [`Contact::pack`] (a no-op on an unpacked contact).
     fn unpack(&mut self) {
         let Some(bytes) = self.packed.take() else {
@@ -427,6 +442,11 @@ pub struct Engine {
     /// packed once `pack_after_ms` has passed (entries of since-touched contacts are
     /// stale and skipped).
     pack_queue: std::collections::VecDeque<(Millis, ContactKey)>,
+    /// Where closed, settled contacts go ([`spill`]); none: all stay in memory.
+    spill: Option<Box<dyn spill::Spill>>,
+    /// Packed contacts by the clock of their last change, spilled once
+    /// `spill_after_ms` has passed (stale entries skipped, as in `pack_queue`).
+    spill_queue: std::collections::VecDeque<(Millis, ContactKey)>,
     customers: HashMap<CustomerKey, CustomerContacts>,
     agent_team: HashMap<Sym, Sym>,
     /// Contacts with facts attributed to team `unknown` because their agent's team was
@@ -514,6 +534,8 @@ impl Engine {
             seen_by_hour: BTreeMap::new(),
             contacts: HashMap::default(),
             pack_queue: std::collections::VecDeque::new(),
+            spill: None,
+            spill_queue: std::collections::VecDeque::new(),
             customers: HashMap::default(),
             agent_team: HashMap::default(),
             awaiting_team: HashMap::default(),
@@ -581,6 +603,11 @@ impl Engine {
         // (no global id set to keep for the whole correction horizon); agent states,
         // which have no contact, against a set that expires with the horizon.
         let contact_key = ev.contact_id.as_deref().map(key_of);
+        if let Some(ck) = contact_key
+            && self.spill.is_some()
+        {
+            self.ensure_loaded(ck);
+        }
         // One look-up of a known contact answers all three: was it packed, is this a
         // duplicate, is it full.
         let (mut was_packed, mut duplicate, mut full) = (false, false, false);
@@ -670,6 +697,14 @@ impl Engine {
             value: ev.amount.or(ev.score).unwrap_or(0),
         };
         let mut event_customer = ev.customer_id.as_deref().map(key_of);
+        if let Some(k) = event_customer
+            && self.spill.is_some()
+            && self.contacts.get(&ck).is_none_or(|c| c.customer.is_none())
+        {
+            // This contact is about to join customer `k`: its spilled contacts come
+            // back first, so FCR sees all of them (the invariant in `spill`).
+            self.load_customer(k);
+        }
         if let Some(k) = event_customer
             && self.customers.len() >= self.cfg.limits.customers
             && !self.customers.contains_key(&k)
@@ -773,6 +808,9 @@ impl Engine {
     }
 
     fn rederive(&mut self, ck: ContactKey) {
+        if self.spill.is_some() && !self.ensure_loaded(ck) {
+            return;
+        }
         let Some(c) = self.contacts.get(&ck) else {
             return;
         };
@@ -891,6 +929,7 @@ impl Engine {
         let out = self.agg.take(|end| end <= wm, &self.syms);
         self.expire(wm);
         self.pack_settled();
+        self.spill_settled();
         out
     }
 
@@ -907,8 +946,175 @@ impl Engine {
                 && c.touched == t
             {
                 c.pack();
+                if self.spill.is_some() {
+                    self.spill_queue.push_back((t, ck));
+                }
             }
         }
+    }
+
+    /// Hand to the spill the closed contacts nothing has changed for
+    /// `spill_after_ms`, a customer's contacts together (the invariant in [`spill`]).
+    fn spill_settled(&mut self) {
+        let Some(now) = self.max_ts else { return };
+        if self.spill.is_none() {
+            return;
+        }
+        let due = now.saturating_sub(self.cfg.spill_after_ms);
+        while let Some(&(t, ck)) = self.spill_queue.front() {
+            if t > due {
+                break;
+            }
+            self.spill_queue.pop_front();
+            let Some(c) = self.contacts.get(&ck) else {
+                continue;
+            };
+            if c.touched != t {
+                continue;
+            }
+            let customer = c.customer;
+            let group: CustomerContacts = match customer.and_then(|k| self.customers.get(&k)) {
+                Some(list) => list.clone(),
+                None => smallvec::smallvec![ck],
+            };
+            // A sibling changed later keeps the group: its own entry comes later and
+            // spills them all then.
+            if !group.iter().all(|k| self.spillable(k, due)) {
+                continue;
+            }
+            if let Some(k) = customer {
+                self.customers.remove(&k);
+            }
+            for k in group {
+                let Some(c) = self.contacts.remove(&k) else {
+                    continue;
+                };
+                let Some(body) = c.packed else {
+                    continue; // `spillable` checked it is packed
+                };
+                if let Some(sp) = self.spill.as_mut() {
+                    sp.put(spill::SpilledContact {
+                        key: k,
+                        customer: c.customer,
+                        first_offer: c.first_offer,
+                        last_ts: c.last_ts,
+                        body,
+                    });
+                }
+            }
+        }
+    }
+
+    /// May contact `ck` leave memory: packed, unchanged since `due`, closed (a contact
+    /// that never finished stays to be counted `expired` and shown waiting), and with
+    /// no fact waiting for its agent's team (`awaiting_team` refers to it by key).
+    fn spillable(&self, ck: &ContactKey, due: Millis) -> bool {
+        let Some(c) = self.contacts.get(ck) else {
+            return false;
+        };
+        if c.packed.is_none() || c.touched > due || self.floor.waiting.contains_key(ck) {
+            return false;
+        }
+        let Some((events, facts)) = c.peek() else {
+            return false;
+        };
+        !never_finished_events(&events)
+            && !facts.iter().any(|f| {
+                f.agent
+                    .is_some_and(|a| f.team == self.unknown && !self.agent_team.contains_key(&a))
+            })
+    }
+
+    /// Make contact `ck` held in memory if it was spilled, with its customer's other
+    /// spilled contacts. True when it is in memory (false: never seen, or expired).
+    fn ensure_loaded(&mut self, ck: ContactKey) -> bool {
+        if self.contacts.contains_key(&ck) {
+            return true;
+        }
+        let Some(sp) = self.spill.as_mut() else {
+            return false;
+        };
+        let Some(c) = sp.take(ck) else {
+            return false;
+        };
+        let siblings = c.customer.map(|k| sp.take_customer(k)).unwrap_or_default();
+        self.load(c);
+        for s in siblings {
+            self.load(s);
+        }
+        true
+    }
+
+    /// Take customer `k`'s spilled contacts back into memory (none held in memory:
+    /// the invariant says they are then all in the spill, or there are none).
+    fn load_customer(&mut self, k: CustomerKey) {
+        if self.customers.contains_key(&k) {
+            return;
+        }
+        let Some(sp) = self.spill.as_mut() else {
+            return;
+        };
+        for s in sp.take_customer(k) {
+            self.load(s);
+        }
+    }
+
+    /// A spilled contact back in memory, packed; queued to be packed (a no-op) and
+    /// spilled again if nothing changes it.
+    fn load(&mut self, s: spill::SpilledContact) {
+        let now = self.max_ts.unwrap_or(s.last_ts);
+        if let Some(k) = s.customer {
+            let list = self.customers.entry(k).or_default();
+            if !list.contains(&s.key) {
+                list.push(s.key);
+            }
+        }
+        self.contacts.insert(
+            s.key,
+            Contact {
+                events: Vec::new(),
+                facts: Vec::new(),
+                packed: Some(s.body),
+                customer: s.customer,
+                first_offer: s.first_offer,
+                last_ts: s.last_ts,
+                touched: now,
+            },
+        );
+        self.pack_queue.push_back((now, s.key));
+    }
+
+    /// Spill closed, settled contacts into `spill` from now on ([`spill`]). The
+    /// spill must hold what this engine spilled before its checkpoint was taken (a
+    /// store that commits both together); contacts packed now are queued for it.
+    pub fn set_spill(&mut self, spill: Box<dyn spill::Spill>) {
+        self.spill = Some(spill);
+        let now = self.max_ts.unwrap_or(Millis::MIN);
+        let mut packed: Vec<ContactKey> = Vec::new();
+        for (ck, c) in &mut self.contacts {
+            if c.packed.is_some() {
+                c.touched = now;
+                packed.push(*ck);
+            }
+        }
+        // Behind anything queued at the same clock: the queue stays in clock order.
+        self.pack_queue
+            .extend(packed.into_iter().map(|ck| (now, ck)));
+    }
+
+    /// The spill, for the caller that persists it (`None` without one).
+    pub fn spill_mut(&mut self) -> Option<&mut (dyn spill::Spill + 'static)> {
+        self.spill.as_deref_mut()
+    }
+
+    /// Remove the spill (to hand it to an engine restored from this one's checkpoint).
+    pub fn take_spill(&mut self) -> Option<Box<dyn spill::Spill>> {
+        self.spill.take()
+    }
+
+    /// Contacts held in the spill.
+    pub fn contacts_spilled(&self) -> usize {
+        self.spill.as_ref().map_or(0, |s| s.len())
     }
 
     /// Queue every unpacked contact for packing (after a restore: the queue itself is
@@ -999,6 +1205,9 @@ impl Engine {
             waiting.retain(|ck| contacts.contains_key(ck));
             !waiting.is_empty()
         });
+        if let Some(sp) = self.spill.as_mut() {
+            sp.expire(horizon);
+        }
         let hour = horizon.div_euclid(3_600_000);
         while let Some(e) = self.seen_by_hour.first_entry() {
             if *e.key() >= hour {
@@ -1128,8 +1337,12 @@ impl Engine {
 /// neither ended nor been abandoned: released at the horizon, it counts as `expired`.
 /// Contacts holding only late follow-ups (a survey, a QA score) did not start here.
 fn never_finished(c: &Contact) -> bool {
+    never_finished_events(&c.events)
+}
+
+fn never_finished_events(events: &[CEvent]) -> bool {
     let mut started = false;
-    for e in &c.events {
+    for e in events {
         match e.kind {
             EventType::ContactEnded | EventType::ContactAbandoned => return false,
             EventType::ContactOffered

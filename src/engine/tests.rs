@@ -732,6 +732,104 @@ fn packing_settled_contacts_changes_no_figure() {
     assert_eq!(always.stats(), never.stats());
 }
 
+/// Spilling closed, settled contacts out of memory must change no figure either: an
+/// engine that spills every closed contact at each flush (and takes them back when a
+/// late event, a repeat contact of the customer or a wrap timer reaches them) gives
+/// the snapshots and counts of one that keeps everything, across a checkpoint and
+/// restore that hands the spill over.
+#[test]
+fn spilling_settled_contacts_changes_no_figure() {
+    use super::spill::{MemSpill, Spill, SpilledContact};
+    use crate::source::sim::{SimConfig, Simulator};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A MemSpill that counts what came back.
+    struct Counting(MemSpill, Arc<AtomicU64>);
+    impl Spill for Counting {
+        fn put(&mut self, c: SpilledContact) {
+            self.0.put(c)
+        }
+        fn take(&mut self, key: u128) -> Option<SpilledContact> {
+            let c = self.0.take(key);
+            self.1.fetch_add(c.is_some() as u64, Ordering::Relaxed);
+            c
+        }
+        fn take_customer(&mut self, customer: u128) -> Vec<SpilledContact> {
+            let v = self.0.take_customer(customer);
+            self.1.fetch_add(v.len() as u64, Ordering::Relaxed);
+            v
+        }
+        fn expire(&mut self, before: Millis) {
+            self.0.expire(before)
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    let mut sim = Simulator::new(SimConfig {
+        seed: 12,
+        contacts_per_hour: 2_000.0,
+        agents: 60,
+        late_rate: 0.05,
+        // Few customers: many repeat contacts reach spilled ones.
+        customers: 300,
+        ..SimConfig::default()
+    });
+    let lines: Vec<String> = (0..40_000).map(|_| sim.next_line().1).collect();
+    let cfg = |spill_after_ms: i64| EngineConfig {
+        pack_after_ms: 0,
+        spill_after_ms,
+        live: true,
+        // Short enough that contacts expire, spilled and held alike, within the run.
+        correction_horizon_ms: 4 * 3_600_000,
+        ..EngineConfig::default()
+    };
+    let taken = Arc::new(AtomicU64::new(0));
+    let mut spilling = Engine::new(cfg(0));
+    spilling.set_spill(Box::new(Counting(MemSpill::default(), taken.clone())));
+    let mut kept = Engine::new(cfg(0));
+    let (mut out_s, mut out_k) = (BTreeMap::new(), BTreeMap::new());
+    let mut spilled_seen = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let Ok(ev) = decode(line.as_bytes()) else {
+            continue;
+        };
+        let owned = ev.into_owned();
+        assert_eq!(spilling.apply(owned.clone()), kept.apply(owned), "{line}");
+        if i % 500 == 499 {
+            merge(&mut out_s, spilling.flush());
+            merge(&mut out_k, kept.flush());
+            spilled_seen = spilled_seen.max(spilling.contacts_spilled());
+            assert_eq!(kept.contacts_spilled(), 0);
+            let now = spilling.max_ts.unwrap();
+            assert_eq!(spilling.floor(now), kept.floor(now), "live floor after {i}");
+        }
+        if i == 20_000 {
+            let bytes = spilling.checkpoint().unwrap();
+            let sp = spilling.take_spill().unwrap();
+            spilling = Engine::restore(spilling.config().clone(), &bytes).unwrap();
+            spilling.set_spill(sp);
+        }
+    }
+    assert!(
+        spilled_seen > 300,
+        "spilling never happened ({spilled_seen})"
+    );
+    let taken = taken.load(Ordering::Relaxed);
+    assert!(
+        taken > 50,
+        "spilled contacts were never taken back ({taken})"
+    );
+    merge(&mut out_s, spilling.flush_all());
+    merge(&mut out_k, kept.flush_all());
+    assert!(!out_k.is_empty());
+    assert_eq!(out_s, out_k);
+    assert_eq!(spilling.stats(), kept.stats());
+    assert_eq!(spilling.stats().expired, kept.stats().expired);
+}
+
 /// The running rolling sums equal a fresh merge of the minute buckets, whatever the
 /// order of facts, retractions (late events, corrections) and clock moves.
 #[test]

@@ -10,6 +10,8 @@ use std::fmt;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use super::sql::{self, Statements};
+use crate::engine::spill::{SpillBatch, SpilledContact};
+
 use super::{
     CheckpointWrite, Claim, ExportRaw, N_COUNTERS, NewRow, Pending, RawRow, StoreError, StoredRow,
     merge_partitions,
@@ -66,7 +68,8 @@ where
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> Option<Vec<u8>>: Encode<'q, DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB> + Decode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB>,
     for<'q> Vec<u8>: Decode<'q, DB> + Type<DB>,
     for<'q> String: Decode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
@@ -93,6 +96,9 @@ where
             Self::lock_partition(&mut tx, partition).await?;
             if let Some(cp) = checkpoint {
                 Self::write_checkpoint(&mut tx, partition, cp, updated_at).await?;
+                if let Some(batch) = cp.spill {
+                    Self::write_spill(&mut tx, partition, batch).await?;
+                }
             }
             Self::apply_rows(&mut tx, partition, rows, updated_at).await
         }
@@ -156,6 +162,10 @@ where
             .bind(partition)
             .execute(&mut *tx)
             .await?;
+        sqlx::query::<DB>(&DB::statements().spill_delete_partition)
+            .bind(partition)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(DB::rows_affected(&done))
     }
@@ -184,6 +194,117 @@ where
             });
         }
         merge_partitions(window, dimension, raws)
+    }
+
+    /// A spill batch, in the commit transaction after the fence: expiry first, then
+    /// the contacts taken back, then the ones spilled (a batch holds one change per
+    /// contact, so the order between the last two does not matter).
+    async fn write_spill(
+        conn: &mut DB::Connection,
+        partition: &str,
+        batch: &SpillBatch,
+    ) -> Result<(), StoreError> {
+        let st = DB::statements();
+        if let Some(before) = batch.expire_before {
+            sqlx::query::<DB>(&st.spill_expire)
+                .bind(partition)
+                .bind(before)
+                .execute(&mut *conn)
+                .await?;
+        }
+        for key in &batch.deletes {
+            sqlx::query::<DB>(&st.spill_delete)
+                .bind(partition)
+                .bind(&key.to_be_bytes()[..])
+                .execute(&mut *conn)
+                .await?;
+        }
+        for c in &batch.puts {
+            sqlx::query::<DB>(&st.spill_upsert)
+                .bind(partition)
+                .bind(&c.key.to_be_bytes()[..])
+                .bind(c.customer.map(|k| k.to_be_bytes().to_vec()))
+                .bind(c.first_offer)
+                .bind(c.last_ts)
+                .bind(&c.body[..])
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn spill_get(
+        &self,
+        partition: &str,
+        key: u128,
+        oldest: i64,
+    ) -> Result<Option<SpilledContact>, StoreError> {
+        let r = sqlx::query::<DB>(&DB::statements().spill_select)
+            .bind(partition)
+            .bind(&key.to_be_bytes()[..])
+            .bind(oldest)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = r else { return Ok(None) };
+        let customer: Option<Vec<u8>> = r.try_get(0)?;
+        let body: Vec<u8> = r.try_get(3)?;
+        Ok(Some(SpilledContact {
+            key,
+            customer: customer.as_deref().map(key_from).transpose()?,
+            first_offer: r.try_get(1)?,
+            last_ts: r.try_get(2)?,
+            body: body.into(),
+        }))
+    }
+
+    pub(super) async fn spill_customer(
+        &self,
+        partition: &str,
+        customer: u128,
+        oldest: i64,
+    ) -> Result<Vec<SpilledContact>, StoreError> {
+        let rows = sqlx::query::<DB>(&DB::statements().spill_select_customer)
+            .bind(partition)
+            .bind(&customer.to_be_bytes()[..])
+            .bind(oldest)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let key: Vec<u8> = r.try_get(0)?;
+            let body: Vec<u8> = r.try_get(3)?;
+            out.push(SpilledContact {
+                key: key_from(&key)?,
+                customer: Some(customer),
+                first_offer: r.try_get(1)?,
+                last_ts: r.try_get(2)?,
+                body: body.into(),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn spill_scan(
+        &self,
+        partition: &str,
+        mut f: impl FnMut(u128, Option<u128>, i64),
+    ) -> Result<u64, StoreError> {
+        use futures_util::TryStreamExt;
+        let mut rows = sqlx::query::<DB>(&DB::statements().spill_scan)
+            .bind(partition)
+            .fetch(&self.pool);
+        let mut n = 0;
+        while let Some(r) = rows.try_next().await? {
+            let key: Vec<u8> = r.try_get(0)?;
+            let customer: Option<Vec<u8>> = r.try_get(1)?;
+            f(
+                key_from(&key)?,
+                customer.as_deref().map(key_from).transpose()?,
+                r.try_get(2)?,
+            );
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Migrations recorded as applied.
@@ -360,4 +481,12 @@ where
             hists,
         })
     }
+}
+
+/// A 128-bit key stored as 16 big-endian bytes.
+fn key_from(bytes: &[u8]) -> Result<u128, StoreError> {
+    let arr: [u8; 16] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: format!("spilled contact key of {} bytes (expected 16)", bytes.len()),
+    })?;
+    Ok(u128::from_be_bytes(arr))
 }

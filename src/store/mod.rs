@@ -15,6 +15,7 @@
 
 mod backend;
 pub mod postgres;
+pub mod spill;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 
 use crate::engine::acc::{Acc, COUNTER_NAMES, HIST_NAMES};
 use crate::engine::hist::{Hist, HistError};
+use crate::engine::spill::{SpillBatch, SpilledContact};
 use crate::engine::window::Interval;
 use crate::engine::{Dimension, SnapshotDelta};
 
@@ -56,6 +58,9 @@ pub enum StoreError {
     /// A stored or merged histogram is unusable: undecodable bytes, or a correction
     /// that would take a bin below zero (the deltas do not match what was stored).
     /// `row` names the snapshot row for the operator (one string keeps the error small).
+    /// A stored value that this version could not have written.
+    #[error("corrupt store content: {what}")]
+    Corrupt { what: String },
     #[error("snapshot {row}, column {column}: {source}")]
     Hist {
         row: String,
@@ -173,6 +178,9 @@ pub struct CheckpointWrite<'a> {
     pub seq: i64,
     pub next_offset: i64,
     pub state: &'a [u8],
+    /// The engine's spill changes since the last commit (`engine::spill`), written in
+    /// the same transaction.
+    pub spill: Option<&'a SpillBatch>,
 }
 
 /// The snapshot store. An enum rather than a trait object: the backends are a closed
@@ -299,6 +307,45 @@ impl Store {
         }
     }
 
+    /// The spilled contact `key` of `partition`, if held with `last_ts >= oldest`.
+    pub async fn spill_get(
+        &self,
+        partition: &str,
+        key: u128,
+        oldest: i64,
+    ) -> Result<Option<SpilledContact>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.spill_get(partition, key, oldest).await,
+            Store::Postgres(s) => s.spill_get(partition, key, oldest).await,
+        }
+    }
+
+    /// The spilled contacts of `customer` in `partition` with `last_ts >= oldest`.
+    pub async fn spill_customer(
+        &self,
+        partition: &str,
+        customer: u128,
+        oldest: i64,
+    ) -> Result<Vec<SpilledContact>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.spill_customer(partition, customer, oldest).await,
+            Store::Postgres(s) => s.spill_customer(partition, customer, oldest).await,
+        }
+    }
+
+    /// Every spilled contact of `partition` as (key, customer, last_ts), streamed into
+    /// `f` (millions of rows: never collected). Returns the number of rows.
+    pub async fn spill_scan(
+        &self,
+        partition: &str,
+        f: impl FnMut(u128, Option<u128>, i64),
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.spill_scan(partition, f).await,
+            Store::Postgres(s) => s.spill_scan(partition, f).await,
+        }
+    }
+
     /// Rows of one window label and dimension with `from <= window_start < to`, merged
     /// across partitions (counters summed, histograms merged, revision = max), sorted
     /// by window start, then key.
@@ -374,6 +421,22 @@ pub(crate) mod sql {
         pub upsert_one: String,
         /// Binds: partition.
         pub delete_partition: String,
+        /// Binds: partition.
+        pub spill_delete_partition: String,
+        /// Binds: partition, last_ts bound (exclusive).
+        pub spill_expire: String,
+        /// Binds: partition, contact_key.
+        pub spill_delete: String,
+        /// Binds: partition, contact_key, customer_key, first_offer, last_ts, body.
+        pub spill_upsert: String,
+        /// Binds: partition, contact_key, oldest last_ts kept. Returns customer_key,
+        /// first_offer, last_ts, body.
+        pub spill_select: String,
+        /// Binds: partition, customer_key, oldest last_ts kept. Returns contact_key,
+        /// first_offer, last_ts, body.
+        pub spill_select_customer: String,
+        /// Binds: partition. Returns contact_key, customer_key, last_ts.
+        pub spill_scan: String,
         /// Claim a partition: create its checkpoint row (epoch 1) or bump its epoch.
         /// Binds: partition, owner, updated_at. Returns epoch, seq, next_offset, state.
         pub claim: String,
@@ -439,6 +502,45 @@ pub(crate) mod sql {
                 upsert_one: upsert(p, 1),
                 delete_partition: format!(
                     "DELETE FROM snapshots WHERE \"partition\" = {}",
+                    p.list(1, 1)
+                ),
+                spill_delete_partition: format!(
+                    "DELETE FROM spilled_contacts WHERE \"partition\" = {}",
+                    p.list(1, 1)
+                ),
+                spill_expire: format!(
+                    "DELETE FROM spilled_contacts WHERE \"partition\" = {} AND last_ts < {}",
+                    p.list(1, 1),
+                    p.list(2, 1)
+                ),
+                spill_delete: format!(
+                    "DELETE FROM spilled_contacts WHERE \"partition\" = {} AND contact_key = {}",
+                    p.list(1, 1),
+                    p.list(2, 1)
+                ),
+                spill_upsert: format!(
+                    "INSERT INTO spilled_contacts (\"partition\", contact_key, customer_key, first_offer, last_ts, body) \
+                     VALUES ({}) ON CONFLICT (\"partition\", contact_key) DO UPDATE SET \
+                     customer_key = excluded.customer_key, first_offer = excluded.first_offer, \
+                     last_ts = excluded.last_ts, body = excluded.body",
+                    p.list(1, 6)
+                ),
+                spill_select: format!(
+                    "SELECT customer_key, first_offer, last_ts, body FROM spilled_contacts \
+                     WHERE \"partition\" = {} AND contact_key = {} AND last_ts >= {}",
+                    p.list(1, 1),
+                    p.list(2, 1),
+                    p.list(3, 1)
+                ),
+                spill_select_customer: format!(
+                    "SELECT contact_key, first_offer, last_ts, body FROM spilled_contacts \
+                     WHERE \"partition\" = {} AND customer_key = {} AND last_ts >= {}",
+                    p.list(1, 1),
+                    p.list(2, 1),
+                    p.list(3, 1)
+                ),
+                spill_scan: format!(
+                    "SELECT contact_key, customer_key, last_ts FROM spilled_contacts WHERE \"partition\" = {}",
                     p.list(1, 1)
                 ),
                 claim: format!(
@@ -795,7 +897,201 @@ mod tests {
         commit_writes_rows_state_and_offset_together,
         stale_epoch_is_fenced_and_writes_nothing,
         concurrent_writers_neither_conflict_nor_lose_updates,
+        spill_rows_go_with_the_checkpoint,
     );
+
+    mod store_spill_behaves_like_the_model {
+        // Multi-threaded: the spill blocks a thread of its own on the store.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn sqlite() {
+            super::on_sqlite(super::store_spill_behaves_like_the_model).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn postgres() {
+            super::on_postgres(super::store_spill_behaves_like_the_model).await
+        }
+    }
+
+    /// The spill's rows are written by the commit transaction (with the fence), read
+    /// back by key and by customer above the horizon, expired, and cleared with the
+    /// partition; a fenced commit writes none of them.
+    async fn spill_rows_go_with_the_checkpoint(s: Store) {
+        let p = "kafka:t:0";
+        let claim = s.claim(p, "a").await.unwrap();
+        let c = |key: u128, customer: Option<u128>, last_ts: i64| SpilledContact {
+            key,
+            customer,
+            first_offer: Some(last_ts - 5),
+            last_ts,
+            body: vec![1, 2, key as u8].into(),
+        };
+        let big = u128::MAX - 3; // all 16 bytes used
+        let batch = SpillBatch {
+            expire_before: None,
+            deletes: vec![],
+            puts: vec![
+                c(1, Some(big), 100),
+                c(2, Some(big), 200),
+                c(big, None, 300),
+            ],
+        };
+        let mut cp = checkpoint(claim.epoch, claim.seq + 1, 10, b"s1");
+        cp.spill = Some(&batch);
+        s.commit(p, &[], &cp).await.unwrap();
+        assert_eq!(
+            s.spill_get(p, big, 0).await.unwrap(),
+            Some(c(big, None, 300))
+        );
+        assert_eq!(
+            s.spill_get(p, 1, 101).await.unwrap(),
+            None,
+            "below the horizon"
+        );
+        assert_eq!(s.spill_get("other", 1, 0).await.unwrap(), None);
+        let mut of = s.spill_customer(p, big, 0).await.unwrap();
+        of.sort_by_key(|c| c.key);
+        assert_eq!(of, vec![c(1, Some(big), 100), c(2, Some(big), 200)]);
+        let mut scanned = Vec::new();
+        let n = s
+            .spill_scan(p, |k, cu, t| scanned.push((k, cu, t)))
+            .await
+            .unwrap();
+        scanned.sort();
+        assert_eq!(n, 3);
+        assert_eq!(scanned[0], (1, Some(big), 100));
+
+        // A stale owner's batch is refused with its checkpoint.
+        let newer = s.claim(p, "b").await.unwrap();
+        let gone = SpillBatch {
+            deletes: vec![1, 2, big],
+            ..SpillBatch::default()
+        };
+        let mut stale = checkpoint(claim.epoch, claim.seq + 2, 20, b"zombie");
+        stale.spill = Some(&gone);
+        assert!(matches!(
+            s.commit(p, &[], &stale).await,
+            Err(StoreError::Fenced { .. })
+        ));
+        assert!(s.spill_get(p, 1, 0).await.unwrap().is_some());
+
+        // Expiry, a delete and a replacement in one commit.
+        let next = SpillBatch {
+            expire_before: Some(150),
+            deletes: vec![2],
+            puts: vec![c(big, Some(7), 400)],
+        };
+        let mut cp = checkpoint(newer.epoch, newer.seq + 1, 30, b"s2");
+        cp.spill = Some(&next);
+        s.commit(p, &[], &cp).await.unwrap();
+        assert_eq!(s.spill_get(p, 1, 0).await.unwrap(), None, "expired");
+        assert_eq!(s.spill_get(p, 2, 0).await.unwrap(), None, "deleted");
+        assert_eq!(
+            s.spill_get(p, big, 0).await.unwrap(),
+            Some(c(big, Some(7), 400))
+        );
+        s.clear_partition(p).await.unwrap();
+        assert_eq!(s.spill_scan(p, |_, _, _| ()).await.unwrap(), 0);
+    }
+
+    /// `StoreSpill` answers like the in-memory model through puts, take-backs,
+    /// expiry, commits that land or fail, and reopening from the store.
+    async fn store_spill_behaves_like_the_model(s: Store) {
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || store_spill_model_run(s, rt))
+            .await
+            .unwrap();
+    }
+
+    fn store_spill_model_run(s: Store, rt: tokio::runtime::Handle) {
+        use crate::engine::spill::{MemSpill, Spill};
+        use rand::{Rng, SeedableRng};
+        let p = "kafka:t:1";
+        let claim = rt.block_on(s.claim(p, "me")).unwrap();
+        let mut seq = claim.seq;
+        let mut spill = spill::StoreSpill::open(s.clone(), rt.clone(), p).unwrap();
+        let mut model = MemSpill::default();
+        // Keys held (the engine never spills a contact it does not hold).
+        let mut held: std::collections::HashMap<u128, i64> = Default::default();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let (mut took, mut commits, mut reopened) = (0, 0, 0);
+        for step in 0..3_000i64 {
+            let now = step * 1_000;
+            let key = rng.random_range(0..150u128) << 64 | 0xabc;
+            match rng.random_range(0..20) {
+                0..=7 => {
+                    if !held.contains_key(&key) {
+                        let customer = (key % 3 != 0).then(|| (key >> 64) % 25 + 1);
+                        let c = SpilledContact {
+                            key,
+                            customer,
+                            first_offer: Some(now - 10),
+                            last_ts: now,
+                            body: now.to_le_bytes().to_vec().into(),
+                        };
+                        held.insert(key, now);
+                        spill.put(c.clone());
+                        model.put(c);
+                    }
+                }
+                8..=11 => {
+                    let got = spill.take(key);
+                    assert_eq!(got, model.take(key), "take {key} at {step}");
+                    took += got.is_some() as u32;
+                    held.remove(&key);
+                }
+                12..=13 => {
+                    let customer = rng.random_range(1..26u128);
+                    let mut a = spill.take_customer(customer);
+                    let mut b = model.take_customer(customer);
+                    a.sort_by_key(|c| c.key);
+                    b.sort_by_key(|c| c.key);
+                    assert_eq!(a, b, "customer {customer} at {step}");
+                    for c in &a {
+                        held.remove(&c.key);
+                    }
+                }
+                14 => {
+                    let before = now - 600_000;
+                    spill.expire(before);
+                    model.expire(before);
+                    held.retain(|_, t| *t >= before);
+                }
+                15..=18 => {
+                    let batch = spill.prepare().unwrap();
+                    if rng.random_bool(0.8) {
+                        let mut cp = checkpoint(claim.epoch, seq + 1, step, b"state");
+                        cp.spill = Some(&batch);
+                        rt.block_on(s.commit(p, &[], &cp)).unwrap();
+                        seq += 1;
+                        commits += 1;
+                        spill.finish(true);
+                    } else {
+                        spill.finish(false);
+                    }
+                }
+                _ => {
+                    // Commit everything, then continue from the store alone.
+                    let batch = spill.prepare().unwrap();
+                    let mut cp = checkpoint(claim.epoch, seq + 1, step, b"state");
+                    cp.spill = Some(&batch);
+                    rt.block_on(s.commit(p, &[], &cp)).unwrap();
+                    seq += 1;
+                    spill.finish(true);
+                    let horizon_kept = held.values().copied().min();
+                    spill = spill::StoreSpill::open(s.clone(), rt.clone(), p).unwrap();
+                    // The horizon is the engine's: tell the reopened spill again.
+                    if let Some(t) = horizon_kept {
+                        spill.expire(t.min(now - 600_000));
+                    }
+                    reopened += 1;
+                }
+            }
+        }
+        assert!(
+            took > 50 && commits > 50 && reopened > 5,
+            "{took} {commits} {reopened}"
+        );
+    }
 
     async fn all_rows(s: &Store) -> Vec<StoredRow> {
         s.query("1h", Dimension::Queue, None, None).await.unwrap()
@@ -1179,7 +1475,7 @@ mod tests {
         let Store::Sqlite(inner) = &s else {
             unreachable!("a sqlite: URL opens the SQLite backend")
         };
-        assert_eq!(inner.applied_migrations().await.unwrap(), 2);
+        assert_eq!(inner.applied_migrations().await.unwrap(), 3);
         assert_eq!(inner.journal_mode().await.unwrap(), "wal");
         s.close().await;
     }
@@ -1248,6 +1544,7 @@ mod tests {
             seq,
             next_offset,
             state,
+            spill: None,
         }
     }
 
@@ -1553,7 +1850,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         for round in 0..2 {
             let s = postgres::PostgresStore::open(&db.url).await.unwrap();
-            assert_eq!(s.applied_migrations().await.unwrap(), 2, "open #{round}");
+            assert_eq!(s.applied_migrations().await.unwrap(), 3, "open #{round}");
             for table in ["snapshots", "checkpoints"] {
                 assert_eq!(
                     s.table_columns(table).await.unwrap(),

@@ -51,6 +51,7 @@ use crate::engine::{EngineConfig, Scope};
 use crate::event::Decoder;
 use crate::http::{AGENTS_EVERY, AppState, LiveSnapshot, PartitionStatus};
 use crate::pipeline::{CommitDone, CommitError, CommitJob};
+use crate::store::spill::StoreSpill;
 use crate::store::{Store, StoreError};
 
 /// How long one revoked partition may retry its last commit before it is released
@@ -214,6 +215,8 @@ pub struct Shared {
     store: Store,
     owner: String,
     engine_cfg: EngineConfig,
+    /// Spill settled contacts to the store (`[windows] spill`).
+    spill: bool,
     decoder: Decoder,
     dead_letters: Option<(Arc<DeadLetterProducer>, String)>,
     idle: Duration,
@@ -407,6 +410,25 @@ impl Shared {
                     return;
                 }
             };
+            if self.spill {
+                // The spill as committed with the claimed checkpoint (its filters are
+                // built from the partition's rows).
+                let Some(spill) = self.retry(&name, "read spilled contacts", || {
+                    let (store, rt, name) = (self.store.clone(), self.rt.clone(), name.clone());
+                    async move {
+                        tokio::task::spawn_blocking(move || StoreSpill::open(store, rt, &name))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(StoreError::Corrupt {
+                                    what: format!("spill reader stopped: {e}"),
+                                })
+                            })
+                    }
+                }) else {
+                    return; // stopping
+                };
+                part.pipe.engine.set_spill(Box::new(spill));
+            }
             let offset = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
             if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
                 self.fail(format!("cannot set the start offset of {name}: {e}"));
@@ -891,6 +913,7 @@ impl KafkaSource {
             store,
             owner: k.owner(),
             engine_cfg: EngineConfig::from_config(cfg),
+            spill: cfg.windows.spill,
             decoder: cfg.decoder(),
             dead_letters,
             idle: cfg.windows.idle_timeout.0,

@@ -1,0 +1,387 @@
+//! The engine's spill in the store: settled contacts of one partition as rows of
+//! `spilled_contacts`, written in the partition's fenced commit transaction beside
+//! the checkpoint (see `engine::spill` for what is spilled and why).
+//!
+//! The engine asks synchronously ("is this contact spilled?") and must get a complete
+//! answer, so this keeps, in front of the table:
+//! - the changes not committed yet (`pending`), and those of the commit in flight
+//!   (`in_flight`): reads see them first, newest first;
+//! - a Bloom filter per day of `last_ts` over the keys (and one over the customers)
+//!   put in the table, rebuilt from the table when a partition is claimed: most
+//!   events belong to a contact that was never spilled (a new one), and the filter
+//!   answers "no" for them without a round trip. A day's filter is dropped when the
+//!   correction horizon passes the day, so it stays as bounded as the table.
+//!
+//! Reads block the calling thread (the Kafka polling thread, or `replay`'s engine
+//! thread) on the async store. A read that fails is retried with a backoff until it
+//! succeeds: without the contact the event cannot be applied, and dropping it would
+//! lose data; meanwhile consumption stalls, as it does when commits fail.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::engine::spill::{Spill, SpillBatch, SpilledContact};
+use crate::event::Millis;
+
+use super::{Store, StoreError};
+
+type Key = u128;
+
+/// Changes of one batch: per contact the newest (a put, or `None`: taken back).
+#[derive(Default)]
+struct Ops {
+    ops: std::collections::HashMap<Key, Option<SpilledContact>>,
+    /// Contacts put in this batch by customer (the puts' customer index).
+    customers: std::collections::HashMap<Key, Vec<Key>>,
+    expire_before: Option<Millis>,
+}
+
+impl Ops {
+    fn put(&mut self, c: SpilledContact) {
+        if let Some(k) = c.customer {
+            let list = self.customers.entry(k).or_default();
+            if !list.contains(&c.key) {
+                list.push(c.key);
+            }
+        }
+        self.ops.insert(c.key, Some(c));
+    }
+
+    fn delete(&mut self, key: Key) {
+        self.ops.insert(key, None);
+    }
+
+    /// The batch to write; the ops stay (they answer reads until the commit is done).
+    fn batch(&self) -> SpillBatch {
+        let mut b = SpillBatch {
+            expire_before: self.expire_before,
+            ..SpillBatch::default()
+        };
+        for (k, op) in &self.ops {
+            match op {
+                Some(c) => b.puts.push(c.clone()),
+                None => b.deletes.push(*k),
+            }
+        }
+        b
+    }
+
+    /// `newer` applied on top of `self` (a failed commit's ops under later ones).
+    fn under(mut self, newer: Ops) -> Ops {
+        for (k, op) in newer.ops {
+            match op {
+                Some(c) => self.put(c),
+                None => self.delete(k),
+            }
+        }
+        self.expire_before = self.expire_before.max(newer.expire_before);
+        self
+    }
+}
+
+/// The [`Spill`] of one partition in a [`Store`].
+pub struct StoreSpill {
+    store: Store,
+    rt: tokio::runtime::Handle,
+    partition: String,
+    pending: Ops,
+    in_flight: Option<Ops>,
+    keys: DayBlooms,
+    customers: DayBlooms,
+    /// Contacts held per day of `last_ts` (for [`Spill::len`]: a metric).
+    held: BTreeMap<i64, i64>,
+    /// Nothing with `last_ts` before this is returned (expired, maybe not deleted yet).
+    horizon: Millis,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl StoreSpill {
+    /// The spill of `partition` as committed: scans its rows to build the filters
+    /// (a progress line per million rows). Call from outside the runtime's worker
+    /// threads, like every method of the [`Spill`] trait.
+    pub fn open(
+        store: Store,
+        rt: tokio::runtime::Handle,
+        partition: &str,
+    ) -> Result<StoreSpill, StoreError> {
+        let mut s = StoreSpill {
+            store,
+            rt,
+            partition: partition.to_owned(),
+            pending: Ops::default(),
+            in_flight: None,
+            keys: DayBlooms::default(),
+            customers: DayBlooms::default(),
+            held: BTreeMap::new(),
+            horizon: Millis::MIN,
+        };
+        let started = std::time::Instant::now();
+        let (keys, customers, held) = (&mut s.keys, &mut s.customers, &mut s.held);
+        let mut rows = 0u64;
+        let n =
+            s.rt.block_on(s.store.spill_scan(partition, |key, customer, last_ts| {
+                let day = last_ts.div_euclid(DAY_MS);
+                keys.insert(day, key);
+                if let Some(k) = customer {
+                    customers.insert(day, k);
+                }
+                *held.entry(day).or_default() += 1;
+                rows += 1;
+                if rows % 1_000_000 == 0 {
+                    tracing::info!(partition, rows, "reading spilled contacts");
+                }
+            }))?;
+        if n > 0 {
+            tracing::info!(
+                partition,
+                rows = n,
+                took_ms = started.elapsed().as_millis() as u64,
+                "spilled contacts indexed"
+            );
+        }
+        Ok(s)
+    }
+
+    /// Run a store read until it answers (see the module docs).
+    fn read<T, F, Fut>(&self, what: &str, mut f: F) -> T
+    where
+        F: FnMut(Store, String, Millis) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let store = self.store.clone();
+            match self
+                .rt
+                .block_on(f(store, self.partition.clone(), self.horizon))
+            {
+                Ok(v) => return v,
+                Err(e) => {
+                    tracing::warn!(partition = %self.partition, error = %e, what,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "cannot read a spilled contact; consumption waits");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// The newest uncommitted change of `key`: `Some(Some(c))` put, `Some(None)`
+    /// taken back, `None` no change since the last commit.
+    fn overlay(&self, key: Key) -> Option<Option<&SpilledContact>> {
+        if let Some(op) = self.pending.ops.get(&key) {
+            return Some(op.as_ref());
+        }
+        self.in_flight
+            .as_ref()
+            .and_then(|f| f.ops.get(&key))
+            .map(|op| op.as_ref())
+    }
+
+    fn count(&mut self, last_ts: Millis, by: i64) {
+        *self.held.entry(last_ts.div_euclid(DAY_MS)).or_default() += by;
+    }
+}
+
+impl Spill for StoreSpill {
+    fn put(&mut self, c: SpilledContact) {
+        let day = c.last_ts.div_euclid(DAY_MS);
+        self.keys.insert(day, c.key);
+        if let Some(k) = c.customer {
+            self.customers.insert(day, k);
+        }
+        self.count(c.last_ts, 1);
+        self.pending.put(c);
+    }
+
+    fn take(&mut self, key: Key) -> Option<SpilledContact> {
+        let found = match self.overlay(key) {
+            Some(op) => op.filter(|c| c.last_ts >= self.horizon).cloned(),
+            None if !self.keys.contains(key) => None,
+            None => self.read("contact", |store, partition, horizon| async move {
+                store.spill_get(&partition, key, horizon).await
+            }),
+        };
+        let c = found?;
+        self.count(c.last_ts, -1);
+        self.pending.delete(key);
+        Some(c)
+    }
+
+    fn take_customer(&mut self, customer: Key) -> Vec<SpilledContact> {
+        if !self.customers.contains(customer) {
+            return Vec::new();
+        }
+        // Committed rows, then the in-flight and pending changes on top.
+        let mut found: std::collections::HashMap<Key, Option<SpilledContact>> = self
+            .read("customer", |store, partition, horizon| async move {
+                store.spill_customer(&partition, customer, horizon).await
+            })
+            .into_iter()
+            .map(|c| (c.key, Some(c)))
+            .collect();
+        for ops in self.in_flight.iter().chain(std::iter::once(&self.pending)) {
+            // A key changed in this batch: its op decides (taken back, or put anew,
+            // possibly under another customer).
+            let keys: Vec<Key> = found
+                .keys()
+                .copied()
+                .chain(ops.customers.get(&customer).into_iter().flatten().copied())
+                .collect();
+            for k in keys {
+                if let Some(op) = ops.ops.get(&k) {
+                    found.insert(k, op.clone());
+                }
+            }
+        }
+        let out: Vec<SpilledContact> = found
+            .into_values()
+            .flatten()
+            .filter(|c| c.customer == Some(customer) && c.last_ts >= self.horizon)
+            .collect();
+        for c in &out {
+            self.count(c.last_ts, -1);
+            self.pending.delete(c.key);
+        }
+        out
+    }
+
+    fn expire(&mut self, before: Millis) {
+        if before <= self.horizon {
+            return;
+        }
+        self.horizon = before;
+        self.pending.expire_before = Some(before);
+        // A day's filter and count go once the whole day is before the horizon.
+        let day = before.div_euclid(DAY_MS);
+        self.keys.drop_before(day);
+        self.customers.drop_before(day);
+        self.held = self.held.split_off(&day);
+    }
+
+    fn len(&self) -> usize {
+        self.held.values().sum::<i64>().max(0) as usize
+    }
+
+    fn prepare(&mut self) -> Option<SpillBatch> {
+        if let Some(earlier) = self.in_flight.take() {
+            // The caller prepares one commit at a time; if an earlier one was never
+            // finished, carry its changes (rewriting them is harmless).
+            self.pending = earlier.under(std::mem::take(&mut self.pending));
+        }
+        let ops = std::mem::take(&mut self.pending);
+        let batch = ops.batch();
+        self.in_flight = Some(ops);
+        Some(batch)
+    }
+
+    fn finish(&mut self, committed: bool) {
+        if let Some(ops) = self.in_flight.take()
+            && !committed
+        {
+            self.pending = ops.under(std::mem::take(&mut self.pending));
+        }
+    }
+}
+
+/// Bloom filters over keys that are already uniform 128-bit hashes (xxh3 of the id),
+/// one per day of `last_ts`, so that a day's can be dropped with the day. Each day's
+/// grows by adding a layer of twice the capacity when the last is full (the number
+/// of contacts a day is not known in advance); a key is "maybe held" when any layer
+/// of any day has all its bits. Hand-written rather than a crate: the keys need no
+/// hashing, and dropping by day is the point.
+#[derive(Default)]
+struct DayBlooms {
+    days: BTreeMap<i64, Vec<Layer>>,
+}
+
+/// Bits set per key: with 10 bits per key, about a 1 % false-positive rate per layer.
+const PROBES: u64 = 7;
+const FIRST_CAPACITY: usize = 1 << 14;
+
+struct Layer {
+    bits: Vec<u64>,
+    capacity: usize,
+    len: usize,
+}
+
+impl Layer {
+    fn new(capacity: usize) -> Layer {
+        // 10 bits per key, rounded up to a power of two for masking.
+        let bits = (capacity * 10).next_power_of_two().max(64);
+        Layer {
+            bits: vec![0; bits / 64],
+            capacity,
+            len: 0,
+        }
+    }
+
+    fn positions(&self, key: Key) -> impl Iterator<Item = usize> + use<> {
+        let mask = (self.bits.len() * 64 - 1) as u64;
+        let (h1, h2) = (key as u64, ((key >> 64) as u64) | 1);
+        (0..PROBES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) & mask) as usize)
+    }
+
+    fn insert(&mut self, key: Key) {
+        for p in self.positions(key) {
+            self.bits[p / 64] |= 1 << (p % 64);
+        }
+        self.len += 1;
+    }
+
+    fn contains(&self, key: Key) -> bool {
+        self.positions(key)
+            .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
+    }
+}
+
+impl DayBlooms {
+    fn insert(&mut self, day: i64, key: Key) {
+        let layers = self.days.entry(day).or_default();
+        match layers.last_mut() {
+            Some(l) if l.len < l.capacity => l.insert(key),
+            last => {
+                let capacity = last.map_or(FIRST_CAPACITY, |l| l.capacity * 2);
+                let mut l = Layer::new(capacity);
+                l.insert(key);
+                layers.push(l);
+            }
+        }
+    }
+
+    fn contains(&self, key: Key) -> bool {
+        self.days.values().flatten().any(|l| l.contains(key))
+    }
+
+    fn drop_before(&mut self, day: i64) {
+        self.days = self.days.split_off(&day);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bloom_has_no_false_negatives_and_few_false_positives() {
+        let mut b = DayBlooms::default();
+        let key = |i: u64| xxhash_rust::xxh3::xxh3_128(&i.to_le_bytes());
+        for i in 0..200_000u64 {
+            b.insert((i / 50_000) as i64, key(i));
+        }
+        assert!((0..200_000u64).all(|i| b.contains(key(i))));
+        let fp = (1_000_000..1_100_000u64)
+            .filter(|&i| b.contains(key(i)))
+            .count();
+        // 4 days x up to 3 layers at ~1 % each.
+        assert!(fp < 8_000, "{fp} false positives in 100 000");
+        b.drop_before(2);
+        assert!(
+            !(0..100_000u64).all(|i| b.contains(key(i))),
+            "days 0, 1 dropped"
+        );
+        assert!((100_000..200_000u64).all(|i| b.contains(key(i))));
+    }
+}
