@@ -356,3 +356,90 @@ fn replay_and_export_on_postgres_match_sqlite() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// `replay` with every closed contact spilled to the store as soon as it is packed
+/// exports exactly what a replay that keeps every contact in memory exports, on a
+/// simulated day with repeat contacts, late surveys and duplicates; and it did spill.
+#[test]
+fn replay_with_spilled_contacts_equals_replay_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let o = ccm(
+        &[
+            "generate",
+            "--events",
+            "60000",
+            "--agents",
+            "40",
+            "--queues",
+            "5",
+            "--contacts-per-hour",
+            "400",
+            "--seed",
+            "4",
+            "--out",
+            events.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let run = |name: &str, env: &[(&str, &str)]| {
+        let db = format!("sqlite://{}", dir.path().join(name).display());
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.push(("CCMETRICS__STORE__URL", &db));
+        env.push(("RUST_LOG", "info"));
+        let o = ccm(
+            &[
+                "replay",
+                "--log-json",
+                "--flush-every",
+                "2000",
+                "--input",
+                events.to_str().unwrap(),
+            ],
+            &env,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        let mut out = String::new();
+        for (window, dim) in [
+            ("15m", "queue"),
+            ("1d", "agent"),
+            ("1h", "team"),
+            ("1d", "all"),
+        ] {
+            let o = ccm(
+                &[
+                    "export",
+                    "--window",
+                    window,
+                    "--dimension",
+                    dim,
+                    "--format",
+                    "jsonl",
+                ],
+                &env,
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            out.push_str(&String::from_utf8(o.stdout).unwrap());
+        }
+        (out, log)
+    };
+    let (kept, _) = run("kept.db", &[("CCMETRICS__WINDOWS__SPILL", "false")]);
+    let (spilled, log) = run("spilled.db", &[("CCMETRICS__WINDOWS__SPILL_AFTER", "0s")]);
+    let n = kept.lines().count();
+    assert!(n > 500, "only {n} rows exported");
+    assert!(kept.contains("\"fcr_rate\""), "{kept}");
+    assert!(kept == spilled, "exports differ with spilling");
+    let peak = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("closed contacts held in the store"))
+        })
+        .and_then(|v| v["fields"]["peak"].as_u64())
+        .unwrap_or_else(|| panic!("no spill line in the log: {log}"));
+    assert!(peak > 1_000, "only {peak} contacts spilled");
+}

@@ -52,6 +52,10 @@ fn serve_on_six_partitions_equals_replay() {
     assert_eq!(w.exports(), expected);
 }
 
+/// Also the spill's crash test: every closed contact is spilled to the store as soon
+/// as it is packed (`spill_after = 0s`), so the kills land between spills, take-backs
+/// and the commits that persist them; `replay` (which keeps every contact in memory)
+/// must still agree.
 #[test]
 fn kill9_at_random_points_then_restart_equals_replay() {
     let _serial = support::serial();
@@ -61,9 +65,19 @@ fn kill9_at_random_points_then_restart_equals_replay() {
     let expected = w.replay_exports(&[&events]);
     let seed = jiff::Timestamp::now().as_millisecond() as u64;
     println!("kill points seed {seed}");
+    let serve = |name: &str, group: &str| {
+        Daemon::start(
+            &w.config,
+            &w.path(&format!("{name}.log")),
+            &[
+                ("CCMETRICS__KAFKA__GROUP_ID", group),
+                ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
+            ],
+        )
+    };
     let mut x = seed | 1;
     for round in 0..4 {
-        let d = w.serve_in_group(&format!("crash-{round}"), &format!("{}-{round}", w.group));
+        let d = serve(&format!("crash-{round}"), &format!("{}-{round}", w.group));
         // xorshift: a kill point somewhere between 300 and 6,000 further events.
         x ^= x << 13;
         x ^= x >> 7;
@@ -76,8 +90,10 @@ fn kill9_at_random_points_then_restart_equals_replay() {
         );
         d.kill9();
     }
-    let d = w.serve_in_group("final", &format!("{}-final", w.group));
+    let d = serve("final", &format!("{}-final", w.group));
     w.wait_for_exports(&expected, CATCH_UP);
+    let spilled = d.metric("ccmetrics_spilled_contacts");
+    assert!(spilled > 100.0, "only {spilled} contacts spilled");
     d.stop();
     assert_eq!(w.exports(), expected);
 }

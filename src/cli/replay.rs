@@ -1,12 +1,16 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
+use ccmetrics::engine::spill::SpillBatch;
 use ccmetrics::engine::{EngineConfig, SnapshotDelta, Stats};
 use ccmetrics::pipeline::Pipeline;
 use ccmetrics::source::ahead::{Ahead, Item};
 use ccmetrics::store::Store;
+use ccmetrics::store::spill::StoreSpill;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ConfigArg;
@@ -67,6 +71,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let mut pipe = Pipeline::new(engine_cfg, cfg.decoder(), a.partition.clone());
     pipe.set_now(a.now);
+    if cfg.windows.spill {
+        // Settled contacts go to the store as in `serve`, so a replay of months holds
+        // about `spill_after` of contacts in memory, not the correction horizon's.
+        let spill = StoreSpill::open(
+            store.clone(),
+            tokio::runtime::Handle::current(),
+            &a.partition,
+        )
+        .context("opening the contact spill")?;
+        pipe.engine.set_spill(Box::new(spill));
+    }
     if let Some(path) = &a.dead_letter {
         let f = std::fs::File::create(path)
             .with_context(|| format!("creating dead-letter file {}", path.display()))?;
@@ -77,26 +92,51 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // Snapshot writes run on a writer task while the engine goes on: one batch in
     // the channel and one being written at most, applied in order (deltas add up,
     // but the order keeps revisions identical to an inline write).
-    let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<Vec<SnapshotDelta>>(1);
+    // The spill's changes ride along with each batch, in the same transaction; the
+    // spill keeps them readable until the writer has written them (`written`).
+    type Write = (Vec<SnapshotDelta>, Option<SpillBatch>);
+    let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<Write>(1);
+    let written = Arc::new(AtomicU64::new(0));
     let writer = {
         let store = store.clone();
         let partition = a.partition.clone();
+        let written = written.clone();
         tokio::spawn(async move {
             let mut rows = 0u64;
-            while let Some(deltas) = write_rx.recv().await {
-                if deltas.is_empty() {
-                    continue;
+            while let Some((deltas, spill)) = write_rx.recv().await {
+                match &spill {
+                    Some(b) if !b.is_empty() => {
+                        store.apply_deltas_and_spill(&partition, &deltas, b).await?;
+                    }
+                    _ if deltas.is_empty() => {}
+                    _ => {
+                        store.apply_deltas(&partition, &deltas).await?;
+                    }
                 }
-                store.apply_deltas(&partition, &deltas).await?;
                 rows += deltas.len() as u64;
+                if spill.is_some() {
+                    written.fetch_add(1, Ordering::Release);
+                }
             }
             Ok::<u64, ccmetrics::store::StoreError>(rows)
         })
     };
     // A failed write ends the writer; its error is reported once the stream stops.
-    let send = |deltas: Vec<SnapshotDelta>| {
+    let mut finished = 0u64;
+    let mut batch_of = |pipe: &mut Pipeline, deltas: Vec<SnapshotDelta>| -> Write {
+        let spill = pipe.engine.spill_mut().and_then(|s| {
+            let done = written.load(Ordering::Acquire);
+            while finished < done {
+                s.finish(true);
+                finished += 1;
+            }
+            s.prepare()
+        });
+        (deltas, spill)
+    };
+    let send = |w: Write| {
         let tx = write_tx.clone();
-        async move { tx.send(deltas).await.is_ok() }
+        async move { tx.send(w).await.is_ok() }
     };
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -107,6 +147,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     );
     // Files are read and decoded ahead on a second thread (see `source::ahead`).
     let mut n: u64 = 0;
+    let mut spilled_peak = 0;
     let ahead = Ahead::spawn(a.inputs.clone(), cfg.decoder()).context("starting the reader")?;
     'input: for item in ahead {
         let mut batch = match item.context("reading input")? {
@@ -134,7 +175,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             n += applied;
             if n.is_multiple_of(a.flush_every) {
                 bar.set_position(n);
-                if !send(pipe.engine.flush()).await {
+                let deltas = pipe.engine.flush();
+                spilled_peak = spilled_peak.max(pipe.engine.contacts_spilled());
+                if !send(batch_of(&mut pipe, deltas)).await {
                     break 'input;
                 }
             }
@@ -144,12 +187,24 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     bar.set_position(n);
-    send(pipe.engine.flush_all()).await;
+    let deltas = pipe.engine.flush_all();
+    // The spill's rows served this run only: nothing to write, and removed below.
+    send((deltas, None)).await;
     drop(write_tx);
     let rows = writer
         .await
         .context("the snapshot writer task failed")?
         .context("writing snapshots")?;
+    if cfg.windows.spill {
+        store
+            .clear_spill(&a.partition)
+            .await
+            .context("removing the replay's spilled contacts")?;
+        tracing::info!(
+            peak = spilled_peak,
+            "closed contacts held in the store instead of memory (at most, at a flush)"
+        );
+    }
     bar.finish_and_clear();
     pipe.finish().context("writing dead letters")?;
     if let Some(path) = &a.dead_letter {

@@ -150,6 +150,7 @@ pub async fn status(
         "watermark": ts(snap.watermark),
         "clock": ts(snap.clock),
         "open_contacts": snap.open_contacts,
+        "spilled_contacts": snap.spilled_contacts,
         "flushes": snap.flushes,
         "last_flush": ts(snap.last_flush_ms),
         "stats": {

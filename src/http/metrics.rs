@@ -180,7 +180,7 @@ pub(super) static ROLLING: [GaugeDef; 6] = [
 ];
 
 /// `(name, help, type, variable labels)` of the families not defined by the tables.
-const GLOBAL: [(&str, &str, MetricType, &[&str]); 13] = [
+const GLOBAL: [(&str, &str, MetricType, &[&str]); 14] = [
     (
         "ccmetrics_events_read_total",
         "Input messages read.",
@@ -226,6 +226,12 @@ const GLOBAL: [(&str, &str, MetricType, &[&str]); 13] = [
     (
         "ccmetrics_open_contacts",
         "Contacts held in engine memory.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "ccmetrics_spilled_contacts",
+        "Closed contacts moved out of memory into the store, still within the correction horizon (approximate: counted per day).",
         MetricType::GAUGE,
         &[],
     ),
@@ -488,7 +494,7 @@ pub fn families(
     let single = |v: Option<f64>| v.map(|v| gauge(vec![], v)).into_iter().collect::<Vec<_>>();
     let dropped = dropped as f64;
     // In `GLOBAL` order.
-    let globals: [Vec<Metric>; 13] = [
+    let globals: [Vec<Metric>; 14] = [
         vec![counter(vec![], st.read as f64)],
         vec![counter(vec![], st.accepted as f64)],
         vec![counter(vec![], st.duplicates as f64)],
@@ -506,6 +512,7 @@ pub fn families(
         single(snap.watermark.map(secs)),
         single(snap.clock.map(secs)),
         vec![gauge(vec![], snap.open_contacts as f64)],
+        vec![gauge(vec![], snap.spilled_contacts as f64)],
         vec![counter(vec![], snap.flushes as f64)],
         single(snap.last_flush_ms.map(secs)),
         single(s.per_agent_series.then_some(dropped)),

@@ -21,7 +21,7 @@
 //! `ccmetrics_events_duplicate_total`, `ccmetrics_events_rejected_total{reason}` (every
 //! reject reason is always present, zero when none), `ccmetrics_events_late_applied_total`,
 //! `ccmetrics_watermark_timestamp_seconds`, `ccmetrics_clock_timestamp_seconds`,
-//! `ccmetrics_open_contacts`, `ccmetrics_snapshot_flushes_total`,
+//! `ccmetrics_open_contacts`, `ccmetrics_spilled_contacts`, `ccmetrics_snapshot_flushes_total`,
 //! `ccmetrics_last_flush_timestamp_seconds` (timestamps absent until known),
 //! `ccmetrics_contacts_expired_total`, `ccmetrics_keys_overflowed_total{kind}`
 //! (`agent`, `team`, `queue`, `customer`; always present).

@@ -41,6 +41,8 @@ pub struct LiveSnapshot {
     /// The engine clock (latest event time), UTC ms.
     pub clock: Option<Millis>,
     pub open_contacts: usize,
+    /// Contacts in the engine's spill (`engine::spill`).
+    pub spilled_contacts: usize,
     /// Cumulative since process start, per dimension key ([`Engine::totals`]).
     pub totals: SplitRows,
     /// `(minutes, rows)` from [`Engine::rolling`] for each configured rolling window.
@@ -136,6 +138,7 @@ impl LiveSnapshot {
             watermark: engine.watermark(),
             clock: engine.clock(),
             open_contacts: engine.open_contacts(),
+            spilled_contacts: engine.contacts_spilled(),
             totals: engine.totals_of(scope).into(),
             rolling: engine
                 .config()
@@ -176,6 +179,7 @@ impl LiveSnapshot {
             };
             out.clock = out.clock.max(p.clock);
             out.open_contacts += p.open_contacts;
+            out.spilled_contacts += p.spilled_contacts;
             out.flushes += p.flushes;
             out.last_flush_ms = out.last_flush_ms.max(p.last_flush_ms);
             add(&mut totals, p.totals);

@@ -90,15 +90,16 @@ where
         rows: &[Pending],
         updated_at: &str,
         checkpoint: Option<&CheckpointWrite<'_>>,
+        spill: Option<&SpillBatch>,
     ) -> Result<(u64, u64), StoreError> {
         let mut tx = self.pool.begin_with(DB::BEGIN).await?;
         let result = async {
             Self::lock_partition(&mut tx, partition).await?;
             if let Some(cp) = checkpoint {
                 Self::write_checkpoint(&mut tx, partition, cp, updated_at).await?;
-                if let Some(batch) = cp.spill {
-                    Self::write_spill(&mut tx, partition, batch).await?;
-                }
+            }
+            if let Some(batch) = checkpoint.and_then(|cp| cp.spill).or(spill) {
+                Self::write_spill(&mut tx, partition, batch).await?;
             }
             Self::apply_rows(&mut tx, partition, rows, updated_at).await
         }
@@ -231,6 +232,14 @@ where
                 .await?;
         }
         Ok(())
+    }
+
+    pub(super) async fn clear_spill(&self, partition: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query::<DB>(&DB::statements().spill_delete_partition)
+            .bind(partition)
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&done))
     }
 
     pub(super) async fn spill_get(

@@ -231,6 +231,33 @@ impl Store {
         self.apply_deltas_at(partition, deltas, now).await
     }
 
+    /// [`Store::apply_deltas`] and a spill batch in one transaction (`replay`, which
+    /// has no checkpoint to write it with).
+    pub async fn apply_deltas_and_spill(
+        &self,
+        partition: &str,
+        deltas: &[SnapshotDelta],
+        spill: &SpillBatch,
+    ) -> Result<ApplyReport, StoreError> {
+        let (pending, skipped) = coalesce(deltas);
+        let updated_at = rfc3339_ms(jiff::Timestamp::now().as_millisecond());
+        let (inserted, revised) = match self {
+            Store::Sqlite(s) => {
+                s.apply(partition, &pending, &updated_at, None, Some(spill))
+                    .await?
+            }
+            Store::Postgres(s) => {
+                s.apply(partition, &pending, &updated_at, None, Some(spill))
+                    .await?
+            }
+        };
+        Ok(ApplyReport {
+            inserted,
+            revised,
+            skipped,
+        })
+    }
+
     /// [`Store::apply_deltas`] with `updated_at` given (UTC milliseconds).
     pub async fn apply_deltas_at(
         &self,
@@ -248,8 +275,14 @@ impl Store {
         }
         let updated_at = rfc3339_ms(updated_at_ms);
         let (inserted, revised) = match self {
-            Store::Sqlite(s) => s.apply(partition, &pending, &updated_at, None).await?,
-            Store::Postgres(s) => s.apply(partition, &pending, &updated_at, None).await?,
+            Store::Sqlite(s) => {
+                s.apply(partition, &pending, &updated_at, None, None)
+                    .await?
+            }
+            Store::Postgres(s) => {
+                s.apply(partition, &pending, &updated_at, None, None)
+                    .await?
+            }
         };
         report.inserted = inserted;
         report.revised = revised;
@@ -278,8 +311,8 @@ impl Store {
         let (pending, skipped) = coalesce(deltas);
         let now = rfc3339_ms(jiff::Timestamp::now().as_millisecond());
         let (inserted, revised) = match self {
-            Store::Sqlite(s) => s.apply(partition, &pending, &now, Some(cp)).await?,
-            Store::Postgres(s) => s.apply(partition, &pending, &now, Some(cp)).await?,
+            Store::Sqlite(s) => s.apply(partition, &pending, &now, Some(cp), None).await?,
+            Store::Postgres(s) => s.apply(partition, &pending, &now, Some(cp), None).await?,
         };
         Ok(ApplyReport {
             inserted,
@@ -343,6 +376,14 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.spill_scan(partition, f).await,
             Store::Postgres(s) => s.spill_scan(partition, f).await,
+        }
+    }
+
+    /// Delete the spilled contacts of `partition` (the end of a replay).
+    pub async fn clear_spill(&self, partition: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.clear_spill(partition).await,
+            Store::Postgres(s) => s.clear_spill(partition).await,
         }
     }
 

@@ -28,7 +28,7 @@ use super::{Store, StoreError};
 type Key = u128;
 
 /// Changes of one batch: per contact the newest (a put, or `None`: taken back).
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Ops {
     ops: std::collections::HashMap<Key, Option<SpilledContact>>,
     /// Contacts put in this batch by customer (the puts' customer index).
@@ -85,7 +85,9 @@ pub struct StoreSpill {
     rt: tokio::runtime::Handle,
     partition: String,
     pending: Ops,
-    in_flight: Option<Ops>,
+    /// Prepared batches not finished yet, oldest first (`serve` has at most one;
+    /// `replay`'s writer task one queued and one being written).
+    in_flight: std::collections::VecDeque<Ops>,
     keys: DayBlooms,
     customers: DayBlooms,
     /// Contacts held per day of `last_ts` (for [`Spill::len`]: a metric).
@@ -110,7 +112,7 @@ impl StoreSpill {
             rt,
             partition: partition.to_owned(),
             pending: Ops::default(),
-            in_flight: None,
+            in_flight: std::collections::VecDeque::new(),
             keys: DayBlooms::default(),
             customers: DayBlooms::default(),
             held: BTreeMap::new(),
@@ -119,8 +121,9 @@ impl StoreSpill {
         let started = std::time::Instant::now();
         let (keys, customers, held) = (&mut s.keys, &mut s.customers, &mut s.held);
         let mut rows = 0u64;
-        let n =
-            s.rt.block_on(s.store.spill_scan(partition, |key, customer, last_ts| {
+        let n = block_on(
+            &s.rt,
+            s.store.spill_scan(partition, |key, customer, last_ts| {
                 let day = last_ts.div_euclid(DAY_MS);
                 keys.insert(day, key);
                 if let Some(k) = customer {
@@ -131,7 +134,8 @@ impl StoreSpill {
                 if rows % 1_000_000 == 0 {
                     tracing::info!(partition, rows, "reading spilled contacts");
                 }
-            }))?;
+            }),
+        )?;
         if n > 0 {
             tracing::info!(
                 partition,
@@ -152,10 +156,7 @@ impl StoreSpill {
         let mut backoff = Duration::from_millis(100);
         loop {
             let store = self.store.clone();
-            match self
-                .rt
-                .block_on(f(store, self.partition.clone(), self.horizon))
-            {
+            match block_on(&self.rt, f(store, self.partition.clone(), self.horizon)) {
                 Ok(v) => return v,
                 Err(e) => {
                     tracing::warn!(partition = %self.partition, error = %e, what,
@@ -175,8 +176,9 @@ impl StoreSpill {
             return Some(op.as_ref());
         }
         self.in_flight
-            .as_ref()
-            .and_then(|f| f.ops.get(&key))
+            .iter()
+            .rev()
+            .find_map(|f| f.ops.get(&key))
             .map(|op| op.as_ref())
     }
 
@@ -223,6 +225,7 @@ impl Spill for StoreSpill {
             .map(|c| (c.key, Some(c)))
             .collect();
         for ops in self.in_flight.iter().chain(std::iter::once(&self.pending)) {
+            // Oldest first: a later batch's op wins.
             // A key changed in this batch: its op decides (taken back, or put anew,
             // possibly under another customer).
             let keys: Vec<Key> = found
@@ -266,23 +269,40 @@ impl Spill for StoreSpill {
     }
 
     fn prepare(&mut self) -> Option<SpillBatch> {
-        if let Some(earlier) = self.in_flight.take() {
-            // The caller prepares one commit at a time; if an earlier one was never
-            // finished, carry its changes (rewriting them is harmless).
-            self.pending = earlier.under(std::mem::take(&mut self.pending));
-        }
         let ops = std::mem::take(&mut self.pending);
         let batch = ops.batch();
-        self.in_flight = Some(ops);
+        self.in_flight.push_back(ops);
         Some(batch)
     }
 
+    /// Batches finish in the order they were prepared. A failed one goes back under
+    /// everything changed since (with more than one in flight, the later ones carry
+    /// on; rewriting a change later is harmless: upserts and deletes are idempotent).
     fn finish(&mut self, committed: bool) {
-        if let Some(ops) = self.in_flight.take()
+        if let Some(ops) = self.in_flight.pop_front()
             && !committed
         {
-            self.pending = ops.under(std::mem::take(&mut self.pending));
+            // The later batches stay in flight (they answer reads and are finished
+            // in turn); their changes are copied over the failed one's so that
+            // rewriting it cannot undo them.
+            let later = self
+                .in_flight
+                .iter()
+                .cloned()
+                .fold(Ops::default(), Ops::under);
+            self.pending = ops.under(later).under(std::mem::take(&mut self.pending));
         }
+    }
+}
+
+/// Wait for `f` on `rt` from synchronous code: directly on a thread outside the
+/// runtime, through `block_in_place` on one inside it (`replay` runs the engine in
+/// the runtime's `block_on`).
+fn block_on<F: Future>(rt: &tokio::runtime::Handle, f: F) -> F::Output {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::task::block_in_place(|| rt.block_on(f))
+    } else {
+        rt.block_on(f)
     }
 }
 
