@@ -1060,7 +1060,7 @@ mod tests {
             let key = rng.random_range(0..150u128) << 64 | 0xabc;
             match rng.random_range(0..20) {
                 0..=7 => {
-                    if !held.contains_key(&key) {
+                    if let std::collections::hash_map::Entry::Vacant(e) = held.entry(key) {
                         let customer = (key % 3 != 0).then(|| (key >> 64) % 25 + 1);
                         let c = SpilledContact {
                             key,
@@ -1069,7 +1069,7 @@ mod tests {
                             last_ts: now,
                             body: now.to_le_bytes().to_vec().into(),
                         };
-                        held.insert(key, now);
+                        e.insert(now);
                         spill.put(c.clone());
                         model.put(c);
                     }

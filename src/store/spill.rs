@@ -131,7 +131,7 @@ impl StoreSpill {
                 }
                 *held.entry(day).or_default() += 1;
                 rows += 1;
-                if rows % 1_000_000 == 0 {
+                if rows.is_multiple_of(1_000_000) {
                     tracing::info!(partition, rows, "reading spilled contacts");
                 }
             }),
