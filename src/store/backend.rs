@@ -220,18 +220,41 @@ where
                 .execute(&mut *conn)
                 .await?;
         }
-        for c in &batch.puts {
-            sqlx::query::<DB>(&st.spill_upsert)
-                .bind(partition)
-                .bind(&c.key.to_be_bytes()[..])
-                .bind(c.customer.map(|k| k.to_be_bytes().to_vec()))
-                .bind(c.first_offer)
-                .bind(c.last_ts)
-                .bind(&c.body[..])
+        // Full chunks in one statement each (a round trip per row would cost more than
+        // the rows), the rest one by one; a batch holds each key once, which
+        // PostgreSQL's multi-row upsert requires.
+        let keys: Vec<[u8; 16]> = batch.puts.iter().map(|c| c.key.to_be_bytes()).collect();
+        let mut chunks = batch.puts.chunks_exact(sql::CHUNK);
+        let mut at = 0;
+        for chunk in &mut chunks {
+            let mut q = sqlx::query::<DB>(&st.spill_upsert_chunk);
+            for (c, key) in chunk.iter().zip(&keys[at..]) {
+                q = Self::bind_spilled(q, partition, c, key);
+            }
+            q.execute(&mut *conn).await?;
+            at += chunk.len();
+        }
+        for (c, key) in chunks.remainder().iter().zip(&keys[at..]) {
+            let q = sqlx::query::<DB>(&st.spill_upsert);
+            Self::bind_spilled(q, partition, c, key)
                 .execute(&mut *conn)
                 .await?;
         }
         Ok(())
+    }
+
+    fn bind_spilled<'q>(
+        q: Query<'q, DB>,
+        partition: &'q str,
+        c: &'q SpilledContact,
+        key: &'q [u8; 16],
+    ) -> Query<'q, DB> {
+        q.bind(partition)
+            .bind(&key[..])
+            .bind(c.customer.map(|k| k.to_be_bytes().to_vec()))
+            .bind(c.first_offer)
+            .bind(c.last_ts)
+            .bind(&c.body[..])
     }
 
     pub(super) async fn clear_spill(&self, partition: &str) -> Result<u64, StoreError> {

@@ -470,6 +470,8 @@ pub(crate) mod sql {
         pub spill_delete: String,
         /// Binds: partition, contact_key, customer_key, first_offer, last_ts, body.
         pub spill_upsert: String,
+        /// The same for [`CHUNK`] distinct contacts (6 binds each, in that order).
+        pub spill_upsert_chunk: String,
         /// Binds: partition, contact_key, oldest last_ts kept. Returns customer_key,
         /// first_offer, last_ts, body.
         pub spill_select: String,
@@ -524,6 +526,19 @@ pub(crate) mod sql {
         )
     }
 
+    fn spill_upsert(p: Placeholder, rows: usize) -> String {
+        let tuples: Vec<String> = (0..rows)
+            .map(|r| format!("({})", p.list(1 + r * 6, 6)))
+            .collect();
+        format!(
+            "INSERT INTO spilled_contacts (\"partition\", contact_key, customer_key, first_offer, last_ts, body) \
+             VALUES {} ON CONFLICT (\"partition\", contact_key) DO UPDATE SET \
+             customer_key = excluded.customer_key, first_offer = excluded.first_offer, \
+             last_ts = excluded.last_ts, body = excluded.body",
+            tuples.join(", ")
+        )
+    }
+
     impl Statements {
         pub fn new(p: Placeholder) -> Statements {
             let keys: Vec<String> = (0..CHUNK)
@@ -559,13 +574,8 @@ pub(crate) mod sql {
                     p.list(1, 1),
                     p.list(2, 1)
                 ),
-                spill_upsert: format!(
-                    "INSERT INTO spilled_contacts (\"partition\", contact_key, customer_key, first_offer, last_ts, body) \
-                     VALUES ({}) ON CONFLICT (\"partition\", contact_key) DO UPDATE SET \
-                     customer_key = excluded.customer_key, first_offer = excluded.first_offer, \
-                     last_ts = excluded.last_ts, body = excluded.body",
-                    p.list(1, 6)
-                ),
+                spill_upsert: spill_upsert(p, 1),
+                spill_upsert_chunk: spill_upsert(p, CHUNK),
                 spill_select: format!(
                     "SELECT customer_key, first_offer, last_ts, body FROM spilled_contacts \
                      WHERE \"partition\" = {} AND contact_key = {} AND last_ts >= {}",
@@ -1032,6 +1042,34 @@ mod tests {
         );
         s.clear_partition(p).await.unwrap();
         assert_eq!(s.spill_scan(p, |_, _, _| ()).await.unwrap(), 0);
+
+        // More than two chunks of puts (multi-row upserts plus a tail), one replacing.
+        let many = SpillBatch {
+            puts: (0..150)
+                .map(|i| c(1000 + i, Some(i % 7), 500 + i as i64))
+                .collect(),
+            ..SpillBatch::default()
+        };
+        let mut cp = checkpoint(newer.epoch, newer.seq + 2, 40, b"s3");
+        cp.spill = Some(&many);
+        s.commit(p, &[], &cp).await.unwrap();
+        let again = SpillBatch {
+            puts: vec![c(1149, None, 999)],
+            ..SpillBatch::default()
+        };
+        let mut cp = checkpoint(newer.epoch, newer.seq + 3, 50, b"s4");
+        cp.spill = Some(&again);
+        s.commit(p, &[], &cp).await.unwrap();
+        assert_eq!(s.spill_scan(p, |_, _, _| ()).await.unwrap(), 150);
+        assert_eq!(
+            s.spill_get(p, 1000, 0).await.unwrap(),
+            Some(c(1000, Some(0), 500))
+        );
+        assert_eq!(
+            s.spill_get(p, 1149, 0).await.unwrap(),
+            Some(c(1149, None, 999))
+        );
+        assert_eq!(s.spill_customer(p, 3, 0).await.unwrap().len(), 21);
     }
 
     /// `StoreSpill` answers like the in-memory model through puts, take-backs,
