@@ -343,6 +343,10 @@ pub(crate) struct Contact {
 /// enough that open contacts are a few minutes of traffic.
 const SETTLE_MS: Millis = 10 * 60_000;
 
+/// How long `agent.state` event ids are remembered for duplicate detection (see
+/// `Engine::expire`).
+const AGENT_DEDUP_MS: Millis = 60 * 60_000;
+
 impl Contact {
     /// Encode events and facts into `packed`. Times are stored relative to the first
     /// event, so postcard's variable-length integers keep them to a few bytes.
@@ -1208,7 +1212,13 @@ impl Engine {
         if let Some(sp) = self.spill.as_mut() {
             sp.expire(horizon);
         }
-        let hour = horizon.div_euclid(3_600_000);
+        // Agent-state ids are kept for an hour, not the horizon: applying an agent state
+        // again changes nothing once the agent has moved on (the floor ignores a state
+        // older than the current one, and the same one again is a no-op), so the ids
+        // only keep the duplicate count exact, and a week of them (a state change per
+        // agent every few minutes) would outweigh everything else held.
+        let dedup_from = wm.saturating_sub(self.cfg.correction_horizon_ms.min(AGENT_DEDUP_MS));
+        let hour = dedup_from.div_euclid(3_600_000);
         while let Some(e) = self.seen_by_hour.first_entry() {
             if *e.key() >= hour {
                 break;

@@ -240,3 +240,36 @@ fn a_format_2_checkpoint_still_restores() {
     r.apply(offered("3", "c3", 90.0, "q", "k"));
     assert!(r.stats().overflowed.is_empty());
 }
+
+/// Agent-state ids are remembered for an hour or two of event time, not the 7-day
+/// horizon: a day of state changes leaves only the last hours' ids, and a redelivery
+/// older than that is accepted but changes nothing on the floor.
+#[test]
+fn agent_state_ids_are_kept_for_hours_not_the_horizon() {
+    let state = |id: &str, agent: &str, secs: f64, s: &str| {
+        ev(format!(
+            r#"{{"event_id":"{id}","type":"agent.state","ts":{},"agent_id":"{agent}","team":"t","state":"{s}"}}"#,
+            at(secs)
+        ))
+    };
+    let mut e = Engine::new(EngineConfig::default());
+    assert_eq!(e.apply(state("first", "a", 0.0, "busy")), Outcome::Accepted);
+    assert_eq!(
+        e.apply(state("first", "a", 0.0, "busy")),
+        Outcome::Duplicate
+    );
+    // A state change every minute for a day, across 100 agents.
+    for m in 1..1_440 {
+        let agent = format!("b{}", m % 100);
+        let s = if m % 2 == 0 { "busy" } else { "available" };
+        e.apply(state(&format!("s{m}"), &agent, m as f64 * 60.0, s));
+        e.flush();
+    }
+    let held = e.seen.len();
+    assert!(held <= 180, "{held} agent-state ids held after a day");
+    let before = e.floor(at(DAY)).agents.clone();
+    // The first event again, a day late: no longer known, accepted, and no effect.
+    assert_eq!(e.apply(state("first", "a", 0.0, "busy")), Outcome::Accepted);
+    assert_eq!(e.floor(at(DAY)).agents, before);
+    assert_eq!(e.stats().duplicates, 1);
+}
