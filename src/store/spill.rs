@@ -327,10 +327,14 @@ struct Layer {
     len: usize,
 }
 
+/// Bits of a block: a key's probes all fall in one block of 512 bits (a cache line),
+/// so a look-up costs one memory access per layer, not seven.
+const BLOCK_WORDS: usize = 8;
+
 impl Layer {
     fn new(capacity: usize) -> Layer {
-        // 10 bits per key, rounded up to a power of two for masking.
-        let bits = (capacity * 10).next_power_of_two().max(64);
+        // 10 bits per key, rounded up to a power of two of blocks for masking.
+        let bits = (capacity * 10).next_power_of_two().max(64 * BLOCK_WORDS);
         Layer {
             bits: vec![0; bits / 64],
             capacity,
@@ -338,10 +342,15 @@ impl Layer {
         }
     }
 
+    /// Bit positions of `key`: its block from the high half, the bits in the block
+    /// from the low half (double hashing).
     fn positions(&self, key: Key) -> impl Iterator<Item = usize> + use<> {
-        let mask = (self.bits.len() * 64 - 1) as u64;
-        let (h1, h2) = (key as u64, ((key >> 64) as u64) | 1);
-        (0..PROBES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) & mask) as usize)
+        let blocks = (self.bits.len() / BLOCK_WORDS) as u64;
+        let base = (((key >> 64) as u64) & (blocks - 1)) as usize * BLOCK_WORDS * 64;
+        let (h1, h2) = (key as u64, ((key as u64) >> 32) | 1);
+        (0..PROBES).map(move |i| {
+            base + (h1.wrapping_add(i.wrapping_mul(h2)) & (BLOCK_WORDS as u64 * 64 - 1)) as usize
+        })
     }
 
     fn insert(&mut self, key: Key) {
@@ -359,16 +368,30 @@ impl Layer {
 
 impl DayBlooms {
     fn insert(&mut self, day: i64, key: Key) {
-        let layers = self.days.entry(day).or_default();
-        match layers.last_mut() {
-            Some(l) if l.len < l.capacity => l.insert(key),
-            last => {
-                let capacity = last.map_or(FIRST_CAPACITY, |l| l.capacity * 2);
-                let mut l = Layer::new(capacity);
-                l.insert(key);
-                layers.push(l);
-            }
+        if let Some(l) = self
+            .days
+            .get_mut(&day)
+            .and_then(|ls| ls.last_mut())
+            .filter(|l| l.len < l.capacity)
+        {
+            l.insert(key);
+            return;
         }
+        // A new day starts at the size the day before reached, so a day usually needs
+        // one layer (each layer is one more memory access per look-up).
+        let capacity = match self.days.get(&day).and_then(|ls| ls.last()) {
+            Some(full) => full.capacity * 2,
+            None => self
+                .days
+                .range(..day)
+                .next_back()
+                .map_or(FIRST_CAPACITY, |(_, ls)| {
+                    ls.iter().map(|l| l.len).sum::<usize>().max(FIRST_CAPACITY)
+                }),
+        };
+        let mut l = Layer::new(capacity);
+        l.insert(key);
+        self.days.entry(day).or_default().push(l);
     }
 
     fn contains(&self, key: Key) -> bool {
