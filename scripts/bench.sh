@@ -12,6 +12,10 @@
 #                  parse limit), read + decode + engine without a store, and `replay`
 #   memory         peak RSS of replay at 10 k / 50 k / 100 k active agents (same
 #                  contact rate), and at twice the events: bytes per agent / open contact
+#   spill          replay of a stream longer than the correction horizon (SPILL_N events,
+#                  500 agents, 6 000 contacts/h: 9.5 simulated days at 10 M) with
+#                  closed contacts spilled to the store (the default) and without:
+#                  wall, CPU, peak RSS, and whether the exports are identical
 #   scrape         /metrics response time and size with per-agent series at 10 k agents
 #   publish        serve's CPU to keep the live view current at 10 k agents: fed one
 #                  file on stdin, then its CPU while idle (the centre published every
@@ -23,7 +27,7 @@
 # Environment (defaults in brackets):
 #   SIZES [1000000 10000000]  comparison event sets (all 10 k agents, 300 queues)
 #   AGENTS [10000]  RUNS [3]  N [10000000] (engine mode)
-#   MEM_N [2000000]  MEM_AGENTS [10000 50000 100000]
+#   MEM_N [2000000]  MEM_AGENTS [10000 50000 100000]  SPILL_N [10000000]
 #   SCRAPE_N [first of SIZES]  SCRAPES [50]  PUBLISH_FROM [20]  PUBLISH_SECONDS [20]
 #   KAFKA_N [500000]  LATENCY_RATE [5000]  LATENCY_SECONDS [60]
 #   DUCKDB_PY: a python with duckdb; else a venv is made under target/bench.
@@ -406,8 +410,35 @@ publish_bench() {
   done
 }
 
+spill_bench() {
+  local n=${SPILL_N:-10000000} f spill
+  f="$OUT/long-$n-500.jsonl"
+  events_file "$f" "$n" 500 12 6000
+  echo "== spill: replay of $f ($n events, 500 agents, 6 000 contacts/h), machine: $(machine)"
+  for spill in true false; do
+    rm -f "$OUT/spill-$spill.db"*
+    CCMETRICS__STORE__URL="sqlite://$OUT/spill-$spill.db" CCMETRICS__WINDOWS__SPILL=$spill \
+      /usr/bin/time -f "%e %U %S %M" -o "$OUT/spill-$spill.time" "$BIN" replay --input "$f" \
+      > "$OUT/spill-$spill.out" 2> "$OUT/spill-$spill.log"
+    read -r wall user sys rss < "$OUT/spill-$spill.time"
+    echo "spill=$spill: wall $wall s, CPU $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') s, peak RSS $((rss / 1024)) MiB; $(grep -o 'peak=[0-9]*' "$OUT/spill-$spill.log" || true)"
+    for e in "15m queue" "1d agent" "1h team" "1d all"; do
+      set -- $e
+      CCMETRICS__STORE__URL="sqlite://$OUT/spill-$spill.db" RUST_LOG=error "$BIN" export \
+        --window "$1" --dimension "$2" --format jsonl
+    done > "$OUT/spill-$spill.export"
+  done
+  if cmp -s "$OUT/spill-true.export" "$OUT/spill-false.export"; then
+    echo "exports identical ($(wc -l < "$OUT/spill-true.export") rows)"
+  else
+    echo "EXPORTS DIFFER: diff $OUT/spill-true.export $OUT/spill-false.export"
+    return 1
+  fi
+}
+
 case "$WHAT" in
   engine) engine_bench ;;
+  spill) spill_bench ;;
   gen) gen_bench ;;
   duckdb) duckdb_bench ;;
   parse) parse_bench ;;
@@ -417,5 +448,5 @@ case "$WHAT" in
   kafka | kafka-latency) kafka_bench ;;
   suite) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench ;;
   all) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench; kafka_bench ;;
-  *) echo "unknown mode $WHAT (engine|gen|duckdb|parse|memory|scrape|kafka|kafka-latency|suite|all)" >&2; exit 2 ;;
+  *) echo "unknown mode $WHAT (engine|gen|duckdb|parse|memory|spill|scrape|publish|kafka|kafka-latency|suite|all)" >&2; exit 2 ;;
 esac
