@@ -36,7 +36,7 @@
 # with the 15-minute rolling window in every run, docs/reliability.md), SOAK_PG base URL of a PostgreSQL server
 # (postgres://postgres@127.0.0.1:5432/test; a database of its own is created and
 # dropped), SOAK_SIM_WARMUP (6h), SOAK_ROLLING (the TOML list of rolling windows), SOAK_INTERVALS (the TOML list of
-# snapshot intervals, default "5m"), SOAK_OUT output directory (target/soak), SOAK_BIN the binary
+# snapshot intervals, default "5m"), SOAK_SPILL_AFTER ([windows] spill_after, default 2m), SOAK_OUT output directory (target/soak), SOAK_BIN the binary
 # (target/release/ccmetrics; build it with `cargo build --release --locked --bin ccmetrics`),
 # SOAK_HEAPTRACK=1 to run the daemon under heaptrack's preload library (Debian package
 # heaptrack; attaching to a running daemon fails here): every allocation is recorded
@@ -57,6 +57,10 @@ HORIZON=${SOAK_HORIZON:-5m}
 SIM_WARMUP=${SOAK_SIM_WARMUP:-6h}
 ROLLING=${SOAK_ROLLING:-'"5m", "15m"'}
 INTERVALS=${SOAK_INTERVALS:-'"5m"'}
+# Closed contacts go to PostgreSQL this long after their last change, well inside the
+# horizon, so every closed contact passes through the spill (and back when a late
+# event reaches it) while the soak runs.
+SPILL_AFTER=${SOAK_SPILL_AFTER:-2m}
 # The verdict's warm-up: twice the longest period the soak's state fills for
 # (correction horizon, rolling windows, snapshot intervals) plus the allowed lateness
 # and a minute, so every bounded part of the state has filled once and been replaced
@@ -112,6 +116,7 @@ url = "$store_url"
 [windows]
 allowed_lateness = "30s"
 correction_horizon = "$HORIZON"
+spill_after = "$SPILL_AFTER"
 rolling = [$ROLLING]
 intervals = [$INTERVALS]
 [fcr]
