@@ -116,6 +116,7 @@ url = "$store_url"
 [windows]
 allowed_lateness = "30s"
 correction_horizon = "$HORIZON"
+spill = true
 spill_after = "$SPILL_AFTER"
 rolling = [$ROLLING]
 intervals = [$INTERVALS]

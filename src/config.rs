@@ -132,7 +132,10 @@ impl Default for WindowsConfig {
             rolling: vec![Dur::secs(300), Dur::secs(900), Dur::secs(3600)],
             idle_timeout: Dur::secs(30),
             max_clock_skew: Dur::secs(600),
-            spill: true,
+            // Off until a spilled contact can be read back without a store round trip
+            // on the engine's thread: with it, replay and catch-up run several times
+            // slower (docs/performance.md, "Spilling closed contacts").
+            spill: false,
             spill_after: Dur::secs(3600),
         }
     }

@@ -426,7 +426,13 @@ fn replay_with_spilled_contacts_equals_replay_without() {
         (out, log)
     };
     let (kept, _) = run("kept.db", &[("CCMETRICS__WINDOWS__SPILL", "false")]);
-    let (spilled, log) = run("spilled.db", &[("CCMETRICS__WINDOWS__SPILL_AFTER", "0s")]);
+    let (spilled, log) = run(
+        "spilled.db",
+        &[
+            ("CCMETRICS__WINDOWS__SPILL", "true"),
+            ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
+        ],
+    );
     let n = kept.lines().count();
     assert!(n > 500, "only {n} rows exported");
     assert!(kept.contains("\"fcr_rate\""), "{kept}");

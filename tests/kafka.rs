@@ -71,6 +71,7 @@ fn kill9_at_random_points_then_restart_equals_replay() {
             &w.path(&format!("{name}.log")),
             &[
                 ("CCMETRICS__KAFKA__GROUP_ID", group),
+                ("CCMETRICS__WINDOWS__SPILL", "true"),
                 ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
             ],
         )

@@ -298,18 +298,21 @@ where
         let rows = sqlx::query::<DB>(&DB::statements().spill_select_customer)
             .bind(partition)
             .bind(&customer.to_be_bytes()[..])
-            .bind(oldest)
             .fetch_all(&self.pool)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
+            let last_ts: i64 = r.try_get(2)?;
+            if last_ts < oldest {
+                continue;
+            }
             let key: Vec<u8> = r.try_get(0)?;
             let body: Vec<u8> = r.try_get(3)?;
             out.push(SpilledContact {
                 key: key_from(&key)?,
                 customer: Some(customer),
                 first_offer: r.try_get(1)?,
-                last_ts: r.try_get(2)?,
+                last_ts,
                 body: body.into(),
             });
         }

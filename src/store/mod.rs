@@ -475,8 +475,10 @@ pub(crate) mod sql {
         /// Binds: partition, contact_key, oldest last_ts kept. Returns customer_key,
         /// first_offer, last_ts, body.
         pub spill_select: String,
-        /// Binds: partition, customer_key, oldest last_ts kept. Returns contact_key,
-        /// first_offer, last_ts, body.
+        /// Binds: partition, customer_key. Returns contact_key, first_offer, last_ts,
+        /// body. No `last_ts` bound in the SQL: with one, SQLite's planner picks the
+        /// `last_ts` index and scans every row of the horizon per look-up; the caller
+        /// filters instead (a customer has a handful of rows).
         pub spill_select_customer: String,
         /// Binds: partition. Returns contact_key, customer_key, last_ts.
         pub spill_scan: String,
@@ -584,11 +586,15 @@ pub(crate) mod sql {
                     p.list(3, 1)
                 ),
                 spill_select_customer: format!(
-                    "SELECT contact_key, first_offer, last_ts, body FROM spilled_contacts \
-                     WHERE \"partition\" = {} AND customer_key = {} AND last_ts >= {}",
+                    "SELECT contact_key, first_offer, last_ts, body FROM spilled_contacts {} \
+                     WHERE \"partition\" = {} AND customer_key = {}",
+                    match p {
+                        // See migrations/sqlite/0003_spilled_contacts.sql.
+                        Placeholder::Question => "INDEXED BY spilled_contacts_customer",
+                        Placeholder::Dollar => "",
+                    },
                     p.list(1, 1),
-                    p.list(2, 1),
-                    p.list(3, 1)
+                    p.list(2, 1)
                 ),
                 spill_scan: format!(
                     "SELECT contact_key, customer_key, last_ts FROM spilled_contacts WHERE \"partition\" = {}",
