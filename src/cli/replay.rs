@@ -157,6 +157,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
             Item::Batch(b) => b,
         };
+        // The spill fetches the batch's spilled contacts in a few round trips, rather
+        // than one per event that reaches one.
+        batch.with_dependent(|_, decoded| {
+            pipe.engine
+                .prefetch(decoded.iter().filter_map(|d| d.as_ref().ok()))
+        });
         loop {
             // Apply records up to the next flush point (or the batch's end); the flush
             // itself is async, so it runs outside the borrow of the batch.

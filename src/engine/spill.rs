@@ -81,6 +81,11 @@ pub trait Spill: Send {
     /// The prepared batch was committed (`true`), or not: then its changes are kept
     /// and go with the next prepared batch.
     fn finish(&mut self, _committed: bool) {}
+    /// A hint: the next events will look up these contacts and customers (any of
+    /// them may be held in memory or never spilled). A spill behind a round trip
+    /// fetches the ones it may hold together, so that the look-ups that follow are
+    /// answered from memory. Answers must stay exactly what they would be without it.
+    fn prefetch(&mut self, _keys: &[ContactKey], _customers: &[CustomerKey]) {}
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

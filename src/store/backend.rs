@@ -213,18 +213,34 @@ where
                 .execute(&mut *conn)
                 .await?;
         }
-        for key in &batch.deletes {
+        // In key order, rows and deletes: each B-tree page is then visited once per
+        // batch rather than once per row (the keys are hashes: any other order is a
+        // random walk over the table, and with more rows than the page cache holds
+        // that was a disk read and a spilled page per row).
+        let mut deletes: Vec<[u8; 16]> = batch.deletes.iter().map(|k| k.to_be_bytes()).collect();
+        deletes.sort_unstable();
+        let mut chunks = deletes.chunks_exact(sql::CHUNK);
+        for chunk in &mut chunks {
+            let mut q = sqlx::query::<DB>(&st.spill_delete_chunk).bind(partition);
+            for key in chunk {
+                q = q.bind(&key[..]);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        for key in chunks.remainder() {
             sqlx::query::<DB>(&st.spill_delete)
                 .bind(partition)
-                .bind(&key.to_be_bytes()[..])
+                .bind(&key[..])
                 .execute(&mut *conn)
                 .await?;
         }
         // Full chunks in one statement each (a round trip per row would cost more than
         // the rows), the rest one by one; a batch holds each key once, which
         // PostgreSQL's multi-row upsert requires.
-        let keys: Vec<[u8; 16]> = batch.puts.iter().map(|c| c.key.to_be_bytes()).collect();
-        let mut chunks = batch.puts.chunks_exact(sql::CHUNK);
+        let mut puts: Vec<&SpilledContact> = batch.puts.iter().collect();
+        puts.sort_unstable_by_key(|c| c.key);
+        let keys: Vec<[u8; 16]> = puts.iter().map(|c| c.key.to_be_bytes()).collect();
+        let mut chunks = puts.chunks_exact(sql::CHUNK);
         let mut at = 0;
         for chunk in &mut chunks {
             let mut q = sqlx::query::<DB>(&st.spill_upsert_chunk);
@@ -271,22 +287,14 @@ where
         key: u128,
         oldest: i64,
     ) -> Result<Option<SpilledContact>, StoreError> {
-        let r = sqlx::query::<DB>(&DB::statements().spill_select)
+        sqlx::query::<DB>(&DB::statements().spill_select)
             .bind(partition)
             .bind(&key.to_be_bytes()[..])
             .bind(oldest)
             .fetch_optional(&self.pool)
-            .await?;
-        let Some(r) = r else { return Ok(None) };
-        let customer: Option<Vec<u8>> = r.try_get(0)?;
-        let body: Vec<u8> = r.try_get(3)?;
-        Ok(Some(SpilledContact {
-            key,
-            customer: customer.as_deref().map(key_from).transpose()?,
-            first_offer: r.try_get(1)?,
-            last_ts: r.try_get(2)?,
-            body: body.into(),
-        }))
+            .await?
+            .map(|r| Self::spilled_from(&r))
+            .transpose()
     }
 
     pub(super) async fn spill_customer(
@@ -300,21 +308,62 @@ where
             .bind(&customer.to_be_bytes()[..])
             .fetch_all(&self.pool)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let last_ts: i64 = r.try_get(2)?;
-            if last_ts < oldest {
-                continue;
+        Self::spilled_above(&rows, oldest)
+    }
+
+    /// The spilled contacts with one of `keys` (`by_customer`: customer keys), in
+    /// statements of [`sql::CHUNK`] keys each.
+    pub(super) async fn spill_select_many(
+        &self,
+        partition: &str,
+        keys: &[u128],
+        by_customer: bool,
+        oldest: i64,
+    ) -> Result<Vec<SpilledContact>, StoreError> {
+        let st = DB::statements();
+        let sql = if by_customer {
+            &st.spill_select_customers
+        } else {
+            &st.spill_select_keys
+        };
+        let bytes: Vec<[u8; 16]> = keys.iter().map(|k| k.to_be_bytes()).collect();
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(sql::CHUNK) {
+            let mut q = sqlx::query::<DB>(sql).bind(partition);
+            // A short chunk repeats its last key: one statement shape, cached once.
+            for i in 0..sql::CHUNK {
+                if let Some(k) = chunk.get(i).or(chunk.last()) {
+                    q = q.bind(&k[..]);
+                }
             }
-            let key: Vec<u8> = r.try_get(0)?;
-            let body: Vec<u8> = r.try_get(3)?;
-            out.push(SpilledContact {
-                key: key_from(&key)?,
-                customer: Some(customer),
-                first_offer: r.try_get(1)?,
-                last_ts,
-                body: body.into(),
-            });
+            let rows = q.fetch_all(&self.pool).await?;
+            out.extend(Self::spilled_above(&rows, oldest)?);
+        }
+        Ok(out)
+    }
+
+    /// A row of a `spill_select*` statement (`sql::SPILL_COLUMNS`).
+    fn spilled_from(r: &DB::Row) -> Result<SpilledContact, StoreError> {
+        let key: Vec<u8> = r.try_get(0)?;
+        let customer: Option<Vec<u8>> = r.try_get(1)?;
+        let body: Vec<u8> = r.try_get(4)?;
+        Ok(SpilledContact {
+            key: key_from(&key)?,
+            customer: customer.as_deref().map(key_from).transpose()?,
+            first_offer: r.try_get(2)?,
+            last_ts: r.try_get(3)?,
+            body: body.into(),
+        })
+    }
+
+    /// The rows with `last_ts >= oldest` (the look-ups without that bound in the SQL).
+    fn spilled_above(rows: &[DB::Row], oldest: i64) -> Result<Vec<SpilledContact>, StoreError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let c = Self::spilled_from(r)?;
+            if c.last_ts >= oldest {
+                out.push(c);
+            }
         }
         Ok(out)
     }

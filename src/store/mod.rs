@@ -366,6 +366,28 @@ impl Store {
         }
     }
 
+    /// The spilled contacts of `partition` with one of `keys`, or with `by_customer`
+    /// one of the customer keys `keys`, with `last_ts >= oldest`: many look-ups in a
+    /// few round trips (a statement per [`sql::CHUNK`] keys).
+    pub async fn spill_select_many(
+        &self,
+        partition: &str,
+        keys: &[u128],
+        by_customer: bool,
+        oldest: i64,
+    ) -> Result<Vec<SpilledContact>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                s.spill_select_many(partition, keys, by_customer, oldest)
+                    .await
+            }
+            Store::Postgres(s) => {
+                s.spill_select_many(partition, keys, by_customer, oldest)
+                    .await
+            }
+        }
+    }
+
     /// Every spilled contact of `partition` as (key, customer, last_ts), streamed into
     /// `f` (millions of rows: never collected). Returns the number of rows.
     pub async fn spill_scan(
@@ -468,18 +490,25 @@ pub(crate) mod sql {
         pub spill_expire: String,
         /// Binds: partition, contact_key.
         pub spill_delete: String,
+        /// Binds: partition, [`CHUNK`] distinct contact keys.
+        pub spill_delete_chunk: String,
         /// Binds: partition, contact_key, customer_key, first_offer, last_ts, body.
         pub spill_upsert: String,
         /// The same for [`CHUNK`] distinct contacts (6 binds each, in that order).
         pub spill_upsert_chunk: String,
-        /// Binds: partition, contact_key, oldest last_ts kept. Returns customer_key,
-        /// first_offer, last_ts, body.
+        /// Binds: partition, contact_key, oldest last_ts kept. Returns contact_key,
+        /// customer_key, first_offer, last_ts, body (every `spill_select*` the same).
         pub spill_select: String,
-        /// Binds: partition, customer_key. Returns contact_key, first_offer, last_ts,
-        /// body. No `last_ts` bound in the SQL: with one, SQLite's planner picks the
-        /// `last_ts` index and scans every row of the horizon per look-up; the caller
-        /// filters instead (a customer has a handful of rows).
+        /// Binds: partition, customer_key. No `last_ts` bound in the SQL: with one,
+        /// SQLite's planner picks the `last_ts` index and scans every row of the
+        /// horizon per look-up; the caller filters instead (a customer has a handful
+        /// of rows).
         pub spill_select_customer: String,
+        /// Binds: partition, [`CHUNK`] contact keys (repeat one to pad). No `last_ts`
+        /// bound, as above.
+        pub spill_select_keys: String,
+        /// Binds: partition, [`CHUNK`] customer keys (repeat one to pad).
+        pub spill_select_customers: String,
         /// Binds: partition. Returns contact_key, customer_key, last_ts.
         pub spill_scan: String,
         /// Claim a partition: create its checkpoint row (epoch 1) or bump its epoch.
@@ -526,6 +555,18 @@ pub(crate) mod sql {
             tuples.join(", "),
             updates.join(", ")
         )
+    }
+
+    /// The columns every `spill_select*` statement returns, in this order.
+    const SPILL_COLUMNS: &str = "contact_key, customer_key, first_offer, last_ts, body";
+
+    /// How a look-up by customer names its index: see
+    /// migrations/sqlite/0003_spilled_contacts.sql.
+    fn by_customer(p: Placeholder) -> &'static str {
+        match p {
+            Placeholder::Question => "INDEXED BY spilled_contacts_customer",
+            Placeholder::Dollar => "",
+        }
     }
 
     fn spill_upsert(p: Placeholder, rows: usize) -> String {
@@ -576,25 +617,39 @@ pub(crate) mod sql {
                     p.list(1, 1),
                     p.list(2, 1)
                 ),
+                spill_delete_chunk: format!(
+                    "DELETE FROM spilled_contacts WHERE \"partition\" = {} AND contact_key IN ({})",
+                    p.list(1, 1),
+                    p.list(2, CHUNK)
+                ),
                 spill_upsert: spill_upsert(p, 1),
                 spill_upsert_chunk: spill_upsert(p, CHUNK),
                 spill_select: format!(
-                    "SELECT customer_key, first_offer, last_ts, body FROM spilled_contacts \
+                    "SELECT {SPILL_COLUMNS} FROM spilled_contacts \
                      WHERE \"partition\" = {} AND contact_key = {} AND last_ts >= {}",
                     p.list(1, 1),
                     p.list(2, 1),
                     p.list(3, 1)
                 ),
                 spill_select_customer: format!(
-                    "SELECT contact_key, first_offer, last_ts, body FROM spilled_contacts {} \
+                    "SELECT {SPILL_COLUMNS} FROM spilled_contacts {} \
                      WHERE \"partition\" = {} AND customer_key = {}",
-                    match p {
-                        // See migrations/sqlite/0003_spilled_contacts.sql.
-                        Placeholder::Question => "INDEXED BY spilled_contacts_customer",
-                        Placeholder::Dollar => "",
-                    },
+                    by_customer(p),
                     p.list(1, 1),
                     p.list(2, 1)
+                ),
+                spill_select_keys: format!(
+                    "SELECT {SPILL_COLUMNS} FROM spilled_contacts \
+                     WHERE \"partition\" = {} AND contact_key IN ({})",
+                    p.list(1, 1),
+                    p.list(2, CHUNK)
+                ),
+                spill_select_customers: format!(
+                    "SELECT {SPILL_COLUMNS} FROM spilled_contacts {} \
+                     WHERE \"partition\" = {} AND customer_key IN ({})",
+                    by_customer(p),
+                    p.list(1, 1),
+                    p.list(2, CHUNK)
                 ),
                 spill_scan: format!(
                     "SELECT contact_key, customer_key, last_ts FROM spilled_contacts WHERE \"partition\" = {}",
@@ -1098,11 +1153,21 @@ mod tests {
         // Keys held (the engine never spills a contact it does not hold).
         let mut held: std::collections::HashMap<u128, i64> = Default::default();
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        let (mut took, mut commits, mut reopened) = (0, 0, 0);
-        for step in 0..3_000i64 {
+        let (mut took, mut commits, mut reopened, mut saved) = (0, 0, 0, 0);
+        // A prefetch of random keys and customers: what it read must answer exactly
+        // as the store would, through commits that land after it.
+        let prefetch = |spill: &mut spill::StoreSpill, rng: &mut rand::rngs::SmallRng| {
+            let keys: Vec<u128> = (0..20)
+                .map(|_| rng.random_range(0..150u128) << 64 | 0xabc)
+                .collect();
+            let customers: Vec<u128> = (0..5).map(|_| rng.random_range(1..26u128)).collect();
+            spill.prefetch(&keys, &customers);
+            keys
+        };
+        for step in 0..4_000i64 {
             let now = step * 1_000;
             let key = rng.random_range(0..150u128) << 64 | 0xabc;
-            match rng.random_range(0..20) {
+            match rng.random_range(0..22) {
                 0..=7 => {
                     if let std::collections::hash_map::Entry::Vacant(e) = held.entry(key) {
                         let customer = (key % 3 != 0).then(|| (key >> 64) % 25 + 1);
@@ -1143,16 +1208,42 @@ mod tests {
                 }
                 15..=18 => {
                     let batch = spill.prepare().unwrap();
+                    if rng.random_bool(0.3) {
+                        prefetch(&mut spill, &mut rng); // before the commit lands
+                    }
                     if rng.random_bool(0.8) {
                         let mut cp = checkpoint(claim.epoch, seq + 1, step, b"state");
                         cp.spill = Some(&batch);
                         rt.block_on(s.commit(p, &[], &cp)).unwrap();
                         seq += 1;
                         commits += 1;
+                        if rng.random_bool(0.3) {
+                            prefetch(&mut spill, &mut rng); // landed, not finished
+                        }
                         spill.finish(true);
                     } else {
                         spill.finish(false);
                     }
+                }
+                19..=20 => {
+                    let keys = prefetch(&mut spill, &mut rng);
+                    let before = spill.round_trips;
+                    let got = spill.take(keys[0]);
+                    assert_eq!(got, model.take(keys[0]), "prefetched take at {step}");
+                    let customer = got.as_ref().and_then(|c| c.customer);
+                    if let Some(k) = customer {
+                        let mut a = spill.take_customer(k);
+                        let mut b = model.take_customer(k);
+                        a.sort_by_key(|c| c.key);
+                        b.sort_by_key(|c| c.key);
+                        assert_eq!(a, b, "prefetched customer {k} at {step}");
+                        for c in &a {
+                            held.remove(&c.key);
+                        }
+                    }
+                    assert_eq!(spill.round_trips, before, "answered from the prefetch");
+                    saved += got.is_some() as u32;
+                    held.remove(&keys[0]);
                 }
                 _ => {
                     // Commit everything, then continue from the store alone.
@@ -1173,8 +1264,8 @@ mod tests {
             }
         }
         assert!(
-            took > 50 && commits > 50 && reopened > 5,
-            "{took} {commits} {reopened}"
+            took > 50 && commits > 50 && reopened > 5 && saved > 20,
+            "{took} {commits} {reopened} {saved}"
         );
     }
 
@@ -1560,7 +1651,7 @@ mod tests {
         let Store::Sqlite(inner) = &s else {
             unreachable!("a sqlite: URL opens the SQLite backend")
         };
-        assert_eq!(inner.applied_migrations().await.unwrap(), 3);
+        assert_eq!(inner.applied_migrations().await.unwrap(), 4);
         assert_eq!(inner.journal_mode().await.unwrap(), "wal");
         s.close().await;
     }

@@ -10,7 +10,11 @@
 //!   put in the table, rebuilt from the table when a partition is claimed: most
 //!   events belong to a contact that was never spilled (a new one), and the filter
 //!   answers "no" for them without a round trip. A day's filter is dropped when the
-//!   correction horizon passes the day, so it stays as bounded as the table.
+//!   correction horizon passes the day, so it stays as bounded as the table;
+//! - what [`Spill::prefetch`] read of the table for the next events (`known`), kept
+//!   true as our own commits land (the table changes only through them): `replay`
+//!   names a decoded batch's contacts and customers at once, so the look-ups of 4 096
+//!   events cost two round trips instead of one each.
 //!
 //! Reads block the calling thread (the Kafka polling thread, or `replay`'s engine
 //! thread) on the async store. A read that fails is retried with a backoff until it
@@ -94,6 +98,14 @@ pub struct StoreSpill {
     held: BTreeMap<i64, i64>,
     /// Nothing with `last_ts` before this is returned (expired, maybe not deleted yet).
     horizon: Millis,
+    /// Committed rows read by the last [`Spill::prefetch`]: per key its row, or `None`
+    /// when the table has none; updated by every batch that commits after the read.
+    known: std::collections::HashMap<Key, Option<SpilledContact>>,
+    /// Per customer read by it, the keys of its rows (each one in `known`).
+    known_customers: std::collections::HashMap<Key, Vec<Key>>,
+    /// Store reads made (look-ups that the filters, the overlay and `known` could
+    /// not answer, and prefetches).
+    pub round_trips: u64,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -117,6 +129,9 @@ impl StoreSpill {
             customers: DayBlooms::default(),
             held: BTreeMap::new(),
             horizon: Millis::MIN,
+            known: Default::default(),
+            known_customers: Default::default(),
+            round_trips: 0,
         };
         let started = std::time::Instant::now();
         let (keys, customers, held) = (&mut s.keys, &mut s.customers, &mut s.held);
@@ -148,11 +163,12 @@ impl StoreSpill {
     }
 
     /// Run a store read until it answers (see the module docs).
-    fn read<T, F, Fut>(&self, what: &str, mut f: F) -> T
+    fn read<T, F, Fut>(&mut self, what: &str, mut f: F) -> T
     where
         F: FnMut(Store, String, Millis) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        self.round_trips += 1;
         let mut backoff = Duration::from_millis(100);
         loop {
             let store = self.store.clone();
@@ -185,6 +201,40 @@ impl StoreSpill {
     fn count(&mut self, last_ts: Millis, by: i64) {
         *self.held.entry(last_ts.div_euclid(DAY_MS)).or_default() += by;
     }
+
+    /// The committed rows of `customer` as far as `known` tells (`None`: not read).
+    fn known_rows_of(&self, customer: Key) -> Option<Vec<SpilledContact>> {
+        let keys = self.known_customers.get(&customer)?;
+        Some(
+            keys.iter()
+                .filter_map(|k| self.known.get(k).cloned().flatten())
+                .filter(|c| c.customer == Some(customer))
+                .collect(),
+        )
+    }
+
+    /// A committed batch's changes into `known`, so it stays what the table holds.
+    /// Batches commit in order; a read may have seen a later batch already, and an
+    /// earlier one learnt after it can make `known` stale for a key that the later
+    /// batch changed, but that batch is still in flight then and its change answers
+    /// first, until it is learnt in turn.
+    fn learn(&mut self, ops: &Ops) {
+        if self.known.is_empty() {
+            return;
+        }
+        for (k, op) in &ops.ops {
+            if let Some(c) = op
+                && let Some(list) = c.customer.and_then(|cu| self.known_customers.get_mut(&cu))
+            {
+                if !list.contains(k) {
+                    list.push(*k);
+                }
+                self.known.insert(*k, Some(c.clone()));
+            } else if let Some(slot) = self.known.get_mut(k) {
+                *slot = op.clone();
+            }
+        }
+    }
 }
 
 impl Spill for StoreSpill {
@@ -199,12 +249,16 @@ impl Spill for StoreSpill {
     }
 
     fn take(&mut self, key: Key) -> Option<SpilledContact> {
+        let horizon = self.horizon;
         let found = match self.overlay(key) {
-            Some(op) => op.filter(|c| c.last_ts >= self.horizon).cloned(),
-            None if !self.keys.contains(key) => None,
-            None => self.read("contact", |store, partition, horizon| async move {
-                store.spill_get(&partition, key, horizon).await
-            }),
+            Some(op) => op.filter(|c| c.last_ts >= horizon).cloned(),
+            None => match self.known.get(&key) {
+                Some(row) => row.as_ref().filter(|c| c.last_ts >= horizon).cloned(),
+                None if !self.keys.contains(key) => None,
+                None => self.read("contact", |store, partition, horizon| async move {
+                    store.spill_get(&partition, key, horizon).await
+                }),
+            },
         };
         let c = found?;
         self.count(c.last_ts, -1);
@@ -217,13 +271,14 @@ impl Spill for StoreSpill {
             return Vec::new();
         }
         // Committed rows, then the in-flight and pending changes on top.
-        let mut found: std::collections::HashMap<Key, Option<SpilledContact>> = self
-            .read("customer", |store, partition, horizon| async move {
+        let committed = match self.known_rows_of(customer) {
+            Some(rows) => rows,
+            None => self.read("customer", |store, partition, horizon| async move {
                 store.spill_customer(&partition, customer, horizon).await
-            })
-            .into_iter()
-            .map(|c| (c.key, Some(c)))
-            .collect();
+            }),
+        };
+        let mut found: std::collections::HashMap<Key, Option<SpilledContact>> =
+            committed.into_iter().map(|c| (c.key, Some(c))).collect();
         for ops in self.in_flight.iter().chain(std::iter::once(&self.pending)) {
             // Oldest first: a later batch's op wins.
             // A key changed in this batch: its op decides (taken back, or put anew,
@@ -279,9 +334,12 @@ impl Spill for StoreSpill {
     /// everything changed since (with more than one in flight, the later ones carry
     /// on; rewriting a change later is harmless: upserts and deletes are idempotent).
     fn finish(&mut self, committed: bool) {
-        if let Some(ops) = self.in_flight.pop_front()
-            && !committed
-        {
+        let Some(ops) = self.in_flight.pop_front() else {
+            return;
+        };
+        if committed {
+            self.learn(&ops);
+        } else {
             // The later batches stay in flight (they answer reads and are finished
             // in turn); their changes are copied over the failed one's so that
             // rewriting it cannot undo them.
@@ -291,6 +349,69 @@ impl Spill for StoreSpill {
                 .cloned()
                 .fold(Ops::default(), Ops::under);
             self.pending = ops.under(later).under(std::mem::take(&mut self.pending));
+        }
+    }
+
+    /// Reads the committed rows of the named contacts the filters do not rule out
+    /// (and of their customers, which come back with them), then of the named
+    /// customers: a statement per 64 keys. What was read before is forgotten, so
+    /// `known` holds one batch's worth.
+    fn prefetch(&mut self, keys: &[Key], customers: &[Key]) {
+        self.known.clear();
+        self.known_customers.clear();
+        // Contacts changed since the last commit answer from the overlay, but their
+        // customers' committed rows come back with them.
+        let changed: Vec<Key> = keys
+            .iter()
+            .filter_map(|&k| self.overlay(k).flatten().and_then(|c| c.customer))
+            .collect();
+        let keys: Vec<Key> = keys
+            .iter()
+            .copied()
+            .filter(|&k| self.overlay(k).is_none() && self.keys.contains(k))
+            .collect();
+        let rows = if keys.is_empty() {
+            Vec::new()
+        } else {
+            self.read("contacts", |store, partition, horizon| {
+                let keys = keys.clone();
+                async move {
+                    store
+                        .spill_select_many(&partition, &keys, false, horizon)
+                        .await
+                }
+            })
+        };
+        let mut customers: Vec<Key> = customers
+            .iter()
+            .copied()
+            .chain(rows.iter().filter_map(|c| c.customer))
+            .chain(changed)
+            .filter(|&k| self.customers.contains(k))
+            .collect();
+        customers.sort_unstable();
+        customers.dedup();
+        self.known.extend(keys.iter().map(|&k| (k, None)));
+        self.known
+            .extend(rows.into_iter().map(|c| (c.key, Some(c))));
+        if customers.is_empty() {
+            return;
+        }
+        let rows = self.read("customers", |store, partition, horizon| {
+            let customers = customers.clone();
+            async move {
+                store
+                    .spill_select_many(&partition, &customers, true, horizon)
+                    .await
+            }
+        });
+        self.known_customers
+            .extend(customers.iter().map(|&k| (k, Vec::new())));
+        for c in rows {
+            if let Some(list) = c.customer.and_then(|k| self.known_customers.get_mut(&k)) {
+                list.push(c.key);
+            }
+            self.known.insert(c.key, Some(c));
         }
     }
 }
