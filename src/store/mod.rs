@@ -1191,14 +1191,7 @@ mod tests {
                 }
                 12..=13 => {
                     let customer = rng.random_range(1..26u128);
-                    let mut a = spill.take_customer(customer);
-                    let mut b = model.take_customer(customer);
-                    a.sort_by_key(|c| c.key);
-                    b.sort_by_key(|c| c.key);
-                    assert_eq!(a, b, "customer {customer} at {step}");
-                    for c in &a {
-                        held.remove(&c.key);
-                    }
+                    take_customer_both(&mut spill, &mut model, &mut held, customer, step);
                 }
                 14 => {
                     let before = now - 600_000;
@@ -1232,14 +1225,7 @@ mod tests {
                     assert_eq!(got, model.take(keys[0]), "prefetched take at {step}");
                     let customer = got.as_ref().and_then(|c| c.customer);
                     if let Some(k) = customer {
-                        let mut a = spill.take_customer(k);
-                        let mut b = model.take_customer(k);
-                        a.sort_by_key(|c| c.key);
-                        b.sort_by_key(|c| c.key);
-                        assert_eq!(a, b, "prefetched customer {k} at {step}");
-                        for c in &a {
-                            held.remove(&c.key);
-                        }
+                        take_customer_both(&mut spill, &mut model, &mut held, k, step);
                     }
                     assert_eq!(spill.round_trips, before, "answered from the prefetch");
                     saved += got.is_some() as u32;
@@ -1267,6 +1253,25 @@ mod tests {
             took > 50 && commits > 50 && reopened > 5 && saved > 20,
             "{took} {commits} {reopened} {saved}"
         );
+    }
+
+    /// A customer's contacts taken from the store's spill and from the model: the same.
+    fn take_customer_both(
+        spill: &mut spill::StoreSpill,
+        model: &mut crate::engine::spill::MemSpill,
+        held: &mut std::collections::HashMap<u128, i64>,
+        customer: u128,
+        step: i64,
+    ) {
+        use crate::engine::spill::Spill;
+        let mut a = spill.take_customer(customer);
+        let mut b = model.take_customer(customer);
+        a.sort_by_key(|c| c.key);
+        b.sort_by_key(|c| c.key);
+        assert_eq!(a, b, "customer {customer} at {step}");
+        for c in &a {
+            held.remove(&c.key);
+        }
     }
 
     async fn all_rows(s: &Store) -> Vec<StoredRow> {
