@@ -1002,7 +1002,7 @@ impl Engine {
                         customer: c.customer,
                         first_offer: c.first_offer,
                         last_ts: c.last_ts,
-                        body,
+                        body: body.into(),
                     });
                 }
             }
@@ -1078,7 +1078,7 @@ impl Engine {
             Contact {
                 events: Vec::new(),
                 facts: Vec::new(),
-                packed: Some(s.body),
+                packed: Some(Box::from(&s.body[..])),
                 customer: s.customer,
                 first_offer: s.first_offer,
                 last_ts: s.last_ts,

@@ -32,8 +32,10 @@ pub struct SpilledContact {
     /// Latest event time of the contact: it is forgotten once the correction horizon
     /// has passed this (as in memory).
     pub last_ts: Millis,
-    /// The contact's events and facts as `Contact::pack` encoded them.
-    pub body: Box<[u8]>,
+    /// The contact's events and facts as `Contact::pack` encoded them. Shared: a
+    /// spill batch and the uncommitted changes that answer reads until it lands hold
+    /// the same bytes (a flush in `replay` spills tens of thousands of contacts).
+    pub body: std::sync::Arc<[u8]>,
 }
 
 /// The spill's changes since it was last persisted: what a store-backed spill writes
