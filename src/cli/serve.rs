@@ -489,6 +489,10 @@ async fn shutdown_signal() {
 /// How often `serve` hands free heap pages back to the operating system.
 const TRIM_EVERY: Duration = Duration::from_secs(30);
 
+/// The daemon's own (Rust) allocations go to jemalloc (`src/alloc.rs`), which returns
+/// freed pages by itself; the C libraries (librdkafka's buffers, SQLite's page cache)
+/// still allocate from glibc, and this and [`fix_mmap_threshold`] are for them.
+///
 /// glibc's allocator keeps memory freed in a thread's arena for reuse rather than
 /// returning it, so after any burst (a backlog caught up after a slow store or a busy
 /// machine, a large checkpoint) the daemon's RSS stayed at the burst's high-water mark

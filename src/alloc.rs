@@ -1,0 +1,67 @@
+//! The process's memory allocator: jemalloc on Linux, the platform's elsewhere.
+//!
+//! Declared in the library so that every binary linking it (the daemon, the bench
+//! examples, the tests) allocates the way production does.
+//!
+//! Why not glibc's malloc: a daemon that runs for months must keep its RSS near what it
+//! uses. glibc keeps memory freed in a thread's arena for that arena's reuse, and a
+//! block in the middle of an arena cannot go back to the OS while live state sits
+//! around it; the large transient buffers of every commit (checkpoint bytes, snapshot
+//! deltas, spill batches) left such holes. Fixing glibc's mmap threshold and trimming
+//! every 30 s (`cli/serve.rs`) narrowed it, but a 62-minute soak still crept by
+//! 13–35 MiB/h with a flat live heap (heaptrack: no leak, docs/reliability.md).
+//! jemalloc hands dirty pages back to the OS on a decay timer, from a background thread,
+//! whichever thread freed them.
+
+/// jemalloc as the global allocator on Linux (tikv's build of it, as TiKV and Vector
+/// use).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read once at its first allocation (the environment variable
+/// `_RJEM_MALLOC_CONF` overrides them without a rebuild). `background_thread`: purge
+/// from jemalloc's own thread rather than only inside later allocations, so an idle
+/// daemon gives memory back too; `dirty_decay_ms:1000`: freed pages go back to the OS
+/// after about a second instead of ten (a commit's buffers are freed within
+/// milliseconds and the next commit is seconds away, so holding them buys nothing);
+/// `muzzy_decay_ms:0`: no second, lazily-freed stage in which RSS still counts them.
+#[cfg(target_os = "linux")]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static _rjem_malloc_conf: Option<&'static std::ffi::CStr> =
+    Some(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0");
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    /// Names of this process's threads.
+    fn thread_names() -> Vec<String> {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect()
+    }
+
+    /// jemalloc is the allocator and has read `_rjem_malloc_conf`: its purging thread
+    /// runs (under glibc, or with the settings not picked up, there is none).
+    #[test]
+    fn jemalloc_purges_from_a_background_thread() {
+        let v = std::hint::black_box(vec![1u8; 1 << 20]);
+        drop(v);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let names = thread_names();
+            if names.iter().any(|n| n.starts_with("jemalloc_bg_thd")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no jemalloc background thread among {names:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
