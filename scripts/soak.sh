@@ -40,7 +40,8 @@
 # snapshot intervals, default "5m"), SOAK_SPILL_AFTER ([windows] spill_after, default 2m), SOAK_OUT output directory (target/soak), SOAK_BIN the binary
 # (target/release/ccmetrics; build it with `cargo build --release --locked --bin ccmetrics`),
 # SOAK_HEAPTRACK=1 to run the daemon under heaptrack's preload library (Debian package
-# heaptrack; attaching to a running daemon fails here): every allocation is recorded
+# heaptrack; attaching to a running daemon fails here; it needs a binary built with
+# malloc, `--no-default-features`, since heaptrack does not see jemalloc's allocations): every allocation is recorded
 # into $OUT/heap.zst, and `heaptrack_print -M massif.out $OUT/heap.zst` gives the heap
 # by call site over time. It slows the daemon down; RSS includes heaptrack's own.
 #
@@ -143,6 +144,12 @@ if [ "${SOAK_HEAPTRACK:-}" = 1 ]; then
   interp=/usr/lib/heaptrack/libexec/heaptrack_interpret
   lib=/usr/lib/heaptrack/libheaptrack_preload.so
   [ -x "$interp" ] && [ -f "$lib" ] || { echo "error: heaptrack missing (Debian package heaptrack)" >&2; exit 2; }
+  # heaptrack hooks malloc; jemalloc's allocations (the default build) would go unseen.
+  if grep -q -a 'background_thread:true' "$BIN"; then
+    echo "error: $BIN allocates with jemalloc, which heaptrack does not see; build one with malloc:" >&2
+    echo "  cargo build --release --locked --no-default-features --bin ccmetrics" >&2
+    exit 2
+  fi
   rm -f "$OUT/heap.pipe" && mkfifo "$OUT/heap.pipe"
   "$interp" <"$OUT/heap.pipe" | zstd -q -c >"$OUT/heap.zst" &
   preload=(env LD_PRELOAD="$lib" DUMP_HEAPTRACK_OUTPUT="$OUT/heap.pipe")

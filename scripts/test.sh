@@ -71,6 +71,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (all targets, benches included)"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo clippy without the default features (the system's malloc, for heaptrack)"
+cargo clippy --lib --bins --locked --no-default-features -- -D warnings
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

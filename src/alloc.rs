@@ -1,4 +1,5 @@
-//! The process's memory allocator: jemalloc on Linux, the platform's elsewhere.
+//! The process's memory allocator: jemalloc on Linux (the default `jemalloc` feature),
+//! the platform's elsewhere or without the feature (heaptrack sees only malloc).
 //!
 //! Declared in the library so that every binary linking it (the daemon, the bench
 //! examples, the tests) allocates the way production does.
@@ -15,7 +16,7 @@
 
 /// jemalloc as the global allocator on Linux (tikv's build of it, as TiKV and Vector
 /// use).
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "jemalloc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -26,13 +27,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// after about a second instead of ten (a commit's buffers are freed within
 /// milliseconds and the next commit is seconds away, so holding them buys nothing);
 /// `muzzy_decay_ms:0`: no second, lazily-freed stage in which RSS still counts them.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "jemalloc"))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static _rjem_malloc_conf: Option<&'static std::ffi::CStr> =
     Some(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0");
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, target_os = "linux", feature = "jemalloc"))]
 mod tests {
     use std::time::{Duration, Instant};
 
