@@ -13,7 +13,8 @@ FROM rust:1.95-bookworm AS build
 # rdkafka builds its bundled librdkafka with librdkafka's own ./configure + make (the
 # "cmake-build" feature is off, so no cmake). The enabled features are rdkafka's
 # defaults (libz, tokio): no OpenSSL, SASL/GSSAPI, zstd or curl, so only a C/C++
-# toolchain, make, pkg-config and the zlib headers are needed. The rust image already
+# toolchain, make, pkg-config and the zlib headers are needed (jemalloc, the allocator,
+# is built the same way: configure + make). The rust image already
 # ships them; installing them explicitly keeps the build working if that changes.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential pkg-config zlib1g-dev \
