@@ -230,15 +230,15 @@ X = [[1.0, r[2], r[4]] for r in rows]
 y = [r[3] * 2**20 for r in rows]
 A = [[sum(x[i] * x[j] for x in X) for j in range(3)] for i in range(3)]
 b = [sum(x[i] * v for x, v in zip(X, y)) for i in range(3)]
-fit = len({r[2] for r in rows}) > 1  # one agent count (MEM_AGENTS=10000): no per-agent term
-for i in range(3 if fit else 0):  # Gauss-Jordan; A is 3x3 and well conditioned when the runs differ
-    p = A[i][i]
-    A[i] = [v / p for v in A[i]]; b[i] /= p
-    for k in range(3):
-        if k != i:
-            f = A[k][i]
-            A[k] = [u - f * v for u, v in zip(A[k], A[i])]; b[k] -= f * b[i]
-if fit:
+# One agent count (MEM_AGENTS=10000) leaves the per-agent term undetermined: no fit.
+if len({r[2] for r in rows}) > 1:
+    for i in range(3):  # Gauss-Jordan; A is 3x3 and well conditioned when the runs differ
+        p = A[i][i]
+        A[i] = [v / p for v in A[i]]; b[i] /= p
+        for k in range(3):
+            if k != i:
+                f = A[k][i]
+                A[k] = [u - f * v for u, v in zip(A[k], A[i])]; b[k] -= f * b[i]
     base, per_agent, per_contact = b
     print(f"fit over {len(rows)} runs: base {base / 2**20:.0f} MiB + {per_agent:.0f} bytes per active agent"
           f" + {per_contact:.0f} bytes per contact held  [{sys.argv[2]}]")
