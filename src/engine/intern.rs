@@ -1,8 +1,9 @@
 //! Interned dimension keys (agents, teams, queues, channels): a fact carries four
 //! `u32`s instead of four strings, and equal keys hash once.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
+
+use super::HashMap;
 
 /// Non-zero so `Option<Sym>` is 4 bytes: contacts hold several per event.
 #[derive(
@@ -19,6 +20,8 @@ impl Sym {
 
 #[derive(Clone, Debug, Default)]
 pub struct Interner {
+    /// foldhash, not SipHash: every event looks up its agent, team and queue names
+    /// here, and SipHash made the look-ups 3 % of the engine's time (perf, 2026-12-02).
     ids: HashMap<Box<str>, Sym>,
     names: Vec<Box<str>>,
 }
