@@ -94,6 +94,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    if let Some(e) = engine.as_ref()
+        && std::env::var_os("CONTACT_MEMORY").is_some()
+    {
+        // Where the held contacts' memory is, before the final flush releases them.
+        eprintln!("{:?}", e.contact_memory());
+    }
     if let Some(e) = engine.as_mut() {
         max_open = max_open.max(e.open_contacts());
         black_box(e.flush_all().len());

@@ -216,11 +216,15 @@ memory_bench() {
     rss_kept=$(($(cat "$OUT/mem-rss") / 1024))
     agents=$(CCMETRICS__STORE__URL="sqlite://$OUT/mem.db" RUST_LOG=error "$BIN" export --window 1d --dimension agent \
       | tail -n +2 | cut -d, -f5 | sort -u | wc -l)
-    "$PARSE" engine "$f" > "$OUT/mem-engine.txt"
+    CONTACT_MEMORY=1 "$PARSE" engine "$f" > "$OUT/mem-engine.txt" 2> "$OUT/mem-contacts-$ag-$n.txt"
     open=$(sed -E 's/.*max_open_contacts=([0-9]+).*/\1/' "$OUT/mem-engine.txt")
     printf '%-8s %-9s %-14s %-13s %-13s %-14s %s\n' "$ag" "$n" "$agents" "$rss" "$rss_kept" "$open" \
       "$(($(sed -E 's/.*peak_rss_kb=([0-9]+).*/\1/' "$OUT/mem-engine.txt") / 1024))"
     echo "$ag $n $agents $rss_kept $open $rss" >> "$OUT/mem-rows"
+  done
+  # Where the held contacts' bytes are (engine alone, at the end of each file).
+  for spec in "${mem_agents[@]/%/:$mem_n}" "${mem_agents[0]}:$((mem_n * 2))"; do
+    echo "contacts, ${spec%%:*} agents, ${spec##*:} events: $(cat "$OUT/mem-contacts-${spec%%:*}-${spec##*:}.txt")"
   done
   python3 - "$OUT/mem-rows" "$(machine)" <<'PY'
 import sys

@@ -120,6 +120,11 @@ pub struct WindowsConfig {
     /// the days of the horizon live in the store.
     pub spill: bool,
     pub spill_after: Dur,
+    /// A contact unchanged for this long (event time) is packed: its events and facts
+    /// held as one compact byte string, about a third of the memory, and unpacked when
+    /// touched again. Shorter holds less memory and costs CPU whenever a late event of
+    /// a packed contact arrives (docs/performance.md, "Memory").
+    pub pack_after: Dur,
 }
 
 impl Default for WindowsConfig {
@@ -137,6 +142,10 @@ impl Default for WindowsConfig {
             // slower (docs/performance.md, "Spilling closed contacts").
             spill: false,
             spill_after: Dur::secs(3600),
+            // Long enough that a call's or chat's burst of events (offer, answer,
+            // end, wrap) finds it unpacked; short enough that unpacked contacts are a
+            // few minutes of traffic.
+            pack_after: Dur::secs(600),
         }
     }
 }
@@ -828,6 +837,18 @@ mod tests {
                 .contains("correction_horizon")
         );
         assert!(load_str("[metrics]\nshort_abandon = \"five\"\n").is_err());
+    }
+
+    #[test]
+    fn pack_after_reaches_the_engine() {
+        let default = crate::engine::EngineConfig::from_config(&load_str("").unwrap());
+        assert_eq!(default.pack_after_ms, 600_000);
+        let c = load_str("[windows]\npack_after = \"3m\"\n").unwrap();
+        assert_eq!(
+            crate::engine::EngineConfig::from_config(&c).pack_after_ms,
+            180_000
+        );
+        assert!(load_str("[windows]\npack_after = \"soon\"\n").is_err());
     }
 
     #[test]

@@ -195,8 +195,9 @@ pub struct EngineConfig {
     /// Keep live views (rolling windows, totals since start). `serve` needs them for
     /// `/metrics` and the JSON API; `replay` does not and skips the work.
     pub live: bool,
-    /// Event time after its last change at which a contact is packed
-    /// ([`SETTLE_MS`]; tests vary it to check packing changes no figure).
+    /// Event time after its last change at which a contact is packed (`[windows]
+    /// pack_after`, 10 minutes by default; tests vary it to check packing changes no
+    /// figure).
     pub pack_after_ms: i64,
     /// How far ahead of the wall clock an event may be stamped. The engine never reads
     /// the clock: `pipeline` applies this before `apply`.
@@ -237,7 +238,7 @@ impl EngineConfig {
                 csat_positive_min: c.csat.positive_min * FIXED_SCALE,
             },
             live: true,
-            pack_after_ms: SETTLE_MS,
+            pack_after_ms: c.windows.pack_after.ms(),
             max_clock_skew_ms: c.windows.max_clock_skew.ms(),
             limits: KeyLimits {
                 agents: c.cardinality.max_agents,
@@ -319,7 +320,7 @@ impl Stats {
 
 /// A contact's joined events and the facts last derived from them.
 ///
-/// A contact nothing has touched for [`SETTLE_MS`] of event time (by default) is *packed*: its
+/// A contact nothing has touched for `pack_after_ms` of event time is *packed*: its
 /// events and facts are encoded into one compact byte string (`packed`, with both
 /// vectors emptied) and unpacked again when an event or a re-derivation reaches it.
 /// Contacts must stay for the whole correction horizon (a late survey, QA score or
@@ -337,11 +338,6 @@ pub(crate) struct Contact {
     #[serde(skip)]
     touched: Millis,
 }
-
-/// Default event time a contact stays unpacked after its last change. Long enough that a
-/// call's or chat's burst of events (offer, answer, end, wrap) finds it open; short
-/// enough that open contacts are a few minutes of traffic.
-const SETTLE_MS: Millis = 10 * 60_000;
 
 /// How long `agent.state` event ids are remembered for duplicate detection (see
 /// `Engine::expire`).
@@ -474,6 +470,20 @@ pub struct Engine {
     admission: Admission,
 }
 
+/// [`Engine::contact_memory`]: bytes are the allocations' requested sizes, without
+/// the allocator's rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContactMemory {
+    pub held: usize,
+    /// The contacts hash table: capacity × (key + contact inline + control byte).
+    pub table_bytes: usize,
+    pub packed: usize,
+    pub packed_bytes: usize,
+    pub unpacked_events: usize,
+    pub unpacked_event_bytes: usize,
+    pub unpacked_fact_bytes: usize,
+}
+
 /// One queue's waiting contacts.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct QueueWaiting {
@@ -577,6 +587,31 @@ impl Engine {
 
     pub fn open_contacts(&self) -> usize {
         self.contacts.len()
+    }
+
+    /// What the held contacts take, by part (a walk over every contact: for
+    /// benchmarks and diagnostics, not the hot path).
+    pub fn contact_memory(&self) -> ContactMemory {
+        let mut m = ContactMemory {
+            held: self.contacts.len(),
+            table_bytes: self.contacts.capacity()
+                * (std::mem::size_of::<(ContactKey, Contact)>() + 1),
+            ..ContactMemory::default()
+        };
+        for c in self.contacts.values() {
+            match &c.packed {
+                Some(b) => {
+                    m.packed += 1;
+                    m.packed_bytes += b.len();
+                }
+                None => {
+                    m.unpacked_event_bytes += c.events.capacity() * std::mem::size_of::<CEvent>();
+                    m.unpacked_fact_bytes += c.facts.capacity() * std::mem::size_of::<Fact>();
+                    m.unpacked_events += c.events.len();
+                }
+            }
+        }
+        m
     }
 
     pub fn key_name(&self, s: Sym) -> &str {
