@@ -196,7 +196,7 @@ pub struct EngineConfig {
     /// `/metrics` and the JSON API; `replay` does not and skips the work.
     pub live: bool,
     /// Event time after its last change at which a contact is packed (`[windows]
-    /// pack_after`, 10 minutes by default; tests vary it to check packing changes no
+    /// pack_after`, 3 minutes by default; tests vary it to check packing changes no
     /// figure).
     pub pack_after_ms: i64,
     /// How far ahead of the wall clock an event may be stamped. The engine never reads
