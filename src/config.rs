@@ -123,7 +123,8 @@ pub struct WindowsConfig {
     /// A contact unchanged for this long (event time) is packed: its events and facts
     /// held as one compact byte string, about a third of the memory, and unpacked when
     /// touched again. Shorter holds less memory and costs CPU whenever a late event of
-    /// a packed contact arrives (docs/performance.md, "Memory").
+    /// a packed contact arrives (docs/performance.md, "Engine memory and CPU, one
+    /// more round").
     pub pack_after: Dur,
 }
 
@@ -145,7 +146,8 @@ impl Default for WindowsConfig {
             // Long enough that a call's or chat's burst of events (offer, answer,
             // end, wrap) mostly finds it unpacked; short enough that unpacked contacts
             // are a few minutes of traffic. 3 min rather than the earlier 10: 4–6 %
-            // less peak memory at the same CPU (docs/performance.md, "Memory").
+            // less peak memory at the same CPU (docs/performance.md, "Engine memory and
+            // CPU, one more round").
             pack_after: Dur::secs(180),
         }
     }
