@@ -57,7 +57,7 @@ impl State<LegacyContact> {
             events: c.events,
             facts: c.facts,
             packed: None,
-            customer: c.customer,
+            customer: super::held(c.customer),
             first_offer: c.first_offer,
             last_ts: c.last_ts,
             touched: 0,
@@ -264,7 +264,7 @@ impl Engine {
             LegacyContact {
                 events: c.events,
                 facts: c.facts,
-                customer: c.customer,
+                customer: c.customer.map(std::num::NonZeroU128::get),
                 first_offer: c.first_offer,
                 last_ts: c.last_ts,
             }

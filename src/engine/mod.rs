@@ -19,6 +19,7 @@ pub mod spill;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet as StdHashSet};
+use std::num::NonZeroU128;
 use std::sync::Arc;
 
 /// A fast non-cryptographic hasher: keys are our own interned ids and event-id hashes,
@@ -331,7 +332,10 @@ pub(crate) struct Contact {
     events: Vec<CEvent>,
     facts: Vec<Fact>,
     packed: Option<Box<[u8]>>,
-    customer: Option<CustomerKey>,
+    /// Non-zero so the option is 16 bytes, not 32: the contacts table holds this inline
+    /// for every contact, and its slots were 144 bytes (docs/performance.md, "Engine
+    /// memory and CPU, one more round"). Encoded as an `Option<u128>` (same bytes).
+    customer: Option<NonZeroU128>,
     first_offer: Option<Millis>,
     last_ts: Millis,
     /// Engine clock at the last change; matches the newest pack-queue entry for it.
@@ -428,6 +432,17 @@ type CustomerContacts = smallvec::SmallVec<[ContactKey; 1]>;
 
 fn key_of(id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+/// A customer's key: never 0, so a contact holds it as a `NonZeroU128` (a hash of 0
+/// becomes 1, one more collision among 2^128).
+fn customer_key_of(id: &str) -> CustomerKey {
+    key_of(id).max(1)
+}
+
+/// A customer key as a contact holds it (see [`Contact::customer`]).
+fn held(k: Option<CustomerKey>) -> Option<NonZeroU128> {
+    k.and_then(NonZeroU128::new)
 }
 
 pub struct Engine {
@@ -735,7 +750,7 @@ impl Engine {
             wrap_ms: duration(ev.wrap_ms),
             value: ev.amount.or(ev.score).unwrap_or(0),
         };
-        let mut event_customer = ev.customer_id.as_deref().map(key_of);
+        let mut event_customer = ev.customer_id.as_deref().map(customer_key_of);
         if let Some(k) = event_customer
             && self.spill.is_some()
             && self.contacts.get(&ck).is_none_or(|c| c.customer.is_none())
@@ -762,13 +777,13 @@ impl Engine {
         }
         let new_customer = c.customer.is_none() && event_customer.is_some();
         if new_customer {
-            c.customer = event_customer;
+            c.customer = held(event_customer);
         }
         c.last_ts = c.last_ts.max(ce.ts);
         // The clock this event is about to set: the pack queue stays in clock order.
         let now = self.max_ts.map_or(ce.ts, |m| m.max(ce.ts));
         c.events.insert(pos, ce);
-        let customer = c.customer;
+        let customer = c.customer.map(NonZeroU128::get);
         c.touched = now;
         self.pack_queue.push_back((now, ck));
         if self.cfg.live {
@@ -855,7 +870,7 @@ impl Engine {
         };
         // Inline for the usual handful: this runs for every event of a contact.
         let repeat_offers: smallvec::SmallVec<[Millis; 4]> =
-            match c.customer.and_then(|k| self.customers.get(&k)) {
+            match c.customer.and_then(|k| self.customers.get(&k.get())) {
                 Some(ids) => ids
                     .iter()
                     .filter(|id| **id != ck)
@@ -1011,7 +1026,7 @@ impl Engine {
             if c.touched != t {
                 continue;
             }
-            let customer = c.customer;
+            let customer = c.customer.map(NonZeroU128::get);
             let group: CustomerContacts = match customer.and_then(|k| self.customers.get(&k)) {
                 Some(list) => list.clone(),
                 None => smallvec::smallvec![ck],
@@ -1034,7 +1049,7 @@ impl Engine {
                 if let Some(sp) = self.spill.as_mut() {
                     sp.put(spill::SpilledContact {
                         key: k,
-                        customer: c.customer,
+                        customer: c.customer.map(NonZeroU128::get),
                         first_offer: c.first_offer,
                         last_ts: c.last_ts,
                         body: body.into(),
@@ -1114,7 +1129,7 @@ impl Engine {
                 events: Vec::new(),
                 facts: Vec::new(),
                 packed: Some(Box::from(&s.body[..])),
-                customer: s.customer,
+                customer: held(s.customer),
                 first_offer: s.first_offer,
                 last_ts: s.last_ts,
                 touched: now,
@@ -1166,7 +1181,7 @@ impl Engine {
             {
                 keys.push(ck);
             }
-            if let Some(k) = ev.customer_id.as_deref().map(key_of)
+            if let Some(k) = ev.customer_id.as_deref().map(customer_key_of)
                 && !self.customers.contains_key(&k)
             {
                 customers.push(k);
@@ -1258,7 +1273,7 @@ impl Engine {
                 self.stats.expired += 1;
             }
             if let Some(c) = removed
-                && let Some(k) = c.customer
+                && let Some(k) = c.customer.map(NonZeroU128::get)
                 && let Some(list) = self.customers.get_mut(&k)
             {
                 list.retain(|x| *x != id);
