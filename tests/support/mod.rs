@@ -332,6 +332,8 @@ pub fn exports(config: &Path, env: &[(&str, &str)]) -> String {
 pub struct Daemon {
     pub child: Child,
     pub base: String,
+    /// Its stderr, quoted when it fails (the test's folder is gone by then).
+    log: std::path::PathBuf,
 }
 
 impl Daemon {
@@ -347,7 +349,11 @@ impl Daemon {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let base = listen_address(&mut stdout)
             .unwrap_or_else(|first| panic!("no address in {first:?}; see {}", log.display()));
-        Daemon { child, base }
+        Daemon {
+            child,
+            base,
+            log: log.to_path_buf(),
+        }
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -418,7 +424,15 @@ impl Daemon {
             Duration::from_secs(30),
             || self.child.try_wait().unwrap(),
         );
-        assert!(status.success(), "serve exited with {status}");
+        if !status.success() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "serve exited with {status}; the last lines of its log:\n{}",
+                tail.join("\n")
+            );
+        }
     }
 }
 
