@@ -171,11 +171,7 @@ fn scale_out_stop_one_and_add_one_equals_replay() {
     // the kill -9 recovery itself is the test above).
     b.stop();
     wait_for("a and c to take over b's partitions", CATCH_UP, || {
-        let owned = |d: &Daemon| {
-            d.status()
-                .map_or(0, |s| s["partitions"].as_array().map_or(0, Vec::len))
-        };
-        (owned(&a) + owned(&c) == 6).then_some(())
+        (a.partitions_owned() + c.partitions_owned() == 6).then_some(())
     });
     let d = w.serve("d");
     wait_for("the new instance to own partitions", CATCH_UP, || {
@@ -195,13 +191,7 @@ fn scale_out_stop_one_and_add_one_equals_replay() {
             break;
         }
         wait_for("the others to own every partition again", CATCH_UP, || {
-            let owned: usize = left
-                .iter()
-                .map(|d| {
-                    d.status()
-                        .map_or(0, |s| s["partitions"].as_array().map_or(0, Vec::len))
-                })
-                .sum();
+            let owned: usize = left.iter().map(Daemon::partitions_owned).sum();
             (owned == 6).then_some(())
         });
     }

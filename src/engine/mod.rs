@@ -348,6 +348,10 @@ pub(crate) struct Contact {
 const AGENT_DEDUP_MS: Millis = 60 * 60_000;
 
 impl Contact {
+    fn customer_key(&self) -> Option<CustomerKey> {
+        self.customer.map(NonZeroU128::get)
+    }
+
     /// Encode events and facts into `packed`. Times are stored relative to the first
     /// event, so postcard's variable-length integers keep them to a few bytes.
     fn pack(&mut self) {
@@ -783,7 +787,7 @@ impl Engine {
         // The clock this event is about to set: the pack queue stays in clock order.
         let now = self.max_ts.map_or(ce.ts, |m| m.max(ce.ts));
         c.events.insert(pos, ce);
-        let customer = c.customer.map(NonZeroU128::get);
+        let customer = c.customer_key();
         c.touched = now;
         self.pack_queue.push_back((now, ck));
         if self.cfg.live {
@@ -870,7 +874,7 @@ impl Engine {
         };
         // Inline for the usual handful: this runs for every event of a contact.
         let repeat_offers: smallvec::SmallVec<[Millis; 4]> =
-            match c.customer.and_then(|k| self.customers.get(&k.get())) {
+            match c.customer_key().and_then(|k| self.customers.get(&k)) {
                 Some(ids) => ids
                     .iter()
                     .filter(|id| **id != ck)
@@ -1026,7 +1030,7 @@ impl Engine {
             if c.touched != t {
                 continue;
             }
-            let customer = c.customer.map(NonZeroU128::get);
+            let customer = c.customer_key();
             let group: CustomerContacts = match customer.and_then(|k| self.customers.get(&k)) {
                 Some(list) => list.clone(),
                 None => smallvec::smallvec![ck],
@@ -1273,7 +1277,7 @@ impl Engine {
                 self.stats.expired += 1;
             }
             if let Some(c) = removed
-                && let Some(k) = c.customer.map(NonZeroU128::get)
+                && let Some(k) = c.customer_key()
                 && let Some(list) = self.customers.get_mut(&k)
             {
                 list.retain(|x| *x != id);

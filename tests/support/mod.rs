@@ -374,6 +374,12 @@ impl Daemon {
     }
 
     /// Events read (accepted + duplicates + rejected) over the partitions it owns now.
+    /// How many partitions it owns now (0 while it does not answer).
+    pub fn partitions_owned(&self) -> usize {
+        self.status()
+            .map_or(0, |s| s["partitions"].as_array().map_or(0, Vec::len))
+    }
+
     pub fn read(&self) -> u64 {
         self.status()
             .and_then(|s| s["stats"]["read"].as_u64())
@@ -426,11 +432,10 @@ impl Daemon {
         );
         if !status.success() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let lines: Vec<&str> = log.lines().collect();
             panic!(
                 "serve exited with {status}; the last lines of its log:\n{}",
-                tail.join("\n")
+                lines[lines.len().saturating_sub(40)..].join("\n")
             );
         }
     }
