@@ -104,16 +104,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(async move {
             let mut rows = 0u64;
             while let Some((deltas, spill)) = write_rx.recv().await {
-                match &spill {
-                    Some(b) if !b.is_empty() => {
-                        store.apply_deltas_and_spill(&partition, &deltas, b).await?;
-                    }
-                    _ if deltas.is_empty() => {}
-                    _ => {
-                        store.apply_deltas(&partition, &deltas).await?;
-                    }
-                }
                 rows += deltas.len() as u64;
+                store
+                    .apply_deltas_and_spill(&partition, deltas, spill.as_ref())
+                    .await?;
                 if spill.is_some() {
                     written.fetch_add(1, Ordering::Release);
                 }
@@ -183,6 +177,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 bar.set_position(n);
                 let deltas = pipe.engine.flush();
                 spilled_peak = spilled_peak.max(pipe.engine.contacts_spilled());
+                tracing::debug!(
+                    events = n,
+                    deltas = deltas.len(),
+                    contacts_held = pipe.engine.open_contacts(),
+                    contacts_spilled = pipe.engine.contacts_spilled(),
+                    "flushed"
+                );
                 if !send(batch_of(&mut pipe, deltas)).await {
                     break 'input;
                 }
@@ -193,7 +194,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     bar.set_position(n);
-    let deltas = pipe.engine.flush_all();
+    // The engine lets go of its contacts before the last (largest) write.
+    let deltas = pipe.engine.finish();
     // The spill's rows served this run only: nothing to write, and removed below.
     send((deltas, None)).await;
     drop(write_tx);

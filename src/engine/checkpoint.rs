@@ -97,7 +97,8 @@ struct State<C = Contact> {
     intervals: Vec<String>,
     timezone: String,
     names: Vec<Box<str>>,
-    seen_by_hour: BTreeMap<Millis, Vec<u128>>,
+    /// Encoded as before this was a set per hour (a list per hour): same bytes.
+    seen_by_hour: BTreeMap<Millis, HashSet<u128>>,
     contacts: HashMap<ContactKey, C>,
     customers: HashMap<CustomerKey, super::CustomerContacts>,
     agent_team: HashMap<Sym, Sym>,
@@ -223,12 +224,6 @@ impl Engine {
             ));
         }
         e.syms = syms;
-        e.seen = s
-            .seen_by_hour
-            .values()
-            .flatten()
-            .copied()
-            .collect::<HashSet<u128>>();
         e.seen_by_hour = s.seen_by_hour;
         e.contacts = s.contacts;
         e.customers = s.customers;

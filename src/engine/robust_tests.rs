@@ -265,7 +265,7 @@ fn agent_state_ids_are_kept_for_hours_not_the_horizon() {
         e.apply(state(&format!("s{m}"), &agent, m as f64 * 60.0, s));
         e.flush();
     }
-    let held = e.seen.len();
+    let held = e.agent_state_ids();
     assert!(held <= 180, "{held} agent-state ids held after a day");
     let before = e.floor(at(DAY)).agents.clone();
     // The first event again, a day late: no longer known, accepted, and no effect.

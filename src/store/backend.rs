@@ -87,7 +87,7 @@ where
     pub(super) async fn apply(
         &self,
         partition: &str,
-        rows: &[Pending],
+        rows: &[Pending<'_>],
         updated_at: &str,
         checkpoint: Option<&CheckpointWrite<'_>>,
         spill: Option<&SpillBatch>,
@@ -442,7 +442,7 @@ where
     async fn apply_rows(
         conn: &mut DB::Connection,
         partition: &str,
-        rows: &[Pending],
+        rows: &[Pending<'_>],
         updated_at: &str,
     ) -> Result<(u64, u64), StoreError> {
         let statements = DB::statements();
@@ -480,7 +480,7 @@ where
     async fn fetch_existing(
         conn: &mut DB::Connection,
         partition: &str,
-        chunk: &[Pending],
+        chunk: &[Pending<'_>],
     ) -> Result<Vec<Option<RawRow>>, StoreError> {
         let mut q = sqlx::query::<DB>(&DB::statements().select_rows).bind(partition);
         for i in 0..sql::CHUNK {
@@ -488,7 +488,7 @@ where
             // ignores the repeats.
             let p = &chunk[i.min(chunk.len().saturating_sub(1))];
             q = q
-                .bind(p.window.as_str())
+                .bind(p.window)
                 .bind(p.start)
                 .bind(p.dimension.as_str())
                 .bind(p.key.as_str());
@@ -497,17 +497,7 @@ where
         let position: HashMap<(&str, i64, &str, &str), usize> = chunk
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                (
-                    (
-                        p.window.as_str(),
-                        p.start,
-                        p.dimension.as_str(),
-                        p.key.as_str(),
-                    ),
-                    i,
-                )
-            })
+            .map(|(i, p)| ((p.window, p.start, p.dimension.as_str(), p.key.as_str()), i))
             .collect();
         let mut out: Vec<Option<RawRow>> = chunk.iter().map(|_| None).collect();
         for r in &found {
@@ -523,7 +513,7 @@ where
     /// Bind one row's [`sql::UPSERT_BINDS`] values, in the order of the upserts.
     fn bind_upsert<'q>(
         q: Query<'q, DB>,
-        p: &'q Pending,
+        p: &'q Pending<'q>,
         partition: &'q str,
         row: NewRow,
         updated_at: &'q str,
@@ -534,7 +524,7 @@ where
             hists,
         } = row;
         let mut q = q
-            .bind(p.window.as_str())
+            .bind(p.window)
             .bind(p.start)
             .bind(p.end)
             .bind(p.dimension.as_str())
