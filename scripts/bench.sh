@@ -28,6 +28,9 @@
 #   SIZES [1000000 10000000]  comparison event sets (all 10 k agents, 300 queues)
 #   AGENTS [10000]  RUNS [3]  N [10000000] (engine mode)
 #   MEM_N [2000000]  MEM_AGENTS [10000 50000 100000]  SPILL_N [10000000]
+#   MEM_SPILL_AFTER [1h]  MEM_FLUSH_EVERY [250000]  (memory mode's spilling run:
+#                  [windows] spill_after and replay --flush-every; 15m and 50000 give
+#                  the lowest peak, at more CPU)
 #   SCRAPE_N [first of SIZES]  SCRAPES [50]  PUBLISH_FROM [20]  PUBLISH_SECONDS [20]
 #   KAFKA_N [500000]  LATENCY_RATE [5000]  LATENCY_SECONDS [60]
 #   DUCKDB_PY: a python with duckdb; else a venv is made under target/bench.
@@ -181,7 +184,7 @@ parse_bench() {
 memory_bench() {
   local mem_n=${MEM_N:-2000000} cph=120000 ag f rss rss_kept open agents n
   read -r -a mem_agents <<< "${MEM_AGENTS:-10000 50000 100000}"
-  echo "== memory: replay peak RSS, $mem_n events at $cph contacts/h, machine: $(machine)"
+  echo "== memory: replay peak RSS, $mem_n events at $cph contacts/h (spilling: spill_after ${MEM_SPILL_AFTER:-1h}, flush every ${MEM_FLUSH_EVERY:-250000}), machine: $(machine)"
   : > "$OUT/mem-rows"
   # peak_rss: replay with [windows] spill = true (closed contacts spilled to the store
   # an hour after their last change); no_spill: spill = false (the default), every contact of
@@ -208,7 +211,9 @@ memory_bench() {
     fi
     rm -f "$OUT/mem.db"*
     CCMETRICS__STORE__URL="sqlite://$OUT/mem.db" CCMETRICS__WINDOWS__SPILL=true \
-      /usr/bin/time -f %M -o "$OUT/mem-rss" "$BIN" replay --input "$f" > /dev/null
+      CCMETRICS__WINDOWS__SPILL_AFTER="${MEM_SPILL_AFTER:-1h}" \
+      /usr/bin/time -f %M -o "$OUT/mem-rss" "$BIN" replay --input "$f" \
+      --flush-every "${MEM_FLUSH_EVERY:-250000}" > /dev/null
     rss=$(($(cat "$OUT/mem-rss") / 1024))
     rm -f "$OUT/mem-kept.db"*
     CCMETRICS__STORE__URL="sqlite://$OUT/mem-kept.db" CCMETRICS__WINDOWS__SPILL=false \
