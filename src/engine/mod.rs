@@ -1020,23 +1020,11 @@ impl Engine {
         out
     }
 
-    /// Rebuild the contacts table when removed entries have used up its room. A
-    /// removal from a full probe group leaves a tombstone, which counts against the
-    /// room for new entries; with the spill taking contacts out at every flush and new
-    /// ones coming in, the table ran out of room at 90,000 contacts in 114,000 slots
-    /// and doubled (the old and the new table alive at once: 51 MB in a 10 k-agent
-    /// replay, then 34 MB kept), where a rebuild at the same size purges the
-    /// tombstones (17 MB while both exist, 17 MB kept). `HashMap` has no in-place
-    /// purge outside an insert into a table at most half full, hence the copy; it runs
-    /// only after many removals, so a few milliseconds every few flushes.
+    /// Rebuild the contacts and customers tables when removed entries have used up
+    /// their room ([`compact`]).
     fn compact_contacts(&mut self) {
-        let len = self.contacts.len();
-        if self.contacts.capacity() - len >= len / 8 {
-            return;
-        }
-        let mut fresh = HashMap::with_capacity_and_hasher(len + len / 4, Default::default());
-        fresh.extend(self.contacts.drain());
-        self.contacts = fresh;
+        compact(&mut self.contacts);
+        compact(&mut self.customers);
     }
 
     /// Pack the contacts nothing has changed for `pack_after_ms` of event time.
@@ -1490,6 +1478,26 @@ impl Engine {
 /// Contacts holding only late follow-ups (a survey, a QA score) did not start here.
 fn never_finished(c: &Contact) -> bool {
     never_finished_events(&c.events)
+}
+
+/// Rebuild `map` at the smallest size with room for an eighth more entries than it
+/// holds, when removals have used up that room. A removal from a full probe group
+/// leaves a tombstone, which counts against the room for new entries, and `HashMap`
+/// purges them in place only when an insert finds the table at most half full:
+/// otherwise it doubles. With the spill taking contacts (and their customers) out at
+/// every flush and new ones coming in, the contacts table of a 10 k-agent replay
+/// doubled at 90,000 contacts in 114,000 slots (old and new table alive at once: 51
+/// MB, then 34 MB kept), where a rebuild at the same size holds 17 MB while both
+/// exist and keeps 17 MB. A copy of the entries (a few milliseconds at that size),
+/// after many removals only.
+fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    let len = map.len();
+    if map.capacity() - len >= len / 8 {
+        return;
+    }
+    let mut fresh = HashMap::with_capacity_and_hasher(len + len / 8 + 1, Default::default());
+    fresh.extend(map.drain());
+    *map = fresh;
 }
 
 fn never_finished_events(events: &[CEvent]) -> bool {

@@ -807,6 +807,8 @@ fn spilling_settled_contacts_changes_no_figure() {
             // eighth more than it holds (`compact_contacts`) rather than doubling.
             let (len, cap) = (spilling.contacts.len(), spilling.contacts.capacity());
             assert!(cap - len >= len / 8, "{len} contacts, capacity {cap}");
+            let (len, cap) = (spilling.customers.len(), spilling.customers.capacity());
+            assert!(cap - len >= len / 8, "{len} customers, capacity {cap}");
             let now = spilling.max_ts.unwrap();
             assert_eq!(spilling.floor(now), kept.floor(now), "live floor after {i}");
         }
