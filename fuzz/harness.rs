@@ -184,7 +184,8 @@ fn run_engine(input: &[u8]) -> Result<String, String> {
             _ => {}
         }
     }
-    let _ = e.flush_all();
+    // As `replay` ends: the final windows, then the contacts let go (the stats stay).
+    let _ = e.finish();
     let s = e.stats();
     if s.read != lines || s.read != s.accepted + s.duplicates + s.rejected_total() {
         return Err(format!(

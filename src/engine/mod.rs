@@ -456,9 +456,11 @@ pub struct Engine {
     channels: [Sym; 5],
     /// Ids of accepted `agent.state` events by hour of event time, for duplicate
     /// detection (contact events are checked against their contact's events). One set
-    /// per hour rather than one set plus a list per hour: a look-up probes the two or
-    /// three hours held, an hour leaves as one drop, and each id is stored once (the
-    /// set and the list were 18 MB of a 10 k-agent replay's heap).
+    /// per hour rather than one set plus a list per hour: each id is stored once (the
+    /// set and the list were 18 MB of a 10 k-agent replay's heap) and an hour leaves
+    /// as one drop. A look-up probes every hour held, so hours before the dedup window
+    /// go as soon as a new hour starts ([`Engine::forget_agent_ids`]): a few sets,
+    /// however scattered the events' times.
     seen_by_hour: BTreeMap<Millis, HashSet<u128>>,
     contacts: HashMap<ContactKey, Contact>,
     /// Contacts in the order they were last changed, with the clock at that change:
@@ -728,10 +730,11 @@ impl Engine {
             return Outcome::Rejected(RejectReason::ContactOverflow);
         }
         if contact_key.is_none() {
-            self.seen_by_hour
-                .entry(ev.ts.div_euclid(3_600_000))
-                .or_default()
-                .insert(id);
+            let hour = ev.ts.div_euclid(3_600_000);
+            if !self.seen_by_hour.contains_key(&hour) {
+                self.forget_agent_ids();
+            }
+            self.seen_by_hour.entry(hour).or_default().insert(id);
         }
         self.stats.accepted += 1;
         if self.watermark().is_some_and(|wm| ev.ts < wm) {
@@ -1354,9 +1357,22 @@ impl Engine {
         // older than the current one, and the same one again is a no-op), so the ids
         // only keep the duplicate count exact, and a week of them (a state change per
         // agent every few minutes) would outweigh everything else held.
+        self.forget_agent_ids();
+    }
+
+    /// Drop the `agent.state` ids of the hours before the dedup window (an hour, or
+    /// the correction horizon when shorter, before the watermark).
+    fn forget_agent_ids(&mut self) {
+        let Some(wm) = self.watermark() else { return };
         let dedup_from = wm.saturating_sub(self.cfg.correction_horizon_ms.min(AGENT_DEDUP_MS));
         let hour = dedup_from.div_euclid(3_600_000);
-        self.seen_by_hour = self.seen_by_hour.split_off(&hour);
+        if self
+            .seen_by_hour
+            .first_key_value()
+            .is_some_and(|(h, _)| *h < hour)
+        {
+            self.seen_by_hour = self.seen_by_hour.split_off(&hour);
+        }
     }
 
     /// Rolling window of the last `minutes` minutes of event time, per dimension key.

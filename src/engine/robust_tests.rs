@@ -272,4 +272,27 @@ fn agent_state_ids_are_kept_for_hours_not_the_horizon() {
     assert_eq!(e.apply(state("first", "a", 0.0, "busy")), Outcome::Accepted);
     assert_eq!(e.floor(at(DAY)).agents, before);
     assert_eq!(e.stats().duplicates, 1);
+
+    // Late states scattered over the past days (inside the horizon, so accepted) while
+    // the clock stands still: each opens an hour of its own, and a look-up probes
+    // every hour held, so the hours before the dedup window go at once rather than
+    // at the next hourly expiry.
+    for h in 2..150 {
+        let secs = DAY - f64::from(h) * 3_600.0;
+        e.apply(state(&format!("late{h}"), "c", secs, "busy"));
+        assert!(
+            e.seen_by_hour.len() <= 3,
+            "{} hours held",
+            e.seen_by_hour.len()
+        );
+    }
+    // A redelivery inside the window is still caught.
+    assert_eq!(
+        e.apply(state("recent", "c", DAY, "away")),
+        Outcome::Accepted
+    );
+    assert_eq!(
+        e.apply(state("recent", "c", DAY, "away")),
+        Outcome::Duplicate
+    );
 }
