@@ -633,21 +633,20 @@ impl Engine {
                 * (std::mem::size_of::<(ContactKey, Contact)>() + 1),
             ..ContactMemory::default()
         };
-        let unfinished = |c: &Contact| match c.peek() {
-            Some((events, _)) => never_finished_events(&events),
-            None => never_finished_events(&c.events),
-        };
+        // Customers with an unfinished contact, and the finished contacts' customers
+        // (each contact decoded once).
         let mut blocked: HashSet<CustomerKey> = HashSet::default();
+        let mut finished: Vec<CustomerKey> = Vec::new();
         for c in self.contacts.values() {
-            if unfinished(c) {
+            if never_finished(c) {
                 m.unfinished += 1;
                 blocked.extend(c.customer_key());
+            } else {
+                finished.extend(c.customer_key());
             }
         }
+        m.held_by_customer = finished.iter().filter(|k| blocked.contains(k)).count();
         for c in self.contacts.values() {
-            if c.customer_key().is_some_and(|k| blocked.contains(&k)) && !unfinished(c) {
-                m.held_by_customer += 1;
-            }
             match &c.packed {
                 Some(b) => {
                     m.packed += 1;
@@ -1492,8 +1491,12 @@ impl Engine {
 /// A contact that started (offered, routed, answered or first response) but has
 /// neither ended nor been abandoned: released at the horizon, it counts as `expired`.
 /// Contacts holding only late follow-ups (a survey, a QA score) did not start here.
+/// Packed or not (a packed one is decoded without being unpacked).
 fn never_finished(c: &Contact) -> bool {
-    never_finished_events(&c.events)
+    match c.peek() {
+        Some((events, _)) => never_finished_events(&events),
+        None => never_finished_events(&c.events),
+    }
 }
 
 /// Rebuild `map` at the smallest size with room for an eighth more entries than it

@@ -373,13 +373,13 @@ impl Daemon {
         serde_json::from_str(&body).ok()
     }
 
-    /// Events read (accepted + duplicates + rejected) over the partitions it owns now.
     /// How many partitions it owns now (0 while it does not answer).
     pub fn partitions_owned(&self) -> usize {
         self.status()
             .map_or(0, |s| s["partitions"].as_array().map_or(0, Vec::len))
     }
 
+    /// Events read (accepted + duplicates + rejected) over the partitions it owns now.
     pub fn read(&self) -> u64 {
         self.status()
             .and_then(|s| s["stats"]["read"].as_u64())
