@@ -27,6 +27,12 @@ pub trait Dialect: Database {
     /// then stores absolute values, so two concurrent writers of one partition would
     /// lose one's update.
     const LOCK_PARTITION: Option<&'static str>;
+    /// Empties `spilled_contacts` in one step, without visiting its rows.
+    const SPILL_CLEAR_ALL: &'static str;
+    /// Run before [`Self::SPILL_CLEAR_ALL`] when `BEGIN` alone does not keep other
+    /// writers from adding spilled contacts between the check that there are none and
+    /// the clear.
+    const LOCK_SPILL_TABLE: Option<&'static str>;
     /// The shared statements in this backend's placeholder spelling.
     fn statements() -> &'static Statements;
     /// Rows changed by a statement (sqlx has no driver-neutral accessor).
@@ -163,12 +169,35 @@ where
             .bind(partition)
             .execute(&mut *tx)
             .await?;
-        sqlx::query::<DB>(&DB::statements().spill_delete_partition)
-            .bind(partition)
-            .execute(&mut *tx)
-            .await?;
+        Self::delete_spill(&mut tx, partition).await?;
         tx.commit().await?;
         Ok(DB::rows_affected(&done))
+    }
+
+    /// Removes `partition`'s spilled contacts. When no other partition has any (a
+    /// replay into a database of its own, the usual case), the table is emptied
+    /// whole instead: SQLite's `DELETE` without `WHERE` and PostgreSQL's `TRUNCATE`
+    /// drop the table's pages, where a `DELETE` by partition visits every row and its
+    /// three index entries (3 to 8 s for the 190,000 to 450,000 rows a `replay` of 2
+    /// to 4 M events leaves; docs/performance.md).
+    async fn delete_spill(conn: &mut DB::Connection, partition: &str) -> Result<(), StoreError> {
+        let mut alone = !Self::spill_of_others(&mut *conn, partition).await?;
+        if alone && let Some(lock) = DB::LOCK_SPILL_TABLE {
+            sqlx::query::<DB>(lock).execute(&mut *conn).await?;
+            // Another writer may have spilled between the check and the lock.
+            alone = !Self::spill_of_others(&mut *conn, partition).await?;
+        }
+        if alone {
+            sqlx::query::<DB>(DB::SPILL_CLEAR_ALL)
+                .execute(&mut *conn)
+                .await?;
+        } else {
+            sqlx::query::<DB>(&DB::statements().spill_delete_partition)
+                .bind(partition)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 
     pub(super) async fn query(
@@ -273,12 +302,14 @@ where
             .bind(&c.body[..])
     }
 
-    pub(super) async fn clear_spill(&self, partition: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query::<DB>(&DB::statements().spill_delete_partition)
-            .bind(partition)
-            .execute(&self.pool)
-            .await?;
-        Ok(DB::rows_affected(&done))
+    /// In a write transaction, so the check that no other partition has spilled
+    /// contacts holds until the clear (see [`Self::delete_spill`]).
+    pub(super) async fn clear_spill(&self, partition: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
+        Self::lock_partition(&mut tx, partition).await?;
+        Self::delete_spill(&mut tx, partition).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub(super) async fn spill_get(
@@ -398,6 +429,20 @@ where
             .fetch_one(&self.pool)
             .await?
             .try_get(0)
+    }
+
+    /// Whether a partition other than `partition` has spilled contacts.
+    async fn spill_of_others(
+        conn: &mut DB::Connection,
+        partition: &str,
+    ) -> Result<bool, StoreError> {
+        let found: i64 = sqlx::query::<DB>(&DB::statements().spill_others)
+            .bind(partition)
+            .bind(partition)
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get(0)?;
+        Ok(found != 0)
     }
 
     async fn lock_partition(conn: &mut DB::Connection, partition: &str) -> Result<(), StoreError> {

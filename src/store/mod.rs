@@ -415,7 +415,7 @@ impl Store {
     }
 
     /// Delete the spilled contacts of `partition` (the end of a replay).
-    pub async fn clear_spill(&self, partition: &str) -> Result<u64, StoreError> {
+    pub async fn clear_spill(&self, partition: &str) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.clear_spill(partition).await,
             Store::Postgres(s) => s.clear_spill(partition).await,
@@ -499,6 +499,10 @@ pub(crate) mod sql {
         pub delete_partition: String,
         /// Binds: partition.
         pub spill_delete_partition: String,
+        /// 1 when another partition than the one bound (twice) has spilled contacts,
+        /// else 0: two index ranges, so it costs two probes however many rows the
+        /// partition itself has. Binds: partition, partition.
+        pub spill_others: String,
         /// Binds: partition, last_ts bound (exclusive).
         pub spill_expire: String,
         /// Binds: partition, contact_key.
@@ -619,6 +623,14 @@ pub(crate) mod sql {
                 spill_delete_partition: format!(
                     "DELETE FROM spilled_contacts WHERE \"partition\" = {}",
                     p.list(1, 1)
+                ),
+                spill_others: format!(
+                    "SELECT CAST(CASE WHEN \
+                     EXISTS (SELECT 1 FROM spilled_contacts WHERE \"partition\" < {}) \
+                     OR EXISTS (SELECT 1 FROM spilled_contacts WHERE \"partition\" > {}) \
+                     THEN 1 ELSE 0 END AS BIGINT)",
+                    p.list(1, 1),
+                    p.list(2, 1)
                 ),
                 spill_expire: format!(
                     "DELETE FROM spilled_contacts WHERE \"partition\" = {} AND last_ts < {}",
@@ -1058,6 +1070,7 @@ mod tests {
         stale_epoch_is_fenced_and_writes_nothing,
         concurrent_writers_neither_conflict_nor_lose_updates,
         spill_rows_go_with_the_checkpoint,
+        clear_spill_keeps_other_partitions,
     );
 
     mod store_spill_behaves_like_the_model {
@@ -1179,6 +1192,61 @@ mod tests {
             Some(c(1149, None, 999))
         );
         assert_eq!(s.spill_customer(p, 3, 0).await.unwrap().len(), 21);
+    }
+
+    /// `clear_spill` removes one partition's spilled contacts, whether partitions
+    /// before or after it in key order have some (they keep them) or none do (the
+    /// whole table is emptied at once); snapshot rows are not touched.
+    async fn clear_spill_keeps_other_partitions(s: Store) {
+        let c = |key: u128| SpilledContact {
+            key,
+            customer: Some(key + 100),
+            first_offer: None,
+            last_ts: 100,
+            body: vec![key as u8].into(),
+        };
+        let put = |keys: std::ops::Range<u128>| SpillBatch {
+            puts: keys.map(c).collect(),
+            ..SpillBatch::default()
+        };
+        let row = vec![delta(T0, Dimension::Queue, "sales", answered(1, 1))];
+        for (p, keys) in [("a", 0..2), ("m", 2..5), ("z", 5..6)] {
+            s.apply_deltas_and_spill(p, row.clone(), Some(&put(keys)))
+                .await
+                .unwrap();
+        }
+        let held = |p: &'static str| {
+            let s = s.clone();
+            async move { s.spill_scan(p, |_, _, _| ()).await.unwrap() }
+        };
+        // Others before and after it; only after; only before; none.
+        s.clear_spill("m").await.unwrap();
+        assert_eq!(
+            (held("a").await, held("m").await, held("z").await),
+            (2, 0, 1)
+        );
+        s.clear_spill("a").await.unwrap();
+        assert_eq!((held("a").await, held("z").await), (0, 1));
+        s.apply_deltas_and_spill("a", vec![], Some(&put(0..2)))
+            .await
+            .unwrap();
+        s.clear_spill("z").await.unwrap();
+        assert_eq!((held("a").await, held("z").await), (2, 0));
+        assert_eq!(s.spill_get("a", 1, 0).await.unwrap(), Some(c(1)));
+        s.clear_spill("a").await.unwrap();
+        assert_eq!(held("a").await, 0);
+        s.clear_spill("a").await.unwrap();
+        // The table emptied whole still takes new rows, and snapshots stayed.
+        s.apply_deltas_and_spill("z", vec![], Some(&put(7..8)))
+            .await
+            .unwrap();
+        assert_eq!(s.spill_get("z", 7, 0).await.unwrap(), Some(c(7)));
+        let rows = all_rows(&s).await;
+        assert_eq!(
+            (rows.len(), rows[0].acc.answered),
+            (1, 3),
+            "merged over a, m, z"
+        );
     }
 
     /// `StoreSpill` answers like the in-memory model through puts, take-backs,

@@ -41,6 +41,12 @@ impl Dialect for Postgres {
     // clear of single-key advisory locks, such as the one sqlx's migrator takes.
     const LOCK_PARTITION: Option<&'static str> =
         Some("SELECT pg_advisory_xact_lock(1667460467, hashtext($1))");
+    const SPILL_CLEAR_ALL: &'static str = "TRUNCATE spilled_contacts";
+    // TRUNCATE takes this lock itself, but only once it runs; taken before the second
+    // check, it keeps other partitions' spills (and reads) out until the commit, a few
+    // milliseconds. A partition's other writers are kept out by LOCK_PARTITION.
+    const LOCK_SPILL_TABLE: Option<&'static str> =
+        Some("LOCK TABLE spilled_contacts IN ACCESS EXCLUSIVE MODE");
 
     fn statements() -> &'static Statements {
         &SQL

@@ -30,6 +30,10 @@ impl Dialect for Sqlite {
     // so no partition lock is needed.
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const LOCK_PARTITION: Option<&'static str> = None;
+    // Without `WHERE` (and with no triggers on the table) SQLite truncates: the pages
+    // are freed without visiting rows. BEGIN IMMEDIATE already keeps other writers out.
+    const SPILL_CLEAR_ALL: &'static str = "DELETE FROM spilled_contacts";
+    const LOCK_SPILL_TABLE: Option<&'static str> = None;
 
     fn statements() -> &'static Statements {
         &SQL
