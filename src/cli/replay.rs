@@ -196,6 +196,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     bar.set_position(n);
     // The engine lets go of its contacts before the last (largest) write.
     let deltas = pipe.engine.finish();
+    tracing::debug!(
+        events = n,
+        deltas = deltas.len(),
+        "end of input: every window flushed, contacts released"
+    );
     // The spill's rows served this run only: nothing to write, and removed below.
     send((deltas, None)).await;
     drop(write_tx);
@@ -203,6 +208,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .await
         .context("the snapshot writer task failed")?
         .context("writing snapshots")?;
+    tracing::debug!(rows, "snapshots written");
     if cfg.windows.spill {
         store
             .clear_spill(&a.partition)
