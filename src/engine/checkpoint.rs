@@ -54,8 +54,8 @@ impl<C> State<C> {
 impl State<LegacyContact> {
     fn upgrade(self) -> State {
         self.map_contacts(|c| Contact {
-            events: c.events,
-            facts: c.facts,
+            events: c.events.into(),
+            facts: c.facts.into(),
             packed: None,
             customer: super::held(c.customer),
             first_offer: c.first_offer,
@@ -257,8 +257,8 @@ impl Engine {
         let legacy = s.map_contacts(|mut c| {
             c.unpack();
             LegacyContact {
-                events: c.events,
-                facts: c.facts,
+                events: c.events.into(),
+                facts: c.facts.into(),
                 customer: c.customer.map(std::num::NonZeroU128::get),
                 first_offer: c.first_offer,
                 last_ts: c.last_ts,

@@ -8,6 +8,7 @@
 //! facts as a clean, sorted stream.
 
 use smallvec::SmallVec;
+use thin_vec::ThinVec;
 
 use super::acc::Measure;
 use super::intern::Sym;
@@ -139,7 +140,9 @@ struct Offer {
 /// watermark at which the contact must be derived again.
 #[derive(Debug, Default)]
 pub struct Derived {
-    pub facts: Vec<Fact>,
+    /// A `ThinVec` because the engine keeps it as the contact's facts (see
+    /// `engine::Contact`).
+    pub facts: ThinVec<Fact>,
     pub wrap_deadline: Option<Millis>,
 }
 
@@ -149,12 +152,12 @@ fn dur(a: Millis, b: Millis) -> u64 {
 
 /// Derive the facts of one contact from its events sorted by [`CEvent::sort_key`].
 pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
-    derive_into(events, ctx, Vec::with_capacity(events.len() + 2))
+    derive_into(events, ctx, ThinVec::with_capacity(events.len() + 2))
 }
 
 /// [`derive`] into `buf` (cleared first): the engine passes the buffer of the facts
 /// it replaced last time, so re-deriving allocates nothing in the usual case.
-pub fn derive_into(events: &[CEvent], ctx: &Ctx<'_>, mut buf: Vec<Fact>) -> Derived {
+pub fn derive_into(events: &[CEvent], ctx: &Ctx<'_>, mut buf: ThinVec<Fact>) -> Derived {
     let r = ctx.rules;
     let unknown = ctx.unknown;
     buf.clear();

@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet as StdHashSet};
 use std::num::NonZeroU128;
 use std::sync::Arc;
 
+use thin_vec::ThinVec;
+
 /// A fast non-cryptographic hasher: keys are our own interned ids and event-id hashes,
 /// and the engine is on the hot path of every event.
 pub(crate) type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
@@ -329,8 +331,13 @@ impl Stats {
 /// packing cuts their memory about threefold without changing any figure.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Contact {
-    events: Vec<CEvent>,
-    facts: Vec<Fact>,
+    /// `ThinVec`s (one pointer; length and capacity live with the elements): the
+    /// contacts table holds this struct inline for every contact, and most are packed,
+    /// with both empty. 80 bytes instead of 112 make a table slot 97 bytes instead of
+    /// 129 (docs/performance.md, "Replay's memory peaks"), and the length is read
+    /// from the allocation the elements are read from anyway. Encoded like a `Vec`.
+    events: ThinVec<CEvent>,
+    facts: ThinVec<Fact>,
     packed: Option<Box<[u8]>>,
     /// Non-zero so the option is 16 bytes, not 32: the contacts table holds this inline
     /// for every contact, and its slots were 144 bytes (docs/performance.md, "Engine
@@ -374,8 +381,8 @@ impl Contact {
         match packed {
             Ok(bytes) => {
                 self.packed = Some(bytes);
-                self.events = Vec::new();
-                self.facts = Vec::new();
+                self.events = ThinVec::new();
+                self.facts = ThinVec::new();
             }
             // Cannot happen for these plain types; stay unpacked rather than lose data.
             Err(_) => shift_times(&mut self.events, &mut self.facts, base),
@@ -396,7 +403,7 @@ impl Contact {
         let Some(bytes) = self.packed.take() else {
             return;
         };
-        type Body = (Millis, Vec<CEvent>, Vec<Fact>);
+        type Body = (Millis, ThinVec<CEvent>, ThinVec<Fact>);
         // The bytes are our own encoding of the same types, made by `pack`: decoding
         // them cannot fail short of memory corruption.
         let decoded: Result<Body, _> = postcard::from_bytes(&bytes);
@@ -481,7 +488,7 @@ pub struct Engine {
     wrap_deadlines: BTreeMap<Millis, Vec<ContactKey>>,
     /// The facts a re-derivation replaced, kept for their allocation (see
     /// `contact::derive_into`); empty between calls in meaning, not in capacity.
-    fact_buf: Vec<Fact>,
+    fact_buf: ThinVec<Fact>,
     agg: Aggregator,
     /// Who waits and what agents do now (live views only).
     floor: live::Floor,
@@ -584,7 +591,7 @@ impl Engine {
             agent_team: HashMap::default(),
             awaiting_team: HashMap::default(),
             wrap_deadlines: BTreeMap::new(),
-            fact_buf: Vec::new(),
+            fact_buf: ThinVec::new(),
             agg,
             floor: live::Floor::default(),
             windower: Windower::new(cfg_tz),
@@ -653,8 +660,13 @@ impl Engine {
                     m.packed_bytes += b.len();
                 }
                 None => {
-                    m.unpacked_event_bytes += c.events.capacity() * std::mem::size_of::<CEvent>();
-                    m.unpacked_fact_bytes += c.facts.capacity() * std::mem::size_of::<Fact>();
+                    // A `ThinVec`'s length and capacity sit in front of its elements.
+                    let heap = |cap: usize, size: usize| match cap {
+                        0 => 0,
+                        _ => cap * size + 2 * std::mem::size_of::<usize>(),
+                    };
+                    m.unpacked_event_bytes += heap(c.events.capacity(), size_of::<CEvent>());
+                    m.unpacked_fact_bytes += heap(c.facts.capacity(), size_of::<Fact>());
                     m.unpacked_events += c.events.len();
                 }
             }
@@ -1172,8 +1184,8 @@ impl Engine {
         self.contacts.insert(
             s.key,
             Contact {
-                events: Vec::new(),
-                facts: Vec::new(),
+                events: ThinVec::new(),
+                facts: ThinVec::new(),
                 packed: Some(Box::from(&s.body[..])),
                 customer: held(s.customer),
                 first_offer: s.first_offer,

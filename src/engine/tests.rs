@@ -732,6 +732,15 @@ fn packing_settled_contacts_changes_no_figure() {
     assert_eq!(always.stats(), never.stats());
 }
 
+/// The contacts table holds a contact inline in every slot, full or empty: its size is
+/// the engine's largest per-contact cost (docs/performance.md, "Replay's memory
+/// peaks"). Growing it back (a `Vec` instead of a `ThinVec`, a wider field) should be
+/// a decision, not an accident.
+#[test]
+fn a_contacts_table_slot_stays_96_bytes() {
+    assert_eq!(std::mem::size_of::<(ContactKey, Contact)>(), 96);
+}
+
 /// Spilling closed, settled contacts out of memory must change no figure either: an
 /// engine that spills every closed contact at each flush (and takes them back when a
 /// late event, a repeat contact of the customer or a wrap timer reaches them) gives
