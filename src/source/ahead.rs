@@ -19,11 +19,18 @@ use std::thread::JoinHandle;
 use super::file::{self, SourceError};
 use crate::event::{Decoder, Event, Reject};
 
-/// Records per batch: large enough that the channel costs nothing per event, small
-/// enough that a few batches in flight are a few MiB.
-const BATCH_RECORDS: usize = 4096;
-/// Batches decoded ahead of the consumer.
-const AHEAD: usize = 4;
+/// Records per batch: large enough that the channel (and the spill's prefetch, a few
+/// statements per batch) costs nothing per event, small enough that the batches in
+/// flight stay small. A batch is its raw bytes (~170 per record) plus the decoded
+/// events (~320 bytes each): about 1 MiB at 2048 records.
+const BATCH_RECORDS: usize = 2048;
+/// Batches decoded ahead of the consumer. Decoding is 3 to 4 times faster than the
+/// engine, so the channel is full nearly all the time and its depth only has to
+/// cover a pause of the engine (a flush): at most `AHEAD` + 2 batches exist (queued,
+/// one being decoded, one being applied). It was 4 batches of 4096 records, 14 MiB
+/// of a 10 k-agent replay's 256 MiB peak (docs/performance.md, "Replay's memory
+/// peaks").
+const AHEAD: usize = 2;
 
 /// The raw records of one batch, back to back.
 pub struct Records {
