@@ -45,9 +45,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let decoder = Decoder::default();
-    // Same engine settings as `replay`: defaults, live views off.
+    // Same engine settings as `replay`: the defaults with the `CCMETRICS__*`
+    // environment over them (no config file), live views off.
+    let cfg = ccmetrics::config::Config::load(None).context("loading the configuration")?;
     let mut engine = (a.mode == Mode::Engine).then(|| {
-        let base = EngineConfig::default();
+        let base = EngineConfig::from_config(&cfg);
         Engine::new(EngineConfig {
             live: false,
             // A/B switch for the contact packing: PACK_AFTER_MS=-1 never packs.

@@ -195,6 +195,9 @@ memory_bench() {
     ag=${spec%%:*}
     n=${spec##*:}
     f="$OUT/mem-$n-$ag.jsonl"
+    # Every agent must count as active: the default [cardinality] max_agents (50 000)
+    # would fold the rest of a 100 k-agent file into "__overflow__".
+    export CCMETRICS__CARDINALITY__MAX_AGENTS=$((ag > 50000 ? ag : 50000))
     if [ "$ag" -le 60000 ]; then
       events_file "$f" "$n" "$ag" 300 "$cph"
     elif [ ! -s "$f" ]; then
@@ -227,6 +230,7 @@ memory_bench() {
       "$(($(sed -E 's/.*peak_rss_kb=([0-9]+).*/\1/' "$OUT/mem-engine.txt") / 1024))"
     echo "$ag $n $agents $rss_kept $open $rss" >> "$OUT/mem-rows"
   done
+  unset CCMETRICS__CARDINALITY__MAX_AGENTS
   # Where the held contacts' bytes are (engine alone, at the end of each file).
   for spec in "${mem_agents[@]/%/:$mem_n}" "${mem_agents[0]}:$((mem_n * 2))"; do
     echo "contacts, ${spec%%:*} agents, ${spec##*:} events: $(cat "$OUT/mem-contacts-${spec%%:*}-${spec##*:}.txt")"
