@@ -2,6 +2,7 @@
 //! bytes → decode → engine → (on flush) store. Keeping it in one place is what makes a
 //! replay reproduce what the daemon computed.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -206,7 +207,7 @@ impl Pipeline {
         key: Option<&[u8]>,
     ) -> Outcome {
         let decoded = self.decoder.decode(bytes);
-        self.ingest_decoded(bytes, decoded, offset, key)
+        self.ingest_decoded(bytes, &decoded, offset, key)
     }
 
     /// Apply a message decoded elsewhere (by `source::ahead`'s reader thread, with
@@ -214,11 +215,14 @@ impl Pipeline {
     pub fn ingest_decoded(
         &mut self,
         bytes: &[u8],
-        decoded: Result<Event<'_>, Reject>,
+        decoded: &Result<Event<'_>, Reject>,
         offset: Option<i64>,
         key: Option<&[u8]>,
     ) -> Outcome {
-        let (outcome, reject) = match decoded {
+        // By reference: `replay` applies the events where its reader thread decoded
+        // them, and moving each (~320 bytes) out of the batch and down into the engine
+        // was 4 % of the engine thread's time.
+        let (outcome, reject): (Outcome, Option<Cow<'_, Reject>>) = match decoded {
             Ok(ev) if self.is_future(ev.ts) => {
                 self.engine.record_reject(RejectReason::Future);
                 let show = |ms: Millis| {
@@ -239,13 +243,13 @@ impl Pipeline {
                 );
                 (
                     Outcome::Rejected(RejectReason::Future),
-                    Some(Reject {
+                    Some(Cow::Owned(Reject {
                         reason: RejectReason::Future,
                         detail,
-                    }),
+                    })),
                 )
             }
-            Ok(ev) => match self.engine.apply(ev) {
+            Ok(ev) => match self.engine.apply_ref(ev) {
                 Outcome::Rejected(reason) => {
                     let detail = match reason {
                         RejectReason::TooLate => "older than watermark - correction_horizon",
@@ -256,17 +260,17 @@ impl Pipeline {
                     };
                     (
                         Outcome::Rejected(reason),
-                        Some(Reject {
+                        Some(Cow::Owned(Reject {
                             reason,
                             detail: detail.into(),
-                        }),
+                        })),
                     )
                 }
                 other => (other, None),
             },
             Err(rej) => {
                 self.engine.record_reject(rej.reason);
-                (Outcome::Rejected(rej.reason), Some(rej))
+                (Outcome::Rejected(rej.reason), Some(Cow::Borrowed(rej)))
             }
         };
         if let Some(rej) = reject {

@@ -144,7 +144,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut spilled_peak = 0;
     let ahead = Ahead::spawn(a.inputs.clone(), cfg.decoder()).context("starting the reader")?;
     'input: for item in ahead {
-        let mut batch = match item.context("reading input")? {
+        let batch = match item.context("reading input")? {
             Item::File(path) => {
                 bar.set_message(path.display().to_string());
                 continue;
@@ -157,20 +157,23 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             pipe.engine
                 .prefetch(decoded.iter().filter_map(|d| d.as_ref().ok()))
         });
+        // Record `next` of the batch is applied next; events are applied where they
+        // lie in the batch, not moved out of it.
+        let mut next = 0;
         loop {
             // Apply records up to the next flush point (or the batch's end); the flush
             // itself is async, so it runs outside the borrow of the batch.
-            let (applied, more) = batch.with_dependent_mut(|records, decoded| {
+            let (applied, more) = batch.with_dependent(|records, decoded| {
                 let mut applied = 0;
-                while let Some(d) = decoded.pop_front() {
-                    let i = records.len() - decoded.len() - 1;
-                    pipe.ingest_decoded(records.record(i), d, None, None);
+                while let Some(d) = decoded.get(next) {
+                    pipe.ingest_decoded(records.record(next), d, None, None);
+                    next += 1;
                     applied += 1;
                     if (n + applied).is_multiple_of(a.flush_every) {
                         break;
                     }
                 }
-                (applied, !decoded.is_empty())
+                (applied, next < decoded.len())
             });
             n += applied;
             if n.is_multiple_of(a.flush_every) {

@@ -686,6 +686,12 @@ impl Engine {
 
     /// Apply one decoded event.
     pub fn apply(&mut self, ev: Event) -> Outcome {
+        self.apply_ref(&ev)
+    }
+
+    /// [`Engine::apply`] of an event the caller keeps (`replay` applies events in the
+    /// batch they were decoded into, without moving them).
+    pub fn apply_ref(&mut self, ev: &Event) -> Outcome {
         self.stats.read += 1;
         if let Some(wm) = self.watermark()
             && ev.ts < wm.saturating_sub(self.cfg.correction_horizon_ms)

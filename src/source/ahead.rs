@@ -10,7 +10,6 @@
 //! Order is preserved exactly (one reader, one bounded FIFO channel), so a replay's
 //! result is the same as decoding in line.
 
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -53,9 +52,8 @@ impl Records {
     }
 }
 
-/// One decoded record per raw record, borrowing from them; the consumer pops them
-/// from the front (record `i` is `records.len() - decoded.len()` when popped).
-pub type Decoded<'a> = VecDeque<Result<Event<'a>, Reject>>;
+/// One decoded record per raw record (`decoded[i]` is record `i`), borrowing from them.
+pub type Decoded<'a> = Vec<Result<Event<'a>, Reject>>;
 
 self_cell::self_cell!(
     /// A batch of records and their decoding.
