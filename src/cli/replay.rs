@@ -142,8 +142,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // Files are read and decoded ahead on a second thread (see `source::ahead`).
     let mut n: u64 = 0;
     let mut spilled_peak = 0;
-    let ahead = Ahead::spawn(a.inputs.clone(), cfg.decoder()).context("starting the reader")?;
-    'input: for item in ahead {
+    let mut ahead = Ahead::spawn(a.inputs.clone(), cfg.decoder()).context("starting the reader")?;
+    'input: while let Some(item) = ahead.next() {
         let batch = match item.context("reading input")? {
             Item::File(path) => {
                 bar.set_message(path.display().to_string());
@@ -195,6 +195,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 break;
             }
         }
+        ahead.recycle(batch);
     }
     bar.set_position(n);
     // The engine lets go of its contacts before the last (largest) write.

@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 
 use super::file::{self, SourceError};
@@ -76,19 +76,33 @@ pub enum Item {
 /// stream after everything before it.
 pub struct Ahead {
     rx: Receiver<Result<Item, SourceError>>,
+    /// Applied batches going back to the reader thread (see [`Ahead::recycle`]).
+    back: Sender<Batch>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Ahead {
     pub fn spawn(paths: Vec<PathBuf>, decoder: Decoder) -> std::io::Result<Ahead> {
         let (tx, rx) = sync_channel(AHEAD);
+        let (back, back_rx) = channel();
         let thread = std::thread::Builder::new()
             .name("decode".into())
-            .spawn(move || read_all(&paths, &decoder, &tx))?;
+            .spawn(move || read_all(&paths, &decoder, &tx, &back_rx))?;
         Ok(Ahead {
             rx,
+            back,
             thread: Some(thread),
         })
+    }
+
+    /// Hand an applied batch back to the reader thread, which frees its events and
+    /// reads the next records into its buffers. Freeing 2,048 decoded events and
+    /// allocating half a MiB of record bytes per batch sat on the engine's thread
+    /// (the critical path of a replay on two cores; docs/performance.md). Dropping a
+    /// batch instead is fine too: the reader then allocates new buffers.
+    pub fn recycle(&self, batch: Batch) {
+        // The reader has stopped when this fails; the batch is simply dropped here.
+        let _ = self.back.send(batch);
     }
 }
 
@@ -110,7 +124,14 @@ impl Iterator for Ahead {
     }
 }
 
-fn read_all(paths: &[PathBuf], decoder: &Decoder, tx: &SyncSender<Result<Item, SourceError>>) {
+fn read_all(
+    paths: &[PathBuf],
+    decoder: &Decoder,
+    tx: &SyncSender<Result<Item, SourceError>>,
+    back: &Receiver<Batch>,
+) {
+    // Buffers of batches handed back, their events freed (here, on this thread).
+    let mut spare: Vec<Records> = Vec::new();
     for path in paths {
         if tx.send(Ok(Item::File(path.clone()))).is_err() {
             return;
@@ -124,9 +145,17 @@ fn read_all(paths: &[PathBuf], decoder: &Decoder, tx: &SyncSender<Result<Item, S
         };
         let mut line = Vec::with_capacity(4096);
         loop {
-            let mut records = Records {
-                bytes: Vec::with_capacity(BATCH_RECORDS * 256),
-                ranges: Vec::with_capacity(BATCH_RECORDS),
+            spare.extend(back.try_iter().map(Batch::into_owner));
+            let mut records = match spare.pop() {
+                Some(mut r) => {
+                    r.bytes.clear();
+                    r.ranges.clear();
+                    r
+                }
+                None => Records {
+                    bytes: Vec::with_capacity(BATCH_RECORDS * 256),
+                    ranges: Vec::with_capacity(BATCH_RECORDS),
+                },
             };
             let mut eof = false;
             while records.ranges.len() < BATCH_RECORDS {
@@ -211,5 +240,45 @@ mod tests {
         let want: Vec<String> = (0..(BATCH_RECORDS + 10)).map(|i| format!("e{i}")).collect();
         assert_eq!(ids, want);
         assert!(error.unwrap().contains("missing.jsonl"));
+    }
+
+    /// Batches handed back are read into again: every record of the next batches is
+    /// its own line, whole, and nothing of the earlier batch's is left.
+    #[test]
+    fn recycled_batches_hold_only_their_own_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.jsonl");
+        let n = 3 * BATCH_RECORDS + 5;
+        let lines: Vec<String> = (0..n)
+            .map(|i| {
+                // Lengths vary, so a stale range or byte would show.
+                let pad = "x".repeat(i % 37);
+                format!(
+                    r#"{{"event_id":"e{i}","type":"agent.state","ts":1795392000000,"agent_id":"a{pad}","state":"available"}}"#
+                )
+            })
+            .collect();
+        std::fs::write(&a, lines.join("\n")).unwrap();
+        let mut ahead = Ahead::spawn(vec![a], Decoder::default()).unwrap();
+        let (mut seen, mut batches) = (Vec::new(), 0);
+        while let Some(item) = ahead.next() {
+            let Item::Batch(b) = item.unwrap() else {
+                continue;
+            };
+            batches += 1;
+            b.with_dependent(|records, decoded| {
+                assert_eq!(records.len(), decoded.len());
+                for (i, d) in decoded.iter().enumerate() {
+                    let ev = d.as_ref().unwrap();
+                    let raw = std::str::from_utf8(records.record(i)).unwrap();
+                    assert_eq!(raw, lines[seen.len()]);
+                    seen.push(ev.event_id.to_string());
+                }
+            });
+            ahead.recycle(b);
+        }
+        assert_eq!(batches, 4);
+        let want: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+        assert_eq!(seen, want);
     }
 }
