@@ -230,6 +230,7 @@ impl Engine {
         e.agent_team = s.agent_team;
         e.awaiting_team = s.awaiting_team;
         e.wrap_deadlines = s.wrap_deadlines;
+        e.index_wrap_deadlines();
         e.agg.put_state(s.agg);
         e.max_ts = s.max_ts;
         e.last_expiry = s.last_expiry;

@@ -485,7 +485,18 @@ pub struct Engine {
     /// not known yet; re-derived when it becomes known, so the result does not depend
     /// on whether the agent's other events arrived first.
     awaiting_team: HashMap<Sym, Vec<ContactKey>>,
+    /// Contacts waiting for a wrap, by the watermark at which they complete without
+    /// one. Exact: a contact is listed once, at the deadline of its latest derivation
+    /// (`wrap_of` says which), and leaves when a wrap (or a later end) changes it.
+    /// Stale entries used to stay and fire anyway, re-deriving (and unpacking, and
+    /// packing again) every wrapped contact ten minutes after its end for nothing:
+    /// a tenth of the engine thread's time in `replay` (docs/performance.md).
     wrap_deadlines: BTreeMap<Millis, Vec<ContactKey>>,
+    /// Each listed contact's entry in `wrap_deadlines`. Not checkpointed: rebuilt from
+    /// it on restore (`index_wrap_deadlines`). A contact a checkpoint written before
+    /// this lists twice (stale entries) keeps the later entry here; its other ones
+    /// fire and re-derive it as they always did.
+    wrap_of: HashMap<ContactKey, Millis>,
     /// The facts a re-derivation replaced, kept for their allocation (see
     /// `contact::derive_into`); empty between calls in meaning, not in capacity.
     fact_buf: ThinVec<Fact>,
@@ -591,6 +602,7 @@ impl Engine {
             agent_team: HashMap::default(),
             awaiting_team: HashMap::default(),
             wrap_deadlines: BTreeMap::new(),
+            wrap_of: HashMap::default(),
             fact_buf: ThinVec::new(),
             agg,
             floor: live::Floor::default(),
@@ -904,13 +916,26 @@ impl Engine {
     fn fire_wrap_deadlines(&mut self) {
         let Some(wm) = self.watermark() else { return };
         while let Some(entry) = self.wrap_deadlines.first_entry() {
-            if *entry.key() > wm {
+            let d = *entry.key();
+            if d > wm {
                 break;
             }
             for id in entry.remove() {
+                if self.wrap_of.get(&id) == Some(&d) {
+                    self.wrap_of.remove(&id);
+                }
                 self.rederive(id);
             }
         }
+    }
+
+    /// Rebuild `wrap_of` from `wrap_deadlines` (after a restore).
+    pub(super) fn index_wrap_deadlines(&mut self) {
+        self.wrap_of = self
+            .wrap_deadlines
+            .iter()
+            .flat_map(|(d, ids)| ids.iter().map(move |id| (*id, *d)))
+            .collect();
     }
 
     fn rederive(&mut self, ck: ContactKey) {
@@ -940,6 +965,7 @@ impl Engine {
             cfg,
             agg,
             wrap_deadlines,
+            wrap_of,
             unknown,
             channels,
             floor,
@@ -963,10 +989,25 @@ impl Engine {
             agent_team: &agent_team,
         };
         let derived = contact::derive_into(&c.events, &ctx, std::mem::take(fact_buf));
-        if let Some(d) = derived.wrap_deadline {
-            let ids = wrap_deadlines.entry(d).or_default();
-            if !ids.contains(&ck) {
-                ids.push(ck);
+        let listed = wrap_of.get(&ck).copied();
+        if listed != derived.wrap_deadline {
+            if let Some(old) = listed
+                && let std::collections::btree_map::Entry::Occupied(mut e) =
+                    wrap_deadlines.entry(old)
+            {
+                e.get_mut().retain(|id| *id != ck);
+                if e.get().is_empty() {
+                    e.remove();
+                }
+            }
+            match derived.wrap_deadline {
+                Some(d) => {
+                    wrap_deadlines.entry(d).or_default().push(ck);
+                    wrap_of.insert(ck, d);
+                }
+                None => {
+                    wrap_of.remove(&ck);
+                }
             }
         }
         for f in &derived.facts {
@@ -1295,6 +1336,7 @@ impl Engine {
     fn complete_waiting_wraps(&mut self) {
         let ids: Vec<ContactKey> = self.wrap_deadlines.values().flatten().copied().collect();
         self.wrap_deadlines.clear();
+        self.wrap_of.clear();
         let saved = self.max_ts;
         self.max_ts = Some(Millis::MAX / 2);
         for id in ids {
@@ -1324,6 +1366,7 @@ impl Engine {
         self.spill = None;
         self.awaiting_team = HashMap::default();
         self.wrap_deadlines = BTreeMap::new();
+        self.wrap_of = HashMap::default();
         self.seen_by_hour = BTreeMap::new();
         self.agg.take(|_| true, &self.syms)
     }

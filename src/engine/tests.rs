@@ -238,6 +238,51 @@ fn waiting_wrap_completes_when_watermark_passes_timeout() {
     assert_eq!(day_like(&out, Dimension::Agent, "x").handle_sum_ms, 90_000);
 }
 
+/// The wrap timers hold exactly the contacts still waiting for a wrap, each once, at
+/// its current deadline: a wrap (or a later end) takes the old entry out, so no timer
+/// fires for a contact that needs nothing; a checkpoint carries them exactly.
+#[test]
+fn wrap_timers_hold_only_waiting_contacts() {
+    let timers = |e: &Engine| -> Vec<(Millis, ContactKey)> {
+        e.wrap_deadlines
+            .iter()
+            .flat_map(|(d, ids)| ids.iter().map(move |id| (*d, *id)))
+            .collect()
+    };
+    let mut e = Engine::new(EngineConfig::default());
+    for x in [
+        offered("1", "a", 0.0, "q"),
+        with_agent("2", "contact.answered", "a", 10.0, "x"),
+        plain("3", "contact.ended", "a", 100.0),
+        offered("4", "b", 0.0, "q"),
+        with_agent("5", "contact.answered", "b", 10.0, "x"),
+        plain("6", "contact.ended", "b", 50.0),
+    ] {
+        e.apply(x);
+    }
+    let (a, b) = (key_of("a"), key_of("b"));
+    let ten_min = 600_000;
+    assert_eq!(
+        timers(&e),
+        vec![(T0 + 50_000 + ten_min, b), (T0 + 100_000 + ten_min, a)]
+    );
+    // An earlier end of `b` (out of order) moves its timer; a wrap of `a` removes its.
+    e.apply(plain("7", "contact.ended", "b", 30.0));
+    e.apply(plain("8", "contact.wrapped", "a", 130.0));
+    assert_eq!(timers(&e), vec![(T0 + 30_000 + ten_min, b)]);
+    assert_eq!(e.wrap_of.len(), 1);
+    // Restored from a checkpoint, the engine knows the same timers and indexes them.
+    let r = Engine::restore(EngineConfig::default(), &e.checkpoint().unwrap()).unwrap();
+    assert_eq!(timers(&r), timers(&e));
+    assert_eq!(r.wrap_of, e.wrap_of);
+    // Past the deadline the waiting one completes and nothing is left.
+    e.advance_to(T0 + 30_000 + ten_min + 300_000);
+    assert!(timers(&e).is_empty() && e.wrap_of.is_empty());
+    let mut out = BTreeMap::new();
+    merge(&mut out, e.flush_all());
+    assert_eq!(day(&out, Dimension::Agent, "x").handled, 2);
+}
+
 fn day_like(out: &BTreeMap<Key, Acc>, dim: Dimension, key: &str) -> Acc {
     let mut a = Acc::default();
     for ((_, _, d, k), acc) in out {
