@@ -487,7 +487,7 @@ pub struct Engine {
     awaiting_team: HashMap<Sym, Vec<ContactKey>>,
     /// Contacts waiting for a wrap, by the watermark at which they complete without
     /// one. Exact: a contact is listed once, at the deadline of its latest derivation
-    /// (`wrap_of` says which), and leaves when a wrap (or a later end) changes it.
+    /// (`wrap_of` says which), and moves or leaves when a wrap or another end changes it.
     /// Stale entries used to stay and fire anyway, re-deriving (and unpacking, and
     /// packing again) every wrapped contact ten minutes after its end for nothing:
     /// a tenth of the engine thread's time in `replay` (docs/performance.md).

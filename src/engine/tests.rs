@@ -239,7 +239,7 @@ fn waiting_wrap_completes_when_watermark_passes_timeout() {
 }
 
 /// The wrap timers hold exactly the contacts still waiting for a wrap, each once, at
-/// its current deadline: a wrap (or a later end) takes the old entry out, so no timer
+/// its current deadline: a wrap or another end takes the old entry out, so no timer
 /// fires for a contact that needs nothing; a checkpoint carries them exactly.
 #[test]
 fn wrap_timers_hold_only_waiting_contacts() {

@@ -242,13 +242,13 @@ mod tests {
         assert!(error.unwrap().contains("missing.jsonl"));
     }
 
-    /// Batches handed back are read into again: every record of the next batches is
-    /// its own line, whole, and nothing of the earlier batch's is left.
+    /// A batch handed back is read into again: its buffer holds the next records, each
+    /// its own line, whole, with nothing of what it held before.
     #[test]
     fn recycled_batches_hold_only_their_own_records() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.jsonl");
-        let n = 3 * BATCH_RECORDS + 5;
+        let n = 2 * BATCH_RECORDS + 5;
         let lines: Vec<String> = (0..n)
             .map(|i| {
                 // Lengths vary, so a stale range or byte would show.
@@ -259,25 +259,53 @@ mod tests {
             })
             .collect();
         std::fs::write(&a, lines.join("\n")).unwrap();
-        let mut ahead = Ahead::spawn(vec![a], Decoder::default()).unwrap();
-        let (mut seen, mut batches) = (Vec::new(), 0);
-        while let Some(item) = ahead.next() {
-            let Item::Batch(b) = item.unwrap() else {
-                continue;
-            };
-            batches += 1;
+        // A full batch of other, longer records, handed back before reading starts.
+        let mut used = Records {
+            bytes: Vec::new(),
+            ranges: Vec::new(),
+        };
+        for _ in 0..BATCH_RECORDS {
+            let start = used.bytes.len();
+            used.bytes.extend_from_slice(&[b'z'; 300]);
+            used.ranges.push(start..used.bytes.len());
+        }
+        let used_at = used.bytes.as_ptr();
+        let decoder = Decoder::default();
+        let used = Batch::new(used, |r| {
+            r.ranges
+                .iter()
+                .map(|range| decoder.decode(&r.bytes[range.clone()]))
+                .collect()
+        });
+        let (back_tx, back_rx) = channel();
+        back_tx.send(used).unwrap();
+        let (tx, rx) = sync_channel(8);
+        read_all(&[a], &decoder, &tx, &back_rx);
+        drop(tx);
+        let batches: Vec<Batch> = rx
+            .iter()
+            .filter_map(|item| match item.unwrap() {
+                Item::Batch(b) => Some(b),
+                Item::File(_) => None,
+            })
+            .collect();
+        assert_eq!(batches.len(), 3);
+        assert_eq!(
+            batches[0].borrow_owner().bytes.as_ptr(),
+            used_at,
+            "the first batch is read into the buffer handed back"
+        );
+        let mut seen = Vec::new();
+        for b in &batches {
             b.with_dependent(|records, decoded| {
                 assert_eq!(records.len(), decoded.len());
                 for (i, d) in decoded.iter().enumerate() {
-                    let ev = d.as_ref().unwrap();
                     let raw = std::str::from_utf8(records.record(i)).unwrap();
                     assert_eq!(raw, lines[seen.len()]);
-                    seen.push(ev.event_id.to_string());
+                    seen.push(d.as_ref().unwrap().event_id.to_string());
                 }
             });
-            ahead.recycle(b);
         }
-        assert_eq!(batches, 4);
         let want: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
         assert_eq!(seen, want);
     }
