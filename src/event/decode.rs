@@ -9,6 +9,8 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::{AgentState, Channel, Event, EventType, FIXED_SCALE, Millis};
 
+mod flat;
+
 /// Why an input message was not applied. `as_str` values are the `reason` label of
 /// `ccmetrics_events_rejected_total` and the keys of the replay summary.
 #[derive(
@@ -129,7 +131,7 @@ const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Upper bound for an order amount; above it fixed-point sums could overflow.
 const MAX_AMOUNT: f64 = 1e12;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct Raw<'a> {
     #[serde(borrow, default)]
     event_id: Option<Cow<'a, str>>,
@@ -169,6 +171,7 @@ struct Raw<'a> {
     reason: Option<Cow<'a, str>>,
 }
 
+#[derive(Debug, PartialEq)]
 enum RawTs<'a> {
     Millis(i64),
     Text(Cow<'a, str>),
@@ -218,9 +221,87 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawTs<'a> {
 }
 
 /// Parse `ts` text: RFC 3339 with an explicit offset (`Z` or `±hh:mm`).
+///
+/// The shape producers send (`2026-11-23T09:15:02.123Z`, `…+08:00`) is read by
+/// [`rfc3339_common`]; anything else goes to jiff, which decides. Half the generated
+/// events carry text timestamps, and jiff's general parser was a seventh of decoding's
+/// instructions (docs/performance.md, "sixth round").
 pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    if let Some(ms) = rfc3339_common(s.as_bytes()) {
+        return Some(ms);
+    }
     let ts: jiff::Timestamp = s.parse().ok()?;
     Some(ts.as_millisecond())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]` then `Z` or `±HH:MM`, every field in range, years
+/// 1970–9998: the timestamp in ms (the fraction truncated, as jiff's `as_millisecond`
+/// does). `None` for anything else, which is not an error: lowercase `t`/`z`, a leap
+/// second, `-00:00`, far years and every malformed text are left to jiff, so this can
+/// only agree with it (a property test holds it to that).
+fn rfc3339_common(b: &[u8]) -> Option<Millis> {
+    fn digits(b: &[u8]) -> Option<i64> {
+        b.iter().try_fold(0i64, |acc, &c| {
+            let d = c.wrapping_sub(b'0');
+            (d < 10).then(|| acc * 10 + i64::from(d))
+        })
+    }
+    let field = |from: usize, to: usize| b.get(from..to).and_then(digits);
+    let sep = |at: usize, c: u8| b.get(at) == Some(&c);
+    if !(sep(4, b'-') && sep(7, b'-') && sep(10, b'T') && sep(13, b':') && sep(16, b':')) {
+        return None;
+    }
+    let (year, month, day) = (field(0, 4)?, field(5, 7)?, field(8, 10)?);
+    let (hour, minute, second) = (field(11, 13)?, field(14, 16)?, field(17, 19)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1970..=9998).contains(&year)
+        || !(1..=month_days).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if sep(at, b'.') {
+        let rest = b.get(at + 1..).unwrap_or_default();
+        let n = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(1..=9).contains(&n) {
+            return None;
+        }
+        // The first three digits, padded: `.5` is 500 ms, `.1239` is 123 ms.
+        let ms_digits = field(at + 1, at + 1 + n.min(3))?;
+        millis = ms_digits * [100, 10, 1][n.min(3) - 1];
+        at += 1 + n;
+    }
+    let offset_s = match b.get(at..)? {
+        b"Z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let (h, m) = (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?);
+            if h > 23 || m > 59 || (*sign == b'-' && h == 0 && m == 0) {
+                return None;
+            }
+            let s = h * 3600 + m * 60;
+            if *sign == b'-' { -s } else { s }
+        }
+        _ => return None,
+    };
+    // Days since the epoch of a proleptic Gregorian date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    Some(secs * 1000 + millis)
 }
 
 fn id<'a>(field: &str, v: Option<Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, Reject> {
@@ -231,11 +312,21 @@ fn id<'a>(field: &str, v: Option<Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, 
             field,
             format!("is longer than {MAX_ID_LEN} bytes"),
         )),
-        Some(s) if s.chars().any(char::is_control) => {
-            Err(Reject::invalid(field, "contains control characters"))
-        }
+        Some(s) if has_control(&s) => Err(Reject::invalid(field, "contains control characters")),
         Some(s) => Ok(Some(s)),
     }
+}
+
+/// Whether `s` holds a control character (Unicode `Cc`: U+0000–U+001F, U+007F–U+009F).
+/// One pass over the bytes without an early exit, which the compiler turns into wide
+/// compares; only text with non-ASCII bytes (where the C1 controls live) is then
+/// checked character by character. Checking every id by `chars` was a tenth of
+/// decoding's instructions.
+fn has_control(s: &str) -> bool {
+    let (ascii_control, non_ascii) = s.bytes().fold((false, false), |(c, n), b| {
+        (c | (b < 0x20) | (b == 0x7f), n | (b >= 0x80))
+    });
+    ascii_control || (non_ascii && s.chars().any(char::is_control))
 }
 
 fn duration(field: &str, v: Option<f64>) -> Result<Option<u64>, Reject> {
@@ -276,8 +367,13 @@ impl Decoder {
         // each string as it is: from bytes, serde_json validates every string and key
         // on its own, which was a tenth of decoding's instructions. A message that is
         // not UTF-8 goes the byte way, which names the error's position as before.
+        // The usual flat message is read by `flat::scan`; anything it does not take
+        // on goes to serde_json, which stays the definition (and names the errors).
         let parsed = match std::str::from_utf8(bytes) {
-            Ok(text) => serde_json::from_str::<Raw<'_>>(text),
+            Ok(text) => match flat::scan(text) {
+                Some(raw) => Ok(raw),
+                None => serde_json::from_str::<Raw<'_>>(text),
+            },
             Err(_) => serde_json::from_slice::<Raw<'_>>(bytes),
         };
         let raw = match parsed {
@@ -597,6 +693,33 @@ mod tests {
     }
 
     #[test]
+    fn rfc3339_common_leaves_the_rare_shapes_to_jiff() {
+        for (text, fast) in [
+            ("2024-02-29T23:59:59.999Z", Some(1_709_251_199_999)),
+            ("2026-11-23T09:15:02.123+08:00", Some(1_795_396_502_123)),
+            ("2026-11-23T01:15:02.1239Z", Some(1_795_396_502_123)),
+            ("2026-11-23T01:15:02Z", Some(1_795_396_502_000)),
+            ("2023-02-29T00:00:00Z", None),
+            ("2026-11-23T01:15:60Z", None),
+            ("2026-11-23t01:15:02Z", None),
+            ("2026-11-23T01:15:02z", None),
+            ("2026-11-23T01:15:02-00:00", None),
+            ("2026-11-23T01:15:02.Z", None),
+            ("1969-12-31T23:59:59Z", None),
+        ] {
+            assert_eq!(rfc3339_common(text.as_bytes()), fast, "{text}");
+            let by_jiff = text
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .map(|t| t.as_millisecond());
+            if fast.is_some() {
+                assert_eq!(by_jiff, fast, "{text}");
+            }
+            assert_eq!(parse_rfc3339(text), by_jiff, "{text}");
+        }
+    }
+
+    #[test]
     fn survey_score_respects_configured_scale() {
         let d = Decoder {
             csat_scale_min: 0,
@@ -627,6 +750,51 @@ mod tests {
 
         /// Parsing checked text (the fast way) decodes exactly what parsing the bytes
         /// did: same event or same reject, detail included, for mangled events.
+        #[test]
+        fn rfc3339_common_shape_agrees_with_jiff(
+            secs in 86_400i64..253_000_000_000,
+            offset_min in -1439i64..1440,
+            frac_ns in 0u32..1_000_000_000,
+            frac_digits in 0usize..10,
+        ) {
+            let local = jiff::Timestamp::from_second(secs + offset_min * 60).unwrap();
+            let mut text = local.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+            if frac_digits > 0 {
+                text.push('.');
+                text.push_str(&format!("{frac_ns:09}")[..frac_digits]);
+            }
+            if offset_min == 0 {
+                text.push('Z');
+            } else {
+                let a = offset_min.abs();
+                let sign = if offset_min < 0 { '-' } else { '+' };
+                text.push_str(&format!("{sign}{:02}:{:02}", a / 60, a % 60));
+            }
+            let by_jiff = text.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond());
+            proptest::prop_assert!(rfc3339_common(text.as_bytes()).is_some(), "{text}");
+            proptest::prop_assert_eq!(rfc3339_common(text.as_bytes()), by_jiff, "{}", text);
+        }
+
+        #[test]
+        fn rfc3339_common_never_disagrees_with_jiff(
+            secs in 0i64..253_000_000_000,
+            cut in 0usize..40,
+            edits in proptest::collection::vec((0usize..40, proptest::sample::select(b"0123456789-+:.TZtz 9".to_vec())), 0..3),
+        ) {
+            let mut text = jiff::Timestamp::from_second(secs).unwrap().strftime("%Y-%m-%dT%H:%M:%S.%3f+05:30").to_string().into_bytes();
+            for (pos, byte) in edits {
+                if let Some(b) = text.get_mut(pos) {
+                    *b = byte;
+                }
+            }
+            text.truncate(cut.max(1));
+            let Ok(text) = String::from_utf8(text) else { return Ok(()) };
+            if let Some(fast) = rfc3339_common(text.as_bytes()) {
+                let by_jiff = text.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond());
+                proptest::prop_assert_eq!(Some(fast), by_jiff, "{}", text);
+            }
+        }
+
         #[test]
         fn text_and_bytes_parse_alike(cut in 0usize..220, pos in 0usize..220, byte in proptest::num::u8::ANY) {
             let good = br#"{"event_id":"e\u0031","type":"contact.ended","ts":"2026-11-23T09:15:02.123+08:00","contact_id":"c1","agent_id":"a\u00e9","talk_ms":1500,"hold_ms":20,"amount":1.5,"score":3,"x":[1,{"y":"\n"}]}"#;

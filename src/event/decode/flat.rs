@@ -1,0 +1,340 @@
+//! The common message shape, read without serde's machinery.
+//!
+//! Producers send flat objects: string values without escapes and integer numbers,
+//! one key each. [`scan`] reads exactly that and nothing more; on anything else (an
+//! escape, a float, `null`, a nested value, a repeated key, a syntax error, …) it
+//! answers `None` and serde_json reads the message as before, so rejects and their
+//! details never change. serde_json stays the definition: a property test holds
+//! [`scan`] to giving the same `Raw` whenever it answers at all.
+//!
+//! Why: decoding was two thirds of the instructions of parse + aggregate on one core
+//! (docs/performance.md, "sixth round"), most of them in serde's per-field visitors
+//! for values that need none of their generality.
+
+use std::borrow::Cow;
+
+use super::{Raw, RawTs};
+
+/// The keys `Raw` knows, as bits of a "seen" mask (a repeated key goes to serde_json,
+/// which rejects it as a duplicate field).
+#[derive(Clone, Copy)]
+enum Key {
+    EventId,
+    Type,
+    Ts,
+    ContactId,
+    Channel,
+    Queue,
+    AgentId,
+    Team,
+    CustomerId,
+    ToAgentId,
+    ToQueue,
+    TalkMs,
+    HoldMs,
+    WrapMs,
+    Amount,
+    Score,
+    State,
+    Reason,
+}
+
+impl Key {
+    fn of(name: &[u8]) -> Option<Key> {
+        Some(match name {
+            b"event_id" => Key::EventId,
+            b"type" => Key::Type,
+            b"ts" => Key::Ts,
+            b"contact_id" => Key::ContactId,
+            b"channel" => Key::Channel,
+            b"queue" => Key::Queue,
+            b"agent_id" => Key::AgentId,
+            b"team" => Key::Team,
+            b"customer_id" => Key::CustomerId,
+            b"to_agent_id" => Key::ToAgentId,
+            b"to_queue" => Key::ToQueue,
+            b"talk_ms" => Key::TalkMs,
+            b"hold_ms" => Key::HoldMs,
+            b"wrap_ms" => Key::WrapMs,
+            b"amount" => Key::Amount,
+            b"score" => Key::Score,
+            b"state" => Key::State,
+            b"reason" => Key::Reason,
+            _ => return None,
+        })
+    }
+
+    /// The string field this key fills, if it is one.
+    fn text<'r, 'a>(self, raw: &'r mut Raw<'a>) -> Option<&'r mut Option<Cow<'a, str>>> {
+        Some(match self {
+            Key::EventId => &mut raw.event_id,
+            Key::Type => &mut raw.kind,
+            Key::ContactId => &mut raw.contact_id,
+            Key::Channel => &mut raw.channel,
+            Key::Queue => &mut raw.queue,
+            Key::AgentId => &mut raw.agent_id,
+            Key::Team => &mut raw.team,
+            Key::CustomerId => &mut raw.customer_id,
+            Key::ToAgentId => &mut raw.to_agent_id,
+            Key::ToQueue => &mut raw.to_queue,
+            Key::State => &mut raw.state,
+            Key::Reason => &mut raw.reason,
+            Key::Ts | Key::TalkMs | Key::HoldMs | Key::WrapMs | Key::Amount | Key::Score => {
+                return None;
+            }
+        })
+    }
+
+    /// The number field this key fills, if it is one.
+    fn number<'r>(self, raw: &'r mut Raw<'_>) -> Option<&'r mut Option<f64>> {
+        Some(match self {
+            Key::TalkMs => &mut raw.talk_ms,
+            Key::HoldMs => &mut raw.hold_ms,
+            Key::WrapMs => &mut raw.wrap_ms,
+            Key::Amount => &mut raw.amount,
+            Key::Score => &mut raw.score,
+            _ => return None,
+        })
+    }
+}
+
+/// JSON's insignificant whitespace, from `i`.
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The string starting with the quote at `i` and the index after its closing quote;
+/// `None` for an escape or a control character (serde_json's cases).
+fn string(text: &str, i: usize) -> Option<(&str, usize)> {
+    let b = text.as_bytes();
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let body = b.get(i + 1..)?;
+    let len = body
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    if body.get(len) != Some(&b'"') {
+        return None;
+    }
+    // Quotes are ASCII, so both ends are character boundaries of the (valid) text.
+    Some((text.get(i + 1..i + 1 + len)?, i + 2 + len))
+}
+
+/// Powers of ten a decimal's digits are divided by (all exact in an `f64`).
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// A number as the flat path reads it.
+enum Number {
+    Integer(u64),
+    /// A decimal fraction (`492.08`).
+    Decimal(f64),
+}
+
+/// A non-negative number starting at `i`, and the index after it: an integer of at
+/// most 18 digits, or a decimal fraction of at most 15 digits in all; no sign, no
+/// exponent, no leading zero. serde_json computes a decimal as its digits (exact
+/// below 2^53) divided by a power of ten (exact up to 10^22), and so does this: the
+/// same correctly rounded `f64`.
+fn number(b: &[u8], i: usize) -> Option<(Number, usize)> {
+    fn digits(b: &[u8], from: usize) -> usize {
+        b.get(from..)
+            .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
+    }
+    fn value(b: &[u8], from: usize, to: usize) -> Option<u64> {
+        b.get(from..to)?
+            .iter()
+            .try_fold(0u64, |n, c| Some(n * 10 + u64::from(c.wrapping_sub(b'0'))))
+    }
+    let whole = digits(b, i);
+    if whole == 0 || (whole > 1 && b.get(i) == Some(&b'0')) {
+        return None;
+    }
+    let mut end = i + whole;
+    let n = if b.get(end) == Some(&b'.') {
+        let frac = digits(b, end + 1);
+        if frac == 0 || whole + frac > 15 {
+            return None;
+        }
+        let significand =
+            value(b, i, end)? * 10u64.pow(frac as u32) + value(b, end + 1, end + 1 + frac)?;
+        end += 1 + frac;
+        let scale = *POW10.get(frac)?;
+        Number::Decimal(significand as f64 / scale)
+    } else {
+        if whole > 18 {
+            return None;
+        }
+        Number::Integer(value(b, i, end)?)
+    };
+    if let Some(b'e' | b'E') = b.get(end) {
+        return None;
+    }
+    Some((n, end))
+}
+
+/// `Raw` of a flat message, or `None`: serde_json decides (see the module docs).
+pub(super) fn scan(text: &str) -> Option<Raw<'_>> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    let mut raw = Raw::default();
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        let mut seen = 0u32;
+        loop {
+            let (name, next) = string(text, i)?;
+            i = skip_ws(b, next);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            i = skip_ws(b, i + 1);
+            let key = Key::of(name.as_bytes());
+            if let Some(k) = key {
+                let bit = 1u32 << k as u32;
+                if seen & bit != 0 {
+                    return None;
+                }
+                seen |= bit;
+            }
+            if b.get(i) == Some(&b'"') {
+                let (value, next) = string(text, i)?;
+                i = next;
+                match key {
+                    Some(Key::Ts) => raw.ts = Some(RawTs::Text(Cow::Borrowed(value))),
+                    Some(k) => *k.text(&mut raw)? = Some(Cow::Borrowed(value)),
+                    // Unknown keys are ignored, as serde's derive ignores them.
+                    None => {}
+                }
+            } else {
+                let (n, next) = number(b, i)?;
+                i = next;
+                match (key, n) {
+                    // At most 18 digits: always an i64.
+                    (Some(Key::Ts), Number::Integer(n)) => {
+                        raw.ts = Some(RawTs::Millis(i64::try_from(n).ok()?));
+                    }
+                    (Some(Key::Ts), Number::Decimal(_)) => return None,
+                    // serde_json hands an integer to an `f64` field as `n as f64`.
+                    (Some(k), Number::Integer(n)) => *k.number(&mut raw)? = Some(n as f64),
+                    (Some(k), Number::Decimal(x)) => *k.number(&mut raw)? = Some(x),
+                    (None, _) => {}
+                }
+            }
+            i = skip_ws(b, i);
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (skip_ws(b, i) == b.len()).then_some(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Raw;
+    use super::scan;
+
+    /// serde_json's reading of `text`, the definition `scan` must agree with.
+    fn by_serde(text: &str) -> Option<Raw<'_>> {
+        serde_json::from_str::<Raw<'_>>(text).ok()
+    }
+
+    #[test]
+    fn generated_events_take_the_flat_path_and_read_as_serde_reads_them() {
+        use crate::source::sim::{SimConfig, Simulator};
+        let mut sim = Simulator::new(SimConfig::default());
+        for _ in 0..20_000 {
+            let (_, line) = sim.next_line();
+            let fast = scan(&line);
+            assert!(fast.is_some(), "not read by the flat path: {line}");
+            assert_eq!(fast, by_serde(&line), "{line}");
+        }
+    }
+
+    #[test]
+    fn anything_unusual_goes_to_serde() {
+        for text in [
+            r#"{"event_id":"e\u0031","type":"contact.ended"}"#,
+            r#"{"event_id":"e1","event_id":"e2"}"#,
+            r#"{"event_id":"e1",}"#,
+            r#"{"talk_ms":1500.}"#,
+            r#"{"talk_ms":.5}"#,
+            r#"{"amount":1234567890.123456}"#,
+            r#"{"hold_ms":0.30000000000000004}"#,
+            r#"{"ts":1795396502123.5}"#,
+            r#"{"talk_ms":1e3}"#,
+            r#"{"talk_ms":-1}"#,
+            r#"{"talk_ms":01}"#,
+            r#"{"talk_ms":null}"#,
+            r#"{"ts":1795396502123456789012}"#,
+            r#"{"x":[1,2],"type":"contact.ended"}"#,
+            r#"{"x":true}"#,
+            r#"{"queue":7}"#,
+            r#"{"talk_ms":"7"}"#,
+            "{\"queue\":\"a\tb\"}",
+            r#"{"queue":"a"} x"#,
+            r#"{"queue":"a""#,
+            r#"{"queue" "a"}"#,
+            r#"["queue","a"]"#,
+        ] {
+            assert_eq!(scan(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn reads_whitespace_unknown_keys_and_empty_objects_as_serde_does() {
+        for text in [
+            "{}",
+            " { } \n",
+            "{ \"event_id\" : \"e1\" ,\r\n\t\"ts\" : 1795396502123 , \"x\" : \"y\", \"n\": 0 }",
+            r#"{"talk_ms":1500.4,"amount":492.08,"score":0.1,"hold_ms":0.30000000000004}"#,
+            r#"{"reason":"lunch","score":0,"amount":12,"ts":"2026-11-23T09:15:02.123+08:00","queue":"é"}"#,
+        ] {
+            let fast = scan(text);
+            assert!(fast.is_some(), "{text}");
+            assert_eq!(fast, by_serde(text), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a mangled message is, `scan` either leaves it to serde_json or
+        /// reads exactly what serde_json reads.
+        #[test]
+        fn never_disagrees_with_serde(
+            which in 0usize..3,
+            edits in proptest::collection::vec((0usize..200, proptest::sample::select(b"\"\\{}[],:0123456789.-e aZ\t\x01".to_vec())), 0..4),
+            cut in 0usize..200,
+        ) {
+            let good: [&[u8]; 3] = [
+                br#"{"event_id":"sim-1-9","type":"contact.ended","ts":"2026-11-23T09:15:02.123Z","contact_id":"c1","agent_id":"agent-1","team":"alpha","talk_ms":1500,"hold_ms":20}"#,
+                br#"{"event_id":"sim-1-2","type":"agent.state","ts":1793577600000,"agent_id":"agent-9773","team":"charlie","state":"available","reason":"x"}"#,
+                br#"{"event_id":"e","type":"contact.converted","ts":1,"contact_id":"c","amount":492.08,"score":3,"extra":"q"}"#,
+            ];
+            let mut v = good[which].to_vec();
+            for (pos, byte) in edits {
+                let p = pos % v.len();
+                v[p] = byte;
+            }
+            v.truncate(cut.max(1).min(v.len()));
+            let text = String::from_utf8(v).unwrap();
+            if let Some(fast) = scan(&text) {
+                proptest::prop_assert_eq!(Some(fast), by_serde(&text), "{}", text);
+            }
+        }
+    }
+}
