@@ -114,9 +114,7 @@ fn string(text: &str, i: usize) -> Option<(&str, usize)> {
         return None;
     }
     let body = b.get(i + 1..)?;
-    let len = body
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    let len = special_byte(body)?;
     if body.get(len) != Some(&b'"') {
         return None;
     }
@@ -128,6 +126,38 @@ fn string(text: &str, i: usize) -> Option<(&str, usize)> {
 const POW10: [f64; 16] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
 ];
+
+/// The index of the first `"`, `\` or control character in `body`. Eight bytes at a
+/// time (the bit tricks of "Bit Twiddling Hacks", "determine if a word has a byte
+/// less than n"): a byte-by-byte search was a fifth of decoding's instructions.
+fn special_byte(body: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    /// High bit set in the lowest byte that is special (and maybe in later bytes, which
+    /// a borrow can reach; never in an earlier one).
+    fn flags(x: u64) -> u64 {
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let escape = x ^ (ONES * u64::from(b'\\'));
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+        let control = x.wrapping_sub(ONES * 0x20) & !x;
+        (zero(quote) | zero(escape) | control) & HIGH
+    }
+    let mut at = 0;
+    while let Some(word) = body.get(at..at + 8) {
+        let x = u64::from_le_bytes(word.try_into().ok()?);
+        let f = flags(x);
+        if f != 0 {
+            return Some(at + (f.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = body.get(at..)?;
+    Some(
+        at + tail
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?,
+    )
+}
 
 /// A number as the flat path reads it.
 enum Number {
@@ -312,6 +342,15 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The word-at-a-time search finds what a byte-by-byte one finds.
+        #[test]
+        fn special_byte_is_the_first_special_byte(
+            body in proptest::collection::vec(proptest::sample::select(b"ab\"\\\x00\x1f\x20\x7f\x80\x9f\xa0\xff!#[]".to_vec()), 0..40),
+        ) {
+            let expect = body.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            proptest::prop_assert_eq!(super::special_byte(&body), expect);
+        }
+
         /// Whatever a mangled message is, `scan` either leaves it to serde_json or
         /// reads exactly what serde_json reads.
         #[test]
