@@ -56,11 +56,10 @@ impl State<LegacyContact> {
         self.map_contacts(|c| Contact {
             events: c.events.into(),
             facts: c.facts.into(),
-            packed: None,
             customer: super::held(c.customer),
-            first_offer: c.first_offer,
+            first_offer_ms: c.first_offer.unwrap_or(super::NO_OFFER),
             last_ts: c.last_ts,
-            touched: 0,
+            ..Contact::default()
         })
     }
 }
@@ -231,6 +230,7 @@ impl Engine {
         e.awaiting_team = s.awaiting_team;
         e.wrap_deadlines = s.wrap_deadlines;
         e.index_wrap_deadlines();
+        e.mark_shared_customers();
         e.agg.put_state(s.agg);
         e.max_ts = s.max_ts;
         e.last_expiry = s.last_expiry;
@@ -261,7 +261,7 @@ impl Engine {
                 events: c.events.into(),
                 facts: c.facts.into(),
                 customer: c.customer.map(std::num::NonZeroU128::get),
-                first_offer: c.first_offer,
+                first_offer: (c.first_offer_ms != super::NO_OFFER).then_some(c.first_offer_ms),
                 last_ts: c.last_ts,
             }
         });

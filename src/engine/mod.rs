@@ -329,7 +329,7 @@ impl Stats {
 /// Contacts must stay for the whole correction horizon (a late survey, QA score or
 /// repeat contact can still change their facts), and almost all of them are settled:
 /// packing cuts their memory about threefold without changing any figure.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Contact {
     /// `ThinVec`s (one pointer; length and capacity live with the elements): the
     /// contacts table holds this struct inline for every contact, and most are packed,
@@ -343,11 +343,56 @@ pub(crate) struct Contact {
     /// for every contact, and its slots were 144 bytes (docs/performance.md, "Engine
     /// memory and CPU, one more round"). Encoded as an `Option<u128>` (same bytes).
     customer: Option<NonZeroU128>,
-    first_offer: Option<Millis>,
+    /// The first offer's time, [`NO_OFFER`] for none: 8 bytes where an
+    /// `Option<Millis>` takes 16, which makes room for `shared` in the same slot.
+    /// Encoded as an `Option<Millis>` (checkpoints unchanged).
+    #[serde(with = "offer_time")]
+    first_offer_ms: Millis,
     last_ts: Millis,
     /// Engine clock at the last change; matches the newest pack-queue entry for it.
     #[serde(skip)]
     touched: Millis,
+    /// The customer may have other contacts held: only then does a re-derivation look
+    /// the customer up for FCR repeats. Set on every contact of a customer when a
+    /// second one joins (`Engine::join_customer`, and on restore); may stay set after
+    /// the others leave (a look-up for nothing), never unset while they are held.
+    /// 88 % of customers have one contact, and that look-up was a third of the
+    /// re-derivations' own time, a cache miss each (docs/performance.md, "sixth round").
+    #[serde(skip)]
+    shared: bool,
+}
+
+impl Default for Contact {
+    fn default() -> Self {
+        Contact {
+            events: ThinVec::new(),
+            facts: ThinVec::new(),
+            packed: None,
+            customer: None,
+            first_offer_ms: NO_OFFER,
+            last_ts: 0,
+            touched: 0,
+            shared: false,
+        }
+    }
+}
+
+/// [`Contact::first_offer_ms`] of a contact without an offer (never a valid event time:
+/// decoding keeps those in years 2000–2099).
+const NO_OFFER: Millis = Millis::MIN;
+
+/// [`Contact::first_offer_ms`] encoded as the `Option<Millis>` it was.
+mod offer_time {
+    use super::{Millis, NO_OFFER};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Millis, s: S) -> Result<S::Ok, S::Error> {
+        (*t != NO_OFFER).then_some(*t).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+        Ok(Option::<Millis>::deserialize(d)?.unwrap_or(NO_OFFER))
+    }
 }
 
 /// How long `agent.state` event ids are remembered for duplicate detection (see
@@ -357,6 +402,10 @@ const AGENT_DEDUP_MS: Millis = 60 * 60_000;
 impl Contact {
     fn customer_key(&self) -> Option<CustomerKey> {
         self.customer.map(NonZeroU128::get)
+    }
+
+    fn first_offer(&self) -> Option<Millis> {
+        (self.first_offer_ms != NO_OFFER).then_some(self.first_offer_ms)
     }
 
     /// Encode events and facts into `packed`. Times are stored relative to the first
@@ -835,9 +884,9 @@ impl Engine {
         let c = self.contacts.entry(ck).or_default();
         let pos = c.events.partition_point(|x| x.sort_key() <= ce.sort_key());
         let new_offer =
-            ce.kind == EventType::ContactOffered && c.first_offer.is_none_or(|t| ce.ts < t);
+            ce.kind == EventType::ContactOffered && c.first_offer().is_none_or(|t| ce.ts < t);
         if new_offer {
-            c.first_offer = Some(ce.ts);
+            c.first_offer_ms = ce.ts;
         }
         let new_customer = c.customer.is_none() && event_customer.is_some();
         if new_customer {
@@ -856,7 +905,7 @@ impl Engine {
         }
 
         if new_customer && let Some(k) = customer {
-            self.customers.entry(k).or_default().push(ck);
+            self.join_customer(k, ck);
         }
         self.bump_clock(ev.ts);
         match customer {
@@ -946,15 +995,18 @@ impl Engine {
             return;
         };
         // Inline for the usual handful: this runs for every event of a contact.
-        let repeat_offers: smallvec::SmallVec<[Millis; 4]> =
-            match c.customer_key().and_then(|k| self.customers.get(&k)) {
-                Some(ids) => ids
-                    .iter()
-                    .filter(|id| **id != ck)
-                    .filter_map(|id| self.contacts.get(id).and_then(|o| o.first_offer))
-                    .collect(),
-                None => smallvec::SmallVec::new(),
-            };
+        let siblings = match c.customer_key() {
+            Some(k) if c.shared => self.customers.get(&k),
+            _ => None,
+        };
+        let repeat_offers: smallvec::SmallVec<[Millis; 4]> = match siblings {
+            Some(ids) => ids
+                .iter()
+                .filter(|id| **id != ck)
+                .filter_map(|id| self.contacts.get(id).and_then(Contact::first_offer))
+                .collect(),
+            None => smallvec::SmallVec::new(),
+        };
         let watermark = self.watermark().unwrap_or(Millis::MIN);
         let clock = self.max_ts;
         // Disjoint borrows: the contact (mutable) and the aggregator (mutable) at once.
@@ -1148,6 +1200,7 @@ impl Engine {
                 let Some(c) = self.contacts.remove(&k) else {
                     continue;
                 };
+                let first_offer = c.first_offer();
                 let Some(body) = c.packed else {
                     continue; // `spillable` checked it is packed
                 };
@@ -1155,7 +1208,7 @@ impl Engine {
                     sp.put(spill::SpilledContact {
                         key: k,
                         customer: c.customer.map(NonZeroU128::get),
-                        first_offer: c.first_offer,
+                        first_offer,
                         last_ts: c.last_ts,
                         body: body.into(),
                     });
@@ -1222,25 +1275,49 @@ impl Engine {
     /// spilled again if nothing changes it.
     fn load(&mut self, s: spill::SpilledContact) {
         let now = self.max_ts.unwrap_or(s.last_ts);
-        if let Some(k) = s.customer {
-            let list = self.customers.entry(k).or_default();
-            if !list.contains(&s.key) {
-                list.push(s.key);
-            }
-        }
         self.contacts.insert(
             s.key,
             Contact {
-                events: ThinVec::new(),
-                facts: ThinVec::new(),
                 packed: Some(Box::from(&s.body[..])),
                 customer: held(s.customer),
-                first_offer: s.first_offer,
+                first_offer_ms: s.first_offer.unwrap_or(NO_OFFER),
                 last_ts: s.last_ts,
                 touched: now,
+                ..Contact::default()
             },
         );
+        if let Some(k) = s.customer {
+            self.join_customer(k, s.key);
+        }
         self.pack_queue.push_back((now, s.key));
+    }
+
+    /// List contact `ck` (held) under customer `k`; once the customer has more than
+    /// one, every one of its contacts is marked [`Contact::shared`].
+    fn join_customer(&mut self, k: CustomerKey, ck: ContactKey) {
+        let list = self.customers.entry(k).or_default();
+        if !list.contains(&ck) {
+            list.push(ck);
+        }
+        if list.len() > 1 {
+            for id in list.iter() {
+                if let Some(c) = self.contacts.get_mut(id) {
+                    c.shared = true;
+                }
+            }
+        }
+    }
+
+    /// Mark the contacts of every customer with more than one (after a restore:
+    /// the mark is not checkpointed).
+    pub(super) fn mark_shared_customers(&mut self) {
+        for list in self.customers.values().filter(|l| l.len() > 1) {
+            for id in list {
+                if let Some(c) = self.contacts.get_mut(id) {
+                    c.shared = true;
+                }
+            }
+        }
     }
 
     /// Spill closed, settled contacts into `spill` from now on ([`spill`]). The

@@ -325,6 +325,59 @@ fn transfer_splits_segments() {
 }
 
 #[test]
+fn a_repeat_customer_is_seen_after_a_restore_and_by_every_contact() {
+    let cfg = EngineConfig {
+        intervals: vec![Interval::Minutes(60)],
+        ..EngineConfig::default()
+    };
+    let cust = |id: &str, contact: &str, secs: f64, who: &str| {
+        ev(
+            id,
+            "contact.offered",
+            secs,
+            &format!(
+                r#"{},"channel":"chat","queue":"q","customer_id":"{who}""#,
+                c(contact)
+            ),
+        )
+    };
+    let mut e = Engine::new(cfg.clone());
+    for x in [
+        cust("1", "a", 0.0, "k"),
+        with_agent("2", "contact.answered", "a", 5.0, "x"),
+        plain("3", "contact.resolved", "a", 100.0),
+        cust("4", "b", 3_600.0, "k"),
+        cust("5", "z", 3_600.0, "lonely"),
+    ] {
+        e.apply(x);
+    }
+    let marks = |e: &Engine| -> Vec<bool> {
+        ["a", "b", "z"]
+            .iter()
+            .map(|id| e.contacts[&key_of(id)].shared)
+            .collect()
+    };
+    assert_eq!(marks(&e), [true, true, false]);
+    let mut r = Engine::restore(cfg, &e.checkpoint().unwrap()).unwrap();
+    assert_eq!(marks(&r), [true, true, false], "marks rebuilt on restore");
+    // A late event re-derives contact a: b, the customer's repeat, still fails its FCR.
+    let late = ev(
+        "6",
+        "survey.responded",
+        200.0,
+        &format!(r#"{},"score":5"#, c("a")),
+    );
+    for engine in [&mut e, &mut r] {
+        engine.apply(late.clone());
+        engine.advance_to(T0 + 86_400_000 * 8);
+        let mut out = BTreeMap::new();
+        merge(&mut out, engine.flush_all());
+        let x = day_like(&out, Dimension::Agent, "x");
+        assert_eq!((x.resolved, x.fcr), (1, 0));
+    }
+}
+
+#[test]
 fn fcr_repeat_reopen_and_provisional_correction() {
     let cfg = EngineConfig {
         intervals: vec![Interval::Minutes(60)],
