@@ -324,30 +324,32 @@ fn transfer_splits_segments() {
     );
 }
 
+/// `contact.offered` of `contact` on chat queue `q` by customer `who`.
+fn offered_for(id: &str, contact: &str, secs: f64, who: &str) -> Event<'static> {
+    ev(
+        id,
+        "contact.offered",
+        secs,
+        &format!(
+            r#"{},"channel":"chat","queue":"q","customer_id":"{who}""#,
+            c(contact)
+        ),
+    )
+}
+
 #[test]
 fn a_repeat_customer_is_seen_after_a_restore_and_by_every_contact() {
     let cfg = EngineConfig {
         intervals: vec![Interval::Minutes(60)],
         ..EngineConfig::default()
     };
-    let cust = |id: &str, contact: &str, secs: f64, who: &str| {
-        ev(
-            id,
-            "contact.offered",
-            secs,
-            &format!(
-                r#"{},"channel":"chat","queue":"q","customer_id":"{who}""#,
-                c(contact)
-            ),
-        )
-    };
     let mut e = Engine::new(cfg.clone());
     for x in [
-        cust("1", "a", 0.0, "k"),
+        offered_for("1", "a", 0.0, "k"),
         with_agent("2", "contact.answered", "a", 5.0, "x"),
         plain("3", "contact.resolved", "a", 100.0),
-        cust("4", "b", 3_600.0, "k"),
-        cust("5", "z", 3_600.0, "lonely"),
+        offered_for("4", "b", 3_600.0, "k"),
+        offered_for("5", "z", 3_600.0, "lonely"),
     ] {
         e.apply(x);
     }
@@ -384,22 +386,11 @@ fn fcr_repeat_reopen_and_provisional_correction() {
         ..EngineConfig::default()
     };
     let mut e = Engine::new(cfg);
-    let cust = |id: &str, contact: &str, secs: f64, who: &str| {
-        ev(
-            id,
-            "contact.offered",
-            secs,
-            &format!(
-                r#"{},"channel":"chat","queue":"q","customer_id":"{who}""#,
-                c(contact)
-            ),
-        )
-    };
     for x in [
-        cust("1", "a", 0.0, "k1"),
+        offered_for("1", "a", 0.0, "k1"),
         with_agent("2", "contact.answered", "a", 5.0, "x"),
         plain("3", "contact.resolved", "a", 100.0),
-        cust("4", "b", 0.0, "k2"),
+        offered_for("4", "b", 0.0, "k2"),
         with_agent("5", "contact.answered", "b", 5.0, "x"),
         plain("6", "contact.resolved", "b", 100.0),
         plain("7", "contact.reopened", "b", 200.0),
@@ -413,7 +404,7 @@ fn fcr_repeat_reopen_and_provisional_correction() {
     let x = day_like(&out, Dimension::Agent, "x");
     assert_eq!((x.resolved, x.fcr), (2, 1));
     // Customer k1 comes back within 7 days: a's FCR is corrected in the flushed hour.
-    e.apply(cust("8", "c", 3.0 * 86_400.0, "k1"));
+    e.apply(offered_for("8", "c", 3.0 * 86_400.0, "k1"));
     e.advance_to(T0 + 3 * 86_400_000 + 3_600_000);
     let correction = e.flush();
     let first_hour: Vec<&SnapshotDelta> = correction
@@ -428,10 +419,10 @@ fn fcr_repeat_reopen_and_provisional_correction() {
     let (_, out) = run(
         EngineConfig::default(),
         vec![
-            cust("1", "a", 0.0, "k"),
+            offered_for("1", "a", 0.0, "k"),
             with_agent("2", "contact.answered", "a", 1.0, "x"),
             plain("3", "contact.resolved", "a", 10.0),
-            cust("4", "b", 10.0 + 7.0 * 86_400.0 + 1.0, "k"),
+            offered_for("4", "b", 10.0 + 7.0 * 86_400.0 + 1.0, "k"),
         ],
     );
     assert_eq!(day(&out, Dimension::Agent, "x").fcr, 1);
