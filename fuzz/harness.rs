@@ -66,7 +66,14 @@ fn run_decode(input: &[u8]) -> Result<String, String> {
     };
     let mut sig = String::new();
     for d in [Decoder::default(), big] {
-        match d.decode(input) {
+        // The flat fast path must read every message as serde_json alone does.
+        let (fast, oracle) = (d.decode(input), d.decode_by_serde(input));
+        if fast != oracle {
+            return Err(format!(
+                "flat path disagrees with serde_json: {fast:?} vs {oracle:?}"
+            ));
+        }
+        match fast {
             Ok(ev) => {
                 if !(946_684_800_000..4_102_444_800_000).contains(&ev.ts) {
                     return Err(format!("accepted ts {} outside 2000-2099", ev.ts));
