@@ -258,10 +258,11 @@ impl Engine {
         let legacy = s.map_contacts(|mut c| {
             c.unpack();
             LegacyContact {
+                // Before the vectors move out of `c` (fields are built in this order).
+                first_offer: c.first_offer(),
                 events: c.events.into(),
                 facts: c.facts.into(),
                 customer: c.customer.map(std::num::NonZeroU128::get),
-                first_offer: (c.first_offer_ms != super::NO_OFFER).then_some(c.first_offer_ms),
                 last_ts: c.last_ts,
             }
         });

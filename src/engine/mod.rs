@@ -381,13 +381,18 @@ impl Default for Contact {
 /// decoding keeps those in years 2000–2099).
 const NO_OFFER: Millis = Millis::MIN;
 
+/// [`Contact::first_offer_ms`] as an option.
+fn offer(t: Millis) -> Option<Millis> {
+    (t != NO_OFFER).then_some(t)
+}
+
 /// [`Contact::first_offer_ms`] encoded as the `Option<Millis>` it was.
 mod offer_time {
     use super::{Millis, NO_OFFER};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(t: &Millis, s: S) -> Result<S::Ok, S::Error> {
-        (*t != NO_OFFER).then_some(*t).serialize(s)
+        super::offer(*t).serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
@@ -405,7 +410,7 @@ impl Contact {
     }
 
     fn first_offer(&self) -> Option<Millis> {
-        (self.first_offer_ms != NO_OFFER).then_some(self.first_offer_ms)
+        offer(self.first_offer_ms)
     }
 
     /// Encode events and facts into `packed`. Times are stored relative to the first
@@ -1299,24 +1304,14 @@ impl Engine {
         if !list.contains(&ck) {
             list.push(ck);
         }
-        if list.len() > 1 {
-            for id in list.iter() {
-                if let Some(c) = self.contacts.get_mut(id) {
-                    c.shared = true;
-                }
-            }
-        }
+        mark_shared(&mut self.contacts, list);
     }
 
     /// Mark the contacts of every customer with more than one (after a restore:
     /// the mark is not checkpointed).
     pub(super) fn mark_shared_customers(&mut self) {
-        for list in self.customers.values().filter(|l| l.len() > 1) {
-            for id in list {
-                if let Some(c) = self.contacts.get_mut(id) {
-                    c.shared = true;
-                }
-            }
+        for list in self.customers.values() {
+            mark_shared(&mut self.contacts, list);
         }
     }
 
@@ -1642,6 +1637,18 @@ impl Engine {
 /// neither ended nor been abandoned: released at the horizon, it counts as `expired`.
 /// Contacts holding only late follow-ups (a survey, a QA score) did not start here.
 /// Packed or not (a packed one is decoded without being unpacked).
+/// Mark [`Contact::shared`] the held contacts of a customer listing `ids`, if it lists
+/// more than one.
+fn mark_shared(contacts: &mut HashMap<ContactKey, Contact>, ids: &[ContactKey]) {
+    if ids.len() > 1 {
+        for id in ids {
+            if let Some(c) = contacts.get_mut(id) {
+                c.shared = true;
+            }
+        }
+    }
+}
+
 fn never_finished(c: &Contact) -> bool {
     match c.peek() {
         Some((events, _)) => never_finished_events(&events),

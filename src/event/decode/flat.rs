@@ -122,11 +122,6 @@ fn string(text: &str, i: usize) -> Option<(&str, usize)> {
     Some((text.get(i + 1..i + 1 + len)?, i + 2 + len))
 }
 
-/// Powers of ten a decimal's digits are divided by (all exact in an `f64`).
-const POW10: [f64; 16] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-];
-
 /// The index of the first `"`, `\` or control character in `body`. Eight bytes at a
 /// time (the bit tricks of "Bit Twiddling Hacks", "determine if a word has a byte
 /// less than n"): a byte-by-byte search was a fifth of decoding's instructions.
@@ -159,9 +154,15 @@ fn special_byte(body: &[u8]) -> Option<usize> {
     )
 }
 
+/// Powers of ten a decimal's digits are divided by (all exact in an `f64`).
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
 /// A number as the flat path reads it.
 enum Number {
-    Integer(u64),
+    /// At most 18 digits: always an `i64`.
+    Integer(i64),
     /// A decimal fraction (`492.08`).
     Decimal(f64),
 }
@@ -176,11 +177,7 @@ fn number(b: &[u8], i: usize) -> Option<(Number, usize)> {
         b.get(from..)
             .map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count())
     }
-    fn value(b: &[u8], from: usize, to: usize) -> Option<u64> {
-        b.get(from..to)?
-            .iter()
-            .try_fold(0u64, |n, c| Some(n * 10 + u64::from(c.wrapping_sub(b'0'))))
-    }
+    let value = |from: usize, to: usize| b.get(from..to).and_then(super::ascii_decimal);
     let whole = digits(b, i);
     if whole == 0 || (whole > 1 && b.get(i) == Some(&b'0')) {
         return None;
@@ -191,8 +188,7 @@ fn number(b: &[u8], i: usize) -> Option<(Number, usize)> {
         if frac == 0 || whole + frac > 15 {
             return None;
         }
-        let significand =
-            value(b, i, end)? * 10u64.pow(frac as u32) + value(b, end + 1, end + 1 + frac)?;
+        let significand = value(i, end)? * 10i64.pow(frac as u32) + value(end + 1, end + 1 + frac)?;
         end += 1 + frac;
         let scale = *POW10.get(frac)?;
         Number::Decimal(significand as f64 / scale)
@@ -200,7 +196,7 @@ fn number(b: &[u8], i: usize) -> Option<(Number, usize)> {
         if whole > 18 {
             return None;
         }
-        Number::Integer(value(b, i, end)?)
+        Number::Integer(value(i, end)?)
     };
     if let Some(b'e' | b'E') = b.get(end) {
         return None;
@@ -249,12 +245,10 @@ pub(super) fn scan(text: &str) -> Option<Raw<'_>> {
                 let (n, next) = number(b, i)?;
                 i = next;
                 match (key, n) {
-                    // At most 18 digits: always an i64.
-                    (Some(Key::Ts), Number::Integer(n)) => {
-                        raw.ts = Some(RawTs::Millis(i64::try_from(n).ok()?));
-                    }
+                    (Some(Key::Ts), Number::Integer(n)) => raw.ts = Some(RawTs::Millis(n)),
                     (Some(Key::Ts), Number::Decimal(_)) => return None,
-                    // serde_json hands an integer to an `f64` field as `n as f64`.
+                    // serde_json hands a (non-negative) integer to an `f64` field as
+                    // `n as f64`.
                     (Some(k), Number::Integer(n)) => *k.number(&mut raw)? = Some(n as f64),
                     (Some(k), Number::Decimal(x)) => *k.number(&mut raw)? = Some(x),
                     (None, _) => {}
