@@ -129,6 +129,7 @@ impl Engine {
     /// Serialise the engine's state. The state is moved out for encoding and put
     /// back, so this needs `&mut self` but copies nothing.
     pub fn checkpoint(&mut self) -> Result<Vec<u8>, CheckpointError> {
+        self.settle();
         let (intervals, timezone) = settings(&self.cfg);
         let state = State {
             intervals,

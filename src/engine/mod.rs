@@ -360,6 +360,11 @@ pub(crate) struct Contact {
     /// re-derivations' own time, a cache miss each (docs/performance.md, "sixth round").
     #[serde(skip)]
     shared: bool,
+    /// Listed in `Engine::stale`: its facts are out of date and are derived before
+    /// anything next reads the windows (engines without live views only, see
+    /// [`Engine::touch`]). Never set in a checkpoint: checkpointing settles first.
+    #[serde(skip)]
+    stale: bool,
 }
 
 impl Default for Contact {
@@ -373,6 +378,7 @@ impl Default for Contact {
             last_ts: 0,
             touched: 0,
             shared: false,
+            stale: false,
         }
     }
 }
@@ -554,6 +560,9 @@ pub struct Engine {
     /// The facts a re-derivation replaced, kept for their allocation (see
     /// `contact::derive_into`); empty between calls in meaning, not in capacity.
     fact_buf: ThinVec<Fact>,
+    /// Contacts whose derivation [`Engine::touch`] put off, each once (its `stale`
+    /// flag); derived by [`Engine::settle`] before the windows are next read.
+    stale: Vec<ContactKey>,
     agg: Aggregator,
     /// Who waits and what agents do now (live views only).
     floor: live::Floor,
@@ -658,6 +667,7 @@ impl Engine {
             wrap_deadlines: BTreeMap::new(),
             wrap_of: HashMap::default(),
             fact_buf: ThinVec::new(),
+            stale: Vec::new(),
             agg,
             floor: live::Floor::default(),
             windower: Windower::new(cfg_tz),
@@ -826,12 +836,24 @@ impl Engine {
 
         let agent = ev.agent_id.as_deref().map(|a| self.key(KeyDim::Agent, a));
         let team = ev.team.as_deref().map(|t| self.key(KeyDim::Team, t));
-        if let (Some(a), Some(t)) = (agent, team)
-            && self.agent_team.insert(a, t).is_none()
-            && let Some(waiting) = self.awaiting_team.remove(&a)
-        {
-            for ck in waiting {
-                self.rederive(ck);
+        if let (Some(a), Some(t)) = (agent, team) {
+            match self.agent_team.get(&a) {
+                Some(&known) if known == t => {}
+                Some(_) => {
+                    // A contact derived before this event keeps the team it was derived
+                    // with until something else re-derives it: put-off derivations
+                    // happen now, under the team they were due under.
+                    self.settle();
+                    self.agent_team.insert(a, t);
+                }
+                None => {
+                    self.agent_team.insert(a, t);
+                    if let Some(waiting) = self.awaiting_team.remove(&a) {
+                        for ck in waiting {
+                            self.touch(ck);
+                        }
+                    }
+                }
             }
         }
         if ev.kind == EventType::AgentState {
@@ -918,10 +940,10 @@ impl Engine {
             Some(k) if new_offer || new_customer => {
                 let ids = self.customers.get(&k).cloned().unwrap_or_default();
                 for id in ids {
-                    self.rederive(id);
+                    self.touch(id);
                 }
             }
-            _ => self.rederive(ck),
+            _ => self.touch(ck),
         }
         self.fire_wrap_deadlines();
         self.expire_due();
@@ -978,7 +1000,7 @@ impl Engine {
                 if self.wrap_of.get(&id) == Some(&d) {
                     self.wrap_of.remove(&id);
                 }
-                self.rederive(id);
+                self.touch(id);
             }
         }
     }
@@ -992,7 +1014,69 @@ impl Engine {
             .collect();
     }
 
-    fn rederive(&mut self, ck: ContactKey) {
+    /// Contact `ck` changed (an event, its customer's offers, its agent's team, its
+    /// wrap deadline): derive it again, now in an engine with live views, which read
+    /// the windows at any moment; otherwise once, before the windows are next read
+    /// ([`Engine::settle`]).
+    ///
+    /// Putting it off gives the same windows at every read: a contact's facts are a
+    /// function of its events, its customer's other offers, the agent → team map and
+    /// which wrap deadlines the watermark has passed, so deriving it late gives what
+    /// its last derivation now would have given, as long as nothing it read has
+    /// changed in between in a way a derivation now would not see. Events and offers
+    /// mark it again; the team map only grows (a new agent's contacts are re-derived
+    /// either way) except when an agent changes team, which settles first; a passed
+    /// deadline is what a late derivation reads anyway; contacts leave (expiry, the
+    /// spill) only after a settle. What it saves: a contact's events arrive spread
+    /// over minutes among thousands of others', and each re-derived it and moved its
+    /// facts in and out of the windows (add the new, retract the old): in `replay`
+    /// that was most of the engine's work per event (docs/performance.md, "seventh
+    /// round").
+    fn touch(&mut self, ck: ContactKey) {
+        if self.cfg.live {
+            self.rederive(ck, true);
+            return;
+        }
+        if self.spill.is_some() && !self.ensure_loaded(ck) {
+            return;
+        }
+        let now = self.max_ts;
+        let Some(c) = self.contacts.get_mut(&ck) else {
+            return;
+        };
+        // What the derivation would have done to the pack queue now (see `rederive`).
+        if let Some(now) = now
+            && c.touched != now
+        {
+            c.touched = now;
+            self.pack_queue.push_back((now, ck));
+        }
+        if !c.stale {
+            c.stale = true;
+            self.stale.push(ck);
+        }
+    }
+
+    /// Derive every contact [`Engine::touch`] put off. Called before anything reads the
+    /// windows or lets contacts go (flushes, expiry, checkpoints) and before an agent's
+    /// team changes.
+    fn settle(&mut self) {
+        let mut stale = std::mem::take(&mut self.stale);
+        for ck in stale.drain(..) {
+            if let Some(c) = self.contacts.get_mut(&ck) {
+                c.stale = false;
+                // The pack queue has the contact's entry from `touch` already.
+                self.rederive(ck, false);
+            }
+        }
+        // Kept for its allocation.
+        self.stale = stale;
+    }
+
+    /// Derive contact `ck`'s facts and apply the difference to the windows. `requeue`:
+    /// queue it for packing at the current clock (a put-off derivation was queued when
+    /// it was put off).
+    fn rederive(&mut self, ck: ContactKey, requeue: bool) {
         if self.spill.is_some() && !self.ensure_loaded(ck) {
             return;
         }
@@ -1078,7 +1162,8 @@ impl Engine {
                 }
             }
         }
-        if let Some(now) = clock
+        if requeue
+            && let Some(now) = clock
             && c.touched != now
         {
             c.touched = now;
@@ -1130,6 +1215,7 @@ impl Engine {
             return Vec::new();
         };
         self.fire_wrap_deadlines();
+        self.settle();
         // Contacts leave (expired, spilled) and their tables are rebuilt before the
         // windows are taken, not after: a rebuild holds two tables for a moment, and
         // with the deltas of an hour's boundary (20,000 rows at 10 k agents) alive
@@ -1399,6 +1485,7 @@ impl Engine {
     /// Everything, open windows included, as if the watermark were at infinity: the
     /// end of a finite stream. Segments still waiting for a wrap complete at `ended`.
     pub fn flush_all(&mut self) -> Vec<SnapshotDelta> {
+        self.settle();
         self.complete_waiting_wraps();
         self.agg.take(|_| true, &self.syms)
     }
@@ -1412,7 +1499,7 @@ impl Engine {
         let saved = self.max_ts;
         self.max_ts = Some(Millis::MAX / 2);
         for id in ids {
-            self.rederive(id);
+            self.rederive(id, true);
         }
         self.max_ts = saved;
         // Those re-derivations queued their contacts at the artificial clock; keep the
@@ -1430,6 +1517,7 @@ impl Engine {
     /// memory (same thread, same allocator arena). The engine takes no more events
     /// afterwards.
     pub fn finish(&mut self) -> Vec<SnapshotDelta> {
+        self.settle();
         self.complete_waiting_wraps();
         self.contacts = HashMap::default();
         self.customers = HashMap::default();
@@ -1446,6 +1534,7 @@ impl Engine {
     /// Open windows' current partial values too, without completing waiting segments:
     /// for a daemon shutting down (deltas are additive, so a restart continues them).
     pub fn flush_open(&mut self) -> Vec<SnapshotDelta> {
+        self.settle();
         self.agg.take(|_| true, &self.syms)
     }
 
@@ -1461,6 +1550,9 @@ impl Engine {
             return;
         }
         self.last_expiry = wm;
+        // Put-off derivations first, while every contact they may read (a customer's
+        // other contacts) is still held, as it was when they were put off.
+        self.settle();
         let horizon = wm.saturating_sub(self.cfg.correction_horizon_ms);
         let dead: Vec<ContactKey> = self
             .contacts

@@ -1002,3 +1002,150 @@ fn agent_totals_keep_histograms_only_when_asked() {
         assert_eq!(queue.wait_count, 1);
     }
 }
+
+/// An engine without live views puts derivations off until the windows are read
+/// ([`Engine::touch`]); every flush must hand out exactly what deriving at once gives,
+/// through agents changing teams, events without a team, repeat customers, late
+/// events, wrap timeouts, expiry, the spill and a checkpoint.
+#[test]
+fn putting_derivations_off_changes_no_flush() {
+    use crate::source::sim::{SimConfig, Simulator};
+    use spill::MemSpill;
+    let mut sim = Simulator::new(SimConfig {
+        seed: 21,
+        contacts_per_hour: 2_000.0,
+        agents: 60,
+        late_rate: 0.05,
+        // Repeats hours apart: a repeat re-derives a contact near the horizon's edge,
+        // which expiry then takes.
+        customers: 4_000,
+        ..SimConfig::default()
+    });
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % 1000
+    };
+    let events: Vec<Event<'static>> = (0..40_000)
+        .filter_map(|_| {
+            decode(sim.next_line().1.as_bytes())
+                .ok()
+                .map(Event::into_owned)
+        })
+        .map(|mut ev| {
+            if ev.team.is_some() {
+                match next() {
+                    // An agent moves to another team (and back, later).
+                    0..20 => {
+                        let a = ev.agent_id.as_deref().unwrap_or("");
+                        ev.team = Some(format!("moved-{}", a.len() % 3).into());
+                    }
+                    // Events without a team: their facts wait for the agent's.
+                    20..120 => ev.team = None,
+                    _ => {}
+                }
+            }
+            ev
+        })
+        .collect();
+    // Flushes every few minutes of event time, and hours apart (expiry then runs
+    // between flushes, as events move the clock).
+    for (spilling, flush_every) in [(false, 1_500), (true, 1_500), (false, 16_000)] {
+        let cfg = |live: bool| EngineConfig {
+            live,
+            pack_after_ms: 60_000,
+            spill_after_ms: 0,
+            // Short enough that contacts expire within the run.
+            correction_horizon_ms: 4 * 3_600_000,
+            ..EngineConfig::default()
+        };
+        let (mut now, mut later) = (Engine::new(cfg(true)), Engine::new(cfg(false)));
+        if spilling {
+            now.set_spill(Box::new(MemSpill::default()));
+            later.set_spill(Box::new(MemSpill::default()));
+        }
+        let (mut rows, mut most_stale) = (0, 0);
+        for (i, ev) in events.iter().enumerate() {
+            assert_eq!(now.apply(ev.clone()), later.apply(ev.clone()), "{ev:?}");
+            most_stale = most_stale.max(later.stale.len());
+            if i % flush_every == flush_every - 1 {
+                let (a, b) = (now.flush(), later.flush());
+                same_deltas(&a, &b, &format!("flush after {i} events, spill {spilling}"));
+                rows += a.len();
+            }
+            if i == 20_000 {
+                let bytes = later.checkpoint().unwrap();
+                let sp = later.take_spill();
+                later = Engine::restore(later.config().clone(), &bytes).unwrap();
+                if let Some(sp) = sp {
+                    later.set_spill(sp);
+                }
+            }
+        }
+        same_deltas(
+            &now.flush_all(),
+            &later.finish(),
+            &format!("end, spill {spilling}"),
+        );
+        assert_eq!(now.stats(), later.stats());
+        assert!(rows > 1_000, "compared only {rows} rows");
+        assert!(
+            most_stale > 100,
+            "derivations were not put off ({most_stale})"
+        );
+    }
+}
+
+/// Equal delta lists, or the first difference (the whole lists run to megabytes).
+fn same_deltas(a: &[SnapshotDelta], b: &[SnapshotDelta], what: &str) {
+    if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+        panic!(
+            "{what}: {} and {} deltas, first difference at {i}:\n{:?}\n{:?}",
+            a.len(),
+            b.len(),
+            a.get(i),
+            b.get(i)
+        );
+    }
+}
+
+/// A repeat contact changes its customer's earlier contact's FCR; when that contact
+/// leaves at the horizon in the same step, it leaves re-derived (an engine that puts
+/// derivations off settles them before expiry), not with its FCR as it was.
+#[test]
+fn a_contact_expiring_right_after_a_repeat_leaves_re_derived() {
+    let run = |live: bool| {
+        let mut e = Engine::new(EngineConfig {
+            live,
+            correction_horizon_ms: 3_600_000,
+            ..EngineConfig::default()
+        });
+        let mut out = BTreeMap::new();
+        for x in [
+            offered_for("o1", "c1", 0.0, "kim"),
+            with_agent("a1", "contact.answered", "c1", 10.0, "ann"),
+            plain("e1", "contact.ended", "c1", 60.0),
+            plain("r1", "contact.resolved", "c1", 70.0),
+        ] {
+            e.apply(x);
+        }
+        merge(&mut out, e.flush());
+        // Past the horizon (1 h) plus the allowed lateness (5 min) from c1's last event:
+        // this offer re-derives c1 (a repeat: no longer FCR), then expiry takes c1.
+        e.apply(offered_for("o2", "c2", 3_600.0 + 300.0 + 80.0, "kim"));
+        assert!(!e.contacts.contains_key(&key_of("c1")), "c1 did not expire");
+        merge(&mut out, e.flush_all());
+        out
+    };
+    let (now, later) = (run(true), run(false));
+    let fcr = |out: &BTreeMap<Key, Acc>| -> i64 {
+        out.iter()
+            .filter(|(k, _)| k.2 == Dimension::All && k.0 == Interval::Day)
+            .map(|(_, a)| a.fcr)
+            .sum()
+    };
+    assert_eq!(fcr(&now), 0, "{now:?}");
+    assert_eq!(now, later);
+}
