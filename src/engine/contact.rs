@@ -140,8 +140,9 @@ struct Offer {
 /// watermark at which the contact must be derived again.
 #[derive(Debug, Default)]
 pub struct Derived {
-    /// A `ThinVec` because the engine keeps it as the contact's facts (see
-    /// `engine::Contact`).
+    /// A `ThinVec`, the type the engine keeps a contact's facts in (`engine::Contact`),
+    /// so that [`derive`] hands out what a contact keeps; the engine derives into a
+    /// scratch list ([`derive_into`]) and keeps an exact-size copy.
     pub facts: ThinVec<Fact>,
     pub wrap_deadline: Option<Millis>,
 }
@@ -155,8 +156,8 @@ pub fn derive(events: &[CEvent], ctx: &Ctx<'_>) -> Derived {
     derive_into(events, ctx, ThinVec::with_capacity(events.len() + 2))
 }
 
-/// [`derive`] into `buf` (cleared first): the engine passes the buffer of the facts
-/// it replaced last time, so re-deriving allocates nothing in the usual case.
+/// [`derive`] into `buf` (cleared first): the engine passes its scratch list, whose
+/// capacity stays, so deriving allocates nothing in the usual case.
 pub fn derive_into(events: &[CEvent], ctx: &Ctx<'_>, mut buf: ThinVec<Fact>) -> Derived {
     let r = ctx.rules;
     let unknown = ctx.unknown;

@@ -557,8 +557,8 @@ pub struct Engine {
     /// this lists twice (stale entries) keeps the later entry here; its other ones
     /// fire and re-derive it as they always did.
     wrap_of: HashMap<ContactKey, Millis>,
-    /// The facts a re-derivation replaced, kept for their allocation (see
-    /// `contact::derive_into`); empty between calls in meaning, not in capacity.
+    /// Scratch list derivations write into (see `contact::derive_into`), kept for its
+    /// allocation; empty between calls in meaning, not in capacity.
     fact_buf: ThinVec<Fact>,
     /// Contacts whose derivation [`Engine::touch`] put off, each once (its `stale`
     /// flag); derived by [`Engine::settle`] before the windows are next read.
@@ -1169,7 +1169,15 @@ impl Engine {
             c.touched = now;
             pack_queue.push_back((now, ck));
         }
-        let old = std::mem::replace(&mut c.facts, derived.facts);
+        // The contact keeps an exact-size copy; the scratch list keeps its capacity for
+        // the next derivation. Reusing the replaced facts as the scratch instead
+        // (as before) started every new contact's derivation from an empty list,
+        // grown by doubling (a reallocation or two per derivation), and left the kept
+        // lists up to half empty.
+        let mut exact = ThinVec::with_capacity(derived.facts.len());
+        exact.extend_from_slice(&derived.facts);
+        *fact_buf = derived.facts;
+        let old = std::mem::replace(&mut c.facts, exact);
         let new = &c.facts;
         let live = cfg.live;
         let finest = *finest;
@@ -1205,7 +1213,6 @@ impl Engine {
                 (None, None) => break,
             }
         }
-        *fact_buf = old;
     }
 
     /// Hand out every window the watermark has passed (first flushes and corrections),
