@@ -1044,12 +1044,9 @@ impl Engine {
         let Some(c) = self.contacts.get_mut(&ck) else {
             return;
         };
-        // What the derivation would have done to the pack queue now (see `rederive`).
-        if let Some(now) = now
-            && c.touched != now
-        {
-            c.touched = now;
-            self.pack_queue.push_back((now, ck));
+        // What the derivation would have done to the pack queue now.
+        if let Some(now) = now {
+            requeue(&mut self.pack_queue, c, ck, now);
         }
         if !c.stale {
             c.stale = true;
@@ -1073,10 +1070,10 @@ impl Engine {
         self.stale = stale;
     }
 
-    /// Derive contact `ck`'s facts and apply the difference to the windows. `requeue`:
+    /// Derive contact `ck`'s facts and apply the difference to the windows. `queue`:
     /// queue it for packing at the current clock (a put-off derivation was queued when
     /// it was put off).
-    fn rederive(&mut self, ck: ContactKey, requeue: bool) {
+    fn rederive(&mut self, ck: ContactKey, queue: bool) {
         if self.spill.is_some() && !self.ensure_loaded(ck) {
             return;
         }
@@ -1162,12 +1159,8 @@ impl Engine {
                 }
             }
         }
-        if requeue
-            && let Some(now) = clock
-            && c.touched != now
-        {
-            c.touched = now;
-            pack_queue.push_back((now, ck));
+        if queue && let Some(now) = clock {
+            requeue(pack_queue, c, ck, now);
         }
         // The contact keeps an exact-size copy; the scratch list keeps its capacity for
         // the next derivation. Reusing the replaced facts as the scratch instead
@@ -1738,6 +1731,20 @@ impl Engine {
 /// Packed or not (a packed one is decoded without being unpacked).
 /// Mark [`Contact::shared`] the held contacts of a customer listing `ids`, if it lists
 /// more than one.
+/// Contact `ck` changed at clock `now`: it packs `pack_after_ms` after `now`, through
+/// a new pack-queue entry unless it has one at `now` already.
+fn requeue(
+    queue: &mut std::collections::VecDeque<(Millis, ContactKey)>,
+    c: &mut Contact,
+    ck: ContactKey,
+    now: Millis,
+) {
+    if c.touched != now {
+        c.touched = now;
+        queue.push_back((now, ck));
+    }
+}
+
 fn mark_shared(contacts: &mut HashMap<ContactKey, Contact>, ids: &[ContactKey]) {
     if ids.len() > 1 {
         for id in ids {

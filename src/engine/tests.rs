@@ -1021,13 +1021,8 @@ fn putting_derivations_off_changes_no_flush() {
         customers: 4_000,
         ..SimConfig::default()
     });
-    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % 1000
-    };
+    use rand::{Rng, SeedableRng, rngs::SmallRng};
+    let mut rng = SmallRng::seed_from_u64(21);
     let events: Vec<Event<'static>> = (0..40_000)
         .filter_map(|_| {
             decode(sim.next_line().1.as_bytes())
@@ -1036,7 +1031,7 @@ fn putting_derivations_off_changes_no_flush() {
         })
         .map(|mut ev| {
             if ev.team.is_some() {
-                match next() {
+                match rng.random_range(0..1000) {
                     // An agent moves to another team (and back, later).
                     0..20 => {
                         let a = ev.agent_id.as_deref().unwrap_or("");
