@@ -33,6 +33,11 @@ pub trait Dialect: Database {
     /// writers from adding spilled contacts between the check that there are none and
     /// the clear.
     const LOCK_SPILL_TABLE: Option<&'static str>;
+    /// A statement that fails on a constraint is undone alone and the transaction goes
+    /// on (SQLite's default `ABORT`), so a full chunk can be written with a plain
+    /// insert first and merged only when a row exists. PostgreSQL aborts the whole
+    /// transaction instead: there every chunk is read before it is written.
+    const INSERT_FIRST: bool;
     /// The shared statements in this backend's placeholder spelling.
     fn statements() -> &'static Statements;
     /// Rows changed by a statement (sqlx has no driver-neutral accessor).
@@ -492,7 +497,19 @@ where
     ) -> Result<(u64, u64), StoreError> {
         let statements = DB::statements();
         let (mut inserted, mut revised) = (0, 0);
+        // The window of the last chunk whose insert failed: the rows are sorted by
+        // window, and a window with an existing row (a correction) usually has more,
+        // so its next chunks are read first rather than tried and undone.
+        let mut revised_window = None;
         for chunk in rows.chunks(sql::CHUNK) {
+            let window = chunk.first().map(|p| (p.window, p.start));
+            if DB::INSERT_FIRST && revised_window != window {
+                if Self::insert_new(conn, partition, chunk, updated_at).await? {
+                    inserted += chunk.len() as u64;
+                    continue;
+                }
+                revised_window = window;
+            }
             let existing = Self::fetch_existing(conn, partition, chunk).await?;
             let mut writes = Vec::with_capacity(chunk.len());
             for (p, old) in chunk.iter().zip(existing) {
@@ -519,6 +536,44 @@ where
             }
         }
         Ok((inserted, revised))
+    }
+
+    /// Write a full chunk as new rows, in one statement: true when it did. In a replay,
+    /// and at a window's first flush, nearly every row is new, and reading each chunk
+    /// before writing it was a third of the snapshot writer's work
+    /// (docs/performance.md, "eighth round"). False, with nothing written, when the
+    /// chunk is short, when a row's delta is not valid as a whole row (a retraction),
+    /// or when a row exists (the statement fails on the primary key and is undone):
+    /// the caller then reads and merges the chunk.
+    async fn insert_new(
+        conn: &mut DB::Connection,
+        partition: &str,
+        chunk: &[Pending<'_>],
+        updated_at: &str,
+    ) -> Result<bool, StoreError> {
+        if chunk.len() != sql::CHUNK {
+            return Ok(false);
+        }
+        let mut fresh = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            match p.merge_into(partition, None) {
+                Ok(row) => fresh.push(row),
+                Err(_) => return Ok(false),
+            }
+        }
+        let mut q = sqlx::query::<DB>(&DB::statements().insert_new_chunk);
+        for (p, w) in chunk.iter().zip(fresh) {
+            q = Self::bind_upsert(q, p, partition, w, updated_at);
+        }
+        match q.execute(&mut *conn).await {
+            Ok(_) => Ok(true),
+            Err(sqlx::Error::Database(e))
+                if e.kind() == sqlx::error::ErrorKind::UniqueViolation =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The stored rows for `chunk` (1..=CHUNK distinct rows), in chunk order.

@@ -491,6 +491,9 @@ pub(crate) mod sql {
         /// window_start, window_end, dimension, key, partition, counters, histograms,
         /// revision, updated_at.
         pub upsert_chunk: String,
+        /// Insert [`CHUNK`] distinct rows as new: fails (on the primary key) when one
+        /// exists. Binds as `upsert_chunk`.
+        pub insert_new_chunk: String,
         /// The same for one row: the tail of a batch that does not fill a chunk.
         /// Padding is not possible here (PostgreSQL rejects an upsert that touches a
         /// row twice), and one fixed shape keeps the prepared-statement cache small.
@@ -553,10 +556,25 @@ pub(crate) mod sql {
             .join(", ")
     }
 
-    fn upsert(p: Placeholder, rows: usize) -> String {
+    /// `INSERT INTO snapshots (every column) VALUES` `rows` tuples of
+    /// [`UPSERT_BINDS`] parameters: the head of both upserts and the insert.
+    fn insert_values(p: Placeholder, rows: usize) -> String {
         let tuples: Vec<String> = (0..rows)
             .map(|r| format!("({})", p.list(1 + r * UPSERT_BINDS, UPSERT_BINDS)))
             .collect();
+        format!(
+            "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \"partition\", {}, \
+             revision, updated_at) VALUES {}",
+            value_columns(),
+            tuples.join(", ")
+        )
+    }
+
+    /// The conflict target: the primary key.
+    const ON_ROW: &str =
+        "ON CONFLICT (\"window\", window_start, dimension, \"key\", \"partition\")";
+
+    fn upsert(p: Placeholder, rows: usize) -> String {
         let updates: Vec<String> = ["window_end"]
             .iter()
             .chain(COUNTER_NAMES.iter())
@@ -565,11 +583,8 @@ pub(crate) mod sql {
             .map(|c| format!("{c} = excluded.{c}"))
             .collect();
         format!(
-            "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \"partition\", {}, \
-             revision, updated_at) VALUES {} \
-             ON CONFLICT (\"window\", window_start, dimension, \"key\", \"partition\") DO UPDATE SET {}",
-            value_columns(),
-            tuples.join(", "),
+            "{} {ON_ROW} DO UPDATE SET {}",
+            insert_values(p, rows),
             updates.join(", ")
         )
     }
@@ -615,6 +630,7 @@ pub(crate) mod sql {
                     keys.join(", ")
                 ),
                 upsert_chunk: upsert(p, CHUNK),
+                insert_new_chunk: insert_values(p, CHUNK),
                 upsert_one: upsert(p, 1),
                 delete_partition: format!(
                     "DELETE FROM snapshots WHERE \"partition\" = {}",
@@ -1060,6 +1076,7 @@ mod tests {
         apply_twice_sums_counters_merges_hists_and_bumps_revision,
         zero_deltas_are_skipped_and_duplicates_coalesced,
         batches_larger_than_a_chunk,
+        a_chunk_with_one_existing_row_is_merged_whole,
         query_merges_partitions,
         clear_partition_deletes_only_that_partition,
         negative_correction_brings_counters_down,
@@ -1546,6 +1563,74 @@ mod tests {
         );
     }
 
+    /// A full chunk of new rows whose last row exists. SQLite writes full chunks with
+    /// a plain insert first, which fails on that last row after writing the others: the
+    /// statement must be undone whole and the chunk merged, or the new rows would be
+    /// read back as existing and counted twice. Also a retraction of an existing row
+    /// (not valid as a new row) inside a full chunk of new rows.
+    async fn a_chunk_with_one_existing_row_is_merged_whole(s: Store) {
+        s.apply_deltas(
+            "p1",
+            &[
+                delta(T0, Dimension::Agent, "zz-existing", answered(2, 1_000)),
+                delta(T0 + H, Dimension::Agent, "zz-existing", answered(2, 1_000)),
+            ],
+        )
+        .await
+        .unwrap();
+        let fill = |start: i64| -> Vec<SnapshotDelta> {
+            (0..sql::CHUNK - 1)
+                .map(|i| {
+                    delta(
+                        start,
+                        Dimension::Agent,
+                        &format!("a-{i:03}"),
+                        answered(1, 5),
+                    )
+                })
+                .collect()
+        };
+        let mut batch = fill(T0);
+        batch.push(delta(
+            T0,
+            Dimension::Agent,
+            "zz-existing",
+            answered(1, 1_000),
+        ));
+        // One of the two answered contacts retracted: valid against the stored row only.
+        let mut minus = Acc::default();
+        minus.apply(
+            &Measure::QueueOutcome {
+                answered: true,
+                wait_ms: 1_000,
+                short: false,
+                within: true,
+            },
+            -1,
+        );
+        batch.extend(fill(T0 + H));
+        batch.push(delta(T0 + H, Dimension::Agent, "zz-existing", minus));
+        let r = s.apply_deltas("p1", &batch).await.unwrap();
+        let n = 2 * (sql::CHUNK as u64 - 1);
+        assert_eq!((r.inserted, r.revised), (n, 2));
+        let rows = s.query("1h", Dimension::Agent, None, None).await.unwrap();
+        assert_eq!(rows.len(), 2 * sql::CHUNK);
+        for row in &rows {
+            let (answered, revision) = match (row.key.as_str(), row.start) {
+                ("zz-existing", T0) => (3, 2),
+                ("zz-existing", _) => (1, 2),
+                _ => (1, 1),
+            };
+            assert_eq!(
+                (row.acc.answered, row.acc.wait_hist.count(), row.revision),
+                (answered, answered, revision),
+                "{} {}",
+                row.key,
+                row.start
+            );
+        }
+    }
+
     async fn query_merges_partitions(s: Store) {
         s.apply_deltas(
             "p1",
@@ -1814,6 +1899,11 @@ mod tests {
         let last = CHUNK * UPSERT_BINDS;
         assert!(st.upsert_chunk.contains("$32), ($33, "));
         assert!(st.upsert_chunk.contains(&format!("${last}) ON CONFLICT")));
+        assert!(st.insert_new_chunk.ends_with(&format!("${last})")));
+        assert_eq!(
+            st.insert_new_chunk.split(" ON CONFLICT").next(),
+            st.upsert_chunk.split(" ON CONFLICT").next()
+        );
         let last = 1 + 4 * CHUNK;
         assert!(st.select_rows.contains("\"partition\" = $1 AND"));
         assert!(

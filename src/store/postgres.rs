@@ -47,6 +47,9 @@ impl Dialect for Postgres {
     // milliseconds. A partition's other writers are kept out by LOCK_PARTITION.
     const LOCK_SPILL_TABLE: Option<&'static str> =
         Some("LOCK TABLE spilled_contacts IN ACCESS EXCLUSIVE MODE");
+    // A failed statement aborts the transaction (a savepoint per chunk would cost a
+    // round trip of its own): chunks are read, then written.
+    const INSERT_FIRST: bool = false;
 
     fn statements() -> &'static Statements {
         &SQL

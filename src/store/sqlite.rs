@@ -34,6 +34,7 @@ impl Dialect for Sqlite {
     // are freed without visiting rows. BEGIN IMMEDIATE already keeps other writers out.
     const SPILL_CLEAR_ALL: &'static str = "DELETE FROM spilled_contacts";
     const LOCK_SPILL_TABLE: Option<&'static str> = None;
+    const INSERT_FIRST: bool = true;
 
     fn statements() -> &'static Statements {
         &SQL
