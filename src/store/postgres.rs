@@ -69,7 +69,17 @@ impl SqlxStore<Postgres> {
             .application_name("ccmetrics")
             // The migrator's `CREATE TABLE IF NOT EXISTS` would otherwise log a NOTICE
             // on every start.
-            .options([("client_min_messages", "warning")]);
+            .options([
+                ("client_min_messages", "warning"),
+                // Every statement planned for its own values and the table as it is.
+                // sqlx prepares each statement once per connection, and after five
+                // runs PostgreSQL may keep a generic plan made when the table was near
+                // empty: the read before a write then scanned the whole partition per
+                // chunk (a hash join), and a 2 M-event replay took 96 s instead of
+                // 16 s (docs/performance.md, "eighth round"). Planning our statements
+                // costs well under a millisecond.
+                ("plan_cache_mode", "force_custom_plan"),
+            ]);
         // One connection of our own first: the pool retries a refused connection until
         // its acquire timeout and then only says that it timed out; this says why, at
         // once (refused, unknown database, authentication).
