@@ -33,15 +33,31 @@ pub trait Dialect: Database {
     /// writers from adding spilled contacts between the check that there are none and
     /// the clear.
     const LOCK_SPILL_TABLE: Option<&'static str>;
-    /// A statement that fails on a constraint is undone alone and the transaction goes
-    /// on (SQLite's default `ABORT`), so a full chunk can be written with a plain
-    /// insert first and merged only when a row exists. PostgreSQL aborts the whole
-    /// transaction instead: there every chunk is read before it is written.
-    const INSERT_FIRST: bool;
+    /// How a full chunk of rows is first written: as new rows, read and merged only
+    /// where a row exists ([`FirstWrite`]).
+    const FIRST_WRITE: FirstWrite;
     /// The shared statements in this backend's placeholder spelling.
     fn statements() -> &'static Statements;
     /// Rows changed by a statement (sqlx has no driver-neutral accessor).
     fn rows_affected(done: &Self::QueryResult) -> u64;
+}
+
+/// How [`SqlxStore`] writes a full chunk of rows before it knows whether they exist.
+/// In a replay, and at a window's first flush, nearly every row is new, and reading
+/// each chunk before writing it was a third of the snapshot writer's work on SQLite
+/// and most of it on PostgreSQL (docs/performance.md, "eighth round", "ninth round").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstWrite {
+    /// A plain insert, undone alone when a row exists (SQLite's default `ABORT`: the
+    /// statement fails on the primary key and the transaction goes on); the chunk is
+    /// then read, merged and upserted.
+    InsertOrUndo,
+    /// One statement inserts the rows that do not exist and returns the ones that do
+    /// ([`Statements::insert_or_read_chunk`]); only those are merged and upserted.
+    /// PostgreSQL, where a failed statement aborts the whole transaction (a savepoint
+    /// per chunk would be a round trip of its own) but a data-modifying `WITH` does
+    /// both in one round trip.
+    InsertOrRead,
 }
 
 /// A snapshot store on an sqlx pool of backend `DB`.
@@ -486,8 +502,9 @@ where
         Ok(())
     }
 
-    /// Read the current values of a chunk of rows by primary key, then upsert their
-    /// sums, chunk by chunk. The statements are prepared once per connection (sqlx
+    /// Write each chunk of rows: as new rows first where the chunk qualifies
+    /// ([`FirstWrite`]), otherwise by reading the current values by primary key and
+    /// upserting their sums. The statements are prepared once per connection (sqlx
     /// caches them by SQL text, and their shapes are fixed).
     async fn apply_rows(
         conn: &mut DB::Connection,
@@ -495,19 +512,45 @@ where
         rows: &[Pending<'_>],
         updated_at: &str,
     ) -> Result<(u64, u64), StoreError> {
-        let statements = DB::statements();
         let (mut inserted, mut revised) = (0, 0);
-        // The window of the last chunk whose insert failed: the rows are sorted by
+        // The window of the last chunk with an existing row: the rows are sorted by
         // window, and a window with an existing row (a correction) usually has more,
-        // so its next chunks are read first rather than tried and undone.
+        // so its next chunks are read first rather than tried first.
         let mut revised_window = None;
         for chunk in rows.chunks(sql::CHUNK) {
             let window = chunk.first().map(|p| (p.window, p.start));
-            if DB::INSERT_FIRST && revised_window != window {
-                if Self::insert_new(conn, partition, chunk, updated_at).await? {
-                    inserted += chunk.len() as u64;
-                    continue;
+            let fresh = match revised_window != window {
+                true => Self::fresh_rows(partition, chunk),
+                false => None,
+            };
+            if let Some(fresh) = fresh {
+                match DB::FIRST_WRITE {
+                    FirstWrite::InsertOrUndo => {
+                        if Self::insert_new(conn, partition, chunk, fresh, updated_at).await? {
+                            inserted += chunk.len() as u64;
+                            continue;
+                        }
+                    }
+                    FirstWrite::InsertOrRead => {
+                        let existing =
+                            Self::insert_or_read(conn, partition, chunk, fresh, updated_at).await?;
+                        // The rows not returned were inserted by the statement.
+                        let mut writes = Vec::new();
+                        for (p, old) in chunk.iter().zip(existing) {
+                            match old {
+                                Some(old) => writes.push((p, p.merge_into(partition, Some(old))?)),
+                                None => inserted += 1,
+                            }
+                        }
+                        if !writes.is_empty() {
+                            revised += writes.len() as u64;
+                            revised_window = window;
+                            Self::upsert_rows(conn, partition, writes, updated_at).await?;
+                        }
+                        continue;
+                    }
                 }
+                // A row exists and nothing was written: read, merge and upsert below.
                 revised_window = window;
             }
             let existing = Self::fetch_existing(conn, partition, chunk).await?;
@@ -518,49 +561,61 @@ where
                 } else {
                     inserted += 1;
                 }
-                writes.push(p.merge_into(partition, old)?);
+                writes.push((p, p.merge_into(partition, old)?));
             }
-            if chunk.len() == sql::CHUNK {
-                let mut q = sqlx::query::<DB>(&statements.upsert_chunk);
-                for (p, w) in chunk.iter().zip(writes) {
-                    q = Self::bind_upsert(q, p, partition, w, updated_at);
-                }
-                q.execute(&mut *conn).await?;
-            } else {
-                for (p, w) in chunk.iter().zip(writes) {
-                    let q = sqlx::query::<DB>(&statements.upsert_one);
-                    Self::bind_upsert(q, p, partition, w, updated_at)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-            }
+            Self::upsert_rows(conn, partition, writes, updated_at).await?;
         }
         Ok((inserted, revised))
     }
 
-    /// Write a full chunk as new rows, in one statement: true when it did. In a replay,
-    /// and at a window's first flush, nearly every row is new, and reading each chunk
-    /// before writing it was a third of the snapshot writer's work
-    /// (docs/performance.md, "eighth round"). False, with nothing written, when the
-    /// chunk is short, when a row's delta is not valid as a whole row (a retraction),
-    /// or when a row exists (the statement fails on the primary key and is undone):
-    /// the caller then reads and merges the chunk.
+    /// Upsert complete row values: one statement for a full chunk, else one per row.
+    async fn upsert_rows(
+        conn: &mut DB::Connection,
+        partition: &str,
+        writes: Vec<(&Pending<'_>, NewRow)>,
+        updated_at: &str,
+    ) -> Result<(), StoreError> {
+        let statements = DB::statements();
+        if writes.len() == sql::CHUNK {
+            let mut q = sqlx::query::<DB>(&statements.upsert_chunk);
+            for (p, w) in writes {
+                q = Self::bind_upsert(q, p, partition, w, updated_at);
+            }
+            q.execute(&mut *conn).await?;
+        } else {
+            for (p, w) in writes {
+                let q = sqlx::query::<DB>(&statements.upsert_one);
+                Self::bind_upsert(q, p, partition, w, updated_at)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A full chunk's rows as new rows, or none when the chunk cannot be written
+    /// first: it is short (a batch's tail), or a row's delta is not valid as a whole
+    /// row (a retraction, which only a stored row can absorb).
+    fn fresh_rows(partition: &str, chunk: &[Pending<'_>]) -> Option<Vec<NewRow>> {
+        if chunk.len() != sql::CHUNK {
+            return None;
+        }
+        chunk
+            .iter()
+            .map(|p| p.merge_into(partition, None).ok())
+            .collect()
+    }
+
+    /// [`FirstWrite::InsertOrUndo`]: write a full chunk as new rows, in one statement:
+    /// true when it did; false, with nothing written, when a row exists (the statement
+    /// fails on the primary key and is undone alone).
     async fn insert_new(
         conn: &mut DB::Connection,
         partition: &str,
         chunk: &[Pending<'_>],
+        fresh: Vec<NewRow>,
         updated_at: &str,
     ) -> Result<bool, StoreError> {
-        if chunk.len() != sql::CHUNK {
-            return Ok(false);
-        }
-        let mut fresh = Vec::with_capacity(chunk.len());
-        for p in chunk {
-            match p.merge_into(partition, None) {
-                Ok(row) => fresh.push(row),
-                Err(_) => return Ok(false),
-            }
-        }
         let mut q = sqlx::query::<DB>(&DB::statements().insert_new_chunk);
         for (p, w) in chunk.iter().zip(fresh) {
             q = Self::bind_upsert(q, p, partition, w, updated_at);
@@ -574,6 +629,29 @@ where
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// [`FirstWrite::InsertOrRead`]: insert the rows of a full chunk that do not exist
+    /// and return, in chunk order, the stored values of those that do (left as they
+    /// were: the caller merges and upserts them).
+    async fn insert_or_read(
+        conn: &mut DB::Connection,
+        partition: &str,
+        chunk: &[Pending<'_>],
+        fresh: Vec<NewRow>,
+        updated_at: &str,
+    ) -> Result<Vec<Option<RawRow>>, StoreError> {
+        let Some(statement) = DB::statements().insert_or_read_chunk.as_deref() else {
+            return Err(StoreError::Corrupt {
+                what: "this backend has no insert-or-read statement".to_owned(),
+            });
+        };
+        let mut q = sqlx::query::<DB>(statement);
+        for (p, w) in chunk.iter().zip(fresh) {
+            q = Self::bind_upsert(q, p, partition, w, updated_at);
+        }
+        let found = q.fetch_all(&mut *conn).await?;
+        Self::in_chunk_order(chunk, &found)
     }
 
     /// The stored rows for `chunk` (1..=CHUNK distinct rows), in chunk order.
@@ -594,13 +672,22 @@ where
                 .bind(p.key.as_str());
         }
         let found = q.fetch_all(&mut *conn).await?;
+        Self::in_chunk_order(chunk, &found)
+    }
+
+    /// Rows returned by `select_rows` or `insert_or_read_chunk` (key columns first), as
+    /// one entry per row of `chunk`: its stored values, or none.
+    fn in_chunk_order(
+        chunk: &[Pending<'_>],
+        found: &[DB::Row],
+    ) -> Result<Vec<Option<RawRow>>, StoreError> {
         let position: HashMap<(&str, i64, &str, &str), usize> = chunk
             .iter()
             .enumerate()
             .map(|(i, p)| ((p.window, p.start, p.dimension.as_str(), p.key.as_str()), i))
             .collect();
         let mut out: Vec<Option<RawRow>> = chunk.iter().map(|_| None).collect();
-        for r in &found {
+        for r in found {
             let id: (&str, i64, &str, &str) =
                 (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
             if let Some(&i) = position.get(&id) {

@@ -455,8 +455,10 @@ pub(crate) mod sql {
     /// Values bound per row of an upsert.
     pub const UPSERT_BINDS: usize = 6 + COUNTER_NAMES.len() + HIST_NAMES.len() + 2;
 
-    /// How a backend spells the i-th (1-based) bind parameter. Every statement binds
-    /// its parameters in order of appearance, so both spellings bind alike.
+    /// How a backend spells the i-th (1-based) bind parameter. `?` binds in order of
+    /// appearance and `$N` by number; statements that both backends run name their
+    /// parameters in number order, so both spellings bind alike. (PostgreSQL's own
+    /// statements may reuse or reorder numbers: `select_rows`, `insert_or_read_chunk`.)
     #[derive(Clone, Copy, Debug)]
     pub enum Placeholder {
         /// `?`: SQLite. Its numbered `$N` also works, but sqlx then resolves each
@@ -494,6 +496,14 @@ pub(crate) mod sql {
         /// Insert [`CHUNK`] distinct rows as new: fails (on the primary key) when one
         /// exists. Binds as `upsert_chunk`.
         pub insert_new_chunk: String,
+        /// PostgreSQL only (none for SQLite, which has no data-modifying `WITH`):
+        /// insert those of [`CHUNK`] distinct rows that do not exist, leave the others
+        /// as they are, and return the stored values of the others like `select_rows`.
+        /// The `SELECT` reads the snapshot taken before the statement, which does not
+        /// hold the rows its `WITH` inserts, so it returns exactly the rows that were
+        /// not inserted (the partition lock keeps other writers of them out). Binds as
+        /// `upsert_chunk`; the look-up reuses the rows' key parameters.
+        pub insert_or_read_chunk: Option<String>,
         /// The same for one row: the tail of a batch that does not fill a chunk.
         /// Padding is not possible here (PostgreSQL rejects an upsert that touches a
         /// row twice), and one fixed shape keeps the prepared-statement cache small.
@@ -556,6 +566,16 @@ pub(crate) mod sql {
             .join(", ")
     }
 
+    /// [`value_columns`] of table alias `t`.
+    fn value_columns_of(t: &str) -> String {
+        COUNTER_NAMES
+            .iter()
+            .chain(HIST_NAMES.iter())
+            .map(|c| format!("{t}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// `INSERT INTO snapshots (every column) VALUES` `rows` tuples of
     /// [`UPSERT_BINDS`] parameters: the head of both upserts and the insert.
     fn insert_values(p: Placeholder, rows: usize) -> String {
@@ -589,6 +609,57 @@ pub(crate) mod sql {
         )
     }
 
+    /// The stored rows of one partition for a list of primary keys (`keys`: row
+    /// tuples of window, window_start, dimension, key): those columns, then revision,
+    /// counters, histograms.
+    fn rows_by_key(p: Placeholder, partition: &str, keys: &[String]) -> String {
+        match p {
+            // A row-value IN list: SQLite (>= 3.15) resolves it with primary-key
+            // look-ups.
+            Placeholder::Question => format!(
+                "SELECT \"window\", window_start, dimension, \"key\", revision, {} FROM snapshots \
+                 WHERE \"partition\" = {partition} AND (\"window\", window_start, dimension, \"key\") IN (VALUES {})",
+                value_columns(),
+                keys.join(", ")
+            ),
+            // One look-up per key, whatever the planner believes of the table. As an
+            // IN list (a semi join) PostgreSQL may hash the keys and scan the whole
+            // partition instead, and it did while a replay outran the table's
+            // statistics (none until an ANALYZE, and autovacuum may be off or behind):
+            // a scan per chunk that grows with the table (docs/performance.md, "ninth
+            // round"). `LIMIT 1` (the key is unique anyway) keeps the sub-select from
+            // being pulled up into a plain join, where that choice would return.
+            Placeholder::Dollar => format!(
+                "SELECT s.\"window\", s.window_start, s.dimension, s.\"key\", s.revision, {} \
+                 FROM (VALUES {}) AS k (w, ws, d, kk) CROSS JOIN LATERAL \
+                 (SELECT * FROM snapshots WHERE \"window\" = k.w AND window_start = k.ws \
+                 AND dimension = k.d AND \"key\" = k.kk AND \"partition\" = {partition} LIMIT 1) AS s",
+                value_columns_of("s"),
+                keys.join(", ")
+            ),
+        }
+    }
+
+    /// [`Statements::insert_or_read_chunk`]: a data-modifying `WITH`, PostgreSQL's alone.
+    fn insert_or_read(p: Placeholder) -> Option<String> {
+        if let Placeholder::Question = p {
+            return None;
+        }
+        // Row r's parameters start at 1 + r × UPSERT_BINDS: window, window_start,
+        // window_end, dimension, key, partition (the order of `insert_values`).
+        let keys: Vec<String> = (0..CHUNK)
+            .map(|r| {
+                let b = 1 + r * UPSERT_BINDS;
+                format!("(${b}, ${}, ${}, ${})", b + 1, b + 3, b + 4)
+            })
+            .collect();
+        Some(format!(
+            "WITH inserted AS ({} {ON_ROW} DO NOTHING) {}",
+            insert_values(p, CHUNK),
+            rows_by_key(p, "$6", &keys)
+        ))
+    }
+
     /// The columns every `spill_select*` statement returns, in this order.
     const SPILL_COLUMNS: &str = "contact_key, customer_key, first_offer, last_ts, body";
 
@@ -620,17 +691,10 @@ pub(crate) mod sql {
                 .map(|i| format!("({})", p.list(2 + 4 * i, 4)))
                 .collect();
             Statements {
-                // A row-value IN list: SQLite (>= 3.15) and PostgreSQL resolve it with
-                // primary-key lookups.
-                select_rows: format!(
-                    "SELECT \"window\", window_start, dimension, \"key\", revision, {} FROM snapshots \
-                     WHERE \"partition\" = {} AND (\"window\", window_start, dimension, \"key\") IN (VALUES {})",
-                    value_columns(),
-                    p.list(1, 1),
-                    keys.join(", ")
-                ),
+                select_rows: rows_by_key(p, &p.list(1, 1), &keys),
                 upsert_chunk: upsert(p, CHUNK),
                 insert_new_chunk: insert_values(p, CHUNK),
+                insert_or_read_chunk: insert_or_read(p),
                 upsert_one: upsert(p, 1),
                 delete_partition: format!(
                     "DELETE FROM snapshots WHERE \"partition\" = {}",
@@ -1905,12 +1969,23 @@ mod tests {
             st.upsert_chunk.split(" ON CONFLICT").next()
         );
         let last = 1 + 4 * CHUNK;
-        assert!(st.select_rows.contains("\"partition\" = $1 AND"));
+        assert!(st.select_rows.contains("\"partition\" = $1 LIMIT 1"));
         assert!(
             st.select_rows
-                .contains("IN (VALUES ($2, $3, $4, $5), ($6, ")
+                .contains("FROM (VALUES ($2, $3, $4, $5), ($6, ")
         );
-        assert!(st.select_rows.ends_with(&format!("${last}))")));
+        assert!(st.select_rows.contains(&format!("${last})) AS k")));
+        assert!(!st.select_rows.contains(&format!("${}", last + 1)));
+        // The insert-or-read is the insert, then the look-up reusing each row's key
+        // parameters (window, start, dimension, key) and the first row's partition.
+        let write = st.insert_or_read_chunk.as_deref().unwrap();
+        assert!(write.contains(&st.insert_new_chunk));
+        assert!(write.contains("DO NOTHING) SELECT"));
+        assert!(write.contains("FROM (VALUES ($1, $2, $4, $5), ($33, $34, $36, $37), "));
+        let r = 1 + (CHUNK - 1) * UPSERT_BINDS;
+        let key = format!("(${r}, ${}, ${}, ${})) AS k", r + 1, r + 3, r + 4);
+        assert!(write.contains(&key), "{key}");
+        assert!(write.ends_with("\"partition\" = $6 LIMIT 1) AS s"));
         assert!(
             st.select_export
                 .contains("window_start >= $3 AND window_start < $4")
@@ -1920,6 +1995,8 @@ mod tests {
         let count = |s: &str, pat: &str| s.matches(pat).count();
         assert_eq!(count(&q.upsert_chunk, "?"), CHUNK * UPSERT_BINDS);
         assert_eq!(count(&q.select_rows, "?"), 1 + 4 * CHUNK);
+        assert!(q.select_rows.contains("\"partition\" = ? AND"));
+        assert!(q.insert_or_read_chunk.is_none());
         assert_eq!(count(&q.select_export, "?"), 4);
         assert!(!q.upsert_one.contains('$'));
         assert_eq!(rfc3339_ms(T0 + 5), "2026-11-23T00:00:00.005Z");
@@ -2245,43 +2322,144 @@ mod tests {
         let Store::Postgres(pg) = &store else {
             panic!("not PostgreSQL")
         };
-        // And planned for its values every time: a generic plan made while the table
-        // was near empty scanned the whole partition per chunk (see `PostgresStore::open`).
-        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
-            .fetch_one(&pg.pool)
+        // Reads are planned for their values every time: a generic plan made while the
+        // table was near empty scanned the whole partition per chunk (see
+        // `PostgresStore::open`). Write transactions use generic plans, which the
+        // look-ups below must survive.
+        let show = "SHOW plan_cache_mode";
+        let mode: String = sqlx::query_scalar(show).fetch_one(&pg.pool).await.unwrap();
+        assert_eq!(mode, "force_custom_plan");
+        let mut tx = pg
+            .pool
+            .begin_with(<sqlx::Postgres as backend::Dialect>::BEGIN)
             .await
             .unwrap();
-        assert_eq!(mode, "force_custom_plan");
-        // Ten hours of 10,000 agents, written in one statement (no statistics yet).
+        let mode: String = sqlx::query_scalar(show).fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(mode, "force_generic_plan");
+        tx.rollback().await.unwrap();
+        // Ten hours of 2,000 agents with a 300-byte histogram each, written in one
+        // statement (no statistics yet): the size at which PostgreSQL 15 plans a
+        // row-value IN list as a hash semi join over the whole partition (1,446
+        // pages, against 256 for look-ups by key; larger tables get look-ups again).
         sqlx::query(
             "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \
-             \"partition\", revision, updated_at) \
+             \"partition\", revision, updated_at, wait_hist) \
              SELECT '1h', $1 + w * 3600000, $1 + (w + 1) * 3600000, 'agent', \
-             'agent-' || lpad(k::text, 5, '0'), 'p1', 1, '' \
-             FROM generate_series(0, 9) AS w, generate_series(0, 9999) AS k",
+             'agent-' || lpad(k::text, 5, '0'), 'p1', 1, '', decode(repeat('ab', 300), 'hex') \
+             FROM generate_series(0, 9) AS w, generate_series(0, 1999) AS k",
         )
         .bind(T0)
         .execute(&pg.pool)
         .await
         .unwrap();
         let st = sql::Statements::new(sql::Placeholder::Dollar);
-        let explain = format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}", st.select_rows);
-        let mut q = sqlx::query(&explain).bind("p1");
+        let start = T0 + 5 * H;
+        let agent = |i: usize| format!("'agent-{:05}'", i * 30);
+        // select_rows: the partition, then (window, start, dimension, key) per key.
+        let mut types = vec!["text"];
+        let mut args = vec!["'p1'".to_owned()];
         for i in 0..sql::CHUNK {
-            q = q
-                .bind("1h")
-                .bind(T0 + 5 * H)
-                .bind(Dimension::Agent.as_str())
-                .bind(format!("agent-{:05}", i * 150));
+            types.extend(["text", "bigint", "text", "text"]);
+            args.extend([
+                "'1h'".to_owned(),
+                start.to_string(),
+                "'agent'".into(),
+                agent(i),
+            ]);
         }
-        let plan: Vec<String> = q
-            .fetch_all(&pg.pool)
+        // insert_or_read_chunk: whole rows (every one exists, so nothing is inserted).
+        let mut row_types = vec!["text", "bigint", "bigint", "text", "text", "text"];
+        row_types.extend(["bigint"; N_COUNTERS]);
+        row_types.extend(["bytea"; N_HISTS]);
+        row_types.extend(["bigint", "text"]);
+        assert_eq!(row_types.len(), sql::UPSERT_BINDS);
+        let (mut write_types, mut write_args) = (Vec::new(), Vec::new());
+        for i in 0..sql::CHUNK {
+            write_types.extend(row_types.iter().copied());
+            write_args.extend([
+                "'1h'".to_owned(),
+                start.to_string(),
+                (start + H).to_string(),
+            ]);
+            write_args.extend(["'agent'".to_owned(), agent(i), "'p1'".into()]);
+            write_args.extend(std::iter::repeat_n("0".to_owned(), N_COUNTERS));
+            write_args.extend(std::iter::repeat_n("NULL".to_owned(), N_HISTS));
+            write_args.extend(["2".to_owned(), "''".into()]);
+        }
+        let insert_or_read = st.insert_or_read_chunk.as_deref().unwrap();
+        for (what, statement, types, args, mode) in [
+            (
+                "select_rows",
+                st.select_rows.as_str(),
+                &types,
+                &args,
+                "force_custom_plan",
+            ),
+            (
+                "select_rows",
+                &st.select_rows,
+                &types,
+                &args,
+                "force_generic_plan",
+            ),
+            (
+                "insert_or_read",
+                insert_or_read,
+                &write_types,
+                &write_args,
+                "force_generic_plan",
+            ),
+        ] {
+            let (pages, found, plan) = pages_touched(&pg.pool, mode, statement, types, args).await;
+            assert_eq!(found, sql::CHUNK, "{what}, {mode}: rows found");
+            // About 4 pages per key; the partition alone is 1,446.
+            assert!(
+                (1..=600).contains(&pages),
+                "{what}, {mode}: {pages} pages:\n{plan}"
+            );
+        }
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM snapshots")
+            .fetch_one(&pg.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored, 20_000,
+            "the insert-or-read wrote over existing rows"
+        );
+    }
+
+    /// `statement` run once on its own connection as a prepared statement with SQL
+    /// literals `args` of `types`, under `plan_cache_mode` `mode`, in `EXPLAIN (ANALYZE,
+    /// BUFFERS)`: the pages its top plan node touched, the rows it returned, the plan.
+    async fn pages_touched(
+        pool: &sqlx::PgPool,
+        mode: &str,
+        statement: &str,
+        types: &[&str],
+        args: &[String],
+    ) -> (u64, usize, String) {
+        let mut conn = pool.acquire().await.unwrap();
+        let setup = format!(
+            "SET plan_cache_mode = {mode}; PREPARE probe ({}) AS {statement}",
+            types.join(", ")
+        );
+        sqlx::raw_sql(&setup).execute(&mut *conn).await.unwrap();
+        let explain = format!(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE probe ({})",
+            args.join(", ")
+        );
+        let plan: Vec<String> = sqlx::raw_sql(&explain)
+            .fetch_all(&mut *conn)
             .await
             .unwrap()
             .iter()
             .map(|r| sqlx::Row::get::<String, _>(r, 0))
             .collect();
-        // The top node's buffers: every page the statement touched.
+        sqlx::raw_sql("DEALLOCATE probe; RESET plan_cache_mode")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        // The top node's buffers and rows.
         let pages: u64 = plan
             .iter()
             .find_map(|l| l.trim().strip_prefix("Buffers: shared "))
@@ -2293,11 +2471,13 @@ mod tests {
                     .sum()
             })
             .unwrap_or(0);
-        assert!(
-            (1..=1_000).contains(&pages),
-            "{pages} pages:\n{}",
-            plan.join("\n")
-        );
+        let found = plan
+            .first()
+            .and_then(|l| l.split(" rows=").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        (pages, found, plan.join("\n"))
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::{ConnectOptions, Connection, Postgres};
 
 use super::StoreError;
-use super::backend::{Dialect, SqlxStore};
+use super::backend::{Dialect, FirstWrite, SqlxStore};
 use super::sql::{Placeholder, Statements};
 
 /// Connections per process. One writer per owned partition flushes at a time, and
@@ -33,7 +33,16 @@ impl Dialect for Postgres {
     // read as of the lock wait and lose the previous writer's update), and writers of
     // different partitions never conflict (SERIALIZABLE can report false conflicts
     // between them through its page-level predicate locks).
-    const BEGIN: &'static str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+    //
+    // Inside write transactions statements run on generic plans (sent with `BEGIN` in
+    // one simple-query round trip; `SET LOCAL` ends with the transaction). The writes'
+    // plans have one shape whatever the values (inserts, and look-ups by whole key
+    // that cannot turn into scans: `sql::rows_by_key`), and planning a 64-row insert
+    // for its values each time cost PostgreSQL about 1 ms per chunk, a third of its
+    // work in a replay (docs/performance.md, "ninth round"). Reads outside keep the
+    // connection's `force_custom_plan` (see `open`).
+    const BEGIN: &'static str = "BEGIN ISOLATION LEVEL READ COMMITTED; \
+                                 SET LOCAL plan_cache_mode = force_generic_plan";
     // Writers of one partition queue here for the rest of their transaction, as SQLite's
     // BEGIN IMMEDIATE makes them; writers of different partitions take different locks
     // (a hash collision only makes two of them queue, never deadlock: a transaction
@@ -47,9 +56,9 @@ impl Dialect for Postgres {
     // milliseconds. A partition's other writers are kept out by LOCK_PARTITION.
     const LOCK_SPILL_TABLE: Option<&'static str> =
         Some("LOCK TABLE spilled_contacts IN ACCESS EXCLUSIVE MODE");
-    // A failed statement aborts the transaction (a savepoint per chunk would cost a
-    // round trip of its own): chunks are read, then written.
-    const INSERT_FIRST: bool = false;
+    // A failed statement aborts the transaction, but one statement can insert the new
+    // rows and return the existing ones.
+    const FIRST_WRITE: FirstWrite = FirstWrite::InsertOrRead;
 
     fn statements() -> &'static Statements {
         &SQL
@@ -76,8 +85,9 @@ impl SqlxStore<Postgres> {
                 // runs PostgreSQL may keep a generic plan made when the table was near
                 // empty: the read before a write then scanned the whole partition per
                 // chunk (a hash join), and a 2 M-event replay took 96 s instead of
-                // 16 s (docs/performance.md, "eighth round"). Planning our statements
-                // costs well under a millisecond.
+                // 16 s (docs/performance.md, "eighth round"). Write transactions,
+                // whose statements have one safe shape, switch to generic plans
+                // (`BEGIN` above): planning a chunked insert is not cheap.
                 ("plan_cache_mode", "force_custom_plan"),
             ]);
         // One connection of our own first: the pool retries a refused connection until

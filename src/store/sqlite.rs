@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 
 use super::StoreError;
-use super::backend::{Dialect, SqlxStore};
+use super::backend::{Dialect, FirstWrite, SqlxStore};
 use super::sql::{Placeholder, Statements};
 
 /// Connections for a file database. Writes are serialised by SQLite anyway; a few
@@ -34,7 +34,8 @@ impl Dialect for Sqlite {
     // are freed without visiting rows. BEGIN IMMEDIATE already keeps other writers out.
     const SPILL_CLEAR_ALL: &'static str = "DELETE FROM spilled_contacts";
     const LOCK_SPILL_TABLE: Option<&'static str> = None;
-    const INSERT_FIRST: bool = true;
+    // No data-modifying `WITH` in SQLite, but a failed statement is undone alone.
+    const FIRST_WRITE: FirstWrite = FirstWrite::InsertOrUndo;
 
     fn statements() -> &'static Statements {
         &SQL
