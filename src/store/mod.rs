@@ -2426,6 +2426,8 @@ mod tests {
             stored, 20_000,
             "the insert-or-read wrote over existing rows"
         );
+        store.close().await;
+        db.drop_db().await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// `statement` run once on its own connection as a prepared statement with SQL
