@@ -49,6 +49,11 @@ enum Cmd {
         /// The ccmetrics binary.
         #[arg(long, default_value = "target/release/ccmetrics")]
         bin: PathBuf,
+        /// Store in a fresh PostgreSQL database of its own (created on the server of
+        /// `CCMETRICS_TEST_PG`, default the local test server, and dropped after)
+        /// instead of a fresh SQLite file: production's store.
+        #[arg(long)]
+        postgres: bool,
     },
     /// Event → /metrics latency at a steady rate of simulated live events.
     Latency {
@@ -71,7 +76,8 @@ fn main() -> anyhow::Result<()> {
             config,
             expect,
             bin,
-        } => catch_up(&config, expect, &bin),
+            postgres,
+        } => catch_up(&config, expect, &bin, postgres),
         Cmd::Latency {
             config,
             rate,
@@ -130,7 +136,8 @@ fn bare(cfg: &Config, expect: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A `ccmetrics serve` on a fresh group and an empty SQLite store of its own.
+/// A `ccmetrics serve` on a fresh group and an empty store of its own: a SQLite file,
+/// or the PostgreSQL database at `store_url`.
 struct Serve {
     child: Child,
     base: String,
@@ -138,9 +145,17 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(config: &std::path::Path, bin: &std::path::Path) -> anyhow::Result<Serve> {
+    fn start(
+        config: &std::path::Path,
+        bin: &std::path::Path,
+        store_url: Option<&str>,
+    ) -> anyhow::Result<Serve> {
         let cfg = load(config)?;
         let dir = tempfile::tempdir()?;
+        let url = match store_url {
+            Some(url) => url.to_owned(),
+            None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+        };
         let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(config)
@@ -148,10 +163,7 @@ impl Serve {
                 "CCMETRICS__KAFKA__GROUP_ID",
                 fresh_group(&cfg.kafka.group_id),
             )
-            .env(
-                "CCMETRICS__STORE__URL",
-                format!("sqlite://{}", dir.path().join("bench.db").display()),
-            )
+            .env("CCMETRICS__STORE__URL", url)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -189,10 +201,44 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn catch_up(config: &std::path::Path, expect: u64, bin: &std::path::Path) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let serve = Serve::start(config, bin)?;
+fn catch_up(
+    config: &std::path::Path,
+    expect: u64,
+    bin: &std::path::Path,
+    postgres: bool,
+) -> anyhow::Result<()> {
     let rt = runtime()?;
+    // Created before the clock starts: not part of what is timed.
+    let db = match postgres {
+        true => Some(
+            rt.block_on(ccmetrics::store::testing::TestDb::create())
+                .context("creating the PostgreSQL database")?,
+        ),
+        false => None,
+    };
+    let result = catch_up_on(
+        &rt,
+        config,
+        expect,
+        bin,
+        db.as_ref().map(|d| d.url.as_str()),
+    );
+    if let Some(db) = db {
+        rt.block_on(db.drop_db())
+            .context("dropping the PostgreSQL database")?;
+    }
+    result
+}
+
+fn catch_up_on(
+    rt: &tokio::runtime::Runtime,
+    config: &std::path::Path,
+    expect: u64,
+    bin: &std::path::Path,
+    store_url: Option<&str>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let serve = Serve::start(config, bin, store_url)?;
     let client = reqwest::Client::new();
     let url = format!("{}/api/v1/status", serve.base);
     loop {
@@ -278,7 +324,7 @@ fn latency(
         .first()
         .context("[kafka] topics is empty")?
         .clone();
-    let serve = Serve::start(config, bin)?;
+    let serve = Serve::start(config, bin, None)?;
     let rt = runtime()?;
     let client = reqwest::Client::new();
     let ready = Instant::now();

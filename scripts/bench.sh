@@ -33,6 +33,9 @@
 #                  the lowest peak, at more CPU)
 #   SCRAPE_N [first of SIZES]  SCRAPES [50]  PUBLISH_FROM [20]  PUBLISH_SECONDS [20]
 #   KAFKA_N [500000]  LATENCY_RATE [5000]  LATENCY_SECONDS [60]
+#   KAFKA_STORE [sqlite]: postgres gives each catch-up run of serve a fresh database
+#                  on the PostgreSQL server of CCMETRICS_TEST_PG (default the local
+#                  test server), production's store
 #   DUCKDB_PY: a python with duckdb; else a venv is made under target/bench.
 #   NO_HYPERFINE=1: time with /usr/bin/time loops even when hyperfine is installed.
 # Quick run: SIZES=200000 MEM_N=200000 RUNS=3 scripts/bench.sh suite
@@ -349,12 +352,16 @@ TOML
     [ -s "$events" ] || $BIN generate --events "$n" --agents 500 --queues 12 --out "$events"
     echo "== kafka: producing $n events to a 6-partition topic (broker $addr), machine: $(machine)"
     $BIN produce --config "$cfg" --input "$events"
-    echo "== kafka: serve catching up vs a bare consumer, $RUNS runs each, alternating"
+    local store_flag="" store_name="SQLite"
+    if [ "${KAFKA_STORE:-sqlite}" = postgres ]; then
+      store_flag="--postgres" store_name="PostgreSQL (a fresh database per run)"
+    fi
+    echo "== kafka: serve ($store_name store) catching up vs a bare consumer, $RUNS runs each, alternating"
     : > "$OUT/kafka-bare"; : > "$OUT/kafka-serve"
     for _ in $(seq "$RUNS"); do
       target/release/examples/kafka_bench bare --config "$cfg" --expect "$n" | tee -a "$OUT/kafka-bare.log" \
         | sed -E 's/.* in ([0-9.]+) s.*/\1/' >> "$OUT/kafka-bare"
-      target/release/examples/kafka_bench catch-up --config "$cfg" --expect "$n" --bin "$BIN" | tee -a "$OUT/kafka-serve.log" \
+      target/release/examples/kafka_bench catch-up --config "$cfg" --expect "$n" --bin "$BIN" $store_flag | tee -a "$OUT/kafka-serve.log" \
         | sed -E 's/.* in ([0-9.]+) s.*/\1/' >> "$OUT/kafka-serve"
     done
     read -r bmin bmed bmax < <(median < "$OUT/kafka-bare")
