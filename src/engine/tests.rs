@@ -1144,3 +1144,54 @@ fn a_contact_expiring_right_after_a_repeat_leaves_re_derived() {
     assert_eq!(fcr(&now), 0, "{now:?}");
     assert_eq!(now, later);
 }
+
+/// A contact is listed for packing once, however many events change it: the queue
+/// held an entry per event before, and packing looked up each one (a cache miss per
+/// stale entry). Packing still happens, checkpoints and flushes included.
+#[test]
+fn a_contact_is_listed_for_packing_once() {
+    use crate::source::sim::{SimConfig, Simulator};
+    let mut sim = Simulator::new(SimConfig {
+        seed: 5,
+        contacts_per_hour: 2_000.0,
+        agents: 60,
+        late_rate: 0.05,
+        ..SimConfig::default()
+    });
+    let mut e = Engine::new(EngineConfig {
+        pack_after_ms: 60_000,
+        live: false,
+        ..EngineConfig::default()
+    });
+    let (mut most_packed, mut applied) = (0, 0);
+    for i in 0..30_000 {
+        let line = sim.next_line().1;
+        let Ok(ev) = decode(line.as_bytes()) else {
+            continue;
+        };
+        e.apply(ev.into_owned());
+        applied += 1;
+        if i % 100 != 99 {
+            continue;
+        }
+        if i % 700 == 699 {
+            e.flush();
+            most_packed = most_packed.max(e.contacts_packed());
+        }
+        let listed = e.contacts.values().filter(|c| c.queued).count();
+        assert!(
+            e.pack_queue.len() <= e.contacts.len() && listed <= e.pack_queue.len(),
+            "after {i} events: {} entries, {listed} listed, {} contacts",
+            e.pack_queue.len(),
+            e.contacts.len()
+        );
+        // Every unpacked contact is listed, so it will be packed.
+        assert!(e.contacts.values().all(|c| c.queued || c.packed.is_some()));
+        if i == 14_999 {
+            let bytes = e.checkpoint().unwrap();
+            e = Engine::restore(e.config().clone(), &bytes).unwrap();
+        }
+    }
+    assert!(applied > 25_000);
+    assert!(most_packed > 100, "packing never happened ({most_packed})");
+}
