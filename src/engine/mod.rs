@@ -1055,7 +1055,7 @@ impl Engine {
         };
         // What the derivation would have done to the pack queue now.
         if let Some(now) = now {
-            requeue(&mut self.pack_queue, c, ck, now);
+            enqueue(&mut self.pack_queue, c, ck, now);
         }
         if !c.stale {
             c.stale = true;
@@ -1169,7 +1169,7 @@ impl Engine {
             }
         }
         if queue && let Some(now) = clock {
-            requeue(pack_queue, c, ck, now);
+            enqueue(pack_queue, c, ck, now);
         }
         // The contact keeps an exact-size copy; the scratch list keeps its capacity for
         // the next derivation. Reusing the replaced facts as the scratch instead
@@ -1760,26 +1760,8 @@ impl Engine {
     }
 }
 
-/// A contact that started (offered, routed, answered or first response) but has
-/// neither ended nor been abandoned: released at the horizon, it counts as `expired`.
-/// Contacts holding only late follow-ups (a survey, a QA score) did not start here.
-/// Packed or not (a packed one is decoded without being unpacked).
-/// Mark [`Contact::shared`] the held contacts of a customer listing `ids`, if it lists
-/// more than one.
-/// Contact `ck` changed at clock `now`: it packs `pack_after_ms` after `now`, through
-/// a new pack-queue entry unless it has one at `now` already.
-fn requeue(
-    queue: &mut std::collections::VecDeque<(Millis, ContactKey)>,
-    c: &mut Contact,
-    ck: ContactKey,
-    now: Millis,
-) {
-    if c.touched != now {
-        enqueue(queue, c, ck, now);
-    }
-}
-
-/// Contact `ck` changed at `now`: list it for packing unless it is listed already.
+/// Contact `ck` changed at clock `now`: it packs `pack_after_ms` after its last
+/// change, through its pack-queue entry (one made now unless it is listed already).
 fn enqueue(
     queue: &mut std::collections::VecDeque<(Millis, ContactKey)>,
     c: &mut Contact,
@@ -1793,6 +1775,8 @@ fn enqueue(
     }
 }
 
+/// Mark [`Contact::shared`] the held contacts of a customer listing `ids`, if it lists
+/// more than one.
 fn mark_shared(contacts: &mut HashMap<ContactKey, Contact>, ids: &[ContactKey]) {
     if ids.len() > 1 {
         for id in ids {
@@ -1803,6 +1787,10 @@ fn mark_shared(contacts: &mut HashMap<ContactKey, Contact>, ids: &[ContactKey]) 
     }
 }
 
+/// A contact that started (offered, routed, answered or first response) but has
+/// neither ended nor been abandoned: released at the horizon, it counts as `expired`.
+/// Contacts holding only late follow-ups (a survey, a QA score) did not start here.
+/// Packed or not (a packed one is decoded without being unpacked).
 fn never_finished(c: &Contact) -> bool {
     match c.peek() {
         Some((events, _)) => never_finished_events(&events),

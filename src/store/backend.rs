@@ -523,45 +523,37 @@ where
                 true => Self::fresh_rows(partition, chunk),
                 false => None,
             };
-            if let Some(fresh) = fresh {
-                match DB::FIRST_WRITE {
-                    FirstWrite::InsertOrUndo => {
-                        if Self::insert_new(conn, partition, chunk, fresh, updated_at).await? {
-                            inserted += chunk.len() as u64;
-                            continue;
-                        }
-                    }
-                    FirstWrite::InsertOrRead => {
-                        let existing =
-                            Self::insert_or_read(conn, partition, chunk, fresh, updated_at).await?;
-                        // The rows not returned were inserted by the statement.
-                        let mut writes = Vec::new();
-                        for (p, old) in chunk.iter().zip(existing) {
-                            match old {
-                                Some(old) => writes.push((p, p.merge_into(partition, Some(old))?)),
-                                None => inserted += 1,
-                            }
-                        }
-                        if !writes.is_empty() {
-                            revised += writes.len() as u64;
-                            revised_window = window;
-                            Self::upsert_rows(conn, partition, writes, updated_at).await?;
-                        }
+            // The stored values of the chunk's rows, and whether the rows without one
+            // are stored already (written as new by the first write).
+            let (existing, new_rows_written) = match (fresh, DB::FIRST_WRITE) {
+                (Some(fresh), FirstWrite::InsertOrUndo) => {
+                    if Self::insert_new(conn, partition, chunk, fresh, updated_at).await? {
+                        inserted += chunk.len() as u64;
                         continue;
                     }
+                    (Self::fetch_existing(conn, partition, chunk).await?, false)
                 }
-                // A row exists and nothing was written: read, merge and upsert below.
-                revised_window = window;
-            }
-            let existing = Self::fetch_existing(conn, partition, chunk).await?;
+                (Some(fresh), FirstWrite::InsertOrRead) => (
+                    Self::insert_or_read(conn, partition, chunk, fresh, updated_at).await?,
+                    true,
+                ),
+                (None, _) => (Self::fetch_existing(conn, partition, chunk).await?, false),
+            };
             let mut writes = Vec::with_capacity(chunk.len());
             for (p, old) in chunk.iter().zip(existing) {
-                if old.is_some() {
-                    revised += 1;
-                } else {
-                    inserted += 1;
+                match old {
+                    Some(old) => {
+                        revised += 1;
+                        revised_window = window;
+                        writes.push((p, p.merge_into(partition, Some(old))?));
+                    }
+                    None => {
+                        inserted += 1;
+                        if !new_rows_written {
+                            writes.push((p, p.merge_into(partition, None)?));
+                        }
+                    }
                 }
-                writes.push((p, p.merge_into(partition, old)?));
             }
             Self::upsert_rows(conn, partition, writes, updated_at).await?;
         }

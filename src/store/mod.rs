@@ -558,20 +558,15 @@ pub(crate) mod sql {
 
     /// Counter columns, then histogram columns: the value order of every statement.
     fn value_columns() -> String {
-        COUNTER_NAMES
-            .iter()
-            .chain(HIST_NAMES.iter())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(", ")
+        value_columns_of("")
     }
 
-    /// [`value_columns`] of table alias `t`.
-    fn value_columns_of(t: &str) -> String {
+    /// [`value_columns`], each name after `prefix` (a table alias and a dot).
+    fn value_columns_of(prefix: &str) -> String {
         COUNTER_NAMES
             .iter()
             .chain(HIST_NAMES.iter())
-            .map(|c| format!("{t}.{c}"))
+            .map(|c| format!("{prefix}{c}"))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -634,7 +629,7 @@ pub(crate) mod sql {
                  FROM (VALUES {}) AS k (w, ws, d, kk) CROSS JOIN LATERAL \
                  (SELECT * FROM snapshots WHERE \"window\" = k.w AND window_start = k.ws \
                  AND dimension = k.d AND \"key\" = k.kk AND \"partition\" = {partition} LIMIT 1) AS s",
-                value_columns_of("s"),
+                value_columns_of("s."),
                 keys.join(", ")
             ),
         }
