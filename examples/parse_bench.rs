@@ -23,6 +23,9 @@ use ccmetrics::event::Decoder;
 use ccmetrics::source::file;
 use clap::Parser;
 
+/// Lines per batch in `engine` mode (`replay` decodes ahead in batches too).
+const BATCH: usize = 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
     Read,
@@ -68,31 +71,59 @@ fn main() -> anyhow::Result<()> {
         file::open_lines(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     let mut buf = Vec::with_capacity(4096);
     let (mut lines, mut ok, mut max_open) = (0u64, 0u64, 0usize);
+    // `engine` applies events in batches, as `replay` does, so that it can announce
+    // the next events' contacts (`Engine::look_ahead`): lines are kept in `arena`.
+    let (mut arena, mut ends) = (Vec::<u8>::new(), Vec::<usize>::new());
     let started = Instant::now();
-    while file::read_record(&mut reader, &mut buf)
-        .with_context(|| format!("reading {}", a.input.display()))?
-    {
-        lines += 1;
+    let mut more = true;
+    while more {
+        more = file::read_record(&mut reader, &mut buf)
+            .with_context(|| format!("reading {}", a.input.display()))?;
+        if more {
+            lines += 1;
+        }
         match a.mode {
-            Mode::Read => {
+            Mode::Read if more => {
                 black_box(&buf);
             }
-            Mode::Parse => {
+            Mode::Parse if more => {
                 if let Ok(ev) = decoder.decode(&buf) {
                     black_box(&ev);
                     ok += 1;
                 }
             }
             Mode::Engine => {
-                if let (Ok(ev), Some(e)) = (decoder.decode(&buf), engine.as_mut()) {
-                    e.apply(ev);
+                if more {
+                    arena.extend_from_slice(&buf);
+                    ends.push(arena.len());
+                    if ends.len() < BATCH {
+                        continue;
+                    }
+                }
+                let Some(e) = engine.as_mut() else { break };
+                let mut start = 0;
+                let decoded: Vec<_> = ends
+                    .iter()
+                    .map(|&end| {
+                        let line = &arena[start..end];
+                        start = end;
+                        decoder.decode(line).ok()
+                    })
+                    .collect();
+                for (i, ev) in decoded.iter().enumerate() {
+                    e.look_ahead(|d| decoded.get(i + d)?.as_ref());
+                    let Some(ev) = ev else { continue };
+                    e.apply_ref(ev);
                     ok += 1;
                     if ok.is_multiple_of(a.flush_every) {
                         max_open = max_open.max(e.open_contacts());
                         black_box(e.flush().len());
                     }
                 }
+                arena.clear();
+                ends.clear();
             }
+            _ => {}
         }
     }
     let secs = started.elapsed().as_secs_f64();

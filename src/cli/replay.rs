@@ -166,6 +166,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             let (applied, more) = batch.with_dependent(|records, decoded| {
                 let mut applied = 0;
                 while let Some(d) = decoded.get(next) {
+                    // The next events' contacts are fetched into cache meanwhile.
+                    pipe.engine
+                        .look_ahead(|ahead| decoded.get(next + ahead)?.as_ref().ok());
                     pipe.ingest_decoded(records.record(next), d, None, None);
                     next += 1;
                     applied += 1;

@@ -98,7 +98,7 @@ struct State<C = Contact> {
     names: Vec<Box<str>>,
     /// Encoded as before this was a set per hour (a list per hour): same bytes.
     seen_by_hour: BTreeMap<Millis, HashSet<u128>>,
-    contacts: HashMap<ContactKey, C>,
+    contacts: super::table::KeyTable<C>,
     customers: HashMap<CustomerKey, super::CustomerContacts>,
     agent_team: HashMap<Sym, Sym>,
     awaiting_team: HashMap<Sym, Vec<ContactKey>>,

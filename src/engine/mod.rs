@@ -16,6 +16,7 @@ pub mod intern;
 pub mod limits;
 pub mod live;
 pub mod spill;
+mod table;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet as StdHashSet};
@@ -34,6 +35,7 @@ use self::aggregate::{Aggregator, DimKey};
 use self::contact::{CEvent, Ctx, Fact, Rules};
 use self::intern::{Interner, Sym};
 use self::limits::{Admission, KeyDim, KeyLimits};
+use self::table::KeyTable;
 use self::window::{Interval, Windower};
 use crate::config::Config;
 use crate::event::{Channel, Event, EventType, FIXED_SCALE, Millis, RejectReason};
@@ -506,6 +508,23 @@ type CustomerKey = u128;
 /// a contact's customer costs no second pointer chase (checkpointed like a `Vec`).
 type CustomerContacts = smallvec::SmallVec<[ContactKey; 1]>;
 
+/// How many items ahead of its handling a contact is announced to the contacts
+/// table, per prefetch stage ([`Engine::look_ahead`]): far (index line), mid (slot),
+/// near (its events). An event takes the engine ~2 µs and a cache miss ~0.1 µs, so
+/// one event's lead per stage would do; two leaves room for the cheap ones
+/// (duplicates, agent states) and keeps few lines in flight.
+pub const LOOK_AHEAD: [usize; 3] = [6, 4, 2];
+
+/// Address of a `ThinVec`'s allocation (its header, then its elements) without reading
+/// it: reading the length is the cache miss a prefetch is for.
+fn heap_of<T>(v: &ThinVec<T>) -> *const u8 {
+    const { assert!(size_of::<ThinVec<T>>() == size_of::<*const u8>()) };
+    // SAFETY: `ThinVec` is `#[repr(C)]` with its header pointer as its only
+    // non-zero-sized field (first; the assertion above checks it is the whole
+    // struct), so its bytes are that pointer. The pointer is only prefetched.
+    unsafe { *(v as *const ThinVec<T>).cast::<*const u8>() }
+}
+
 fn key_of(id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
@@ -534,7 +553,7 @@ pub struct Engine {
     /// go as soon as a new hour starts ([`Engine::forget_agent_ids`]): a few sets,
     /// however scattered the events' times.
     seen_by_hour: BTreeMap<Millis, HashSet<u128>>,
-    contacts: HashMap<ContactKey, Contact>,
+    contacts: KeyTable<Contact>,
     /// Contacts to pack once `pack_after_ms` has passed since their last change, each
     /// listed once ([`Contact::queued`]) with the clock when it was listed. An entry
     /// that comes due for a contact changed since is listed again at that change. One
@@ -667,7 +686,7 @@ impl Engine {
             unknown,
             channels,
             seen_by_hour: BTreeMap::new(),
-            contacts: HashMap::default(),
+            contacts: KeyTable::default(),
             pack_queue: std::collections::VecDeque::new(),
             spill: None,
             spill_queue: std::collections::VecDeque::new(),
@@ -722,8 +741,7 @@ impl Engine {
     pub fn contact_memory(&self) -> ContactMemory {
         let mut m = ContactMemory {
             held: self.contacts.len(),
-            table_bytes: self.contacts.capacity()
-                * (std::mem::size_of::<(ContactKey, Contact)>() + 1),
+            table_bytes: self.contacts.allocated_bytes(),
             ..ContactMemory::default()
         };
         // Customers with an unfinished contact, and the finished contacts' customers
@@ -810,7 +828,7 @@ impl Engine {
         }
         // An event turned away leaves a packed contact packed: its queue entry is
         // gone, so nothing would pack it again.
-        let repack = |contacts: &mut HashMap<ContactKey, Contact>| {
+        let repack = |contacts: &mut KeyTable<Contact>| {
             if was_packed && let Some(c) = contact_key.and_then(|ck| contacts.get_mut(&ck)) {
                 c.pack();
             }
@@ -918,7 +936,7 @@ impl Engine {
             event_customer = None;
             *self.stats.overflowed.entry(KeyDim::Customer).or_default() += 1;
         }
-        let c = self.contacts.entry(ck).or_default();
+        let c = self.contacts.get_or_default(ck);
         let pos = c.events.partition_point(|x| x.sort_key() <= ce.sort_key());
         let new_offer =
             ce.kind == EventType::ContactOffered && c.first_offer().is_none_or(|t| ce.ts < t);
@@ -1068,7 +1086,9 @@ impl Engine {
     /// team changes.
     fn settle(&mut self) {
         let mut stale = std::mem::take(&mut self.stale);
-        for ck in stale.drain(..) {
+        for i in 0..stale.len() {
+            self.look_ahead_keys(|d| stale.get(i + d).copied(), true);
+            let ck = stale[i];
             if let Some(c) = self.contacts.get_mut(&ck) {
                 c.stale = false;
                 // The pack queue has the contact's entry from `touch` already.
@@ -1076,6 +1096,7 @@ impl Engine {
             }
         }
         // Kept for its allocation.
+        stale.clear();
         self.stale = stale;
     }
 
@@ -1240,7 +1261,7 @@ impl Engine {
     /// Rebuild the contacts and customers tables when removed entries have used up
     /// their room ([`compact`]).
     fn compact_contacts(&mut self) {
-        compact(&mut self.contacts);
+        self.contacts.compact();
         compact(&mut self.customers);
     }
 
@@ -1253,6 +1274,8 @@ impl Engine {
                 break;
             }
             self.pack_queue.pop_front();
+            let queue = &self.pack_queue;
+            self.look_ahead_keys(|d| queue.get(d - 1).map(|e| e.1), true);
             // Gone, or an entry left from before it was dropped and held again.
             let Some(c) = self.contacts.get_mut(&ck).filter(|c| c.queued) else {
                 continue;
@@ -1424,7 +1447,7 @@ impl Engine {
         self.spill = Some(spill);
         let now = self.max_ts.unwrap_or(Millis::MIN);
         let mut packed: Vec<ContactKey> = Vec::new();
-        for (ck, c) in &mut self.contacts {
+        for (ck, c) in self.contacts.iter_mut() {
             // A listed contact goes to the spill queue when its entry comes due.
             if c.packed.is_some() && !c.queued {
                 c.touched = now;
@@ -1475,6 +1498,41 @@ impl Engine {
         sp.prefetch(&keys, &customers);
     }
 
+    /// Tell the contacts table that the events `upcoming(d)` (`d` events after the one
+    /// applied next) are coming, so their contacts' slots and events are in cache by
+    /// the time they are applied ([`LOOK_AHEAD`]). The caller holds the events in a
+    /// batch anyway (`replay`'s decoded batches); this only issues prefetches.
+    pub fn look_ahead<'a, 'e: 'a>(&self, upcoming: impl Fn(usize) -> Option<&'a Event<'e>>) {
+        self.look_ahead_keys(
+            |d| {
+                upcoming(d)
+                    .and_then(|ev| ev.contact_id.as_deref())
+                    .map(key_of)
+            },
+            false,
+        );
+    }
+
+    /// One prefetch stage per [`LOOK_AHEAD`] distance for a walk over contacts about
+    /// to handle `key(0)`: the index line of the contact furthest ahead, the slot of
+    /// the next, the events (and with `facts` the facts) of the nearest, whose slot
+    /// was fetched two steps ago. Reads only lines an earlier stage fetched.
+    fn look_ahead_keys(&self, key: impl Fn(usize) -> Option<ContactKey>, facts: bool) {
+        let [far, mid, near] = LOOK_AHEAD;
+        if let Some(k) = key(far) {
+            self.contacts.prefetch(k, 0);
+        }
+        if let Some(k) = key(mid) {
+            self.contacts.prefetch(k, 1);
+        }
+        if let Some(c) = key(near).and_then(|k| self.contacts.get(&k)) {
+            table::prefetch_line(heap_of(&c.events));
+            if facts {
+                table::prefetch_line(heap_of(&c.facts));
+            }
+        }
+    }
+
     /// Contacts held in the spill.
     pub fn contacts_spilled(&self) -> usize {
         self.spill.as_ref().map_or(0, |s| s.len())
@@ -1484,7 +1542,7 @@ impl Engine {
     /// not checkpointed).
     fn queue_unpacked(&mut self) {
         let now = self.max_ts.unwrap_or(Millis::MIN);
-        for (ck, c) in &mut self.contacts {
+        for (ck, c) in self.contacts.iter_mut() {
             if c.packed.is_none() {
                 c.touched = now;
                 c.queued = true;
@@ -1554,7 +1612,7 @@ impl Engine {
     pub fn finish(&mut self) -> Vec<SnapshotDelta> {
         self.settle();
         self.complete_waiting_wraps();
-        self.contacts = HashMap::default();
+        self.contacts = KeyTable::default();
         self.customers = HashMap::default();
         self.pack_queue = std::collections::VecDeque::new();
         self.spill_queue = std::collections::VecDeque::new();
@@ -1777,7 +1835,7 @@ fn enqueue(
 
 /// Mark [`Contact::shared`] the held contacts of a customer listing `ids`, if it lists
 /// more than one.
-fn mark_shared(contacts: &mut HashMap<ContactKey, Contact>, ids: &[ContactKey]) {
+fn mark_shared(contacts: &mut KeyTable<Contact>, ids: &[ContactKey]) {
     if ids.len() > 1 {
         for id in ids {
             if let Some(c) = contacts.get_mut(id) {
