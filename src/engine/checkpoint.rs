@@ -99,7 +99,7 @@ struct State<C = Contact> {
     /// Encoded as before this was a set per hour (a list per hour): same bytes.
     seen_by_hour: BTreeMap<Millis, HashSet<u128>>,
     contacts: super::table::KeyTable<C>,
-    customers: HashMap<CustomerKey, super::CustomerContacts>,
+    customers: super::table::KeyTable<super::CustomerContacts>,
     agent_team: HashMap<Sym, Sym>,
     awaiting_team: HashMap<Sym, Vec<ContactKey>>,
     wrap_deadlines: BTreeMap<Millis, Vec<ContactKey>>,

@@ -510,10 +510,13 @@ type CustomerContacts = smallvec::SmallVec<[ContactKey; 1]>;
 
 /// How many items ahead of its handling a contact is announced to the contacts
 /// table, per prefetch stage ([`Engine::look_ahead`]): far (index line), mid (slot),
-/// near (its events). An event takes the engine ~2 µs and a cache miss ~0.1 µs, so
-/// one event's lead per stage would do; two leaves room for the cheap ones
-/// (duplicates, agent states) and keeps few lines in flight.
-pub const LOOK_AHEAD: [usize; 3] = [6, 4, 2];
+/// near (its events). The near stage reads the slot the mid stage asked for, so the
+/// items between them must outlast a cache miss (~0.1 µs) even when they are cheap:
+/// a duplicate, an agent state, a pack-queue entry whose contact changed since are
+/// tens of nanoseconds, and at a lead of two the near stage waited for the slot in
+/// `pack_settled` (`perf annotate`). The lines in flight (~4 per item) stay far
+/// inside the L1 cache.
+pub const LOOK_AHEAD: [usize; 3] = [16, 10, 4];
 
 /// Address of a `ThinVec`'s allocation (its header, then its elements) without reading
 /// it: reading the length is the cache miss a prefetch is for.
@@ -568,7 +571,7 @@ pub struct Engine {
     /// Packed contacts by the clock of their last change, spilled once
     /// `spill_after_ms` has passed (stale entries skipped, as in `pack_queue`).
     spill_queue: std::collections::VecDeque<(Millis, ContactKey)>,
-    customers: HashMap<CustomerKey, CustomerContacts>,
+    customers: KeyTable<CustomerContacts>,
     agent_team: HashMap<Sym, Sym>,
     /// Contacts with facts attributed to team `unknown` because their agent's team was
     /// not known yet; re-derived when it becomes known, so the result does not depend
@@ -690,7 +693,7 @@ impl Engine {
             pack_queue: std::collections::VecDeque::new(),
             spill: None,
             spill_queue: std::collections::VecDeque::new(),
-            customers: HashMap::default(),
+            customers: KeyTable::default(),
             agent_team: HashMap::default(),
             awaiting_team: HashMap::default(),
             wrap_deadlines: BTreeMap::new(),
@@ -1258,11 +1261,11 @@ impl Engine {
         self.agg.take(|end| end <= wm, &self.syms)
     }
 
-    /// Rebuild the contacts and customers tables when removed entries have used up
-    /// their room ([`compact`]).
+    /// Fit the contacts and customers tables to what they hold: room released after
+    /// many removals, a quarter's headroom made for growth ([`KeyTable::compact`]).
     fn compact_contacts(&mut self) {
         self.contacts.compact();
-        compact(&mut self.customers);
+        self.customers.compact();
     }
 
     /// Pack the contacts nothing has changed for `pack_after_ms` of event time.
@@ -1425,7 +1428,7 @@ impl Engine {
     /// List contact `ck` (held) under customer `k`; once the customer has more than
     /// one, every one of its contacts is marked [`Contact::shared`].
     fn join_customer(&mut self, k: CustomerKey, ck: ContactKey) {
-        let list = self.customers.entry(k).or_default();
+        let list = self.customers.get_or_default(k);
         if !list.contains(&ck) {
             list.push(ck);
         }
@@ -1511,6 +1514,13 @@ impl Engine {
             },
             false,
         );
+        // An offer names its customer, whose contacts list the contact joins.
+        let [far, mid, _] = LOOK_AHEAD;
+        for (d, stage) in [(far, 0), (mid, 1)] {
+            if let Some(id) = upcoming(d).and_then(|ev| ev.customer_id.as_deref()) {
+                self.customers.prefetch(customer_key_of(id), stage);
+            }
+        }
     }
 
     /// One prefetch stage per [`LOOK_AHEAD`] distance for a walk over contacts about
@@ -1613,7 +1623,7 @@ impl Engine {
         self.settle();
         self.complete_waiting_wraps();
         self.contacts = KeyTable::default();
-        self.customers = HashMap::default();
+        self.customers = KeyTable::default();
         self.pack_queue = std::collections::VecDeque::new();
         self.spill_queue = std::collections::VecDeque::new();
         self.spill = None;
@@ -1854,26 +1864,6 @@ fn never_finished(c: &Contact) -> bool {
         Some((events, _)) => never_finished_events(&events),
         None => never_finished_events(&c.events),
     }
-}
-
-/// Rebuild `map` at the smallest size with room for an eighth more entries than it
-/// holds, when removals have used up that room. A removal from a full probe group
-/// leaves a tombstone, which counts against the room for new entries, and `HashMap`
-/// purges them in place only when an insert finds the table at most half full:
-/// otherwise it doubles. With the spill taking contacts (and their customers) out at
-/// every flush and new ones coming in, the contacts table of a 10 k-agent replay
-/// doubled at 90,000 contacts in 114,000 slots (old and new table alive at once: 51
-/// MB, then 34 MB kept), where a rebuild at the same size holds 17 MB while both
-/// exist and keeps 17 MB. A copy of the entries (a few milliseconds at that size),
-/// after many removals only.
-fn compact<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
-    let len = map.len();
-    if map.capacity() - len >= len / 8 {
-        return;
-    }
-    let mut fresh = HashMap::with_capacity_and_hasher(len + len / 8 + 1, Default::default());
-    fresh.extend(map.drain());
-    *map = fresh;
 }
 
 fn never_finished_events(events: &[CEvent]) -> bool {
