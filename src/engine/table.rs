@@ -320,11 +320,11 @@ impl<V: Default> KeyTable<V> {
     }
 }
 
+/// For tests, like a map's index: panics when absent.
+#[cfg(test)]
 impl<V> std::ops::Index<&Key> for KeyTable<V> {
     type Output = V;
-    /// Panics when absent, like a map's index (tests).
     fn index(&self, k: &Key) -> &V {
-        #[allow(clippy::expect_used)]
         self.get(k).expect("key in table")
     }
 }
