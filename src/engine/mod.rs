@@ -510,13 +510,24 @@ type CustomerContacts = smallvec::SmallVec<[ContactKey; 1]>;
 
 /// How many items ahead of its handling a contact is announced to the contacts
 /// table, per prefetch stage ([`Engine::look_ahead`]): far (index line), mid (slot),
-/// near (its events). The near stage reads the slot the mid stage asked for, so the
+/// near (the head of its events, facts or packed bytes), nearest (the rest of its
+/// events and facts). Each stage reads only what the one before asked for, so the
 /// items between them must outlast a cache miss (~0.1 µs) even when they are cheap:
 /// a duplicate, an agent state, a pack-queue entry whose contact changed since are
-/// tens of nanoseconds, and at a lead of two the near stage waited for the slot in
-/// `pack_settled` (`perf annotate`). The lines in flight (~4 per item) stay far
+/// tens of nanoseconds, and at leads of 6/4/2 the near stage waited for the slot in
+/// `pack_settled` (`perf annotate`). The lines in flight (~6 per item) stay far
 /// inside the L1 cache.
-pub const LOOK_AHEAD: [usize; 3] = [16, 10, 4];
+pub const LOOK_AHEAD: [usize; 4] = [16, 10, 5, 2];
+
+/// Prefetch the cache lines of `v`'s elements after its first line (which holds the
+/// header and was prefetched a stage before), at most 16 lines.
+fn prefetch_rest<T>(v: &ThinVec<T>) {
+    let bytes = size_of_val(v.as_slice());
+    let head = heap_of(v);
+    for off in (64..(bytes + 16).min(17 * 64)).step_by(64) {
+        table::prefetch_line(head.wrapping_add(off));
+    }
+}
 
 /// Address of a `ThinVec`'s allocation (its header, then its elements) without reading
 /// it: reading the length is the cache miss a prefetch is for.
@@ -1515,7 +1526,7 @@ impl Engine {
             false,
         );
         // An offer names its customer, whose contacts list the contact joins.
-        let [far, mid, _] = LOOK_AHEAD;
+        let [far, mid, ..] = LOOK_AHEAD;
         for (d, stage) in [(far, 0), (mid, 1)] {
             if let Some(id) = upcoming(d).and_then(|ev| ev.customer_id.as_deref()) {
                 self.customers.prefetch(customer_key_of(id), stage);
@@ -1528,7 +1539,7 @@ impl Engine {
     /// the next, the events (and with `facts` the facts) of the nearest, whose slot
     /// was fetched two steps ago. Reads only lines an earlier stage fetched.
     fn look_ahead_keys(&self, key: impl Fn(usize) -> Option<ContactKey>, facts: bool) {
-        let [far, mid, near] = LOOK_AHEAD;
+        let [far, mid, near, nearest] = LOOK_AHEAD;
         if let Some(k) = key(far) {
             self.contacts.prefetch(k, 0);
         }
@@ -1539,6 +1550,18 @@ impl Engine {
             table::prefetch_line(heap_of(&c.events));
             if facts {
                 table::prefetch_line(heap_of(&c.facts));
+            }
+            // A packed contact is unpacked from its bytes first.
+            if let Some(p) = c.packed.as_deref() {
+                table::prefetch_line(p.as_ptr());
+            }
+        }
+        // The lists' headers are in by now: the rest of their elements (a contact's
+        // events are ~6 × 72 bytes, and the duplicate check walks them all).
+        if let Some(c) = key(nearest).and_then(|k| self.contacts.get(&k)) {
+            prefetch_rest(&c.events);
+            if facts {
+                prefetch_rest(&c.facts);
             }
         }
     }
