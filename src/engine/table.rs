@@ -113,24 +113,30 @@ impl<V> KeyTable<V> {
         self.index.len().wrapping_sub(1)
     }
 
-    /// Index position of `k`'s entry.
-    fn find(&self, k: Key) -> Option<usize> {
+    /// Walk `h`'s probe run from its home position: the first index position whose
+    /// entry `hit` accepts, or none once an empty entry ends the run.
+    fn probe(&self, h: u64, hit: impl Fn(Entry) -> bool) -> Option<usize> {
         if self.index.is_empty() {
             return None;
         }
-        let h = hash(k);
-        let (t, mask) = (tag(h), self.mask());
+        let mask = self.mask();
         let mut pos = h as usize & mask;
         loop {
             let e = self.index[pos];
             if e.slot == EMPTY {
                 return None;
             }
-            if e.tag == t && self.slab[e.slot as usize].0 == k {
+            if hit(e) {
                 return Some(pos);
             }
             pos = (pos + 1) & mask;
         }
+    }
+
+    /// Index position of `k`'s entry.
+    fn find(&self, k: Key) -> Option<usize> {
+        let h = hash(k);
+        self.probe(h, |e| e.tag == tag(h) && self.slab[e.slot as usize].0 == k)
     }
 
     pub(crate) fn get(&self, k: &Key) -> Option<&V> {
@@ -277,27 +283,17 @@ impl<V> KeyTable<V> {
             return;
         }
         let h = hash(k);
-        let pos = h as usize & self.mask();
         if stage == 0 {
-            prefetch_line(&self.index[pos]);
+            prefetch_line(&self.index[h as usize & self.mask()]);
             return;
         }
-        let (t, mask) = (tag(h), self.mask());
-        let mut pos = pos;
-        loop {
-            let e = self.index[pos];
-            if e.slot == EMPTY {
-                return;
-            }
-            if e.tag == t {
-                let p = &self.slab[e.slot as usize];
-                // A slab entry spans two or three cache lines; the key and the
-                // value's head are what a look-up reads.
-                prefetch_line(p);
-                prefetch_line((p as *const (Key, V)).cast::<u8>().wrapping_add(64));
-                return;
-            }
-            pos = (pos + 1) & mask;
+        // The first tag match, without reading the slab (that is what is fetched).
+        if let Some(pos) = self.probe(h, |e| e.tag == tag(h)) {
+            let p = &self.slab[self.index[pos].slot as usize];
+            // A slab entry spans two or three cache lines; the key and the value's
+            // head are what a look-up reads.
+            prefetch_line(p);
+            prefetch_line((p as *const (Key, V)).cast::<u8>().wrapping_add(64));
         }
     }
 
