@@ -1273,7 +1273,7 @@ impl Engine {
     }
 
     /// Fit the contacts and customers tables to what they hold: room released after
-    /// many removals, a quarter's headroom made for growth ([`KeyTable::compact`]).
+    /// many removals, headroom made for growth ([`KeyTable::compact`]).
     fn compact_contacts(&mut self) {
         self.contacts.compact();
         self.customers.compact();
@@ -1535,9 +1535,10 @@ impl Engine {
     }
 
     /// One prefetch stage per [`LOOK_AHEAD`] distance for a walk over contacts about
-    /// to handle `key(0)`: the index line of the contact furthest ahead, the slot of
-    /// the next, the events (and with `facts` the facts) of the nearest, whose slot
-    /// was fetched two steps ago. Reads only lines an earlier stage fetched.
+    /// to handle `key(0)`: the index line of the contact furthest ahead, then its
+    /// slot, then the head of its events (with `facts` its facts too) or packed bytes,
+    /// then the rest of its events and facts. Each stage reads only lines an earlier
+    /// stage fetched.
     fn look_ahead_keys(&self, key: impl Fn(usize) -> Option<ContactKey>, facts: bool) {
         let [far, mid, near, nearest] = LOOK_AHEAD;
         if let Some(k) = key(far) {
