@@ -769,20 +769,26 @@ fn floor_today_counts_the_current_day() {
     assert!(e.floor(T0 + 86_400_000 + 1).today.is_empty());
 }
 
+/// The simulated centre the stream-level engine tests use: small (60 agents, 2,000
+/// contacts an hour) so that 40,000 events cover hours, with 5 % late events.
+fn small_centre(seed: u64) -> crate::source::sim::SimConfig {
+    crate::source::sim::SimConfig {
+        seed,
+        contacts_per_hour: 2_000.0,
+        agents: 60,
+        late_rate: 0.05,
+        ..Default::default()
+    }
+}
+
 /// Packing settled contacts must change no figure: the same simulated stream (late,
 /// duplicate and out-of-order events included) through an engine that packs every
 /// contact at each flush and one that never packs gives identical snapshots, and a
 /// checkpoint taken with packed contacts restores to the same result.
 #[test]
 fn packing_settled_contacts_changes_no_figure() {
-    use crate::source::sim::{SimConfig, Simulator};
-    let mut sim = Simulator::new(SimConfig {
-        seed: 11,
-        contacts_per_hour: 2_000.0,
-        agents: 60,
-        late_rate: 0.05,
-        ..SimConfig::default()
-    });
+    use crate::source::sim::Simulator;
+    let mut sim = Simulator::new(small_centre(11));
     let lines: Vec<String> = (0..40_000).map(|_| sim.next_line().1).collect();
     let engine = |pack_after_ms: i64| {
         Engine::new(EngineConfig {
@@ -867,13 +873,9 @@ fn spilling_settled_contacts_changes_no_figure() {
     }
 
     let mut sim = Simulator::new(SimConfig {
-        seed: 12,
-        contacts_per_hour: 2_000.0,
-        agents: 60,
-        late_rate: 0.05,
         // Few customers: many repeat contacts reach spilled ones.
         customers: 300,
-        ..SimConfig::default()
+        ..small_centre(12)
     });
     let lines: Vec<String> = (0..40_000).map(|_| sim.next_line().1).collect();
     let cfg = |spill_after_ms: i64| EngineConfig {
@@ -944,11 +946,9 @@ fn spilling_settled_contacts_changes_no_figure() {
 fn running_rolling_sums_equal_merged_buckets() {
     use crate::source::sim::{SimConfig, Simulator};
     let mut sim = Simulator::new(SimConfig {
-        seed: 5,
         contacts_per_hour: 3_000.0,
         agents: 40,
-        late_rate: 0.05,
-        ..SimConfig::default()
+        ..small_centre(5)
     });
     let mut e = Engine::new(EngineConfig::default());
     let mut compared = 0;
@@ -1012,14 +1012,10 @@ fn putting_derivations_off_changes_no_flush() {
     use crate::source::sim::{SimConfig, Simulator};
     use spill::MemSpill;
     let mut sim = Simulator::new(SimConfig {
-        seed: 21,
-        contacts_per_hour: 2_000.0,
-        agents: 60,
-        late_rate: 0.05,
         // Repeats hours apart: a repeat re-derives a contact near the horizon's edge,
         // which expiry then takes.
         customers: 4_000,
-        ..SimConfig::default()
+        ..small_centre(21)
     });
     use rand::{Rng, SeedableRng, rngs::SmallRng};
     let mut rng = SmallRng::seed_from_u64(21);
@@ -1150,14 +1146,8 @@ fn a_contact_expiring_right_after_a_repeat_leaves_re_derived() {
 /// stale entry). Packing still happens, checkpoints and flushes included.
 #[test]
 fn a_contact_is_listed_for_packing_once() {
-    use crate::source::sim::{SimConfig, Simulator};
-    let mut sim = Simulator::new(SimConfig {
-        seed: 5,
-        contacts_per_hour: 2_000.0,
-        agents: 60,
-        late_rate: 0.05,
-        ..SimConfig::default()
-    });
+    use crate::source::sim::Simulator;
+    let mut sim = Simulator::new(small_centre(5));
     let mut e = Engine::new(EngineConfig {
         pack_after_ms: 60_000,
         live: false,
