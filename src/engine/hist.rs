@@ -259,6 +259,8 @@ impl Hist {
 
     /// Add `sign` × `other`'s counts.
     fn add(&mut self, other: &Hist, sign: i64) {
+        // A handful of bins (most agents' windows) is inserted in place, without a
+        // new list.
         if let (Bins::Sparse(mine), Bins::Sparse(theirs)) = (&mut self.bins, &other.bins)
             && theirs.len() > 4
         {

@@ -181,16 +181,13 @@ fn string(text: &str, i: usize) -> Option<(&str, usize)> {
 /// time (the bit tricks of "Bit Twiddling Hacks", "determine if a word has a byte
 /// less than n"): a byte-by-byte search was a fifth of decoding's instructions.
 fn special_byte(body: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
+    use super::{WORD_ONES, bytes_below};
     /// High bit set in the lowest byte that is special (and maybe in later bytes, which
     /// a borrow can reach; never in an earlier one).
     fn flags(x: u64) -> u64 {
-        let quote = x ^ (ONES * u64::from(b'"'));
-        let escape = x ^ (ONES * u64::from(b'\\'));
-        let zero = |v: u64| v.wrapping_sub(ONES) & !v;
-        let control = x.wrapping_sub(ONES * 0x20) & !x;
-        (zero(quote) | zero(escape) | control) & HIGH
+        let quote = x ^ (WORD_ONES * u64::from(b'"'));
+        let escape = x ^ (WORD_ONES * u64::from(b'\\'));
+        bytes_below(quote, 1) | bytes_below(escape, 1) | bytes_below(x, 0x20)
     }
     let mut at = 0;
     while let Some(word) = body.get(at..at + 8) {
