@@ -16,6 +16,16 @@ impl Sym {
     pub fn index(self) -> usize {
         self.0.get() as usize - 1
     }
+
+    /// The number inside, as serde writes it (`engine::packed` writes it by hand).
+    pub(crate) fn raw(self) -> u32 {
+        self.0.get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_raw(n: NonZeroU32) -> Sym {
+        Sym(n)
+    }
 }
 
 #[derive(Clone, Debug, Default)]

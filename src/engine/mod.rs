@@ -15,6 +15,7 @@ pub mod hist;
 pub mod intern;
 pub mod limits;
 pub mod live;
+mod packed;
 pub mod spill;
 mod table;
 pub mod window;
@@ -426,34 +427,24 @@ impl Contact {
         offer(self.first_offer_ms)
     }
 
-    /// Encode events and facts into `packed`. Times are stored relative to the first
-    /// event, so postcard's variable-length integers keep them to a few bytes.
+    /// Encode events and facts into `packed` (postcard's bytes, written by
+    /// [`packed::encode`]). Times are stored relative to the first event, so
+    /// variable-length integers keep them to a few bytes.
     fn pack(&mut self) {
         if self.packed.is_some() {
             return;
         }
         let base = self.events.first().map_or(0, |e| e.ts);
-        shift_times(&mut self.events, &mut self.facts, base.wrapping_neg());
         // Encoded into a reused buffer, then copied once into an exact-size box: the
         // encoder growing a fresh vector cost several reallocations per contact.
-        let packed = PACK_BUF.with_borrow_mut(|buf| {
+        let bytes = PACK_BUF.with_borrow_mut(|buf| {
             buf.clear();
-            let taken = std::mem::take(buf);
-            postcard::to_extend(&(base, &self.events, &self.facts), taken).map(|full| {
-                let bytes: Box<[u8]> = full.as_slice().into();
-                *buf = full;
-                bytes
-            })
+            packed::encode(base, &self.events, &self.facts, buf);
+            Box::<[u8]>::from(buf.as_slice())
         });
-        match packed {
-            Ok(bytes) => {
-                self.packed = Some(bytes);
-                self.events = ThinVec::new();
-                self.facts = ThinVec::new();
-            }
-            // Cannot happen for these plain types; stay unpacked rather than lose data.
-            Err(_) => shift_times(&mut self.events, &mut self.facts, base),
-        }
+        self.packed = Some(bytes);
+        self.events = ThinVec::new();
+        self.facts = ThinVec::new();
     }
 
     /// The events and facts of a packed contact, decoded without unpacking it.
@@ -488,7 +479,7 @@ thread_local! {
 }
 
 /// Move every event and fact time by `by` (wrapping: packing stores times relative
-/// to the first event and adds it back on unpacking).
+/// to the first event, see `packed`, and unpacking adds it back).
 fn shift_times(events: &mut [CEvent], facts: &mut [Fact], by: Millis) {
     for e in events {
         e.ts = e.ts.wrapping_add(by);
