@@ -21,8 +21,7 @@ use super::intern::Sym;
 use crate::event::Millis;
 
 /// Most bytes one event or one fact takes (see [`encode_event`], [`encode_fact`]):
-/// the size of a [`Rec`], and enough room is reserved up front so that appending
-/// never reallocates.
+/// enough room is reserved up front that no push reallocates.
 const EVENT_MAX: usize = 80;
 const FACT_MAX: usize = 48;
 
@@ -30,57 +29,18 @@ const FACT_MAX: usize = 48;
 /// its (wrapping) difference from `base`.
 pub(super) fn encode(base: Millis, events: &[CEvent], facts: &[Fact], out: &mut Vec<u8>) {
     out.reserve(30 + EVENT_MAX * events.len() + FACT_MAX * facts.len());
-    let mut head = Rec::new();
-    signed(&mut head, base);
-    varint(&mut head, events.len() as u64);
-    head.append_to(out);
+    signed(out, base);
+    varint(out, events.len() as u64);
     for e in events {
-        let mut r = Rec::new();
-        encode_event(&mut r, e, base);
-        r.append_to(out);
+        encode_event(out, e, base);
     }
-    let mut head = Rec::new();
-    varint(&mut head, facts.len() as u64);
-    head.append_to(out);
+    varint(out, facts.len() as u64);
     for f in facts {
-        let mut r = Rec::new();
-        encode_fact(&mut r, f, base);
-        r.append_to(out);
+        encode_fact(out, f, base);
     }
 }
 
-/// One event's or fact's bytes, written on the stack and appended to the output in
-/// one copy: a `Vec::push` per byte re-read the vector's length and capacity each
-/// time (most of the hand-written encoder's instructions, callgrind).
-struct Rec {
-    bytes: [u8; EVENT_MAX],
-    len: usize,
-}
-
-impl Rec {
-    fn new() -> Self {
-        Rec {
-            bytes: [0; EVENT_MAX],
-            len: 0,
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, b: u8) {
-        // Never out of room (`worst_cases_fit_the_reserve`); were it, the record would come out
-        // short and the test that compares with postcard would say so.
-        if let Some(slot) = self.bytes.get_mut(self.len) {
-            *slot = b;
-            self.len += 1;
-        }
-    }
-
-    fn append_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.bytes.get(..self.len).unwrap_or(&self.bytes));
-    }
-}
-
-fn encode_event(out: &mut Rec, e: &CEvent, base: Millis) {
+fn encode_event(out: &mut Vec<u8>, e: &CEvent, base: Millis) {
     signed(out, e.ts.wrapping_sub(base));
     // Field-less enums without explicit discriminants: `as` gives the declaration
     // index, which is serde's variant index.
@@ -109,7 +69,7 @@ fn encode_event(out: &mut Rec, e: &CEvent, base: Millis) {
     signed(out, e.value);
 }
 
-fn encode_fact(out: &mut Rec, f: &Fact, base: Millis) {
+fn encode_fact(out: &mut Vec<u8>, f: &Fact, base: Millis) {
     signed(out, f.ts.wrapping_sub(base));
     varint(out, f.side as u64);
     match f.measure {
@@ -172,7 +132,7 @@ fn encode_fact(out: &mut Rec, f: &Fact, base: Millis) {
 }
 
 #[inline(always)]
-fn opt_sym(out: &mut Rec, s: Option<Sym>) {
+fn opt_sym(out: &mut Vec<u8>, s: Option<Sym>) {
     match s {
         Some(s) => {
             out.push(1);
@@ -184,7 +144,7 @@ fn opt_sym(out: &mut Rec, s: Option<Sym>) {
 
 /// LEB128: seven bits per byte, lowest first, the high bit set on all but the last.
 #[inline(always)]
-fn varint(out: &mut Rec, mut v: u64) {
+fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -194,7 +154,7 @@ fn varint(out: &mut Rec, mut v: u64) {
 
 /// Zigzag (0, −1, 1, −2, … as 0, 1, 2, 3, …), then [`varint`].
 #[inline(always)]
-fn signed(out: &mut Rec, v: i64) {
+fn signed(out: &mut Vec<u8>, v: i64) {
     varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
@@ -364,10 +324,9 @@ mod tests {
             wrap_ms: Some(u32::MAX),
             value: i64::MIN,
         };
-        let mut out = Rec::new();
+        let mut out = Vec::new();
         encode_event(&mut out, &e, i64::MAX);
-        // A full record may have lost bytes: the largest must leave room.
-        assert!(out.len < EVENT_MAX, "{}", out.len);
+        assert!(out.len() <= EVENT_MAX, "{}", out.len());
         for measure in [
             Measure::QueueOutcome {
                 answered: true,
@@ -393,9 +352,9 @@ mod tests {
                 agent: Some(big),
                 team: big,
             };
-            let mut out = Rec::new();
+            let mut out = Vec::new();
             encode_fact(&mut out, &f, i64::MAX);
-            assert!(out.len <= FACT_MAX, "{}", out.len);
+            assert!(out.len() <= FACT_MAX, "{}", out.len());
         }
     }
 }
