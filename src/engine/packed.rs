@@ -168,23 +168,6 @@ mod tests {
     use super::*;
     use crate::event::{Channel, EventType};
 
-    const KINDS: [EventType; 14] = [
-        EventType::ContactOffered,
-        EventType::ContactRouted,
-        EventType::ContactAnswered,
-        EventType::ContactAbandoned,
-        EventType::ContactFirstResponse,
-        EventType::ContactTransferred,
-        EventType::ContactEnded,
-        EventType::ContactWrapped,
-        EventType::ContactResolved,
-        EventType::ContactReopened,
-        EventType::ContactConverted,
-        EventType::SurveyResponded,
-        EventType::QaScored,
-        EventType::AgentState,
-    ];
-
     /// Symbols small and large (one to five varint bytes).
     fn sym() -> impl Strategy<Value = Sym> {
         prop_oneof![1u32..200, 1u32..=u32::MAX]
@@ -198,7 +181,7 @@ mod tests {
 
     fn event() -> impl Strategy<Value = CEvent> {
         (
-            (time(), 0..KINDS.len(), any::<u64>()),
+            (time(), 0..EventType::ALL.len(), any::<u64>()),
             (
                 proptest::option::of(sym()),
                 proptest::option::of(sym()),
@@ -216,7 +199,7 @@ mod tests {
                 |((ts, kind, id_hash), (agent, team, queue), (channel, to_agent), (t, h, w), v)| {
                     CEvent {
                         ts,
-                        kind: KINDS[kind],
+                        kind: EventType::ALL[kind],
                         id_hash,
                         agent,
                         team,
