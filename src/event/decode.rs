@@ -308,6 +308,9 @@ fn rfc3339_common(b: &[u8]) -> Option<Millis> {
     Some(secs * 1000 + millis)
 }
 
+/// Inlined into its eight call sites: as a call, its prologue and epilogue were a
+/// third of its instructions (callgrind: inlining saves 1 % of bare parsing's).
+#[inline(always)]
 fn id<'a>(field: &str, v: Option<Cow<'a, str>>) -> Result<Option<Cow<'a, str>>, Reject> {
     match v {
         None => Ok(None),
