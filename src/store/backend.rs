@@ -269,7 +269,7 @@ where
         // that was a disk read and a spilled page per row).
         let mut deletes: Vec<[u8; 16]> = batch.deletes.iter().map(|k| k.to_be_bytes()).collect();
         deletes.sort_unstable();
-        let mut chunks = deletes.chunks_exact(sql::CHUNK);
+        let mut chunks = deletes.chunks_exact(sql::SPILL_CHUNK);
         for chunk in &mut chunks {
             let mut q = sqlx::query::<DB>(&st.spill_delete_chunk).bind(partition);
             for key in chunk {
@@ -290,7 +290,7 @@ where
         let mut puts: Vec<&SpilledContact> = batch.puts.iter().collect();
         puts.sort_unstable_by_key(|c| c.key);
         let keys: Vec<[u8; 16]> = puts.iter().map(|c| c.key.to_be_bytes()).collect();
-        let mut chunks = puts.chunks_exact(sql::CHUNK);
+        let mut chunks = puts.chunks_exact(sql::SPILL_CHUNK);
         let mut at = 0;
         for chunk in &mut chunks {
             let mut q = sqlx::query::<DB>(&st.spill_upsert_chunk);
@@ -364,7 +364,7 @@ where
     }
 
     /// The spilled contacts with one of `keys` (`by_customer`: customer keys), in
-    /// statements of [`sql::CHUNK`] keys each.
+    /// statements of [`sql::SPILL_CHUNK`] keys each.
     pub(super) async fn spill_select_many(
         &self,
         partition: &str,
@@ -380,10 +380,10 @@ where
         };
         let bytes: Vec<[u8; 16]> = keys.iter().map(|k| k.to_be_bytes()).collect();
         let mut out = Vec::new();
-        for chunk in bytes.chunks(sql::CHUNK) {
+        for chunk in bytes.chunks(sql::SPILL_CHUNK) {
             let mut q = sqlx::query::<DB>(sql).bind(partition);
             // A short chunk repeats its last key: one statement shape, cached once.
-            for i in 0..sql::CHUNK {
+            for i in 0..sql::SPILL_CHUNK {
                 if let Some(k) = chunk.get(i).or(chunk.last()) {
                     q = q.bind(&k[..]);
                 }
@@ -506,6 +506,12 @@ where
     /// ([`FirstWrite`]), otherwise by reading the current values by primary key and
     /// upserting their sums. The statements are prepared once per connection (sqlx
     /// caches them by SQL text, and their shapes are fixed).
+    ///
+    /// The next chunk's first write is made (rows merged, histograms encoded, values
+    /// bound) while the current chunk's statements run on the driver's side: SQLite executes on a worker thread
+    /// of sqlx's, and the two used to take turns, so a replay's final write (most of
+    /// its rows, after the last event) kept under one of two cores busy
+    /// (docs/performance.md, "thirteenth round").
     async fn apply_rows(
         conn: &mut DB::Connection,
         partition: &str,
@@ -517,50 +523,88 @@ where
         // window, and a window with an existing row (a correction) usually has more,
         // so its next chunks are read first rather than tried first.
         let mut revised_window = None;
-        for chunk in rows.chunks(sql::CHUNK) {
-            let window = chunk.first().map(|p| (p.window, p.start));
-            let fresh = match revised_window != window {
-                true => Self::fresh_rows(partition, chunk),
-                false => None,
-            };
-            // The stored values of the chunk's rows, and whether the rows without one
-            // are stored already (written as new by the first write).
-            let (existing, new_rows_written) = match (fresh, DB::FIRST_WRITE) {
-                (Some(fresh), FirstWrite::InsertOrUndo) => {
-                    if Self::insert_new(conn, partition, chunk, fresh, updated_at).await? {
-                        inserted += chunk.len() as u64;
-                        continue;
-                    }
-                    (Self::fetch_existing(conn, partition, chunk).await?, false)
-                }
-                (Some(fresh), FirstWrite::InsertOrRead) => (
-                    Self::insert_or_read(conn, partition, chunk, fresh, updated_at).await?,
-                    true,
+        let mut chunks = rows.chunks(sql::CHUNK).peekable();
+        // The current chunk's first write, bound while the previous one was written.
+        let mut made = None;
+        while let Some(chunk) = chunks.next() {
+            // Made ahead only where they will be tried (a guess: the current chunk may
+            // yet find a row and mark the next chunk's window as revised).
+            let next = chunks
+                .peek()
+                .copied()
+                .filter(|c| revised_window != c.first().map(|p| (p.window, p.start)));
+            let (written, next_made) = tokio::join!(
+                Self::apply_chunk(
+                    &mut *conn,
+                    partition,
+                    chunk,
+                    made.take(),
+                    &mut revised_window,
+                    updated_at
                 ),
-                (None, _) => (Self::fetch_existing(conn, partition, chunk).await?, false),
-            };
-            let mut writes = Vec::with_capacity(chunk.len());
-            for (p, old) in chunk.iter().zip(existing) {
-                match old {
-                    Some(old) => {
-                        revised += 1;
-                        revised_window = window;
-                        writes.push((p, p.merge_into(partition, Some(old))?));
-                    }
-                    None => {
-                        inserted += 1;
-                        if !new_rows_written {
-                            writes.push((p, p.merge_into(partition, None)?));
-                        }
-                    }
-                }
-            }
-            Self::upsert_rows(conn, partition, writes, updated_at).await?;
+                async { next.map(|c| Self::first_write(partition, c, updated_at)) }
+            );
+            let (i, r) = written?;
+            inserted += i;
+            revised += r;
+            made = next_made;
         }
         Ok((inserted, revised))
     }
 
-    /// Upsert complete row values: one statement for a full chunk, else one per row.
+    /// One chunk of [`Self::apply_rows`]: `made` is its first write when it was made
+    /// ahead (`Some(None)`: the chunk cannot be written as new rows).
+    async fn apply_chunk<'q>(
+        conn: &mut DB::Connection,
+        partition: &'q str,
+        chunk: &'q [Pending<'q>],
+        made: Option<Option<Query<'q, DB>>>,
+        revised_window: &mut Option<(&'q str, i64)>,
+        updated_at: &'q str,
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut inserted, mut revised) = (0, 0);
+        let window = chunk.first().map(|p| (p.window, p.start));
+        let first = match *revised_window != window {
+            true => made.unwrap_or_else(|| Self::first_write(partition, chunk, updated_at)),
+            false => None,
+        };
+        // The stored values of the chunk's rows, and whether the rows without one
+        // are stored already (written as new by the first write).
+        let (existing, new_rows_written) = match (first, DB::FIRST_WRITE) {
+            (Some(q), FirstWrite::InsertOrUndo) => {
+                if Self::insert_new(conn, q).await? {
+                    return Ok((chunk.len() as u64, 0));
+                }
+                (Self::fetch_existing(conn, partition, chunk).await?, false)
+            }
+            (Some(q), FirstWrite::InsertOrRead) => {
+                let found = q.fetch_all(&mut *conn).await?;
+                (Self::in_chunk_order(chunk, &found)?, true)
+            }
+            (None, _) => (Self::fetch_existing(conn, partition, chunk).await?, false),
+        };
+        let mut writes = Vec::with_capacity(chunk.len());
+        for (p, old) in chunk.iter().zip(existing) {
+            match old {
+                Some(old) => {
+                    revised += 1;
+                    *revised_window = window;
+                    writes.push((p, p.merge_into(partition, Some(old))?));
+                }
+                None => {
+                    inserted += 1;
+                    if !new_rows_written {
+                        writes.push((p, p.merge_into(partition, None)?));
+                    }
+                }
+            }
+        }
+        Self::upsert_rows(conn, partition, writes, updated_at).await?;
+        Ok((inserted, revised))
+    }
+
+    /// Upsert complete row values: one statement for a full chunk, else one per
+    /// power of two in the row count ([`Statements::upsert_pieces`]).
     async fn upsert_rows(
         conn: &mut DB::Connection,
         partition: &str,
@@ -568,18 +612,19 @@ where
         updated_at: &str,
     ) -> Result<(), StoreError> {
         let statements = DB::statements();
-        if writes.len() == sql::CHUNK {
-            let mut q = sqlx::query::<DB>(&statements.upsert_chunk);
-            for (p, w) in writes {
-                q = Self::bind_upsert(q, p, partition, w, updated_at);
-            }
-            q.execute(&mut *conn).await?;
-        } else {
-            for (p, w) in writes {
-                let q = sqlx::query::<DB>(&statements.upsert_one);
-                Self::bind_upsert(q, p, partition, w, updated_at)
-                    .execute(&mut *conn)
-                    .await?;
+        let mut rest = writes.into_iter();
+        let mut left = rest.len();
+        let pieces = std::iter::once((sql::CHUNK, &statements.upsert_chunk))
+            .chain(statements.upsert_pieces.iter().map(|(n, st)| (*n, st)))
+            .chain(std::iter::once((1, &statements.upsert_one)));
+        for (n, statement) in pieces {
+            while left >= n {
+                let mut q = sqlx::query::<DB>(statement);
+                for (p, w) in rest.by_ref().take(n) {
+                    q = Self::bind_upsert(q, p, partition, w, updated_at);
+                }
+                q.execute(&mut *conn).await?;
+                left -= n;
             }
         }
         Ok(())
@@ -598,20 +643,33 @@ where
             .collect()
     }
 
-    /// [`FirstWrite::InsertOrUndo`]: write a full chunk as new rows, in one statement:
-    /// true when it did; false, with nothing written, when a row exists (the statement
-    /// fails on the primary key and is undone alone).
-    async fn insert_new(
-        conn: &mut DB::Connection,
-        partition: &str,
-        chunk: &[Pending<'_>],
-        fresh: Vec<NewRow>,
-        updated_at: &str,
-    ) -> Result<bool, StoreError> {
-        let mut q = sqlx::query::<DB>(&DB::statements().insert_new_chunk);
+    /// A full chunk's first write ([`FirstWrite`]): its rows as new rows, bound to
+    /// this backend's statement; none when the chunk cannot be written first (see
+    /// [`Self::fresh_rows`]).
+    fn first_write<'q>(
+        partition: &'q str,
+        chunk: &'q [Pending<'q>],
+        updated_at: &'q str,
+    ) -> Option<Query<'q, DB>> {
+        let fresh = Self::fresh_rows(partition, chunk)?;
+        let statements = DB::statements();
+        let statement = match DB::FIRST_WRITE {
+            FirstWrite::InsertOrUndo => &statements.insert_new_chunk,
+            // A backend without the statement reads and upserts instead.
+            FirstWrite::InsertOrRead => statements.insert_or_read_chunk.as_ref()?,
+        };
+        let mut q = sqlx::query::<DB>(statement);
         for (p, w) in chunk.iter().zip(fresh) {
             q = Self::bind_upsert(q, p, partition, w, updated_at);
         }
+        Some(q)
+    }
+
+    /// [`FirstWrite::InsertOrUndo`]: write a full chunk as new rows, in one statement
+    /// (`q`, from [`Self::first_write`]): true when it did; false, with nothing
+    /// written, when a row exists (the statement fails on the primary key and is
+    /// undone alone).
+    async fn insert_new(conn: &mut DB::Connection, q: Query<'_, DB>) -> Result<bool, StoreError> {
         match q.execute(&mut *conn).await {
             Ok(_) => Ok(true),
             Err(sqlx::Error::Database(e))
@@ -621,29 +679,6 @@ where
             }
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// [`FirstWrite::InsertOrRead`]: insert the rows of a full chunk that do not exist
-    /// and return, in chunk order, the stored values of those that do (left as they
-    /// were: the caller merges and upserts them).
-    async fn insert_or_read(
-        conn: &mut DB::Connection,
-        partition: &str,
-        chunk: &[Pending<'_>],
-        fresh: Vec<NewRow>,
-        updated_at: &str,
-    ) -> Result<Vec<Option<RawRow>>, StoreError> {
-        let Some(statement) = DB::statements().insert_or_read_chunk.as_deref() else {
-            return Err(StoreError::Corrupt {
-                what: "this backend has no insert-or-read statement".to_owned(),
-            });
-        };
-        let mut q = sqlx::query::<DB>(statement);
-        for (p, w) in chunk.iter().zip(fresh) {
-            q = Self::bind_upsert(q, p, partition, w, updated_at);
-        }
-        let found = q.fetch_all(&mut *conn).await?;
-        Self::in_chunk_order(chunk, &found)
     }
 
     /// The stored rows for `chunk` (1..=CHUNK distinct rows), in chunk order.

@@ -381,7 +381,7 @@ impl Store {
 
     /// The spilled contacts of `partition` with one of `keys`, or with `by_customer`
     /// one of the customer keys `keys`, with `last_ts >= oldest`: many look-ups in a
-    /// few round trips (a statement per [`sql::CHUNK`] keys).
+    /// few round trips (a statement per [`sql::SPILL_CHUNK`] keys).
     pub async fn spill_select_many(
         &self,
         partition: &str,
@@ -446,11 +446,18 @@ impl Store {
 pub(crate) mod sql {
     use super::{COUNTER_NAMES, HIST_NAMES};
 
-    /// Rows written or read per statement. Each statement is a round trip to the
-    /// driver (for SQLite, to its worker thread), which costs more than SQLite's own
-    /// work on a row, so rows go in chunks. 64 rows keep the upsert at 2,048 bind
-    /// parameters, far below SQLite's (32,766) and PostgreSQL's (65,535) limits.
-    pub const CHUNK: usize = 64;
+    /// Snapshot rows written or read per statement. Each statement is a round trip to
+    /// the driver (for SQLite, to its worker thread, and back: two thread wake-ups),
+    /// which costs more than SQLite's own work on a row, so rows go in chunks. It was
+    /// 64: a replay's final write (most of its rows) then kept SQLite's worker idle
+    /// 40 % of the time, waiting for the next statement; 256 rows cut that to a
+    /// quarter (docs/performance.md, "thirteenth round"). 256 rows keep the upsert at
+    /// 8,192 bind parameters, below SQLite's (32,766) and PostgreSQL's (65,535) limits.
+    pub const CHUNK: usize = 256;
+
+    /// Spilled contacts per statement: their batches are small (a flush's worth) and
+    /// a short look-up is padded to the full statement, so they keep smaller chunks.
+    pub const SPILL_CHUNK: usize = 64;
 
     /// Values bound per row of an upsert.
     pub const UPSERT_BINDS: usize = 6 + COUNTER_NAMES.len() + HIST_NAMES.len() + 2;
@@ -504,10 +511,14 @@ pub(crate) mod sql {
         /// not inserted (the partition lock keeps other writers of them out). Binds as
         /// `upsert_chunk`; the look-up reuses the rows' key parameters.
         pub insert_or_read_chunk: Option<String>,
-        /// The same for one row: the tail of a batch that does not fill a chunk.
-        /// Padding is not possible here (PostgreSQL rejects an upsert that touches a
-        /// row twice), and one fixed shape keeps the prepared-statement cache small.
+        /// The same for one row. With [`Statements::upsert_pieces`], the tail of a
+        /// batch that does not fill a chunk. Padding is not possible here (PostgreSQL
+        /// rejects an upsert that touches a row twice).
         pub upsert_one: String,
+        /// `(n, upsert of n rows)` for n = [`CHUNK`] / 2, / 4, ... 2: a batch's tail
+        /// of k < [`CHUNK`] rows goes in one statement per bit of k (at most 8 round
+        /// trips instead of k), in few fixed shapes for the prepared-statement cache.
+        pub upsert_pieces: Vec<(usize, String)>,
         /// Binds: partition.
         pub delete_partition: String,
         /// Binds: partition.
@@ -520,11 +531,11 @@ pub(crate) mod sql {
         pub spill_expire: String,
         /// Binds: partition, contact_key.
         pub spill_delete: String,
-        /// Binds: partition, [`CHUNK`] distinct contact keys.
+        /// Binds: partition, [`SPILL_CHUNK`] distinct contact keys.
         pub spill_delete_chunk: String,
         /// Binds: partition, contact_key, customer_key, first_offer, last_ts, body.
         pub spill_upsert: String,
-        /// The same for [`CHUNK`] distinct contacts (6 binds each, in that order).
+        /// The same for [`SPILL_CHUNK`] distinct contacts (6 binds each, in that order).
         pub spill_upsert_chunk: String,
         /// Binds: partition, contact_key, oldest last_ts kept. Returns contact_key,
         /// customer_key, first_offer, last_ts, body (every `spill_select*` the same).
@@ -534,10 +545,10 @@ pub(crate) mod sql {
         /// horizon per look-up; the caller filters instead (a customer has a handful
         /// of rows).
         pub spill_select_customer: String,
-        /// Binds: partition, [`CHUNK`] contact keys (repeat one to pad). No `last_ts`
+        /// Binds: partition, [`SPILL_CHUNK`] contact keys (repeat one to pad). No `last_ts`
         /// bound, as above.
         pub spill_select_keys: String,
-        /// Binds: partition, [`CHUNK`] customer keys (repeat one to pad).
+        /// Binds: partition, [`SPILL_CHUNK`] customer keys (repeat one to pad).
         pub spill_select_customers: String,
         /// Binds: partition. Returns contact_key, customer_key, last_ts.
         pub spill_scan: String,
@@ -691,6 +702,10 @@ pub(crate) mod sql {
                 insert_new_chunk: insert_values(p, CHUNK),
                 insert_or_read_chunk: insert_or_read(p),
                 upsert_one: upsert(p, 1),
+                upsert_pieces: std::iter::successors(Some(CHUNK / 2), |n| Some(n / 2))
+                    .take_while(|&n| n >= 2)
+                    .map(|n| (n, upsert(p, n)))
+                    .collect(),
                 delete_partition: format!(
                     "DELETE FROM snapshots WHERE \"partition\" = {}",
                     p.list(1, 1)
@@ -720,10 +735,10 @@ pub(crate) mod sql {
                 spill_delete_chunk: format!(
                     "DELETE FROM spilled_contacts WHERE \"partition\" = {} AND contact_key IN ({})",
                     p.list(1, 1),
-                    p.list(2, CHUNK)
+                    p.list(2, SPILL_CHUNK)
                 ),
                 spill_upsert: spill_upsert(p, 1),
-                spill_upsert_chunk: spill_upsert(p, CHUNK),
+                spill_upsert_chunk: spill_upsert(p, SPILL_CHUNK),
                 spill_select: format!(
                     "SELECT {SPILL_COLUMNS} FROM spilled_contacts \
                      WHERE \"partition\" = {} AND contact_key = {} AND last_ts >= {}",
@@ -742,14 +757,14 @@ pub(crate) mod sql {
                     "SELECT {SPILL_COLUMNS} FROM spilled_contacts \
                      WHERE \"partition\" = {} AND contact_key IN ({})",
                     p.list(1, 1),
-                    p.list(2, CHUNK)
+                    p.list(2, SPILL_CHUNK)
                 ),
                 spill_select_customers: format!(
                     "SELECT {SPILL_COLUMNS} FROM spilled_contacts {} \
                      WHERE \"partition\" = {} AND customer_key IN ({})",
                     by_customer(p),
                     p.list(1, 1),
-                    p.list(2, CHUNK)
+                    p.list(2, SPILL_CHUNK)
                 ),
                 spill_scan: format!(
                     "SELECT contact_key, customer_key, last_ts FROM spilled_contacts WHERE \"partition\" = {}",
@@ -1135,6 +1150,7 @@ mod tests {
         apply_twice_sums_counters_merges_hists_and_bumps_revision,
         zero_deltas_are_skipped_and_duplicates_coalesced,
         batches_larger_than_a_chunk,
+        tails_of_every_shape_are_written_in_pieces,
         a_chunk_with_one_existing_row_is_merged_whole,
         query_merges_partitions,
         clear_partition_deletes_only_that_partition,
@@ -1620,6 +1636,59 @@ mod tests {
                 .filter(|r| r.key.starts_with("new-"))
                 .all(|r| r.revision == 1 && r.acc.answered == 1)
         );
+    }
+
+    /// A batch's tail (fewer rows than a chunk) goes in one upsert per power of two in
+    /// its length: tails of 1, 2, 3, one under a half, a half, and a chunk less one
+    /// row, each mixing revised and new rows, all land once with their sums.
+    async fn tails_of_every_shape_are_written_in_pieces(s: Store) {
+        let c = sql::CHUNK;
+        for (round, len) in [1, 2, 3, c / 2 - 1, c / 2, c - 1].into_iter().enumerate() {
+            let start = T0 + round as i64 * H;
+            let batch = |from: usize, to: usize, n: i64| -> Vec<SnapshotDelta> {
+                (from..to)
+                    .map(|i| {
+                        delta(
+                            start,
+                            Dimension::Agent,
+                            &format!("a-{i:04}"),
+                            answered(n, 7),
+                        )
+                    })
+                    .collect()
+            };
+            // The even half of the keys first, then all of them: the second tail's
+            // rows are revisions and new rows, interleaved.
+            let evens: Vec<SnapshotDelta> = batch(0, len, 2)
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| i.is_multiple_of(2))
+                .map(|(_, d)| d)
+                .collect();
+            let r = s.apply_deltas("p1", &evens).await.unwrap();
+            assert_eq!((r.inserted, r.revised), (evens.len() as u64, 0), "{len}");
+            let r = s.apply_deltas("p1", &batch(0, len, 1)).await.unwrap();
+            let revised = len.div_ceil(2) as u64;
+            assert_eq!(
+                (r.inserted, r.revised),
+                (len as u64 - revised, revised),
+                "{len}"
+            );
+            let rows = s
+                .query("1h", Dimension::Agent, Some(start), Some(start + H))
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), len, "{len}");
+            for row in rows {
+                let i: usize = row.key["a-".len()..].parse().unwrap();
+                let (answered, revision) = if i.is_multiple_of(2) { (3, 2) } else { (1, 1) };
+                assert_eq!(
+                    (row.acc.answered, row.revision),
+                    (answered, revision),
+                    "{len} {i}"
+                );
+            }
+        }
     }
 
     /// A full chunk of new rows whose last row exists. SQLite writes full chunks with
@@ -2332,16 +2401,18 @@ mod tests {
         let mode: String = sqlx::query_scalar(show).fetch_one(&mut *tx).await.unwrap();
         assert_eq!(mode, "force_generic_plan");
         tx.rollback().await.unwrap();
-        // Ten hours of 2,000 agents with a 300-byte histogram each, written in one
-        // statement (no statistics yet): the size at which PostgreSQL 15 plans a
-        // row-value IN list as a hash semi join over the whole partition (1,446
-        // pages, against 256 for look-ups by key; larger tables get look-ups again).
+        // Forty hours of 2,000 agents with a 300-byte histogram each, written in one
+        // statement (no statistics yet). Ten hours was the size at which PostgreSQL
+        // 15 planned a row-value IN list of 64 keys as a hash semi join over the
+        // whole partition (1,446 pages, against 256 for look-ups by key); with
+        // chunks of 256 keys the partition is four times that, so that a scan stays
+        // far above the look-ups' ~4 pages per key.
         sqlx::query(
             "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \
              \"partition\", revision, updated_at, wait_hist) \
              SELECT '1h', $1 + w * 3600000, $1 + (w + 1) * 3600000, 'agent', \
              'agent-' || lpad(k::text, 5, '0'), 'p1', 1, '', decode(repeat('ab', 300), 'hex') \
-             FROM generate_series(0, 9) AS w, generate_series(0, 1999) AS k",
+             FROM generate_series(0, 39) AS w, generate_series(0, 1999) AS k",
         )
         .bind(T0)
         .execute(&pg.pool)
@@ -2349,7 +2420,7 @@ mod tests {
         .unwrap();
         let st = sql::Statements::new(sql::Placeholder::Dollar);
         let start = T0 + 5 * H;
-        let agent = |i: usize| format!("'agent-{:05}'", i * 30);
+        let agent = |i: usize| format!("'agent-{:05}'", i * 7);
         // select_rows: the partition, then (window, start, dimension, key) per key.
         let mut types = vec!["text"];
         let mut args = vec!["'p1'".to_owned()];
@@ -2407,9 +2478,9 @@ mod tests {
         ] {
             let (pages, found, plan) = pages_touched(&pg.pool, mode, statement, types, args).await;
             assert_eq!(found, sql::CHUNK, "{what}, {mode}: rows found");
-            // About 4 pages per key; the partition alone is 1,446.
+            // About 4 pages per key; the partition alone is ~5,800.
             assert!(
-                (1..=600).contains(&pages),
+                (1..=5 * sql::CHUNK as u64).contains(&pages),
                 "{what}, {mode}: {pages} pages:\n{plan}"
             );
         }
@@ -2418,7 +2489,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            stored, 20_000,
+            stored, 80_000,
             "the insert-or-read wrote over existing rows"
         );
         store.close().await;
