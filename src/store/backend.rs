@@ -508,9 +508,9 @@ where
     /// caches them by SQL text, and their shapes are fixed).
     ///
     /// The next chunk's first write is made (rows merged, histograms encoded, values
-    /// bound) while the current chunk's statements run on the driver's side: SQLite executes on a worker thread
-    /// of sqlx's, and the two used to take turns, so a replay's final write (most of
-    /// its rows, after the last event) kept under one of two cores busy
+    /// bound) while the current chunk's statements run on the driver's side (SQLite
+    /// runs on a worker thread of sqlx's; the two used to take turns): a replay's
+    /// final write, most of its rows, 0.57 → 0.52 s per 1 M events
     /// (docs/performance.md, "thirteenth round").
     async fn apply_rows(
         conn: &mut DB::Connection,
