@@ -615,8 +615,7 @@ where
         let mut rest = writes.into_iter();
         let mut left = rest.len();
         let pieces = std::iter::once((sql::CHUNK, &statements.upsert_chunk))
-            .chain(statements.upsert_pieces.iter().map(|(n, st)| (*n, st)))
-            .chain(std::iter::once((1, &statements.upsert_one)));
+            .chain(statements.upsert_pieces.iter().map(|(n, st)| (*n, st)));
         for (n, statement) in pieces {
             while left >= n {
                 let mut q = sqlx::query::<DB>(statement);

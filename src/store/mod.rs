@@ -511,13 +511,11 @@ pub(crate) mod sql {
         /// not inserted (the partition lock keeps other writers of them out). Binds as
         /// `upsert_chunk`; the look-up reuses the rows' key parameters.
         pub insert_or_read_chunk: Option<String>,
-        /// The same for one row. With [`Statements::upsert_pieces`], the tail of a
-        /// batch that does not fill a chunk. Padding is not possible here (PostgreSQL
-        /// rejects an upsert that touches a row twice).
-        pub upsert_one: String,
-        /// `(n, upsert of n rows)` for n = [`CHUNK`] / 2, / 4, ... 2: a batch's tail
-        /// of k < [`CHUNK`] rows goes in one statement per bit of k (at most 8 round
-        /// trips instead of k), in few fixed shapes for the prepared-statement cache.
+        /// `(n, the same for n rows)` for n = [`CHUNK`] / 2, / 4, ... 1: the tail of a
+        /// batch, k < [`CHUNK`] rows, goes in one statement per bit of k (at most 8
+        /// round trips instead of k), in few fixed shapes for the prepared-statement
+        /// cache. Padding is not possible here (PostgreSQL rejects an upsert that
+        /// touches a row twice).
         pub upsert_pieces: Vec<(usize, String)>,
         /// Binds: partition.
         pub delete_partition: String,
@@ -701,9 +699,8 @@ pub(crate) mod sql {
                 upsert_chunk: upsert(p, CHUNK),
                 insert_new_chunk: insert_values(p, CHUNK),
                 insert_or_read_chunk: insert_or_read(p),
-                upsert_one: upsert(p, 1),
                 upsert_pieces: std::iter::successors(Some(CHUNK / 2), |n| Some(n / 2))
-                    .take_while(|&n| n >= 2)
+                    .take_while(|&n| n >= 1)
                     .map(|n| (n, upsert(p, n)))
                     .collect(),
                 delete_partition: format!(
@@ -2012,18 +2009,21 @@ mod tests {
     fn sql_lists_every_column() {
         use sql::{CHUNK, Placeholder, Statements, UPSERT_BINDS};
         let st = Statements::new(Placeholder::Dollar);
+        let one_row = |st: &Statements| {
+            let (n, one) = st.upsert_pieces.last().unwrap();
+            assert_eq!(*n, 1);
+            one.clone()
+        };
+        let upsert_one = one_row(&st);
         for c in COUNTER_NAMES.iter().chain(HIST_NAMES.iter()) {
-            assert!(
-                st.upsert_one.contains(&format!("{c} = excluded.{c}")),
-                "{c}"
-            );
+            assert!(upsert_one.contains(&format!("{c} = excluded.{c}")), "{c}");
             assert!(st.select_export.contains(c), "{c}");
             assert!(st.select_rows.contains(c), "{c}");
         }
         assert_eq!(UPSERT_BINDS, 32);
-        assert!(st.upsert_one.contains("VALUES ($1, $2, "));
-        assert!(st.upsert_one.contains("$32) ON CONFLICT"));
-        assert!(!st.upsert_one.contains("$33"));
+        assert!(upsert_one.contains("VALUES ($1, $2, "));
+        assert!(upsert_one.contains("$32) ON CONFLICT"));
+        assert!(!upsert_one.contains("$33"));
         let last = CHUNK * UPSERT_BINDS;
         assert!(st.upsert_chunk.contains("$32), ($33, "));
         assert!(st.upsert_chunk.contains(&format!("${last}) ON CONFLICT")));
@@ -2062,7 +2062,7 @@ mod tests {
         assert!(q.select_rows.contains("\"partition\" = ? AND"));
         assert!(q.insert_or_read_chunk.is_none());
         assert_eq!(count(&q.select_export, "?"), 4);
-        assert!(!q.upsert_one.contains('$'));
+        assert!(!one_row(&q).contains('$'));
         assert_eq!(rfc3339_ms(T0 + 5), "2026-11-23T00:00:00.005Z");
     }
 
