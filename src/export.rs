@@ -74,23 +74,50 @@ pub fn write(
     format: Format,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    let cols = columns();
-    match format {
-        Format::Csv => {
+    let mut w = Writer::new(formula, format, out)?;
+    for row in rows {
+        w.row(row)?;
+    }
+    Ok(())
+}
+
+/// Writes an export row by row as the rows are read (`Store::query_each`), so an
+/// export of any length holds one row: the header (CSV) when made, then a line per
+/// [`Writer::row`].
+pub struct Writer<'o, W: Write> {
+    cols: Vec<&'static str>,
+    formula: SlFormula,
+    format: Format,
+    out: &'o mut W,
+}
+
+impl<'o, W: Write> Writer<'o, W> {
+    pub fn new(formula: SlFormula, format: Format, out: &'o mut W) -> io::Result<Self> {
+        let cols = columns();
+        if format == Format::Csv {
             writeln!(out, "{}", cols.join(","))?;
-            for row in rows {
-                let line: Vec<String> = row_cells(row, formula).iter().map(Cell::to_csv).collect();
-                writeln!(out, "{}", line.join(","))?;
-            }
         }
-        Format::Jsonl => {
-            for row in rows {
-                write_json_object(&cols, &row_cells(row, formula), out)?;
-                out.write_all(b"\n")?;
+        Ok(Writer {
+            cols,
+            formula,
+            format,
+            out,
+        })
+    }
+
+    pub fn row(&mut self, row: &StoredRow) -> io::Result<()> {
+        let cells = row_cells(row, self.formula);
+        match self.format {
+            Format::Csv => {
+                let line: Vec<String> = cells.iter().map(Cell::to_csv).collect();
+                writeln!(self.out, "{}", line.join(","))
+            }
+            Format::Jsonl => {
+                write_json_object(&self.cols, &cells, self.out)?;
+                self.out.write_all(b"\n")
             }
         }
     }
-    Ok(())
 }
 
 /// Written by hand because `serde_json::Map` sorts its keys (the `preserve_order`

@@ -400,6 +400,10 @@ fn replay_with_spilled_contacts_equals_replay_without() {
             &env,
         );
         assert!(o.status.success(), "{}", text(&o));
+        // The store is closed, not dropped: SQLite has moved its write-ahead log into
+        // the database file, which alone holds the replay.
+        let wal = dir.path().join(format!("{name}-wal"));
+        assert!(!wal.exists(), "{} left behind", wal.display());
         let log = String::from_utf8_lossy(&o.stderr).into_owned();
         let mut out = String::new();
         for (window, dim) in [

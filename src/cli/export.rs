@@ -62,14 +62,19 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             ccmetrics::config::redact_url(&cfg.store.url)
         )
     })?;
-    let rows = store
-        .query(&a.window.to_string(), a.dimension, a.from, a.to)
-        .await
-        .context("reading snapshots")?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    export::write(&rows, cfg.metrics.service_level_formula, a.format, &mut out)
+    let mut w = export::Writer::new(cfg.metrics.service_level_formula, a.format, &mut out)
         .context("writing export")?;
+    // Rows are written as they are read: an export of months of per-agent windows
+    // runs in the memory of one row.
+    store
+        .query_each(&a.window.to_string(), a.dimension, a.from, a.to, |row| {
+            w.row(&row).context("writing export")
+        })
+        .await
+        .context("exporting snapshots")?;
+    store.close().await;
     out.flush().context("writing export")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -13,8 +13,8 @@ use super::sql::{self, Statements};
 use crate::engine::spill::{SpillBatch, SpilledContact};
 
 use super::{
-    CheckpointWrite, Claim, ExportRaw, N_COUNTERS, NewRow, Pending, RawRow, StoreError, StoredRow,
-    merge_partitions,
+    CheckpointWrite, Claim, ExportRaw, N_COUNTERS, NewRow, PartitionMerge, Pending, RawRow,
+    StoreError, StoredRow,
 };
 use crate::engine::Dimension;
 
@@ -221,30 +221,44 @@ where
         Ok(())
     }
 
-    pub(super) async fn query(
+    pub(super) async fn query_each<E: From<StoreError>>(
         &self,
         window: &str,
         dimension: Dimension,
         from: Option<i64>,
         to: Option<i64>,
-    ) -> Result<Vec<StoredRow>, StoreError> {
-        let rows = sqlx::query::<DB>(&DB::statements().select_export)
+        mut each: impl FnMut(StoredRow) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        use futures_util::TryStreamExt;
+        let mut rows = sqlx::query::<DB>(&DB::statements().select_export)
             .bind(window)
             .bind(dimension.as_str())
             .bind(from.unwrap_or(i64::MIN))
             .bind(to.unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut raws = Vec::with_capacity(rows.len());
-        for r in &rows {
-            raws.push(ExportRaw {
-                start: r.try_get(0)?,
-                end: r.try_get(1)?,
-                key: r.try_get(2)?,
-                row: Self::raw_row(r, 3)?,
-            });
+            .fetch(&self.pool);
+        let mut merge = PartitionMerge::new(window, dimension);
+        let mut n = 0;
+        let read =
+            |r: Result<Option<DB::Row>, sqlx::Error>| -> Result<Option<ExportRaw>, StoreError> {
+                let Some(r) = r? else { return Ok(None) };
+                Ok(Some(ExportRaw {
+                    start: r.try_get(0)?,
+                    end: r.try_get(1)?,
+                    key: r.try_get(2)?,
+                    row: Self::raw_row(&r, 3)?,
+                }))
+            };
+        while let Some(raw) = read(rows.try_next().await)? {
+            if let Some(done) = merge.add(raw)? {
+                n += 1;
+                each(done)?;
+            }
         }
-        merge_partitions(window, dimension, raws)
+        if let Some(last) = merge.finish() {
+            n += 1;
+            each(last)?;
+        }
+        Ok(n)
     }
 
     /// A spill batch, in the commit transaction after the fence: expiry first, then
