@@ -1953,10 +1953,10 @@ mod tests {
     /// column here is given ICU's root collation, as a database created with it would.
     #[tokio::test]
     async fn postgres_export_order_is_bytewise_whatever_the_collation() {
-        let db = testing::TestDb::create()
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::open(&db.url).await.unwrap();
+        on_postgres(export_order_under_a_language_collation).await
+    }
+
+    async fn export_order_under_a_language_collation(store: Store) {
         let Store::Postgres(pg) = &store else {
             panic!("not PostgreSQL")
         };
@@ -1984,8 +1984,6 @@ mod tests {
             }
         }
         let rows = all_rows(&store).await;
-        store.close().await;
-        db.drop_db().await.unwrap_or_else(|e| panic!("{e}"));
         let got: Vec<_> = rows
             .iter()
             .map(|r| (r.key.as_str(), r.acc.answered))
