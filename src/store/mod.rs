@@ -2191,6 +2191,11 @@ mod tests {
         };
         assert_eq!(inner.applied_migrations().await.unwrap(), 4);
         assert_eq!(inner.journal_mode().await.unwrap(), "wal");
+        assert_eq!(
+            inner.temp_store().await.unwrap(),
+            2,
+            "temporary files in memory"
+        );
         s.close().await;
     }
 
