@@ -67,7 +67,9 @@ pub fn row_cells(row: &StoredRow, formula: SlFormula) -> Vec<Cell> {
 }
 
 /// Write `rows` with a header (CSV) or as one JSON object per line (JSONL); `\n` line
-/// endings either way.
+/// endings either way. The tests' way in; `export` writes through [`Writer`] as it
+/// reads.
+#[cfg(test)]
 pub fn write(
     rows: &[StoredRow],
     formula: SlFormula,
