@@ -226,9 +226,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             "closed contacts held in the store instead of memory (at most, at a flush)"
         );
     }
-    // Closed, not dropped: SQLite then checkpoints its write-ahead log into the
-    // database file and removes it, so a finished replay leaves one file to copy or
-    // archive (~10 ms for a 1 M-event replay). Dropping left the last writes in the log.
+    // Closed, not dropped: SQLite's write-ahead log is moved into the database file
+    // (`Store::close`), so a finished replay's file alone holds it, to copy or archive
+    // (~10 ms for a 1 M-event replay). Dropping left the last writes in the log.
     store.close().await;
     bar.finish_and_clear();
     pipe.finish().context("writing dead letters")?;

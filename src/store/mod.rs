@@ -207,10 +207,14 @@ impl Store {
         }
     }
 
-    /// Close the connections (flushing SQLite's WAL). Later calls fail.
+    /// Close the connections, SQLite's write-ahead log first moved into the database
+    /// file. Later calls fail.
     pub async fn close(&self) {
         match self {
-            Store::Sqlite(s) => s.close().await,
+            Store::Sqlite(s) => {
+                s.checkpoint().await;
+                s.close().await
+            }
             Store::Postgres(s) => s.close().await,
         }
     }

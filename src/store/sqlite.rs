@@ -123,6 +123,21 @@ impl SqlxStore<Sqlite> {
             .await
     }
 
+    /// Move the write-ahead log into the database file and empty it, so that the file
+    /// alone holds what was written (to copy or archive after a replay). Closing the
+    /// last connection would do the same, but the pool closes its connections side by
+    /// side and none of them may find itself the last: the log then stayed behind.
+    /// Best effort: a reader still open elsewhere (an export, a daemon) keeps part of
+    /// the log, which SQLite checkpoints later; nothing is lost either way.
+    pub(super) async fn checkpoint(&self) {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "moving SQLite's write-ahead log into the database file failed");
+        }
+    }
+
     /// `PRAGMA temp_store` of a pooled connection (2 = memory).
     #[cfg(test)]
     pub(super) async fn temp_store(&self) -> Result<i64, sqlx::Error> {
