@@ -102,24 +102,26 @@ impl Aggregator {
     /// Add (`sign` = 1) or retract (−1) a fact. `now` is the engine clock, which decides
     /// whether the fact is still inside the rolling span.
     pub(super) fn apply(&mut self, f: &Fact, sign: i64, now: Option<Millis>) {
-        let (dims, n) = self.dims(f);
-        let dims = &dims[..n];
-        for &i in &self.direct {
-            let (start, end) = self.windower.window(self.intervals[i as usize], f.ts);
-            let w = self
-                .windows
-                .entry((i, start))
-                .or_insert_with(|| WindowAccs {
-                    end,
-                    accs: HashMap::default(),
-                });
-            for dk in dims {
-                w.accs.entry(*dk).or_default().apply(&f.measure, sign);
-            }
-        }
+        apply_direct(
+            &mut self.windows,
+            &mut self.windower,
+            &self.intervals,
+            &self.direct,
+            self.all,
+            f,
+            sign,
+        );
+        self.apply_live(f, sign, now);
+    }
+
+    /// The live views' part of [`Aggregator::apply`] alone: what stays on the engine's
+    /// thread while the windows are lent to a [`Helper`].
+    pub(super) fn apply_live(&mut self, f: &Fact, sign: i64, now: Option<Millis>) {
         if !self.live {
             return;
         }
+        let (dims, n) = self.dims(f);
+        let dims = &dims[..n];
         for dk in dims {
             let acc = self.totals.entry(*dk).or_default();
             if dk.0 == Dimension::Agent && !self.agent_total_hists {
@@ -149,22 +151,80 @@ impl Aggregator {
     /// The dimension keys a fact counts under: queue-side facts under all, channel and
     /// queue; agent-side facts under team and agent.
     pub(super) fn dims(&self, f: &Fact) -> ([DimKey; 5], usize) {
-        let mut dims = [(Dimension::All, self.all); 5];
-        let mut n = 0;
-        if f.side != Side::Agent {
-            dims[..3].copy_from_slice(&[
-                (Dimension::All, self.all),
-                (Dimension::Channel, f.channel),
-                (Dimension::Queue, f.queue),
-            ]);
-            n = 3;
+        dims_of(self.all, f)
+    }
+
+    /// Lend the windows updated per fact to a helper thread, which applies the facts
+    /// given to the [`Helper`] in the order given, while the caller goes on deriving
+    /// (the windows are then empty here: nothing may read them, or apply to them but
+    /// through the helper, until [`Aggregator::give_back`]). `None` when no thread
+    /// could be started; the caller applies as usual.
+    pub(super) fn lend(&mut self) -> Option<Helper> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Fact, i64)>>(HELPER_QUEUE);
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel();
+        // The windows go over only once the thread runs: a failed spawn would drop
+        // its closure, and whatever the closure owned, with it.
+        let (lent_tx, lent_rx) = std::sync::mpsc::sync_channel::<Lent>(1);
+        let spawned = std::thread::Builder::new()
+            .name("settle".into())
+            .spawn(move || {
+                let mut lent = lent_rx.recv().ok()?;
+                for mut batch in rx {
+                    for (f, sign) in &batch {
+                        lent.apply(f, *sign);
+                    }
+                    batch.clear();
+                    // The engine may be done with its batches already: then dropped.
+                    let _ = spare_tx.send(batch);
+                }
+                Some(lent)
+            });
+        let worker = match spawned {
+            Ok(worker) => worker,
+            Err(e) => {
+                tracing::debug!(error = %e, "no thread to apply facts on; applied inline");
+                return None;
+            }
+        };
+        let lent = Lent {
+            windows: std::mem::take(&mut self.windows),
+            windower: self.windower.clone(),
+            intervals: self.intervals.clone(),
+            direct: self.direct.clone(),
+            all: self.all,
+        };
+        if let Err(back) = lent_tx.send(lent) {
+            // The thread ended before taking them (it cannot, but the windows must
+            // never be lost): keep them here and apply inline.
+            self.windows = back.0.windows;
+            let _ = worker.join();
+            return None;
         }
-        if let (true, Some(a)) = (f.side != Side::Queue, f.agent) {
-            dims[n] = (Dimension::Team, f.team);
-            dims[n + 1] = (Dimension::Agent, a);
-            n += 2;
+        Some(Helper {
+            batch: Vec::with_capacity(HELPER_BATCH),
+            tx: Some(tx),
+            spare: spare_rx,
+            worker: Some(worker),
+        })
+    }
+
+    /// Take the windows back from `helper` once it has applied every fact given to it.
+    /// A panic on the helper's thread (a bug, as it would be inline) is resumed here.
+    pub(super) fn give_back(&mut self, mut helper: Helper) {
+        helper.send();
+        // Closing the queue ends the thread's loop.
+        helper.tx = None;
+        let Some(worker) = helper.worker.take() else {
+            return;
+        };
+        match worker.join() {
+            Ok(Some(lent)) => {
+                debug_assert!(self.windows.is_empty(), "windows applied to while lent");
+                self.windows = lent.windows;
+            }
+            Ok(None) => unreachable!("the windows are sent before the helper is returned"),
+            Err(panic) => std::panic::resume_unwind(panic),
         }
-        (dims, n)
     }
 
     /// Drop minute buckets that left the rolling span.
@@ -335,6 +395,119 @@ impl Aggregator {
         self.minutes = s.minutes;
         self.totals = s.totals;
     }
+}
+
+/// Facts handed to a [`Helper`]'s thread at a time, and batches queued to it at most.
+/// A batch is ~230 KB of facts; the queue lets the deriving thread run ahead of the
+/// applying one by a few batches, no more.
+const HELPER_BATCH: usize = 4096;
+const HELPER_QUEUE: usize = 4;
+
+/// The windows updated per fact with what applying a fact to them needs, owned by a
+/// helper's thread while lent ([`Aggregator::lend`]).
+struct Lent {
+    windows: HashMap<(u8, Millis), WindowAccs>,
+    windower: Windower,
+    intervals: Vec<Interval>,
+    direct: Vec<u8>,
+    all: Sym,
+}
+
+impl Lent {
+    fn apply(&mut self, f: &Fact, sign: i64) {
+        apply_direct(
+            &mut self.windows,
+            &mut self.windower,
+            &self.intervals,
+            &self.direct,
+            self.all,
+            f,
+            sign,
+        );
+    }
+}
+
+/// Applies facts to lent windows on a second thread, in the order given: each
+/// accumulator sees the same additions and retractions in the same order as inline,
+/// so the windows come back exactly as inline application would have left them.
+pub(super) struct Helper {
+    batch: Vec<(Fact, i64)>,
+    /// `None` once closed ([`Aggregator::give_back`]).
+    tx: Option<std::sync::mpsc::SyncSender<Vec<(Fact, i64)>>>,
+    /// Emptied batches coming back, to be filled again.
+    spare: std::sync::mpsc::Receiver<Vec<(Fact, i64)>>,
+    worker: Option<std::thread::JoinHandle<Option<Lent>>>,
+}
+
+impl Helper {
+    /// Add (`sign` = 1) or retract (−1) a fact, as [`Aggregator::apply`] does to the
+    /// windows (the live part is the caller's: [`Aggregator::apply_live`]).
+    pub(super) fn apply(&mut self, f: &Fact, sign: i64) {
+        self.batch.push((*f, sign));
+        if self.batch.len() >= HELPER_BATCH {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(HELPER_BATCH));
+        let full = std::mem::replace(&mut self.batch, next);
+        if let Some(tx) = &self.tx {
+            // Fails only when the thread has ended, i.e. panicked: `give_back`'s join
+            // resumes that panic, so nothing is lost silently.
+            let _ = tx.send(full);
+        }
+    }
+}
+
+/// [`Aggregator::apply`]'s per-fact windows: the direct intervals' window holding
+/// the fact, under each dimension key the fact counts under.
+fn apply_direct(
+    windows: &mut HashMap<(u8, Millis), WindowAccs>,
+    windower: &mut Windower,
+    intervals: &[Interval],
+    direct: &[u8],
+    all: Sym,
+    f: &Fact,
+    sign: i64,
+) {
+    let (dims, n) = dims_of(all, f);
+    for &i in direct {
+        let (start, end) = windower.window(intervals[i as usize], f.ts);
+        let w = windows.entry((i, start)).or_insert_with(|| WindowAccs {
+            end,
+            accs: HashMap::default(),
+        });
+        for dk in &dims[..n] {
+            w.accs.entry(*dk).or_default().apply(&f.measure, sign);
+        }
+    }
+}
+
+/// See [`Aggregator::dims`].
+fn dims_of(all: Sym, f: &Fact) -> ([DimKey; 5], usize) {
+    let mut dims = [(Dimension::All, all); 5];
+    let mut n = 0;
+    if f.side != Side::Agent {
+        dims[..3].copy_from_slice(&[
+            (Dimension::All, all),
+            (Dimension::Channel, f.channel),
+            (Dimension::Queue, f.queue),
+        ]);
+        n = 3;
+    }
+    if let (true, Some(a)) = (f.side != Side::Queue, f.agent) {
+        dims[n] = (Dimension::Team, f.team);
+        dims[n + 1] = (Dimension::Agent, a);
+        n += 2;
+    }
+    (dims, n)
 }
 
 /// The accumulators of an [`Aggregator`]: what a checkpoint must carry. Interval

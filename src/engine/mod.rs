@@ -32,7 +32,7 @@ pub(crate) type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
 type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 
 use self::acc::Acc;
-use self::aggregate::{Aggregator, DimKey};
+use self::aggregate::{Aggregator, DimKey, Helper};
 use self::contact::{CEvent, Ctx, Fact, Rules};
 use self::intern::{Interner, Sym};
 use self::limits::{Admission, KeyDim, KeyLimits};
@@ -418,6 +418,9 @@ mod offer_time {
 /// `Engine::expire`).
 const AGENT_DEDUP_MS: Millis = 60 * 60_000;
 
+/// Stale contacts from which [`Engine::settle`] applies facts on a second thread.
+const SETTLE_HELPER_MIN: usize = 1024;
+
 impl Contact {
     fn customer_key(&self) -> Option<CustomerKey> {
         self.customer.map(NonZeroU128::get)
@@ -597,6 +600,13 @@ pub struct Engine {
     /// Contacts whose derivation [`Engine::touch`] put off, each once (its `stale`
     /// flag); derived by [`Engine::settle`] before the windows are next read.
     stale: Vec<ContactKey>,
+    /// While a large [`Engine::settle`] runs: the thread the windows are lent to,
+    /// which applies the derived facts while this thread derives the next contacts.
+    helper: Option<Helper>,
+    /// [`SETTLE_HELPER_MIN`]; tests set it to 1 (always) or `usize::MAX` (never).
+    settle_helper_min: usize,
+    /// Settles whose facts were applied on a helper thread.
+    settles_helped: u64,
     agg: Aggregator,
     /// Who waits and what agents do now (live views only).
     floor: live::Floor,
@@ -702,6 +712,9 @@ impl Engine {
             wrap_of: HashMap::default(),
             fact_buf: ThinVec::new(),
             stale: Vec::new(),
+            helper: None,
+            settle_helper_min: SETTLE_HELPER_MIN,
+            settles_helped: 0,
             agg,
             floor: live::Floor::default(),
             windower: Windower::new(cfg_tz),
@@ -1091,6 +1104,16 @@ impl Engine {
     /// team changes.
     fn settle(&mut self) {
         let mut stale = std::mem::take(&mut self.stale);
+        // Applying the facts to the windows is about half of a derivation's work, and
+        // a flush's settle (a quarter of the engine's thread in `replay`) otherwise
+        // runs while the second core waits: the reader has filled its batches ahead,
+        // and the writer has written the previous flush. Small settles (an expiry's,
+        // a team change's) stay inline: a thread costs tens of microseconds. (With
+        // live views nothing is put off, so nothing is settled here.)
+        if stale.len() >= self.settle_helper_min {
+            self.helper = self.agg.lend();
+            self.settles_helped += u64::from(self.helper.is_some());
+        }
         for i in 0..stale.len() {
             self.look_ahead_keys(|d| stale.get(i + d).copied(), true);
             let ck = stale[i];
@@ -1099,6 +1122,9 @@ impl Engine {
                 // The pack queue has the contact's entry from `touch` already.
                 self.rederive(ck, false);
             }
+        }
+        if let Some(helper) = self.helper.take() {
+            self.agg.give_back(helper);
         }
         // Kept for its allocation.
         stale.clear();
@@ -1146,6 +1172,7 @@ impl Engine {
             finest,
             pack_queue,
             fact_buf,
+            helper,
             ..
         } = self;
         let Some(c) = contacts.get_mut(&ck) else {
@@ -1210,7 +1237,13 @@ impl Engine {
         let live = cfg.live;
         let finest = *finest;
         let mut apply = |f: &Fact, sign: i64| {
-            agg.apply(f, sign, clock);
+            match helper {
+                Some(h) => {
+                    h.apply(f, sign);
+                    agg.apply_live(f, sign, clock);
+                }
+                None => agg.apply(f, sign, clock),
+            }
             if live {
                 let (dims, n) = agg.dims(f);
                 let day = windower.window(Interval::Day, f.ts).0;
@@ -1577,6 +1610,16 @@ impl Engine {
     }
 
     /// Contacts held packed (settled) and unpacked (recently changed).
+    /// Settles whose facts were applied on a second thread (see [`Engine::settle`]).
+    pub fn settles_helped(&self) -> u64 {
+        self.settles_helped
+    }
+
+    #[cfg(test)]
+    fn set_settle_helper_min(&mut self, min: usize) {
+        self.settle_helper_min = min;
+    }
+
     pub fn contacts_packed(&self) -> usize {
         self.contacts
             .values()
