@@ -102,26 +102,34 @@ impl Aggregator {
     /// Add (`sign` = 1) or retract (−1) a fact. `now` is the engine clock, which decides
     /// whether the fact is still inside the rolling span.
     pub(super) fn apply(&mut self, f: &Fact, sign: i64, now: Option<Millis>) {
+        let (dims, n) = self.dims(f);
+        let dims = &dims[..n];
         apply_direct(
             &mut self.windows,
             &mut self.windower,
             &self.intervals,
             &self.direct,
-            self.all,
+            dims,
             f,
             sign,
         );
-        self.apply_live(f, sign, now);
+        self.apply_live_to(dims, f, sign, now);
     }
 
     /// The live views' part of [`Aggregator::apply`] alone: what stays on the engine's
     /// thread while the windows are lent to a [`Helper`].
     pub(super) fn apply_live(&mut self, f: &Fact, sign: i64, now: Option<Millis>) {
+        if self.live {
+            let (dims, n) = self.dims(f);
+            self.apply_live_to(&dims[..n], f, sign, now);
+        }
+    }
+
+    /// The live part for the fact's dimension keys `dims` ([`Aggregator::dims`]).
+    fn apply_live_to(&mut self, dims: &[DimKey], f: &Fact, sign: i64, now: Option<Millis>) {
         if !self.live {
             return;
         }
-        let (dims, n) = self.dims(f);
-        let dims = &dims[..n];
         for dk in dims {
             let acc = self.totals.entry(*dk).or_default();
             if dk.0 == Dimension::Agent && !self.agent_total_hists {
@@ -418,12 +426,13 @@ struct Lent {
 
 impl Lent {
     fn apply(&mut self, f: &Fact, sign: i64) {
+        let (dims, n) = dims_of(self.all, f);
         apply_direct(
             &mut self.windows,
             &mut self.windower,
             &self.intervals,
             &self.direct,
-            self.all,
+            &dims[..n],
             f,
             sign,
         );
@@ -486,24 +495,23 @@ fn merge_windows(
 }
 
 /// [`Aggregator::apply`]'s per-fact windows: the direct intervals' window holding
-/// the fact, under each dimension key the fact counts under.
+/// the fact, under each of its dimension keys `dims` ([`Aggregator::dims`]).
 fn apply_direct(
     windows: &mut HashMap<(u8, Millis), WindowAccs>,
     windower: &mut Windower,
     intervals: &[Interval],
     direct: &[u8],
-    all: Sym,
+    dims: &[DimKey],
     f: &Fact,
     sign: i64,
 ) {
-    let (dims, n) = dims_of(all, f);
     for &i in direct {
         let (start, end) = windower.window(intervals[i as usize], f.ts);
         let w = windows.entry((i, start)).or_insert_with(|| WindowAccs {
             end,
             accs: HashMap::default(),
         });
-        for dk in &dims[..n] {
+        for dk in dims {
             w.accs.entry(*dk).or_default().apply(&f.measure, sign);
         }
     }

@@ -1609,7 +1609,6 @@ impl Engine {
         }
     }
 
-    /// Contacts held packed (settled) and unpacked (recently changed).
     /// Settles whose facts were applied on a second thread (see [`Engine::settle`]).
     pub fn settles_helped(&self) -> u64 {
         self.settles_helped
@@ -1620,6 +1619,7 @@ impl Engine {
         self.settle_helper_min = min;
     }
 
+    /// Contacts held packed (settled) and unpacked (recently changed).
     pub fn contacts_packed(&self) -> usize {
         self.contacts
             .values()
