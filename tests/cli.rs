@@ -454,3 +454,74 @@ fn replay_with_spilled_contacts_equals_replay_without() {
         .unwrap_or_else(|| panic!("no spill line in the log: {log}"));
     assert!(peak > 1_000, "only {peak} contacts spilled");
 }
+
+/// `[windows.dimensions]` set from the environment: a replay keeping agents at 1h and
+/// 1d writes the same 1h and 1d agent rows as one keeping everything, no 15m agent
+/// rows, and exporting those is a clear error, not an empty file.
+#[test]
+fn replay_keeps_only_the_configured_dimension_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/basic_voice/events.jsonl"
+    );
+    let every = format!("sqlite://{}", dir.path().join("every.db").display());
+    let fewer = format!("sqlite://{}", dir.path().join("fewer.db").display());
+    let keep = ("CCMETRICS__WINDOWS__DIMENSIONS__AGENT", "1h,1d");
+    for env in [
+        vec![("CCMETRICS__STORE__URL", every.as_str())],
+        vec![("CCMETRICS__STORE__URL", fewer.as_str()), keep],
+    ] {
+        let o = ccm(&["replay", "--input", events], &env);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let export = |db: &str, window: &str, dimension: &str, kept: bool| {
+        let mut env = vec![("CCMETRICS__STORE__URL", db)];
+        if kept {
+            env.push(keep);
+        }
+        let args = [
+            "export",
+            "--window",
+            window,
+            "--dimension",
+            dimension,
+            "--format",
+            "jsonl",
+        ];
+        ccm(&args, &env)
+    };
+    for window in ["1h", "1d"] {
+        let a = export(&every, window, "agent", false);
+        let b = export(&fewer, window, "agent", true);
+        assert!(
+            a.status.success() && b.status.success(),
+            "{}{}",
+            text(&a),
+            text(&b)
+        );
+        assert!(!a.stdout.is_empty());
+        assert_eq!(a.stdout, b.stdout, "{window} agent rows");
+    }
+    // The store holds no 15m agent rows: read without the setting, the export is empty.
+    assert!(export(&every, "15m", "agent", false).stdout.len() > 10);
+    let none = export(&fewer, "15m", "agent", false);
+    assert!(
+        none.status.success() && none.stdout.is_empty(),
+        "{}",
+        text(&none)
+    );
+    let refused = export(&fewer, "15m", "agent", true);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains(
+            "agent windows are not kept at 15m ([windows.dimensions] agent = [\"1h\", \"1d\"])"
+        ),
+        "{}",
+        text(&refused)
+    );
+    // Other dimensions keep every interval.
+    let q = export(&fewer, "15m", "queue", true);
+    assert_eq!(q.stdout, export(&every, "15m", "queue", false).stdout);
+    assert!(!q.stdout.is_empty());
+}

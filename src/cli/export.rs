@@ -56,6 +56,23 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             known.join(", ")
         );
     }
+    if !cfg.windows.keeps(a.dimension, a.window) {
+        anyhow::bail!(
+            "{} windows are not kept at {} ([windows.dimensions] {} = [{}]), so none are written; \
+             list {} there to keep them (a replay then writes them)",
+            a.dimension.as_str(),
+            a.window,
+            a.dimension.as_str(),
+            cfg.windows
+                .intervals
+                .iter()
+                .filter(|iv| cfg.windows.keeps(a.dimension, **iv))
+                .map(|iv| format!("\"{iv}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            a.window
+        );
+    }
     let store = Store::open(&cfg.store.url).await.with_context(|| {
         format!(
             "opening store {}",

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ccmetrics::engine::Dimension;
 use ccmetrics::engine::window::Interval;
 use ccmetrics::scoring::{self, Run, inputs, period::Period, report, scheme};
 use ccmetrics::store::Store;
@@ -59,6 +60,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             .map(|i| i.to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    anyhow::ensure!(
+        cfg.windows.keeps(Dimension::Agent, Interval::Day),
+        "score reads agents' day snapshots, but [windows.dimensions] agent does not keep 1d; add \"1d\" to it"
     );
     let mut scheme = scheme::load(&a.scheme)?;
     scheme.excluded_dates.extend(&a.exclude_dates);

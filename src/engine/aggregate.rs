@@ -34,9 +34,9 @@ pub(super) struct Aggregator {
     /// Coarser intervals built at flush time by merging flushed finest windows, which
     /// turns three accumulator updates per fact into one.
     coarse: HashMap<(u8, Millis), WindowAccs>,
-    /// Interval indexes updated per fact, and those derived by merging (see `coarse`).
-    direct: Vec<u8>,
-    derived: Vec<u8>,
+    /// Per dimension, the interval indexes updated per fact and those derived by
+    /// merging (see `coarse`).
+    plan: Plan,
     /// Live views (serve): one-minute buckets and totals since start.
     live: bool,
     rolling_span_ms: i64,
@@ -65,23 +65,25 @@ pub(super) fn rolling_start(now: Millis, minutes: u32) -> Millis {
 }
 
 impl Aggregator {
+    /// `kept[d]`: bit `i` set when dimension `d` (`Dimension as usize`) keeps
+    /// `intervals[i]` (`[windows.dimensions]`; every bit by default).
     pub(super) fn new(
         intervals: Vec<Interval>,
+        kept: [u32; 5],
         windower: Windower,
         all: Sym,
         live: bool,
         rolling_minutes: &[u32],
         agent_total_hists: bool,
     ) -> Self {
-        let (direct, derived) = plan_intervals(&intervals);
+        let plan = Plan::new(&intervals, kept);
         Aggregator {
             intervals,
             windower,
             all,
             windows: HashMap::default(),
             coarse: HashMap::default(),
-            direct,
-            derived,
+            plan,
             live,
             rolling_span_ms: i64::from(rolling_minutes.iter().copied().max().unwrap_or(60))
                 * MINUTE,
@@ -108,7 +110,7 @@ impl Aggregator {
             &mut self.windows,
             &mut self.windower,
             &self.intervals,
-            &self.direct,
+            &self.plan,
             dims,
             f,
             sign,
@@ -198,7 +200,7 @@ impl Aggregator {
             windows: std::mem::take(&mut self.windows),
             windower: self.windower.clone(),
             intervals: self.intervals.clone(),
-            direct: self.direct.clone(),
+            plan: self.plan.clone(),
             all: self.all,
         };
         if let Err(back) = lent_tx.send(lent) {
@@ -278,13 +280,20 @@ impl Aggregator {
         for (k, w) in &finest {
             // A finished finest window feeds the coarser intervals containing it: still
             // open ones grow, already flushed ones get a correction delta.
-            for &c in &self.derived {
+            // Each dimension feeds the coarser intervals it keeps (a window holds only
+            // the dimensions updated per fact at its interval, whose finest it is).
+            for &c in &self.plan.derived_any {
+                let bit = 1u32 << c;
+                let feeds = |dk: &DimKey| self.plan.derived[dk.0 as usize] & bit != 0;
+                if !w.accs.keys().any(feeds) {
+                    continue;
+                }
                 let (start, end) = self.windower.window(self.intervals[c as usize], k.1);
                 let cw = self.coarse.entry((c, start)).or_insert_with(|| WindowAccs {
                     end,
                     accs: HashMap::default(),
                 });
-                for (dk, acc) in &w.accs {
+                for (dk, acc) in w.accs.iter().filter(|(dk, _)| feeds(dk)) {
                     cw.accs.entry(*dk).or_default().merge(acc);
                 }
             }
@@ -420,7 +429,7 @@ struct Lent {
     windows: HashMap<(u8, Millis), WindowAccs>,
     windower: Windower,
     intervals: Vec<Interval>,
-    direct: Vec<u8>,
+    plan: Plan,
     all: Sym,
 }
 
@@ -431,7 +440,7 @@ impl Lent {
             &mut self.windows,
             &mut self.windower,
             &self.intervals,
-            &self.direct,
+            &self.plan,
             &dims[..n],
             f,
             sign,
@@ -495,23 +504,32 @@ fn merge_windows(
 }
 
 /// [`Aggregator::apply`]'s per-fact windows: the direct intervals' window holding
-/// the fact, under each of its dimension keys `dims` ([`Aggregator::dims`]).
+/// the fact, under each of its dimension keys `dims` ([`Aggregator::dims`]) that is
+/// updated per fact at that interval.
 fn apply_direct(
     windows: &mut HashMap<(u8, Millis), WindowAccs>,
     windower: &mut Windower,
     intervals: &[Interval],
-    direct: &[u8],
+    plan: &Plan,
     dims: &[DimKey],
     f: &Fact,
     sign: i64,
 ) {
-    for &i in direct {
+    let wanted = dims.iter().fold(0, |m, dk| m | plan.direct[dk.0 as usize]);
+    for &i in &plan.direct_any {
+        let bit = 1u32 << i;
+        if wanted & bit == 0 {
+            continue;
+        }
         let (start, end) = windower.window(intervals[i as usize], f.ts);
         let w = windows.entry((i, start)).or_insert_with(|| WindowAccs {
             end,
             accs: HashMap::default(),
         });
-        for dk in dims {
+        for dk in dims
+            .iter()
+            .filter(|dk| plan.direct[dk.0 as usize] & bit != 0)
+        {
             w.accs.entry(*dk).or_default().apply(&f.measure, sign);
         }
     }
@@ -547,30 +565,65 @@ pub(super) struct AggState {
     totals: HashMap<DimKey, Acc>,
 }
 
-/// Which intervals get per-fact updates and which are merged from the finest at flush.
-/// Merging is exact only when every interval is a whole number of finest intervals on
-/// the same local grid, i.e. the finest size divides every other size.
-fn plan_intervals(intervals: &[Interval]) -> (Vec<u8>, Vec<u8>) {
+/// Which intervals each dimension keeps, and how: as bit sets over the interval
+/// indexes, per dimension (`Dimension as usize`).
+#[derive(Clone, Debug, PartialEq)]
+struct Plan {
+    /// Updated per fact.
+    direct: [u32; 5],
+    /// Merged at flush from the dimension's finest interval (its only direct one).
+    derived: [u32; 5],
+    /// The interval indexes some dimension updates per fact / derives, ascending.
+    direct_any: Vec<u8>,
+    derived_any: Vec<u8>,
+}
+
+impl Plan {
+    fn new(intervals: &[Interval], kept: [u32; 5]) -> Plan {
+        let (mut direct, mut derived) = ([0; 5], [0; 5]);
+        for d in 0..5 {
+            (direct[d], derived[d]) = plan_intervals(intervals, kept[d]);
+        }
+        let any = |sets: &[u32; 5]| {
+            let union = sets.iter().fold(0, |m, s| m | s);
+            (0..intervals.len() as u8)
+                .filter(|i| union & (1 << i) != 0)
+                .collect()
+        };
+        Plan {
+            direct_any: any(&direct),
+            derived_any: any(&derived),
+            direct,
+            derived,
+        }
+    }
+}
+
+/// Of the intervals in `kept` (bit `i`: `intervals[i]`), which get per-fact updates
+/// and which are merged from the finest at flush, as bit sets. Merging is exact only
+/// when every interval is a whole number of finest intervals on the same local grid,
+/// i.e. the finest size divides every other size.
+fn plan_intervals(intervals: &[Interval], kept: u32) -> (u32, u32) {
     let minutes = |iv: &Interval| match iv {
         Interval::Minutes(m) => *m,
         Interval::Day => 1440,
     };
-    let Some((finest, fm)) = intervals
-        .iter()
-        .enumerate()
+    let kept_ivs = || {
+        intervals
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| kept & (1 << i) != 0)
+    };
+    let Some((finest, fm)) = kept_ivs()
         .map(|(i, iv)| (i, minutes(iv)))
         .min_by_key(|x| x.1)
     else {
-        return (Vec::new(), Vec::new());
+        return (0, 0);
     };
-    if intervals.iter().all(|iv| minutes(iv) % fm == 0) {
-        let derived = (0..intervals.len())
-            .filter(|&i| i != finest)
-            .map(|i| i as u8)
-            .collect();
-        (vec![finest as u8], derived)
+    if kept_ivs().all(|(_, iv)| minutes(iv) % fm == 0) {
+        (1 << finest, kept & !(1 << finest))
     } else {
-        ((0..intervals.len()).map(|i| i as u8).collect(), Vec::new())
+        (kept, 0)
     }
 }
 
@@ -600,6 +653,7 @@ mod tests {
         let all = syms.intern("all");
         Aggregator::new(
             vec![Interval::Minutes(15), Interval::Day],
+            [u32::MAX; 5],
             Windower::new(jiff::tz::TimeZone::UTC),
             all,
             false,

@@ -18,7 +18,9 @@ use super::aggregate::AggState;
 use super::contact::{CEvent, Fact};
 use super::intern::{Interner, Sym};
 use super::limits::{Admission, KeyDim};
-use super::{Contact, ContactKey, CustomerKey, Engine, EngineConfig, HashMap, HashSet, Stats};
+use super::{
+    Contact, ContactKey, CustomerKey, Dimension, Engine, EngineConfig, HashMap, HashSet, Stats,
+};
 use crate::event::Millis;
 
 /// A contact as checkpoint formats 1 to 3 stored it (before packing).
@@ -118,9 +120,29 @@ struct Extra {
     admission: Admission,
 }
 
+/// The intervals, then one `dimension=15m+1d` entry per dimension that keeps fewer
+/// than all of them (`[windows.dimensions]`): a default configuration records what
+/// it recorded before the setting existed, so its checkpoints still restore; one that
+/// keeps a dimension's windows differently is refused, since the windows in memory
+/// were planned for the old set (which interval is updated per fact, which merged).
 fn settings(cfg: &EngineConfig) -> (Vec<String>, String) {
+    let mut intervals: Vec<String> = cfg.intervals.iter().map(|i| i.to_string()).collect();
+    let masks = cfg.kept_masks();
+    let every = cfg.every_interval();
+    for (d, mask) in Dimension::ALL.into_iter().zip(masks) {
+        if mask != every {
+            let kept: Vec<String> = cfg
+                .intervals
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, iv)| iv.to_string())
+                .collect();
+            intervals.push(format!("{}={}", d.as_str(), kept.join("+")));
+        }
+    }
     (
-        cfg.intervals.iter().map(|i| i.to_string()).collect(),
+        intervals,
         cfg.tz.iana_name().unwrap_or("(fixed offset)").to_owned(),
     )
 }
@@ -202,7 +224,7 @@ impl Engine {
         let (intervals, timezone) = settings(&cfg);
         if s.intervals != intervals {
             return Err(CheckpointError::Settings {
-                what: "[windows] intervals",
+                what: "[windows] intervals (with [windows.dimensions])",
                 stored: s.intervals.join(","),
                 configured: intervals.join(","),
             });

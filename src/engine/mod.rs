@@ -193,6 +193,9 @@ pub const UNKNOWN_KEY: &str = "unknown";
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub intervals: Vec<Interval>,
+    /// Per dimension, the intervals its windows are kept at (`[windows.dimensions]`),
+    /// a subset of `intervals`; a dimension not listed keeps every interval.
+    pub kept: BTreeMap<Dimension, Vec<Interval>>,
     pub tz: jiff::tz::TimeZone,
     pub allowed_lateness_ms: i64,
     pub correction_horizon_ms: i64,
@@ -227,6 +230,7 @@ impl EngineConfig {
     pub fn from_config(c: &Config) -> EngineConfig {
         EngineConfig {
             intervals: c.windows.intervals.clone(),
+            kept: c.windows.kept(),
             tz: c.tz(),
             allowed_lateness_ms: c.windows.allowed_lateness.ms(),
             correction_horizon_ms: c.windows.correction_horizon.ms(),
@@ -255,6 +259,30 @@ impl EngineConfig {
             agent_total_hists: c.http.per_agent_buckets,
             spill_after_ms: c.windows.spill_after.ms(),
         }
+    }
+}
+
+impl EngineConfig {
+    /// [`EngineConfig::kept`] as bit sets over the interval indexes, per dimension
+    /// (`Dimension as usize`): bit `i` keeps `intervals[i]`. The configuration allows
+    /// at most 32 intervals ([`crate::config::MAX_INTERVALS`]).
+    pub(crate) fn kept_masks(&self) -> [u32; 5] {
+        Dimension::ALL.map(|d| match self.kept.get(&d) {
+            None => self.every_interval(),
+            Some(ivs) => self
+                .intervals
+                .iter()
+                .take(32)
+                .enumerate()
+                .filter(|(_, iv)| ivs.contains(iv))
+                .fold(0, |m, (i, _)| m | 1 << i),
+        })
+    }
+
+    /// The bit set of every configured interval (what a dimension not listed in
+    /// [`EngineConfig::kept`] keeps).
+    pub(crate) fn every_interval(&self) -> u32 {
+        (0..self.intervals.len().min(32)).fold(0, |m, i| m | 1 << i)
     }
 }
 
@@ -689,6 +717,7 @@ impl Engine {
         let finest = finest_of(&cfg.intervals);
         let agg = Aggregator::new(
             cfg.intervals.clone(),
+            cfg.kept_masks(),
             Windower::new(cfg.tz.clone()),
             all,
             cfg.live,

@@ -865,6 +865,98 @@ fn settling_on_a_helper_thread_changes_no_figure() {
     assert_eq!(helped.stats(), inline.stats());
 }
 
+/// `[windows.dimensions]`: an engine that keeps some dimensions at fewer intervals
+/// writes, at every flush, exactly the deltas of one that keeps everything, less the
+/// (interval, dimension) pairs it does not keep; also where keeping fewer changes how
+/// a dimension's windows are built (derived from its own finest interval instead of
+/// updated per fact, the 40m case), and for a dimension kept at none.
+#[test]
+fn kept_dimensions_write_the_same_figures_for_what_they_keep() {
+    use crate::source::sim::Simulator;
+    use Dimension::*;
+    use Interval::{Day, Minutes};
+    let mut sim = Simulator::new(small_centre(7));
+    let lines: Vec<String> = (0..20_000).map(|_| sim.next_line().1).collect();
+    let nested = vec![Minutes(15), Minutes(60), Day];
+    let uneven = vec![Minutes(15), Minutes(40), Day];
+    type Kept = Vec<(Dimension, Vec<Interval>)>;
+    let cases: Vec<(Vec<Interval>, Kept)> = vec![
+        (nested.clone(), vec![(Agent, vec![Day])]),
+        (
+            nested.clone(),
+            vec![
+                (Agent, vec![Minutes(60), Day]),
+                (Queue, vec![Minutes(15)]),
+                (Team, vec![]),
+            ],
+        ),
+        (nested, vec![(All, vec![Minutes(60)]), (Channel, vec![Day])]),
+        (
+            uneven,
+            vec![
+                (Agent, vec![Minutes(40), Day]),
+                (Queue, vec![Minutes(15), Day]),
+            ],
+        ),
+    ];
+    for (intervals, kept) in cases {
+        let kept: BTreeMap<Dimension, Vec<Interval>> = kept.into_iter().collect();
+        let engine = |kept: BTreeMap<Dimension, Vec<Interval>>| {
+            Engine::new(EngineConfig {
+                intervals: intervals.clone(),
+                kept,
+                live: false,
+                ..EngineConfig::default()
+            })
+        };
+        let mut every = engine(BTreeMap::new());
+        let mut fewer = engine(kept.clone());
+        let keeps = |d: &SnapshotDelta| {
+            kept.get(&d.dimension)
+                .is_none_or(|k| k.contains(&d.interval))
+        };
+        let mut written = 0;
+        let mut left_out = 0;
+        let mut compare = |all: Vec<SnapshotDelta>, some: Vec<SnapshotDelta>, at: &str| {
+            let (want, dropped): (Vec<_>, Vec<_>) = all.into_iter().partition(keeps);
+            written += want.len();
+            left_out += dropped.len();
+            assert_eq!(some, want, "{kept:?} {at}");
+        };
+        for (i, line) in lines.iter().enumerate() {
+            let Ok(ev) = decode(line.as_bytes()) else {
+                continue;
+            };
+            let owned = ev.into_owned();
+            assert_eq!(fewer.apply(owned.clone()), every.apply(owned), "{line}");
+            if i % 900 == 899 {
+                compare(
+                    every.flush(),
+                    fewer.flush(),
+                    &format!("flush after line {i}"),
+                );
+            }
+            if i == 10_000 {
+                // A checkpoint restores under the same kept set only: the windows in
+                // memory were planned for it.
+                let bytes = fewer.checkpoint().unwrap();
+                let refused = Engine::restore(every.config().clone(), &bytes).err();
+                assert!(
+                    matches!(refused, Some(checkpoint::CheckpointError::Settings { .. })),
+                    "{refused:?}"
+                );
+                fewer = Engine::restore(fewer.config().clone(), &bytes).unwrap();
+            }
+        }
+        compare(every.finish(), fewer.finish(), "finish");
+        assert!(
+            written > 100 && left_out > 100,
+            "{kept:?}: {written} kept, {left_out} not"
+        );
+        assert_eq!(every.stats(), fewer.stats());
+    }
+}
+
 /// The contacts table holds a contact inline in every slot, full or empty: its size is
 /// the engine's largest per-contact cost (docs/performance.md, "Replay's memory
 /// peaks"). Growing it back (a `Vec` instead of a `ThinVec`, a wider field) should be
