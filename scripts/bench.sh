@@ -141,6 +141,23 @@ SH
     echo "duckdb s (min/median/max): $dmin / $dmed / $dmax, CPU s per run $dcpu  [$(machine)]"
     echo "ratio duckdb / ccmetrics (medians; > 1 means ccmetrics is faster): $(ratio "$dmed" "$cmed")"
     grep -E "events read|accepted|duplicates|rejected  " "$OUT/cmp-$n-replay.txt" | sed 's/^/  /'
+    # The same replay keeping only the two windows read (benches/duckdb/kept.toml):
+    # like for like with DuckDB, which computes those two and nothing else.
+    sed -e "s|replay --input|replay --config benches/duckdb/kept.toml --input|" \
+      -e "s|export --window|export --config benches/duckdb/kept.toml --window|" \
+      -e "s|ccmetrics-$n-|kept-$n-|g" -e "s|cmp-$n-replay|cmp-$n-kept-replay|" \
+      "$OUT/cmp-$n.sh" > "$OUT/cmp-$n-kept.sh"
+    read -r _ kmin kmed kmax kcpu < <(timed "ccmetrics-kept-$n" bash "$OUT/cmp-$n-kept.sh")
+    echo "ccmetrics keeping only those windows, replay+export s (min/median/max): $kmin / $kmed / $kmax, CPU s per run $kcpu  [$(machine)]"
+    echo "ratio duckdb / ccmetrics keeping only those windows (medians): $(ratio "$dmed" "$kmed")"
+    for e in 15m-queue 1d-agent; do
+      if cmp -s "$OUT/ccmetrics-$n-$e.csv" "$OUT/kept-$n-$e.csv"; then
+        echo "  $e: identical to the replay keeping every window"
+      else
+        echo "  $e: DIFFERS from the replay keeping every window" >&2
+        exit 1
+      fi
+    done
     echo "-- counts, 15m / queue"
     python3 benches/duckdb/compare.py "$OUT/ccmetrics-$n-15m-queue.csv" "$OUT/duckdb-$n/duckdb-15m-queue.csv" || true
     echo "-- counts, 1d / agent"
