@@ -162,7 +162,7 @@ impl WindowsConfig {
 }
 
 /// Intervals as the config writes them: `15m, 1h, 1d`.
-fn join(ivs: &[Interval]) -> String {
+pub fn join(ivs: &[Interval]) -> String {
     ivs.iter()
         .map(|i| i.to_string())
         .collect::<Vec<_>>()

@@ -43,34 +43,24 @@ fn parse_time(s: &str) -> Result<i64, String> {
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cfg = a.config.load()?;
-    if !cfg.windows.intervals.contains(&a.window) {
-        let known: Vec<String> = cfg
-            .windows
-            .intervals
-            .iter()
-            .map(|i| i.to_string())
-            .collect();
+    anyhow::ensure!(
+        cfg.windows.intervals.contains(&a.window),
+        "--window {} is not a configured interval (configured: {})",
+        a.window,
+        ccmetrics::config::join(&cfg.windows.intervals)
+    );
+    // A configured interval the dimension does not keep: only
+    // `[windows.dimensions]` can say so.
+    if let Some(kept) = cfg.windows.dimensions.get(a.dimension.as_str())
+        && !kept.contains(&a.window)
+    {
+        let d = a.dimension.as_str();
+        let quoted: Vec<String> = kept.iter().map(|iv| format!("\"{iv}\"")).collect();
         anyhow::bail!(
-            "--window {} is not a configured interval (configured: {})",
-            a.window,
-            known.join(", ")
-        );
-    }
-    if !cfg.windows.keeps(a.dimension, a.window) {
-        anyhow::bail!(
-            "{} windows are not kept at {} ([windows.dimensions] {} = [{}]), so none are written; \
-             list {} there to keep them (a replay then writes them)",
-            a.dimension.as_str(),
-            a.window,
-            a.dimension.as_str(),
-            cfg.windows
-                .intervals
-                .iter()
-                .filter(|iv| cfg.windows.keeps(a.dimension, **iv))
-                .map(|iv| format!("\"{iv}\""))
-                .collect::<Vec<_>>()
-                .join(", "),
-            a.window
+            "{d} windows are not kept at {w} ([windows.dimensions] {d} = [{}]), so none are written; \
+             list {w} there to keep them (a replay then writes them)",
+            quoted.join(", "),
+            w = a.window
         );
     }
     let store = Store::open(&cfg.store.url).await.with_context(|| {

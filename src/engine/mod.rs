@@ -38,7 +38,7 @@ use self::intern::{Interner, Sym};
 use self::limits::{Admission, KeyDim, KeyLimits};
 use self::table::KeyTable;
 use self::window::{Interval, Windower};
-use crate::config::Config;
+use crate::config::{Config, MAX_INTERVALS};
 use crate::event::{Channel, Event, EventType, FIXED_SCALE, Millis, RejectReason};
 
 /// A dimension of the snapshots; `key` is the agent / team / queue / channel name, or
@@ -260,19 +260,17 @@ impl EngineConfig {
             spill_after_ms: c.windows.spill_after.ms(),
         }
     }
-}
 
-impl EngineConfig {
     /// [`EngineConfig::kept`] as bit sets over the interval indexes, per dimension
     /// (`Dimension as usize`): bit `i` keeps `intervals[i]`. The configuration allows
-    /// at most 32 intervals ([`crate::config::MAX_INTERVALS`]).
+    /// at most [`MAX_INTERVALS`] intervals.
     pub(crate) fn kept_masks(&self) -> [u32; 5] {
         Dimension::ALL.map(|d| match self.kept.get(&d) {
             None => self.every_interval(),
             Some(ivs) => self
                 .intervals
                 .iter()
-                .take(32)
+                .take(MAX_INTERVALS)
                 .enumerate()
                 .filter(|(_, iv)| ivs.contains(iv))
                 .fold(0, |m, (i, _)| m | 1 << i),
@@ -282,7 +280,7 @@ impl EngineConfig {
     /// The bit set of every configured interval (what a dimension not listed in
     /// [`EngineConfig::kept`] keeps).
     pub(crate) fn every_interval(&self) -> u32 {
-        (0..self.intervals.len().min(32)).fold(0, |m, i| m | 1 << i)
+        (0..self.intervals.len().min(MAX_INTERVALS)).fold(0, |m, i| m | 1 << i)
     }
 }
 
