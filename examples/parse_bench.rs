@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ccmetrics::engine::{Engine, EngineConfig};
-use ccmetrics::event::Decoder;
+use ccmetrics::event::{Decoder, Keys};
 use ccmetrics::source::file;
 use clap::Parser;
 
@@ -110,10 +110,15 @@ fn main() -> anyhow::Result<()> {
                         decoder.decode(line).ok()
                     })
                     .collect();
-                for (i, ev) in decoded.iter().enumerate() {
-                    e.look_ahead(|d| decoded.get(i + d)?.as_ref());
+                // Hashed once per event, as `replay`'s reader thread does.
+                let keys: Vec<Keys> = decoded
+                    .iter()
+                    .map(|d| d.as_ref().map(Keys::of).unwrap_or_default())
+                    .collect();
+                for (i, (ev, k)) in decoded.iter().zip(&keys).enumerate() {
+                    e.look_ahead(|d| keys.get(i + d));
                     let Some(ev) = ev else { continue };
-                    e.apply_ref(ev);
+                    e.apply_keyed(ev, k);
                     ok += 1;
                     if ok.is_multiple_of(a.flush_every) {
                         max_open = max_open.max(e.open_contacts());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::engine::checkpoint::CheckpointError;
 use crate::engine::spill::SpillBatch;
 use crate::engine::{Engine, EngineConfig, Outcome, SnapshotDelta, Stats};
-use crate::event::{Decoder, Event, Millis, Reject, RejectReason};
+use crate::event::{Decoder, Event, Keys, Millis, Reject, RejectReason};
 use crate::store::{CheckpointWrite, Store, StoreError};
 
 /// A rejected message on its way to a dead-letter destination.
@@ -207,15 +207,18 @@ impl Pipeline {
         key: Option<&[u8]>,
     ) -> Outcome {
         let decoded = self.decoder.decode(bytes);
-        self.ingest_decoded(bytes, &decoded, offset, key)
+        let keys = decoded.as_ref().map(Keys::of).unwrap_or_default();
+        self.ingest_decoded(bytes, &decoded, &keys, offset, key)
     }
 
     /// Apply a message decoded elsewhere (by `source::ahead`'s reader thread, with
-    /// this pipeline's decoder settings); `bytes` are its raw form for dead letters.
+    /// this pipeline's decoder settings, and its [`Keys`] beside it); `bytes` are its
+    /// raw form for dead letters.
     pub fn ingest_decoded(
         &mut self,
         bytes: &[u8],
         decoded: &Result<Event<'_>, Reject>,
+        keys: &Keys,
         offset: Option<i64>,
         key: Option<&[u8]>,
     ) -> Outcome {
@@ -249,7 +252,7 @@ impl Pipeline {
                     })),
                 )
             }
-            Ok(ev) => match self.engine.apply_ref(ev) {
+            Ok(ev) => match self.engine.apply_keyed(ev, keys) {
                 Outcome::Rejected(reason) => {
                     let detail = match reason {
                         RejectReason::TooLate => "older than watermark - correction_horizon",

@@ -154,8 +154,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         // The spill fetches the batch's spilled contacts in a few round trips, rather
         // than one per event that reaches one.
         batch.with_dependent(|_, decoded| {
-            pipe.engine
-                .prefetch(decoded.iter().filter_map(|d| d.as_ref().ok()))
+            pipe.engine.prefetch(
+                decoded
+                    .iter()
+                    .zip(&decoded.keys)
+                    .filter_map(|(d, k)| d.as_ref().ok().map(|_| k)),
+            )
         });
         // Record `next` of the batch is applied next; events are applied where they
         // lie in the batch, not moved out of it.
@@ -165,11 +169,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             // itself is async, so it runs outside the borrow of the batch.
             let (applied, more) = batch.with_dependent(|records, decoded| {
                 let mut applied = 0;
-                while let Some(d) = decoded.get(next) {
+                while let (Some(d), Some(keys)) = (decoded.get(next), decoded.keys.get(next)) {
                     // The next events' contacts are fetched into cache meanwhile.
                     pipe.engine
-                        .look_ahead(|ahead| decoded.get(next + ahead)?.as_ref().ok());
-                    pipe.ingest_decoded(records.record(next), d, None, None);
+                        .look_ahead(|ahead| decoded.keys.get(next + ahead));
+                    pipe.ingest_decoded(records.record(next), d, keys, None, None);
                     next += 1;
                     applied += 1;
                     if (n + applied).is_multiple_of(a.flush_every) {

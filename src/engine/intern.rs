@@ -4,6 +4,7 @@
 use std::num::NonZeroU32;
 
 use super::HashMap;
+use crate::event::hash_id;
 
 /// Non-zero so `Option<Sym>` is 4 bytes: contacts hold several per event.
 #[derive(
@@ -30,27 +31,33 @@ impl Sym {
 
 #[derive(Clone, Debug, Default)]
 pub struct Interner {
-    /// foldhash, not SipHash: every event looks up its agent, team and queue names
-    /// here, and SipHash made the look-ups 3 % of the engine's time (perf, 2026-12-02).
-    ids: HashMap<Box<str>, Sym>,
+    /// Keyed by the name's 128-bit hash ([`crate::event::hash_id`], as contacts,
+    /// customers and event ids are), not by the name: a look-up compares 16 bytes held
+    /// in the table instead of following the boxed name to compare it (every event
+    /// looks up its agent, team and queue here; the comparison's `memcmp` and the
+    /// boxed name's cache miss were ~4 % of a replay's samples, docs/performance.md,
+    /// "seventeenth round"). foldhash over the hash, not SipHash (SipHash made the
+    /// look-ups 3 % of the engine's time, perf, 2026-12-02).
+    ids: HashMap<u128, Sym>,
     names: Vec<Box<str>>,
 }
 
 impl Interner {
     pub fn intern(&mut self, s: &str) -> Sym {
-        if let Some(&id) = self.ids.get(s) {
+        let h = hash_id(s);
+        if let Some(&id) = self.ids.get(&h) {
             return id;
         }
         // More than 4 billion distinct keys cannot be held in memory anyway.
         let n = u32::try_from(self.names.len() + 1).unwrap_or(u32::MAX);
         let id = Sym(NonZeroU32::new(n).unwrap_or(NonZeroU32::MAX));
         self.names.push(s.into());
-        self.ids.insert(s.into(), id);
+        self.ids.insert(h, id);
         id
     }
 
     pub fn get(&self, s: &str) -> Option<Sym> {
-        self.ids.get(s).copied()
+        self.ids.get(&hash_id(s)).copied()
     }
 
     pub fn name(&self, id: Sym) -> &str {

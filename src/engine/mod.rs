@@ -39,7 +39,7 @@ use self::limits::{Admission, KeyDim, KeyLimits};
 use self::table::KeyTable;
 use self::window::{Interval, Windower};
 use crate::config::{Config, MAX_INTERVALS};
-use crate::event::{Channel, Event, EventType, FIXED_SCALE, Millis, RejectReason};
+use crate::event::{Channel, Event, EventType, FIXED_SCALE, Keys, Millis, RejectReason};
 
 /// A dimension of the snapshots; `key` is the agent / team / queue / channel name, or
 /// `all` for the whole centre.
@@ -559,14 +559,9 @@ fn heap_of<T>(v: &ThinVec<T>) -> *const u8 {
     unsafe { *(v as *const ThinVec<T>).cast::<*const u8>() }
 }
 
+#[cfg(test)]
 fn key_of(id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
-}
-
-/// A customer's key: never 0, so a contact holds it as a `NonZeroU128` (a hash of 0
-/// becomes 1, one more collision among 2^128).
-fn customer_key_of(id: &str) -> CustomerKey {
-    key_of(id).max(1)
+    crate::event::hash_id(id)
 }
 
 /// A customer key as a contact holds it (see [`Contact::customer`]).
@@ -841,6 +836,14 @@ impl Engine {
     /// [`Engine::apply`] of an event the caller keeps (`replay` applies events in the
     /// batch they were decoded into, without moving them).
     pub fn apply_ref(&mut self, ev: &Event) -> Outcome {
+        self.apply_keyed(ev, &Keys::of(ev))
+    }
+
+    /// [`Engine::apply_ref`] with the event's keys computed beforehand (`replay`'s
+    /// decoding thread computes them; [`Engine::look_ahead`] reads them too).
+    /// `keys` must be `Keys::of(ev)`.
+    pub fn apply_keyed(&mut self, ev: &Event, keys: &Keys) -> Outcome {
+        debug_assert_eq!(*keys, Keys::of(ev), "keys of another event");
         self.stats.read += 1;
         if let Some(wm) = self.watermark()
             && ev.ts < wm.saturating_sub(self.cfg.correction_horizon_ms)
@@ -852,11 +855,11 @@ impl Engine {
                 .or_default() += 1;
             return Outcome::Rejected(RejectReason::TooLate);
         }
-        let id = key_of(&ev.event_id);
+        let id = keys.id;
         // Duplicates: contact events are checked against their contact's own events
         // (no global id set to keep for the whole correction horizon); agent states,
         // which have no contact, against a set that expires with the horizon.
-        let contact_key = ev.contact_id.as_deref().map(key_of);
+        let contact_key = keys.contact;
         if let Some(ck) = contact_key
             && self.spill.is_some()
         {
@@ -963,7 +966,7 @@ impl Engine {
             wrap_ms: duration(ev.wrap_ms),
             value: ev.amount.or(ev.score).unwrap_or(0),
         };
-        let mut event_customer = ev.customer_id.as_deref().map(customer_key_of);
+        let mut event_customer = keys.customer;
         if let Some(k) = event_customer
             && self.spill.is_some()
             && self.contacts.get(&ck).is_none_or(|c| c.customer.is_none())
@@ -1539,18 +1542,18 @@ impl Engine {
     /// any order) will look up, so that it can fetch them together: one round trip
     /// per batch instead of one per event (`replay` calls it per decoded batch). Only
     /// those not in memory are named; without a spill this does nothing.
-    pub fn prefetch<'a, 'e: 'a>(&mut self, events: impl IntoIterator<Item = &'a Event<'e>>) {
+    pub fn prefetch<'a>(&mut self, events: impl IntoIterator<Item = &'a Keys>) {
         let Some(sp) = self.spill.as_mut() else {
             return;
         };
         let (mut keys, mut customers) = (Vec::new(), Vec::new());
         for ev in events {
-            if let Some(ck) = ev.contact_id.as_deref().map(key_of)
+            if let Some(ck) = ev.contact
                 && !self.contacts.contains_key(&ck)
             {
                 keys.push(ck);
             }
-            if let Some(k) = ev.customer_id.as_deref().map(customer_key_of)
+            if let Some(k) = ev.customer
                 && !self.customers.contains_key(&k)
             {
                 customers.push(k);
@@ -1563,24 +1566,18 @@ impl Engine {
         sp.prefetch(&keys, &customers);
     }
 
-    /// Tell the contacts table that the events `upcoming(d)` (`d` events after the one
-    /// applied next) are coming, so their contacts' slots and events are in cache by
-    /// the time they are applied ([`LOOK_AHEAD`]). The caller holds the events in a
-    /// batch anyway (`replay`'s decoded batches); this only issues prefetches.
-    pub fn look_ahead<'a, 'e: 'a>(&self, upcoming: impl Fn(usize) -> Option<&'a Event<'e>>) {
-        self.look_ahead_keys(
-            |d| {
-                upcoming(d)
-                    .and_then(|ev| ev.contact_id.as_deref())
-                    .map(key_of)
-            },
-            false,
-        );
+    /// Tell the contacts table that the events whose keys are `upcoming(d)` (`d`
+    /// events after the one applied next) are coming, so their contacts' slots and
+    /// events are in cache by the time they are applied ([`LOOK_AHEAD`]). The caller
+    /// holds the events' keys in a batch anyway (`replay`'s decoded batches); this only
+    /// issues prefetches.
+    pub fn look_ahead<'a>(&self, upcoming: impl Fn(usize) -> Option<&'a Keys>) {
+        self.look_ahead_keys(|d| upcoming(d).and_then(|k| k.contact), false);
         // An offer names its customer, whose contacts list the contact joins.
         let [far, mid, ..] = LOOK_AHEAD;
         for (d, stage) in [(far, 0), (mid, 1)] {
-            if let Some(id) = upcoming(d).and_then(|ev| ev.customer_id.as_deref()) {
-                self.customers.prefetch(customer_key_of(id), stage);
+            if let Some(k) = upcoming(d).and_then(|k| k.customer) {
+                self.customers.prefetch(k, stage);
             }
         }
     }

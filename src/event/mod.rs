@@ -209,6 +209,39 @@ impl Event<'_> {
     }
 }
 
+/// The 128-bit hash an id is known by inside the engine: contacts, customers and event
+/// ids are keyed by it (a collision among 2^128 values is not a practical concern), so
+/// the engine holds and compares 16 bytes instead of strings.
+pub fn hash_id(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+/// An event's hashed identities ([`hash_id`]), computed once per event. The engine
+/// needs the contact's key at every look-ahead stage and again when it applies the
+/// event; hashing the id each time was 4 % of a replay's samples (docs/performance.md,
+/// "seventeenth round"). `replay` computes them on its decoding thread, beside the
+/// event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    /// `event_id`'s hash (duplicate detection).
+    pub id: u128,
+    /// `contact_id`'s hash, when the event names a contact.
+    pub contact: Option<u128>,
+    /// `customer_id`'s hash, never 0 (a contact holds it as a `NonZeroU128`; a hash of
+    /// 0 becomes 1, one more collision among 2^128).
+    pub customer: Option<u128>,
+}
+
+impl Keys {
+    pub fn of(ev: &Event<'_>) -> Keys {
+        Keys {
+            id: hash_id(&ev.event_id),
+            contact: ev.contact_id.as_deref().map(hash_id),
+            customer: ev.customer_id.as_deref().map(|c| hash_id(c).max(1)),
+        }
+    }
+}
+
 /// Fixed-point scale of `amount` and `score`: four decimals, so sums and corrections
 /// (subtracting what was added) stay exact where `f64` would drift.
 pub const FIXED_SCALE: i64 = 10_000;

@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 
 use super::file::{self, SourceError};
-use crate::event::{Decoder, Event, Reject};
+use crate::event::{Decoder, Event, Keys, Reject};
 
 /// Records per batch: large enough that the channel (and the spill's prefetch, a few
 /// statements per batch) costs nothing per event, small enough that the batches in
@@ -56,8 +56,37 @@ impl Records {
     }
 }
 
-/// One decoded record per raw record (`decoded[i]` is record `i`), borrowing from them.
-pub type Decoded<'a> = Vec<Result<Event<'a>, Reject>>;
+/// One decoded record per raw record (`decoded[i]` is record `i`), borrowing from them,
+/// and each event's [`Keys`] (`decoded.keys[i]`; the default for a reject). The keys are
+/// hashed here, on the reader thread, once per event: the engine reads them at every
+/// look-ahead stage and when it applies the event.
+pub struct Decoded<'a> {
+    events: Vec<Result<Event<'a>, Reject>>,
+    pub keys: Vec<Keys>,
+}
+
+impl<'a> Decoded<'a> {
+    fn of(records: &'a Records, decoder: &Decoder) -> Decoded<'a> {
+        let events: Vec<_> = records
+            .ranges
+            .iter()
+            .map(|range| decoder.decode(&records.bytes[range.clone()]))
+            .collect();
+        let keys = events
+            .iter()
+            .map(|d| d.as_ref().map(Keys::of).unwrap_or_default())
+            .collect();
+        Decoded { events, keys }
+    }
+}
+
+impl<'a> std::ops::Deref for Decoded<'a> {
+    type Target = [Result<Event<'a>, Reject>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.events
+    }
+}
 
 self_cell::self_cell!(
     /// A batch of records and their decoding.
@@ -183,12 +212,7 @@ fn read_all(
                 }
             }
             if !records.ranges.is_empty() {
-                let batch = Batch::new(records, |r| {
-                    r.ranges
-                        .iter()
-                        .map(|range| decoder.decode(&r.bytes[range.clone()]))
-                        .collect()
-                });
+                let batch = Batch::new(records, |r| Decoded::of(r, decoder));
                 if tx.send(Ok(Item::Batch(batch))).is_err() {
                     return;
                 }
@@ -230,9 +254,13 @@ mod tests {
                         match d {
                             Ok(ev) => {
                                 assert!(records.record(i).starts_with(b"{"));
+                                assert_eq!(decoded.keys[i], Keys::of(ev), "record {i}'s keys");
                                 ids.push(ev.event_id.to_string());
                             }
-                            Err(_) => bad += 1,
+                            Err(_) => {
+                                assert_eq!(decoded.keys[i], Keys::default());
+                                bad += 1
+                            }
                         }
                     }
                 }),
@@ -275,12 +303,7 @@ mod tests {
         }
         let used_at = used.bytes.as_ptr();
         let decoder = Decoder::default();
-        let used = Batch::new(used, |r| {
-            r.ranges
-                .iter()
-                .map(|range| decoder.decode(&r.bytes[range.clone()]))
-                .collect()
-        });
+        let used = Batch::new(used, |r| Decoded::of(r, &decoder));
         let (back_tx, back_rx) = channel();
         back_tx.send(used).unwrap();
         let (tx, rx) = sync_channel(8);
@@ -303,6 +326,7 @@ mod tests {
         for b in &batches {
             b.with_dependent(|records, decoded| {
                 assert_eq!(records.len(), decoded.len());
+                assert_eq!(decoded.keys.len(), decoded.len());
                 for (i, d) in decoded.iter().enumerate() {
                     let raw = std::str::from_utf8(records.record(i)).unwrap();
                     assert_eq!(raw, lines[seen.len()]);
