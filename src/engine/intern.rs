@@ -44,7 +44,13 @@ pub struct Interner {
 
 impl Interner {
     pub fn intern(&mut self, s: &str) -> Sym {
-        let h = hash_id(s);
+        self.intern_hashed(s, hash_id(s))
+    }
+
+    /// [`Interner::intern`] of a name whose hash the caller has (`h` must be
+    /// `hash_id(s)`).
+    pub fn intern_hashed(&mut self, s: &str, h: u128) -> Sym {
+        debug_assert_eq!(h, hash_id(s), "hash of another name");
         if let Some(&id) = self.ids.get(&h) {
             return id;
         }
@@ -57,7 +63,12 @@ impl Interner {
     }
 
     pub fn get(&self, s: &str) -> Option<Sym> {
-        self.ids.get(&hash_id(s)).copied()
+        self.get_hashed(hash_id(s))
+    }
+
+    /// [`Interner::get`] by the name's [`hash_id`].
+    pub fn get_hashed(&self, h: u128) -> Option<Sym> {
+        self.ids.get(&h).copied()
     }
 
     pub fn name(&self, id: Sym) -> &str {

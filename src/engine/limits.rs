@@ -82,17 +82,19 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// The symbol `name` counts under in dimension `d` (not `Customer`), and whether it
-    /// was folded into [`OVERFLOW_KEY`].
+    /// The symbol `name` (whose [`crate::event::hash_id`] is `hash`, computed by the
+    /// caller with the event's other keys) counts under in dimension `d` (not
+    /// `Customer`), and whether it was folded into [`OVERFLOW_KEY`].
     pub fn admit(
         &mut self,
         syms: &mut Interner,
         limits: &KeyLimits,
         d: KeyDim,
         name: &str,
+        hash: u128,
     ) -> (Sym, bool) {
         let slot = d as usize;
-        if let Some(s) = syms.get(name)
+        if let Some(s) = syms.get_hashed(hash)
             && self.has(s, d)
         {
             return (s, false);
@@ -100,7 +102,7 @@ impl Admission {
         if self.admitted.get(slot).copied().unwrap_or(usize::MAX) >= limits.of(d) {
             return (syms.intern(OVERFLOW_KEY), true);
         }
-        let s = syms.intern(name);
+        let s = syms.intern_hashed(name, hash);
         let i = s.index();
         if self.bits.len() <= i {
             self.bits.resize(i + 1, 0);

@@ -910,8 +910,14 @@ impl Engine {
             self.stats.late_applied += 1;
         }
 
-        let agent = ev.agent_id.as_deref().map(|a| self.key(KeyDim::Agent, a));
-        let team = ev.team.as_deref().map(|t| self.key(KeyDim::Team, t));
+        let agent = ev
+            .agent_id
+            .as_deref()
+            .map(|a| self.key(KeyDim::Agent, a, keys.agent));
+        let team = ev
+            .team
+            .as_deref()
+            .map(|t| self.key(KeyDim::Team, t, keys.team));
         if let (Some(a), Some(t)) = (agent, team) {
             match self.agent_team.get(&a) {
                 Some(&known) if known == t => {}
@@ -955,12 +961,15 @@ impl Engine {
             id_hash: id as u64,
             agent,
             team,
-            queue: ev.queue.as_deref().map(|q| self.key(KeyDim::Queue, q)),
+            queue: ev
+                .queue
+                .as_deref()
+                .map(|q| self.key(KeyDim::Queue, q, keys.queue)),
             channel: ev.channel,
             to_agent: ev
                 .to_agent_id
                 .as_deref()
-                .map(|a| self.key(KeyDim::Agent, a)),
+                .map(|a| self.key(KeyDim::Agent, a, keys.to_agent)),
             talk_ms: duration(ev.talk_ms),
             hold_ms: duration(ev.hold_ms),
             wrap_ms: duration(ev.wrap_ms),
@@ -1025,12 +1034,12 @@ impl Engine {
         Outcome::Accepted
     }
 
-    /// The symbol a name counts under in a limited dimension (`__overflow__` once the
-    /// dimension is full).
-    fn key(&mut self, d: KeyDim, name: &str) -> Sym {
+    /// The symbol a name (whose [`crate::event::hash_id`] is `hash`) counts under in a
+    /// limited dimension (`__overflow__` once the dimension is full).
+    fn key(&mut self, d: KeyDim, name: &str, hash: u128) -> Sym {
         let (s, folded) = self
             .admission
-            .admit(&mut self.syms, &self.cfg.limits, d, name);
+            .admit(&mut self.syms, &self.cfg.limits, d, name, hash);
         if folded {
             *self.stats.overflowed.entry(d).or_default() += 1;
         }

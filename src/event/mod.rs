@@ -218,9 +218,10 @@ pub fn hash_id(id: &str) -> u128 {
 
 /// An event's hashed identities ([`hash_id`]), computed once per event. The engine
 /// needs the contact's key at every look-ahead stage and again when it applies the
-/// event; hashing the id each time was 4 % of a replay's samples (docs/performance.md,
-/// "seventeenth round"). `replay` computes them on its decoding thread, beside the
-/// event.
+/// event (hashing the id each time was 4 % of a replay's samples), and finds agents,
+/// teams and queues by their names' hashes (another 4 %, on the engine's thread, the
+/// replay's critical path; docs/performance.md, "seventeenth round"). `replay`
+/// computes them on its decoding thread, beside the event.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Keys {
     /// `event_id`'s hash (duplicate detection).
@@ -230,6 +231,12 @@ pub struct Keys {
     /// `customer_id`'s hash, never 0 (a contact holds it as a `NonZeroU128`; a hash of
     /// 0 becomes 1, one more collision among 2^128).
     pub customer: Option<u128>,
+    /// The hashes of `agent_id`, `team`, `queue` and `to_agent_id` (0 where the event
+    /// has none: only read when it has).
+    pub agent: u128,
+    pub team: u128,
+    pub queue: u128,
+    pub to_agent: u128,
 }
 
 impl Keys {
@@ -238,6 +245,10 @@ impl Keys {
             id: hash_id(&ev.event_id),
             contact: ev.contact_id.as_deref().map(hash_id),
             customer: ev.customer_id.as_deref().map(|c| hash_id(c).max(1)),
+            agent: ev.agent_id.as_deref().map_or(0, hash_id),
+            team: ev.team.as_deref().map_or(0, hash_id),
+            queue: ev.queue.as_deref().map_or(0, hash_id),
+            to_agent: ev.to_agent_id.as_deref().map_or(0, hash_id),
         }
     }
 }
