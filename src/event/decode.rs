@@ -422,11 +422,18 @@ impl Decoder {
         // not UTF-8 goes the byte way, which names the error's position as before.
         // The usual flat message is read by `flat::scan`; anything it does not take
         // on goes to serde_json, which stays the definition (and names the errors).
-        let parsed = match std::str::from_utf8(bytes) {
-            Ok(text) => match flat.then(|| flat::scan(text)).flatten() {
-                Some(raw) => Ok(raw),
-                None => serde_json::from_str::<Raw<'_>>(text),
-            },
+        let text = std::str::from_utf8(bytes);
+        // The flat path validates what `scan` returns directly: passing its `Raw`
+        // (~430 bytes) on through an `Option` and a `Result` first copied it twice per
+        // message (docs/performance.md, "seventeenth round").
+        if flat
+            && let Ok(text) = text
+            && let Some(raw) = flat::scan(text)
+        {
+            return self.validate(raw);
+        }
+        let parsed = match text {
+            Ok(text) => serde_json::from_str::<Raw<'_>>(text),
             Err(_) => serde_json::from_slice::<Raw<'_>>(bytes),
         };
         let raw = match parsed {
