@@ -859,7 +859,7 @@ impl Engine {
         // Duplicates: contact events are checked against their contact's own events
         // (no global id set to keep for the whole correction horizon); agent states,
         // which have no contact, against a set that expires with the horizon.
-        let contact_key = keys.contact;
+        let contact_key = keys.contact();
         if let Some(ck) = contact_key
             && self.spill.is_some()
         {
@@ -969,13 +969,13 @@ impl Engine {
             to_agent: ev
                 .to_agent_id
                 .as_deref()
-                .map(|a| self.key(KeyDim::Agent, a, keys.to_agent)),
+                .map(|a| self.key(KeyDim::Agent, a, crate::event::hash_id(a))),
             talk_ms: duration(ev.talk_ms),
             hold_ms: duration(ev.hold_ms),
             wrap_ms: duration(ev.wrap_ms),
             value: ev.amount.or(ev.score).unwrap_or(0),
         };
-        let mut event_customer = keys.customer;
+        let mut event_customer = keys.customer();
         if let Some(k) = event_customer
             && self.spill.is_some()
             && self.contacts.get(&ck).is_none_or(|c| c.customer.is_none())
@@ -1557,12 +1557,12 @@ impl Engine {
         };
         let (mut keys, mut customers) = (Vec::new(), Vec::new());
         for ev in events {
-            if let Some(ck) = ev.contact
+            if let Some(ck) = ev.contact()
                 && !self.contacts.contains_key(&ck)
             {
                 keys.push(ck);
             }
-            if let Some(k) = ev.customer
+            if let Some(k) = ev.customer()
                 && !self.customers.contains_key(&k)
             {
                 customers.push(k);
@@ -1581,11 +1581,11 @@ impl Engine {
     /// holds the events' keys in a batch anyway (`replay`'s decoded batches); this only
     /// issues prefetches.
     pub fn look_ahead<'a>(&self, upcoming: impl Fn(usize) -> Option<&'a Keys>) {
-        self.look_ahead_keys(|d| upcoming(d).and_then(|k| k.contact), false);
+        self.look_ahead_keys(|d| upcoming(d).and_then(Keys::contact), false);
         // An offer names its customer, whose contacts list the contact joins.
         let [far, mid, ..] = LOOK_AHEAD;
         for (d, stage) in [(far, 0), (mid, 1)] {
-            if let Some(k) = upcoming(d).and_then(|k| k.customer) {
+            if let Some(k) = upcoming(d).and_then(Keys::customer) {
                 self.customers.prefetch(k, stage);
             }
         }
