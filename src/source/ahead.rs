@@ -24,16 +24,17 @@ use crate::event::{Decoder, Event, Keys, Reject};
 /// events (~320 bytes each): about 1 MiB at 2048 records.
 const BATCH_RECORDS: usize = 2048;
 /// Batches decoded ahead of the consumer: at most `AHEAD` + 2 exist (queued, one being
-/// decoded, one being applied), ~1 MiB each. Decoding is 3 to 4 times faster than the
-/// engine, but on two cores it shares a core with SQLite's worker and the snapshot
-/// writer, which run in bursts right after each flush: with 2 batches queued (7 ms of
-/// engine work) the engine then waited for the decoder 140–180 ms per million events,
-/// with 16 (55 ms) 20–65 ms; `replay` of 1 M events, two runs of 11 alternated pairs:
-/// wall 0.94 and 0.91, peak RSS +13 to +16 MiB (docs/performance.md, "fourteenth
-/// round"; the 10 k-agent memory target's set-up stays at 224 MiB). Earlier rounds
-/// had cut it from 4 batches of 4096 records to 2 of 2048 to meet that target before
-/// the spill made room.
-const AHEAD: usize = 16;
+/// decoded, one being applied), ~1.2 MiB each with the events' keys. Decoding is 3 to 4
+/// times faster than the engine, but on two cores it shares a core with SQLite's worker
+/// and the snapshot writer, which run in bursts right after each flush: with 2 batches
+/// queued (7 ms of engine work) the engine then waited for the decoder 140–180 ms per
+/// million events, with 16 (55 ms) 20–65 ms; `replay` of 1 M events, two runs of 11
+/// alternated pairs: wall 0.94 and 0.91 (docs/performance.md, "fourteenth round").
+/// 8 since the seventeenth round, when the batches grew by their events' `Keys`: on an
+/// Intel Xeon host 8 against 16 gave `replay` wall 0.994 (default) and 1.003 (the
+/// DuckDB comparison's windows), 15 pairs each, noise, and the 10 k-agent memory
+/// set-up's peak 234.8 → 225.1 MiB (7 pairs).
+const AHEAD: usize = 8;
 
 /// The raw records of one batch, back to back.
 pub struct Records {
