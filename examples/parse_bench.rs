@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
                 // Hashed once per event, as `replay`'s reader thread does.
                 let keys: Vec<Keys> = decoded
                     .iter()
-                    .map(|d| d.as_ref().map(Keys::of).unwrap_or_default())
+                    .map(|d| d.as_ref().map_or_else(Keys::default, Keys::of))
                     .collect();
                 for (i, (ev, k)) in decoded.iter().zip(&keys).enumerate() {
                     e.look_ahead(|d| keys.get(i + d));

@@ -207,7 +207,7 @@ impl Pipeline {
         key: Option<&[u8]>,
     ) -> Outcome {
         let decoded = self.decoder.decode(bytes);
-        let keys = decoded.as_ref().map(Keys::of).unwrap_or_default();
+        let keys = Keys::of_decoded(&decoded);
         self.ingest_decoded(bytes, &decoded, &keys, offset, key)
     }
 

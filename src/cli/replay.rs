@@ -154,12 +154,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         // The spill fetches the batch's spilled contacts in a few round trips, rather
         // than one per event that reaches one.
         batch.with_dependent(|_, decoded| {
-            pipe.engine.prefetch(
-                decoded
-                    .iter()
-                    .zip(&decoded.keys)
-                    .filter_map(|(d, k)| d.as_ref().ok().map(|_| k)),
-            )
+            // A reject's keys name no contact or customer: nothing to fetch.
+            pipe.engine.prefetch(&decoded.keys)
         });
         // Record `next` of the batch is applied next; events are applied where they
         // lie in the batch, not moved out of it.

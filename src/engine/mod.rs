@@ -1547,16 +1547,17 @@ impl Engine {
         self.spill.take()
     }
 
-    /// Tell the spill which contacts and customers `events` (about to be applied, in
-    /// any order) will look up, so that it can fetch them together: one round trip
-    /// per batch instead of one per event (`replay` calls it per decoded batch). Only
-    /// those not in memory are named; without a spill this does nothing.
-    pub fn prefetch<'a>(&mut self, events: impl IntoIterator<Item = &'a Keys>) {
+    /// Tell the spill which contacts and customers the events whose keys are `upcoming`
+    /// (about to be applied, in any order) will look up, so that it can fetch them
+    /// together: one round trip per batch instead of one per event (`replay` calls it
+    /// per decoded batch). Only those not in memory are named; without a spill this
+    /// does nothing.
+    pub fn prefetch<'a>(&mut self, upcoming: impl IntoIterator<Item = &'a Keys>) {
         let Some(sp) = self.spill.as_mut() else {
             return;
         };
         let (mut keys, mut customers) = (Vec::new(), Vec::new());
-        for ev in events {
+        for ev in upcoming {
             if let Some(ck) = ev.contact()
                 && !self.contacts.contains_key(&ck)
             {

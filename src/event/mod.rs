@@ -224,8 +224,8 @@ pub fn hash_id(id: &str) -> u128 {
 /// replay's critical path; docs/performance.md, "seventeenth round"). `replay`
 /// computes them on its decoding thread, beside the event.
 ///
-/// 96 bytes: `replay` holds one per event read ahead (~3.4 MiB at its 18 batches of
-/// 2,048), so the rare `to_agent_id` is hashed where it is used instead, and the
+/// 96 bytes: `replay` holds one per event read ahead (~1.9 MiB at its 10 batches of
+/// 2,048 in flight), so the rare `to_agent_id` is hashed where it is used instead, and the
 /// optional keys are non-zero (`Option` of a plain `u128` is 32 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Keys {
@@ -253,6 +253,12 @@ impl Keys {
             team: ev.team.as_deref().map_or(0, hash_id),
             queue: ev.queue.as_deref().map_or(0, hash_id),
         }
+    }
+
+    /// The keys of a decoded message: the default (no contact, no customer) for a
+    /// reject, which the engine never sees.
+    pub fn of_decoded(decoded: &Result<Event<'_>, Reject>) -> Keys {
+        decoded.as_ref().map(Keys::of).unwrap_or_default()
     }
 
     /// `contact_id`'s hash, when the event names a contact; never 0 (a hash of 0

@@ -73,10 +73,7 @@ impl<'a> Decoded<'a> {
             .iter()
             .map(|range| decoder.decode(&records.bytes[range.clone()]))
             .collect();
-        let keys = events
-            .iter()
-            .map(|d| d.as_ref().map(Keys::of).unwrap_or_default())
-            .collect();
+        let keys = events.iter().map(Keys::of_decoded).collect();
         Decoded { events, keys }
     }
 }
