@@ -72,15 +72,23 @@ const SUB_BUCKET_MASK: u64 = (SUB_BUCKET_HALF << 1) - 1;
 const LEADING_ZERO_BASE: u32 = 64 - (SUB_BUCKET_HALF_MAGNITUDE + 1);
 
 /// (bucket, sub-bucket) of a value already clamped to [`MAX_VALUE_MS`].
-fn loc(ms: u64) -> (u32, u64) {
+const fn loc(ms: u64) -> (u32, u64) {
     let bucket = LEADING_ZERO_BASE - (ms | SUB_BUCKET_MASK).leading_zeros();
     (bucket, ms >> bucket)
 }
 
 /// HDR counts index of `ms` (clamped): the dense array's slot.
-fn index_of(ms: u64) -> usize {
-    let (bucket, sub) = loc(ms.min(MAX_VALUE_MS));
-    (((u64::from(bucket) + 1) << SUB_BUCKET_HALF_MAGNITUDE) + sub - SUB_BUCKET_HALF) as usize
+const fn index_of(ms: u64) -> usize {
+    let (bucket, sub) = loc(if ms < MAX_VALUE_MS { ms } else { MAX_VALUE_MS });
+    (((bucket as u64 + 1) << SUB_BUCKET_HALF_MAGNITUDE) + sub - SUB_BUCKET_HALF) as usize
+}
+
+// Every HDR index of our layout fits a sparse bin's `u16`.
+const _: () = assert!(index_of(MAX_VALUE_MS) <= u16::MAX as usize);
+
+/// [`index_of`] as a sparse bin holds it (lossless: the assertion above).
+fn sparse_index(ms: u64) -> u16 {
+    index_of(ms) as u16
 }
 
 /// Add `count` at HDR index `i` of a dense range starting at `lo`, extending the
@@ -110,18 +118,56 @@ fn dense_add(lo: &mut usize, counts: &mut Vec<i64>, nonzero: &mut usize, i: usiz
     }
 }
 
-/// Sparse or dense signed bins; see [`DENSE_AT`].
+/// One non-zero bin of a sparse histogram: its HDR index (`INDEX_BINS[index]` is its
+/// value) and its count. 8 bytes where `(value, count)` as two 64-bit words was 16:
+/// an open window holds a sparse histogram per measure and key, and a day's windows
+/// of 10 k agents grow bins for the whole day (docs/performance.md, "eighteenth
+/// round"). A count past `i32` turns the histogram dense (`i64` counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bin {
+    index: u16,
+    count: i32,
+}
+
+/// A dense histogram's counts: per HDR index from `lo` on (`INDEX_BINS[lo + i]` is
+/// slot `i`'s value); `nonzero` of them not zero.
+#[derive(Clone, Debug)]
+struct Dense {
+    lo: usize,
+    counts: Vec<i64>,
+    nonzero: usize,
+}
+
+/// Sparse or dense signed bins; see [`DENSE_AT`]. The rare dense form is boxed, so a
+/// histogram is one `Vec`'s 24 bytes (three per accumulator).
 #[derive(Clone, Debug)]
 enum Bins {
-    /// `(bin value, count)`, sorted by value, no zero counts.
-    Sparse(Vec<(u64, i64)>),
-    /// Count per HDR index from `lo` on (`INDEX_BINS[lo + i]` is slot `i`'s value);
-    /// `nonzero` of them not zero.
-    Dense {
-        lo: usize,
-        counts: Vec<i64>,
-        nonzero: usize,
-    },
+    /// Sorted by index, no zero counts.
+    Sparse(Vec<Bin>),
+    Dense(Box<Dense>),
+}
+
+const _: () = assert!(size_of::<Hist>() == 24);
+
+/// Add `count` at index `index` of sorted sparse bins: `Some(true)` when a bin was
+/// inserted, `None` (bins unchanged) when the count would not fit a [`Bin`].
+fn sparse_add(bins: &mut Vec<Bin>, index: u16, count: i64) -> Option<bool> {
+    match bins.binary_search_by_key(&index, |b| b.index) {
+        Ok(i) => {
+            let c = i32::try_from(i64::from(bins[i].count) + count).ok()?;
+            if c == 0 {
+                bins.remove(i);
+            } else {
+                bins[i].count = c;
+            }
+            Some(false)
+        }
+        Err(i) => {
+            let count = i32::try_from(count).ok()?;
+            bins.insert(i, Bin { index, count });
+            Some(true)
+        }
+    }
 }
 
 impl Default for Bins {
@@ -186,10 +232,29 @@ impl Hist {
 
     /// From bins sorted by value without zero counts (a decoded or stored list).
     fn from_sorted(bins: Vec<(u64, i64)>) -> Hist {
-        let mut h = Hist {
-            bins: Bins::Sparse(bins),
-        };
-        h.densify_if_large();
+        let sparse: Option<Vec<Bin>> = bins
+            .iter()
+            .map(|&(value, count)| {
+                Some(Bin {
+                    index: sparse_index(value),
+                    count: i32::try_from(count).ok()?,
+                })
+            })
+            .collect();
+        let mut h = Hist::new();
+        match sparse {
+            Some(sparse) => {
+                h.bins = Bins::Sparse(sparse);
+                h.densify_if_large();
+            }
+            // A count past `i32` (a stored row merged over a long period).
+            None => {
+                h.densify();
+                for (value, count) in bins {
+                    h.record(value, count);
+                }
+            }
+        }
         h
     }
 
@@ -204,48 +269,56 @@ impl Hist {
         if count == 0 {
             return;
         }
-        match &mut self.bins {
-            Bins::Sparse(bins) => {
-                let bin = Hist::bin_of(ms);
-                match bins.binary_search_by_key(&bin, |b| b.0) {
-                    Ok(i) => {
-                        bins[i].1 += count;
-                        if bins[i].1 == 0 {
-                            bins.remove(i);
-                        }
-                    }
-                    Err(i) => {
-                        bins.insert(i, (bin, count));
+        if let Bins::Sparse(bins) = &mut self.bins {
+            match sparse_add(bins, sparse_index(ms), count) {
+                Some(inserted) => {
+                    if inserted {
                         self.densify_if_large();
                     }
+                    return;
                 }
+                // The count outgrew `i32`: dense bins count in `i64`.
+                None => self.densify(),
             }
-            Bins::Dense {
-                lo,
-                counts,
-                nonzero,
-            } => dense_add(lo, counts, nonzero, index_of(ms), count),
+        }
+        if let Bins::Dense(d) = &mut self.bins {
+            dense_add(
+                &mut d.lo,
+                &mut d.counts,
+                &mut d.nonzero,
+                index_of(ms),
+                count,
+            );
         }
     }
 
     fn densify_if_large(&mut self) {
+        if matches!(&self.bins, Bins::Sparse(bins) if bins.len() > DENSE_AT) {
+            self.densify();
+        }
+    }
+
+    /// Turn sparse bins dense (whatever their number).
+    fn densify(&mut self) {
         let Bins::Sparse(bins) = &self.bins else {
             return;
         };
-        if bins.len() <= DENSE_AT {
-            return;
-        }
         // Start the range at the lowest bin: the rest only extend it upwards.
-        let (mut lo, mut counts, mut nonzero) =
-            (bins.first().map_or(0, |b| index_of(b.0)), Vec::new(), 0);
-        for &(bin, count) in bins {
-            dense_add(&mut lo, &mut counts, &mut nonzero, index_of(bin), count);
-        }
-        self.bins = Bins::Dense {
-            lo,
-            counts,
-            nonzero,
+        let mut d = Dense {
+            lo: bins.first().map_or(0, |b| usize::from(b.index)),
+            counts: Vec::new(),
+            nonzero: 0,
         };
+        for b in bins {
+            dense_add(
+                &mut d.lo,
+                &mut d.counts,
+                &mut d.nonzero,
+                usize::from(b.index),
+                i64::from(b.count),
+            );
+        }
+        self.bins = Bins::Dense(Box::new(d));
     }
 
     pub fn merge(&mut self, other: &Hist) {
@@ -269,34 +342,44 @@ impl Hist {
             // merging a day's 96 quarter-hours into its window quadratic in the bins.
             let mut out = Vec::with_capacity(mine.len() + theirs.len());
             let (mut i, mut j) = (0, 0);
-            loop {
+            let merged = loop {
                 let next = match (mine.get(i), theirs.get(j)) {
-                    (Some(x), Some(y)) if x.0 == y.0 => {
+                    (Some(x), Some(y)) if x.index == y.index => {
                         i += 1;
                         j += 1;
-                        (x.0, x.1 + sign * y.1)
+                        (x.index, i64::from(x.count) + sign * i64::from(y.count))
                     }
-                    (Some(x), Some(y)) if x.0 < y.0 => {
+                    (Some(x), Some(y)) if x.index < y.index => {
                         i += 1;
-                        *x
+                        (x.index, i64::from(x.count))
                     }
                     (Some(x), None) => {
                         i += 1;
-                        *x
+                        (x.index, i64::from(x.count))
                     }
                     (_, Some(y)) => {
                         j += 1;
-                        (y.0, sign * y.1)
+                        (y.index, sign * i64::from(y.count))
                     }
-                    (None, None) => break,
+                    (None, None) => break true,
                 };
                 if next.1 != 0 {
-                    out.push(next);
+                    let Ok(count) = i32::try_from(next.1) else {
+                        break false;
+                    };
+                    out.push(Bin {
+                        index: next.0,
+                        count,
+                    });
                 }
+            };
+            if merged {
+                *mine = out;
+                self.densify_if_large();
+                return;
             }
-            *mine = out;
-            self.densify_if_large();
-            return;
+            // A count outgrew `i32`: add into dense bins, bin by bin, below.
+            self.densify();
         }
         for (bin, count) in other.iter() {
             self.record(bin, sign * count);
@@ -311,20 +394,27 @@ impl Hist {
     fn len(&self) -> usize {
         match &self.bins {
             Bins::Sparse(bins) => bins.len(),
-            Bins::Dense { nonzero, .. } => *nonzero,
+            Bins::Dense(d) => d.nonzero,
         }
     }
 
     /// Non-zero `(bin value, count)` pairs in ascending bin order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
+        let values = &*INDEX_BINS;
         let (sparse, dense) = match &self.bins {
-            Bins::Sparse(bins) => (Some(bins.iter().copied()), None),
-            Bins::Dense { lo, counts, .. } => (
+            Bins::Sparse(bins) => (
+                Some(bins.iter().filter_map(move |b| {
+                    // Always there: every index of our layout has its value.
+                    Some((*values.get(usize::from(b.index))?, i64::from(b.count)))
+                })),
+                None,
+            ),
+            Bins::Dense(d) => (
                 None,
                 Some(
-                    counts
+                    d.counts
                         .iter()
-                        .zip(INDEX_BINS[*lo..].iter())
+                        .zip(values.get(d.lo..).unwrap_or_default().iter())
                         .filter(|(c, _)| **c != 0)
                         .map(|(c, b)| (*b, *c)),
                 ),
@@ -644,11 +734,74 @@ mod tests {
         }
     }
 
+    /// Two sparse histograms whose merged count outgrows a sparse bin's `i32` (the
+    /// one-pass merge of sorted lists) give the exact sum, dense; so does a record.
+    #[test]
+    fn merged_counts_past_i32_turn_dense() {
+        let big = 2_000_000_000i64;
+        let mut h = Hist::new();
+        h.record(10, big);
+        let mut o = Hist::new();
+        for v in [10, 20, 30, 40, 50] {
+            o.record(v, big);
+        }
+        assert!(matches!(o.bins, Bins::Sparse(_)));
+        h.merge(&o);
+        assert!(matches!(h.bins, Bins::Dense(_)));
+        let want = [(10, 2 * big), (20, big), (30, big), (40, big), (50, big)];
+        assert_eq!(h.iter().collect::<Vec<_>>(), want);
+        h.unmerge(&o);
+        assert_eq!(h.iter().collect::<Vec<_>>(), [(10, big)]);
+        let mut r = Hist::new();
+        r.record(7, big);
+        r.record(7, big);
+        assert_eq!(r.iter().collect::<Vec<_>>(), [(7, 2 * big)]);
+    }
+
     #[test]
     fn negative_bins_do_not_encode() {
         let mut h = Hist::new();
         h.record(10, -1);
         assert!(matches!(h.encode(), Err(HistError::Negative { .. })));
+    }
+
+    /// `ops` recorded into one histogram and `other` into another merged into it give
+    /// what a plain map of bin -> count gives, in memory and stored; unmerging
+    /// `other` gives `ops` alone.
+    fn agrees_with_a_map(
+        ops: &[(u64, i64)],
+        other: &[(u64, i64)],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut h = Hist::new();
+        let mut model = std::collections::BTreeMap::<u64, i64>::new();
+        for &(v, c) in ops {
+            h.record(v, c);
+            *model.entry(Hist::bin_of(v)).or_default() += c;
+        }
+        let mut o = Hist::new();
+        for &(v, c) in other {
+            o.record(v, c);
+            *model.entry(Hist::bin_of(v)).or_default() += c;
+        }
+        h.merge(&o);
+        model.retain(|_, c| *c != 0);
+        let want: Vec<(u64, i64)> = model.into_iter().collect();
+        prop_assert_eq!(h.iter().collect::<Vec<_>>(), want.clone());
+        prop_assert_eq!(h.count(), want.iter().map(|b| b.1).sum::<i64>());
+        prop_assert_eq!(h.is_empty(), want.is_empty());
+        // Stored form: the sorted list, whichever form is in memory.
+        let bytes = postcard::to_allocvec(&h).unwrap();
+        let plain = postcard::to_allocvec(&(want,)).unwrap();
+        prop_assert_eq!(&bytes, &plain);
+        let back: Hist = postcard::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(&back, &h);
+        h.unmerge(&o);
+        let mut alone = Hist::new();
+        for &(v, c) in ops {
+            alone.record(v, c);
+        }
+        prop_assert_eq!(h, alone);
+        Ok(())
     }
 
     proptest! {
@@ -737,33 +890,24 @@ mod tests {
             ops in proptest::collection::vec((0u64..5_000_000, -2i64..4), 0..900),
             other in proptest::collection::vec((0u64..5_000_000, 1i64..3), 0..600),
         ) {
+            agrees_with_a_map(&ops, &other)?;
+        }
+
+        /// A sparse bin counts in an `i32`: counts past it (a stored row merged over a
+        /// long period, a centre's all-time totals) turn the histogram dense and stay
+        /// exact, by record, by merge and by decoding.
+        #[test]
+        fn counts_past_i32_stay_exact(
+            // `other`'s counts fit an `i32` one by one (it stays sparse), their sums may
+            // not, and merging them into `ops` may not either.
+            ops in proptest::collection::vec((0u64..300, -3_000_000_000i64..3_000_000_000), 0..40),
+            other in proptest::collection::vec((0u64..300, 1i64..2_000_000_000), 0..40),
+        ) {
+            agrees_with_a_map(&ops, &other)?;
             let mut h = Hist::new();
-            let mut model = std::collections::BTreeMap::<u64, i64>::new();
-            for &(v, c) in &ops {
-                h.record(v, c);
-                *model.entry(Hist::bin_of(v)).or_default() += c;
-            }
-            let mut o = Hist::new();
-            for &(v, c) in &other {
-                o.record(v, c);
-                *model.entry(Hist::bin_of(v)).or_default() += c;
-            }
-            h.merge(&o);
-            model.retain(|_, c| *c != 0);
-            let want: Vec<(u64, i64)> = model.into_iter().collect();
-            prop_assert_eq!(h.iter().collect::<Vec<_>>(), want.clone());
-            prop_assert_eq!(h.count(), want.iter().map(|b| b.1).sum::<i64>());
-            prop_assert_eq!(h.is_empty(), want.is_empty());
-            // Stored form: the sorted list, whichever form is in memory.
-            let bytes = postcard::to_allocvec(&h).unwrap();
-            let plain = postcard::to_allocvec(&(want,)).unwrap();
-            prop_assert_eq!(&bytes, &plain);
-            let back: Hist = postcard::from_bytes(&bytes).unwrap();
-            prop_assert_eq!(&back, &h);
-            h.unmerge(&o);
-            let mut alone = Hist::new();
-            for &(v, c) in &ops { alone.record(v, c); }
-            prop_assert_eq!(h, alone);
+            for &(v, c) in &other { h.record(v, c); }
+            let back = Hist::decode(&h.encode().unwrap()).unwrap();
+            prop_assert_eq!(back, h);
         }
 
         #[test]
