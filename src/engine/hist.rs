@@ -91,33 +91,6 @@ fn sparse_index(ms: u64) -> u16 {
     index_of(ms) as u16
 }
 
-/// Add `count` at HDR index `i` of a dense range starting at `lo`, extending the
-/// range to whole doublings first when `i` is outside it.
-fn dense_add(lo: &mut usize, counts: &mut Vec<i64>, nonzero: &mut usize, i: usize, count: i64) {
-    if i < *lo {
-        // Values below the range are rare once it is established, and each extension
-        // downwards shifts the array.
-        let new_lo = i - i % SLOTS_PER_DOUBLING;
-        counts.splice(0..0, std::iter::repeat_n(0, *lo - new_lo));
-        *lo = new_lo;
-    }
-    if i - *lo >= counts.len() {
-        let hi = (i / SLOTS_PER_DOUBLING + 1) * SLOTS_PER_DOUBLING;
-        counts.resize(hi.min(INDEX_BINS.len()) - *lo, 0);
-    }
-    // In range now (index_of < INDEX_BINS.len(), tested); `get_mut` keeps a slip from
-    // panicking.
-    if let Some(c) = counts.get_mut(i - *lo) {
-        let before = *c;
-        *c += count;
-        match (before == 0, *c == 0) {
-            (true, false) => *nonzero += 1,
-            (false, true) => *nonzero -= 1,
-            _ => {}
-        }
-    }
-}
-
 /// One non-zero bin of a sparse histogram: its HDR index (`INDEX_BINS[index]` is its
 /// value) and its count. 8 bytes where `(value, count)` as two 64-bit words was 16:
 /// an open window holds a sparse histogram per measure and key, and a day's windows
@@ -131,11 +104,45 @@ struct Bin {
 
 /// A dense histogram's counts: per HDR index from `lo` on (`INDEX_BINS[lo + i]` is
 /// slot `i`'s value); `nonzero` of them not zero.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Dense {
     lo: usize,
     counts: Vec<i64>,
     nonzero: usize,
+}
+
+impl Dense {
+    /// Add `count` at HDR index `i`, extending the range to whole doublings first when
+    /// `i` is outside it. An empty range starts at `i` (the lowest bin, when a sparse
+    /// list turns dense in order; the rest only extend it upwards).
+    fn add(&mut self, i: usize, count: i64) {
+        if self.counts.is_empty() {
+            self.lo = i;
+        }
+        if i < self.lo {
+            // Values below the range are rare once it is established, and each extension
+            // downwards shifts the array.
+            let new_lo = i - i % SLOTS_PER_DOUBLING;
+            self.counts
+                .splice(0..0, std::iter::repeat_n(0, self.lo - new_lo));
+            self.lo = new_lo;
+        }
+        if i - self.lo >= self.counts.len() {
+            let hi = (i / SLOTS_PER_DOUBLING + 1) * SLOTS_PER_DOUBLING;
+            self.counts.resize(hi.min(INDEX_BINS.len()) - self.lo, 0);
+        }
+        // In range now (index_of < INDEX_BINS.len(), tested); `get_mut` keeps a slip
+        // from panicking.
+        if let Some(c) = self.counts.get_mut(i - self.lo) {
+            let before = *c;
+            *c += count;
+            match (before == 0, *c == 0) {
+                (true, false) => self.nonzero += 1,
+                (false, true) => self.nonzero -= 1,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Sparse or dense signed bins; see [`DENSE_AT`]. The rare dense form is boxed, so a
@@ -282,13 +289,7 @@ impl Hist {
             }
         }
         if let Bins::Dense(d) = &mut self.bins {
-            dense_add(
-                &mut d.lo,
-                &mut d.counts,
-                &mut d.nonzero,
-                index_of(ms),
-                count,
-            );
+            d.add(index_of(ms), count);
         }
     }
 
@@ -303,20 +304,9 @@ impl Hist {
         let Bins::Sparse(bins) = &self.bins else {
             return;
         };
-        // Start the range at the lowest bin: the rest only extend it upwards.
-        let mut d = Dense {
-            lo: bins.first().map_or(0, |b| usize::from(b.index)),
-            counts: Vec::new(),
-            nonzero: 0,
-        };
+        let mut d = Dense::default();
         for b in bins {
-            dense_add(
-                &mut d.lo,
-                &mut d.counts,
-                &mut d.nonzero,
-                usize::from(b.index),
-                i64::from(b.count),
-            );
+            d.add(usize::from(b.index), i64::from(b.count));
         }
         self.bins = Bins::Dense(Box::new(d));
     }
@@ -756,6 +746,27 @@ mod tests {
         r.record(7, big);
         r.record(7, big);
         assert_eq!(r.iter().collect::<Vec<_>>(), [(7, 2 * big)]);
+    }
+
+    /// A histogram turned dense by one count past `i32` holds the doubling of that
+    /// bin, not every slot from 0 up to it.
+    #[test]
+    fn a_dense_range_starts_at_its_first_bin() {
+        let mut h = Hist::new();
+        h.record(3_600_000, 3_000_000_000);
+        let Bins::Dense(d) = &h.bins else {
+            panic!("not dense: {h:?}");
+        };
+        assert_eq!(d.lo, index_of(3_600_000));
+        assert!(
+            d.counts.len() <= SLOTS_PER_DOUBLING,
+            "{} slots",
+            d.counts.len()
+        );
+        assert_eq!(
+            h.iter().collect::<Vec<_>>(),
+            [(Hist::bin_of(3_600_000), 3_000_000_000)]
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ const BATCH_RECORDS: usize = 2048;
 /// 8 since the seventeenth round, when the batches grew by their events' `Keys`: on an
 /// Intel Xeon host 8 against 16 gave `replay` wall 0.994 (default) and 1.003 (the
 /// DuckDB comparison's windows), 15 pairs each, noise, and the 10 k-agent memory
-/// set-up's peak 234.8 → 225.1 MiB (7 pairs).
+/// set-up's peak 234.8 → 225.1 MiB (7 pairs); on the AMD EPYC host 16 against 8 was
+/// noise too (like for like 0.999, default 1.003, 21 pairs each; "eighteenth round").
 const AHEAD: usize = 8;
 
 /// The raw records of one batch, back to back.
