@@ -444,6 +444,15 @@ mod offer_time {
 /// `Engine::expire`).
 const AGENT_DEDUP_MS: Millis = 60 * 60_000;
 
+/// The room a contact's event list gets when it first needs any (and an unpacked one,
+/// held at its exact length, when it grows): the simulated centre's contacts have
+/// about seven events, so a list grown by doubling from `ThinVec`'s 4 was copied into
+/// a new allocation for most contacts (~290,000 reallocations per 1 M events, with
+/// their copies and first-touch page faults on the engine's thread). A list packs
+/// into exact-size bytes once settled, so the spare room lives minutes of event time
+/// (docs/performance.md, "nineteenth round").
+pub(crate) const FIRST_EVENTS: usize = 8;
+
 /// Stale contacts from which [`Engine::settle`] applies facts on a second thread.
 const SETTLE_HELPER_MIN: usize = 1024;
 
@@ -1007,6 +1016,10 @@ impl Engine {
         c.last_ts = c.last_ts.max(ce.ts);
         // The clock this event is about to set: the pack queue stays in clock order.
         let now = self.max_ts.map_or(ce.ts, |m| m.max(ce.ts));
+        // Room for a typical contact's events at once (see `FIRST_EVENTS`).
+        if c.events.len() == c.events.capacity() && c.events.len() < FIRST_EVENTS {
+            c.events.reserve_exact(FIRST_EVENTS - c.events.len());
+        }
         c.events.insert(pos, ce);
         let customer = c.customer_key();
         enqueue(&mut self.pack_queue, c, ck, now);

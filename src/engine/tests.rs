@@ -1319,3 +1319,33 @@ fn a_contact_is_listed_for_packing_once() {
     assert!(applied > 25_000);
     assert!(most_packed > 100, "packing never happened ({most_packed})");
 }
+
+#[test]
+fn a_contact_gets_room_for_a_typical_contact_at_once() {
+    let mut e = Engine::new(EngineConfig {
+        live: false,
+        ..EngineConfig::default()
+    });
+    let room = |e: &Engine| e.contacts[&key_of("c1")].events.capacity();
+    e.apply(offered("e1", "c1", 0.0, "q"));
+    assert!(room(&e) >= FIRST_EVENTS, "room for {} events", room(&e));
+    let first = e.contacts[&key_of("c1")].events.as_ptr();
+    for i in 1..FIRST_EVENTS {
+        e.apply(with_agent(
+            &format!("r{i}"),
+            "contact.routed",
+            "c1",
+            i as f64,
+            "a1",
+        ));
+    }
+    assert_eq!(e.contacts[&key_of("c1")].events.len(), FIRST_EVENTS);
+    // Not moved: no reallocation (and no copy) while the list filled.
+    assert_eq!(e.contacts[&key_of("c1")].events.as_ptr(), first);
+    // Packed, it is held at its exact length; a new event unpacks it and the list
+    // grows past the first room as a vector does.
+    e.contacts.get_mut(&key_of("c1")).unwrap().pack();
+    e.apply(with_agent("e99", "contact.routed", "c1", 99.0, "a1"));
+    assert_eq!(e.contacts[&key_of("c1")].events.len(), FIRST_EVENTS + 1);
+    assert!(room(&e) > FIRST_EVENTS);
+}
