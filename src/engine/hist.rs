@@ -102,6 +102,13 @@ struct Bin {
     count: i32,
 }
 
+impl Bin {
+    /// `(index, count)` with the count widened, for sums that may leave `i32`.
+    fn wide(self) -> (u16, i64) {
+        (self.index, i64::from(self.count))
+    }
+}
+
 /// A dense histogram's counts: per HDR index from `lo` on (`INDEX_BINS[lo + i]` is
 /// slot `i`'s value); `nonzero` of them not zero.
 #[derive(Clone, Debug, Default)]
@@ -306,7 +313,8 @@ impl Hist {
         };
         let mut d = Dense::default();
         for b in bins {
-            d.add(usize::from(b.index), i64::from(b.count));
+            let (index, count) = b.wide();
+            d.add(usize::from(index), count);
         }
         self.bins = Bins::Dense(Box::new(d));
     }
@@ -337,19 +345,19 @@ impl Hist {
                     (Some(x), Some(y)) if x.index == y.index => {
                         i += 1;
                         j += 1;
-                        (x.index, i64::from(x.count) + sign * i64::from(y.count))
+                        (x.index, x.wide().1 + sign * y.wide().1)
                     }
                     (Some(x), Some(y)) if x.index < y.index => {
                         i += 1;
-                        (x.index, i64::from(x.count))
+                        x.wide()
                     }
                     (Some(x), None) => {
                         i += 1;
-                        (x.index, i64::from(x.count))
+                        x.wide()
                     }
                     (_, Some(y)) => {
                         j += 1;
-                        (y.index, sign * i64::from(y.count))
+                        (y.index, sign * y.wide().1)
                     }
                     (None, None) => break true,
                 };
@@ -395,7 +403,8 @@ impl Hist {
             Bins::Sparse(bins) => (
                 Some(bins.iter().filter_map(move |b| {
                     // Always there: every index of our layout has its value.
-                    Some((*values.get(usize::from(b.index))?, i64::from(b.count)))
+                    let (index, count) = b.wide();
+                    Some((*values.get(usize::from(index))?, count))
                 })),
                 None,
             ),

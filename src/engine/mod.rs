@@ -451,7 +451,7 @@ const AGENT_DEDUP_MS: Millis = 60 * 60_000;
 /// their copies and first-touch page faults on the engine's thread). A list packs
 /// into exact-size bytes once settled, so the spare room lives minutes of event time
 /// (docs/performance.md, "nineteenth round").
-pub(crate) const FIRST_EVENTS: usize = 8;
+const FIRST_EVENTS: usize = 8;
 
 /// Stale contacts from which [`Engine::settle`] applies facts on a second thread.
 const SETTLE_HELPER_MIN: usize = 1024;
