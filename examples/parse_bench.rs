@@ -1,7 +1,8 @@
 //! Whole-file throughput limits for docs/performance.md, run by `scripts/bench.sh parse`:
 //!
-//! - `read`: read the JSONL file line by line exactly as `replay` does
-//!   (`source::file::open_lines` + `read_record`) and nothing else: the I/O floor.
+//! - `read`: read the JSONL file into records exactly as `replay` does
+//!   (`source::file::open_lines` + `read_records`, blank lines skipped) and nothing
+//!   else: the I/O floor.
 //! - `parse`: read + decode every line into the event structs with the project's
 //!   decoder (`event::Decoder`, the one `replay` uses) and drop them: the **bare parse
 //!   limit** the engine's throughput is compared with.
@@ -69,46 +70,38 @@ fn main() -> anyhow::Result<()> {
     });
     let mut reader =
         file::open_lines(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
-    let mut buf = Vec::with_capacity(4096);
     let (mut lines, mut ok, mut max_open) = (0u64, 0u64, 0usize);
-    // `engine` applies events in batches, as `replay` does, so that it can announce
-    // the next events' contacts (`Engine::look_ahead`): lines are kept in `arena`.
-    let (mut arena, mut ends) = (Vec::<u8>::new(), Vec::<usize>::new());
+    // Records are read in batches straight into one buffer, as `replay`'s reader
+    // thread does (`read_records`); `engine` also applies them in batches, as `replay`
+    // does, so that it can announce the next events' contacts (`Engine::look_ahead`).
+    let (mut arena, mut ranges) = (Vec::<u8>::new(), Vec::new());
     let started = Instant::now();
     let mut more = true;
     while more {
-        more = file::read_record(&mut reader, &mut buf)
+        arena.clear();
+        ranges.clear();
+        more = file::read_records(&mut reader, &mut arena, &mut ranges, BATCH)
             .with_context(|| format!("reading {}", a.input.display()))?;
-        if more {
-            lines += 1;
-        }
+        lines += ranges.len() as u64;
         match a.mode {
-            Mode::Read if more => {
-                black_box(&buf);
+            Mode::Read => {
+                for r in &ranges {
+                    black_box(&arena[r.clone()]);
+                }
             }
-            Mode::Parse if more => {
-                if let Ok(ev) = decoder.decode(&buf) {
-                    black_box(&ev);
-                    ok += 1;
+            Mode::Parse => {
+                for r in &ranges {
+                    if let Ok(ev) = decoder.decode(&arena[r.clone()]) {
+                        black_box(&ev);
+                        ok += 1;
+                    }
                 }
             }
             Mode::Engine => {
-                if more {
-                    arena.extend_from_slice(&buf);
-                    ends.push(arena.len());
-                    if ends.len() < BATCH {
-                        continue;
-                    }
-                }
                 let Some(e) = engine.as_mut() else { break };
-                let mut start = 0;
-                let decoded: Vec<_> = ends
+                let decoded: Vec<_> = ranges
                     .iter()
-                    .map(|&end| {
-                        let line = &arena[start..end];
-                        start = end;
-                        decoder.decode(line).ok()
-                    })
+                    .map(|r| decoder.decode(&arena[r.clone()]).ok())
                     .collect();
                 // Hashed once per event, as `replay`'s reader thread does.
                 let keys: Vec<Keys> = decoded
@@ -125,10 +118,7 @@ fn main() -> anyhow::Result<()> {
                         black_box(e.flush().len());
                     }
                 }
-                arena.clear();
-                ends.clear();
             }
-            _ => {}
         }
     }
     let secs = started.elapsed().as_secs_f64();

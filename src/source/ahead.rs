@@ -175,7 +175,6 @@ fn read_all(
                 return;
             }
         };
-        let mut line = Vec::with_capacity(4096);
         loop {
             spare.extend(back.try_iter().map(Batch::into_owner));
             let mut records = match spare.pop() {
@@ -189,27 +188,18 @@ fn read_all(
                     ranges: Vec::with_capacity(BATCH_RECORDS),
                 },
             };
-            let mut eof = false;
-            while records.ranges.len() < BATCH_RECORDS {
-                match file::read_record(&mut reader, &mut line) {
-                    Ok(true) => {
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        let start = records.bytes.len();
-                        records.bytes.extend_from_slice(&line);
-                        records.ranges.push(start..records.bytes.len());
-                    }
-                    Ok(false) => {
-                        eof = true;
-                        break;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(SourceError::read(path, e)));
-                        return;
-                    }
+            let eof = match file::read_records(
+                &mut reader,
+                &mut records.bytes,
+                &mut records.ranges,
+                BATCH_RECORDS,
+            ) {
+                Ok(more) => !more,
+                Err(e) => {
+                    let _ = tx.send(Err(SourceError::read(path, e)));
+                    return;
                 }
-            }
+            };
             if !records.ranges.is_empty() {
                 let batch = Batch::new(records, |r| Decoded::of(r, decoder));
                 if tx.send(Ok(Item::Batch(batch))).is_err() {

@@ -109,6 +109,100 @@ fn read_record_max<R: BufRead + ?Sized>(
     Ok(true)
 }
 
+/// Append the next records to `bytes`, each one's range in `ranges`, until `ranges`
+/// holds `max_records` or the input ends: the records [`read_record`] would return one
+/// by one (same cutting of over-long lines, same `\r\n` handling), except that blank
+/// lines (only ASCII whitespace) are skipped. Returns `Ok(false)` once the input has
+/// ended.
+///
+/// For `replay`'s reader thread: each line is copied once, from the reader's buffer
+/// into the batch, found with `memchr` over the whole buffer. Reading line by line
+/// into a buffer of its own and copying that into the batch cost a second copy of
+/// every byte and a `read_until` call per record (docs/performance.md, twentieth
+/// round).
+pub fn read_records<R: BufRead + ?Sized>(
+    reader: &mut R,
+    bytes: &mut Vec<u8>,
+    ranges: &mut Vec<std::ops::Range<usize>>,
+    max_records: usize,
+) -> io::Result<bool> {
+    read_records_max(reader, bytes, ranges, max_records, MAX_RECORD_BYTES)
+}
+
+fn read_records_max<R: BufRead + ?Sized>(
+    reader: &mut R,
+    bytes: &mut Vec<u8>,
+    ranges: &mut Vec<std::ops::Range<usize>>,
+    max_records: usize,
+    max: usize,
+) -> io::Result<bool> {
+    if ranges.len() >= max_records {
+        return Ok(true);
+    }
+    // A line keeps at most `max + 1` bytes before its newline (see `read_record_max`).
+    let keep = max + 1;
+    let mut start = bytes.len();
+    // The current line grew past `keep`: the rest of it, up to its newline, is skipped.
+    let mut cut = false;
+    // Ends the current line (`bytes[start..]`): trims a `\r` before its newline, and
+    // records it unless it is blank.
+    let mut finish = |bytes: &mut Vec<u8>, start: &mut usize, cut: &mut bool, newline: bool| {
+        let mut end = bytes.len();
+        if newline && !*cut && bytes[*start..].last() == Some(&b'\r') {
+            end -= 1;
+        }
+        if bytes[*start..end].iter().all(u8::is_ascii_whitespace) {
+            bytes.truncate(*start);
+        } else {
+            bytes.truncate(end);
+            ranges.push(*start..end);
+        }
+        *start = bytes.len();
+        *cut = false;
+        ranges.len() >= max_records
+    };
+    loop {
+        let avail = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            // An unterminated last line is still a record.
+            if bytes.len() > start || cut {
+                finish(bytes, &mut start, &mut cut, false);
+            }
+            return Ok(false);
+        }
+        let mut used = 0;
+        let mut full = false;
+        while used < avail.len() && !full {
+            let rest = &avail[used..];
+            let (segment, newline) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            if !cut {
+                let room = keep - (bytes.len() - start);
+                if segment.len() > room {
+                    bytes.extend_from_slice(&segment[..room]);
+                    cut = true;
+                } else {
+                    bytes.extend_from_slice(segment);
+                }
+            }
+            used += segment.len() + usize::from(newline);
+            if newline {
+                full = finish(bytes, &mut start, &mut cut, true);
+            }
+        }
+        reader.consume(used);
+        if full {
+            return Ok(true);
+        }
+    }
+}
+
 fn skip_line<R: BufRead + ?Sized>(reader: &mut R) -> io::Result<()> {
     loop {
         let (used, done) = {
@@ -332,5 +426,83 @@ mod tests {
             got.push(String::from_utf8(buf.clone()).unwrap());
         }
         assert_eq!(got, ["0123456789a", "short", "0123456789", "01234567890"]);
+    }
+
+    /// What `read_records_max` must return: `read_record_max` line by line, blank
+    /// lines left out.
+    fn line_by_line(data: &[u8], max: usize) -> Vec<Vec<u8>> {
+        let mut r = Cursor::new(data);
+        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        while read_record_max(&mut r, &mut buf, max).unwrap() {
+            if !buf.iter().all(u8::is_ascii_whitespace) {
+                got.push(buf.clone());
+            }
+        }
+        got
+    }
+
+    /// Batches of at most `per_batch` records, read through a `buffer`-byte buffer.
+    fn batched(data: &[u8], max: usize, buffer: usize, per_batch: usize) -> Vec<Vec<u8>> {
+        let mut r = BufReader::with_capacity(buffer, Cursor::new(data));
+        let mut got = Vec::new();
+        loop {
+            let (mut bytes, mut ranges) = (b"stale".to_vec(), Vec::new());
+            let more = read_records_max(&mut r, &mut bytes, &mut ranges, per_batch, max).unwrap();
+            assert!(ranges.len() <= per_batch);
+            assert!(
+                !more || ranges.len() == per_batch,
+                "a batch ends early only at the end"
+            );
+            assert!(
+                ranges.iter().all(|r| r.start >= 5),
+                "earlier bytes are kept"
+            );
+            got.extend(ranges.into_iter().map(|r| bytes[r].to_vec()));
+            if !more {
+                return got;
+            }
+        }
+    }
+
+    #[test]
+    fn batches_of_records_are_the_records_line_by_line() {
+        let data = b"0123456789abcdef\nshort\n\n  \r\n0123456789\r\n01234567890\r\nx\r\rlast\r";
+        let want = line_by_line(data, 10);
+        assert_eq!(
+            want,
+            [
+                &b"0123456789a"[..],
+                b"short",
+                b"0123456789",
+                b"01234567890",
+                b"x\r\rlast\r"
+            ]
+        );
+        for buffer in [1, 2, 3, 7, 64] {
+            for per_batch in [1, 2, 5, 100] {
+                assert_eq!(
+                    batched(data, 10, buffer, per_batch),
+                    want,
+                    "{buffer} {per_batch}"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes (lines short and over-long, `\r`s anywhere, blank lines, a last
+        /// line with or without its newline), any buffer and batch size.
+        #[test]
+        fn batched_records_match_line_by_line(
+            data in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'b', b' ', b'\r', b'\n', b'\n', 0xff]),
+                0..200,
+            ),
+            max in 1usize..12,
+            buffer in 1usize..40,
+            per_batch in 1usize..6,
+        ) {
+            proptest::prop_assert_eq!(batched(&data, max, buffer, per_batch), line_by_line(&data, max));
+        }
     }
 }
