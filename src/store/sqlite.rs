@@ -17,6 +17,15 @@ use super::sql::{Placeholder, Statements};
 /// Connections for a file database. Writes are serialised by SQLite anyway; a few
 /// connections let exports and HTTP reads run beside a write (WAL readers do not block).
 const FILE_POOL_SIZE: u32 = 4;
+/// Rows a query may read ahead of its reader. sqlx runs SQLite on a thread of its own
+/// and hands each row over a channel of this many (its default is 50): with a small
+/// one, an export's reader and SQLite's thread woke each other per row, and the
+/// futex calls were a third of the 1d / agent export's samples. At 4,096 SQLite reads
+/// ahead and the reader drains: that export (10,000 rows) took 0.79 of the time
+/// (21 pairs; 1,024 gave 1.15 of 4,096's) at up to ~14 MB more held for the reader
+/// (rows with their histograms, ~3.4 kB each), per query and only while it runs
+/// (docs/performance.md, "twentieth round").
+const ROW_BUFFER: usize = 4096;
 
 /// The shared statements in SQLite's placeholder spelling.
 static SQL: LazyLock<Statements> = LazyLock::new(|| Statements::new(Placeholder::Question));
@@ -76,7 +85,7 @@ impl SqlxStore<Sqlite> {
     /// `sqlite::memory:`, and apply pending migrations.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
         let memory = is_memory(url)?;
-        let options = SqliteConnectOptions::from_str(url)?;
+        let options = SqliteConnectOptions::from_str(url)?.row_buffer_size(ROW_BUFFER);
         let (options, pool) = if memory {
             // An in-memory database lives as long as its last connection: keep exactly
             // one open for the life of the pool (several would also contend for the
