@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ccmetrics::engine::acc::Acc;
-use ccmetrics::engine::contact::{self, CEvent, Ctx, Side};
+use ccmetrics::engine::contact::{self, CEvent, Ctx, Ms, Side};
 use ccmetrics::engine::intern::Interner;
 use ccmetrics::engine::window::{Interval, Windower};
 use ccmetrics::engine::{ALL_KEY, Dimension, Engine, EngineConfig, SnapshotDelta, UNKNOWN_KEY};
@@ -188,9 +188,9 @@ fn oracle(cfg: &EngineConfig, events: &[Event<'static>]) -> BTreeMap<Key, Acc> {
                 queue: e.queue.as_deref().map(|q| syms.intern(q)),
                 channel: e.channel,
                 to_agent: e.to_agent_id.as_deref().map(|a| syms.intern(a)),
-                talk_ms: e.talk_ms.map(|v| v as u32),
-                hold_ms: e.hold_ms.map(|v| v as u32),
-                wrap_ms: e.wrap_ms.map(|v| v as u32),
+                talk_ms: e.talk_ms.map(|v| Ms::new(v as u32)),
+                hold_ms: e.hold_ms.map(|v| Ms::new(v as u32)),
+                wrap_ms: e.wrap_ms.map(|v| Ms::new(v as u32)),
                 value: e.amount.or(e.score).unwrap_or(0),
             });
         if let (Some(c), Some(k)) = (&e.contact_id, &e.customer_id) {

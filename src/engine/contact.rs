@@ -7,6 +7,8 @@
 //! depends on arrival order: out-of-order, late and duplicate events give the same
 //! facts as a clean, sorted stream.
 
+use std::num::NonZeroU32;
+
 use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
@@ -27,12 +29,49 @@ pub struct CEvent {
     pub channel: Option<Channel>,
     pub to_agent: Option<Sym>,
     /// Durations fit in u32 ms (decoding caps them at 30 days).
-    pub talk_ms: Option<u32>,
-    pub hold_ms: Option<u32>,
-    pub wrap_ms: Option<u32>,
+    pub talk_ms: Option<Ms>,
+    pub hold_ms: Option<Ms>,
+    pub wrap_ms: Option<Ms>,
     /// `amount` of a conversion or `score` of a survey / QA (fixed point); decoding
     /// guarantees the one its type needs is present.
     pub value: i64,
+}
+
+/// A duration in milliseconds that makes `Option<Ms>` 4 bytes, as `Option<Sym>` is: a
+/// contact holds three per event, and at 8 bytes each an event was 72 bytes, now 56
+/// (docs/performance.md, "twentieth round"). Held as the value + 1, so the one value
+/// it cannot hold is `u32::MAX` ms (49 days), which becomes `u32::MAX - 1`; decoding
+/// caps durations at 30 days. Written by serde (checkpoints) as the plain `u32`, so the
+/// bytes are those of an `Option<u32>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ms(NonZeroU32);
+
+impl Ms {
+    pub fn new(ms: u32) -> Ms {
+        Ms(NonZeroU32::MIN.saturating_add(ms))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0.get() - 1
+    }
+}
+
+impl From<Ms> for u64 {
+    fn from(ms: Ms) -> u64 {
+        u64::from(ms.get())
+    }
+}
+
+impl serde::Serialize for Ms {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.get())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ms {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ms, D::Error> {
+        <u32 as serde::Deserialize>::deserialize(d).map(Ms::new)
+    }
 }
 
 impl CEvent {
@@ -355,7 +394,7 @@ pub fn derive_into(events: &[CEvent], ctx: &Ctx<'_>, mut buf: ThinVec<Fact>) -> 
             }
             EventType::ContactEnded => {
                 if let Some(s) = segment.take() {
-                    let hold = u64::from(e.hold_ms.unwrap_or(0));
+                    let hold = e.hold_ms.map_or(0, u64::from);
                     // Without an explicit talk time, talk is the connected time minus hold,
                     // so talk + hold is never more than the conversation lasted.
                     let talk = e

@@ -33,7 +33,7 @@ type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 
 use self::acc::Acc;
 use self::aggregate::{Aggregator, DimKey, Helper};
-use self::contact::{CEvent, Ctx, Fact, Rules};
+use self::contact::{CEvent, Ctx, Fact, Ms, Rules};
 use self::intern::{Interner, Sym};
 use self::limits::{Admission, KeyDim, KeyLimits};
 use self::table::KeyTable;
@@ -963,7 +963,7 @@ impl Engine {
             // Decoding guarantees contact events carry an id; count defensively anyway.
             return Outcome::Accepted;
         };
-        let duration = |d: Option<u64>| d.map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+        let duration = |d: Option<u64>| d.map(|v| Ms::new(u32::try_from(v).unwrap_or(u32::MAX)));
         let ce = CEvent {
             ts: ev.ts,
             kind: ev.kind,

@@ -166,6 +166,7 @@ mod tests {
 
     use super::super::contact::Side;
     use super::*;
+    use crate::engine::contact::Ms;
     use crate::event::{Channel, EventType};
 
     /// Symbols small and large (one to five varint bytes).
@@ -206,9 +207,9 @@ mod tests {
                         queue,
                         channel: channel.map(|c| Channel::ALL[c]),
                         to_agent,
-                        talk_ms: t,
-                        hold_ms: h,
-                        wrap_ms: w,
+                        talk_ms: t.map(Ms::new),
+                        hold_ms: h.map(Ms::new),
+                        wrap_ms: w.map(Ms::new),
                         value: v,
                     }
                 },
@@ -302,9 +303,9 @@ mod tests {
             queue: Some(big),
             channel: Some(Channel::Social),
             to_agent: Some(big),
-            talk_ms: Some(u32::MAX),
-            hold_ms: Some(u32::MAX),
-            wrap_ms: Some(u32::MAX),
+            talk_ms: Some(Ms::new(u32::MAX)),
+            hold_ms: Some(Ms::new(u32::MAX)),
+            wrap_ms: Some(Ms::new(u32::MAX)),
             value: i64::MIN,
         };
         let mut out = Vec::new();

@@ -970,6 +970,37 @@ fn a_contacts_table_slot_stays_96_bytes() {
     assert_eq!(std::mem::size_of::<(ContactKey, Contact)>(), 96);
 }
 
+/// A held event is 56 bytes: its three durations are 4 bytes each as `Option<Ms>`
+/// (8 as `Option<u32>`, 72 in all). Events are most of an open contact's memory, and
+/// the smaller list is fewer cache lines to scan per event (docs/performance.md,
+/// "twentieth round").
+#[test]
+fn a_held_event_stays_56_bytes() {
+    assert_eq!(std::mem::size_of::<super::contact::CEvent>(), 56);
+}
+
+/// `Ms` is written as the plain number of milliseconds (checkpoints written before it
+/// held `Option<u32>` read the same), and holds every duration decoding lets through.
+#[test]
+fn durations_keep_their_value_and_their_bytes() {
+    use super::contact::Ms;
+    for v in [0, 1, 59_000, 30 * 24 * 3_600_000, u32::MAX - 1] {
+        assert_eq!(Ms::new(v).get(), v);
+        let bytes = postcard::to_allocvec(&Some(Ms::new(v))).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&Some(v)).unwrap());
+        assert_eq!(
+            postcard::from_bytes::<Option<Ms>>(&bytes).unwrap(),
+            Some(Ms::new(v))
+        );
+    }
+    assert_eq!(
+        Ms::new(u32::MAX).get(),
+        u32::MAX - 1,
+        "the one value it cannot hold"
+    );
+    assert_eq!(std::mem::size_of::<Option<Ms>>(), 4);
+}
+
 /// Spilling closed, settled contacts out of memory must change no figure either: an
 /// engine that spills every closed contact at each flush (and takes them back when a
 /// late event, a repeat contact of the customer or a wrap timer reaches them) gives
