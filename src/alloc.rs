@@ -14,6 +14,15 @@
 //! side-by-side 70-minute soaks both stayed flat, jemalloc 6 % lower (207 vs 220 MiB),
 //! and `replay` took 13 % less CPU with it (docs/reliability.md "Soak",
 //! docs/performance.md "jemalloc").
+//!
+//! jemalloc is also the C libraries' `malloc` (SQLite's, librdkafka's): the build
+//! exports it unprefixed (`unprefixed_malloc_on_supported_platforms`). With glibc
+//! serving them, the rows SQLite allocated on sqlx's worker thread were freed on the
+//! reader's thread into the worker's arena, and the two threads took turns on that
+//! arena's lock: futex calls were a third of an export's samples. One allocator for
+//! everything: the 1d / agent export 0.82 of the time, the default `replay` 0.98
+//! (21 pairs each), and the C libraries' freed memory goes back to the OS on the same
+//! decay timer as the rest (docs/performance.md, "twentieth round").
 
 /// jemalloc as the global allocator on Linux (tikv's build of it, as TiKV and Vector
 /// use).
@@ -22,7 +31,7 @@
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read once at its first allocation (the environment variable
-/// `_RJEM_MALLOC_CONF` overrides them without a rebuild). `background_thread`: purge
+/// `MALLOC_CONF` overrides them without a rebuild). `background_thread`: purge
 /// from jemalloc's own thread rather than only inside later allocations, so an idle
 /// daemon gives memory back too; `dirty_decay_ms:1000`: freed pages go back to the OS
 /// after about a second instead of ten (a commit's buffers are freed within
@@ -30,8 +39,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// `muzzy_decay_ms:0`: no second, lazily-freed stage in which RSS still counts them.
 #[cfg(all(target_os = "linux", feature = "jemalloc"))]
 #[allow(non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static _rjem_malloc_conf: Option<&'static std::ffi::CStr> =
+#[unsafe(export_name = "malloc_conf")]
+pub static malloc_conf: Option<&'static std::ffi::CStr> =
     Some(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0");
 
 #[cfg(all(test, target_os = "linux", feature = "jemalloc"))]
@@ -47,7 +56,7 @@ mod tests {
             .collect()
     }
 
-    /// jemalloc is the allocator and has read `_rjem_malloc_conf`: its purging thread
+    /// jemalloc is the allocator and has read `malloc_conf`: its purging thread
     /// runs (under glibc, or with the settings not picked up, there is none).
     #[test]
     fn jemalloc_purges_from_a_background_thread() {
@@ -65,5 +74,20 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The C libraries allocate from jemalloc too: `malloc` is jemalloc's, whose
+    /// smallest size class is 8 bytes (glibc's smallest block holds 24).
+    #[test]
+    fn c_code_allocates_from_jemalloc() {
+        // SAFETY: a block from malloc, measured and freed once.
+        let usable = unsafe {
+            let p = libc::malloc(1);
+            assert!(!p.is_null());
+            let n = libc::malloc_usable_size(p);
+            libc::free(p);
+            n
+        };
+        assert_eq!(usable, 8, "malloc is not jemalloc's");
     }
 }

@@ -489,9 +489,11 @@ async fn shutdown_signal() {
 /// How often `serve` hands free heap pages back to the operating system.
 const TRIM_EVERY: Duration = Duration::from_secs(30);
 
-/// The daemon's own (Rust) allocations go to jemalloc (`src/alloc.rs`), which returns
-/// freed pages by itself; the C libraries (librdkafka's buffers, SQLite's page cache)
-/// still allocate from glibc, and this and [`fix_mmap_threshold`] are for them.
+/// For builds without the `jemalloc` feature (or off Linux): the C libraries
+/// (librdkafka's buffers, SQLite's page cache) and the daemon then allocate from glibc,
+/// and this and [`fix_mmap_threshold`] are for them. With the feature (the default)
+/// every allocation goes to jemalloc (`src/alloc.rs`), which returns freed pages by
+/// itself, and both are no-ops.
 ///
 /// glibc's allocator keeps memory freed in a thread's arena for reuse rather than
 /// returning it, so after any burst (a backlog caught up after a slow store or a busy
@@ -510,7 +512,7 @@ async fn trim_freed_memory_periodically() {
     }
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
 fn trim_freed_memory() {
     let started = Instant::now();
     // SAFETY: malloc_trim takes no pointer from us; it walks glibc's own arenas under
@@ -533,11 +535,11 @@ fn trim_freed_memory() {
 }
 
 /// Other allocators and platforms return memory their own way.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc"))))]
 fn trim_freed_memory() {}
 
 /// Allocations from this size up are mapped on their own and unmapped when freed.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
 const MMAP_THRESHOLD: i32 = 256 * 1024;
 
 /// glibc raises its mmap threshold (up to 32 MiB) each time a mapped block is freed,
@@ -546,7 +548,7 @@ const MMAP_THRESHOLD: i32 = 256 * 1024;
 /// they leave holes between long-lived state that neither a free nor `malloc_trim` can
 /// give back: a soak showed eight 64 MiB arenas nearly all resident. Setting the
 /// threshold fixes it at 256 KiB (and so turns the dynamic raising off).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc")))]
 fn fix_mmap_threshold() {
     // SAFETY: mallopt takes no pointer; it sets a parameter of glibc's allocator
     // under the allocator's own lock.
@@ -555,5 +557,5 @@ fn fix_mmap_threshold() {
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "jemalloc"))))]
 fn fix_mmap_threshold() {}
