@@ -26,6 +26,9 @@ WORKDIR /src
 # is reused until Cargo.toml or Cargo.lock change. benches/engine.rs must exist because
 # Cargo.toml declares that bench target.
 COPY Cargo.toml Cargo.lock ./
+# Build settings of the bundled SQLite (LIBSQLITE3_FLAGS), applied to the dependency
+# layer too.
+COPY .cargo ./.cargo
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \

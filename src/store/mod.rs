@@ -2200,6 +2200,13 @@ mod tests {
             2,
             "temporary files in memory"
         );
+        // Built without allocation statistics (LIBSQLITE3_FLAGS in .cargo/config.toml):
+        // with them every SQLite malloc and free takes one global mutex.
+        let options = inner.compile_options().await.unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
         s.close().await;
     }
 

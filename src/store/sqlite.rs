@@ -155,6 +155,14 @@ impl SqlxStore<Sqlite> {
             .await
     }
 
+    /// `PRAGMA compile_options`: how the bundled SQLite was built.
+    #[cfg(test)]
+    pub(super) async fn compile_options(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(&self.pool)
+            .await
+    }
+
     #[cfg(test)]
     pub(super) async fn table_columns(&self, table: &str) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
