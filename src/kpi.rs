@@ -40,10 +40,74 @@ impl Cell {
 }
 
 /// Six decimals, trailing zeros trimmed: stable text for golden files and diffs.
+///
+/// Exactly `format!("{x:.6}")` trimmed (the definition, and the path for values it
+/// does not take on), computed with integers for the usual cell: the exact binary
+/// value's millionths, rounded half to even as `{:.6}` rounds. Float formatting with
+/// a precision was a sixth of an export's reading thread (docs/performance.md,
+/// "twentieth round").
 pub fn fmt_num(x: f64) -> String {
+    if let Some((negative, n)) = millionths(x) {
+        let (int, frac) = (n / 1_000_000, n % 1_000_000);
+        let mut s = String::with_capacity(24);
+        if negative && n != 0 {
+            s.push('-');
+        }
+        s.push_str(itoa::Buffer::new().format(int));
+        if frac != 0 {
+            let mut digits = [b'0'; 6];
+            let mut f = frac;
+            for d in digits.iter_mut().rev() {
+                *d = b'0' + (f % 10) as u8;
+                f /= 10;
+            }
+            let len = 6 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+            s.push('.');
+            s.extend(digits[..len].iter().map(|&d| char::from(d)));
+        }
+        return s;
+    }
     let s = format!("{x:.6}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     if s == "-0" { "0".into() } else { s.into() }
+}
+
+/// `|x|` in millionths, rounded half to even from its exact binary value, and its
+/// sign; `None` for what is left to `format!` (not finite, or 2^52 and above).
+fn millionths(x: f64) -> Option<(bool, u64)> {
+    if !x.is_finite() {
+        return None;
+    }
+    let bits = x.to_bits();
+    let negative = bits >> 63 == 1;
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1 << 52) - 1);
+    // |x| = m * 2^e exactly.
+    let (m, e) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1 << 52), biased - 1075)
+    };
+    if e >= 0 {
+        return None;
+    }
+    let k = e.unsigned_abs();
+    if k > 120 {
+        // Below 2^-67: zero millionths (no tie is possible that small).
+        return Some((negative, 0));
+    }
+    // m * 10^6 < 2^73, so the scaled value and its remainder fit in u128.
+    let scaled = u128::from(m) * 1_000_000;
+    let q = scaled >> k;
+    let r = scaled & ((1u128 << k) - 1);
+    let half = 1u128 << (k - 1);
+    let q = if r > half || (r == half && q & 1 == 1) {
+        q + 1
+    } else {
+        q
+    };
+    // From 2^64 millionths (1.8e13) up, `format!` writes it.
+    u64::try_from(q).ok().map(|q| (negative, q))
 }
 
 fn ratio(n: i64, d: i64) -> Option<f64> {
@@ -163,4 +227,77 @@ pub fn kpis(a: &Acc, f: SlFormula) -> Vec<Cell> {
         Cell::Int(a.qa_count),
         n(ratio(a.qa_sum, a.qa_count).map(|x| x / fx)),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The definition `fmt_num` must equal.
+    fn by_format(x: f64) -> String {
+        let s = format!("{x:.6}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        if s == "-0" { "0".into() } else { s.into() }
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for x in [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.5,
+            0.1,
+            0.7,
+            1.0 / 3.0,
+            2.0 / 3.0,
+            12.345678901,
+            -0.0000004,
+            -0.0000005,
+            0.0000005,
+            0.0000015,
+            0.0078125,
+            0.0234375,
+            -0.0078125,
+            123456789.1234565,
+            4503599627370495.5,
+            4503599627370496.0,
+            1e300,
+            5e-324,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            assert_eq!(fmt_num(x), by_format(x), "{x:e}");
+        }
+        // Ties at the seventh decimal (odd multiples of 2^-7) round to even.
+        assert_eq!(fmt_num(0.0078125), "0.007812");
+        assert_eq!(fmt_num(0.0234375), "0.023438");
+    }
+
+    proptest! {
+        #[test]
+        fn any_number_is_written_as_format_writes_it(x in any::<f64>()) {
+            prop_assert_eq!(fmt_num(x), by_format(x));
+        }
+
+        /// Ratios and durations as the exports make them, and exact ties.
+        #[test]
+        fn cell_values_are_written_as_format_writes_them(
+            n in -10_000_000i64..10_000_000,
+            d in 1i64..100_000,
+            shift in 0u32..40,
+        ) {
+            let ratio = n as f64 / d as f64;
+            prop_assert_eq!(fmt_num(ratio), by_format(ratio));
+            let seconds = n as f64 / 1000.0;
+            prop_assert_eq!(fmt_num(seconds), by_format(seconds));
+            let dyadic = n as f64 / f64::from(2u32).powi(shift as i32);
+            prop_assert_eq!(fmt_num(dyadic), by_format(dyadic));
+        }
+    }
 }
