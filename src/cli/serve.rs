@@ -163,7 +163,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         state.clone(),
     ));
 
-    tokio::spawn(trim_freed_memory_periodically());
+    // With jemalloc as every allocation's allocator there is nothing to trim.
+    if cfg!(all(
+        target_os = "linux",
+        target_env = "gnu",
+        not(feature = "jemalloc")
+    )) {
+        tokio::spawn(trim_freed_memory_periodically());
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut http_stop = stop_rx.clone();
