@@ -99,18 +99,16 @@ fn main() -> anyhow::Result<()> {
             }
             Mode::Engine => {
                 let Some(e) = engine.as_mut() else { break };
+                // Decoded into a vector of results and hashed once per event, as
+                // `replay`'s reader thread does (`source::ahead`).
                 let decoded: Vec<_> = ranges
                     .iter()
-                    .map(|r| decoder.decode(&arena[r.clone()]).ok())
+                    .map(|r| decoder.decode(&arena[r.clone()]))
                     .collect();
-                // Hashed once per event, as `replay`'s reader thread does.
-                let keys: Vec<Keys> = decoded
-                    .iter()
-                    .map(|d| d.as_ref().map_or_else(Keys::default, Keys::of))
-                    .collect();
+                let keys: Vec<Keys> = decoded.iter().map(Keys::of_decoded).collect();
                 for (i, (ev, k)) in decoded.iter().zip(&keys).enumerate() {
                     e.look_ahead(|d| keys.get(i + d));
-                    let Some(ev) = ev else { continue };
+                    let Ok(ev) = ev else { continue };
                     e.apply_keyed(ev, k);
                     ok += 1;
                     if ok.is_multiple_of(a.flush_every) {

@@ -423,29 +423,33 @@ impl Decoder {
         // The usual flat message is read by `flat::scan`; anything it does not take
         // on goes to serde_json, which stays the definition (and names the errors).
         let text = std::str::from_utf8(bytes);
-        // The flat path validates what `scan` returns directly: passing its `Raw`
-        // (~430 bytes) on through an `Option` and a `Result` first copied it twice per
-        // message (docs/performance.md, "seventeenth round").
-        if flat
-            && let Ok(text) = text
-            && let Some(raw) = flat::scan(text)
-        {
-            return self.validate(raw);
+        // The flat path fills one `Raw` (~430 bytes) in place and validation reads it
+        // there: handed on by value through an `Option` and a `Result` it was copied
+        // twice per message (docs/performance.md, "seventeenth round"), and returned
+        // by `scan` and passed by value, twice more ("twenty-first round").
+        if flat && let Ok(text) = text {
+            let mut raw = Raw::default();
+            if flat::scan(text, &mut raw) {
+                return self.validate(&mut raw);
+            }
         }
         let parsed = match text {
             Ok(text) => serde_json::from_str::<Raw<'_>>(text),
             Err(_) => serde_json::from_slice::<Raw<'_>>(bytes),
         };
-        let raw = match parsed {
+        let mut raw = match parsed {
             Ok(r) => r,
             Err(e) => return Err(classify_json_error(bytes, &e)),
         };
-        self.validate(raw)
+        self.validate(&mut raw)
     }
 
-    fn validate<'a>(&self, raw: Raw<'a>) -> Result<Event<'a>, Reject> {
+    /// The event `raw` holds, or why it is rejected. Takes the fields it uses out of
+    /// `raw` (by reference: see `decode_with`).
+    fn validate<'a>(&self, raw: &mut Raw<'a>) -> Result<Event<'a>, Reject> {
         let kind_s = raw
             .kind
+            .take()
             .ok_or_else(|| Reject::missing("type", "every event"))?;
         let kind = EventType::parse(&kind_s).ok_or_else(|| {
             Reject::new(
@@ -455,8 +459,8 @@ impl Decoder {
         })?;
         let k = kind.as_str();
         let event_id =
-            id("event_id", raw.event_id)?.ok_or_else(|| Reject::missing("event_id", k))?;
-        let ts = match raw.ts {
+            id("event_id", raw.event_id.take())?.ok_or_else(|| Reject::missing("event_id", k))?;
+        let ts = match raw.ts.take() {
             None => return Err(Reject::missing("ts", k)),
             Some(RawTs::Millis(ms)) => ms,
             Some(RawTs::Text(s)) => parse_rfc3339(&s).ok_or_else(|| {
@@ -478,7 +482,7 @@ impl Decoder {
                 format!("`ts` {ts} ms is outside years 2000–2099"),
             ));
         }
-        let channel = match raw.channel {
+        let channel = match raw.channel.take() {
             None => None,
             Some(c) => Some(Channel::parse(&c).ok_or_else(|| {
                 Reject::invalid(
@@ -487,7 +491,7 @@ impl Decoder {
                 )
             })?),
         };
-        let state = match raw.state {
+        let state = match raw.state.take() {
             None => None,
             Some(s) => Some(AgentState::parse(&s).ok_or_else(|| {
                 Reject::invalid(
@@ -496,7 +500,7 @@ impl Decoder {
                 )
             })?),
         };
-        let amount = match raw.amount {
+        let amount = match raw.amount.take() {
             None => None,
             Some(a) if a.is_finite() && (0.0..=MAX_AMOUNT).contains(&a) => {
                 Some((a * FIXED_SCALE as f64).round() as i64)
@@ -508,39 +512,70 @@ impl Decoder {
                 ));
             }
         };
-        let mut ev = Event {
+        // Every field is read and checked before the event is built, and the event is
+        // built as the value returned: built first and checked by reference (as
+        // before), it was copied into the returned `Result` (312 bytes, a `memcpy`
+        // call per message). The errors come in the same order as before.
+        let contact_id = id("contact_id", raw.contact_id.take())?;
+        let queue = id("queue", raw.queue.take())?;
+        let agent_id = id("agent_id", raw.agent_id.take())?;
+        let team = id("team", raw.team.take())?;
+        let customer_id = id("customer_id", raw.customer_id.take())?;
+        let to_agent_id = id("to_agent_id", raw.to_agent_id.take())?;
+        let to_queue = id("to_queue", raw.to_queue.take())?;
+        let talk_ms = duration("talk_ms", raw.talk_ms.take())?;
+        let hold_ms = duration("hold_ms", raw.hold_ms.take())?;
+        let wrap_ms = duration("wrap_ms", raw.wrap_ms.take())?;
+        let reason = raw
+            .reason
+            .take()
+            .map(|r| Cow::Owned(truncate(&r).to_owned()));
+        let present = Present {
+            contact: contact_id.is_some(),
+            agent: agent_id.is_some(),
+            channel: channel.is_some(),
+            queue: queue.is_some(),
+            amount: amount.is_some(),
+            state: state.is_some(),
+        };
+        let score = self.check_required(kind, &present, raw.score.take())?;
+        Ok(Event {
             event_id,
             kind,
             ts,
-            contact_id: id("contact_id", raw.contact_id)?,
+            contact_id,
             channel,
-            queue: id("queue", raw.queue)?,
-            agent_id: id("agent_id", raw.agent_id)?,
-            team: id("team", raw.team)?,
-            customer_id: id("customer_id", raw.customer_id)?,
-            to_agent_id: id("to_agent_id", raw.to_agent_id)?,
-            to_queue: id("to_queue", raw.to_queue)?,
-            talk_ms: duration("talk_ms", raw.talk_ms)?,
-            hold_ms: duration("hold_ms", raw.hold_ms)?,
-            wrap_ms: duration("wrap_ms", raw.wrap_ms)?,
+            queue,
+            agent_id,
+            team,
+            customer_id,
+            to_agent_id,
+            to_queue,
+            talk_ms,
+            hold_ms,
+            wrap_ms,
             amount,
-            score: None,
+            score,
             state,
-            reason: raw.reason.map(|r| Cow::Owned(truncate(&r).to_owned())),
-        };
-        // By reference: the event (312 bytes) moved in and out of the check was a
-        // `memcpy` call each way per message.
-        self.check_required(&mut ev, raw.score)?;
-        Ok(ev)
+            reason,
+        })
     }
 
-    fn check_required(&self, ev: &mut Event<'_>, score: Option<f64>) -> Result<(), Reject> {
-        let k = ev.kind.as_str();
-        if ev.kind.is_contact_scoped() && ev.contact_id.is_none() {
+    /// Whether an event of `kind` with the fields `present` has what its type needs,
+    /// and its score in fixed point (`score`, as the message gave it, checked on the
+    /// scale of its type).
+    fn check_required(
+        &self,
+        kind: EventType,
+        present: &Present,
+        score: Option<f64>,
+    ) -> Result<Option<i64>, Reject> {
+        let k = kind.as_str();
+        if kind.is_contact_scoped() && !present.contact {
             return Err(Reject::missing("contact_id", k));
         }
         let need_agent = matches!(
-            ev.kind,
+            kind,
             EventType::ContactRouted
                 | EventType::ContactAnswered
                 | EventType::ContactFirstResponse
@@ -548,19 +583,19 @@ impl Decoder {
                 | EventType::QaScored
                 | EventType::AgentState
         );
-        if need_agent && ev.agent_id.is_none() {
+        if need_agent && !present.agent {
             return Err(Reject::missing("agent_id", k));
         }
-        match ev.kind {
+        match kind {
             EventType::ContactOffered => {
-                if ev.channel.is_none() {
+                if !present.channel {
                     return Err(Reject::missing("channel", k));
                 }
-                if ev.queue.is_none() {
+                if !present.queue {
                     return Err(Reject::missing("queue", k));
                 }
             }
-            EventType::ContactConverted if ev.amount.is_none() => {
+            EventType::ContactConverted if !present.amount => {
                 return Err(Reject::missing("amount", k));
             }
             EventType::SurveyResponded => {
@@ -572,7 +607,7 @@ impl Decoder {
                         format!("must be an integer {lo}..={hi}, got {s}"),
                     ));
                 }
-                ev.score = Some(s as i64 * FIXED_SCALE);
+                return Ok(Some(s as i64 * FIXED_SCALE));
             }
             EventType::QaScored => {
                 let s = score.ok_or_else(|| Reject::missing("score", k))?;
@@ -582,15 +617,25 @@ impl Decoder {
                         format!("must be 0..=100, got {s}"),
                     ));
                 }
-                ev.score = Some((s * FIXED_SCALE as f64).round() as i64);
+                return Ok(Some((s * FIXED_SCALE as f64).round() as i64));
             }
-            EventType::AgentState if ev.state.is_none() => {
+            EventType::AgentState if !present.state => {
                 return Err(Reject::missing("state", k));
             }
             _ => {}
         }
-        Ok(())
+        Ok(None)
     }
+}
+
+/// Which of the fields [`Decoder::check_required`] asks for an event has.
+struct Present {
+    contact: bool,
+    agent: bool,
+    channel: bool,
+    queue: bool,
+    amount: bool,
+    state: bool,
 }
 
 fn truncate(s: &str) -> &str {
@@ -872,7 +917,7 @@ mod tests {
             v.truncate(cut.max(1).min(v.len()));
             let d = Decoder::default();
             let by_bytes = match serde_json::from_slice::<Raw<'_>>(&v) {
-                Ok(raw) => d.validate(raw),
+                Ok(mut raw) => d.validate(&mut raw),
                 Err(e) => Err(classify_json_error(&v, &e)),
             };
             let fast = d.decode(&v);

@@ -256,15 +256,22 @@ fn number(b: &[u8], i: usize) -> Option<(Number, usize)> {
     Some((n, end))
 }
 
-/// `Raw` of a flat message, or `None`: serde_json decides (see the module docs).
-pub(super) fn scan(text: &str) -> Option<Raw<'_>> {
+/// Reads a flat message into `raw` (which must be `Raw::default()`) and says whether
+/// it could: when not, serde_json decides (see the module docs) and `raw` holds
+/// whatever was read before the flat path stepped aside. Filled in place, not
+/// returned: a `Raw` (~430 bytes) handed back through an `Option` was a `memcpy`
+/// call per message (docs/performance.md, "twenty-first round").
+pub(super) fn scan<'a>(text: &'a str, raw: &mut Raw<'a>) -> bool {
+    scan_into(text, raw).is_some()
+}
+
+fn scan_into<'a>(text: &'a str, raw: &mut Raw<'a>) -> Option<()> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
     i = skip_ws(b, i + 1);
-    let mut raw = Raw::default();
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
@@ -289,7 +296,7 @@ pub(super) fn scan(text: &str) -> Option<Raw<'_>> {
                 i = next;
                 match key {
                     Some(Key::Ts) => raw.ts = Some(RawTs::Text(Cow::Borrowed(value))),
-                    Some(k) => *k.text(&mut raw)? = Some(Cow::Borrowed(value)),
+                    Some(k) => *k.text(raw)? = Some(Cow::Borrowed(value)),
                     // Unknown keys are ignored, as serde's derive ignores them.
                     None => {}
                 }
@@ -301,8 +308,8 @@ pub(super) fn scan(text: &str) -> Option<Raw<'_>> {
                     (Some(Key::Ts), Number::Decimal(_)) => return None,
                     // serde_json hands a (non-negative) integer to an `f64` field as
                     // `n as f64`.
-                    (Some(k), Number::Integer(n)) => *k.number(&mut raw)? = Some(n as f64),
-                    (Some(k), Number::Decimal(x)) => *k.number(&mut raw)? = Some(x),
+                    (Some(k), Number::Integer(n)) => *k.number(raw)? = Some(n as f64),
+                    (Some(k), Number::Decimal(x)) => *k.number(raw)? = Some(x),
                     (None, _) => {}
                 }
             }
@@ -317,13 +324,18 @@ pub(super) fn scan(text: &str) -> Option<Raw<'_>> {
             }
         }
     }
-    (skip_ws(b, i) == b.len()).then_some(raw)
+    (skip_ws(b, i) == b.len()).then_some(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::Raw;
-    use super::scan;
+
+    /// The flat path's reading of `text`, or `None` where it steps aside.
+    fn scan(text: &str) -> Option<Raw<'_>> {
+        let mut raw = Raw::default();
+        super::scan(text, &mut raw).then_some(raw)
+    }
 
     /// serde_json's reading of `text`, the definition `scan` must agree with.
     fn by_serde(text: &str) -> Option<Raw<'_>> {
