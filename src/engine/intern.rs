@@ -3,7 +3,7 @@
 
 use std::num::NonZeroU32;
 
-use super::HashMap;
+use super::table::KeyTable;
 use crate::event::hash_id;
 
 /// Non-zero so `Option<Sym>` is 4 bytes: contacts hold several per event.
@@ -37,8 +37,12 @@ pub struct Interner {
     /// looks up its agent, team and queue here; the comparison's `memcmp` and the
     /// boxed name's cache miss were ~4 % of a replay's samples, docs/performance.md,
     /// "seventeenth round"). foldhash over the hash, not SipHash (SipHash made the
-    /// look-ups 3 % of the engine's time, perf, 2026-12-02).
-    ids: HashMap<u128, Sym>,
+    /// look-ups 3 % of the engine's time, perf, 2026-12-02). In a [`KeyTable`], not a
+    /// `HashMap`, so that a look-up can be announced ahead ([`Interner::prefetch`]):
+    /// at 10 k agents the look-up's miss on the table was two thirds of `admit`'s
+    /// samples, 3 % of the engine's; announced, `parse_bench engine` took 0.979 of the
+    /// time (docs/performance.md, "twenty-first round").
+    ids: KeyTable<Sym>,
     names: Vec<Box<str>>,
 }
 
@@ -69,6 +73,12 @@ impl Interner {
     /// [`Interner::get`] by the name's [`hash_id`].
     pub fn get_hashed(&self, h: u128) -> Option<Sym> {
         self.ids.get(&h).copied()
+    }
+
+    /// Announce a look-up of the name hashed `h` ([`KeyTable::prefetch`]'s stages).
+    #[inline]
+    pub(crate) fn prefetch(&self, h: u128, stage: u8) {
+        self.ids.prefetch(h, stage);
     }
 
     pub fn name(&self, id: Sym) -> &str {

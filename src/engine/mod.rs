@@ -1599,8 +1599,14 @@ impl Engine {
         // An offer names its customer, whose contacts list the contact joins.
         let [far, mid, ..] = LOOK_AHEAD;
         for (d, stage) in [(far, 0), (mid, 1)] {
-            if let Some(k) = upcoming(d).and_then(Keys::customer) {
+            let Some(keys) = upcoming(d) else { continue };
+            if let Some(k) = keys.customer() {
                 self.customers.prefetch(k, stage);
+            }
+            // Its agent's symbol: 10 k agents' entries are not all in cache. (Teams
+            // and queues are few: theirs stay in.)
+            if keys.agent != 0 {
+                self.syms.prefetch(keys.agent, stage);
             }
         }
     }
