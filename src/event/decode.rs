@@ -422,7 +422,10 @@ impl Decoder {
         // not UTF-8 goes the byte way, which names the error's position as before.
         // The usual flat message is read by `flat::scan`; anything it does not take
         // on goes to serde_json, which stays the definition (and names the errors).
-        let text = std::str::from_utf8(bytes);
+        // simdutf8's check (AVX2 or SSE 4.2, chosen at run time) takes half of std's
+        // time on the usual ~170-byte message (docs/performance.md, "twenty-second
+        // round"); its error carries no position, which the byte way below names.
+        let text = simdutf8::basic::from_utf8(bytes);
         // The flat path fills one `Raw` (~430 bytes) in place and validation reads it
         // there: handed on by value through an `Option` and a `Result` it was copied
         // twice per message (docs/performance.md, "seventeenth round"), and returned
