@@ -424,7 +424,7 @@ impl Decoder {
         // on goes to serde_json, which stays the definition (and names the errors).
         // simdutf8's check (AVX2 or SSE 4.2, chosen at run time) takes half of std's
         // time on the usual ~170-byte message (docs/performance.md, "twenty-second
-        // round"); its error carries no position, which the byte way below names.
+        // round").
         let text = simdutf8::basic::from_utf8(bytes);
         // The flat path fills one `Raw` (~430 bytes) in place and validation reads it
         // there: handed on by value through an `Option` and a `Result` it was copied

@@ -165,10 +165,11 @@ fn invalid_utf8_and_nul_bytes() {
     assert_reason(&bad_id, RejectReason::InvalidJson);
     assert_reason(b"\xff\xfe\x00{", RejectReason::InvalidJson);
     assert_reason(b"{\"event_id\":\"\xc0\xaf\"}", RejectReason::InvalidJson);
-    // Every kind of ill-formed sequence, at every offset of a message long enough for
-    // the SIMD check's 32- and 64-byte blocks (the usual message is ~170 bytes), is
-    // caught before the flat path takes the string as it is.
-    let long_id = format!("\"{}\u{1}{}\"", "c".repeat(40), "d".repeat(40));
+    // Every kind of ill-formed sequence, at every offset of a 90-byte run of an id in a
+    // ~200-byte message (the usual message is ~170 bytes), so that it also straddles
+    // and follows the SIMD check's 64-byte block boundary at byte 128, is caught before
+    // the flat path takes the string as it is.
+    let long_id = format!("\"{}\u{1}{}\"", "c".repeat(90), "d".repeat(40));
     for seq in [
         &b"\xed\xa0\x80"[..], // a surrogate
         b"\xe0\x80\xaf",      // overlong
@@ -176,7 +177,7 @@ fn invalid_utf8_and_nul_bytes() {
         b"\xe2\x82",          // cut short
         b"\x80",              // a lone continuation byte
     ] {
-        for shift in 0..40 {
+        for shift in 0..90 {
             let mut msg = ended_with("contact_id", &long_id).into_bytes();
             let at = msg.iter().position(|b| *b == 1).unwrap() - shift;
             msg.splice(at..=at, seq.iter().copied());
