@@ -25,6 +25,12 @@ print(f"events read: {last['read']}; lag at the end: {last['lag']}")
 print(f"RSS: start {int(first['rss_kib'])//1024} MiB, median after warm-up {rss_med/1024:.1f} MiB, "
       f"max {max(int(r['rss_kib']) for r in rows)//1024} MiB, slope {rss_h/1024:+.1f} MiB/h")
 print(f"open contacts: median after warm-up {open_med:.0f}, slope {open_h:+.0f}/h")
+# jemalloc's live bytes (CSVs from before 2026-12-05 have no such column): RSS growing
+# while they stay flat is memory the allocator holds, not state the daemon keeps.
+if all(r.get("allocated_kib") for r in after):
+    alloc_h, alloc_med = slope("allocated_kib")
+    print(f"allocated (live data): median after warm-up {alloc_med/1024:.1f} MiB, slope {alloc_h/1024:+.1f} MiB/h; "
+          f"RSS minus allocated: median {(rss_med - alloc_med)/1024:.1f} MiB")
 # How much of RSS the retained contacts explain: RSS = a + b * open_contacts over the
 # samples after warm-up, and the time trend of what is left.
 xs = [float(r["open_contacts"]) for r in after]; ys = [float(r["rss_kib"]) for r in after]

@@ -38,7 +38,8 @@
 # (postgres://postgres@127.0.0.1:5432/test; a database of its own is created and
 # dropped), SOAK_SIM_WARMUP (6h), SOAK_ROLLING (the TOML list of rolling windows), SOAK_INTERVALS (the TOML list of
 # snapshot intervals, default "5m"), SOAK_SPILL_AFTER ([windows] spill_after, default 2m), SOAK_OUT output directory (target/soak), SOAK_BIN the binary
-# (target/release/ccmetrics; build it with `cargo build --release --locked --bin ccmetrics`),
+# (target/release/ccmetrics; build it with `cargo build --release --locked --features alloc-stats --bin ccmetrics`
+# for the allocated_kib column),
 # SOAK_HEAPTRACK=1 to run the daemon under heaptrack's preload library (Debian package
 # heaptrack; attaching to a running daemon fails here; it needs a binary built with
 # malloc, `--no-default-features`, since heaptrack does not see jemalloc's allocations): every allocation is recorded
@@ -165,7 +166,10 @@ base=$(grep -o 'http://[^ ]*/metrics' "$OUT/serve.out" | head -1 | sed 's|/metri
 pids+=("$!")
 
 csv="$OUT/soak.csv"
-echo "elapsed_s,rss_kib,open_contacts,lag,read" >"$csv"
+# allocated_kib: jemalloc's live bytes (`/api/v1/status` memory.allocator.allocated):
+# RSS that grows while it stays flat is memory the allocator holds, not state. Empty
+# unless the binary is built with `--features alloc-stats`.
+echo "elapsed_s,rss_kib,open_contacts,lag,read,allocated_kib" >"$csv"
 echo "== soak: ${SECONDS_TOTAL}s at ${RATE} events/s (simulator warmed up $SIM_WARMUP), correction horizon $HORIZON, rolling [$ROLLING], intervals [$INTERVALS], sampling every ${SAMPLE}s, warm-up ${WARMUP}s; $csv"
 start=$(date +%s)
 while :; do
@@ -174,12 +178,14 @@ while :; do
   kill -0 "$serve_pid" 2>/dev/null || { echo "error: serve died; see $OUT/serve.log" >&2; exit 1; }
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$serve_pid/status")
   status=$(curl -sf "$base/api/v1/status" || echo '{}')
-  read -r open lag read_n < <(python3 -c '
+  read -r open lag read_n allocated < <(python3 -c '
 import json, sys
 s = json.loads(sys.argv[1] or "{}")
 lag = sum((p.get("lag") or 0) for p in s.get("partitions", []))
-print(s.get("open_contacts", 0), lag, s.get("stats", {}).get("read", 0))' "$status")
-  echo "$elapsed,$rss,$open,$lag,$read_n" | tee -a "$csv"
+a = ((s.get("memory") or {}).get("allocator") or {}).get("allocated")
+print(s.get("open_contacts", 0), lag, s.get("stats", {}).get("read", 0), "-" if a is None else a // 1024)' "$status")
+  [ "$allocated" = "-" ] && allocated=""
+  echo "$elapsed,$rss,$open,$lag,$read_n,$allocated" | tee -a "$csv"
   sleep "$SAMPLE"
 done
 

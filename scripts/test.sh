@@ -77,6 +77,12 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --lib --bins --tests --locked 2>&1 | tee "$log"
+# jemalloc's statistics are a build feature (off by default: they cost CPU): the code
+# behind it is linted and its tests run in such a build (the library's memory tests,
+# and the daemon's /metrics and status end to end).
+echo "== with jemalloc's statistics (the alloc-stats feature)"
+cargo clippy --lib --bins --tests --locked --features alloc-stats -- -D warnings
+cargo test --lib --test serve --locked --features alloc-stats -- alloc:: http::memory serve_from_stdin 2>&1 | tee -a "$log"
 echo "== deployment files (scripts/check-deploy.sh)"
 bash scripts/check-deploy.sh
 # One closing line for the whole run, summed over every test binary.

@@ -4,7 +4,7 @@
 //! `engine/` joins contacts and accumulates windows (pure, no I/O) → `store/` merges
 //! flushed snapshot deltas → `export` and `http/` derive KPIs (`kpi`) at read time.
 
-mod alloc;
+pub mod alloc;
 pub mod config;
 pub mod engine;
 pub mod event;

@@ -88,6 +88,32 @@ fn serve_from_stdin_matches_replay_and_stops_cleanly() {
         metrics.contains("ccmetrics_events_rejected_total{reason=\"invalid_json\"} 1"),
         "{metrics}"
     );
+    // The process's memory, read at the scrape: its RSS, and jemalloc's live bytes.
+    let sample = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let rss = sample("process_resident_memory_bytes ");
+    assert!(rss > 1e6, "{rss}");
+    let (_, status) = get(&format!("{base}/api/v1/status")).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["memory"]["rss"].as_f64().unwrap() > 1e6, "{status}");
+    // jemalloc's account only in a build with it (the binary is built with the
+    // features this test is).
+    if cfg!(all(target_os = "linux", feature = "alloc-stats")) {
+        let allocated = sample("ccmetrics_allocator_bytes{kind=\"allocated\"} ");
+        assert!(allocated > 1e5 && allocated < rss, "{rss} {allocated}");
+        assert!(
+            status["memory"]["allocator"]["allocated"].as_f64().unwrap() > 1e5,
+            "{status}"
+        );
+    } else {
+        assert!(!metrics.contains("ccmetrics_allocator_bytes"), "{metrics}");
+        assert!(status["memory"]["allocator"].is_null(), "{status}");
+    }
     assert!(
         metrics
             .contains("ccmetrics_contacts_offered_total{dimension=\"queue\",queue=\"support\"} 4"),

@@ -110,6 +110,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     let state = Arc::new(AppState::new(&cfg).context("setting up metrics")?);
+    http::memory::MemoryCollector::register(state.registry())
+        .context("setting up the memory metrics")?;
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.http.listen))?;

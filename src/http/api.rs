@@ -165,6 +165,7 @@ pub async fn status(
         },
         "rolling_windows": st.settings().rolling.iter().map(|w| w.label.as_str()).collect::<Vec<_>>(),
         "partitions": snap.partitions,
+        "memory": crate::alloc::memory_stats(),
     })))
 }
 

@@ -8,7 +8,8 @@
 //! - `GET /healthz` → `200 ok` while the process serves HTTP.
 //! - `GET /readyz` → `200 ready` once [`AppState::set_ready`]`(true)`, else `503`.
 //! - `GET /metrics` → Prometheus text format 0.0.4.
-//! - `GET /api/v1/status` → input stats, watermark, clock, open contacts, readiness.
+//! - `GET /api/v1/status` → input stats, watermark, clock, open contacts, readiness,
+//!   memory (`crate::alloc::MemoryStats`).
 //! - `GET /api/v1/rolling?window=15m[&dimension=queue]` → one row per dimension key
 //!   with every [`crate::kpi::KPI_COLUMNS`] column. `window` must name a configured
 //!   rolling window (any humantime spelling: `15m`, `900s`, `1h`); bad or unknown
@@ -24,7 +25,10 @@
 //! `ccmetrics_open_contacts`, `ccmetrics_spilled_contacts`, `ccmetrics_snapshot_flushes_total`,
 //! `ccmetrics_last_flush_timestamp_seconds` (timestamps absent until known),
 //! `ccmetrics_contacts_expired_total`, `ccmetrics_keys_overflowed_total{kind}`
-//! (`agent`, `team`, `queue`, `customer`; always present).
+//! (`agent`, `team`, `queue`, `customer`; always present). Memory, read at the scrape
+//! ([`memory`], registered by `serve`): `process_resident_memory_bytes` and
+//! `ccmetrics_allocator_bytes{kind}` (`allocated`, `active`, `metadata`, `resident`,
+//! `retained`: jemalloc's account, with the `alloc-stats` feature).
 //!
 //! Per dimension key, every series carries `dimension` (`all`, `channel`, `queue`,
 //! `team`, `agent`) and, except for `all`, one more label named after the dimension
@@ -63,6 +67,7 @@
 mod api;
 mod exposition;
 pub mod floor;
+pub mod memory;
 pub mod metrics;
 pub mod state;
 mod wallboard;

@@ -908,6 +908,7 @@ async fn promtool_accepts_metrics() {
     cfg.http.per_agent_series = true;
     cfg.http.max_agent_series = 2;
     let srv = Server::start(&cfg).await;
+    super::memory::MemoryCollector::register(srv.state.registry()).unwrap();
     let mut snap = snapshot();
     // Label values that need escaping.
     snap.totals.push((
