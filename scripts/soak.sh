@@ -183,8 +183,7 @@ import json, sys
 s = json.loads(sys.argv[1] or "{}")
 lag = sum((p.get("lag") or 0) for p in s.get("partitions", []))
 a = ((s.get("memory") or {}).get("allocator") or {}).get("allocated")
-print(s.get("open_contacts", 0), lag, s.get("stats", {}).get("read", 0), "-" if a is None else a // 1024)' "$status")
-  [ "$allocated" = "-" ] && allocated=""
+print(s.get("open_contacts", 0), lag, s.get("stats", {}).get("read", 0), "" if a is None else a // 1024)' "$status")
   echo "$elapsed,$rss,$open,$lag,$read_n,$allocated" | tee -a "$csv"
   sleep "$SAMPLE"
 done

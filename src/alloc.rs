@@ -49,8 +49,8 @@ pub static malloc_conf: Option<&'static std::ffi::CStr> =
 /// `resident` can.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryStats {
-    /// The process's resident set (`VmRSS`), from `/proc/self/statm`; `None` where
-    /// there is no such file.
+    /// The process's resident set (`VmRSS`), from `/proc/self/statm`; `None` off
+    /// Linux or where the file cannot be read.
     pub rss: Option<u64>,
     /// jemalloc's statistics; `None` in a build without the `alloc-stats` feature (jemalloc
     /// built with statistics costs about 2 % of `replay`'s CPU) or without jemalloc.
@@ -84,12 +84,19 @@ pub fn memory_stats() -> MemoryStats {
 }
 
 /// `VmRSS` from `/proc/self/statm`'s second field (pages).
+#[cfg(target_os = "linux")]
 fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf only reads a constant of the system.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * u64::try_from(page).ok()?)
+}
+
+/// No `/proc` to read it from.
+#[cfg(not(target_os = "linux"))]
+fn rss_bytes() -> Option<u64> {
+    None
 }
 
 #[cfg(all(target_os = "linux", feature = "alloc-stats"))]

@@ -15,7 +15,7 @@ use prometheus::Registry;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
 
-use super::metrics::{family, gauge, label};
+use super::metrics::{desc, family, gauge, label};
 use crate::alloc::{AllocatorStats, memory_stats};
 
 const RSS: (&str, &str) = (
@@ -35,15 +35,10 @@ pub struct MemoryCollector {
 impl MemoryCollector {
     /// Register the families in `registry` (`serve` does, once).
     pub fn register(registry: &Registry) -> Result<(), prometheus::Error> {
-        let desc = |(name, help): (&str, &str), labels: &[&str]| {
-            Desc::new(
-                name.into(),
-                help.into(),
-                labels.iter().map(|l| l.to_string()).collect(),
-                Default::default(),
-            )
-        };
-        let descs = vec![desc(RSS, &[])?, desc(ALLOCATOR, &["kind"])?];
+        let descs = vec![
+            desc(RSS.0, RSS.1, &[])?,
+            desc(ALLOCATOR.0, ALLOCATOR.1, &["kind"])?,
+        ];
         registry.register(Box::new(MemoryCollector { descs }))
     }
 }

@@ -278,14 +278,6 @@ pub struct SnapshotNames {
 
 impl SnapshotNames {
     pub fn new() -> Result<SnapshotNames, prometheus::Error> {
-        let desc = |name: &str, help: &str, labels: &[&str]| {
-            Desc::new(
-                name.into(),
-                help.into(),
-                labels.iter().map(|l| l.to_string()).collect(),
-                HashMap::new(),
-            )
-        };
         let mut descs = Vec::new();
         for (name, help, _, labels) in GLOBAL {
             descs.push(desc(name, help, labels)?);
@@ -315,6 +307,16 @@ impl Collector for SnapshotNames {
     fn collect(&self) -> Vec<MetricFamily> {
         Vec::new()
     }
+}
+
+/// A family's descriptor: its name, help and variable label names, no constant labels.
+pub(super) fn desc(name: &str, help: &str, labels: &[&str]) -> Result<Desc, prometheus::Error> {
+    Desc::new(
+        name.into(),
+        help.into(),
+        labels.iter().map(|l| l.to_string()).collect(),
+        HashMap::new(),
+    )
 }
 
 pub(super) fn label(name: &str, value: &str) -> LabelPair {
