@@ -62,7 +62,10 @@ echo "== machine: $(machine)"
 cargo build --release --locked --bins --examples
 # min / median / max of the numbers on stdin, one a line.
 median() { sort -g | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "n/a"}'; }
+# per N SECONDS: N per second, whole; "n/a" when the time is too short to have been
+# measured (a small SIZES run on a fast host can take under the timer's resolution).
+per() { awk -v n="$1" -v t="$2" 'BEGIN {if (t > 0) printf "%.0f", n / t; else printf "n/a"}'; }
 
 # events FILE N AGENTS [QUEUES] [CPH] [SEED]: generate once, keep the file.
 events_file() {
@@ -88,11 +91,14 @@ timed() {
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print(sys.argv[2], "%.3f %.3f %.3f %.2f" % (r["min"], r["median"], r["max"], r["user"] + r["system"]))' \
       "$OUT/$name.json" "$name"
   else
+    # bash's own timer, to the millisecond (GNU time's is to the hundredth, which
+    # rounds a 100 k-event parse to 0.00 s); the command's stderr still shows.
     : > "$OUT/$name.times"
+    local TIMEFORMAT='%3R %3U %3S'
     for _ in $(seq "$RUNS"); do
-      /usr/bin/time -f "%e %U %S" -a -o "$OUT/$name.times" "$@" >/dev/null
+      { time "$@" >/dev/null 2>&3; } 3>&2 2>>"$OUT/$name.times"
     done
-    echo "$name $(cut -d' ' -f1 "$OUT/$name.times" | median) $(awk '{c += $2 + $3} END {printf "%.2f", c / NR}' "$OUT/$name.times")"
+    echo "$name $(cut -d' ' -f1 "$OUT/$name.times" | median) $(awk '{c += $2 + $3} END {printf "%.3f", c / NR}' "$OUT/$name.times")"
   fi
 }
 
@@ -179,7 +185,7 @@ parse_bench() {
       med[$mode]=$md
       cpu[$mode]=$c
       "$PARSE" "$mode" "$f" | tee "$OUT/parse-$mode-$n.txt" | sed 's/^/  last run: /'
-      echo "$mode $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}'), per CPU second $(awk -v n="$n" -v t="$c" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
+      echo "$mode $n: s $lo / $md / $hi, events/s at median $(per "$n" "$md"), per CPU second $(per "$n" "$c")  [$(machine)]"
     done
     # A fresh database for every run: into the last run's, `replay` would first delete
     # its rows (its partition is replaced), about 1 s at 10 M events, in runs 2 and on.
@@ -187,10 +193,10 @@ parse_bench() {
       sh "$OUT/parse-replay.db" "$BIN" "$f")
     med[replay]=$md
     cpu[replay]=$c
-    echo "replay $n: s $lo / $md / $hi, events/s at median $(awk -v n="$n" -v t="$md" 'BEGIN {printf "%.0f", n / t}'), per CPU second $(awk -v n="$n" -v t="$c" 'BEGIN {printf "%.0f", n / t}')  [$(machine)]"
+    echo "replay $n: s $lo / $md / $hi, events/s at median $(per "$n" "$md"), per CPU second $(per "$n" "$c")  [$(machine)]"
     # Wall medians are stretched by other load on a shared machine; CPU seconds are not.
     for m in engine replay; do
-      echo "$m as a fraction of the bare parse rate: $(awk -v p="${med[parse]}" -v e="${med[$m]}" 'BEGIN {printf "%.0f %%", 100 * p / e}') (wall medians), $(awk -v p="${cpu[parse]}" -v e="${cpu[$m]}" 'BEGIN {printf "%.0f %%", 100 * p / e}') (CPU seconds)"
+      echo "$m as a fraction of the bare parse rate: $(ratio "${med[parse]}" "${med[$m]}" | awk '{print ($1 == "n/a") ? $1 : sprintf("%.0f %%", 100 * $1)}') (wall medians), $(ratio "${cpu[parse]}" "${cpu[$m]}" | awk '{print ($1 == "n/a") ? $1 : sprintf("%.0f %%", 100 * $1)}') (CPU seconds)"
     done
     unset med cpu
   done
@@ -414,7 +420,7 @@ engine_bench() {
   read -r wmin wmed wmax < <(cut -d' ' -f1 "$OUT/replay-times" | median)
   read -r rmin rmed rmax < <(cut -d' ' -f2 "$OUT/replay-times" | median)
   echo "replay wall s (min/median/max): $wmin / $wmed / $wmax"
-  echo "replay events/s at median: $(awk -v n="$N" -v t="$wmed" 'BEGIN {printf "%.0f", n / t}')"
+  echo "replay events/s at median: $(per "$N" "$wmed")"
   echo "replay peak RSS MB (min/median/max): $((rmin / 1024)) / $((rmed / 1024)) / $((rmax / 1024))"
 
   echo "== export"
