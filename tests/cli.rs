@@ -357,9 +357,10 @@ fn replay_and_export_on_postgres_match_sqlite() {
     }
 }
 
-/// `replay` with every closed contact spilled to the store as soon as it is packed
-/// exports exactly what a replay that keeps every contact in memory exports, on a
-/// simulated day with repeat contacts, late surveys and duplicates; and it did spill.
+/// `replay` with every closed contact spilled as soon as it is packed exports exactly
+/// what a replay that keeps every contact in memory exports, on a simulated day with
+/// repeat contacts, late surveys and duplicates; and it did spill, into a scratch
+/// database under `--spill-dir` that is gone when the replay ends.
 #[test]
 fn replay_with_spilled_contacts_equals_replay_without() {
     let dir = tempfile::tempdir().unwrap();
@@ -383,6 +384,8 @@ fn replay_with_spilled_contacts_equals_replay_without() {
         &[],
     );
     assert!(o.status.success(), "{}", text(&o));
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
     let run = |name: &str, env: &[(&str, &str)]| {
         let db = format!("sqlite://{}", dir.path().join(name).display());
         let mut env: Vec<(&str, &str)> = env.to_vec();
@@ -394,6 +397,8 @@ fn replay_with_spilled_contacts_equals_replay_without() {
                 "--log-json",
                 "--flush-every",
                 "2000",
+                "--spill-dir",
+                scratch.to_str().unwrap(),
                 "--input",
                 events.to_str().unwrap(),
             ],
@@ -442,17 +447,61 @@ fn replay_with_spilled_contacts_equals_replay_without() {
     assert!(n > 500, "only {n} rows exported");
     assert!(kept.contains("\"fcr_rate\""), "{kept}");
     assert!(kept == spilled, "exports differ with spilling");
-    let peak = log
+    let line = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| {
             v["fields"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("closed contacts held in the store"))
+                .is_some_and(|m| m.contains("closed contacts held in a scratch database"))
         })
-        .and_then(|v| v["fields"]["peak"].as_u64())
         .unwrap_or_else(|| panic!("no spill line in the log: {log}"));
+    let peak = line["fields"]["peak"].as_u64().unwrap_or(0);
     assert!(peak > 1_000, "only {peak} contacts spilled");
+    // The scratch directory was under --spill-dir, and is gone with its database.
+    let used = std::path::PathBuf::from(line["fields"]["dir"].as_str().unwrap_or_default());
+    assert_eq!(used.parent(), Some(scratch.as_path()), "{line}");
+    assert!(!used.exists(), "{} left behind", used.display());
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    // Nothing of the spill went to the store.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let spilled_rows = rt.block_on(async {
+        let url = format!("sqlite://{}", dir.path().join("spilled.db").display());
+        let store = ccmetrics::store::Store::open(&url).await.unwrap();
+        store.spill_scan("replay", |_, _, _| {}).await.unwrap()
+    });
+    assert_eq!(spilled_rows, 0);
+}
+
+/// A spill directory that cannot be used is a clear error before any event is read.
+#[test]
+fn replay_with_an_unusable_spill_dir_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/basic_voice/events.jsonl"
+    );
+    let missing = dir.path().join("no-such-dir");
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let o = ccm(
+        &[
+            "replay",
+            "--spill-dir",
+            missing.to_str().unwrap(),
+            "--input",
+            events,
+        ],
+        &[
+            ("CCMETRICS__STORE__URL", &db),
+            ("CCMETRICS__WINDOWS__SPILL", "true"),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("creating the spill's scratch directory in") && err.contains("no-such-dir"),
+        "{err}"
+    );
 }
 
 /// `[windows.dimensions]` set from the environment: a replay keeping agents at 1h and

@@ -39,6 +39,13 @@ pub struct Args {
     /// the same result whenever it runs.
     #[arg(long, value_name = "RFC3339", value_parser = parse_now)]
     pub now: Option<i64>,
+    /// With `[windows] spill = true`: the directory of the scratch database that holds
+    /// the spilled contacts while the replay runs (removed when it ends). Default:
+    /// beside the SQLite store, or the system's temporary directory with PostgreSQL.
+    /// It needs room for the packed contacts of the correction horizon (~250 bytes a
+    /// contact); a `/tmp` kept in RAM (tmpfs) would hold them in memory again.
+    #[arg(long, value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 fn parse_now(s: &str) -> Result<i64, String> {
@@ -71,9 +78,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let mut pipe = Pipeline::new(engine_cfg, cfg.decoder(), a.partition.clone());
     pipe.set_now(a.now);
-    if cfg.windows.spill {
-        // Settled contacts go to the store as in `serve`, so a replay of months holds
-        // about `spill_after` of contacts in memory, not the correction horizon's.
+    // Settled contacts leave memory as in `serve`, so a replay of months holds about
+    // `spill_after` of contacts in memory, not the correction horizon's. Not into the
+    // store, as `serve`'s do (beside its checkpoints, which a replay does not have):
+    // into a scratch SQLite database of this run, with no journal, written on a
+    // connection of its own beside the snapshot rows. In the store they cost the
+    // write-ahead log's second copy of every page and, with PostgreSQL, a round trip
+    // of every contact to the server (docs/performance.md, "twenty-fourth round").
+    let scratch = if cfg.windows.spill {
+        let (dir, store) = open_spill_scratch(a.spill_dir.as_deref(), &cfg.store.url).await?;
         let spill = StoreSpill::open(
             store.clone(),
             tokio::runtime::Handle::current(),
@@ -81,7 +94,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         )
         .context("opening the contact spill")?;
         pipe.engine.set_spill(Box::new(spill));
-    }
+        Some((dir, store))
+    } else {
+        None
+    };
     if let Some(path) = &a.dead_letter {
         let f = std::fs::File::create(path)
             .with_context(|| format!("creating dead-letter file {}", path.display()))?;
@@ -99,15 +115,30 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let written = Arc::new(AtomicU64::new(0));
     let writer = {
         let store = store.clone();
+        let scratch = scratch.as_ref().map(|(_, s)| s.clone());
         let partition = a.partition.clone();
         let written = written.clone();
         tokio::spawn(async move {
             let mut rows = 0u64;
             while let Some((deltas, spill)) = write_rx.recv().await {
                 rows += deltas.len() as u64;
-                store
-                    .apply_deltas_and_spill(&partition, deltas, spill.as_ref())
-                    .await?;
+                // The rows and the spill's changes are written side by side, each on
+                // its database's connection (and SQLite's thread).
+                let spilled = async {
+                    match (&scratch, &spill) {
+                        (Some(s), Some(b)) => s
+                            .apply_deltas_and_spill(&partition, Vec::new(), Some(b))
+                            .await
+                            .map(drop),
+                        _ => Ok(()),
+                    }
+                };
+                let (w, s) = tokio::join!(
+                    store.apply_deltas_and_spill(&partition, deltas, None),
+                    spilled
+                );
+                w?;
+                s?;
                 if spill.is_some() {
                     written.fetch_add(1, Ordering::Release);
                 }
@@ -216,15 +247,18 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .context("the snapshot writer task failed")?
         .context("writing snapshots")?;
     tracing::debug!(rows, "snapshots written");
-    if cfg.windows.spill {
-        store
-            .clear_spill(&a.partition)
-            .await
-            .context("removing the replay's spilled contacts")?;
+    if let Some((dir, scratch)) = scratch {
+        // The scratch database goes with its directory: nothing after the replay reads it.
+        scratch.close().await;
         tracing::info!(
             peak = spilled_peak,
-            "closed contacts held in the store instead of memory (at most, at a flush)"
+            dir = %dir.path().display(),
+            "closed contacts held in a scratch database instead of memory (at most, at a flush)"
         );
+        let path = dir.path().to_path_buf();
+        dir.close().with_context(|| {
+            format!("removing the spill's scratch directory {}", path.display())
+        })?;
     }
     // Closed, not dropped: SQLite's write-ahead log is moved into the database file
     // (`Store::close`), so a finished replay's file alone holds it, to copy or archive
@@ -246,6 +280,34 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64(),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The spill's scratch directory (removed when dropped, also on an error) and the
+/// database in it. Beside a SQLite store by default: on the disk the user chose for
+/// the replay's data, where the system's temporary directory may be memory.
+async fn open_spill_scratch(
+    dir: Option<&std::path::Path>,
+    store_url: &str,
+) -> anyhow::Result<(tempfile::TempDir, Store)> {
+    let parent = match dir {
+        Some(d) => d.to_path_buf(),
+        None => Store::sqlite_dir(store_url).unwrap_or_else(std::env::temp_dir),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ccmetrics-replay-spill-")
+        .tempdir_in(&parent)
+        .with_context(|| {
+            format!(
+                "creating the spill's scratch directory in {} (set it with --spill-dir)",
+                parent.display()
+            )
+        })?;
+    let path = dir.path().join("spill.db");
+    let store = Store::open_scratch(&path)
+        .await
+        .with_context(|| format!("opening the spill's scratch database {}", path.display()))?;
+    tracing::debug!(path = %path.display(), "spilled contacts go to a scratch database");
+    Ok((dir, store))
 }
 
 fn print_summary(inputs: &[PathBuf], s: &Stats, rows: u64, secs: f64) {
