@@ -443,7 +443,8 @@ impl Store {
         }
     }
 
-    /// Delete the spilled contacts of `partition` (the end of a replay).
+    /// Delete the spilled contacts of `partition` and nothing else (`clear_partition`
+    /// does it with the rows; `replay` spills into a scratch database of its own).
     pub async fn clear_spill(&self, partition: &str) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.clear_spill(partition).await,
