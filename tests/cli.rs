@@ -473,7 +473,8 @@ fn replay_with_spilled_contacts_equals_replay_without() {
     assert_eq!(spilled_rows, 0);
 }
 
-/// A spill directory that cannot be used is a clear error before any event is read.
+/// A spill directory that cannot be used is a clear error before any event is read;
+/// one given with the spill off is reported unused.
 #[test]
 fn replay_with_an_unusable_spill_dir_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -502,6 +503,23 @@ fn replay_with_an_unusable_spill_dir_fails_clearly() {
         err.contains("creating the spill's scratch directory in") && err.contains("no-such-dir"),
         "{err}"
     );
+    // With the spill off the directory is not used, and the replay says so.
+    let o = ccm(
+        &[
+            "replay",
+            "--spill-dir",
+            missing.to_str().unwrap(),
+            "--input",
+            events,
+        ],
+        &[
+            ("CCMETRICS__STORE__URL", &db),
+            ("CCMETRICS__WINDOWS__SPILL", "false"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--spill-dir is not used"), "{err}");
 }
 
 /// `[windows.dimensions]` set from the environment: a replay keeping agents at 1h and

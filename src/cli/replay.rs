@@ -85,6 +85,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // connection of its own beside the snapshot rows. In the store they cost the
     // write-ahead log's second copy of every page and, with PostgreSQL, a round trip
     // of every contact to the server (docs/performance.md, "twenty-fourth round").
+    if a.spill_dir.is_some() && !cfg.windows.spill {
+        tracing::warn!("--spill-dir is not used: [windows] spill is off");
+    }
     let scratch = if cfg.windows.spill {
         let (dir, store) = open_spill_scratch(a.spill_dir.as_deref(), &cfg.store.url).await?;
         let spill = StoreSpill::open(
