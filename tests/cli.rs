@@ -484,41 +484,32 @@ fn replay_with_an_unusable_spill_dir_fails_clearly() {
     );
     let missing = dir.path().join("no-such-dir");
     let db = format!("sqlite://{}", dir.path().join("r.db").display());
-    let o = ccm(
-        &[
-            "replay",
-            "--spill-dir",
-            missing.to_str().unwrap(),
-            "--input",
-            events,
-        ],
-        &[
-            ("CCMETRICS__STORE__URL", &db),
-            ("CCMETRICS__WINDOWS__SPILL", "true"),
-        ],
-    );
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let replay = |spill: &str| {
+        let o = ccm(
+            &[
+                "replay",
+                "--spill-dir",
+                missing.to_str().unwrap(),
+                "--input",
+                events,
+            ],
+            &[
+                ("CCMETRICS__STORE__URL", &db),
+                ("CCMETRICS__WINDOWS__SPILL", spill),
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.success(), err)
+    };
+    let (ok, err) = replay("true");
+    assert!(!ok);
     assert!(
         err.contains("creating the spill's scratch directory in") && err.contains("no-such-dir"),
         "{err}"
     );
     // With the spill off the directory is not used, and the replay says so.
-    let o = ccm(
-        &[
-            "replay",
-            "--spill-dir",
-            missing.to_str().unwrap(),
-            "--input",
-            events,
-        ],
-        &[
-            ("CCMETRICS__STORE__URL", &db),
-            ("CCMETRICS__WINDOWS__SPILL", "false"),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (ok, err) = replay("false");
+    assert!(ok, "{err}");
     assert!(err.contains("--spill-dir is not used"), "{err}");
 }
 
