@@ -219,18 +219,8 @@ impl Store {
     /// scratch file beside it lands on the same disk; `None` for PostgreSQL and for an
     /// in-memory database.
     pub fn sqlite_dir(url: &str) -> Option<std::path::PathBuf> {
-        let rest = url.strip_prefix("sqlite:")?;
-        if rest.starts_with(":memory:") || rest.contains("mode=memory") {
-            return None;
-        }
-        let rest = rest.strip_prefix("//").unwrap_or(rest);
-        let path = std::path::Path::new(rest.split('?').next()?);
-        let dir = path.parent()?;
-        Some(if dir.as_os_str().is_empty() {
-            std::path::PathBuf::from(".")
-        } else {
-            dir.to_path_buf()
-        })
+        // Any URL but a `sqlite:` one is refused by the SQLite parser: `None`.
+        sqlite::database_dir(url)
     }
 
     /// Close the connections, SQLite's write-ahead log first moved into the database

@@ -90,12 +90,7 @@ impl SqlxStore<Sqlite> {
             // An in-memory database lives as long as its last connection: keep exactly
             // one open for the life of the pool (several would also contend for the
             // shared-cache table locks).
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
-            (options, pool)
+            (options, one_connection())
         } else {
             create_parent_dir(options.get_filename()).await?;
             // WAL lets readers run during a write; NORMAL sync is durable across
@@ -141,13 +136,7 @@ impl SqlxStore<Sqlite> {
             .locking_mode(sqlx::sqlite::SqliteLockingMode::Exclusive)
             .pragma("temp_store", "memory")
             .row_buffer_size(ROW_BUFFER);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await?;
+        let pool = one_connection().connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(SqlxStore::new(pool))
     }
@@ -197,6 +186,31 @@ impl SqlxStore<Sqlite> {
             .fetch_all(&self.pool)
             .await
     }
+}
+
+/// A pool of exactly one connection, open for the pool's life: an in-memory database
+/// lives as long as its last connection, and a scratch database holds its file's lock.
+fn one_connection() -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+}
+
+/// The directory of the database file `url` names, as [`SqliteStore::open`] parses it
+/// (`.` for a bare file name); `None` for an in-memory database or a URL it refuses.
+pub(super) fn database_dir(url: &str) -> Option<std::path::PathBuf> {
+    if is_memory(url).ok()? {
+        return None;
+    }
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    let dir = options.get_filename().parent()?;
+    Some(if dir.as_os_str().is_empty() {
+        Path::new(".").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
 }
 
 async fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
