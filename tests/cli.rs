@@ -359,8 +359,8 @@ fn replay_and_export_on_postgres_match_sqlite() {
 
 /// `replay` with every closed contact spilled as soon as it is packed exports exactly
 /// what a replay that keeps every contact in memory exports, on a simulated day with
-/// repeat contacts, late surveys and duplicates; and it did spill, into a scratch
-/// database under `--spill-dir` that is gone when the replay ends.
+/// repeat contacts, late surveys and duplicates; and it did spill, into scratch files
+/// under `--spill-dir` that are gone when the replay ends.
 #[test]
 fn replay_with_spilled_contacts_equals_replay_without() {
     let dir = tempfile::tempdir().unwrap();
@@ -453,12 +453,12 @@ fn replay_with_spilled_contacts_equals_replay_without() {
         .find(|v| {
             v["fields"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("closed contacts held in a scratch database"))
+                .is_some_and(|m| m.contains("closed contacts held in scratch files"))
         })
         .unwrap_or_else(|| panic!("no spill line in the log: {log}"));
     let peak = line["fields"]["peak"].as_u64().unwrap_or(0);
     assert!(peak > 1_000, "only {peak} contacts spilled");
-    // The scratch directory was under --spill-dir, and is gone with its database.
+    // The scratch directory was under --spill-dir, and is gone with its files.
     let used = std::path::PathBuf::from(line["fields"]["dir"].as_str().unwrap_or_default());
     assert_eq!(used.parent(), Some(scratch.as_path()), "{line}");
     assert!(!used.exists(), "{} left behind", used.display());

@@ -1,16 +1,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::Context;
-use ccmetrics::engine::spill::SpillBatch;
 use ccmetrics::engine::{EngineConfig, SnapshotDelta, Stats};
 use ccmetrics::pipeline::Pipeline;
 use ccmetrics::source::ahead::{Ahead, Item};
 use ccmetrics::store::Store;
-use ccmetrics::store::spill::StoreSpill;
+use ccmetrics::store::spill_log::LogSpill;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ConfigArg;
@@ -39,9 +36,10 @@ pub struct Args {
     /// the same result whenever it runs.
     #[arg(long, value_name = "RFC3339", value_parser = parse_now)]
     pub now: Option<i64>,
-    /// With `[windows] spill = true`: the directory of the scratch database that holds
-    /// the spilled contacts while the replay runs (removed when it ends). Default:
-    /// beside the SQLite store, or the system's temporary directory with PostgreSQL.
+    /// With `[windows] spill = true`: where the scratch files that hold the spilled
+    /// contacts while the replay runs go (a directory of their own in DIR, removed when
+    /// it ends). Default: beside the SQLite store, or the system's temporary directory
+    /// with PostgreSQL.
     /// It needs room for the packed contacts of the correction horizon (~250 bytes a
     /// contact); a `/tmp` kept in RAM (tmpfs) would hold them in memory again.
     #[arg(long, value_name = "DIR")]
@@ -80,24 +78,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     pipe.set_now(a.now);
     // Settled contacts leave memory as in `serve`, so a replay of months holds about
     // `spill_after` of contacts in memory, not the correction horizon's. Not into the
-    // store, as `serve`'s do (beside its checkpoints, which a replay does not have):
-    // into a scratch SQLite database of this run, with no journal, written on a
-    // connection of its own beside the snapshot rows. In the store they cost the
-    // write-ahead log's second copy of every page and, with PostgreSQL, a round trip
-    // of every contact to the server (docs/performance.md, "twenty-fourth round").
+    // store, as `serve`'s do (beside its checkpoints, which a replay does not have),
+    // nor into a database at all: into append-only files of this run, which cost a
+    // fraction of a B-tree's random-key inserts (`store::spill_log`; docs/performance.md,
+    // "twenty-fifth round").
     if a.spill_dir.is_some() && !cfg.windows.spill {
         tracing::warn!("--spill-dir is not used: [windows] spill is off");
     }
     let scratch = if cfg.windows.spill {
-        let (dir, store) = open_spill_scratch(a.spill_dir.as_deref(), &cfg.store.url).await?;
-        let spill = StoreSpill::open(
-            store.clone(),
-            tokio::runtime::Handle::current(),
-            &a.partition,
-        )
-        .context("opening the contact spill")?;
-        pipe.engine.set_spill(Box::new(spill));
-        Some((dir, store))
+        let dir = spill_scratch_dir(a.spill_dir.as_deref(), &cfg.store.url)?;
+        pipe.engine.set_spill(Box::new(LogSpill::new(dir.path())));
+        Some(dir)
     } else {
         None
     };
@@ -111,60 +102,39 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // Snapshot writes run on a writer task while the engine goes on: one batch in
     // the channel and one being written at most, applied in order (deltas add up,
     // but the order keeps revisions identical to an inline write).
-    // The spill's changes ride along with each batch, in the same transaction; the
-    // spill keeps them readable until the writer has written them (`written`).
-    type Write = (Vec<SnapshotDelta>, Option<SpillBatch>);
-    let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<Write>(1);
-    let written = Arc::new(AtomicU64::new(0));
+    let (write_tx, mut write_rx) = tokio::sync::mpsc::channel::<Vec<SnapshotDelta>>(1);
     let writer = {
         let store = store.clone();
-        let scratch = scratch.as_ref().map(|(_, s)| s.clone());
         let partition = a.partition.clone();
-        let written = written.clone();
         tokio::spawn(async move {
             let mut rows = 0u64;
-            while let Some((deltas, spill)) = write_rx.recv().await {
+            while let Some(deltas) = write_rx.recv().await {
                 rows += deltas.len() as u64;
-                // The rows and the spill's changes are written side by side, each on
-                // its database's connection (and SQLite's thread).
-                let spilled = async {
-                    match (&scratch, &spill) {
-                        (Some(s), Some(b)) => s
-                            .apply_deltas_and_spill(&partition, Vec::new(), Some(b))
-                            .await
-                            .map(drop),
-                        _ => Ok(()),
-                    }
-                };
-                let (w, s) = tokio::join!(
-                    store.apply_deltas_and_spill(&partition, deltas, None),
-                    spilled
-                );
-                w?;
-                s?;
-                if spill.is_some() {
-                    written.fetch_add(1, Ordering::Release);
-                }
+                store
+                    .apply_deltas_and_spill(&partition, deltas, None)
+                    .await?;
             }
             Ok::<u64, ccmetrics::store::StoreError>(rows)
         })
     };
     // A failed write ends the writer; its error is reported once the stream stops.
-    let mut finished = 0u64;
-    let mut batch_of = |pipe: &mut Pipeline, deltas: Vec<SnapshotDelta>| -> Write {
-        let spill = pipe.engine.spill_mut().and_then(|s| {
-            let done = written.load(Ordering::Acquire);
-            while finished < done {
-                s.finish(true);
-                finished += 1;
-            }
-            s.prepare()
-        });
-        (deltas, spill)
-    };
-    let send = |w: Write| {
+    let send = |w: Vec<SnapshotDelta>| {
         let tx = write_tx.clone();
         async move { tx.send(w).await.is_ok() }
+    };
+    // A spill whose files failed gave answers that cannot be trusted since: the
+    // replay stops before writing anything derived from them.
+    let spill_failed = |pipe: &mut Pipeline| -> anyhow::Result<()> {
+        match pipe.engine.spill_mut().and_then(|s| s.failure()) {
+            Some(e) => Err(anyhow::Error::new(e).context(format!(
+                "the contact spill's files in {} failed; the replay stopped (its \
+                 partition holds what was written before; run it again)",
+                scratch
+                    .as_ref()
+                    .map_or_else(String::new, |d| d.path().display().to_string())
+            ))),
+            None => Ok(()),
+        }
     };
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -224,7 +194,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     contacts_spilled = pipe.engine.contacts_spilled(),
                     "flushed"
                 );
-                if !send(batch_of(&mut pipe, deltas)).await {
+                spill_failed(&mut pipe)?;
+                if !send(deltas).await {
                     break 'input;
                 }
             }
@@ -242,21 +213,20 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         deltas = deltas.len(),
         "end of input: every window flushed, contacts released"
     );
-    // The spill's rows served this run only: nothing to write, and removed below.
-    send((deltas, None)).await;
+    spill_failed(&mut pipe)?;
+    send(deltas).await;
     drop(write_tx);
     let rows = writer
         .await
         .context("the snapshot writer task failed")?
         .context("writing snapshots")?;
     tracing::debug!(rows, "snapshots written");
-    if let Some((dir, scratch)) = scratch {
-        // The scratch database goes with its directory: nothing after the replay reads it.
-        scratch.close().await;
+    if let Some(dir) = scratch {
+        // Nothing after the replay reads the spill.
         tracing::info!(
             peak = spilled_peak,
             dir = %dir.path().display(),
-            "closed contacts held in a scratch database instead of memory (at most, at a flush)"
+            "closed contacts held in scratch files instead of memory (at most, at a flush)"
         );
         let path = dir.path().to_path_buf();
         dir.close().with_context(|| {
@@ -285,13 +255,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The spill's scratch directory (removed when dropped, also on an error) and the
-/// database in it. Beside a SQLite store by default: on the disk the user chose for
-/// the replay's data, where the system's temporary directory may be memory.
-async fn open_spill_scratch(
+/// The spill's scratch directory (removed when dropped, also on an error). Beside a
+/// SQLite store by default: on the disk the user chose for the replay's data, where
+/// the system's temporary directory may be memory.
+fn spill_scratch_dir(
     dir: Option<&std::path::Path>,
     store_url: &str,
-) -> anyhow::Result<(tempfile::TempDir, Store)> {
+) -> anyhow::Result<tempfile::TempDir> {
     let parent = match dir {
         Some(d) => d.to_path_buf(),
         None => Store::sqlite_dir(store_url).unwrap_or_else(std::env::temp_dir),
@@ -305,12 +275,8 @@ async fn open_spill_scratch(
                 parent.display()
             )
         })?;
-    let path = dir.path().join("spill.db");
-    let store = Store::open_scratch(&path)
-        .await
-        .with_context(|| format!("opening the spill's scratch database {}", path.display()))?;
-    tracing::debug!(path = %path.display(), "spilled contacts go to a scratch database");
-    Ok((dir, store))
+    tracing::debug!(dir = %dir.path().display(), "spilled contacts go to scratch files");
+    Ok(dir)
 }
 
 fn print_summary(inputs: &[PathBuf], s: &Stats, rows: u64, secs: f64) {

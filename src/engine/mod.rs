@@ -1566,7 +1566,7 @@ impl Engine {
     /// per decoded batch). Only those not in memory are named; without a spill this
     /// does nothing.
     pub fn prefetch<'a>(&mut self, upcoming: impl IntoIterator<Item = &'a Keys>) {
-        let Some(sp) = self.spill.as_mut() else {
+        let Some(sp) = self.spill.as_mut().filter(|s| s.prefetches()) else {
             return;
         };
         let (mut keys, mut customers) = (Vec::new(), Vec::new());

@@ -16,6 +16,7 @@
 mod backend;
 pub mod postgres;
 pub mod spill;
+pub mod spill_log;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod testing;
@@ -205,14 +206,6 @@ impl Store {
                 reason: "expected sqlite://PATH, sqlite::memory: or postgres://…".into(),
             }),
         }
-    }
-
-    /// A scratch SQLite database at `path` (see `SqliteStore::open_scratch`): fast
-    /// and not durable, for data of this process only.
-    pub async fn open_scratch(path: &std::path::Path) -> Result<Store, StoreError> {
-        Ok(Store::Sqlite(
-            sqlite::SqliteStore::open_scratch(path).await?,
-        ))
     }
 
     /// The directory of the SQLite database `url` names (`sqlite://PATH`), where a
@@ -2225,46 +2218,6 @@ mod tests {
             "{options:?}"
         );
         s.close().await;
-    }
-
-    /// `replay`'s scratch database: no journal (so no second copy of each page), one
-    /// connection, and the spill's rows written and read back as in the store.
-    #[tokio::test]
-    async fn scratch_database_has_no_journal_and_holds_spilled_contacts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("deeper").join("spill.db");
-        let s = Store::open_scratch(&path).await.unwrap();
-        let Store::Sqlite(inner) = &s else {
-            unreachable!("a scratch database is SQLite")
-        };
-        assert_eq!(inner.journal_mode().await.unwrap(), "off");
-        assert_eq!(inner.temp_store().await.unwrap(), 2);
-        let c = SpilledContact {
-            key: 7,
-            customer: Some(9),
-            first_offer: Some(1),
-            last_ts: 50,
-            body: vec![1, 2, 3].into(),
-        };
-        let batch = SpillBatch {
-            expire_before: None,
-            deletes: vec![],
-            puts: vec![c.clone()],
-        };
-        s.apply_deltas_and_spill("replay", Vec::new(), Some(&batch))
-            .await
-            .unwrap();
-        assert_eq!(s.spill_get("replay", 7, 0).await.unwrap(), Some(c.clone()));
-        assert_eq!(s.spill_customer("replay", 9, 0).await.unwrap(), vec![c]);
-        assert!(all_rows(&s).await.is_empty(), "no snapshot rows written");
-        s.close().await;
-        assert!(path.exists());
-        // No write-ahead log or rollback journal beside it.
-        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, ["spill.db"]);
     }
 
     #[test]

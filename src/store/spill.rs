@@ -356,6 +356,10 @@ impl Spill for StoreSpill {
     /// (and of their customers, which come back with them), then of the named
     /// customers: a statement per 64 keys. What was read before is forgotten, so
     /// `known` holds one batch's worth.
+    fn prefetches(&self) -> bool {
+        true
+    }
+
     fn prefetch(&mut self, keys: &[Key], customers: &[Key]) {
         self.known.clear();
         self.known_customers.clear();
@@ -434,7 +438,7 @@ fn block_on<F: Future>(rt: &tokio::runtime::Handle, f: F) -> F::Output {
 /// of any day has all its bits. Hand-written rather than a crate: the keys need no
 /// hashing, and dropping by day is the point.
 #[derive(Default)]
-struct DayBlooms {
+pub(super) struct DayBlooms {
     days: BTreeMap<i64, Vec<Layer>>,
 }
 
@@ -442,7 +446,7 @@ struct DayBlooms {
 const PROBES: u64 = 7;
 const FIRST_CAPACITY: usize = 1 << 14;
 
-struct Layer {
+pub(super) struct Layer {
     bits: Vec<u64>,
     capacity: usize,
     len: usize,
@@ -453,7 +457,7 @@ struct Layer {
 const BLOCK_WORDS: usize = 8;
 
 impl Layer {
-    fn new(capacity: usize) -> Layer {
+    pub(super) fn new(capacity: usize) -> Layer {
         // 10 bits per key, rounded up to a power of two of blocks for masking.
         let bits = (capacity * 10).next_power_of_two().max(64 * BLOCK_WORDS);
         Layer {
@@ -474,21 +478,21 @@ impl Layer {
         })
     }
 
-    fn insert(&mut self, key: Key) {
+    pub(super) fn insert(&mut self, key: Key) {
         for p in self.positions(key) {
             self.bits[p / 64] |= 1 << (p % 64);
         }
         self.len += 1;
     }
 
-    fn contains(&self, key: Key) -> bool {
+    pub(super) fn contains(&self, key: Key) -> bool {
         self.positions(key)
             .all(|p| self.bits[p / 64] & (1 << (p % 64)) != 0)
     }
 }
 
 impl DayBlooms {
-    fn insert(&mut self, day: i64, key: Key) {
+    pub(super) fn insert(&mut self, day: i64, key: Key) {
         if let Some(l) = self
             .days
             .get_mut(&day)
@@ -515,11 +519,11 @@ impl DayBlooms {
         self.days.entry(day).or_default().push(l);
     }
 
-    fn contains(&self, key: Key) -> bool {
+    pub(super) fn contains(&self, key: Key) -> bool {
         self.days.values().flatten().any(|l| l.contains(key))
     }
 
-    fn drop_before(&mut self, day: i64) {
+    pub(super) fn drop_before(&mut self, day: i64) {
         self.days = self.days.split_off(&day);
     }
 }

@@ -120,27 +120,6 @@ impl SqlxStore<Sqlite> {
         Ok(SqlxStore::new(pool))
     }
 
-    /// Open a scratch database at `path` (created; any earlier file replaced) for what
-    /// only this process reads and nothing needs after it: `replay`'s spilled contacts.
-    /// No journal and no syncs: a crash loses the file's contents, and a replay
-    /// that crashed starts over anyway (it replaces its partition), so the write-ahead
-    /// log's second copy of every page, and its checkpoints, bought nothing there. One
-    /// connection, holding the file's lock for the process's life.
-    pub async fn open_scratch(path: &Path) -> Result<SqliteStore, StoreError> {
-        create_parent_dir(path).await?;
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Off)
-            .synchronous(SqliteSynchronous::Off)
-            .locking_mode(sqlx::sqlite::SqliteLockingMode::Exclusive)
-            .pragma("temp_store", "memory")
-            .row_buffer_size(ROW_BUFFER);
-        let pool = one_connection().connect_with(options).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqlxStore::new(pool))
-    }
-
     #[cfg(test)]
     pub(super) async fn journal_mode(&self) -> Result<String, sqlx::Error> {
         sqlx::query_scalar("PRAGMA journal_mode")
