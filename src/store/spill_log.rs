@@ -146,12 +146,58 @@ impl Cursor {
     }
 }
 
+/// A file written only at its end, created by its first write.
+struct AppendFile {
+    path: PathBuf,
+    file: Option<File>,
+    /// Bytes written.
+    len: u64,
+}
+
+impl AppendFile {
+    fn new(path: PathBuf) -> AppendFile {
+        AppendFile {
+            path,
+            file: None,
+            len: 0,
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(
+                File::options()
+                    .create_new(true)
+                    .read(true)
+                    .append(true)
+                    .open(&self.path)?,
+            ),
+        };
+        file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        self.file
+            .as_ref()
+            .ok_or_else(corrupt)?
+            .read_exact_at(buf, at)
+    }
+
+    fn remove(&self) -> std::io::Result<()> {
+        match self.file {
+            Some(_) => std::fs::remove_file(&self.path),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Locations by key (a contact's, or a customer's: several per key), in memory and
 /// in runs of one index file.
 struct Index {
-    path: PathBuf,
-    file: Option<File>,
-    file_len: u64,
+    file: AppendFile,
     /// Not written yet (a contact has one location, a customer usually one).
     mem: HashMap<Key, SmallVec<[Loc; 1]>>,
     mem_len: usize,
@@ -161,9 +207,7 @@ struct Index {
 impl Index {
     fn new(path: PathBuf) -> Index {
         Index {
-            path,
-            file: None,
-            file_len: 0,
+            file: AppendFile::new(path),
             mem: HashMap::new(),
             mem_len: 0,
             runs: Vec::new(),
@@ -197,7 +241,7 @@ impl Index {
 
     fn begin_run(&self, len: usize) -> RunWriter {
         RunWriter {
-            start: self.file_len,
+            start: self.file.len,
             len: 0,
             fences: Vec::with_capacity(len.div_ceil(BLOCK)),
             bloom: Layer::new(len.max(1)),
@@ -231,20 +275,9 @@ impl Index {
         Ok(())
     }
 
-    /// `bytes` to the end of the file (created on first use), then cleared.
+    /// `bytes` to the end of the file, then cleared.
     fn append(&mut self, bytes: &mut Vec<u8>) -> std::io::Result<()> {
-        let file = match &mut self.file {
-            Some(f) => f,
-            None => self.file.insert(
-                File::options()
-                    .create_new(true)
-                    .read(true)
-                    .append(true)
-                    .open(&self.path)?,
-            ),
-        };
-        file.write_all(bytes)?;
-        self.file_len += bytes.len() as u64;
+        self.file.append(bytes)?;
         bytes.clear();
         Ok(())
     }
@@ -294,11 +327,8 @@ impl Index {
     }
 
     fn read_entries(&self, start: u64, n: usize) -> std::io::Result<Vec<(Key, Loc)>> {
-        let Some(file) = &self.file else {
-            return Ok(Vec::new());
-        };
         let mut bytes = vec![0; n * ENTRY_BYTES];
-        file.read_exact_at(&mut bytes, start)?;
+        self.file.read_exact_at(&mut bytes, start)?;
         Ok(bytes.chunks_exact(ENTRY_BYTES).map(decode_entry).collect())
     }
 
@@ -331,10 +361,8 @@ impl Index {
 
 /// One day of `last_ts`: its bodies and their two indexes.
 struct Day {
-    bodies_path: PathBuf,
-    bodies: Option<File>,
-    /// Bytes written to the file; offsets from here on are in `tail`.
-    written: u64,
+    /// Records up to its length; those after it are in `tail`.
+    bodies: AppendFile,
     tail: Vec<u8>,
     keys: Index,
     customers: Index,
@@ -345,9 +373,7 @@ struct Day {
 impl Day {
     fn new(dir: &Path, day: i64) -> Day {
         Day {
-            bodies_path: dir.join(format!("day{day}.bodies")),
-            bodies: None,
-            written: 0,
+            bodies: AppendFile::new(dir.join(format!("day{day}.bodies"))),
             tail: Vec::new(),
             keys: Index::new(dir.join(format!("day{day}.keys"))),
             customers: Index::new(dir.join(format!("day{day}.customers"))),
@@ -356,22 +382,11 @@ impl Day {
     }
 
     fn append(&mut self, c: &SpilledContact, seq: u64, tail_bytes: usize) -> std::io::Result<Loc> {
-        let off = self.written + self.tail.len() as u64;
+        let off = self.bodies.len + self.tail.len() as u64;
         encode_record(c, &mut self.tail);
-        let len = (self.written + self.tail.len() as u64 - off) as u32;
+        let len = (self.bodies.len + self.tail.len() as u64 - off) as u32;
         if self.tail.len() >= tail_bytes {
-            let file = match &mut self.bodies {
-                Some(f) => f,
-                None => self.bodies.insert(
-                    File::options()
-                        .create_new(true)
-                        .read(true)
-                        .append(true)
-                        .open(&self.bodies_path)?,
-                ),
-            };
-            file.write_all(&self.tail)?;
-            self.written += self.tail.len() as u64;
+            self.bodies.append(&self.tail)?;
             self.tail.clear();
         }
         Ok(Loc { seq, off, len })
@@ -379,27 +394,19 @@ impl Day {
 
     fn read(&self, loc: Loc) -> std::io::Result<SpilledContact> {
         let len = loc.len as usize;
-        if loc.off >= self.written {
-            let at = (loc.off - self.written) as usize;
+        if loc.off >= self.bodies.len {
+            let at = (loc.off - self.bodies.len) as usize;
             return decode_record(self.tail.get(at..at + len).ok_or_else(corrupt)?);
         }
-        let file = self.bodies.as_ref().ok_or_else(corrupt)?;
         let mut bytes = vec![0; len];
-        file.read_exact_at(&mut bytes, loc.off)?;
+        self.bodies.read_exact_at(&mut bytes, loc.off)?;
         decode_record(&bytes)
     }
 
     fn remove_files(&self) -> std::io::Result<()> {
-        for (open, path) in [
-            (self.bodies.is_some(), &self.bodies_path),
-            (self.keys.file.is_some(), &self.keys.path),
-            (self.customers.file.is_some(), &self.customers.path),
-        ] {
-            if open {
-                std::fs::remove_file(path)?;
-            }
-        }
-        Ok(())
+        self.bodies.remove()?;
+        self.keys.file.remove()?;
+        self.customers.file.remove()
     }
 }
 
