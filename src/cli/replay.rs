@@ -40,8 +40,9 @@ pub struct Args {
     /// contacts while the replay runs go (a directory of their own in DIR, removed when
     /// it ends). Default: beside the SQLite store, or the system's temporary directory
     /// with PostgreSQL.
-    /// It needs room for the packed contacts of the correction horizon (~250 bytes a
-    /// contact); a `/tmp` kept in RAM (tmpfs) would hold them in memory again.
+    /// It needs room for the packed contacts of the correction horizon and their
+    /// indexes (~450 bytes a contact: 100 MB at most for 3 M events of a 10,000-agent
+    /// centre); a `/tmp` kept in RAM (tmpfs) would hold them in memory again.
     #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
 }
