@@ -156,12 +156,6 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
             Item::Batch(b) => b,
         };
-        // The spill fetches the batch's spilled contacts in a few round trips, rather
-        // than one per event that reaches one.
-        batch.with_dependent(|_, decoded| {
-            // A reject's keys name no contact or customer: nothing to fetch.
-            pipe.engine.prefetch(&decoded.keys)
-        });
         // Record `next` of the batch is applied next; events are applied where they
         // lie in the batch, not moved out of it.
         let mut next = 0;

@@ -1562,11 +1562,12 @@ impl Engine {
 
     /// Tell the spill which contacts and customers the events whose keys are `upcoming`
     /// (about to be applied, in any order) will look up, so that it can fetch them
-    /// together: one round trip per batch instead of one per event (`replay` calls it
-    /// per decoded batch). Only those not in memory are named; without a spill this
-    /// does nothing.
+    /// together: one round trip per batch instead of one per event (for a store-backed
+    /// spill fed in batches; `replay`'s local files need no prefetch and it does not
+    /// call this). Only those not in memory are named; without a spill this does
+    /// nothing.
     pub fn prefetch<'a>(&mut self, upcoming: impl IntoIterator<Item = &'a Keys>) {
-        let Some(sp) = self.spill.as_mut().filter(|s| s.prefetches()) else {
+        let Some(sp) = self.spill.as_mut() else {
             return;
         };
         let (mut keys, mut customers) = (Vec::new(), Vec::new());

@@ -88,11 +88,6 @@ pub trait Spill: Send {
     /// fetches the ones it may hold together, so that the look-ups that follow are
     /// answered from memory. Answers must stay exactly what they would be without it.
     fn prefetch(&mut self, _keys: &[ContactKey], _customers: &[CustomerKey]) {}
-    /// Whether [`Spill::prefetch`] does anything (the engine then skips collecting
-    /// the keys for it).
-    fn prefetches(&self) -> bool {
-        false
-    }
     /// The error that made answers unreliable since it was last asked, if any: a
     /// spill whose failures will not heal by retrying (local files) answers on, and
     /// its user must stop before anything answered after the error is stored.

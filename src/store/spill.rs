@@ -356,10 +356,6 @@ impl Spill for StoreSpill {
     /// (and of their customers, which come back with them), then of the named
     /// customers: a statement per 64 keys. What was read before is forgotten, so
     /// `known` holds one batch's worth.
-    fn prefetches(&self) -> bool {
-        true
-    }
-
     fn prefetch(&mut self, keys: &[Key], customers: &[Key]) {
         self.known.clear();
         self.known_customers.clear();
