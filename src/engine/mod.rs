@@ -398,6 +398,14 @@ pub(crate) struct Contact {
     /// change (see there). Fits in the padding the struct has anyway.
     #[serde(skip)]
     queued: bool,
+    /// Known at packing time to be free to leave memory as far as its own events and
+    /// facts go: finished, and no fact waiting for its agent's team. False means
+    /// "decode to find out" ([`Engine::spillable`]): so it is after a restore or a
+    /// load from the spill. Packed contacts never change, so the answer holds until
+    /// the next unpack; without it every spill candidate was decoded (~2.5 % of the
+    /// engine thread of a spilling replay, docs/performance.md, "twenty-sixth round").
+    #[serde(skip)]
+    spill_ok: bool,
 }
 
 impl Default for Contact {
@@ -413,6 +421,7 @@ impl Default for Contact {
             shared: false,
             stale: false,
             queued: false,
+            spill_ok: false,
         }
     }
 }
@@ -468,10 +477,16 @@ impl Contact {
     /// Encode events and facts into `packed` (postcard's bytes, written by
     /// [`packed::encode`]). Times are stored relative to the first event, so
     /// variable-length integers keep them to a few bytes.
-    fn pack(&mut self) {
+    /// `unknown` is the engine's team symbol for an agent whose team is not known yet.
+    fn pack(&mut self, unknown: Sym) {
         if self.packed.is_some() {
             return;
         }
+        self.spill_ok = !never_finished_events(&self.events)
+            && !self
+                .facts
+                .iter()
+                .any(|f| f.agent.is_some() && f.team == unknown);
         let base = self.events.first().map_or(0, |e| e.ts);
         // Encoded into a reused buffer, then copied once into an exact-size box: the
         // encoder growing a fresh vector cost several reallocations per contact.
@@ -499,6 +514,7 @@ impl Contact {
         let Some(bytes) = self.packed.take() else {
             return;
         };
+        self.spill_ok = false;
         type Body = (Millis, ThinVec<CEvent>, ThinVec<Fact>);
         // The bytes are our own encoding of the same types, made by `pack`: decoding
         // them cannot fail short of memory corruption.
@@ -885,9 +901,10 @@ impl Engine {
         }
         // An event turned away leaves a packed contact packed: its queue entry is
         // gone, so nothing would pack it again.
+        let unknown = self.unknown;
         let repack = |contacts: &mut KeyTable<Contact>| {
             if was_packed && let Some(c) = contact_key.and_then(|ck| contacts.get_mut(&ck)) {
-                c.pack();
+                c.pack(unknown);
             }
         };
         if contact_key.is_none() {
@@ -1376,7 +1393,7 @@ impl Engine {
                 continue;
             }
             c.queued = false;
-            c.pack();
+            c.pack(self.unknown);
             if self.spill.is_some() {
                 self.spill_queue.push_back((c.touched, ck));
             }
@@ -1446,6 +1463,12 @@ impl Engine {
         if c.packed.is_none() || c.touched > due || self.floor.waiting.contains_key(ck) {
             return false;
         }
+        c.spill_ok || self.free_to_spill_decoded(c)
+    }
+
+    /// [`Engine::spillable`]'s check of a packed contact's own events and facts, by
+    /// decoding them: for contacts not known free at packing ([`Contact::spill_ok`]).
+    fn free_to_spill_decoded(&self, c: &Contact) -> bool {
         let Some((events, facts)) = c.peek() else {
             return false;
         };

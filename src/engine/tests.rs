@@ -827,6 +827,76 @@ fn packing_settled_contacts_changes_no_figure() {
     assert_eq!(always.stats(), never.stats());
 }
 
+/// The bit packing sets so that a spill candidate need not be decoded
+/// (`Contact::spill_ok`) never lets go a contact that decoding would keep (unfinished,
+/// or with a fact waiting for its agent's team), across a checkpoint (which drops the
+/// bit, so decoding decides again); and, before that, it is set for most packed
+/// contacts, or it would save nothing.
+#[test]
+fn the_spill_bit_never_frees_what_decoding_keeps() {
+    use crate::source::sim::Simulator;
+    let mut sim = Simulator::new(small_centre(13));
+    let mut e = Engine::new(EngineConfig {
+        pack_after_ms: 0,
+        live: false,
+        ..EngineConfig::default()
+    });
+    let (mut known_free, mut decoded_free, mut kept) = (0u64, 0u64, 0u64);
+    for i in 0..40_000 {
+        let line = sim.next_line().1;
+        let Ok(ev) = decode(line.as_bytes()) else {
+            continue;
+        };
+        e.apply(ev.into_owned());
+        if i % 500 == 499 {
+            e.flush();
+            for (_, c) in e.contacts.iter().filter(|(_, c)| c.packed.is_some()) {
+                let decoded = e.free_to_spill_decoded(c);
+                match (c.spill_ok, decoded) {
+                    (true, false) => panic!("packed as free, but decoding keeps it: {c:?}"),
+                    (false, false) => kept += 1,
+                    // Restored contacts are all decoded: count before the checkpoint.
+                    (true, true) if i < 20_000 => known_free += 1,
+                    (false, true) if i < 20_000 => decoded_free += 1,
+                    _ => {}
+                }
+            }
+        }
+        if i == 20_000 {
+            let bytes = e.checkpoint().unwrap();
+            e = Engine::restore(e.config().clone(), &bytes).unwrap();
+        }
+    }
+    assert!(kept > 0, "no packed contact was held back ({kept})");
+    // The simulated agents' teams are known: a contact answered by an agent whose team
+    // no event has named yet, finished, packed.
+    let mut e = Engine::new(EngineConfig {
+        pack_after_ms: 0,
+        live: false,
+        ..EngineConfig::default()
+    });
+    let nameless = |id: &str, kind: &str, secs: f64| {
+        ev(id, kind, secs, &format!(r#"{},"agent_id":"nn""#, c("t1")))
+    };
+    e.apply(offered("t1", "t1", 0.0, "q"));
+    e.apply(nameless("t2", "contact.answered", 10.0));
+    e.apply(nameless("t3", "contact.ended", 100.0));
+    e.apply(nameless("t4", "contact.wrapped", 110.0));
+    e.apply(offered("t5", "later", 4_000.0, "q"));
+    e.flush();
+    let c1 = &e.contacts[&key_of("t1")];
+    assert!(c1.packed.is_some());
+    assert!(
+        !c1.spill_ok,
+        "packed as free while its facts wait for a team"
+    );
+    assert!(!e.free_to_spill_decoded(c1));
+    assert!(
+        known_free > 10 * decoded_free,
+        "the bit spared few decodings: {known_free} known free, {decoded_free} decoded free"
+    );
+}
+
 /// Applying a settle's facts on a helper thread must change no figure: the same
 /// simulated stream through an engine that always lends its windows to a helper and
 /// one that never does gives identical snapshots at every flush, and identical stats.
@@ -1375,7 +1445,7 @@ fn a_contact_gets_room_for_a_typical_contact_at_once() {
     assert_eq!(e.contacts[&key_of("c1")].events.as_ptr(), first);
     // Packed, it is held at its exact length; a new event unpacks it and the list
     // grows past the first room as a vector does.
-    e.contacts.get_mut(&key_of("c1")).unwrap().pack();
+    e.contacts.get_mut(&key_of("c1")).unwrap().pack(e.unknown);
     e.apply(with_agent("e99", "contact.routed", "c1", 99.0, "a1"));
     assert_eq!(e.contacts[&key_of("c1")].events.len(), FIRST_EVENTS + 1);
     assert!(room(&e) > FIRST_EVENTS);
