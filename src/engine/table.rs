@@ -12,8 +12,14 @@
 //! the look-up runs its lines are in cache: `replay` knows the next events of its
 //! decoded batch, and `settle` and the pack queue know their lists.
 //!
+//! The slab is allocated in chunks of [`SLAB_CHUNK`] entries that never move: a `Vec`
+//! slab was copied whole at every reallocation (tens to hundreds of MB on a long
+//! replay), its old copy alive beside the new one until given back, and the copying
+//! with its first touches of the new pages was ~3 % of `parse_bench engine`'s samples
+//! (docs/performance.md, "twenty-sixth round").
+//!
 //! Removal moves the slab's last entry into the hole (the slab stays dense: iteration
-//! is a slice walk) and shifts the index's probe run back (no tombstones, so heavy
+//! is a walk over the chunks) and shifts the index's probe run back (no tombstones, so heavy
 //! removal never makes the table grow: with the spill taking contacts and customers
 //! out at every flush, a `HashMap`'s tombstones made it double, old and new table
 //! alive at once, unless it was rebuilt every so often).
@@ -47,15 +53,143 @@ const MIN_INDEX: usize = 16;
 pub(crate) struct KeyTable<V> {
     /// Length 0 or a power of two, at most half full.
     index: Vec<Entry>,
-    slab: Vec<(Key, V)>,
+    slab: Slab<(Key, V)>,
 }
 
 impl<V> Default for KeyTable<V> {
     fn default() -> Self {
         KeyTable {
             index: Vec::new(),
-            slab: Vec::new(),
+            slab: Slab::default(),
         }
+    }
+}
+
+/// Entries in each slab chunk after the first (the first grows to it as a `Vec`
+/// does, so a small table stays small): 4,096 contacts are 384 KiB.
+const CHUNK_SHIFT: u32 = 12;
+pub(crate) const SLAB_CHUNK: usize = 1 << CHUNK_SHIFT;
+
+/// A vector in chunks of [`SLAB_CHUNK`] entries: entry `i` is entry `i % SLAB_CHUNK`
+/// of chunk `i / SLAB_CHUNK`. Every chunk but the last is full, and the last is not
+/// empty; so at most one chunk's room is unused, plus `spare`.
+#[derive(Clone, Debug)]
+struct Slab<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+    /// The last chunk emptied by removals, kept for the next growth, so that a table
+    /// going back and forth across a chunk's boundary does not allocate every time.
+    spare: Option<Vec<T>>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            chunks: Vec::new(),
+            len: 0,
+            spare: None,
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    fn with_capacity(n: usize) -> Self {
+        let mut s = Slab::default();
+        if n > 0 {
+            s.chunks.push(Vec::with_capacity(n.min(SLAB_CHUNK)));
+        }
+        s
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Entries it has room for without allocating.
+    fn capacity(&self) -> usize {
+        let last = self.chunks.last().map_or(0, |c| c.capacity() - c.len());
+        self.len + last + self.spare.as_ref().map_or(0, Vec::capacity)
+    }
+
+    fn push(&mut self, v: T) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < SLAB_CHUNK => {
+                if c.len() == c.capacity() {
+                    // The first chunk grows by doubling, but never past a chunk.
+                    c.reserve_exact(c.len().max(4).min(SLAB_CHUNK - c.len()));
+                }
+                c.push(v);
+            }
+            _ => {
+                let first = self.chunks.is_empty();
+                let mut c = self
+                    .spare
+                    .take()
+                    .unwrap_or_else(|| Vec::with_capacity(if first { 4 } else { SLAB_CHUNK }));
+                c.push(v);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Remove entry `i`, moving the last entry into its place.
+    fn swap_remove(&mut self, i: usize) -> T {
+        assert!(i < self.len, "slab index {i} out of {}", self.len);
+        let Some(chunk) = self.chunks.last_mut() else {
+            unreachable!("a slab with entries has a last chunk");
+        };
+        let Some(last) = chunk.pop() else {
+            unreachable!("the last chunk is never empty");
+        };
+        if chunk.is_empty() {
+            self.spare = self.chunks.pop();
+        }
+        self.len -= 1;
+        if i == self.len {
+            last
+        } else {
+            std::mem::replace(&mut self[i], last)
+        }
+    }
+
+    /// Give back room no longer needed: the spare chunk, and the first chunk's room
+    /// past a quarter more than it holds when it is the only one.
+    fn shrink(&mut self) {
+        self.spare = None;
+        if let [only] = self.chunks.as_mut_slice()
+            && only.capacity() > 2 * only.len() + MIN_INDEX
+        {
+            only.shrink_to(only.len() + only.len() / 4);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.chunks.iter_mut().flatten()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Slab<T> {
+    type Output = T;
+    #[inline]
+    fn index(&self, i: usize) -> &T {
+        &self.chunks[i >> CHUNK_SHIFT][i & (SLAB_CHUNK - 1)]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Slab<T> {
+    #[inline]
+    fn index_mut(&mut self, i: usize) -> &mut T {
+        &mut self.chunks[i >> CHUNK_SHIFT][i & (SLAB_CHUNK - 1)]
     }
 }
 
@@ -88,7 +222,7 @@ impl<V> KeyTable<V> {
     pub(crate) fn with_capacity(n: usize) -> Self {
         let mut t = KeyTable {
             index: Vec::new(),
-            slab: Vec::with_capacity(n),
+            slab: Slab::with_capacity(n),
         };
         t.rebuild_index(n);
         t
@@ -254,20 +388,12 @@ impl<V> KeyTable<V> {
     }
 
     /// Release room the table no longer needs after many removals (the index stays at
-    /// most half and at least an eighth full) and make room ahead of growth: called
-    /// at flushes, so the slab grows there by half when less than an eighth is left,
-    /// rather than doubling at whatever insert finds it full.
+    /// most half and at least an eighth full; the slab keeps at most one chunk's room
+    /// unused). Called at flushes. The slab needs no room made ahead of growth: a new
+    /// chunk copies nothing.
     pub(crate) fn compact(&mut self) {
         let len = self.slab.len();
-        let cap = self.slab.capacity();
-        // Grown to 1.5× when less than an eighth is left, shrunk to 1.25× past 2×:
-        // the gap between the two keeps a steadily growing table from being copied
-        // at every flush.
-        if cap - len < len / 8 {
-            self.slab.reserve_exact(len / 2);
-        } else if cap > 2 * len + MIN_INDEX {
-            self.slab.shrink_to(len + len / 4);
-        }
+        self.slab.shrink();
         if self.index.len() > (len * 8).max(MIN_INDEX) {
             self.rebuild_index(len * 2);
         }
@@ -338,9 +464,9 @@ impl<V> FromIterator<(Key, V)> for KeyTable<V> {
 
 impl<V> IntoIterator for KeyTable<V> {
     type Item = (Key, V);
-    type IntoIter = std::vec::IntoIter<(Key, V)>;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<(Key, V)>>>;
     fn into_iter(self) -> Self::IntoIter {
-        self.slab.into_iter()
+        self.slab.chunks.into_iter().flatten()
     }
 }
 
@@ -348,7 +474,7 @@ impl<V> IntoIterator for KeyTable<V> {
 impl<V: Serialize> Serialize for KeyTable<V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(self.len()))?;
-        for (k, v) in &self.slab {
+        for (k, v) in self.slab.iter() {
             m.serialize_entry(k, v)?;
         }
         m.end()
@@ -468,19 +594,61 @@ mod tests {
         }
         assert_eq!(t.len(), 20 * 1_000);
         check_invariants_u64(&t);
-        // Index at most 8 entries per held key after compaction; slab near its length.
+        // Index at most 8 entries per held key after compaction; slab room at most one
+        // chunk's.
         t.compact();
         assert!(t.index.len() <= 8 * t.len(), "index {}", t.index.len());
         assert!(
-            t.capacity() <= t.len() * 2 + MIN_INDEX,
+            t.capacity() <= t.len() + SLAB_CHUNK,
             "slab {}",
             t.capacity()
         );
+        assert!(t.capacity() >= t.len(), "slab {}", t.capacity());
+    }
+
+    /// Entries never move when the slab grows (a chunk is never reallocated once
+    /// full), a small table stays small, and a table going back and forth across a
+    /// chunk's boundary reuses its spare chunk.
+    #[test]
+    fn the_slab_grows_by_chunks_without_moving_entries() {
+        let mut t: KeyTable<u64> = KeyTable::default();
+        for k in 0..10u128 {
+            t.insert(k, 0);
+        }
+        assert!(t.capacity() < 64, "a small table took {}", t.capacity());
+        let first = &t.slab[0] as *const (u128, u64);
+        let n = 3 * SLAB_CHUNK as u128 + 5;
+        for k in 10..n {
+            t.insert(k, k as u64);
+        }
+        // The first chunk grew as a vector while it was the only one; from the second
+        // chunk on, nothing moves.
+        let second = &t.slab[SLAB_CHUNK] as *const (u128, u64);
+        assert_ne!(first, std::ptr::null());
+        for k in n..n + 5 * SLAB_CHUNK as u128 {
+            t.insert(k, k as u64);
+        }
+        assert_eq!(&t.slab[SLAB_CHUNK] as *const (u128, u64), second);
+        assert_eq!(t.slab.chunks.len(), t.len().div_ceil(SLAB_CHUNK));
         assert!(
-            t.capacity() >= t.len() + t.len() / 4,
-            "slab {}",
-            t.capacity()
+            t.slab.chunks[..t.slab.chunks.len() - 1]
+                .iter()
+                .all(|c| c.len() == SLAB_CHUNK && c.capacity() == SLAB_CHUNK)
         );
+        check_invariants_u64(&t);
+        // Across a boundary: the emptied chunk is kept and taken again.
+        let len = t.len() as u128;
+        let boundary = (t.len() / SLAB_CHUNK * SLAB_CHUNK) as u128;
+        for k in (boundary..len).rev() {
+            assert_eq!(t.remove(&k), Some(k as u64));
+        }
+        assert_eq!(t.len() % SLAB_CHUNK, 0);
+        let spare = t.slab.spare.as_ref().map(|c| c.as_ptr());
+        assert!(spare.is_some(), "the emptied chunk is kept");
+        t.insert(len + 1, 1);
+        assert_eq!(t.slab.chunks.last().map(|c| c.as_ptr()), spare);
+        assert!(t.slab.spare.is_none());
+        check_invariants_u64(&t);
     }
 
     fn check_invariants_u64(t: &KeyTable<u64>) {
