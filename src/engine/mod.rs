@@ -482,11 +482,8 @@ impl Contact {
         if self.packed.is_some() {
             return;
         }
-        self.spill_ok = !never_finished_events(&self.events)
-            && !self
-                .facts
-                .iter()
-                .any(|f| f.agent.is_some() && f.team == unknown);
+        // No agent's team is known here: a fact under `unknown` counts as waiting.
+        self.spill_ok = free_to_spill(&self.events, &self.facts, unknown, |_| false);
         let base = self.events.first().map_or(0, |e| e.ts);
         // Encoded into a reused buffer, then copied once into an exact-size box: the
         // encoder growing a fresh vector cost several reallocations per contact.
@@ -1472,11 +1469,9 @@ impl Engine {
         let Some((events, facts)) = c.peek() else {
             return false;
         };
-        !never_finished_events(&events)
-            && !facts.iter().any(|f| {
-                f.agent
-                    .is_some_and(|a| f.team == self.unknown && !self.agent_team.contains_key(&a))
-            })
+        free_to_spill(&events, &facts, self.unknown, |a| {
+            self.agent_team.contains_key(&a)
+        })
     }
 
     /// Make contact `ck` held in memory if it was spilled, with its customer's other
@@ -1999,6 +1994,21 @@ fn never_finished(c: &Contact) -> bool {
         Some((events, _)) => never_finished_events(&events),
         None => never_finished_events(&c.events),
     }
+}
+
+/// Whether a contact's own events and facts let it leave memory: every handling
+/// finished, and no fact waits for its agent's team (a fact under team `unknown`
+/// whose agent's team `team_known` does not know yet).
+fn free_to_spill(
+    events: &[CEvent],
+    facts: &[Fact],
+    unknown: Sym,
+    team_known: impl Fn(Sym) -> bool,
+) -> bool {
+    !never_finished_events(events)
+        && !facts
+            .iter()
+            .any(|f| f.team == unknown && f.agent.is_some_and(|a| !team_known(a)))
 }
 
 fn never_finished_events(events: &[CEvent]) -> bool {
