@@ -77,6 +77,12 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --lib --bins --tests --locked 2>&1 | tee "$log"
+# The whole binary on a simulated centre: the figures against an independent SQL
+# definition (DuckDB), and unchanged by flush cadence, spilling, split or doubled
+# input, the PostgreSQL store and shuffled lines (docs/reliability.md, "Agreement at
+# scale"; the full run is scripts/agree.sh without --quick).
+echo "== agreement of a replay's figures (scripts/agree.sh --quick)"
+bash scripts/agree.sh --quick
 # jemalloc's statistics are a build feature (off by default: they cost CPU): the code
 # behind it is linted and its tests run in such a build (the library's memory tests,
 # and the daemon's /metrics and status end to end).
