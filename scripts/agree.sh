@@ -25,18 +25,24 @@
 #                     well inside the allowed lateness)
 # Exit status 1 when any check fails; the differing files stay in $AGREE_OUT.
 #
-# Environment: BIN (a ccmetrics binary; default: target/release/ccmetrics, or with
-# --quick target/debug/ccmetrics, built first so that they are current), AGREE_OUT (target/agree), CCMETRICS_TEST_PG (PostgreSQL
-# server URL, default postgres://postgres@127.0.0.1:5432: a database of its own is
-# created and dropped), DUCKDB_PY (a python with duckdb; else a venv is made once under
-# ~/.cache/ccmetrics, from PyPI).
+# Environment:
+#   BIN               a ccmetrics binary; default target/release/ccmetrics, or with
+#                     --quick target/debug/ccmetrics, built first so that it is current
+#   AGREE_OUT         where the reports go (target/agree)
+#   CCMETRICS_TEST_PG a database URL on the PostgreSQL server to use, as for the tests
+#                     (postgres://postgres@127.0.0.1:5432/test); a database of its own
+#                     is created beside it and dropped
+#   DUCKDB_PY         a python with duckdb; else a venv is made once under
+#                     ~/.cache/ccmetrics, from PyPI
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 OUT=${AGREE_OUT:-target/agree}
-PG=${CCMETRICS_TEST_PG:-postgres://postgres@127.0.0.1:5432}
+# The tests' variable names a database on the server; ours is created beside it.
+PG=${CCMETRICS_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}
+PG=${PG%/*}
 if [ $quick = 1 ]; then
   [ -n "${BIN:-}" ] || { cargo build --locked --bin ccmetrics; BIN=target/debug/ccmetrics; }
   # name events agents queues contacts-per-hour seed: 60 k events, about six hours of
