@@ -82,7 +82,9 @@ cargo test --lib --bins --tests --locked 2>&1 | tee "$log"
 # input, the PostgreSQL store and shuffled lines (docs/reliability.md, "Agreement at
 # scale"; the full run is scripts/agree.sh without --quick).
 echo "== agreement of a replay's figures (scripts/agree.sh --quick)"
-bash scripts/agree.sh --quick
+# `cargo test` has just built target/debug/ccmetrics for the end-to-end tests (a build
+# of its own would compile the dependencies again with other features).
+BIN=target/debug/ccmetrics bash scripts/agree.sh --quick
 # jemalloc's statistics are a build feature (off by default: they cost CPU): the code
 # behind it is linted and its tests run in such a build (the library's memory tests,
 # and the daemon's /metrics and status end to end).
