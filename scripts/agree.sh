@@ -6,14 +6,15 @@
 #   scripts/agree.sh --quick    # two small centres (what scripts/test.sh runs, ~15 s)
 #
 # For each simulated centre (`ccmetrics generate`: a shape of agents, queues and load)
-# it replays the events once as the reference and exports five reports (15m / queue,
-# 1d / agent, 1h / team, 1h / channel, 1d / all). Then:
+# it replays the events once as the reference, exports five reports (15m / queue,
+# 1d / agent, 1h / team, 1h / channel, 1d / all) and scores the agents. Then:
 #   1. DuckDB SQL (benches/duckdb/: written from docs/metrics.md, not from the engine)
 #      computes the 15m / queue and 1d / agent counts of the centres in UTC (its
 #      buckets are UTC's); benches/duckdb/compare.py must say "agree" for both.
-#   2. Each variant below must export the same five reports, byte for byte except the
-#      `revision` column (it counts the flushes that touched a row, so it depends on
-#      the flush cadence by definition):
+#   2. Each variant below must export the same five reports and the same period scores
+#      (`score --period 2026-11` with each scheme of config/schemes/), byte for byte
+#      except the reports' `revision` column (it counts the flushes that touched a row,
+#      so it depends on the flush cadence by definition):
 #        flush-1k     `--flush-every 1000`: many partial flushes, corrections as revisions
 #        flush-none   one flush at the end of the input
 #        spill        settled contacts spilled to scratch files after 15 minutes
@@ -85,13 +86,29 @@ failures=0
 checks=0
 fail() { echo "  FAIL $*"; failures=$((failures + 1)); }
 
-# export_all DB PREFIX DIR: the five reports of a store.
+# export_all DB PREFIX DIR: the five reports of a store and its period scores.
 export_all() {
   local db=$1 p=$2 dir=$3 w d
   for wd in "15m queue" "1d agent" "1h team" "1h channel" "1d all"; do
     read -r w d <<< "$wd"
     CCMETRICS__STORE__URL=$db "$BIN" export --window "$w" --dimension "$d" > "$dir/$p-$w-$d.csv"
   done
+  # The period scores HR reads (config/schemes/), from the day snapshots.
+  for scheme in balanced callcenter ecommerce; do
+    CCMETRICS__STORE__URL=$db "$BIN" score --scheme "config/schemes/$scheme.toml" --period 2026-11 \
+      --out "$dir/$p-score-$scheme" > "$dir/$p-score-$scheme.txt" 2>&1
+    mv "$dir/$p-score-$scheme/scores.csv" "$dir/$p-scores-$scheme.csv"
+    rm -rf "$dir/$p-score-$scheme"
+  done
+}
+
+# comparable FILE: a report without its last column, `revision` (asserted on the header
+# below); a score file as it is.
+comparable() {
+  case "$1" in
+    *-scores-*) cat "$1" ;;
+    *) sed 's/,[0-9]*$//' "$1" ;;
+  esac
 }
 
 # variant DIR NAME DB [env...] -- replay args: replays, exports and compares with the reference.
@@ -109,9 +126,8 @@ variant() {
   for x in "$dir"/ref-*.csv; do
     y=${x/\/ref-/\/$name-}
     checks=$((checks + 1))
-    # The last column is `revision` (asserted on the header below).
-    if ! cmp -s <(sed 's/,[0-9]*$//' "$x") <(sed 's/,[0-9]*$//' "$y"); then
-      differ+=("$(basename "$y") ($({ diff <(sed 's/,[0-9]*$//' "$x") <(sed 's/,[0-9]*$//' "$y") || true; } | awk '/^[<>]/ { n++ } END { print n + 0 }') lines differ)")
+    if ! cmp -s <(comparable "$x") <(comparable "$y"); then
+      differ+=("$(basename "$y") ($({ diff <(comparable "$x") <(comparable "$y") || true; } | awk '/^[<>]/ { n++ } END { print n + 0 }') lines differ)")
     fi
   done
   if [ ${#differ[@]} -eq 0 ]; then
