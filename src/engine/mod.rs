@@ -896,19 +896,11 @@ impl Engine {
             duplicate = c.events.iter().any(|e| e.id_hash == id as u64);
             full = c.events.len() >= MAX_EVENTS_PER_CONTACT;
         }
-        // An event turned away leaves a packed contact packed: its queue entry is
-        // gone, so nothing would pack it again.
-        let unknown = self.unknown;
-        let repack = |contacts: &mut KeyTable<Contact>| {
-            if was_packed && let Some(c) = contact_key.and_then(|ck| contacts.get_mut(&ck)) {
-                c.pack(unknown);
-            }
-        };
         if contact_key.is_none() {
             duplicate = self.seen_by_hour.values().any(|ids| ids.contains(&id));
         }
         if duplicate {
-            repack(&mut self.contacts);
+            self.list_turned_away(contact_key, was_packed);
             self.stats.duplicates += 1;
             return Outcome::Duplicate;
         }
@@ -918,7 +910,7 @@ impl Engine {
                 .rejected
                 .entry(RejectReason::ContactOverflow)
                 .or_default() += 1;
-            repack(&mut self.contacts);
+            self.list_turned_away(contact_key, was_packed);
             return Outcome::Rejected(RejectReason::ContactOverflow);
         }
         if contact_key.is_none() {
@@ -1162,6 +1154,28 @@ impl Engine {
         if !c.stale {
             c.stale = true;
             self.stale.push(ck);
+        }
+    }
+
+    /// A packed contact that was unpacked only to turn an event away (a duplicate, or
+    /// one past [`MAX_EVENTS_PER_CONTACT`]) stays unpacked and is listed for packing
+    /// like a changed contact, so that every unpacked contact is listed. Packing it
+    /// again at once made each further event for it cost a decode and an encode of its
+    /// whole list: a runaway contact at its cap, sent more events, took about 1 ms a
+    /// turned-away event in a dev build (the fuzzer's slow inputs, docs/reliability.md,
+    /// "Fuzzing"). Now a burst of them costs one decode, and one encode `pack_after_ms`
+    /// of event time after the last.
+    fn list_turned_away(&mut self, ck: Option<ContactKey>, was_packed: bool) {
+        let Some(ck) = ck.filter(|_| was_packed) else {
+            return;
+        };
+        let Some(c) = self.contacts.get_mut(&ck) else {
+            return;
+        };
+        match self.max_ts {
+            Some(now) => enqueue(&mut self.pack_queue, c, ck, now),
+            // No clock yet, so nothing was packed by the clock: a restored contact.
+            None => c.pack(self.unknown),
         }
     }
 

@@ -636,6 +636,60 @@ fn runaway_contact_is_capped() {
 }
 
 #[test]
+fn events_turned_away_leave_a_packed_contact_unpacked_and_listed() {
+    // A packed contact is unpacked to check an event against its events. When the
+    // event is turned away (a duplicate, or past the cap), packing it again at once
+    // made every further such event cost a decode and an encode of the whole list
+    // (the fuzzer's slow inputs). It must stay unpacked, listed, and be packed again
+    // once `pack_after_ms` has passed without a change.
+    let mut e = Engine::new(EngineConfig {
+        pack_after_ms: 60_000,
+        live: false,
+        ..EngineConfig::default()
+    });
+    let qa = |id: &str, secs: f64| {
+        ev(
+            id,
+            "qa.scored",
+            secs,
+            r#""contact_id":"same","agent_id":"a","score":50"#,
+        )
+    };
+    for i in 0..MAX_EVENTS_PER_CONTACT {
+        e.apply(qa(&format!("x{i}"), i as f64));
+    }
+    let same = key_of("same");
+    let state = |e: &Engine| {
+        let c = &e.contacts[&same];
+        (c.packed.is_some(), c.queued)
+    };
+    // Another contact's event moves the clock on; the flush packs the full one.
+    e.apply(offered("o1", "other", 2_000.0, "q"));
+    e.flush();
+    assert_eq!(state(&e), (true, false), "packed, not listed");
+
+    for i in 0..20 {
+        e.apply(qa(&format!("y{i}"), 2_000.0)); // past the cap
+        e.apply(qa(&format!("x{i}"), i as f64)); // a duplicate
+        assert_eq!(state(&e), (false, true), "after turned-away event {i}");
+    }
+    assert_eq!(e.stats().duplicates, 20);
+    assert_eq!(
+        e.stats().rejected.get(&RejectReason::ContactOverflow),
+        Some(&20)
+    );
+    assert_eq!(e.contacts[&same].events.len(), MAX_EVENTS_PER_CONTACT);
+
+    // Not due yet a minute of event time later; packed again after more than that.
+    e.apply(offered("o2", "other2", 2_030.0, "q"));
+    e.flush();
+    assert_eq!(state(&e), (false, true), "packed before pack_after_ms");
+    e.apply(offered("o3", "other3", 2_100.0, "q"));
+    e.flush();
+    assert_eq!(state(&e), (true, false), "packed again");
+}
+
+#[test]
 fn team_learned_later_moves_facts_out_of_unknown() {
     let transfer = ev(
         "3",
