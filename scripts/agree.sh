@@ -33,8 +33,8 @@
 #   CCMETRICS_TEST_PG a database URL on the PostgreSQL server to use, as for the tests
 #                     (postgres://postgres@127.0.0.1:5432/test); a database of its own
 #                     is created beside it and dropped
-#   DUCKDB_PY         a python with duckdb; else a venv is made once under
-#                     ~/.cache/ccmetrics, from PyPI
+#   DUCKDB_PY         a python with duckdb; else scripts/duckdb-python.sh makes a
+#                     venv once under ~/.cache/ccmetrics, from PyPI
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,18 +64,7 @@ else
   )
 fi
 
-duckdb_python() {
-  if [ -n "${DUCKDB_PY:-}" ]; then echo "$DUCKDB_PY"; return; fi
-  local venv="$HOME/.cache/ccmetrics/duckdb-venv"
-  if ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
-    echo "== installing duckdb (PyPI) into $venv" >&2
-    mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q duckdb >&2 || { echo "error: could not install duckdb from PyPI" >&2; exit 1; }
-  fi
-  echo "$venv/bin/python"
-}
-PY=$(duckdb_python)
+PY=$(bash scripts/duckdb-python.sh)
 
 db_name="agree_$$"
 export PGOPTIONS="-c client_min_messages=warning"
@@ -113,7 +102,7 @@ comparable() {
 
 # variant DIR NAME DB [env...] -- replay args: replays, exports and compares with the reference.
 variant() {
-  local dir=$1 name=$2 db=$3 x y differ=()
+  local dir=$1 name=$2 db=$3 x y lines differ=()
   shift 3
   local envs=()
   while [ "$1" != "--" ]; do envs+=("$1"); shift; done
@@ -126,9 +115,8 @@ variant() {
   for x in "$dir"/ref-*.csv; do
     y=${x/\/ref-/\/$name-}
     checks=$((checks + 1))
-    if ! cmp -s <(comparable "$x") <(comparable "$y"); then
-      differ+=("$(basename "$y") ($({ diff <(comparable "$x") <(comparable "$y") || true; } | awk '/^[<>]/ { n++ } END { print n + 0 }') lines differ)")
-    fi
+    lines=$({ diff <(comparable "$x") <(comparable "$y") || true; } | awk '/^[<>]/ { n++ } END { print n + 0 }')
+    [ "$lines" -eq 0 ] || differ+=("$(basename "$y") ($lines lines differ)")
   done
   if [ ${#differ[@]} -eq 0 ]; then
     echo "  same figures: $name"

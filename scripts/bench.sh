@@ -37,7 +37,8 @@
 #   KAFKA_STORE [sqlite]: postgres gives each catch-up run of serve a fresh database
 #                  on the PostgreSQL server of CCMETRICS_TEST_PG (default the local
 #                  test server), production's store
-#   DUCKDB_PY: a python with duckdb; else a venv is made under target/bench.
+#   DUCKDB_PY: a python with duckdb; else scripts/duckdb-python.sh makes a venv once
+#                  under ~/.cache/ccmetrics.
 #   NO_HYPERFINE=1: time with /usr/bin/time loops even when hyperfine is installed.
 # Quick run: SIZES=200000 MEM_N=200000 RUNS=3 scripts/bench.sh suite
 set -euo pipefail
@@ -102,16 +103,6 @@ timed() {
   fi
 }
 
-duckdb_python() {
-  if [ -n "${DUCKDB_PY:-}" ]; then echo "$DUCKDB_PY"; return; fi
-  local venv="$OUT/duckdb-venv"
-  if ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
-    echo "== installing duckdb (PyPI) into $venv" >&2
-    python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install -q duckdb >&2
-  fi
-  echo "$venv/bin/python"
-}
 
 gen_bench() {
   for n in "${SIZES[@]}"; do events_file "$(set_file "$n")" "$n" "$AGENTS"; ls -l "$(set_file "$n")"; done
@@ -120,7 +111,7 @@ gen_bench() {
 # Replay + export vs DuckDB over the same JSONL; both write the two CSVs.
 duckdb_bench() {
   local py n f db
-  py=$(duckdb_python)
+  py=$(bash scripts/duckdb-python.sh)
   echo "== duckdb $("$py" -c 'import duckdb; print(duckdb.__version__)'), machine: $(machine)"
   # Self-check of the SQL against a golden case the engine's tests pin.
   mkdir -p "$OUT/duckdb-golden"

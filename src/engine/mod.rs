@@ -1174,7 +1174,8 @@ impl Engine {
         };
         match self.max_ts {
             Some(now) => enqueue(&mut self.pack_queue, c, ck, now),
-            // No clock yet, so nothing was packed by the clock: a restored contact.
+            // Not reached: a held contact came with an accepted event, which set the
+            // clock (checkpoints keep it). Packing again keeps the invariant anyway.
             None => c.pack(self.unknown),
         }
     }
