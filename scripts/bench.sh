@@ -40,6 +40,10 @@
 #   DUCKDB_PY: a python with duckdb; else scripts/duckdb-python.sh makes a venv once
 #                  under ~/.cache/ccmetrics.
 #   NO_HYPERFINE=1: time with /usr/bin/time loops even when hyperfine is installed.
+#   PGO=1: build with scripts/pgo.sh (profile-guided) and measure target/pgo/release's
+#                  binaries (docs/performance.md, "twenty-eighth round").
+#   NO_BUILD=1: measure the binaries already built (with PGO=1: target/pgo/release's)
+#                  instead of building first.
 # Quick run: SIZES=200000 MEM_N=200000 RUNS=3 scripts/bench.sh suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,15 +56,25 @@ read -r -a SIZES <<< "${SIZES:-1000000 10000000}"
 CPH=$((AGENTS * 12))
 OUT=target/bench
 mkdir -p "$OUT"
-BIN=${BIN:-target/release/ccmetrics}
-PARSE=target/release/examples/parse_bench
+# PGO=1: the binaries of the profile-guided build (scripts/pgo.sh) instead of the
+# plain release build.
+REL=target/release
+[ "${PGO:-0}" = 1 ] && REL=target/pgo/release
+BIN=${BIN:-$REL/ccmetrics}
+PARSE=$REL/examples/parse_bench
 MACHINE="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
 # The machine with the load average at the time of a figure: on a shared machine a
 # load above the cores means the wall times are stretched (the CPU seconds are not).
 machine() { echo "$MACHINE, load $(cut -d' ' -f1 /proc/loadavg)"; }
 
 echo "== machine: $(machine)"
-cargo build --release --locked --bins --examples
+if [ "${NO_BUILD:-0}" = 1 ]; then
+  [ -x "$BIN" ] && [ -x "$PARSE" ] || { echo "NO_BUILD=1 but $BIN or $PARSE is missing" >&2; exit 1; }
+elif [ "${PGO:-0}" = 1 ]; then
+  bash scripts/pgo.sh
+else
+  cargo build --release --locked --bins --examples
+fi
 # min / median / max of the numbers on stdin, one a line.
 median() { sort -g | awk '{a[NR]=$1} END {print a[1], a[int((NR+1)/2)], a[NR]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "n/a"}'; }
@@ -376,9 +390,9 @@ TOML
     echo "== kafka: serve ($store_name store) catching up vs a bare consumer, $RUNS runs each, alternating"
     : > "$OUT/kafka-bare"; : > "$OUT/kafka-serve"
     for _ in $(seq "$RUNS"); do
-      target/release/examples/kafka_bench bare --config "$cfg" --expect "$n" | tee -a "$OUT/kafka-bare.log" \
+      "$REL"/examples/kafka_bench bare --config "$cfg" --expect "$n" | tee -a "$OUT/kafka-bare.log" \
         | sed -E 's/.* in ([0-9.]+) s.*/\1/' >> "$OUT/kafka-bare"
-      target/release/examples/kafka_bench catch-up --config "$cfg" --expect "$n" --bin "$BIN" $store_flag | tee -a "$OUT/kafka-serve.log" \
+      "$REL"/examples/kafka_bench catch-up --config "$cfg" --expect "$n" --bin "$BIN" $store_flag | tee -a "$OUT/kafka-serve.log" \
         | sed -E 's/.* in ([0-9.]+) s.*/\1/' >> "$OUT/kafka-serve"
     done
     read -r bmin bmed bmax < <(median < "$OUT/kafka-bare")
@@ -388,7 +402,7 @@ TOML
     echo "serve rate as a fraction of the bare consumer's (medians): $(awk -v b="$bmed" -v s="$smed" 'BEGIN {printf "%.0f %%", 100 * b / s}')"
   fi
   echo "== kafka: event -> /metrics latency at $rate events/s for $secs s"
-  target/release/examples/kafka_bench latency --config "$OUT/kafka-latency.toml" --rate "$rate" --seconds "$secs" --bin "$BIN"
+  "$REL"/examples/kafka_bench latency --config "$OUT/kafka-latency.toml" --rate "$rate" --seconds "$secs" --bin "$BIN"
 }
 
 engine_bench() {
