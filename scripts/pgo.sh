@@ -81,16 +81,16 @@ export RUST_LOG=${RUST_LOG:-warn}
 train_replay() { # NAME [replay args...]: replay into WORK/NAME.db, then every report and score
   local name=$1 db="sqlite://$WORK/$1.db"
   shift
-  CCMETRICS__STORE__URL=$db "$GEN/ccmetrics" replay --input "$f" "$@" > /dev/null
+  CCMETRICS__STORE__URL=$db "$GEN/ccmetrics" replay --input "$f" "$@" > /dev/null 2>> "$WORK/replay.log"
   for e in "15m queue" "1d agent" "1h team" "1h channel" "1d all" "15m agent"; do
     set -- $e
     for fmt in csv jsonl; do
-      CCMETRICS__STORE__URL=$db "$GEN/ccmetrics" export --window "$1" --dimension "$2" --format "$fmt" > /dev/null
+      CCMETRICS__STORE__URL=$db "$GEN/ccmetrics" export --window "$1" --dimension "$2" --format "$fmt" > /dev/null 2>> "$WORK/export.log"
     done
   done
   for scheme in config/schemes/*.toml; do
     CCMETRICS__STORE__URL=$db "$GEN/ccmetrics" score --scheme "$scheme" --period 2026-11 \
-      --out "$WORK/$name-score-$(basename "$scheme" .toml)" > /dev/null
+      --out "$WORK/$name-score-$(basename "$scheme" .toml)" > /dev/null 2>> "$WORK/score.log"
   done
 }
 train_replay default
