@@ -47,6 +47,7 @@
 # Quick run: SIZES=200000 MEM_N=200000 RUNS=3 scripts/bench.sh suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/serve-stdin.sh
 WHAT=${1:-all}
 N=${N:-10000000}
 AGENTS=${AGENTS:-10000}
@@ -319,23 +320,12 @@ scrape_one() {
     CCMETRICS__WINDOWS__IDLE_TIMEOUT=1h \
     "$BIN" serve --source stdin < "$f" > "$OUT/scrape-serve.out" 2> "$OUT/scrape-serve.log" &
   pid=$!
-  addr=
-  for _ in $(seq 100); do
-    addr=$(sed -nE 's|.*metrics at http://([^/]+)/metrics.*|\1|p' "$OUT/scrape-serve.out")
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
-  [ -n "$addr" ] || { echo "serve did not start; see $OUT/scrape-serve.log" >&2; kill "$pid"; return 1; }
+  addr=$(serve_addr "$OUT/scrape-serve.out" "$pid") \
+    || { echo "serve did not start; see $OUT/scrape-serve.log" >&2; return 1; }
   echo "== scrape, per-agent series $per_agent: serve --source stdin fed $lines lines ($AGENTS agents)"
-  local deadline=$((SECONDS + 600)) read_total=0
-  while [ "$SECONDS" -lt "$deadline" ]; do
-    # A scrape can fail while serve is busy: not fatal, poll again.
-    read_total=$( (curl -s "http://$addr/metrics" || true) | awk '/^ccmetrics_events_read_total/ {print int($2)}' | head -1)
-    [ "${read_total:-0}" -ge "$lines" ] && break
-    sleep 1
-  done
-  if [ "${read_total:-0}" -lt "$lines" ]; then
-    echo "serve read only $read_total of $lines lines in 600 s" >&2
+  local read_total
+  if ! read_total=$(serve_read "$addr" "$pid" "$lines"); then
+    echo "serve read only $read_total of $lines lines in 600 s; see $OUT/scrape-serve.log" >&2
     kill -INT "$pid"; wait "$pid" || true
     return 1
   fi

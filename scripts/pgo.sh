@@ -25,8 +25,13 @@
 # changes) and about a minute of training: 25-35 min on 2 cores from nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/serve-stdin.sh
 INSTALL=false
-[ "${1:-}" = --install ] && INSTALL=true
+case "${1:-}" in
+  "") ;;
+  --install) INSTALL=true ;;
+  *) echo "usage: scripts/pgo.sh [--install]" >&2; exit 2 ;;
+esac
 
 EVENTS=${PGO_EVENTS:-300000}
 AGENTS=${PGO_AGENTS:-2000}
@@ -101,25 +106,15 @@ CCMETRICS__STORE__URL="sqlite://$WORK/serve.db" CCMETRICS__HTTP__LISTEN=127.0.0.
   CCMETRICS__HTTP__PER_AGENT_SERIES=true CCMETRICS__HTTP__MAX_AGENT_SERIES=1000000 \
   "$GEN/ccmetrics" serve --source stdin < "$f" > "$WORK/serve.out" 2> "$WORK/serve.log" &
 pid=$!
-addr=
-for _ in $(seq 300); do
-  addr=$(sed -nE 's|.*metrics at http://([^/]+)/metrics.*|\1|p' "$WORK/serve.out")
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "pgo: serve did not start; see $WORK/serve.log" >&2; kill "$pid"; exit 1; }
+addr=$(serve_addr "$WORK/serve.out" "$pid") \
+  || { echo "pgo: serve did not start; see $WORK/serve.log" >&2; exit 1; }
 lines=$(wc -l < "$f")
-read_total=0
-deadline=$((SECONDS + 600))
-while [ "$SECONDS" -lt "$deadline" ] && [ "${read_total:-0}" -lt "$lines" ]; do
-  read_total=$( (curl -s "http://$addr/metrics" || true) | awk '/^ccmetrics_events_read_total/ {print int($2)}' | head -1)
-  sleep 0.5
-done
+read_total=$(serve_read "$addr" "$pid" "$lines") \
+  || { echo "pgo: serve read $read_total of $lines lines; see $WORK/serve.log" >&2; kill "$pid"; exit 1; }
 for path in metrics healthz readyz; do curl -s "http://$addr/$path" > /dev/null || true; done
 kill -TERM "$pid"
 # The profile is written when the process exits normally: SIGTERM is serve's graceful stop.
 wait "$pid" || { echo "pgo: serve did not stop cleanly; see $WORK/serve.log" >&2; exit 1; }
-[ "${read_total:-0}" -ge "$lines" ] || { echo "pgo: serve read $read_total of $lines lines" >&2; exit 1; }
 
 for mode in parse engine; do "$GEN/examples/parse_bench" "$mode" "$f" > /dev/null; done
 
