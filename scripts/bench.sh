@@ -118,7 +118,6 @@ timed() {
   fi
 }
 
-
 gen_bench() {
   for n in "${SIZES[@]}"; do events_file "$(set_file "$n")" "$n" "$AGENTS"; ls -l "$(set_file "$n")"; done
 }

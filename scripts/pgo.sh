@@ -4,7 +4,7 @@
 #   1. builds instrumented binaries (ccmetrics and the examples) in target/pgo-gen;
 #   2. trains them on a simulated centre that is not one of the benchmark's sets (another
 #      seed, size and shape): `replay` into SQLite with the default config and again with
-#      the spill on, the five report shapes exported as CSV and JSONL, the period scores of
+#      the spill on, the six report shapes exported as CSV and JSONL, the period scores of
 #      every scheme, `serve --source stdin` with per-agent series scraped while it runs
 #      and stopped by SIGTERM, and `parse_bench` (parse, engine);
 #   3. merges the profiles with the llvm-profdata of rustc's own LLVM major version;
@@ -70,7 +70,7 @@ echo "== llvm-profdata: $profdata (LLVM $major)"
 rm -rf "$DATA" "$WORK"
 mkdir -p "$DATA" "$WORK"
 echo "== instrumented build (target/pgo-gen)"
-RUSTFLAGS="-Cprofile-generate=$DATA" CARGO_TARGET_DIR=target/pgo-gen \
+RUSTFLAGS="-Cprofile-generate=$DATA" CARGO_TARGET_DIR="$ROOT/target/pgo-gen" \
   cargo build --release --locked --bins --examples
 GEN=$ROOT/target/pgo-gen/release
 # The build scripts and proc macros the build just ran were instrumented too: their
@@ -110,7 +110,7 @@ addr=$(serve_addr "$WORK/serve.out" "$pid") \
   || { echo "pgo: serve did not start; see $WORK/serve.log" >&2; exit 1; }
 lines=$(wc -l < "$f")
 read_total=$(serve_read "$addr" "$pid" "$lines") \
-  || { echo "pgo: serve read $read_total of $lines lines; see $WORK/serve.log" >&2; kill "$pid"; exit 1; }
+  || { echo "pgo: serve read $read_total of $lines lines; see $WORK/serve.log" >&2; kill "$pid" 2> /dev/null; exit 1; }
 for path in metrics healthz readyz; do curl -s "http://$addr/$path" > /dev/null || true; done
 kill -TERM "$pid"
 # The profile is written when the process exits normally: SIGTERM is serve's graceful stop.
@@ -136,7 +136,7 @@ echo "== merged ${#raw[@]} raw profiles into $profile"
 # into new directories: the previous run's are dropped first, or they would pile up
 # (about 1.6 GB a run).
 echo "== optimised build (target/pgo)"
-rm -rf target/pgo
-RUSTFLAGS="-Cprofile-use=$profile" CARGO_TARGET_DIR=target/pgo \
+rm -rf "$ROOT/target/pgo"
+RUSTFLAGS="-Cprofile-use=$profile" CARGO_TARGET_DIR="$ROOT/target/pgo" \
   cargo build --release --locked --bins --examples
 echo "== done: target/pgo/release/ccmetrics"
