@@ -39,6 +39,7 @@ RUN mkdir -p src benches \
 # The real sources. sqlx::migrate! embeds migrations/ at compile time. COPY keeps the
 # files' modification times, which may be older than the placeholder build: touch the
 # crate roots so cargo rebuilds ccmetrics itself.
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY benches ./benches

@@ -632,7 +632,7 @@ pub(crate) mod sql {
 
     /// The conflict target: the primary key.
     const ON_ROW: &str =
-        "ON CONFLICT (\"window\", window_start, dimension, \"key\", \"partition\")";
+        "ON CONFLICT (\"window\", dimension, window_start, \"key\", \"partition\")";
 
     fn upsert(p: Placeholder, rows: usize) -> String {
         let updates: Vec<String> = ["window_end"]
@@ -2203,7 +2203,7 @@ mod tests {
         let Store::Sqlite(inner) = &s else {
             unreachable!("a sqlite: URL opens the SQLite backend")
         };
-        assert_eq!(inner.applied_migrations().await.unwrap(), 4);
+        assert_eq!(inner.applied_migrations().await.unwrap(), 5);
         assert_eq!(inner.journal_mode().await.unwrap(), "wal");
         assert_eq!(
             inner.temp_store().await.unwrap(),
@@ -2802,7 +2802,23 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         for round in 0..2 {
             let s = postgres::PostgresStore::open(&db.url).await.unwrap();
-            assert_eq!(s.applied_migrations().await.unwrap(), 4, "open #{round}");
+            assert_eq!(s.applied_migrations().await.unwrap(), 5, "open #{round}");
+            // 0005: the key in export order serves the exports; no index besides it
+            // and the partition's.
+            let indexes: Vec<String> = sqlx::query_scalar(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = 'snapshots' ORDER BY indexname",
+            )
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+            assert_eq!(indexes.len(), 2, "{indexes:?}");
+            assert!(indexes[0].ends_with("(partition)"), "{indexes:?}");
+            assert!(
+                indexes[1].contains("snapshots_pkey")
+                    && indexes[1]
+                        .ends_with("(\"window\", dimension, window_start, key, partition)"),
+                "{indexes:?}"
+            );
             for table in ["snapshots", "checkpoints"] {
                 assert_eq!(
                     s.table_columns(table).await.unwrap(),
