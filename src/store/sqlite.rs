@@ -107,7 +107,7 @@ impl SqlxStore<Sqlite> {
                 // on, that was a fifth of the run's system time: 2 M events, 5 pairs,
                 // wall 0.95, peak RSS unchanged (docs/performance.md, "fourteenth
                 // round"). The journal holds one statement's pages and is freed with
-                // it; an export's sort is per window start (one row per key).
+                // it (an export sorts nothing: it reads the key's order, migration 0005).
                 .pragma("temp_store", "memory");
             (
                 options,
