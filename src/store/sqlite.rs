@@ -401,7 +401,24 @@ mod plans {
                 .await
                 .contains("sqlite_autoindex_snapshots_1")
         );
-        let rows = super::super::Store::Sqlite(store)
+        // A correction to a stored row goes through the new key.
+        let store = super::super::Store::Sqlite(store);
+        let delta = crate::engine::SnapshotDelta {
+            interval: crate::engine::window::Interval::Minutes(15),
+            start: 0,
+            end: 900_000,
+            dimension: crate::engine::Dimension::Queue,
+            key: "b".into(),
+            acc: crate::engine::acc::Acc {
+                offered: 10,
+                ..Default::default()
+            },
+        };
+        store
+            .apply_deltas_at("p1", &[delta], 1_795_392_000_000)
+            .await
+            .unwrap();
+        let rows = store
             .query("15m", crate::engine::Dimension::Queue, None, None)
             .await
             .unwrap();
@@ -409,6 +426,6 @@ mod plans {
             .iter()
             .map(|r| (r.start, r.key.as_str(), r.acc.offered))
             .collect();
-        assert_eq!(got, [(0, "b", 1), (900_000, "b", 3)]);
+        assert_eq!(got, [(0, "b", 11), (900_000, "b", 3)]);
     }
 }
