@@ -6,8 +6,8 @@ use anyhow::Context;
 use ccmetrics::engine::{EngineConfig, SnapshotDelta, Stats};
 use ccmetrics::pipeline::Pipeline;
 use ccmetrics::source::ahead::{Ahead, Item};
-use ccmetrics::store::Store;
 use ccmetrics::store::spill_log::LogSpill;
+use ccmetrics::store::{Connections, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ConfigArg;
@@ -57,12 +57,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     for p in &a.inputs {
         anyhow::ensure!(p.exists(), "input {} does not exist", p.display());
     }
-    let store = Store::open(&cfg.store.url).await.with_context(|| {
-        format!(
-            "opening store {}",
-            ccmetrics::config::redact_url(&cfg.store.url)
-        )
-    })?;
+    // One connection: the writer task is the store's only user, one transaction at a
+    // time (see `Connections::Single`).
+    let store = Store::open_with(&cfg.store.url, Connections::Single)
+        .await
+        .with_context(|| {
+            format!(
+                "opening store {}",
+                ccmetrics::config::redact_url(&cfg.store.url)
+            )
+        })?;
     let cleared = store
         .clear_partition(&a.partition)
         .await

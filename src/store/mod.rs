@@ -191,16 +191,39 @@ pub enum Store {
     Postgres(postgres::PostgresStore),
 }
 
+/// How many connections a [`Store`] may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connections {
+    /// A few, so that reads (exports, the HTTP API) run beside a write: `serve`,
+    /// `export`, `score`.
+    Shared,
+    /// One, for a process whose store has one user at a time: `replay`'s writer.
+    /// Every connection keeps its own page cache and its own copies of the prepared
+    /// statements (the chunked upserts are large programs), and the pool handed
+    /// consecutive write transactions to two connections, so a replay held both
+    /// copies: about 10 to 20 MiB of its peak (docs/performance.md, "twenty-ninth
+    /// round").
+    Single,
+}
+
 impl Store {
     /// Open and migrate the store at `url`: `sqlite://PATH` (created when missing),
     /// `sqlite::memory:`, or `postgres://…` / `postgresql://…` (an existing database).
+    /// [`Connections::Shared`].
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, Connections::Shared).await
+    }
+
+    /// [`Store::open`] with the given number of connections.
+    pub async fn open_with(url: &str, connections: Connections) -> Result<Store, StoreError> {
         let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
-            Some("sqlite") => Ok(Store::Sqlite(sqlite::SqliteStore::open(url).await?)),
-            Some("postgres" | "postgresql") => {
-                Ok(Store::Postgres(postgres::PostgresStore::open(url).await?))
-            }
+            Some("sqlite") => Ok(Store::Sqlite(
+                sqlite::SqliteStore::open(url, connections).await?,
+            )),
+            Some("postgres" | "postgresql") => Ok(Store::Postgres(
+                postgres::PostgresStore::open(url, connections).await?,
+            )),
             _ => Err(StoreError::InvalidUrl {
                 url: url.to_owned(),
                 reason: "expected sqlite://PATH, sqlite::memory: or postgres://…".into(),
@@ -2609,7 +2632,9 @@ mod tests {
 
     #[tokio::test]
     async fn sqlite_tables_match_the_accumulator() {
-        let s = sqlite::SqliteStore::open("sqlite::memory:").await.unwrap();
+        let s = sqlite::SqliteStore::open("sqlite::memory:", Connections::Shared)
+            .await
+            .unwrap();
         for table in ["snapshots", "checkpoints"] {
             assert_eq!(
                 s.table_columns(table).await.unwrap(),
@@ -2801,7 +2826,9 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         for round in 0..2 {
-            let s = postgres::PostgresStore::open(&db.url).await.unwrap();
+            let s = postgres::PostgresStore::open(&db.url, Connections::Shared)
+                .await
+                .unwrap();
             assert_eq!(s.applied_migrations().await.unwrap(), 5, "open #{round}");
             // 0005: the key in export order serves the exports; no index besides it
             // and the partition's.

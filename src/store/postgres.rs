@@ -8,9 +8,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::{ConnectOptions, Connection, Postgres};
 
-use super::StoreError;
 use super::backend::{Dialect, FirstWrite, SqlxStore};
 use super::sql::{Placeholder, Statements};
+use super::{Connections, StoreError};
 
 /// Connections per process. One writer per owned partition flushes at a time, and
 /// exports and HTTP reads share the rest; more would only hold server backends idle.
@@ -72,7 +72,7 @@ impl Dialect for Postgres {
 impl SqlxStore<Postgres> {
     /// Open `postgres://…` or `postgresql://…` (the database must exist) and apply
     /// pending migrations.
-    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+    pub async fn open(url: &str, connections: Connections) -> Result<PostgresStore, StoreError> {
         let options = PgConnectOptions::from_str(url)?
             // Shows in pg_stat_activity, next to the locks the connection holds.
             .application_name("ccmetrics")
@@ -95,7 +95,10 @@ impl SqlxStore<Postgres> {
         // once (refused, unknown database, authentication).
         options.connect().await?.close().await?;
         let pool = PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
+            .max_connections(match connections {
+                Connections::Shared => POOL_SIZE,
+                Connections::Single => 1,
+            })
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;

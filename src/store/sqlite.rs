@@ -10,9 +10,9 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use super::StoreError;
 use super::backend::{Dialect, FirstWrite, SqlxStore};
 use super::sql::{Placeholder, Statements};
+use super::{Connections, StoreError};
 
 /// Connections for a file database. Writes are serialised by SQLite anyway; a few
 /// connections let exports and HTTP reads run beside a write (WAL readers do not block).
@@ -83,7 +83,7 @@ fn is_memory(url: &str) -> Result<bool, StoreError> {
 impl SqlxStore<Sqlite> {
     /// Open `sqlite://PATH` (creating the file and its parent directories; WAL mode) or
     /// `sqlite::memory:`, and apply pending migrations.
-    pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+    pub async fn open(url: &str, connections: Connections) -> Result<SqliteStore, StoreError> {
         let memory = is_memory(url)?;
         let options = SqliteConnectOptions::from_str(url)?.row_buffer_size(ROW_BUFFER);
         let (options, pool) = if memory {
@@ -109,10 +109,11 @@ impl SqlxStore<Sqlite> {
                 // round"). The journal holds one statement's pages and is freed with
                 // it (an export sorts nothing: it reads the key's order, migration 0005).
                 .pragma("temp_store", "memory");
-            (
-                options,
-                SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE),
-            )
+            let size = match connections {
+                Connections::Shared => FILE_POOL_SIZE,
+                Connections::Single => 1,
+            };
+            (options, SqlitePoolOptions::new().max_connections(size))
         };
         let pool = pool.connect_with(options).await?;
         // Records what it applied in `_sqlx_migrations`, so reopening is a no-op.
@@ -259,6 +260,65 @@ mod tests {
     }
 }
 
+/// `Connections::Single` holds one connection however the writes follow each other;
+/// `Shared` may open more (exports beside a write).
+#[cfg(test)]
+mod connections {
+    use super::*;
+    use crate::engine::SnapshotDelta;
+    use crate::engine::acc::Acc;
+    use crate::engine::window::Interval;
+
+    #[tokio::test]
+    async fn a_single_store_holds_one_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("cc.db").display());
+        let store = super::super::Store::open_with(&url, Connections::Single)
+            .await
+            .unwrap();
+        let super::super::Store::Sqlite(inner) = &store else {
+            unreachable!("a sqlite: URL opens the SQLite backend")
+        };
+        assert_eq!(inner.pool.options().get_max_connections(), 1);
+        // Transactions back to back, from two tasks at once: the second waits for the
+        // connection instead of opening another.
+        let write = |key: &'static str| {
+            let store = store.clone();
+            async move {
+                for i in 0..20_i64 {
+                    let d = SnapshotDelta {
+                        interval: Interval::Day,
+                        start: i * 86_400_000,
+                        end: (i + 1) * 86_400_000,
+                        dimension: crate::engine::Dimension::Queue,
+                        key: key.into(),
+                        acc: Acc {
+                            offered: 1,
+                            ..Acc::default()
+                        },
+                    };
+                    store
+                        .apply_deltas_at("p", &[d], 1_795_392_000_000)
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        tokio::join!(write("a"), write("b"));
+        assert_eq!(inner.pool.size(), 1);
+        let rows = store
+            .query("1d", crate::engine::Dimension::Queue, None, None)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 40);
+        let shared = super::super::Store::open(&url).await.unwrap();
+        let super::super::Store::Sqlite(shared) = &shared else {
+            unreachable!("a sqlite: URL opens the SQLite backend")
+        };
+        assert_eq!(shared.pool.options().get_max_connections(), FILE_POOL_SIZE);
+    }
+}
+
 /// The snapshot statements' plans under the bundled SQLite, and migration 0005 (the key
 /// in export order) on a database written before it.
 #[cfg(test)]
@@ -298,7 +358,9 @@ mod plans {
     /// went through its own index and sorted each window start's keys.
     #[tokio::test]
     async fn snapshot_statements_use_the_key_in_export_order() {
-        let s = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let s = SqliteStore::open("sqlite::memory:", Connections::Shared)
+            .await
+            .unwrap();
         let rows = plan(&s.pool, &SQL.select_rows).await;
         assert!(
             rows.contains(
@@ -394,7 +456,7 @@ mod plans {
         assert_eq!(before.len(), 4);
         pool.close().await;
 
-        let store = SqliteStore::open(&url).await.unwrap();
+        let store = SqliteStore::open(&url, Connections::Shared).await.unwrap();
         assert_eq!(dump(&store.pool).await, before);
         assert!(
             plan(&store.pool, &SQL.select_export)
