@@ -206,6 +206,16 @@ pub enum Connections {
     Single,
 }
 
+impl Connections {
+    /// The pool's size: `shared` for [`Connections::Shared`], one otherwise.
+    fn limit(self, shared: u32) -> u32 {
+        match self {
+            Connections::Shared => shared,
+            Connections::Single => 1,
+        }
+    }
+}
+
 impl Store {
     /// Open and migrate the store at `url`: `sqlite://PATH` (created when missing),
     /// `sqlite::memory:`, or `postgres://…` / `postgresql://…` (an existing database).
@@ -1153,7 +1163,8 @@ mod tests {
         Interval::Minutes(60)
     }
 
-    fn delta(start: i64, dimension: Dimension, key: &str, acc: Acc) -> SnapshotDelta {
+    /// A 1h window's delta (also the backends' own tests').
+    pub(super) fn delta(start: i64, dimension: Dimension, key: &str, acc: Acc) -> SnapshotDelta {
         SnapshotDelta {
             interval: hour(),
             start,

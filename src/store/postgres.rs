@@ -95,10 +95,7 @@ impl SqlxStore<Postgres> {
         // once (refused, unknown database, authentication).
         options.connect().await?.close().await?;
         let pool = PgPoolOptions::new()
-            .max_connections(match connections {
-                Connections::Shared => POOL_SIZE,
-                Connections::Single => 1,
-            })
+            .max_connections(connections.limit(POOL_SIZE))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;

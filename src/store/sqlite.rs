@@ -109,11 +109,10 @@ impl SqlxStore<Sqlite> {
                 // round"). The journal holds one statement's pages and is freed with
                 // it (an export sorts nothing: it reads the key's order, migration 0005).
                 .pragma("temp_store", "memory");
-            let size = match connections {
-                Connections::Shared => FILE_POOL_SIZE,
-                Connections::Single => 1,
-            };
-            (options, SqlitePoolOptions::new().max_connections(size))
+            (
+                options,
+                SqlitePoolOptions::new().max_connections(connections.limit(FILE_POOL_SIZE)),
+            )
         };
         let pool = pool.connect_with(options).await?;
         // Records what it applied in `_sqlx_migrations`, so reopening is a no-op.
@@ -264,10 +263,10 @@ mod tests {
 /// `Shared` may open more (exports beside a write).
 #[cfg(test)]
 mod connections {
+    use super::super::tests::delta;
     use super::*;
-    use crate::engine::SnapshotDelta;
+    use crate::engine::Dimension;
     use crate::engine::acc::Acc;
-    use crate::engine::window::Interval;
 
     #[tokio::test]
     async fn a_single_store_holds_one_connection() {
@@ -286,17 +285,11 @@ mod connections {
             let store = store.clone();
             async move {
                 for i in 0..20_i64 {
-                    let d = SnapshotDelta {
-                        interval: Interval::Day,
-                        start: i * 86_400_000,
-                        end: (i + 1) * 86_400_000,
-                        dimension: crate::engine::Dimension::Queue,
-                        key: key.into(),
-                        acc: Acc {
-                            offered: 1,
-                            ..Acc::default()
-                        },
+                    let acc = Acc {
+                        offered: 1,
+                        ..Acc::default()
                     };
+                    let d = delta(i * 3_600_000, Dimension::Queue, key, acc);
                     store
                         .apply_deltas_at("p", &[d], 1_795_392_000_000)
                         .await
@@ -307,7 +300,7 @@ mod connections {
         tokio::join!(write("a"), write("b"));
         assert_eq!(inner.pool.size(), 1);
         let rows = store
-            .query("1d", crate::engine::Dimension::Queue, None, None)
+            .query("1h", Dimension::Queue, None, None)
             .await
             .unwrap();
         assert_eq!(rows.len(), 40);
@@ -430,9 +423,9 @@ mod plans {
         // Keys that sort differently under the two key orders, and bytes in a histogram
         // column (not a histogram: that row is never decoded here).
         for (w, ws, d, k, p, offered) in [
-            ("15m", 900_000_i64, "queue", "b", "p1", 3_i64),
-            ("15m", 0, "queue", "b", "p1", 1),
-            ("15m", 0, "agent", "a", "p2", 2),
+            ("1h", 3_600_000_i64, "queue", "b", "p1", 3_i64),
+            ("1h", 0, "queue", "b", "p1", 1),
+            ("1h", 0, "agent", "a", "p2", 2),
             ("1d", 0, "all", "all", "p1", 7),
         ] {
             sqlx::query(
@@ -442,7 +435,7 @@ mod plans {
             )
             .bind(w)
             .bind(ws)
-            .bind(ws + 900_000)
+            .bind(ws + 3_600_000)
             .bind(d)
             .bind(k)
             .bind(p)
@@ -465,29 +458,23 @@ mod plans {
         );
         // A correction to a stored row goes through the new key.
         let store = super::super::Store::Sqlite(store);
-        let delta = crate::engine::SnapshotDelta {
-            interval: crate::engine::window::Interval::Minutes(15),
-            start: 0,
-            end: 900_000,
-            dimension: crate::engine::Dimension::Queue,
-            key: "b".into(),
-            acc: crate::engine::acc::Acc {
-                offered: 10,
-                ..Default::default()
-            },
+        let acc = crate::engine::acc::Acc {
+            offered: 10,
+            ..Default::default()
         };
+        let delta = super::super::tests::delta(0, crate::engine::Dimension::Queue, "b", acc);
         store
             .apply_deltas_at("p1", &[delta], 1_795_392_000_000)
             .await
             .unwrap();
         let rows = store
-            .query("15m", crate::engine::Dimension::Queue, None, None)
+            .query("1h", crate::engine::Dimension::Queue, None, None)
             .await
             .unwrap();
         let got: Vec<(i64, &str, i64)> = rows
             .iter()
             .map(|r| (r.start, r.key.as_str(), r.acc.offered))
             .collect();
-        assert_eq!(got, [(0, "b", 11), (900_000, "b", 3)]);
+        assert_eq!(got, [(0, "b", 11), (3_600_000, "b", 3)]);
     }
 }
