@@ -583,3 +583,67 @@ fn replay_keeps_only_the_configured_dimension_intervals() {
     assert_eq!(q.stdout, export(&every, "15m", "queue", false).stdout);
     assert!(!q.stdout.is_empty());
 }
+
+/// A flush point at the very end of the input is not acted on: `finish` flushes every
+/// window anyway, and a flush just before it wrote rows that the final write then
+/// revised (revision 2 where a replay of the same events otherwise writes revision 1).
+#[test]
+fn replay_does_not_flush_just_before_the_end_of_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/transfer_to_queue_wrap_timeout"
+    );
+    let events = format!("{case}/events.jsonl");
+    let config = format!("{case}/config.toml");
+    let n = std::fs::read_to_string(&events).unwrap().lines().count();
+    let export = |db: &str| {
+        let env = [("CCMETRICS__STORE__URL", db)];
+        let args = [
+            "export",
+            "--config",
+            &config,
+            "--window",
+            "15m",
+            "--dimension",
+        ];
+        ["all", "queue", "agent"].map(|dimension| {
+            let o = ccm(
+                &[&args[..], &[dimension, "--format", "jsonl"]].concat(),
+                &env,
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            String::from_utf8(o.stdout).unwrap()
+        })
+    };
+    let mut exports = Vec::new();
+    // Every n events (a flush point after the last event), then never within the input.
+    for every in [n, n + 1] {
+        let db = format!(
+            "sqlite://{}",
+            dir.path().join(format!("{every}.db")).display()
+        );
+        let o = ccm(
+            &[
+                "replay",
+                "--config",
+                &config,
+                "--input",
+                &events,
+                "--flush-every",
+                &every.to_string(),
+            ],
+            &[("CCMETRICS__STORE__URL", db.as_str())],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        exports.push(export(&db));
+    }
+    for out in &exports[0] {
+        assert!(!out.is_empty());
+        for line in out.lines() {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(row["revision"], 1, "written once: {line}");
+        }
+    }
+    assert_eq!(exports[0], exports[1]);
+}
