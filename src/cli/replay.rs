@@ -25,7 +25,8 @@ pub struct Args {
     pub partition: String,
     /// Flush closed windows to the store every N messages, so memory holds only open
     /// windows however long the input is. Smaller values write corrections as separate
-    /// revisions, as the daemon would.
+    /// revisions, as the daemon would. A flush point with no message after it is left
+    /// to the final write, which flushes every window.
     #[arg(long, default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub flush_every: u64,
     /// Copy rejected messages (with their reason) to this JSONL file.
