@@ -118,6 +118,23 @@ timed() {
   fi
 }
 
+# time_once FILE CMD...: run CMD once (stdout discarded, stderr shown) and append its
+# "wall user system" seconds to FILE, to the millisecond.
+time_once() {
+  local file=$1
+  shift
+  local TIMEFORMAT='%3R %3U %3S'
+  { time "$@" >/dev/null 2>&3; } 3>&2 2>>"$file"
+}
+# summary FILE: "min median max cpu" of a time_once file (wall seconds; mean CPU).
+summary() {
+  echo "$(cut -d' ' -f1 "$1" | median) $(awk '{c += $2 + $3} END {printf "%.2f", c / NR}' "$1")"
+}
+# pair_ratios A B: "min median max" of the runs' ratios A / B (wall), line by line.
+pair_ratios() {
+  paste -d' ' "$1" "$2" | awk '{if ($4 > 0) printf "%.3f\n", $1 / $4}' | median
+}
+
 gen_bench() {
   for n in "${SIZES[@]}"; do events_file "$(set_file "$n")" "$n" "$AGENTS"; ls -l "$(set_file "$n")"; done
 }
@@ -145,22 +162,38 @@ CCMETRICS__STORE__URL=sqlite://$db $BIN export --window 15m --dimension queue > 
 CCMETRICS__STORE__URL=sqlite://$db $BIN export --window 1d --dimension agent > $OUT/ccmetrics-$n-1d-agent.csv
 SH
     mkdir -p "$OUT/duckdb-$n"
-    echo "== $n events: replay + 2 exports vs DuckDB (load + 2 queries to CSV), $RUNS runs each"
-    read -r _ cmin cmed cmax ccpu < <(timed "ccmetrics-$n" bash "$OUT/cmp-$n.sh")
-    read -r _ dmin dmed dmax dcpu < <(timed "duckdb-$n" "$py" benches/duckdb/run.py "$f" "$OUT/duckdb-$n")
-    echo "ccmetrics replay+export s (min/median/max): $cmin / $cmed / $cmax, CPU s per run $ccpu  [$(machine)]"
-    echo "duckdb s (min/median/max): $dmin / $dmed / $dmax, CPU s per run $dcpu  [$(machine)]"
-    echo "ratio duckdb / ccmetrics (medians; > 1 means ccmetrics is faster): $(ratio "$dmed" "$cmed")"
-    grep -E "events read|accepted|duplicates|rejected  " "$OUT/cmp-$n-replay.txt" | sed 's/^/  /'
     # The same replay keeping only the two windows read (benches/duckdb/kept.toml):
     # like for like with DuckDB, which computes those two and nothing else.
     sed -e "s|replay --input|replay --config benches/duckdb/kept.toml --input|" \
       -e "s|export --window|export --config benches/duckdb/kept.toml --window|" \
       -e "s|ccmetrics-$n-|kept-$n-|g" -e "s|cmp-$n-replay|cmp-$n-kept-replay|" \
       "$OUT/cmp-$n.sh" > "$OUT/cmp-$n-kept.sh"
-    read -r _ kmin kmed kmax kcpu < <(timed "ccmetrics-kept-$n" bash "$OUT/cmp-$n-kept.sh")
+    echo "== $n events: replay + 2 exports vs DuckDB (load + 2 queries to CSV), $RUNS rounds, the three commands in turn in each"
+    # Interleaved rather than all runs of one command, then all of the next: a shared
+    # host's speed drifts over minutes (DuckDB's own median moved by 17 % between two
+    # runs of the suite, docs/performance.md "thirtieth round"), and a drift then
+    # lands on one side of the ratio only. Each round's ratio compares runs seconds
+    # apart; their median is the figure, the ratio of the medians is printed beside it.
+    local ct=$OUT/ccmetrics-$n.times dt=$OUT/duckdb-$n.times kt=$OUT/kept-$n.times
+    : > "$ct"
+    : > "$dt"
+    : > "$kt"
+    for _ in $(seq "$RUNS"); do
+      time_once "$ct" bash "$OUT/cmp-$n.sh"
+      time_once "$dt" "$py" benches/duckdb/run.py "$f" "$OUT/duckdb-$n"
+      time_once "$kt" bash "$OUT/cmp-$n-kept.sh"
+    done
+    read -r cmin cmed cmax ccpu < <(summary "$ct")
+    read -r dmin dmed dmax dcpu < <(summary "$dt")
+    read -r kmin kmed kmax kcpu < <(summary "$kt")
+    read -r rmin rmed rmax < <(pair_ratios "$dt" "$ct")
+    read -r qmin qmed qmax < <(pair_ratios "$dt" "$kt")
+    echo "ccmetrics replay+export s (min/median/max): $cmin / $cmed / $cmax, CPU s per run $ccpu  [$(machine)]"
+    echo "duckdb s (min/median/max): $dmin / $dmed / $dmax, CPU s per run $dcpu  [$(machine)]"
+    echo "ratio duckdb / ccmetrics (> 1 means ccmetrics is faster): $rmed, median of the $RUNS rounds' ratios (min $rmin, max $rmax); ratio of the medians $(ratio "$dmed" "$cmed")"
+    grep -E "events read|accepted|duplicates|rejected  " "$OUT/cmp-$n-replay.txt" | sed 's/^/  /'
     echo "ccmetrics keeping only those windows, replay+export s (min/median/max): $kmin / $kmed / $kmax, CPU s per run $kcpu  [$(machine)]"
-    echo "ratio duckdb / ccmetrics keeping only those windows (medians): $(ratio "$dmed" "$kmed")"
+    echo "ratio duckdb / ccmetrics keeping only those windows: $qmed, median of the rounds' ratios (min $qmin, max $qmax); ratio of the medians $(ratio "$dmed" "$kmed")"
     for e in 15m-queue 1d-agent; do
       if cmp -s "$OUT/ccmetrics-$n-$e.csv" "$OUT/kept-$n-$e.csv"; then
         echo "  $e: identical to the replay keeping every window"
