@@ -95,9 +95,23 @@ events_file() {
 }
 set_file() { echo "$OUT/events-$1-$AGENTS.jsonl"; }
 
+# time_once FILE CMD...: run CMD once (stdout discarded, stderr shown) and append its
+# "wall user system" seconds to FILE, to the millisecond: bash's own timer (GNU time's
+# is to the hundredth, which rounds a 100 k-event parse to 0.00 s).
+time_once() {
+  local file=$1
+  shift
+  local TIMEFORMAT='%3R %3U %3S'
+  { time "$@" >/dev/null 2>&3; } 3>&2 2>>"$file"
+}
+# summary FILE: "min median max cpu" of a time_once file (wall seconds; mean CPU).
+summary() {
+  echo "$(cut -d' ' -f1 "$1" | median) $(awk '{c += $2 + $3} END {printf "%.3f", c / NR}' "$1")"
+}
+
 # timed NAME CMD...: RUNS runs of a whole command; prints "NAME min median max cpu":
 # wall seconds, and the mean CPU seconds (user + system, all threads) of a run.
-# hyperfine when installed (Debian package), else /usr/bin/time in a loop.
+# hyperfine when installed (Debian package), else `time_once` in a loop.
 timed() {
   local name=$1
   shift
@@ -107,29 +121,14 @@ timed() {
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print(sys.argv[2], "%.3f %.3f %.3f %.2f" % (r["min"], r["median"], r["max"], r["user"] + r["system"]))' \
       "$OUT/$name.json" "$name"
   else
-    # bash's own timer, to the millisecond (GNU time's is to the hundredth, which
-    # rounds a 100 k-event parse to 0.00 s); the command's stderr still shows.
     : > "$OUT/$name.times"
-    local TIMEFORMAT='%3R %3U %3S'
     for _ in $(seq "$RUNS"); do
-      { time "$@" >/dev/null 2>&3; } 3>&2 2>>"$OUT/$name.times"
+      time_once "$OUT/$name.times" "$@"
     done
-    echo "$name $(cut -d' ' -f1 "$OUT/$name.times" | median) $(awk '{c += $2 + $3} END {printf "%.3f", c / NR}' "$OUT/$name.times")"
+    echo "$name $(summary "$OUT/$name.times")"
   fi
 }
 
-# time_once FILE CMD...: run CMD once (stdout discarded, stderr shown) and append its
-# "wall user system" seconds to FILE, to the millisecond.
-time_once() {
-  local file=$1
-  shift
-  local TIMEFORMAT='%3R %3U %3S'
-  { time "$@" >/dev/null 2>&3; } 3>&2 2>>"$file"
-}
-# summary FILE: "min median max cpu" of a time_once file (wall seconds; mean CPU).
-summary() {
-  echo "$(cut -d' ' -f1 "$1" | median) $(awk '{c += $2 + $3} END {printf "%.2f", c / NR}' "$1")"
-}
 # pair_ratios A B: "min median max" of the runs' ratios A / B (wall), line by line.
 pair_ratios() {
   paste -d' ' "$1" "$2" | awk '{if ($4 > 0) printf "%.3f\n", $1 / $4}' | median
