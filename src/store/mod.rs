@@ -2200,6 +2200,28 @@ mod tests {
         );
     }
 
+    /// Reading a chunk's stored rows (the write path's corrections) looks each key up
+    /// in the primary key. The partition's own index matches the statement too, and
+    /// an older SQLite (3.40, Python's) plans it on that index: every read of 256 keys
+    /// would then walk every row of the partition, a cost growing with the table. The
+    /// bundled SQLite plans the look-ups; this holds it to that across upgrades
+    /// (docs/performance.md, "thirty-first round").
+    #[tokio::test]
+    async fn reading_stored_rows_looks_up_the_primary_key() {
+        let s = mem().await;
+        let Store::Sqlite(inner) = &s else {
+            unreachable!("a sqlite: URL opens the SQLite backend")
+        };
+        let plan = inner
+            .query_plan(&sql::Statements::new(sql::Placeholder::Question).select_rows)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("snapshots_partition"), "{plan}");
+        assert!(plan.contains("sqlite_autoindex_snapshots"), "{plan}");
+        s.close().await;
+    }
+
     #[tokio::test]
     async fn file_store_persists_and_migrations_are_idempotent() {
         let dir = tempfile::tempdir().unwrap();

@@ -158,6 +158,16 @@ impl SqlxStore<Sqlite> {
             .await
     }
 
+    /// The details of `EXPLAIN QUERY PLAN` for `sql` (its parameters left unbound).
+    #[cfg(test)]
+    pub(super) async fn query_plan(&self, sql: &str) -> Result<Vec<String>, sqlx::Error> {
+        use sqlx::Row;
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| r.try_get::<String, _>(3)).collect()
+    }
+
     #[cfg(test)]
     pub(super) async fn table_columns(&self, table: &str) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
