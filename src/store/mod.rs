@@ -2213,7 +2213,7 @@ mod tests {
             unreachable!("a sqlite: URL opens the SQLite backend")
         };
         let plan = inner
-            .query_plan(&sql::Statements::new(sql::Placeholder::Question).select_rows)
+            .query_plan(&<sqlx::Sqlite as backend::Dialect>::statements().select_rows)
             .await
             .unwrap();
         let plan = plan.join("\n");
