@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod spill;
 pub mod spill_log;
 pub mod sqlite;
+mod sqlite_rows;
 #[doc(hidden)]
 pub mod testing;
 
@@ -47,6 +48,10 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// From SQLite's own row writer ([`sqlite_rows`]), which calls SQLite on the
+    /// connection's handle rather than through sqlx.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("cannot migrate the database schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The partition was claimed by another owner (a newer epoch) since this one
@@ -83,6 +88,10 @@ impl StoreError {
             | StoreError::Migrate(
                 MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _),
             ) => sqlx_transient(e),
+            // SQLITE_BUSY, as for sqlx's SQLite errors below.
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DatabaseBusy
+            }
             _ => false,
         }
     }
@@ -570,6 +579,15 @@ pub(crate) mod sql {
         /// Insert [`CHUNK`] distinct rows as new: fails (on the primary key) when one
         /// exists. Binds as `upsert_chunk`.
         pub insert_new_chunk: String,
+        /// One row inserted unless its primary key is stored: changes no row then.
+        /// SQLite's own row writer ([`super::sqlite_rows`]) tries each new row with it.
+        /// Binds as `upsert_chunk` for one row.
+        pub insert_row_if_new: String,
+        /// The same as `upsert_chunk` for one row (SQLite's own row writer).
+        pub upsert_row: String,
+        /// The stored revision, counters and histograms of one row by its primary key.
+        /// Binds: window, window_start, dimension, key, partition.
+        pub select_row: String,
         /// PostgreSQL only (none for SQLite, which has no data-modifying `WITH`):
         /// insert those of [`CHUNK`] distinct rows that do not exist, leave the others
         /// as they are, and return the stored values of the others like `select_rows`.
@@ -768,6 +786,18 @@ pub(crate) mod sql {
                 upsert_chunk: upsert(p, CHUNK),
                 insert_new_chunk: insert_values(p, CHUNK),
                 insert_or_read_chunk: insert_or_read(p),
+                insert_row_if_new: format!("{} {ON_ROW} DO NOTHING", insert_values(p, 1)),
+                upsert_row: upsert(p, 1),
+                select_row: format!(
+                    "SELECT revision, {} FROM snapshots WHERE \"window\" = {} AND window_start = {} \
+                     AND dimension = {} AND \"key\" = {} AND \"partition\" = {}",
+                    value_columns(),
+                    p.list(1, 1),
+                    p.list(2, 1),
+                    p.list(3, 1),
+                    p.list(4, 1),
+                    p.list(5, 1)
+                ),
                 upsert_pieces: std::iter::successors(Some(CHUNK / 2), |n| Some(n / 2))
                     .take_while(|&n| n >= 1)
                     .map(|n| (n, upsert(p, n)))
@@ -2200,8 +2230,8 @@ mod tests {
         );
     }
 
-    /// Reading a chunk's stored rows (the write path's corrections) looks each key up
-    /// in the primary key. The partition's own index matches the statement too, and
+    /// Reading a chunk's stored rows (the write path's corrections), or one row, looks
+    /// each key up in the primary key. The partition's own index matches the statement too, and
     /// an older SQLite (3.40, Python's) plans it on that index: every read of 256 keys
     /// would then walk every row of the partition, a cost growing with the table. The
     /// bundled SQLite plans the look-ups; this holds it to that across upgrades
@@ -2212,13 +2242,13 @@ mod tests {
         let Store::Sqlite(inner) = &s else {
             unreachable!("a sqlite: URL opens the SQLite backend")
         };
-        let plan = inner
-            .query_plan(&<sqlx::Sqlite as backend::Dialect>::statements().select_rows)
-            .await
-            .unwrap();
-        let plan = plan.join("\n");
-        assert!(!plan.contains("snapshots_partition"), "{plan}");
-        assert!(plan.contains("sqlite_autoindex_snapshots"), "{plan}");
+        let statements = <sqlx::Sqlite as backend::Dialect>::statements();
+        // The chunk's read, and the one-row read of SQLite's own row writer.
+        for sql in [&statements.select_rows, &statements.select_row] {
+            let plan = inner.query_plan(sql).await.unwrap().join("\n");
+            assert!(!plan.contains("snapshots_partition"), "{plan}");
+            assert!(plan.contains("sqlite_autoindex_snapshots"), "{plan}");
+        }
         s.close().await;
     }
 

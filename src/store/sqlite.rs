@@ -4,15 +4,15 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::LazyLock;
 
-use sqlx::Sqlite;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
 };
+use sqlx::{Sqlite, SqliteConnection};
 
-use super::backend::{Dialect, FirstWrite, SqlxStore};
+use super::backend::{Dialect, FirstWrite, RowsWritten, SqlxStore};
 use super::sql::{Placeholder, Statements};
-use super::{Connections, StoreError};
+use super::{Connections, Pending, StoreError};
 
 /// Connections for a file database. Writes are serialised by SQLite anyway; a few
 /// connections let exports and HTTP reads run beside a write (WAL readers do not block).
@@ -52,6 +52,22 @@ impl Dialect for Sqlite {
 
     fn rows_affected(done: &SqliteQueryResult) -> u64 {
         done.rows_affected()
+    }
+
+    // Row by row on the connection's own handle, outside sqlx (`sqlite_rows.rs` says
+    // why).
+    // `Dialect` is public only as the bound of `SqlxStore`; no caller outside the
+    // crate can name a `Pending` to call this with.
+    #[allow(private_interfaces)]
+    fn write_rows<'a>(
+        conn: &'a mut SqliteConnection,
+        partition: &'a str,
+        rows: &'a [Pending<'a>],
+        updated_at: &'a str,
+    ) -> Option<RowsWritten<'a>> {
+        Some(Box::pin(super::sqlite_rows::write(
+            conn, &SQL, partition, rows, updated_at,
+        )))
     }
 }
 

@@ -1,0 +1,170 @@
+//! SQLite's own writer of snapshot rows: the statements of [`super::sql`] for one row,
+//! run on the connection's SQLite handle instead of through sqlx.
+//!
+//! Why: sqlx hands every statement to a worker thread of its own and copies every
+//! bound value twice on the way (its arguments take owned copies of borrowed text, and
+//! binds them as `SQLITE_TRANSIENT`, which SQLite copies again). For a snapshot row of
+//! 32 values that was about half of what a row cost, SQLite's own insert the other
+//! half (docs/performance.md, "thirty-first round"). Here the handle is locked out of
+//! sqlx's worker for the write (`lock_handle`), and the task calls SQLite directly
+//! through rusqlite's wrapper of the same handle: one prepared statement per shape,
+//! one row per step, the partition and `updated_at` bound once per statement (SQLite
+//! keeps bindings across steps). The transaction is sqlx's, opened by the caller: the
+//! rows commit or roll back with the checkpoint and the spill written before them.
+//!
+//! What is stored is exactly what the shared path stores ([`super::backend`], which
+//! PostgreSQL keeps using): the same merge ([`Pending::merge_into`]), the same values,
+//! the same (inserted, revised) counts. Per row: a row of a window with no stored row
+//! so far is tried as new (`insert_row_if_new`, which changes nothing when the key is
+//! stored); otherwise, or when that found the row stored, the row is read by its key,
+//! merged and upserted. Once a window has shown a stored row (a correction), its next
+//! rows are read first, as the shared path does per chunk.
+
+use sqlx::SqliteConnection;
+
+use super::sql::Statements;
+use super::{N_COUNTERS, NewRow, Pending, RawRow, StoreError};
+
+/// Write `rows` (sorted by window, start, dimension, key; one per key) in the open
+/// transaction of `conn`. Returns (inserted, revised) like the shared path.
+pub(super) async fn write(
+    conn: &mut SqliteConnection,
+    statements: &Statements,
+    partition: &str,
+    rows: &[Pending<'_>],
+    updated_at: &str,
+) -> Result<(u64, u64), StoreError> {
+    if rows.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut handle = conn.lock_handle().await?;
+    let raw = handle.as_raw_handle();
+    blocking(|| {
+        // SAFETY: `raw` is the live handle of `conn`, which `handle` keeps locked away
+        // from sqlx's worker thread until it is dropped, after `db` (declared later,
+        // dropped first). `from_handle` never closes the handle; dropping `db`
+        // finalizes the statements it prepared.
+        let db = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
+        write_locked(&db, statements, partition, rows, updated_at)
+    })
+}
+
+/// Runs `f`, which blocks its thread on SQLite for a while, where it keeps the
+/// runtime's other tasks moving: on a multi-threaded runtime (the daemon's, `replay`'s)
+/// through `block_in_place`, which hands this worker's queue to another thread; on a
+/// current-thread runtime (tests) there is no other thread to hand it to.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+fn write_locked(
+    db: &rusqlite::Connection,
+    statements: &Statements,
+    partition: &str,
+    rows: &[Pending<'_>],
+    updated_at: &str,
+) -> Result<(u64, u64), StoreError> {
+    let mut insert = RowStatement::new(db, &statements.insert_row_if_new, partition, updated_at)?;
+    let mut upsert = RowStatement::new(db, &statements.upsert_row, partition, updated_at)?;
+    let mut select = db.prepare(&statements.select_row)?;
+    select.raw_bind_parameter(5, partition)?;
+    let (mut inserted, mut revised) = (0, 0);
+    // The window of the last row found stored: its next rows are read first.
+    let mut revised_window = None;
+    for p in rows {
+        let window = Some((p.window, p.start));
+        if revised_window != window
+            // Not valid as a whole row (a retraction): only a stored row can take it.
+            && let Ok(new) = p.merge_into(partition, None)
+            && insert.write(p, &new)? == 1
+        {
+            inserted += 1;
+            continue;
+        }
+        let old = read(&mut select, p)?;
+        match old {
+            Some(_) => {
+                revised += 1;
+                revised_window = window;
+            }
+            None => inserted += 1,
+        }
+        let new = p.merge_into(partition, old)?;
+        upsert.write(p, &new)?;
+    }
+    Ok((inserted, revised))
+}
+
+/// A prepared one-row statement with [`super::sql::UPSERT_BINDS`] parameters, the
+/// partition's and `updated_at`'s bound once.
+struct RowStatement<'c> {
+    st: rusqlite::Statement<'c>,
+}
+
+/// Parameter positions (1-based) in the order of `insert_values`: window,
+/// window_start, window_end, dimension, key, partition, counters, histograms,
+/// revision, updated_at.
+const PARTITION: usize = 6;
+const COUNTERS: usize = 7;
+const HISTS: usize = COUNTERS + N_COUNTERS;
+const REVISION: usize = HISTS + super::N_HISTS;
+const UPDATED_AT: usize = REVISION + 1;
+const _: () = assert!(UPDATED_AT == super::sql::UPSERT_BINDS);
+
+impl<'c> RowStatement<'c> {
+    fn new(
+        db: &'c rusqlite::Connection,
+        sql: &str,
+        partition: &str,
+        updated_at: &str,
+    ) -> rusqlite::Result<Self> {
+        let mut st = db.prepare(sql)?;
+        st.raw_bind_parameter(PARTITION, partition)?;
+        st.raw_bind_parameter(UPDATED_AT, updated_at)?;
+        Ok(RowStatement { st })
+    }
+
+    /// Runs the statement for one row: the rows it changed (0 or 1).
+    fn write(&mut self, p: &Pending<'_>, row: &NewRow) -> rusqlite::Result<usize> {
+        let st = &mut self.st;
+        st.raw_bind_parameter(1, p.window)?;
+        st.raw_bind_parameter(2, p.start)?;
+        st.raw_bind_parameter(3, p.end)?;
+        st.raw_bind_parameter(4, p.dimension.as_str())?;
+        st.raw_bind_parameter(5, p.key.as_str())?;
+        for (i, c) in row.counters.iter().enumerate() {
+            st.raw_bind_parameter(COUNTERS + i, c)?;
+        }
+        for (i, h) in row.hists.iter().enumerate() {
+            st.raw_bind_parameter(HISTS + i, h.as_deref())?;
+        }
+        st.raw_bind_parameter(REVISION, row.revision)?;
+        st.raw_execute()
+    }
+}
+
+/// The stored values of `p`'s row (`select_row`, its partition bound), if any.
+fn read(select: &mut rusqlite::Statement<'_>, p: &Pending<'_>) -> rusqlite::Result<Option<RawRow>> {
+    select.raw_bind_parameter(1, p.window)?;
+    select.raw_bind_parameter(2, p.start)?;
+    select.raw_bind_parameter(3, p.dimension.as_str())?;
+    select.raw_bind_parameter(4, p.key.as_str())?;
+    let mut found = select.raw_query();
+    let Some(r) = found.next()? else {
+        return Ok(None);
+    };
+    let mut counters = [0; N_COUNTERS];
+    for (i, c) in counters.iter_mut().enumerate() {
+        *c = r.get(1 + i)?;
+    }
+    let h = 1 + N_COUNTERS;
+    Ok(Some(RawRow {
+        revision: r.get(0)?,
+        counters,
+        hists: [r.get(h)?, r.get(h + 1)?, r.get(h + 2)?],
+    }))
+}
