@@ -1730,11 +1730,24 @@ mod tests {
     }
 
     async fn batches_larger_than_a_chunk(s: Store) {
-        let n = 2 * sql::CHUNK + 5;
-        let keys: Vec<String> = (0..n).map(|i| format!("agent-{i:03}")).collect();
+        // The second size's batches are long enough for SQLite's writer to merge rows
+        // on its helper thread ([`sqlite_rows::MERGE_AHEAD_FROM`]), the first not.
+        let long = 8 * sql::CHUNK + 5;
+        assert!(long / 2 > sqlite_rows::MERGE_AHEAD_FROM);
+        for (round, n) in [2 * sql::CHUNK + 5, long].into_iter().enumerate() {
+            rows_by_the_chunk(&s, T0 + round as i64 * H, n).await;
+        }
+    }
+
+    async fn rows_by_the_chunk(s: &Store, start: i64, n: usize) {
+        let keys: Vec<String> = (0..n).map(|i| format!("agent-{i:04}")).collect();
+        // Counts differ from one key to the next, so a row written with another's
+        // values shows.
+        let count = |i: usize| 1 + (i % 3) as i64;
         let first: Vec<SnapshotDelta> = keys
             .iter()
-            .map(|k| delta(T0, Dimension::Agent, k, answered(1, 1_000)))
+            .enumerate()
+            .map(|(i, k)| delta(start, Dimension::Agent, k, answered(count(i), 1_000)))
             .collect();
         let r = s.apply_deltas("p1", &first).await.unwrap();
         assert_eq!((r.inserted, r.revised), (n as u64, 0));
@@ -1742,23 +1755,34 @@ mod tests {
         let mut second: Vec<SnapshotDelta> = keys
             .iter()
             .step_by(2)
-            .map(|k| delta(T0, Dimension::Agent, k, answered(2, 3_000)))
+            .map(|k| delta(start, Dimension::Agent, k, answered(2, 3_000)))
             .collect();
-        second.extend(
-            (0..sql::CHUNK)
-                .map(|i| delta(T0, Dimension::Agent, &format!("new-{i:03}"), answered(1, 1))),
-        );
+        second.extend((0..sql::CHUNK).map(|i| {
+            delta(
+                start,
+                Dimension::Agent,
+                &format!("new-{i:03}"),
+                answered(1, 1),
+            )
+        }));
         let revisions = keys.len().div_ceil(2);
         let r = s.apply_deltas("p1", &second).await.unwrap();
         assert_eq!(
             (r.inserted, r.revised),
             (sql::CHUNK as u64, revisions as u64)
         );
-        let rows = s.query("1h", Dimension::Agent, None, None).await.unwrap();
+        let rows = s
+            .query("1h", Dimension::Agent, Some(start), Some(start + H))
+            .await
+            .unwrap();
         assert_eq!(rows.len(), n + sql::CHUNK);
         for row in rows.iter().filter(|r| r.key.starts_with("agent-")) {
             let i: usize = row.key["agent-".len()..].parse().unwrap();
-            let (answered, revision) = if i.is_multiple_of(2) { (3, 2) } else { (1, 1) };
+            let (answered, revision) = if i.is_multiple_of(2) {
+                (count(i) + 2, 2)
+            } else {
+                (count(i), 1)
+            };
             assert_eq!(
                 (row.acc.answered, row.acc.wait_hist.count(), row.revision),
                 (answered, answered, revision)

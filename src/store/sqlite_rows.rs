@@ -61,12 +61,61 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Rows from which a batch's new rows are merged and encoded on a helper thread,
+/// ahead of the writer, while SQLite inserts the ones before (a replay's final write,
+/// where the other core is otherwise idle). Fewer rows do not pay for the thread.
+pub(super) const MERGE_AHEAD_FROM: usize = 1024;
+/// Rows per hand-over from the helper, and hand-overs it may be ahead by.
+const AHEAD_CHUNK: usize = 256;
+const AHEAD_CHUNKS: usize = 4;
+
 fn write_locked(
     db: &rusqlite::Connection,
     statements: &Statements,
     partition: &str,
     rows: &[Pending<'_>],
     updated_at: &str,
+) -> Result<(u64, u64), StoreError> {
+    let inline = |p: &Pending<'_>, wanted: bool| {
+        // Not valid as a whole row (a retraction): only a stored row can take it.
+        wanted.then(|| p.merge_into(partition, None).ok()).flatten()
+    };
+    if rows.len() < MERGE_AHEAD_FROM {
+        return write_rows(db, statements, partition, rows, updated_at, inline);
+    }
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Option<NewRow>>>(AHEAD_CHUNKS);
+        let helper = std::thread::Builder::new()
+            .name("sqlite-rows".into())
+            .spawn_scoped(scope, move || {
+                for chunk in rows.chunks(AHEAD_CHUNK) {
+                    let fresh = chunk.iter().map(|p| p.merge_into(partition, None).ok());
+                    // The writer stopped (an error): nothing more is wanted.
+                    if tx.send(fresh.collect()).is_err() {
+                        return;
+                    }
+                }
+            });
+        if helper.is_err() {
+            // No thread to be had: the writer merges its rows itself.
+            return write_rows(db, statements, partition, rows, updated_at, inline);
+        }
+        let mut ahead = rx.into_iter().flatten();
+        // Taken for every row, wanted or not, to stay in step with `rows`.
+        let fresh = |_: &Pending<'_>, wanted: bool| ahead.next().flatten().filter(|_| wanted);
+        write_rows(db, statements, partition, rows, updated_at, fresh)
+    })
+}
+
+/// The write itself: `fresh(p, wanted)` is called once per row in order and gives
+/// the row as a new row (`merge_into` of nothing) when `wanted` and valid as one.
+fn write_rows(
+    db: &rusqlite::Connection,
+    statements: &Statements,
+    partition: &str,
+    rows: &[Pending<'_>],
+    updated_at: &str,
+    mut fresh: impl FnMut(&Pending<'_>, bool) -> Option<NewRow>,
 ) -> Result<(u64, u64), StoreError> {
     let mut insert = RowStatement::new(db, &statements.insert_row_if_new, partition, updated_at)?;
     let mut upsert = RowStatement::new(db, &statements.upsert_row, partition, updated_at)?;
@@ -77,9 +126,7 @@ fn write_locked(
     let mut revised_window = None;
     for p in rows {
         let window = Some((p.window, p.start));
-        if revised_window != window
-            // Not valid as a whole row (a retraction): only a stored row can take it.
-            && let Ok(new) = p.merge_into(partition, None)
+        if let Some(new) = fresh(p, revised_window != window)
             && insert.write(p, &new)? == 1
         {
             inserted += 1;
