@@ -33,9 +33,6 @@ pub trait Dialect: Database {
     /// writers from adding spilled contacts between the check that there are none and
     /// the clear.
     const LOCK_SPILL_TABLE: Option<&'static str>;
-    /// How a full chunk of rows is first written: as new rows, read and merged only
-    /// where a row exists ([`FirstWrite`]).
-    const FIRST_WRITE: FirstWrite;
     /// The shared statements in this backend's placeholder spelling.
     fn statements() -> &'static Statements;
     /// Rows changed by a statement (sqlx has no driver-neutral accessor).
@@ -60,24 +57,6 @@ pub trait Dialect: Database {
 /// What [`Dialect::write_rows`] returns: (inserted, revised) rows.
 pub type RowsWritten<'a> =
     std::pin::Pin<Box<dyn Future<Output = Result<(u64, u64), StoreError>> + Send + 'a>>;
-
-/// How [`SqlxStore`] writes a full chunk of rows before it knows whether they exist.
-/// In a replay, and at a window's first flush, nearly every row is new, and reading
-/// each chunk before writing it was a third of the snapshot writer's work on SQLite
-/// and most of it on PostgreSQL (docs/performance.md, "eighth round", "ninth round").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FirstWrite {
-    /// A plain insert, undone alone when a row exists (SQLite's default `ABORT`: the
-    /// statement fails on the primary key and the transaction goes on); the chunk is
-    /// then read, merged and upserted.
-    InsertOrUndo,
-    /// One statement inserts the rows that do not exist and returns the ones that do
-    /// ([`Statements::insert_or_read_chunk`]); only those are merged and upserted.
-    /// PostgreSQL, where a failed statement aborts the whole transaction (a savepoint
-    /// per chunk would be a round trip of its own) but a data-modifying `WITH` does
-    /// both in one round trip.
-    InsertOrRead,
-}
 
 /// A snapshot store on an sqlx pool of backend `DB`.
 pub struct SqlxStore<DB: Database> {
@@ -538,9 +517,10 @@ where
         Ok(())
     }
 
-    /// Write each chunk of rows: as new rows first where the chunk qualifies
-    /// ([`FirstWrite`]), otherwise by reading the current values by primary key and
-    /// upserting their sums. The statements are prepared once per connection (sqlx
+    /// Write each chunk of rows, for a backend without a writer of its own
+    /// ([`Dialect::write_rows`]; PostgreSQL): as new rows first where the chunk
+    /// qualifies ([`Self::first_write`]), otherwise by reading the current values by
+    /// primary key and upserting their sums. The statements are prepared once per connection (sqlx
     /// caches them by SQL text, and their shapes are fixed).
     ///
     /// The next chunk's first write is made (rows merged, histograms encoded, values
@@ -606,18 +586,12 @@ where
         };
         // The stored values of the chunk's rows, and whether the rows without one
         // are stored already (written as new by the first write).
-        let (existing, new_rows_written) = match (first, DB::FIRST_WRITE) {
-            (Some(q), FirstWrite::InsertOrUndo) => {
-                if Self::insert_new(conn, q).await? {
-                    return Ok((chunk.len() as u64, 0));
-                }
-                (Self::fetch_existing(conn, partition, chunk).await?, false)
-            }
-            (Some(q), FirstWrite::InsertOrRead) => {
+        let (existing, new_rows_written) = match first {
+            Some(q) => {
                 let found = q.fetch_all(&mut *conn).await?;
                 (Self::in_chunk_order(chunk, &found)?, true)
             }
-            (None, _) => (Self::fetch_existing(conn, partition, chunk).await?, false),
+            None => (Self::fetch_existing(conn, partition, chunk).await?, false),
         };
         let mut writes = Vec::with_capacity(chunk.len());
         for (p, old) in chunk.iter().zip(existing) {
@@ -678,42 +652,28 @@ where
             .collect()
     }
 
-    /// A full chunk's first write ([`FirstWrite`]): its rows as new rows, bound to
-    /// this backend's statement; none when the chunk cannot be written first (see
-    /// [`Self::fresh_rows`]).
+    /// A full chunk's first write, before it is known which of its rows exist: one
+    /// statement inserts the rows that do not exist and returns the ones that do
+    /// ([`Statements::insert_or_read_chunk`]); only those are then merged and upserted.
+    /// In a replay, and at a window's first flush, nearly every row is new, and reading
+    /// each chunk before writing it was most of the snapshot writer's work on
+    /// PostgreSQL (docs/performance.md, "ninth round"). A data-modifying `WITH` does
+    /// both in one round trip; a plain insert that fails on an existing row would
+    /// abort PostgreSQL's whole transaction (a savepoint per chunk would be a round
+    /// trip of its own). None when the backend has no such statement or the chunk
+    /// cannot be written first (see [`Self::fresh_rows`]).
     fn first_write<'q>(
         partition: &'q str,
         chunk: &'q [Pending<'q>],
         updated_at: &'q str,
     ) -> Option<Query<'q, DB>> {
+        let statement = DB::statements().insert_or_read_chunk.as_ref()?;
         let fresh = Self::fresh_rows(partition, chunk)?;
-        let statements = DB::statements();
-        let statement = match DB::FIRST_WRITE {
-            FirstWrite::InsertOrUndo => &statements.insert_new_chunk,
-            // A backend without the statement reads and upserts instead.
-            FirstWrite::InsertOrRead => statements.insert_or_read_chunk.as_ref()?,
-        };
         let mut q = sqlx::query::<DB>(statement);
         for (p, w) in chunk.iter().zip(fresh) {
             q = Self::bind_upsert(q, p, partition, w, updated_at);
         }
         Some(q)
-    }
-
-    /// [`FirstWrite::InsertOrUndo`]: write a full chunk as new rows, in one statement
-    /// (`q`, from [`Self::first_write`]): true when it did; false, with nothing
-    /// written, when a row exists (the statement fails on the primary key and is
-    /// undone alone).
-    async fn insert_new(conn: &mut DB::Connection, q: Query<'_, DB>) -> Result<bool, StoreError> {
-        match q.execute(&mut *conn).await {
-            Ok(_) => Ok(true),
-            Err(sqlx::Error::Database(e))
-                if e.kind() == sqlx::error::ErrorKind::UniqueViolation =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// The stored rows for `chunk` (1..=CHUNK distinct rows), in chunk order.

@@ -576,9 +576,6 @@ pub(crate) mod sql {
         /// window_start, window_end, dimension, key, partition, counters, histograms,
         /// revision, updated_at.
         pub upsert_chunk: String,
-        /// Insert [`CHUNK`] distinct rows as new: fails (on the primary key) when one
-        /// exists. Binds as `upsert_chunk`.
-        pub insert_new_chunk: String,
         /// One row inserted unless its primary key is stored: changes no row then.
         /// SQLite's own row writer ([`super::sqlite_rows`]) tries each new row with it.
         /// Binds as `upsert_chunk` for one row.
@@ -784,7 +781,6 @@ pub(crate) mod sql {
             Statements {
                 select_rows: rows_by_key(p, &p.list(1, 1), &keys),
                 upsert_chunk: upsert(p, CHUNK),
-                insert_new_chunk: insert_values(p, CHUNK),
                 insert_or_read_chunk: insert_or_read(p),
                 insert_row_if_new: format!("{} {ON_ROW} DO NOTHING", insert_values(p, 1)),
                 upsert_row: upsert(p, 1),
@@ -1848,11 +1844,11 @@ mod tests {
         }
     }
 
-    /// A full chunk of new rows whose last row exists. SQLite writes full chunks with
-    /// a plain insert first, which fails on that last row after writing the others: the
-    /// statement must be undone whole and the chunk merged, or the new rows would be
-    /// read back as existing and counted twice. Also a retraction of an existing row
-    /// (not valid as a new row) inside a full chunk of new rows.
+    /// A full chunk of new rows whose last row exists. The writers try new rows as
+    /// new first (PostgreSQL a chunk in one statement, SQLite row by row): the existing
+    /// row must be merged, and the new rows neither read back as existing nor counted
+    /// twice. Also a retraction of an existing row (not valid as a new row) inside a
+    /// full chunk of new rows.
     async fn a_chunk_with_one_existing_row_is_merged_whole(s: Store) {
         s.apply_deltas(
             "p1",
@@ -2384,11 +2380,8 @@ mod tests {
         let last = CHUNK * UPSERT_BINDS;
         assert!(st.upsert_chunk.contains("$32), ($33, "));
         assert!(st.upsert_chunk.contains(&format!("${last}) ON CONFLICT")));
-        assert!(st.insert_new_chunk.ends_with(&format!("${last})")));
-        assert_eq!(
-            st.insert_new_chunk.split(" ON CONFLICT").next(),
-            st.upsert_chunk.split(" ON CONFLICT").next()
-        );
+        let insert_chunk = st.upsert_chunk.split(" ON CONFLICT").next().unwrap();
+        assert!(insert_chunk.ends_with(&format!("${last})")));
         let last = 1 + 4 * CHUNK;
         assert!(st.select_rows.contains("\"partition\" = $1 LIMIT 1"));
         assert!(
@@ -2400,7 +2393,7 @@ mod tests {
         // The insert-or-read is the insert, then the look-up reusing each row's key
         // parameters (window, start, dimension, key) and the first row's partition.
         let write = st.insert_or_read_chunk.as_deref().unwrap();
-        assert!(write.contains(&st.insert_new_chunk));
+        assert!(write.contains(insert_chunk));
         assert!(write.contains("DO NOTHING) SELECT"));
         assert!(write.contains("FROM (VALUES ($1, $2, $4, $5), ($33, $34, $36, $37), "));
         let r = 1 + (CHUNK - 1) * UPSERT_BINDS;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::{ConnectOptions, Connection, Postgres};
 
-use super::backend::{Dialect, FirstWrite, SqlxStore};
+use super::backend::{Dialect, SqlxStore};
 use super::sql::{Placeholder, Statements};
 use super::{Connections, StoreError};
 
@@ -56,9 +56,6 @@ impl Dialect for Postgres {
     // milliseconds. A partition's other writers are kept out by LOCK_PARTITION.
     const LOCK_SPILL_TABLE: Option<&'static str> =
         Some("LOCK TABLE spilled_contacts IN ACCESS EXCLUSIVE MODE");
-    // A failed statement aborts the transaction, but one statement can insert the new
-    // rows and return the existing ones.
-    const FIRST_WRITE: FirstWrite = FirstWrite::InsertOrRead;
 
     fn statements() -> &'static Statements {
         &SQL

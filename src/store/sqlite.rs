@@ -10,7 +10,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection};
 
-use super::backend::{Dialect, FirstWrite, RowsWritten, SqlxStore};
+use super::backend::{Dialect, RowsWritten, SqlxStore};
 use super::sql::{Placeholder, Statements};
 use super::{Connections, Pending, StoreError};
 
@@ -43,8 +43,6 @@ impl Dialect for Sqlite {
     // are freed without visiting rows. BEGIN IMMEDIATE already keeps other writers out.
     const SPILL_CLEAR_ALL: &'static str = "DELETE FROM spilled_contacts";
     const LOCK_SPILL_TABLE: Option<&'static str> = None;
-    // No data-modifying `WITH` in SQLite, but a failed statement is undone alone.
-    const FIRST_WRITE: FirstWrite = FirstWrite::InsertOrUndo;
 
     fn statements() -> &'static Statements {
         &SQL
