@@ -2316,6 +2316,11 @@ mod tests {
             2,
             "temporary files in memory"
         );
+        assert_eq!(
+            inner.page_size().await.unwrap(),
+            16 * 1024,
+            "a new file's pages"
+        );
         // Built without allocation statistics (LIBSQLITE3_FLAGS in .cargo/config.toml):
         // with them every SQLite malloc and free takes one global mutex.
         let options = inner.compile_options().await.unwrap();
