@@ -217,6 +217,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         ahead.recycle(batch);
     }
     bar.set_position(n);
+    tracing::debug!(events = n, "end of input: flushing every window");
     // The engine lets go of its contacts before the last (largest) write.
     let deltas = pipe.engine.finish();
     tracing::debug!(
