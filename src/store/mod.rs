@@ -1284,7 +1284,6 @@ mod tests {
         export_streams_partitions_merged_in_byte_order,
         clear_partition_deletes_only_that_partition,
         negative_correction_brings_counters_down,
-        negative_hist_bin_is_an_error_and_rolls_back,
         query_filters_by_window_dimension_and_range_and_sorts,
         claim_starts_at_epoch_one_without_state,
         commit_writes_rows_state_and_offset_together,
@@ -1293,6 +1292,18 @@ mod tests {
         spill_rows_go_with_the_checkpoint,
         clear_spill_keeps_other_partitions,
     );
+
+    mod negative_hist_bin_is_an_error_and_rolls_back {
+        // Multi-threaded: a long write runs on a worker (see the case).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn sqlite() {
+            super::on_sqlite(super::negative_hist_bin_is_an_error_and_rolls_back).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn postgres() {
+            super::on_postgres(super::negative_hist_bin_is_an_error_and_rolls_back).await
+        }
+    }
 
     mod store_spill_behaves_like_the_model {
         // Multi-threaded: the spill blocks a thread of its own on the store.
@@ -2185,6 +2196,39 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(all_rows(&s).await[0].revision, 2);
+        // A batch long enough for SQLite's writer to merge its new rows on a helper
+        // thread, failing on its first row: the helper, thousands of rows ahead, stops
+        // with the writer instead of waiting to hand over more, and all of it rolls back.
+        let mut long = vec![delta(
+            T0,
+            Dimension::Queue,
+            "sales",
+            impossible_retraction(),
+        )];
+        long.extend((0..8 * sql::CHUNK).map(|i| {
+            delta(
+                T0,
+                Dimension::Queue,
+                &format!("zzz-{i:04}"),
+                answered(1, 1_000),
+            )
+        }));
+        // On a worker of the test's multi-threaded runtime, where the writer blocks its
+        // thread through `block_in_place`, so that the test's own thread can time out.
+        // A hung write would then also hang the runtime's shutdown after a panic: abort
+        // instead, which fails the test binary with this message.
+        let writer = s.clone();
+        let write = tokio::spawn(async move { writer.apply_deltas("p1", &long).await });
+        let failed = match tokio::time::timeout(std::time::Duration::from_secs(60), write).await {
+            Ok(done) => done.unwrap(),
+            Err(_) => {
+                eprintln!("a long write failing on its first row did not stop within 60 s");
+                std::process::abort();
+            }
+        };
+        assert!(matches!(failed, Err(StoreError::Hist { .. })), "{failed:?}");
+        let rows = all_rows(&s).await;
+        assert_eq!((rows.len(), rows[0].revision), (1, 2));
     }
 
     async fn query_filters_by_window_dimension_and_range_and_sorts(s: Store) {
