@@ -2,7 +2,10 @@
 //! apply / claim / commit / query shared by SQLite and PostgreSQL. A backend module
 //! (`sqlite.rs`, `postgres.rs`) only opens its pool and describes its transactions
 //! ([`Dialect`]); everything that binds parameters or reads columns is here, so the
-//! two backends cannot drift apart.
+//! two backends cannot drift apart. The one exception is how SQLite writes snapshot
+//! rows ([`Dialect::write_rows`], `sqlite_rows.rs`): the same statements for one row,
+//! the same merge, run on the connection's handle, and held to PostgreSQL's results
+//! by `export_is_identical_on_sqlite_and_postgres`.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -522,10 +522,11 @@ impl Store {
 pub(crate) mod sql {
     use super::{COUNTER_NAMES, HIST_NAMES};
 
-    /// Snapshot rows written or read per statement. Each statement is a round trip to
-    /// the driver (for SQLite, to its worker thread, and back: two thread wake-ups),
-    /// which costs more than SQLite's own work on a row, so rows go in chunks. It was
-    /// 64: a replay's final write (most of its rows) then kept SQLite's worker idle
+    /// Snapshot rows written or read per statement of the shared path (PostgreSQL's;
+    /// SQLite's own writer, `sqlite_rows.rs`, calls SQLite row by row instead). Each
+    /// statement is a round trip to the driver, which costs more than the database's
+    /// work on a row, so rows go in chunks. It was 64: when SQLite took this path, a
+    /// replay's final write (most of its rows) then kept SQLite's worker thread idle
     /// 40 % of the time, waiting for the next statement; 256 rows cut that to a
     /// quarter (docs/performance.md, "thirteenth round"). 256 rows keep the upsert at
     /// 8,192 bind parameters, below SQLite's (32,766) and PostgreSQL's (65,535) limits.
