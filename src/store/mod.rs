@@ -1260,19 +1260,26 @@ mod tests {
 
     /// One test per backend for each case (`async fn case(s: Store)`):
     /// `case::sqlite` on an in-memory database, `case::postgres` on a fresh one.
+    /// `multi_thread:` before the cases runs them on a two-worker runtime.
     macro_rules! on_both_backends {
-        ($($case:ident),* $(,)?) => {$(
+        (multi_thread: $($case:ident),* $(,)?) => {
+            on_both_backends!(@with tokio::test(flavor = "multi_thread", worker_threads = 2); $($case),*);
+        };
+        (@with $test:meta; $($case:ident),*) => {$(
             mod $case {
-                #[tokio::test]
+                #[$test]
                 async fn sqlite() {
                     super::on_sqlite(super::$case).await
                 }
-                #[tokio::test]
+                #[$test]
                 async fn postgres() {
                     super::on_postgres(super::$case).await
                 }
             }
         )*};
+        ($($case:ident),* $(,)?) => {
+            on_both_backends!(@with tokio::test; $($case),*);
+        };
     }
 
     on_both_backends!(
@@ -1294,29 +1301,12 @@ mod tests {
         clear_spill_keeps_other_partitions,
     );
 
-    mod negative_hist_bin_is_an_error_and_rolls_back {
-        // Multi-threaded: a long write runs on a worker (see the case).
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn sqlite() {
-            super::on_sqlite(super::negative_hist_bin_is_an_error_and_rolls_back).await
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn postgres() {
-            super::on_postgres(super::negative_hist_bin_is_an_error_and_rolls_back).await
-        }
-    }
-
-    mod store_spill_behaves_like_the_model {
-        // Multi-threaded: the spill blocks a thread of its own on the store.
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn sqlite() {
-            super::on_sqlite(super::store_spill_behaves_like_the_model).await
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn postgres() {
-            super::on_postgres(super::store_spill_behaves_like_the_model).await
-        }
-    }
+    // Multi-threaded: the spill blocks a thread of its own on the store, and a long
+    // write runs on a worker (see the case).
+    on_both_backends!(
+        multi_thread: negative_hist_bin_is_an_error_and_rolls_back,
+        store_spill_behaves_like_the_model,
+    );
 
     /// The spill's rows are written by the commit transaction (with the fence), read
     /// back by key and by customer above the horizon, expired, and cleared with the
