@@ -509,7 +509,10 @@ impl Store {
         each: impl FnMut(StoredRow) -> Result<(), E>,
     ) -> Result<u64, E> {
         match self {
-            Store::Sqlite(s) => s.query_each(window, dimension, from, to, each).await,
+            Store::Sqlite(s) => {
+                s.query_each_on_handle(window, dimension, from, to, each)
+                    .await
+            }
             Store::Postgres(s) => s.query_each(window, dimension, from, to, each).await,
         }
     }

@@ -24,7 +24,8 @@ const FILE_POOL_SIZE: u32 = 4;
 /// ahead and the reader drains: that export (10,000 rows) took 0.79 of the time
 /// (21 pairs; 1,024 gave 1.15 of 4,096's) at up to ~14 MB more held for the reader
 /// (rows with their histograms, ~3.4 kB each), per query and only while it runs
-/// (docs/performance.md, "twentieth round").
+/// (docs/performance.md, "twentieth round"). Exports have since left sqlx on SQLite
+/// (`sqlite_rows.rs`, `query_each_on_handle`); the spill's reads still go through it.
 const ROW_BUFFER: usize = 4096;
 
 /// Page size of a database file this store creates (SQLite's default is 4,096).

@@ -1,5 +1,6 @@
-//! SQLite's own writer of snapshot rows: the statements of [`super::sql`] for one row,
-//! run on the connection's SQLite handle instead of through sqlx.
+//! SQLite's own writer of snapshot rows, and its reader of exports: the statements of
+//! [`super::sql`] run on a connection's SQLite handle instead of through sqlx (the
+//! reader, `query_each_on_handle`, is at the end).
 //!
 //! Why: sqlx hands every statement to a worker thread of its own and copies every
 //! bound value twice on the way (its arguments take owned copies of borrowed text, and
@@ -20,10 +21,14 @@
 //! merged and upserted. Once a window has shown a stored row (a correction), its next
 //! rows are read first, as the shared path does per chunk.
 
-use sqlx::SqliteConnection;
+use sqlx::{Sqlite, SqliteConnection};
 
+use super::backend::{Dialect, SqlxStore};
 use super::sql::Statements;
-use super::{N_COUNTERS, NewRow, Pending, RawRow, StoreError};
+use super::{
+    ExportRaw, N_COUNTERS, NewRow, PartitionMerge, Pending, RawRow, StoreError, StoredRow,
+};
+use crate::engine::Dimension;
 
 /// Write `rows` (sorted by window, start, dimension, key; one per key) in the open
 /// transaction of `conn`. Returns (inserted, revised) like the shared path.
@@ -201,17 +206,83 @@ fn read(select: &mut rusqlite::Statement<'_>, p: &Pending<'_>) -> rusqlite::Resu
     select.raw_bind_parameter(3, p.dimension.as_str())?;
     select.raw_bind_parameter(4, p.key.as_str())?;
     let mut found = select.raw_query();
-    let Some(r) = found.next()? else {
-        return Ok(None);
-    };
+    match found.next()? {
+        Some(r) => raw_row(r, 0).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Revision, counters and histograms starting at column `first` (the order of
+/// `select_row` and `select_export`).
+fn raw_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<RawRow> {
     let mut counters = [0; N_COUNTERS];
     for (i, c) in counters.iter_mut().enumerate() {
-        *c = r.get(1 + i)?;
+        *c = r.get(first + 1 + i)?;
     }
-    let h = 1 + N_COUNTERS;
-    Ok(Some(RawRow {
-        revision: r.get(0)?,
+    let h = first + 1 + N_COUNTERS;
+    Ok(RawRow {
+        revision: r.get(first)?,
         counters,
         hists: [r.get(h)?, r.get(h + 1)?, r.get(h + 2)?],
-    }))
+    })
+}
+
+impl SqlxStore<Sqlite> {
+    /// [`super::Store::query_each`] on SQLite: `select_export` stepped on a pooled
+    /// connection's handle, each row read where SQLite holds it. Through sqlx, every
+    /// row was copied into a row of its own on sqlx's worker thread and sent over a
+    /// channel to this one, and that thread took over a third of an export's samples
+    /// (docs/performance.md, "thirty-second round"). The rows and their merge are the
+    /// shared path's ([`PartitionMerge`]).
+    pub(super) async fn query_each_on_handle<E: From<StoreError>>(
+        &self,
+        window: &str,
+        dimension: Dimension,
+        from: Option<i64>,
+        to: Option<i64>,
+        mut each: impl FnMut(StoredRow) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
+        let mut handle = conn.lock_handle().await.map_err(StoreError::from)?;
+        let raw = handle.as_raw_handle();
+        blocking(|| {
+            // SAFETY: as in `write`: the handle stays locked away from sqlx's worker
+            // until `handle` is dropped, after `db`.
+            let db = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }
+                .map_err(StoreError::from)?;
+            let mut merge = PartitionMerge::new(window, dimension);
+            let mut n = 0;
+            let mut st = db
+                .prepare(&<Sqlite as Dialect>::statements().select_export)
+                .map_err(StoreError::from)?;
+            let read = |st: &mut rusqlite::Statement<'_>| -> rusqlite::Result<()> {
+                st.raw_bind_parameter(1, window)?;
+                st.raw_bind_parameter(2, dimension.as_str())?;
+                st.raw_bind_parameter(3, from.unwrap_or(i64::MIN))?;
+                st.raw_bind_parameter(4, to.unwrap_or(i64::MAX))
+            };
+            read(&mut st).map_err(StoreError::from)?;
+            let mut rows = st.raw_query();
+            while let Some(r) = rows.next().map_err(StoreError::from)? {
+                let raw = (|| {
+                    Ok::<_, rusqlite::Error>(ExportRaw {
+                        start: r.get(0)?,
+                        end: r.get(1)?,
+                        key: r.get(2)?,
+                        row: raw_row(r, 3)?,
+                    })
+                })()
+                .map_err(StoreError::from)?;
+                if let Some(done) = merge.add(raw)? {
+                    n += 1;
+                    each(done)?;
+                }
+            }
+            if let Some(last) = merge.finish() {
+                n += 1;
+                each(last)?;
+            }
+            Ok(n)
+        })
+    }
 }
