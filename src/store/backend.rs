@@ -241,7 +241,6 @@ where
             .bind(to.unwrap_or(i64::MAX))
             .fetch(&self.pool);
         let mut merge = PartitionMerge::new(window, dimension);
-        let mut n = 0;
         let read =
             |r: Result<Option<DB::Row>, sqlx::Error>| -> Result<Option<ExportRaw>, StoreError> {
                 let Some(r) = r? else { return Ok(None) };
@@ -253,16 +252,9 @@ where
                 }))
             };
         while let Some(raw) = read(rows.try_next().await)? {
-            if let Some(done) = merge.add(raw)? {
-                n += 1;
-                each(done)?;
-            }
+            merge.add_to(raw, &mut each)?;
         }
-        if let Some(last) = merge.finish() {
-            n += 1;
-            each(last)?;
-        }
-        Ok(n)
+        merge.finish_to(&mut each)
     }
 
     /// A spill batch, in the commit transaction after the fence: expiry first, then

@@ -1093,6 +1093,8 @@ pub(crate) struct PartitionMerge<'a> {
     window: &'a str,
     dimension: Dimension,
     current: Option<StoredRow>,
+    /// Merged rows handed out by [`Self::add_to`] and [`Self::finish_to`].
+    handed: u64,
 }
 
 impl<'a> PartitionMerge<'a> {
@@ -1101,7 +1103,33 @@ impl<'a> PartitionMerge<'a> {
             window,
             dimension,
             current: None,
+            handed: 0,
         }
+    }
+
+    /// [`Self::add`], handing the row it completes to `each`.
+    pub(crate) fn add_to<E: From<StoreError>>(
+        &mut self,
+        raw: ExportRaw,
+        each: &mut impl FnMut(StoredRow) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if let Some(done) = self.add(raw)? {
+            self.handed += 1;
+            each(done)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the last merged row to `each`: returns the rows handed out in all.
+    pub(crate) fn finish_to<E>(
+        mut self,
+        each: &mut impl FnMut(StoredRow) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        if let Some(last) = self.current.take() {
+            self.handed += 1;
+            each(last)?;
+        }
+        Ok(self.handed)
     }
 
     /// Add one partition's row; returns the previous merged row once `raw` starts the
@@ -1148,11 +1176,6 @@ impl<'a> PartitionMerge<'a> {
             acc,
             revision: raw.row.revision,
         }))
-    }
-
-    /// The last merged row.
-    pub(crate) fn finish(self) -> Option<StoredRow> {
-        self.current
     }
 }
 
@@ -2042,12 +2065,9 @@ mod tests {
         let mut m = PartitionMerge::new("1h", Dimension::Agent);
         m.add(raw(T0 + H, "a")).unwrap();
         assert!(m.add(raw(T0, "b")).is_err());
-        assert_eq!(
-            PartitionMerge::new("1h", Dimension::Agent)
-                .finish()
-                .map(|r| r.key),
-            None
-        );
+        let nothing: Result<u64, StoreError> = PartitionMerge::new("1h", Dimension::Agent)
+            .finish_to(&mut |r| panic!("no row was added, {r:?} handed out"));
+        assert_eq!(nothing.unwrap(), 0);
     }
 
     /// PostgreSQL sorts text in the column's collation, which is the database's

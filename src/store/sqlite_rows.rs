@@ -251,7 +251,6 @@ impl SqlxStore<Sqlite> {
             let db = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }
                 .map_err(StoreError::from)?;
             let mut merge = PartitionMerge::new(window, dimension);
-            let mut n = 0;
             let mut st = db
                 .prepare(&<Sqlite as Dialect>::statements().select_export)
                 .map_err(StoreError::from)?;
@@ -273,16 +272,9 @@ impl SqlxStore<Sqlite> {
                     })
                 })()
                 .map_err(StoreError::from)?;
-                if let Some(done) = merge.add(raw)? {
-                    n += 1;
-                    each(done)?;
-                }
+                merge.add_to(raw, &mut each)?;
             }
-            if let Some(last) = merge.finish() {
-                n += 1;
-                each(last)?;
-            }
-            Ok(n)
+            merge.finish_to(&mut each)
         })
     }
 }
