@@ -42,15 +42,28 @@ pub(super) async fn write(
     if rows.is_empty() {
         return Ok((0, 0));
     }
-    let mut handle = conn.lock_handle().await?;
+    on_handle(conn, |db| {
+        write_locked(db, statements, partition, rows, updated_at)
+    })
+    .await
+}
+
+/// Runs `f` on `conn`'s SQLite handle, locked away from sqlx's worker thread
+/// meanwhile, on this thread ([`blocking`]).
+async fn on_handle<R, E: From<StoreError>>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<R, E>,
+) -> Result<R, E> {
+    let mut handle = conn.lock_handle().await.map_err(StoreError::from)?;
     let raw = handle.as_raw_handle();
     blocking(|| {
         // SAFETY: `raw` is the live handle of `conn`, which `handle` keeps locked away
-        // from sqlx's worker thread until it is dropped, after `db` (declared later,
-        // dropped first). `from_handle` never closes the handle; dropping `db`
-        // finalizes the statements it prepared.
-        let db = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
-        write_locked(&db, statements, partition, rows, updated_at)
+        // from sqlx's worker thread until it is dropped, after `db` (a local of this
+        // closure). `from_handle` never closes the handle; dropping `db` finalizes the
+        // statements it prepared.
+        let db =
+            unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }.map_err(StoreError::from)?;
+        f(&db)
     })
 }
 
@@ -243,38 +256,35 @@ impl SqlxStore<Sqlite> {
         mut each: impl FnMut(StoredRow) -> Result<(), E>,
     ) -> Result<u64, E> {
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-        let mut handle = conn.lock_handle().await.map_err(StoreError::from)?;
-        let raw = handle.as_raw_handle();
-        blocking(|| {
-            // SAFETY: as in `write`: the handle stays locked away from sqlx's worker
-            // until `handle` is dropped, after `db`.
-            let db = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }
-                .map_err(StoreError::from)?;
-            let mut merge = PartitionMerge::new(window, dimension);
+        on_handle(&mut conn, |db| {
             let mut st = db
                 .prepare(&<Sqlite as Dialect>::statements().select_export)
                 .map_err(StoreError::from)?;
-            let read = |st: &mut rusqlite::Statement<'_>| -> rusqlite::Result<()> {
+            let bind = |st: &mut rusqlite::Statement<'_>| -> rusqlite::Result<()> {
                 st.raw_bind_parameter(1, window)?;
                 st.raw_bind_parameter(2, dimension.as_str())?;
                 st.raw_bind_parameter(3, from.unwrap_or(i64::MIN))?;
                 st.raw_bind_parameter(4, to.unwrap_or(i64::MAX))
             };
-            read(&mut st).map_err(StoreError::from)?;
+            bind(&mut st).map_err(StoreError::from)?;
+            let mut merge = PartitionMerge::new(window, dimension);
             let mut rows = st.raw_query();
             while let Some(r) = rows.next().map_err(StoreError::from)? {
-                let raw = (|| {
-                    Ok::<_, rusqlite::Error>(ExportRaw {
-                        start: r.get(0)?,
-                        end: r.get(1)?,
-                        key: r.get(2)?,
-                        row: raw_row(r, 3)?,
-                    })
-                })()
-                .map_err(StoreError::from)?;
+                let raw = export_raw(r).map_err(StoreError::from)?;
                 merge.add_to(raw, &mut each)?;
             }
             merge.finish_to(&mut each)
         })
+        .await
     }
+}
+
+/// One `select_export` row as read: window start, end, key, then the values.
+fn export_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExportRaw> {
+    Ok(ExportRaw {
+        start: r.get(0)?,
+        end: r.get(1)?,
+        key: r.get(2)?,
+        row: raw_row(r, 3)?,
+    })
 }
