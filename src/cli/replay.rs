@@ -48,6 +48,11 @@ pub struct Args {
     pub spill_dir: Option<PathBuf>,
 }
 
+/// Deltas per part of `replay`'s last write (whole windows, so a part may hold more):
+/// large enough that a part's transaction and the row writer's helper thread pay off
+/// (`store::sqlite_rows`), small enough that the first part reaches the writer soon.
+const FINAL_PART_ROWS: usize = 8192;
+
 fn parse_now(s: &str) -> Result<i64, String> {
     ccmetrics::event::decode::parse_rfc3339(s)
         .ok_or_else(|| format!("{s:?} is not an RFC 3339 time with offset"))
@@ -130,15 +135,18 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     // A spill whose files failed gave answers that cannot be trusted since: the
     // replay stops before writing anything derived from them.
+    let spill_error = |e: std::io::Error| {
+        anyhow::Error::new(e).context(format!(
+            "the contact spill's files in {} failed; the replay stopped (its \
+             partition holds what was written before; run it again)",
+            scratch
+                .as_ref()
+                .map_or_else(String::new, |d| d.path().display().to_string())
+        ))
+    };
     let spill_failed = |pipe: &mut Pipeline| -> anyhow::Result<()> {
         match pipe.engine.spill_mut().and_then(|s| s.failure()) {
-            Some(e) => Err(anyhow::Error::new(e).context(format!(
-                "the contact spill's files in {} failed; the replay stopped (its \
-                 partition holds what was written before; run it again)",
-                scratch
-                    .as_ref()
-                    .map_or_else(String::new, |d| d.path().display().to_string())
-            ))),
+            Some(e) => Err(spill_error(e)),
             None => Ok(()),
         }
     };
@@ -218,15 +226,30 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     bar.set_position(n);
     tracing::debug!(events = n, "end of input: flushing every window");
-    // The engine lets go of its contacts before the last (largest) write.
-    let deltas = pipe.engine.finish();
+    // The engine lets go of its contacts before the last (largest) write, and hands
+    // its windows out in parts: the writer writes one part while the engine takes the
+    // next (docs/performance.md, "thirty-third round").
+    let mut deltas = 0;
+    let mut parts = 0;
+    // A spill that failed in the last derivations stops the replay before any of
+    // their rows is written.
+    let finish = pipe
+        .engine
+        .finish_in_parts(FINAL_PART_ROWS)
+        .map_err(spill_error)?;
+    for part in finish {
+        deltas += part.len();
+        parts += 1;
+        if !send(part).await {
+            break;
+        }
+    }
     tracing::debug!(
         events = n,
-        deltas = deltas.len(),
+        deltas,
+        parts,
         "end of input: every window flushed, contacts released"
     );
-    spill_failed(&mut pipe)?;
-    send(deltas).await;
     drop(write_tx);
     let rows = writer
         .await

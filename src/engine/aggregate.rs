@@ -278,25 +278,7 @@ impl Aggregator {
     ) -> Vec<SnapshotDelta> {
         let finest: Vec<_> = self.windows.extract_if(|_, w| ready(w.end)).collect();
         for (k, w) in &finest {
-            // A finished finest window feeds the coarser intervals containing it: still
-            // open ones grow, already flushed ones get a correction delta.
-            // Each dimension feeds the coarser intervals it keeps (a window holds only
-            // the dimensions updated per fact at its interval, whose finest it is).
-            for &c in &self.plan.derived_any {
-                let bit = 1u32 << c;
-                let feeds = |dk: &DimKey| self.plan.derived[dk.0 as usize] & bit != 0;
-                if !w.accs.keys().any(feeds) {
-                    continue;
-                }
-                let (start, end) = self.windower.window(self.intervals[c as usize], k.1);
-                let cw = self.coarse.entry((c, start)).or_insert_with(|| WindowAccs {
-                    end,
-                    accs: HashMap::default(),
-                });
-                for (dk, acc) in w.accs.iter().filter(|(dk, _)| feeds(dk)) {
-                    cw.accs.entry(*dk).or_default().merge(acc);
-                }
-            }
+            self.feed_coarse(*k, w);
         }
         let coarse: Vec<_> = self.coarse.extract_if(|_, w| ready(w.end)).collect();
         // Sized exactly: grown by doubling, the vector of an hour's boundary (tens of
@@ -311,17 +293,50 @@ impl Aggregator {
         for (k, w) in finest.into_iter().chain(coarse) {
             self.emit(k, w, syms, &mut out);
         }
-        // Unstable (in place, no scratch copy of the deltas) gives the stable order:
-        // no two deltas of one take share (interval, start, dimension, key).
-        out.sort_unstable_by(|a, b| {
-            (a.interval, a.start, a.dimension, &a.key).cmp(&(
-                b.interval,
-                b.start,
-                b.dimension,
-                &b.key,
-            ))
-        });
+        sort_deltas(&mut out);
         out
+    }
+
+    /// Every window, as [`Aggregator::take`] with every window ready takes them, handed
+    /// out in parts of whole windows of at least `rows` deltas each (the last part may
+    /// be smaller), each part sorted by key: the caller writes one part while the next
+    /// is built. The finest windows come first, earliest first, each fed to its coarser
+    /// windows as it goes; then the coarser windows, complete by then.
+    pub(super) fn take_all_in_parts<'a>(
+        &'a mut self,
+        syms: &'a Interner,
+        rows: usize,
+    ) -> TakeParts<'a> {
+        let finest = latest_first(self.windows.drain());
+        TakeParts {
+            agg: self,
+            syms,
+            rows: rows.max(1),
+            finest,
+            coarse: None,
+        }
+    }
+
+    /// A finished finest window feeds the coarser intervals containing it: still open
+    /// ones grow, already flushed ones get a correction delta.
+    fn feed_coarse(&mut self, k: (u8, Millis), w: &WindowAccs) {
+        // Each dimension feeds the coarser intervals it keeps (a window holds only the
+        // dimensions updated per fact at its interval, whose finest it is).
+        for &c in &self.plan.derived_any {
+            let bit = 1u32 << c;
+            let feeds = |dk: &DimKey| self.plan.derived[dk.0 as usize] & bit != 0;
+            if !w.accs.keys().any(feeds) {
+                continue;
+            }
+            let (start, end) = self.windower.window(self.intervals[c as usize], k.1);
+            let cw = self.coarse.entry((c, start)).or_insert_with(|| WindowAccs {
+                end,
+                accs: HashMap::default(),
+            });
+            for (dk, acc) in w.accs.iter().filter(|(dk, _)| feeds(dk)) {
+                cw.accs.entry(*dk).or_default().merge(acc);
+            }
+        }
     }
 
     fn emit(&self, k: (u8, Millis), w: WindowAccs, syms: &Interner, out: &mut Vec<SnapshotDelta>) {
@@ -485,6 +500,68 @@ impl Helper {
             let _ = tx.send(full);
         }
     }
+}
+
+/// A window of accumulators with its key, `(interval index, start)`.
+type Window = ((u8, Millis), WindowAccs);
+
+/// [`Aggregator::take_all_in_parts`]'s parts, one per `next`.
+pub(super) struct TakeParts<'a> {
+    agg: &'a mut Aggregator,
+    syms: &'a Interner,
+    rows: usize,
+    /// The finest windows still to hand out, the next one last.
+    finest: Vec<Window>,
+    /// The coarser windows still to hand out, the next one last: taken once every
+    /// finest window has fed them.
+    coarse: Option<Vec<Window>>,
+}
+
+impl Iterator for TakeParts<'_> {
+    type Item = Vec<SnapshotDelta>;
+
+    fn next(&mut self) -> Option<Vec<SnapshotDelta>> {
+        let mut out = Vec::new();
+        while out.len() < self.rows {
+            let (k, w) = match self.finest.pop() {
+                Some((k, w)) => {
+                    self.agg.feed_coarse(k, &w);
+                    (k, w)
+                }
+                None => {
+                    let coarse = self
+                        .coarse
+                        .get_or_insert_with(|| latest_first(self.agg.coarse.drain()));
+                    match coarse.pop() {
+                        Some(window) => window,
+                        None => break,
+                    }
+                }
+            };
+            out.reserve(w.accs.len());
+            self.agg.emit(k, w, self.syms, &mut out);
+        }
+        if out.is_empty() {
+            return None;
+        }
+        sort_deltas(&mut out);
+        Some(out)
+    }
+}
+
+/// Windows to be popped from the end: earliest first, and the same order in every run.
+fn latest_first(windows: impl Iterator<Item = Window>) -> Vec<Window> {
+    let mut v: Vec<_> = windows.collect();
+    v.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
+    v
+}
+
+/// Deltas in key order. Unstable (in place, no scratch copy of the deltas) gives the
+/// stable order: no two deltas of one take share (interval, start, dimension, key).
+fn sort_deltas(out: &mut [SnapshotDelta]) {
+    out.sort_unstable_by(|a, b| {
+        (a.interval, a.start, a.dimension, &a.key).cmp(&(b.interval, b.start, b.dimension, &b.key))
+    });
 }
 
 /// Add every accumulator of `from` to `into`'s.

@@ -301,6 +301,13 @@ pub struct SnapshotDelta {
     pub acc: Acc,
 }
 
+/// The contacts an engine let go of at the end of its stream
+/// ([`Engine::finish_in_parts`]), to be freed wherever is cheapest.
+struct Released {
+    _contacts: KeyTable<Contact>,
+    _customers: KeyTable<CustomerContacts>,
+}
+
 /// What happened to an input message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -1767,16 +1774,54 @@ impl Engine {
     pub fn finish(&mut self) -> Vec<SnapshotDelta> {
         self.settle();
         self.complete_waiting_wraps();
-        self.contacts = KeyTable::default();
-        self.customers = KeyTable::default();
+        drop(self.release_contacts());
+        self.agg.take(|_| true, &self.syms)
+    }
+
+    /// [`Engine::finish`], its deltas handed out in parts of whole windows of at least
+    /// `rows` deltas each (the last part may be smaller), each sorted by key, so that
+    /// the caller writes one part while the next is built: `replay`'s last write then
+    /// runs beside the work of taking the windows. Together the parts are exactly
+    /// `finish`'s deltas. The contacts are released on a thread of their own (on the
+    /// caller's when none can be started) while the parts are built.
+    ///
+    /// Fails when the spill has failed ([`spill::Spill::failure`]), before any part:
+    /// the last derivations may have read from it.
+    pub fn finish_in_parts(
+        &mut self,
+        rows: usize,
+    ) -> Result<impl Iterator<Item = Vec<SnapshotDelta>> + '_, std::io::Error> {
+        self.settle();
+        self.complete_waiting_wraps();
+        if let Some(e) = self.spill.as_mut().and_then(|s| s.failure()) {
+            return Err(e);
+        }
+        let released = self.release_contacts();
+        // Freeing ~150,000 contacts' lists takes a core ~10 ms that the last write
+        // would wait for; a thread that cannot be started frees them here.
+        if let Err(e) = std::thread::Builder::new()
+            .name("release".into())
+            .spawn(move || drop(released))
+        {
+            tracing::debug!(error = %e, "no thread to release the contacts on; released inline");
+        }
+        Ok(self.agg.take_all_in_parts(&self.syms, rows))
+    }
+
+    /// Take every contact and what indexes them out of the engine, for the end of a
+    /// finite stream: nothing reads them once the windows are taken.
+    fn release_contacts(&mut self) -> Released {
         self.pack_queue = std::collections::VecDeque::new();
         self.spill_queue = std::collections::VecDeque::new();
-        self.spill = None;
         self.awaiting_team = HashMap::default();
         self.wrap_deadlines = BTreeMap::new();
         self.wrap_of = HashMap::default();
         self.seen_by_hour = BTreeMap::new();
-        self.agg.take(|_| true, &self.syms)
+        self.spill = None;
+        Released {
+            _contacts: std::mem::take(&mut self.contacts),
+            _customers: std::mem::take(&mut self.customers),
+        }
     }
 
     /// Open windows' current partial values too, without completing waiting segments:

@@ -989,6 +989,114 @@ fn settling_on_a_helper_thread_changes_no_figure() {
     assert_eq!(helped.stats(), inline.stats());
 }
 
+/// `finish_in_parts` hands out exactly `finish`'s deltas: in parts of whole windows,
+/// each part sorted by key and at least the asked size but the last; with earlier
+/// flushes behind it (so coarser windows already written get corrections), and with
+/// intervals that do not nest (every interval updated per fact).
+#[test]
+fn finishing_in_parts_hands_out_the_deltas_of_finish() {
+    use crate::source::sim::Simulator;
+    let mut sim = Simulator::new(small_centre(21));
+    let lines: Vec<String> = (0..30_000).map(|_| sim.next_line().1).collect();
+    let nesting = EngineConfig {
+        live: false,
+        ..EngineConfig::default()
+    };
+    let mut not_nesting = nesting.clone();
+    not_nesting.intervals = vec![Interval::Minutes(15), Interval::Minutes(40), Interval::Day];
+    for cfg in [nesting, not_nesting] {
+        let (mut whole, mut in_parts) = (Engine::new(cfg.clone()), Engine::new(cfg));
+        for (i, line) in lines.iter().enumerate() {
+            let Ok(ev) = decode(line.as_bytes()) else {
+                continue;
+            };
+            let owned = ev.into_owned();
+            assert_eq!(whole.apply(owned.clone()), in_parts.apply(owned), "{line}");
+            if i % 9_000 == 8_999 {
+                assert_eq!(whole.flush(), in_parts.flush(), "flush after line {i}");
+            }
+        }
+        let expected = whole.finish();
+        let rows = 100;
+        let parts: Vec<Vec<SnapshotDelta>> = match in_parts.finish_in_parts(rows) {
+            Ok(parts) => parts.collect(),
+            Err(e) => panic!("{e}"),
+        };
+        assert!(
+            parts.len() > 3,
+            "{} parts of {} deltas",
+            parts.len(),
+            expected.len()
+        );
+        let window = |d: &SnapshotDelta| (d.interval, d.start);
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(
+                i + 1 == parts.len() || part.len() >= rows,
+                "part {i}: {}",
+                part.len()
+            );
+            assert!(
+                part.is_sorted_by_key(|d| (d.interval, d.start, d.dimension, d.key.clone())),
+                "part {i} is not in key order"
+            );
+            // Whole windows: no window's deltas in two parts.
+            let windows: std::collections::BTreeSet<_> = part.iter().map(window).collect();
+            for w in windows {
+                assert!(seen.insert(w), "window {w:?} split across parts");
+            }
+        }
+        let mut all: Vec<SnapshotDelta> = parts.into_iter().flatten().collect();
+        all.sort_by(|a, b| {
+            (a.interval, a.start, a.dimension, &a.key).cmp(&(
+                b.interval,
+                b.start,
+                b.dimension,
+                &b.key,
+            ))
+        });
+        assert_eq!(all, expected);
+        assert_eq!(whole.stats(), in_parts.stats());
+    }
+}
+
+/// A spill that failed while the last contacts were derived stops `finish_in_parts`
+/// before any part: those derivations may have missed contacts it could not give back.
+#[test]
+fn finishing_in_parts_reports_a_failed_spill_first() {
+    struct Failed(spill::MemSpill, bool);
+    impl spill::Spill for Failed {
+        fn put(&mut self, c: spill::SpilledContact) {
+            self.0.put(c);
+        }
+        fn take(&mut self, key: ContactKey) -> Option<spill::SpilledContact> {
+            self.0.take(key)
+        }
+        fn take_customer(&mut self, customer: CustomerKey) -> Vec<spill::SpilledContact> {
+            self.0.take_customer(customer)
+        }
+        fn expire(&mut self, before: Millis) {
+            self.0.expire(before);
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn failure(&mut self) -> Option<std::io::Error> {
+            std::mem::take(&mut self.1).then(|| std::io::Error::other("disk gone"))
+        }
+    }
+    let mut e = Engine::new(EngineConfig {
+        live: false,
+        ..EngineConfig::default()
+    });
+    e.set_spill(Box::new(Failed(spill::MemSpill::default(), true)));
+    e.apply(offered("e1", "c1", 10.0, "q"));
+    match e.finish_in_parts(1) {
+        Ok(_) => panic!("a failed spill went unreported"),
+        Err(err) => assert_eq!(err.to_string(), "disk gone"),
+    }
+}
+
 /// `[windows.dimensions]`: an engine that keeps some dimensions at fewer intervals
 /// writes, at every flush, exactly the deltas of one that keeps everything, less the
 /// (interval, dimension) pairs it does not keep; also where keeping fewer changes how
