@@ -583,10 +583,16 @@ where
         // are stored already (written as new by the first write).
         let (existing, new_rows_written) = match first {
             Some(q) => {
-                let found = q.fetch_all(&mut *conn).await?;
-                (Self::in_chunk_order(chunk, &found)?, true)
+                let inserted = q.fetch_all(&mut *conn).await?;
+                (
+                    Self::stored_besides(conn, partition, chunk, &inserted).await?,
+                    true,
+                )
             }
-            None => (Self::fetch_existing(conn, partition, chunk).await?, false),
+            None => {
+                let rows: Vec<&Pending<'_>> = chunk.iter().collect();
+                (Self::fetch_existing(conn, partition, &rows).await?, false)
+            }
         };
         let mut writes = Vec::with_capacity(chunk.len());
         for (p, old) in chunk.iter().zip(existing) {
@@ -648,21 +654,23 @@ where
     }
 
     /// A full chunk's first write, before it is known which of its rows exist: one
-    /// statement inserts the rows that do not exist and returns the ones that do
-    /// ([`Statements::insert_or_read_chunk`]); only those are then merged and upserted.
-    /// In a replay, and at a window's first flush, nearly every row is new, and reading
-    /// each chunk before writing it was most of the snapshot writer's work on
-    /// PostgreSQL (docs/performance.md, "ninth round"). A data-modifying `WITH` does
-    /// both in one round trip; a plain insert that fails on an existing row would
-    /// abort PostgreSQL's whole transaction (a savepoint per chunk would be a round
-    /// trip of its own). None when the backend has no such statement or the chunk
-    /// cannot be written first (see [`Self::fresh_rows`]).
+    /// statement inserts the rows that do not exist and returns the keys of those it
+    /// inserted ([`Statements::insert_new_chunk`]); only the others are then read,
+    /// merged and upserted. In a replay, and at a window's first flush, nearly every
+    /// row is new, and reading each chunk before writing it was most of the snapshot
+    /// writer's work on PostgreSQL (docs/performance.md, "ninth round"); reading the
+    /// chunk's keys in the same statement still cost the server a look-up per row,
+    /// most of the time for nothing ("thirty-third round"). A plain insert that
+    /// fails on an existing row would abort PostgreSQL's whole transaction (a
+    /// savepoint per chunk would be a round trip of its own). None when the backend
+    /// has no such statement or the chunk cannot be written first (see
+    /// [`Self::fresh_rows`]).
     fn first_write<'q>(
         partition: &'q str,
         chunk: &'q [Pending<'q>],
         updated_at: &'q str,
     ) -> Option<Query<'q, DB>> {
-        let statement = DB::statements().insert_or_read_chunk.as_ref()?;
+        let statement = DB::statements().insert_new_chunk.as_ref()?;
         let fresh = Self::fresh_rows(partition, chunk)?;
         let mut q = sqlx::query::<DB>(statement);
         for (p, w) in chunk.iter().zip(fresh) {
@@ -671,17 +679,52 @@ where
         Some(q)
     }
 
-    /// The stored rows for `chunk` (1..=CHUNK distinct rows), in chunk order.
-    async fn fetch_existing(
+    /// After a chunk's first write, which returned the keys of the rows it inserted:
+    /// the stored values of the chunk's other rows (stored already, so it left them
+    /// as they were), read by key; none for the rows it inserted. In chunk order.
+    async fn stored_besides(
         conn: &mut DB::Connection,
         partition: &str,
         chunk: &[Pending<'_>],
+        inserted: &[DB::Row],
+    ) -> Result<Vec<Option<RawRow>>, StoreError> {
+        let position = Self::positions(chunk.iter());
+        let mut new = vec![false; chunk.len()];
+        for r in inserted {
+            if let Some(&i) = position.get(&Self::key_of(r)?) {
+                new[i] = true;
+            }
+        }
+        let mut out: Vec<Option<RawRow>> = chunk.iter().map(|_| None).collect();
+        let stored: Vec<&Pending<'_>> = chunk
+            .iter()
+            .zip(&new)
+            .filter(|(_, new)| !**new)
+            .map(|(p, _)| p)
+            .collect();
+        if stored.is_empty() {
+            return Ok(out);
+        }
+        let mut found = Self::fetch_existing(conn, partition, &stored)
+            .await?
+            .into_iter();
+        for (slot, _) in out.iter_mut().zip(&new).filter(|(_, new)| !**new) {
+            *slot = found.next().flatten();
+        }
+        Ok(out)
+    }
+
+    /// The stored rows for `rows` (1..=CHUNK distinct rows), in their order.
+    async fn fetch_existing(
+        conn: &mut DB::Connection,
+        partition: &str,
+        rows: &[&Pending<'_>],
     ) -> Result<Vec<Option<RawRow>>, StoreError> {
         let mut q = sqlx::query::<DB>(&DB::statements().select_rows).bind(partition);
         for i in 0..sql::CHUNK {
-            // A short chunk repeats its last key to fill the fixed statement; IN
+            // A short list repeats its last key to fill the fixed statement; IN
             // ignores the repeats.
-            let p = &chunk[i.min(chunk.len().saturating_sub(1))];
+            let p = rows[i.min(rows.len().saturating_sub(1))];
             q = q
                 .bind(p.window)
                 .bind(p.start)
@@ -689,29 +732,29 @@ where
                 .bind(p.key.as_str());
         }
         let found = q.fetch_all(&mut *conn).await?;
-        Self::in_chunk_order(chunk, &found)
-    }
-
-    /// Rows returned by `select_rows` or `insert_or_read_chunk` (key columns first), as
-    /// one entry per row of `chunk`: its stored values, or none.
-    fn in_chunk_order(
-        chunk: &[Pending<'_>],
-        found: &[DB::Row],
-    ) -> Result<Vec<Option<RawRow>>, StoreError> {
-        let position: HashMap<(&str, i64, &str, &str), usize> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, p)| ((p.window, p.start, p.dimension.as_str(), p.key.as_str()), i))
-            .collect();
-        let mut out: Vec<Option<RawRow>> = chunk.iter().map(|_| None).collect();
-        for r in found {
-            let id: (&str, i64, &str, &str) =
-                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
-            if let Some(&i) = position.get(&id) {
+        let position = Self::positions(rows.iter().copied());
+        let mut out: Vec<Option<RawRow>> = rows.iter().map(|_| None).collect();
+        for r in &found {
+            if let Some(&i) = position.get(&Self::key_of(r)?) {
                 out[i] = Some(Self::raw_row(r, 4)?);
             }
         }
         Ok(out)
+    }
+
+    /// Each row's position by its key (window, window_start, dimension, key).
+    fn positions<'p>(
+        rows: impl Iterator<Item = &'p Pending<'p>>,
+    ) -> HashMap<(&'p str, i64, &'p str, &'p str), usize> {
+        rows.enumerate()
+            .map(|(i, p)| ((p.window, p.start, p.dimension.as_str(), p.key.as_str()), i))
+            .collect()
+    }
+
+    /// The key columns a statement returns first: window, window_start, dimension,
+    /// key.
+    fn key_of(r: &DB::Row) -> Result<(&str, i64, &str, &str), StoreError> {
+        Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
     }
 
     /// Bind one row's [`sql::UPSERT_BINDS`] values, in the order of the upserts.

@@ -545,7 +545,7 @@ pub(crate) mod sql {
     /// How a backend spells the i-th (1-based) bind parameter. `?` binds in order of
     /// appearance and `$N` by number; statements that both backends run name their
     /// parameters in number order, so both spellings bind alike. (PostgreSQL's own
-    /// statements may reuse or reorder numbers: `select_rows`, `insert_or_read_chunk`.)
+    /// statements may reuse or reorder numbers: `select_rows`.)
     #[derive(Clone, Copy, Debug)]
     pub enum Placeholder {
         /// `?`: SQLite. Its numbered `$N` also works, but sqlx then resolves each
@@ -589,14 +589,13 @@ pub(crate) mod sql {
         /// The stored revision, counters and histograms of one row by its primary key.
         /// Binds: window, window_start, dimension, key, partition.
         pub select_row: String,
-        /// PostgreSQL only (none for SQLite, which has no data-modifying `WITH`):
-        /// insert those of [`CHUNK`] distinct rows that do not exist, leave the others
-        /// as they are, and return the stored values of the others like `select_rows`.
-        /// The `SELECT` reads the snapshot taken before the statement, which does not
-        /// hold the rows its `WITH` inserts, so it returns exactly the rows that were
-        /// not inserted (the partition lock keeps other writers of them out). Binds as
-        /// `upsert_chunk`; the look-up reuses the rows' key parameters.
-        pub insert_or_read_chunk: Option<String>,
+        /// PostgreSQL only (SQLite writes its rows on its own, `sqlite_rows`): insert
+        /// those of [`CHUNK`] distinct rows that do not exist, leave the others as
+        /// they are, and return the keys (window, window_start, dimension, key) of the
+        /// rows it inserted. The others are stored already (the partition lock keeps
+        /// other writers of them out) and are then read by key. Binds as
+        /// `upsert_chunk`.
+        pub insert_new_chunk: Option<String>,
         /// `(n, the same for n rows)` for n = [`CHUNK`] / 2, / 4, ... 1: the tail of a
         /// batch, k < [`CHUNK`] rows, goes in one statement per bit of k (at most 8
         /// round trips instead of k), in few fixed shapes for the prepared-statement
@@ -732,24 +731,15 @@ pub(crate) mod sql {
         }
     }
 
-    /// [`Statements::insert_or_read_chunk`]: a data-modifying `WITH`, PostgreSQL's alone.
-    fn insert_or_read(p: Placeholder) -> Option<String> {
-        if let Placeholder::Question = p {
-            return None;
+    /// [`Statements::insert_new_chunk`], PostgreSQL's alone.
+    fn insert_new(p: Placeholder) -> Option<String> {
+        match p {
+            Placeholder::Question => None,
+            Placeholder::Dollar => Some(format!(
+                "{} {ON_ROW} DO NOTHING RETURNING \"window\", window_start, dimension, \"key\"",
+                insert_values(p, CHUNK)
+            )),
         }
-        // Row r's parameters start at 1 + r × UPSERT_BINDS: window, window_start,
-        // window_end, dimension, key, partition (the order of `insert_values`).
-        let keys: Vec<String> = (0..CHUNK)
-            .map(|r| {
-                let b = 1 + r * UPSERT_BINDS;
-                format!("(${b}, ${}, ${}, ${})", b + 1, b + 3, b + 4)
-            })
-            .collect();
-        Some(format!(
-            "WITH inserted AS ({} {ON_ROW} DO NOTHING) {}",
-            insert_values(p, CHUNK),
-            rows_by_key(p, "$6", &keys)
-        ))
     }
 
     /// The columns every `spill_select*` statement returns, in this order.
@@ -785,7 +775,7 @@ pub(crate) mod sql {
             Statements {
                 select_rows: rows_by_key(p, &p.list(1, 1), &keys),
                 upsert_chunk: upsert(p, CHUNK),
-                insert_or_read_chunk: insert_or_read(p),
+                insert_new_chunk: insert_new(p),
                 insert_row_if_new: format!("{} {ON_ROW} DO NOTHING", insert_values(p, 1)),
                 upsert_row: upsert(p, 1),
                 select_row: format!(
@@ -910,7 +900,7 @@ pub(crate) mod sql {
 
 /// One row's worth of input, after merging the deltas of one call: the merged delta
 /// (its fields through `Deref`) and its window's name as stored.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Pending<'a> {
     pub window: &'a str,
     delta: &'a SnapshotDelta,
@@ -2453,16 +2443,12 @@ mod tests {
         );
         assert!(st.select_rows.contains(&format!("${last})) AS k")));
         assert!(!st.select_rows.contains(&format!("${}", last + 1)));
-        // The insert-or-read is the insert, then the look-up reusing each row's key
-        // parameters (window, start, dimension, key) and the first row's partition.
-        let write = st.insert_or_read_chunk.as_deref().unwrap();
-        assert!(write.contains(insert_chunk));
-        assert!(write.contains("DO NOTHING) SELECT"));
-        assert!(write.contains("FROM (VALUES ($1, $2, $4, $5), ($33, $34, $36, $37), "));
-        let r = 1 + (CHUNK - 1) * UPSERT_BINDS;
-        let key = format!("(${r}, ${}, ${}, ${})) AS k", r + 1, r + 3, r + 4);
-        assert!(write.contains(&key), "{key}");
-        assert!(write.ends_with("\"partition\" = $6 LIMIT 1) AS s"));
+        // The first write of a chunk is the insert, returning the keys it inserted.
+        let write = st.insert_new_chunk.as_deref().unwrap();
+        assert!(write.starts_with(insert_chunk));
+        assert!(
+            write.ends_with("DO NOTHING RETURNING \"window\", window_start, dimension, \"key\"")
+        );
         assert!(
             st.select_export
                 .contains("window_start >= $3 AND window_start < $4")
@@ -2473,7 +2459,7 @@ mod tests {
         assert_eq!(count(&q.upsert_chunk, "?"), CHUNK * UPSERT_BINDS);
         assert_eq!(count(&q.select_rows, "?"), 1 + 4 * CHUNK);
         assert!(q.select_rows.contains("\"partition\" = ? AND"));
-        assert!(q.insert_or_read_chunk.is_none());
+        assert!(q.insert_new_chunk.is_none());
         assert_eq!(count(&q.select_export, "?"), 4);
         assert!(!one_row(&q).contains('$'));
         assert_eq!(rfc3339_ms(T0 + 5), "2026-11-23T00:00:00.005Z");
@@ -2848,7 +2834,7 @@ mod tests {
                 agent(i),
             ]);
         }
-        // insert_or_read_chunk: whole rows (every one exists, so nothing is inserted).
+        // insert_new_chunk: whole rows (every one exists, so nothing is inserted).
         let mut row_types = vec!["text", "bigint", "bigint", "text", "text", "text"];
         row_types.extend(["bigint"; N_COUNTERS]);
         row_types.extend(["bytea"; N_HISTS]);
@@ -2867,14 +2853,15 @@ mod tests {
             write_args.extend(std::iter::repeat_n("NULL".to_owned(), N_HISTS));
             write_args.extend(["2".to_owned(), "''".into()]);
         }
-        let insert_or_read = st.insert_or_read_chunk.as_deref().unwrap();
-        for (what, statement, types, args, mode) in [
+        let insert_new = st.insert_new_chunk.as_deref().unwrap();
+        for (what, statement, types, args, mode, rows) in [
             (
                 "select_rows",
                 st.select_rows.as_str(),
                 &types,
                 &args,
                 "force_custom_plan",
+                sql::CHUNK,
             ),
             (
                 "select_rows",
@@ -2882,17 +2869,20 @@ mod tests {
                 &types,
                 &args,
                 "force_generic_plan",
+                sql::CHUNK,
             ),
+            // Its conflict checks look each key up; none is inserted or returned.
             (
-                "insert_or_read",
-                insert_or_read,
+                "insert_new",
+                insert_new,
                 &write_types,
                 &write_args,
                 "force_generic_plan",
+                0,
             ),
         ] {
             let (pages, found, plan) = pages_touched(&pg.pool, mode, statement, types, args).await;
-            assert_eq!(found, sql::CHUNK, "{what}, {mode}: rows found");
+            assert_eq!(found, rows, "{what}, {mode}: rows returned");
             // About 4 pages per key; the partition alone is ~5,800.
             assert!(
                 (1..=5 * sql::CHUNK as u64).contains(&pages),
@@ -2903,10 +2893,7 @@ mod tests {
             .fetch_one(&pg.pool)
             .await
             .unwrap();
-        assert_eq!(
-            stored, 80_000,
-            "the insert-or-read wrote over existing rows"
-        );
+        assert_eq!(stored, 80_000, "the first write wrote over existing rows");
         store.close().await;
         db.drop_db().await.unwrap_or_else(|e| panic!("{e}"));
     }
@@ -2972,7 +2959,29 @@ mod tests {
             let s = postgres::PostgresStore::open(&db.url, Connections::Shared)
                 .await
                 .unwrap();
-            assert_eq!(s.applied_migrations().await.unwrap(), 5, "open #{round}");
+            assert_eq!(s.applied_migrations().await.unwrap(), 6, "open #{round}");
+            // 0006: the key's text columns compare byte-wise, whatever the database's
+            // collation.
+            let collations: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT column_name::text, collation_name::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = 'snapshots' \
+                 AND data_type = 'text' ORDER BY ordinal_position",
+            )
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+            let c = Some("C".to_owned());
+            assert_eq!(
+                collations,
+                [
+                    ("window".to_owned(), c.clone()),
+                    ("dimension".to_owned(), c.clone()),
+                    ("key".to_owned(), c.clone()),
+                    ("partition".to_owned(), c.clone()),
+                    ("updated_at".to_owned(), None),
+                ],
+                "open #{round}"
+            );
             // 0005: the key in export order serves the exports; no index besides it
             // and the partition's.
             let indexes: Vec<String> = sqlx::query_scalar(
