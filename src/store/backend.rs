@@ -55,6 +55,20 @@ pub trait Dialect: Database {
         let _ = (conn, partition, rows, updated_at);
         None
     }
+    /// Binds a chunk's new rows (`rows`, one per row of `chunk`) to
+    /// [`Statements::insert_new_chunk`], for a backend that has that statement.
+    /// `None`: it has none, and the chunk is read before it is written.
+    #[allow(private_interfaces)]
+    fn bind_new_rows<'q>(
+        q: Query<'q, Self>,
+        partition: &'q str,
+        chunk: &'q [Pending<'q>],
+        rows: Vec<NewRow>,
+        updated_at: &'q str,
+    ) -> Option<Query<'q, Self>> {
+        let _ = (q, partition, chunk, rows, updated_at);
+        None
+    }
 }
 
 /// What [`Dialect::write_rows`] returns: (inserted, revised) rows.
@@ -83,7 +97,7 @@ impl<DB: Database> fmt::Debug for SqlxStore<DB> {
     }
 }
 
-type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>;
+pub(super) type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as Database>::Arguments<'q>>;
 
 /// The bounds are spelled once, on this impl, rather than on every function: what a
 /// backend must encode (i64, text, bytes, nullable bytes) and decode, and that its
@@ -672,11 +686,13 @@ where
     ) -> Option<Query<'q, DB>> {
         let statement = DB::statements().insert_new_chunk.as_ref()?;
         let fresh = Self::fresh_rows(partition, chunk)?;
-        let mut q = sqlx::query::<DB>(statement);
-        for (p, w) in chunk.iter().zip(fresh) {
-            q = Self::bind_upsert(q, p, partition, w, updated_at);
-        }
-        Some(q)
+        DB::bind_new_rows(
+            sqlx::query::<DB>(statement),
+            partition,
+            chunk,
+            fresh,
+            updated_at,
+        )
     }
 
     /// After a chunk's first write, which returned the keys of the rows it inserted:

@@ -590,11 +590,12 @@ pub(crate) mod sql {
         /// Binds: window, window_start, dimension, key, partition.
         pub select_row: String,
         /// PostgreSQL only (SQLite writes its rows on its own, `sqlite_rows`): insert
-        /// those of [`CHUNK`] distinct rows that do not exist, leave the others as
+        /// those of up to [`CHUNK`] distinct rows that do not exist, leave the others as
         /// they are, and return the keys (window, window_start, dimension, key) of the
         /// rows it inserted. The others are stored already (the partition lock keeps
-        /// other writers of them out) and are then read by key. Binds as
-        /// `upsert_chunk`.
+        /// other writers of them out) and are then read by key. Binds the values of
+        /// `upsert_chunk`'s first row, each but the partition and `updated_at` as an
+        /// array of every row's value ([`array_type`]).
         pub insert_new_chunk: Option<String>,
         /// `(n, the same for n rows)` for n = [`CHUNK`] / 2, / 4, ... 1: the tail of a
         /// batch, k < [`CHUNK`] rows, goes in one statement per bit of k (at most 8
@@ -731,14 +732,48 @@ pub(crate) mod sql {
         }
     }
 
-    /// [`Statements::insert_new_chunk`], PostgreSQL's alone.
+    /// [`Statements::insert_new_chunk`], PostgreSQL's alone: the rows as one array per
+    /// column, taken apart by `unnest`. As a `VALUES` list of CHUNK rows it was 8,192
+    /// parameters, and the server received each on its own and built an expression
+    /// for it: about a quarter of its work in a replay (docs/performance.md,
+    /// "thirty-third round").
     fn insert_new(p: Placeholder) -> Option<String> {
-        match p {
-            Placeholder::Question => None,
-            Placeholder::Dollar => Some(format!(
-                "{} {ON_ROW} DO NOTHING RETURNING \"window\", window_start, dimension, \"key\"",
-                insert_values(p, CHUNK)
-            )),
+        if let Placeholder::Question = p {
+            return None;
+        }
+        let (mut columns, mut arrays, mut names) = (Vec::new(), Vec::new(), Vec::new());
+        for b in 1..=UPSERT_BINDS {
+            match array_type(b) {
+                Some(t) => {
+                    columns.push(format!("c{b}"));
+                    names.push(format!("c{b}"));
+                    arrays.push(format!("${b}::{t}[]"));
+                }
+                None => columns.push(format!("${b}")),
+            }
+        }
+        Some(format!(
+            "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \"partition\", {}, \
+             revision, updated_at) SELECT {} FROM unnest({}) AS r ({}) {ON_ROW} DO NOTHING \
+             RETURNING \"window\", window_start, dimension, \"key\"",
+            value_columns(),
+            columns.join(", "),
+            arrays.join(", "),
+            names.join(", ")
+        ))
+    }
+
+    /// The element type of [`Statements::insert_new_chunk`]'s parameter `b` (1-based, in
+    /// the order of `insert_values`), or none for the two bound once: the partition
+    /// (6) and `updated_at` (the last).
+    pub(crate) fn array_type(b: usize) -> Option<&'static str> {
+        const HISTS: usize = 7 + super::N_COUNTERS;
+        const REVISION: usize = HISTS + super::N_HISTS;
+        match b {
+            1 | 4 | 5 => Some("text"),
+            2 | 3 | 7..HISTS | REVISION => Some("int8"),
+            HISTS..REVISION => Some("bytea"),
+            _ => None,
         }
     }
 
@@ -2444,8 +2479,19 @@ mod tests {
         assert!(st.select_rows.contains(&format!("${last})) AS k")));
         assert!(!st.select_rows.contains(&format!("${}", last + 1)));
         // The first write of a chunk is the insert, returning the keys it inserted.
+        // Its values come as one array per column, but the partition's ($6) and
+        // updated_at's ($32), in the order of the upserts' columns.
         let write = st.insert_new_chunk.as_deref().unwrap();
-        assert!(write.starts_with(insert_chunk));
+        let columns = upsert_one.split(") VALUES").next().unwrap();
+        assert!(write.starts_with(&format!("{columns}) SELECT c1, c2, c3, c4, c5, $6, c7, ")));
+        assert!(write.contains(
+            ", c31, $32 FROM unnest($1::text[], $2::int8[], $3::int8[], \
+             $4::text[], $5::text[], $7::int8[], "
+        ));
+        assert!(write.contains(
+            "$27::int8[], $28::bytea[], $29::bytea[], $30::bytea[], $31::int8[]) AS r (c1, "
+        ));
+        assert!(!write.contains("$33"));
         assert!(
             write.ends_with("DO NOTHING RETURNING \"window\", window_start, dimension, \"key\"")
         );
@@ -2835,24 +2881,38 @@ mod tests {
             ]);
         }
         // insert_new_chunk: whole rows (every one exists, so nothing is inserted).
-        let mut row_types = vec!["text", "bigint", "bigint", "text", "text", "text"];
-        row_types.extend(["bigint"; N_COUNTERS]);
-        row_types.extend(["bytea"; N_HISTS]);
-        row_types.extend(["bigint", "text"]);
-        assert_eq!(row_types.len(), sql::UPSERT_BINDS);
-        let (mut write_types, mut write_args) = (Vec::new(), Vec::new());
-        for i in 0..sql::CHUNK {
-            write_types.extend(row_types.iter().copied());
-            write_args.extend([
+        // As arrays: column b's every row, or the one value of the partition and
+        // updated_at.
+        let row = |i: usize| -> Vec<String> {
+            let mut v = vec![
                 "'1h'".to_owned(),
                 start.to_string(),
                 (start + H).to_string(),
-            ]);
-            write_args.extend(["'agent'".to_owned(), agent(i), "'p1'".into()]);
-            write_args.extend(std::iter::repeat_n("0".to_owned(), N_COUNTERS));
-            write_args.extend(std::iter::repeat_n("NULL".to_owned(), N_HISTS));
-            write_args.extend(["2".to_owned(), "''".into()]);
+                "'agent'".into(),
+                agent(i),
+                "'p1'".into(),
+            ];
+            v.extend(std::iter::repeat_n("0".to_owned(), N_COUNTERS));
+            v.extend(std::iter::repeat_n("NULL".to_owned(), N_HISTS));
+            v.extend(["2".to_owned(), "''".into()]);
+            v
+        };
+        let rows: Vec<Vec<String>> = (0..sql::CHUNK).map(row).collect();
+        let (mut write_types, mut write_args) = (Vec::new(), Vec::new());
+        for b in 1..=sql::UPSERT_BINDS {
+            match sql::array_type(b) {
+                Some(t) => {
+                    write_types.push(format!("{t}[]"));
+                    let values: Vec<&str> = rows.iter().map(|r| r[b - 1].as_str()).collect();
+                    write_args.push(format!("ARRAY[{}]::{t}[]", values.join(", ")));
+                }
+                None => {
+                    write_types.push("text".to_owned());
+                    write_args.push(rows[0][b - 1].clone());
+                }
+            }
         }
+        let write_types: Vec<&str> = write_types.iter().map(String::as_str).collect();
         let insert_new = st.insert_new_chunk.as_deref().unwrap();
         for (what, statement, types, args, mode, rows) in [
             (

@@ -8,9 +8,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::{ConnectOptions, Connection, Postgres};
 
-use super::backend::{Dialect, SqlxStore};
+use super::backend::{Dialect, Query, SqlxStore};
 use super::sql::{Placeholder, Statements};
-use super::{Connections, StoreError};
+use super::{Connections, N_COUNTERS, N_HISTS, NewRow, Pending, StoreError};
 
 /// Connections per process. One writer per owned partition flushes at a time, and
 /// exports and HTTP reads share the rest; more would only hold server backends idle.
@@ -63,6 +63,46 @@ impl Dialect for Postgres {
 
     fn rows_affected(done: &PgQueryResult) -> u64 {
         done.rows_affected()
+    }
+
+    /// One array per column ([`super::sql::array_type`]): the rows' values column by column.
+    #[allow(private_interfaces)]
+    fn bind_new_rows<'q>(
+        q: Query<'q, Postgres>,
+        partition: &'q str,
+        chunk: &'q [Pending<'q>],
+        rows: Vec<NewRow>,
+        updated_at: &'q str,
+    ) -> Option<Query<'q, Postgres>> {
+        let n = rows.len();
+        let mut counters: Vec<Vec<i64>> = (0..N_COUNTERS).map(|_| Vec::with_capacity(n)).collect();
+        let mut hists: Vec<Vec<Option<Vec<u8>>>> =
+            (0..N_HISTS).map(|_| Vec::with_capacity(n)).collect();
+        let mut revisions = Vec::with_capacity(n);
+        for row in rows {
+            for (column, c) in counters.iter_mut().zip(row.counters) {
+                column.push(c);
+            }
+            for (column, h) in hists.iter_mut().zip(row.hists) {
+                column.push(h);
+            }
+            revisions.push(row.revision);
+        }
+        let column = |f: fn(&Pending<'q>) -> &'q str| chunk.iter().map(f).collect::<Vec<_>>();
+        let mut q = q
+            .bind(column(|p| p.window))
+            .bind(chunk.iter().map(|p| p.start).collect::<Vec<i64>>())
+            .bind(chunk.iter().map(|p| p.end).collect::<Vec<i64>>())
+            .bind(column(|p| p.dimension.as_str()))
+            .bind(column(|p| p.delta.key.as_str()))
+            .bind(partition);
+        for c in counters {
+            q = q.bind(c);
+        }
+        for h in hists {
+            q = q.bind(h);
+        }
+        Some(q.bind(revisions).bind(updated_at))
     }
 }
 
