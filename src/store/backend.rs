@@ -55,19 +55,18 @@ pub trait Dialect: Database {
         let _ = (conn, partition, rows, updated_at);
         None
     }
-    /// Binds a chunk's new rows (`rows`, one per row of `chunk`) to
-    /// [`Statements::insert_new_chunk`], for a backend that has that statement.
-    /// `None`: it has none, and the chunk is read before it is written.
-    #[allow(private_interfaces)]
-    fn bind_new_rows<'q>(
+    /// Binds rows to a statement that takes them as one array per column
+    /// ([`Statements::insert_new_chunk`], [`Statements::upsert_arrays`]), for a backend
+    /// that has such statements. `Err`: it has none, and the rows come back.
+    #[allow(private_interfaces, clippy::type_complexity)]
+    fn bind_rows<'q>(
         q: Query<'q, Self>,
         partition: &'q str,
-        chunk: &'q [Pending<'q>],
-        rows: Vec<NewRow>,
+        rows: Vec<(&'q Pending<'q>, NewRow)>,
         updated_at: &'q str,
-    ) -> Option<Query<'q, Self>> {
-        let _ = (q, partition, chunk, rows, updated_at);
-        None
+    ) -> Result<Query<'q, Self>, Vec<(&'q Pending<'q>, NewRow)>> {
+        let _ = (q, partition, updated_at);
+        Err(rows)
     }
 }
 
@@ -628,15 +627,28 @@ where
         Ok((inserted, revised))
     }
 
-    /// Upsert complete row values: one statement for a full chunk, else one per
-    /// power of two in the row count ([`Statements::upsert_pieces`]).
-    async fn upsert_rows(
+    /// Upsert complete row values: one statement with the rows as arrays where the
+    /// backend has it ([`Statements::upsert_arrays`]); else one for a full chunk, and
+    /// one per power of two in the row count ([`Statements::upsert_pieces`]).
+    async fn upsert_rows<'q>(
         conn: &mut DB::Connection,
-        partition: &str,
-        writes: Vec<(&Pending<'_>, NewRow)>,
-        updated_at: &str,
+        partition: &'q str,
+        writes: Vec<(&'q Pending<'q>, NewRow)>,
+        updated_at: &'q str,
     ) -> Result<(), StoreError> {
         let statements = DB::statements();
+        let writes = match &statements.upsert_arrays {
+            Some(statement) if !writes.is_empty() => {
+                match DB::bind_rows(sqlx::query::<DB>(statement), partition, writes, updated_at) {
+                    Ok(q) => {
+                        q.execute(&mut *conn).await?;
+                        return Ok(());
+                    }
+                    Err(writes) => writes,
+                }
+            }
+            _ => writes,
+        };
         let mut rest = writes.into_iter();
         let mut left = rest.len();
         let pieces = std::iter::once((sql::CHUNK, &statements.upsert_chunk))
@@ -686,13 +698,8 @@ where
     ) -> Option<Query<'q, DB>> {
         let statement = DB::statements().insert_new_chunk.as_ref()?;
         let fresh = Self::fresh_rows(partition, chunk)?;
-        DB::bind_new_rows(
-            sqlx::query::<DB>(statement),
-            partition,
-            chunk,
-            fresh,
-            updated_at,
-        )
+        let rows = chunk.iter().zip(fresh).collect();
+        DB::bind_rows(sqlx::query::<DB>(statement), partition, rows, updated_at).ok()
     }
 
     /// After a chunk's first write, which returned the keys of the rows it inserted:

@@ -597,6 +597,10 @@ pub(crate) mod sql {
         /// `upsert_chunk`'s first row, each but the partition and `updated_at` as an
         /// array of every row's value ([`array_type`]).
         pub insert_new_chunk: Option<String>,
+        /// PostgreSQL only: `upsert_chunk` for any number of distinct rows, bound as
+        /// `insert_new_chunk` (one array per column). Replaces `upsert_chunk` and
+        /// `upsert_pieces` there: one statement whatever the count.
+        pub upsert_arrays: Option<String>,
         /// `(n, the same for n rows)` for n = [`CHUNK`] / 2, / 4, ... 1: the tail of a
         /// batch, k < [`CHUNK`] rows, goes in one statement per bit of k (at most 8
         /// round trips instead of k), in few fixed shapes for the prepared-statement
@@ -687,6 +691,11 @@ pub(crate) mod sql {
         "ON CONFLICT (\"window\", dimension, window_start, \"key\", \"partition\")";
 
     fn upsert(p: Placeholder, rows: usize) -> String {
+        format!("{} {}", insert_values(p, rows), update_set())
+    }
+
+    /// The conflict clause of every upsert: the row's new values replace the stored.
+    fn update_set() -> String {
         let updates: Vec<String> = ["window_end"]
             .iter()
             .chain(COUNTER_NAMES.iter())
@@ -694,11 +703,7 @@ pub(crate) mod sql {
             .chain(["revision", "updated_at"].iter())
             .map(|c| format!("{c} = excluded.{c}"))
             .collect();
-        format!(
-            "{} {ON_ROW} DO UPDATE SET {}",
-            insert_values(p, rows),
-            updates.join(", ")
-        )
+        format!("{ON_ROW} DO UPDATE SET {}", updates.join(", "))
     }
 
     /// The stored rows of one partition for a list of primary keys (`keys`: row
@@ -733,11 +738,24 @@ pub(crate) mod sql {
     }
 
     /// [`Statements::insert_new_chunk`], PostgreSQL's alone: the rows as one array per
-    /// column, taken apart by `unnest`. As a `VALUES` list of CHUNK rows it was 8,192
+    /// column, taken apart by `unnest` ([`insert_arrays`]). As a `VALUES` list of CHUNK rows it was 8,192
     /// parameters, and the server received each on its own and built an expression
     /// for it: about a quarter of its work in a replay (docs/performance.md,
     /// "thirty-third round").
     fn insert_new(p: Placeholder) -> Option<String> {
+        Some(format!(
+            "{} {ON_ROW} DO NOTHING RETURNING \"window\", window_start, dimension, \"key\"",
+            insert_arrays(p)?
+        ))
+    }
+
+    /// [`Statements::upsert_arrays`], PostgreSQL's alone.
+    fn upsert_arrays(p: Placeholder) -> Option<String> {
+        Some(format!("{} {}", insert_arrays(p)?, update_set()))
+    }
+
+    /// An insert of rows given as one array per column ([`array_type`]).
+    fn insert_arrays(p: Placeholder) -> Option<String> {
         if let Placeholder::Question = p {
             return None;
         }
@@ -754,8 +772,7 @@ pub(crate) mod sql {
         }
         Some(format!(
             "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \"partition\", {}, \
-             revision, updated_at) SELECT {} FROM unnest({}) AS r ({}) {ON_ROW} DO NOTHING \
-             RETURNING \"window\", window_start, dimension, \"key\"",
+             revision, updated_at) SELECT {} FROM unnest({}) AS r ({})",
             value_columns(),
             columns.join(", "),
             arrays.join(", "),
@@ -811,6 +828,7 @@ pub(crate) mod sql {
                 select_rows: rows_by_key(p, &p.list(1, 1), &keys),
                 upsert_chunk: upsert(p, CHUNK),
                 insert_new_chunk: insert_new(p),
+                upsert_arrays: upsert_arrays(p),
                 insert_row_if_new: format!("{} {ON_ROW} DO NOTHING", insert_values(p, 1)),
                 upsert_row: upsert(p, 1),
                 select_row: format!(
@@ -2492,6 +2510,12 @@ mod tests {
             "$27::int8[], $28::bytea[], $29::bytea[], $30::bytea[], $31::int8[]) AS r (c1, "
         ));
         assert!(!write.contains("$33"));
+        // The upsert of any number of rows: the same arrays, the upserts' update.
+        let upsert = st.upsert_arrays.as_deref().unwrap();
+        let arrays = write.split(" ON CONFLICT").next().unwrap();
+        let update = upsert_one.split(") VALUES").nth(1).unwrap();
+        let update = &update[update.find(" ON CONFLICT").unwrap()..];
+        assert_eq!(upsert, format!("{arrays}{update}"));
         assert!(
             write.ends_with("DO NOTHING RETURNING \"window\", window_start, dimension, \"key\"")
         );
@@ -2505,7 +2529,7 @@ mod tests {
         assert_eq!(count(&q.upsert_chunk, "?"), CHUNK * UPSERT_BINDS);
         assert_eq!(count(&q.select_rows, "?"), 1 + 4 * CHUNK);
         assert!(q.select_rows.contains("\"partition\" = ? AND"));
-        assert!(q.insert_new_chunk.is_none());
+        assert!(q.insert_new_chunk.is_none() && q.upsert_arrays.is_none());
         assert_eq!(count(&q.select_export, "?"), 4);
         assert!(!one_row(&q).contains('$'));
         assert_eq!(rfc3339_ms(T0 + 5), "2026-11-23T00:00:00.005Z");

@@ -66,20 +66,20 @@ impl Dialect for Postgres {
     }
 
     /// One array per column ([`super::sql::array_type`]): the rows' values column by column.
-    #[allow(private_interfaces)]
-    fn bind_new_rows<'q>(
+    #[allow(private_interfaces, clippy::type_complexity)]
+    fn bind_rows<'q>(
         q: Query<'q, Postgres>,
         partition: &'q str,
-        chunk: &'q [Pending<'q>],
-        rows: Vec<NewRow>,
+        rows: Vec<(&'q Pending<'q>, NewRow)>,
         updated_at: &'q str,
-    ) -> Option<Query<'q, Postgres>> {
+    ) -> Result<Query<'q, Postgres>, Vec<(&'q Pending<'q>, NewRow)>> {
         let n = rows.len();
         let mut counters: Vec<Vec<i64>> = (0..N_COUNTERS).map(|_| Vec::with_capacity(n)).collect();
         let mut hists: Vec<Vec<Option<Vec<u8>>>> =
             (0..N_HISTS).map(|_| Vec::with_capacity(n)).collect();
         let mut revisions = Vec::with_capacity(n);
-        for row in rows {
+        let mut keys = Vec::with_capacity(n);
+        for (p, row) in rows {
             for (column, c) in counters.iter_mut().zip(row.counters) {
                 column.push(c);
             }
@@ -87,12 +87,13 @@ impl Dialect for Postgres {
                 column.push(h);
             }
             revisions.push(row.revision);
+            keys.push(p);
         }
-        let column = |f: fn(&Pending<'q>) -> &'q str| chunk.iter().map(f).collect::<Vec<_>>();
+        let column = |f: fn(&Pending<'q>) -> &'q str| keys.iter().map(|p| f(p)).collect::<Vec<_>>();
         let mut q = q
             .bind(column(|p| p.window))
-            .bind(chunk.iter().map(|p| p.start).collect::<Vec<i64>>())
-            .bind(chunk.iter().map(|p| p.end).collect::<Vec<i64>>())
+            .bind(keys.iter().map(|p| p.start).collect::<Vec<i64>>())
+            .bind(keys.iter().map(|p| p.end).collect::<Vec<i64>>())
             .bind(column(|p| p.dimension.as_str()))
             .bind(column(|p| p.delta.key.as_str()))
             .bind(partition);
@@ -102,7 +103,7 @@ impl Dialect for Postgres {
         for h in hists {
             q = q.bind(h);
         }
-        Some(q.bind(revisions).bind(updated_at))
+        Ok(q.bind(revisions).bind(updated_at))
     }
 }
 
