@@ -953,7 +953,7 @@ pub(crate) mod sql {
 
 /// One row's worth of input, after merging the deltas of one call: the merged delta
 /// (its fields through `Deref`) and its window's name as stored.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub(crate) struct Pending<'a> {
     pub window: &'a str,
     delta: &'a SnapshotDelta,
