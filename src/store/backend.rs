@@ -2,12 +2,12 @@
 //! apply / claim / commit / query shared by SQLite and PostgreSQL. A backend module
 //! (`sqlite.rs`, `postgres.rs`) only opens its pool and describes its transactions
 //! ([`Dialect`]); everything that binds parameters or reads columns is here, so the
-//! two backends cannot drift apart. The one exception is how SQLite writes snapshot
-//! rows ([`Dialect::write_rows`], `sqlite_rows.rs`): the same statements for one row,
-//! the same merge, run on the connection's handle, and held to PostgreSQL's results
-//! by `export_is_identical_on_sqlite_and_postgres`.
+//! two backends cannot drift apart. The one exception is how each writes snapshot
+//! rows ([`Dialect::write_rows`]): SQLite row by row on the connection's handle
+//! (`sqlite_rows.rs`), PostgreSQL a chunk at a time as arrays (`postgres_rows.rs`),
+//! with the same merge, and held to the same results by
+//! `export_is_identical_on_sqlite_and_postgres`.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
@@ -16,8 +16,8 @@ use super::sql::{self, Statements};
 use crate::engine::spill::{SpillBatch, SpilledContact};
 
 use super::{
-    CheckpointWrite, Claim, ExportRaw, N_COUNTERS, NewRow, PartitionMerge, Pending, RawRow,
-    StoreError, StoredRow,
+    CheckpointWrite, Claim, ExportRaw, N_COUNTERS, PartitionMerge, Pending, RawRow, StoreError,
+    StoredRow,
 };
 use crate::engine::Dimension;
 
@@ -40,9 +40,10 @@ pub trait Dialect: Database {
     fn statements() -> &'static Statements;
     /// Rows changed by a statement (sqlx has no driver-neutral accessor).
     fn rows_affected(done: &Self::QueryResult) -> u64;
-    /// The backend's own writer of a transaction's snapshot rows, where it has one
-    /// faster than the shared statements ([`SqlxStore::apply_rows`]): the same rows
-    /// stored, the same (inserted, revised) counts. `None`: the shared statements.
+    /// The backend's writer of a transaction's snapshot rows (`sqlite_rows.rs`,
+    /// `postgres_rows.rs`): each its own way to its database's fastest path, both
+    /// merging with [`Pending::merge_into`], so the same rows are stored with the
+    /// same (inserted, revised) counts.
     // `Dialect` is public only as the bound of `SqlxStore`; no caller outside the
     // crate can name a `Pending` to call this with.
     #[allow(private_interfaces)]
@@ -51,23 +52,7 @@ pub trait Dialect: Database {
         partition: &'a str,
         rows: &'a [Pending<'a>],
         updated_at: &'a str,
-    ) -> Option<RowsWritten<'a>> {
-        let _ = (conn, partition, rows, updated_at);
-        None
-    }
-    /// Binds rows to a statement that takes them as one array per column
-    /// ([`Statements::insert_new_chunk`], [`Statements::upsert_arrays`]), for a backend
-    /// that has such statements. `Err`: it has none, and the rows come back.
-    #[allow(private_interfaces, clippy::type_complexity)]
-    fn bind_rows<'q>(
-        q: Query<'q, Self>,
-        partition: &'q str,
-        rows: Vec<(&'q Pending<'q>, NewRow)>,
-        updated_at: &'q str,
-    ) -> Result<Query<'q, Self>, Vec<(&'q Pending<'q>, NewRow)>> {
-        let _ = (q, partition, updated_at);
-        Err(rows)
-    }
+    ) -> RowsWritten<'a>;
 }
 
 /// What [`Dialect::write_rows`] returns: (inserted, revised) rows.
@@ -142,10 +127,7 @@ where
             if let Some(batch) = checkpoint.and_then(|cp| cp.spill).or(spill) {
                 Self::write_spill(&mut tx, partition, batch).await?;
             }
-            if let Some(written) = DB::write_rows(&mut tx, partition, rows, updated_at) {
-                return written.await;
-            }
-            Self::apply_rows(&mut tx, partition, rows, updated_at).await
+            DB::write_rows(&mut tx, partition, rows, updated_at).await
         }
         .await;
         match result {
@@ -525,293 +507,9 @@ where
         Ok(())
     }
 
-    /// Write each chunk of rows, for a backend without a writer of its own
-    /// ([`Dialect::write_rows`]; PostgreSQL): as new rows first where the chunk
-    /// qualifies ([`Self::first_write`]), otherwise by reading the current values by
-    /// primary key and upserting their sums. The statements are prepared once per connection (sqlx
-    /// caches them by SQL text, and their shapes are fixed).
-    ///
-    /// The next chunk's first write is made (rows merged, histograms encoded, values
-    /// bound) while the current chunk's statements run on the driver's side (SQLite
-    /// runs on a worker thread of sqlx's; the two used to take turns): a replay's
-    /// final write, most of its rows, 0.57 → 0.52 s per 1 M events
-    /// (docs/performance.md, "thirteenth round").
-    async fn apply_rows(
-        conn: &mut DB::Connection,
-        partition: &str,
-        rows: &[Pending<'_>],
-        updated_at: &str,
-    ) -> Result<(u64, u64), StoreError> {
-        let (mut inserted, mut revised) = (0, 0);
-        // The window of the last chunk with an existing row: the rows are sorted by
-        // window, and a window with an existing row (a correction) usually has more,
-        // so its next chunks are read first rather than tried first.
-        let mut revised_window = None;
-        let mut chunks = rows.chunks(sql::CHUNK).peekable();
-        // The current chunk's first write, bound while the previous one was written.
-        let mut made = None;
-        while let Some(chunk) = chunks.next() {
-            // Made ahead only where they will be tried (a guess: the current chunk may
-            // yet find a row and mark the next chunk's window as revised).
-            let next = chunks
-                .peek()
-                .copied()
-                .filter(|c| revised_window != c.first().map(|p| (p.window, p.start)));
-            let (written, next_made) = tokio::join!(
-                Self::apply_chunk(
-                    &mut *conn,
-                    partition,
-                    chunk,
-                    made.take(),
-                    &mut revised_window,
-                    updated_at
-                ),
-                async { next.map(|c| Self::first_write(partition, c, updated_at)) }
-            );
-            let (i, r) = written?;
-            inserted += i;
-            revised += r;
-            made = next_made;
-        }
-        Ok((inserted, revised))
-    }
-
-    /// One chunk of [`Self::apply_rows`]: `made` is its first write when it was made
-    /// ahead (`Some(None)`: the chunk cannot be written as new rows).
-    async fn apply_chunk<'q>(
-        conn: &mut DB::Connection,
-        partition: &'q str,
-        chunk: &'q [Pending<'q>],
-        made: Option<Option<Query<'q, DB>>>,
-        revised_window: &mut Option<(&'q str, i64)>,
-        updated_at: &'q str,
-    ) -> Result<(u64, u64), StoreError> {
-        let (mut inserted, mut revised) = (0, 0);
-        let window = chunk.first().map(|p| (p.window, p.start));
-        let first = match *revised_window != window {
-            true => made.unwrap_or_else(|| Self::first_write(partition, chunk, updated_at)),
-            false => None,
-        };
-        // The stored values of the chunk's rows, and whether the rows without one
-        // are stored already (written as new by the first write).
-        let (existing, new_rows_written) = match first {
-            Some(q) => {
-                let inserted = q.fetch_all(&mut *conn).await?;
-                (
-                    Self::stored_besides(conn, partition, chunk, &inserted).await?,
-                    true,
-                )
-            }
-            None => {
-                let rows: Vec<&Pending<'_>> = chunk.iter().collect();
-                (Self::fetch_existing(conn, partition, &rows).await?, false)
-            }
-        };
-        let mut writes = Vec::with_capacity(chunk.len());
-        for (p, old) in chunk.iter().zip(existing) {
-            match old {
-                Some(old) => {
-                    revised += 1;
-                    *revised_window = window;
-                    writes.push((p, p.merge_into(partition, Some(old))?));
-                }
-                None => {
-                    inserted += 1;
-                    if !new_rows_written {
-                        writes.push((p, p.merge_into(partition, None)?));
-                    }
-                }
-            }
-        }
-        Self::upsert_rows(conn, partition, writes, updated_at).await?;
-        Ok((inserted, revised))
-    }
-
-    /// Upsert complete row values: one statement with the rows as arrays where the
-    /// backend has it ([`Statements::upsert_arrays`]); else one for a full chunk, and
-    /// one per power of two in the row count ([`Statements::upsert_pieces`]).
-    async fn upsert_rows<'q>(
-        conn: &mut DB::Connection,
-        partition: &'q str,
-        writes: Vec<(&'q Pending<'q>, NewRow)>,
-        updated_at: &'q str,
-    ) -> Result<(), StoreError> {
-        let statements = DB::statements();
-        let writes = match &statements.upsert_arrays {
-            Some(statement) if !writes.is_empty() => {
-                match DB::bind_rows(sqlx::query::<DB>(statement), partition, writes, updated_at) {
-                    Ok(q) => {
-                        q.execute(&mut *conn).await?;
-                        return Ok(());
-                    }
-                    Err(writes) => writes,
-                }
-            }
-            _ => writes,
-        };
-        let mut rest = writes.into_iter();
-        let mut left = rest.len();
-        let pieces = std::iter::once((sql::CHUNK, &statements.upsert_chunk))
-            .chain(statements.upsert_pieces.iter().map(|(n, st)| (*n, st)));
-        for (n, statement) in pieces {
-            while left >= n {
-                let mut q = sqlx::query::<DB>(statement);
-                for (p, w) in rest.by_ref().take(n) {
-                    q = Self::bind_upsert(q, p, partition, w, updated_at);
-                }
-                q.execute(&mut *conn).await?;
-                left -= n;
-            }
-        }
-        Ok(())
-    }
-
-    /// A full chunk's rows as new rows, or none when the chunk cannot be written
-    /// first: it is short (a batch's tail), or a row's delta is not valid as a whole
-    /// row (a retraction, which only a stored row can absorb).
-    fn fresh_rows(partition: &str, chunk: &[Pending<'_>]) -> Option<Vec<NewRow>> {
-        if chunk.len() != sql::CHUNK {
-            return None;
-        }
-        chunk
-            .iter()
-            .map(|p| p.merge_into(partition, None).ok())
-            .collect()
-    }
-
-    /// A full chunk's first write, before it is known which of its rows exist: one
-    /// statement inserts the rows that do not exist and returns the keys of those it
-    /// inserted ([`Statements::insert_new_chunk`]); only the others are then read,
-    /// merged and upserted. In a replay, and at a window's first flush, nearly every
-    /// row is new, and reading each chunk before writing it was most of the snapshot
-    /// writer's work on PostgreSQL (docs/performance.md, "ninth round"); reading the
-    /// chunk's keys in the same statement still cost the server a look-up per row,
-    /// most of the time for nothing ("thirty-third round"). A plain insert that
-    /// fails on an existing row would abort PostgreSQL's whole transaction (a
-    /// savepoint per chunk would be a round trip of its own). None when the backend
-    /// has no such statement or the chunk cannot be written first (see
-    /// [`Self::fresh_rows`]).
-    fn first_write<'q>(
-        partition: &'q str,
-        chunk: &'q [Pending<'q>],
-        updated_at: &'q str,
-    ) -> Option<Query<'q, DB>> {
-        let statement = DB::statements().insert_new_chunk.as_ref()?;
-        let fresh = Self::fresh_rows(partition, chunk)?;
-        let rows = chunk.iter().zip(fresh).collect();
-        DB::bind_rows(sqlx::query::<DB>(statement), partition, rows, updated_at).ok()
-    }
-
-    /// After a chunk's first write, which returned the keys of the rows it inserted:
-    /// the stored values of the chunk's other rows (stored already, so it left them
-    /// as they were), read by key; none for the rows it inserted. In chunk order.
-    async fn stored_besides(
-        conn: &mut DB::Connection,
-        partition: &str,
-        chunk: &[Pending<'_>],
-        inserted: &[DB::Row],
-    ) -> Result<Vec<Option<RawRow>>, StoreError> {
-        let position = Self::positions(chunk.iter());
-        let mut new = vec![false; chunk.len()];
-        for r in inserted {
-            if let Some(&i) = position.get(&Self::key_of(r)?) {
-                new[i] = true;
-            }
-        }
-        let mut out: Vec<Option<RawRow>> = chunk.iter().map(|_| None).collect();
-        let stored: Vec<&Pending<'_>> = chunk
-            .iter()
-            .zip(&new)
-            .filter(|(_, new)| !**new)
-            .map(|(p, _)| p)
-            .collect();
-        if stored.is_empty() {
-            return Ok(out);
-        }
-        let mut found = Self::fetch_existing(conn, partition, &stored)
-            .await?
-            .into_iter();
-        for (slot, _) in out.iter_mut().zip(&new).filter(|(_, new)| !**new) {
-            *slot = found.next().flatten();
-        }
-        Ok(out)
-    }
-
-    /// The stored rows for `rows` (1..=CHUNK distinct rows), in their order.
-    async fn fetch_existing(
-        conn: &mut DB::Connection,
-        partition: &str,
-        rows: &[&Pending<'_>],
-    ) -> Result<Vec<Option<RawRow>>, StoreError> {
-        let mut q = sqlx::query::<DB>(&DB::statements().select_rows).bind(partition);
-        for i in 0..sql::CHUNK {
-            // A short list repeats its last key to fill the fixed statement; IN
-            // ignores the repeats.
-            let p = rows[i.min(rows.len().saturating_sub(1))];
-            q = q
-                .bind(p.window)
-                .bind(p.start)
-                .bind(p.dimension.as_str())
-                .bind(p.key.as_str());
-        }
-        let found = q.fetch_all(&mut *conn).await?;
-        let position = Self::positions(rows.iter().copied());
-        let mut out: Vec<Option<RawRow>> = rows.iter().map(|_| None).collect();
-        for r in &found {
-            if let Some(&i) = position.get(&Self::key_of(r)?) {
-                out[i] = Some(Self::raw_row(r, 4)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Each row's position by its key (window, window_start, dimension, key).
-    fn positions<'p>(
-        rows: impl Iterator<Item = &'p Pending<'p>>,
-    ) -> HashMap<(&'p str, i64, &'p str, &'p str), usize> {
-        rows.enumerate()
-            .map(|(i, p)| ((p.window, p.start, p.dimension.as_str(), p.key.as_str()), i))
-            .collect()
-    }
-
-    /// The key columns a statement returns first: window, window_start, dimension,
-    /// key.
-    fn key_of(r: &DB::Row) -> Result<(&str, i64, &str, &str), StoreError> {
-        Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
-    }
-
-    /// Bind one row's [`sql::UPSERT_BINDS`] values, in the order of the upserts.
-    fn bind_upsert<'q>(
-        q: Query<'q, DB>,
-        p: &'q Pending<'q>,
-        partition: &'q str,
-        row: NewRow,
-        updated_at: &'q str,
-    ) -> Query<'q, DB> {
-        let NewRow {
-            revision,
-            counters,
-            hists,
-        } = row;
-        let mut q = q
-            .bind(p.window)
-            .bind(p.start)
-            .bind(p.end)
-            .bind(p.dimension.as_str())
-            .bind(p.key.as_str())
-            .bind(partition);
-        for c in counters {
-            q = q.bind(c);
-        }
-        for h in hists {
-            q = q.bind(h);
-        }
-        q.bind(revision).bind(updated_at)
-    }
-
     /// Revision, counters and histograms starting at column `first` (the order of
-    /// `select_rows` and `select_export`).
-    fn raw_row(r: &DB::Row, first: usize) -> Result<RawRow, sqlx::Error> {
+    /// `select_export` and PostgreSQL's `select_rows`).
+    pub(super) fn raw_row(r: &DB::Row, first: usize) -> Result<RawRow, sqlx::Error> {
         let revision = r.try_get(first)?;
         let mut counters = [0; N_COUNTERS];
         for (i, c) in counters.iter_mut().enumerate() {

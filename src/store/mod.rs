@@ -15,6 +15,7 @@
 
 mod backend;
 pub mod postgres;
+mod postgres_rows;
 pub mod spill;
 pub mod spill_log;
 pub mod sqlite;
@@ -525,14 +526,14 @@ impl Store {
 pub(crate) mod sql {
     use super::{COUNTER_NAMES, HIST_NAMES};
 
-    /// Snapshot rows written or read per statement of the shared path (PostgreSQL's;
-    /// SQLite's own writer, `sqlite_rows.rs`, calls SQLite row by row instead). Each
-    /// statement is a round trip to the driver, which costs more than the database's
-    /// work on a row, so rows go in chunks. It was 64: when SQLite took this path, a
-    /// replay's final write (most of its rows) then kept SQLite's worker thread idle
-    /// 40 % of the time, waiting for the next statement; 256 rows cut that to a
-    /// quarter (docs/performance.md, "thirteenth round"). 256 rows keep the upsert at
-    /// 8,192 bind parameters, below SQLite's (32,766) and PostgreSQL's (65,535) limits.
+    /// Snapshot rows written or read per statement of PostgreSQL's writer
+    /// ([`PgRowStatements`]; SQLite's own writer, `sqlite_rows.rs`, calls SQLite row
+    /// by row instead). Each statement is a round trip to the server, which costs
+    /// more than the database's work on a row, so rows go in chunks. It was 64: when
+    /// SQLite took this path, a replay's final write (most of its rows) then kept
+    /// SQLite's worker thread idle 40 % of the time, waiting for the next statement;
+    /// 256 rows cut that to a quarter (docs/performance.md, "thirteenth round"). The
+    /// look-up by key binds 1 + 4 × 256 parameters, below PostgreSQL's limit (65,535).
     pub const CHUNK: usize = 256;
 
     /// Spilled contacts per statement: their batches are small (a flush's worth) and
@@ -545,7 +546,7 @@ pub(crate) mod sql {
     /// How a backend spells the i-th (1-based) bind parameter. `?` binds in order of
     /// appearance and `$N` by number; statements that both backends run name their
     /// parameters in number order, so both spellings bind alike. (PostgreSQL's own
-    /// statements may reuse or reorder numbers: `select_rows`.)
+    /// statements, [`PgRowStatements`], may reuse or reorder numbers.)
     #[derive(Clone, Copy, Debug)]
     pub enum Placeholder {
         /// `?`: SQLite. Its numbered `$N` also works, but sqlx then resolves each
@@ -568,45 +569,18 @@ pub(crate) mod sql {
 
     #[derive(Debug)]
     pub struct Statements {
-        /// Existing rows of one partition for [`CHUNK`] primary keys: window,
-        /// window_start, dimension, key, then revision, counters, histograms. A caller
-        /// with fewer rows repeats a key to fill the list, so the statement text (and
-        /// its prepared statement) never changes.
-        /// Binds: partition, then `CHUNK` × (window, window_start, dimension, key).
-        pub select_rows: String,
-        /// Write the complete new values of [`CHUNK`] distinct rows. The caller has read
-        /// the old values in the same transaction, so the statement stores absolute
-        /// values (it never adds itself). Binds per row ([`UPSERT_BINDS`]): window,
-        /// window_start, window_end, dimension, key, partition, counters, histograms,
-        /// revision, updated_at.
-        pub upsert_chunk: String,
         /// One row inserted unless its primary key is stored: changes no row then.
         /// SQLite's own row writer ([`super::sqlite_rows`]) tries each new row with it.
-        /// Binds as `upsert_chunk` for one row.
+        /// Binds per row ([`UPSERT_BINDS`]): window, window_start, window_end,
+        /// dimension, key, partition, counters, histograms, revision, updated_at.
         pub insert_row_if_new: String,
-        /// The same as `upsert_chunk` for one row (SQLite's own row writer).
+        /// Write the complete new values of one row, stored or not. The caller has
+        /// read the old values in the same transaction, so the statement stores
+        /// absolute values (it never adds itself). Binds as `insert_row_if_new`.
         pub upsert_row: String,
         /// The stored revision, counters and histograms of one row by its primary key.
         /// Binds: window, window_start, dimension, key, partition.
         pub select_row: String,
-        /// PostgreSQL only (SQLite writes its rows on its own, `sqlite_rows`): insert
-        /// those of up to [`CHUNK`] distinct rows that do not exist, leave the others as
-        /// they are, and return the keys (window, window_start, dimension, key) of the
-        /// rows it inserted. The others are stored already (the partition lock keeps
-        /// other writers of them out) and are then read by key. Binds the values of
-        /// `upsert_chunk`'s first row, each but the partition and `updated_at` as an
-        /// array of every row's value ([`array_type`]).
-        pub insert_new_chunk: Option<String>,
-        /// PostgreSQL only: `upsert_chunk` for any number of distinct rows, bound as
-        /// `insert_new_chunk` (one array per column). Replaces `upsert_chunk` and
-        /// `upsert_pieces` there: one statement whatever the count.
-        pub upsert_arrays: Option<String>,
-        /// `(n, the same for n rows)` for n = [`CHUNK`] / 2, / 4, ... 1: the tail of a
-        /// batch, k < [`CHUNK`] rows, goes in one statement per bit of k (at most 8
-        /// round trips instead of k), in few fixed shapes for the prepared-statement
-        /// cache. Padding is not possible here (PostgreSQL rejects an upsert that
-        /// touches a row twice).
-        pub upsert_pieces: Vec<(usize, String)>,
         /// Binds: partition.
         pub delete_partition: String,
         /// Binds: partition.
@@ -673,7 +647,7 @@ pub(crate) mod sql {
     }
 
     /// `INSERT INTO snapshots (every column) VALUES` `rows` tuples of
-    /// [`UPSERT_BINDS`] parameters: the head of both upserts and the insert.
+    /// [`UPSERT_BINDS`] parameters: the head of SQLite's upsert and insert.
     fn insert_values(p: Placeholder, rows: usize) -> String {
         let tuples: Vec<String> = (0..rows)
             .map(|r| format!("({})", p.list(1 + r * UPSERT_BINDS, UPSERT_BINDS)))
@@ -706,59 +680,69 @@ pub(crate) mod sql {
         format!("{ON_ROW} DO UPDATE SET {}", updates.join(", "))
     }
 
-    /// The stored rows of one partition for a list of primary keys (`keys`: row
-    /// tuples of window, window_start, dimension, key): those columns, then revision,
-    /// counters, histograms.
-    fn rows_by_key(p: Placeholder, partition: &str, keys: &[String]) -> String {
-        match p {
-            // A row-value IN list: SQLite (>= 3.15) resolves it with primary-key
-            // look-ups.
-            Placeholder::Question => format!(
-                "SELECT \"window\", window_start, dimension, \"key\", revision, {} FROM snapshots \
-                 WHERE \"partition\" = {partition} AND (\"window\", window_start, dimension, \"key\") IN (VALUES {})",
-                value_columns(),
-                keys.join(", ")
-            ),
-            // One look-up per key, whatever the planner believes of the table. As an
-            // IN list (a semi join) PostgreSQL may hash the keys and scan the whole
-            // partition instead, and it did while a replay outran the table's
-            // statistics (none until an ANALYZE, and autovacuum may be off or behind):
-            // a scan per chunk that grows with the table (docs/performance.md, "ninth
-            // round"). `LIMIT 1` (the key is unique anyway) keeps the sub-select from
-            // being pulled up into a plain join, where that choice would return.
-            Placeholder::Dollar => format!(
+    /// The statements of PostgreSQL's snapshot writer (`postgres_rows.rs`), which
+    /// writes rows [`CHUNK`] at a time as one array per column. SQLite's writer
+    /// (`sqlite_rows.rs`) runs the one-row statements of [`Statements`] instead.
+    #[derive(Debug)]
+    pub struct PgRowStatements {
+        /// Stored rows of one partition for [`CHUNK`] primary keys: window,
+        /// window_start, dimension, key, then revision, counters, histograms. A caller
+        /// with fewer rows repeats a key to fill the list, so the statement text (and
+        /// its prepared statement) never changes.
+        /// Binds: partition, then `CHUNK` × (window, window_start, dimension, key).
+        ///
+        /// One look-up per key, whatever the planner believes of the table. As an IN
+        /// list (a semi join) PostgreSQL may hash the keys and scan the whole partition
+        /// instead, and it did while a replay outran the table's statistics (none until
+        /// an ANALYZE, and autovacuum may be off or behind): a scan per chunk that
+        /// grows with the table (docs/performance.md, "ninth round"). `LIMIT 1` (the
+        /// key is unique anyway) keeps the sub-select from being pulled up into a plain
+        /// join, where that choice would return.
+        pub select_rows: String,
+        /// Insert those of up to [`CHUNK`] distinct rows that do not exist, leave the
+        /// others as they are, and return the keys (window, window_start, dimension,
+        /// key) of the rows it inserted. The others are stored already (the partition
+        /// lock keeps other writers of them out) and are then read by key. Binds the
+        /// values of `insert_row_if_new`, each but the partition and `updated_at` as an
+        /// array of every row's value ([`array_type`]). As a `VALUES` list of
+        /// [`CHUNK`] rows it was 8,192 parameters, and the server received each on its
+        /// own and built an expression for it: about a quarter of its work in a replay
+        /// (docs/performance.md, "thirty-third round").
+        pub insert_new_chunk: String,
+        /// Write the complete new values of any number of distinct rows, stored or
+        /// not, bound as `insert_new_chunk`: one statement whatever the count. The
+        /// caller has read the old values in the same transaction, so the statement
+        /// stores absolute values (it never adds itself).
+        pub upsert_arrays: String,
+    }
+
+    impl PgRowStatements {
+        pub fn new() -> PgRowStatements {
+            let p = Placeholder::Dollar;
+            let keys: Vec<String> = (0..CHUNK)
+                .map(|i| format!("({})", p.list(2 + 4 * i, 4)))
+                .collect();
+            let select_rows = format!(
                 "SELECT s.\"window\", s.window_start, s.dimension, s.\"key\", s.revision, {} \
                  FROM (VALUES {}) AS k (w, ws, d, kk) CROSS JOIN LATERAL \
                  (SELECT * FROM snapshots WHERE \"window\" = k.w AND window_start = k.ws \
-                 AND dimension = k.d AND \"key\" = k.kk AND \"partition\" = {partition} LIMIT 1) AS s",
+                 AND dimension = k.d AND \"key\" = k.kk AND \"partition\" = $1 LIMIT 1) AS s",
                 value_columns_of("s."),
                 keys.join(", ")
-            ),
+            );
+            PgRowStatements {
+                select_rows,
+                insert_new_chunk: format!(
+                    "{} {ON_ROW} DO NOTHING RETURNING \"window\", window_start, dimension, \"key\"",
+                    insert_arrays()
+                ),
+                upsert_arrays: format!("{} {}", insert_arrays(), update_set()),
+            }
         }
     }
 
-    /// [`Statements::insert_new_chunk`], PostgreSQL's alone: the rows as one array per
-    /// column, taken apart by `unnest` ([`insert_arrays`]). As a `VALUES` list of CHUNK rows it was 8,192
-    /// parameters, and the server received each on its own and built an expression
-    /// for it: about a quarter of its work in a replay (docs/performance.md,
-    /// "thirty-third round").
-    fn insert_new(p: Placeholder) -> Option<String> {
-        Some(format!(
-            "{} {ON_ROW} DO NOTHING RETURNING \"window\", window_start, dimension, \"key\"",
-            insert_arrays(p)?
-        ))
-    }
-
-    /// [`Statements::upsert_arrays`], PostgreSQL's alone.
-    fn upsert_arrays(p: Placeholder) -> Option<String> {
-        Some(format!("{} {}", insert_arrays(p)?, update_set()))
-    }
-
-    /// An insert of rows given as one array per column ([`array_type`]).
-    fn insert_arrays(p: Placeholder) -> Option<String> {
-        if let Placeholder::Question = p {
-            return None;
-        }
+    /// An insert of rows given as one array per column ([`array_type`]), PostgreSQL's.
+    fn insert_arrays() -> String {
         let (mut columns, mut arrays, mut names) = (Vec::new(), Vec::new(), Vec::new());
         for b in 1..=UPSERT_BINDS {
             match array_type(b) {
@@ -770,17 +754,17 @@ pub(crate) mod sql {
                 None => columns.push(format!("${b}")),
             }
         }
-        Some(format!(
+        format!(
             "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \"partition\", {}, \
              revision, updated_at) SELECT {} FROM unnest({}) AS r ({})",
             value_columns(),
             columns.join(", "),
             arrays.join(", "),
             names.join(", ")
-        ))
+        )
     }
 
-    /// The element type of [`Statements::insert_new_chunk`]'s parameter `b` (1-based, in
+    /// The element type of [`PgRowStatements::insert_new_chunk`]'s parameter `b` (1-based, in
     /// the order of `insert_values`), or none for the two bound once: the partition
     /// (6) and `updated_at` (the last).
     pub(crate) fn array_type(b: usize) -> Option<&'static str> {
@@ -821,14 +805,7 @@ pub(crate) mod sql {
 
     impl Statements {
         pub fn new(p: Placeholder) -> Statements {
-            let keys: Vec<String> = (0..CHUNK)
-                .map(|i| format!("({})", p.list(2 + 4 * i, 4)))
-                .collect();
             Statements {
-                select_rows: rows_by_key(p, &p.list(1, 1), &keys),
-                upsert_chunk: upsert(p, CHUNK),
-                insert_new_chunk: insert_new(p),
-                upsert_arrays: upsert_arrays(p),
                 insert_row_if_new: format!("{} {ON_ROW} DO NOTHING", insert_values(p, 1)),
                 upsert_row: upsert(p, 1),
                 select_row: format!(
@@ -841,10 +818,6 @@ pub(crate) mod sql {
                     p.list(4, 1),
                     p.list(5, 1)
                 ),
-                upsert_pieces: std::iter::successors(Some(CHUNK / 2), |n| Some(n / 2))
-                    .take_while(|&n| n >= 1)
-                    .map(|n| (n, upsert(p, n)))
-                    .collect(),
                 delete_partition: format!(
                     "DELETE FROM snapshots WHERE \"partition\" = {}",
                     p.list(1, 1)
@@ -1355,7 +1328,7 @@ mod tests {
         apply_twice_sums_counters_merges_hists_and_bumps_revision,
         zero_deltas_are_skipped_and_duplicates_coalesced,
         batches_larger_than_a_chunk,
-        tails_of_every_shape_are_written_in_pieces,
+        tails_of_every_shape_are_written,
         a_chunk_with_one_existing_row_is_merged_whole,
         query_merges_partitions,
         export_streams_partitions_merged_in_byte_order,
@@ -1862,10 +1835,11 @@ mod tests {
         );
     }
 
-    /// A batch's tail (fewer rows than a chunk) goes in one upsert per power of two in
-    /// its length: tails of 1, 2, 3, one under a half, a half, and a chunk less one
-    /// row, each mixing revised and new rows, all land once with their sums.
-    async fn tails_of_every_shape_are_written_in_pieces(s: Store) {
+    /// A batch's tail (fewer rows than a chunk: read first, then upserted in one
+    /// statement on PostgreSQL, row by row on SQLite) of 1, 2, 3, one under a half, a
+    /// half, and a chunk less one row, each mixing revised and new rows: all land once
+    /// with their sums.
+    async fn tails_of_every_shape_are_written(s: Store) {
         let c = sql::CHUNK;
         for (round, len) in [1, 2, 3, c / 2 - 1, c / 2, c - 1].into_iter().enumerate() {
             let start = T0 + round as i64 * H;
@@ -2364,8 +2338,8 @@ mod tests {
         let Store::Sqlite(inner) = &s else {
             unreachable!("a sqlite: URL opens the SQLite backend")
         };
-        // The statement SQLite's writer runs (the chunked `select_rows` is
-        // PostgreSQL's path only).
+        // The statement SQLite's writer runs (PostgreSQL's writer reads a chunk at a
+        // time: `sql::PgRowStatements::select_rows`).
         let sql = &<sqlx::Sqlite as backend::Dialect>::statements().select_row;
         let plan = inner.query_plan(sql).await.unwrap().join("\n");
         assert!(!plan.contains("snapshots_partition"), "{plan}");
@@ -2466,40 +2440,39 @@ mod tests {
 
     #[test]
     fn sql_lists_every_column() {
-        use sql::{CHUNK, Placeholder, Statements, UPSERT_BINDS};
+        use sql::{CHUNK, PgRowStatements, Placeholder, Statements, UPSERT_BINDS};
         let st = Statements::new(Placeholder::Dollar);
-        let one_row = |st: &Statements| {
-            let (n, one) = st.upsert_pieces.last().unwrap();
-            assert_eq!(*n, 1);
-            one.clone()
-        };
-        let upsert_one = one_row(&st);
+        let pg = PgRowStatements::new();
+        let upsert_one = &st.upsert_row;
         for c in COUNTER_NAMES.iter().chain(HIST_NAMES.iter()) {
             assert!(upsert_one.contains(&format!("{c} = excluded.{c}")), "{c}");
             assert!(st.select_export.contains(c), "{c}");
-            assert!(st.select_rows.contains(c), "{c}");
+            assert!(st.select_row.contains(c), "{c}");
+            assert!(pg.select_rows.contains(c), "{c}");
         }
         assert_eq!(UPSERT_BINDS, 32);
         assert!(upsert_one.contains("VALUES ($1, $2, "));
         assert!(upsert_one.contains("$32) ON CONFLICT"));
         assert!(!upsert_one.contains("$33"));
-        let last = CHUNK * UPSERT_BINDS;
-        assert!(st.upsert_chunk.contains("$32), ($33, "));
-        assert!(st.upsert_chunk.contains(&format!("${last}) ON CONFLICT")));
-        let insert_chunk = st.upsert_chunk.split(" ON CONFLICT").next().unwrap();
-        assert!(insert_chunk.ends_with(&format!("${last})")));
+        let insert_one = upsert_one.split(" ON CONFLICT").next().unwrap();
+        assert_eq!(
+            st.insert_row_if_new,
+            format!(
+                "{insert_one} ON CONFLICT (\"window\", dimension, window_start, \"key\", \"partition\") DO NOTHING"
+            )
+        );
         let last = 1 + 4 * CHUNK;
-        assert!(st.select_rows.contains("\"partition\" = $1 LIMIT 1"));
+        assert!(pg.select_rows.contains("\"partition\" = $1 LIMIT 1"));
         assert!(
-            st.select_rows
+            pg.select_rows
                 .contains("FROM (VALUES ($2, $3, $4, $5), ($6, ")
         );
-        assert!(st.select_rows.contains(&format!("${last})) AS k")));
-        assert!(!st.select_rows.contains(&format!("${}", last + 1)));
+        assert!(pg.select_rows.contains(&format!("${last})) AS k")));
+        assert!(!pg.select_rows.contains(&format!("${}", last + 1)));
         // The first write of a chunk is the insert, returning the keys it inserted.
         // Its values come as one array per column, but the partition's ($6) and
         // updated_at's ($32), in the order of the upserts' columns.
-        let write = st.insert_new_chunk.as_deref().unwrap();
+        let write = &pg.insert_new_chunk;
         let columns = upsert_one.split(") VALUES").next().unwrap();
         assert!(write.starts_with(&format!("{columns}) SELECT c1, c2, c3, c4, c5, $6, c7, ")));
         assert!(write.contains(
@@ -2511,11 +2484,10 @@ mod tests {
         ));
         assert!(!write.contains("$33"));
         // The upsert of any number of rows: the same arrays, the upserts' update.
-        let upsert = st.upsert_arrays.as_deref().unwrap();
         let arrays = write.split(" ON CONFLICT").next().unwrap();
         let update = upsert_one.split(") VALUES").nth(1).unwrap();
         let update = &update[update.find(" ON CONFLICT").unwrap()..];
-        assert_eq!(upsert, format!("{arrays}{update}"));
+        assert_eq!(pg.upsert_arrays, format!("{arrays}{update}"));
         assert!(
             write.ends_with("DO NOTHING RETURNING \"window\", window_start, dimension, \"key\"")
         );
@@ -2526,12 +2498,11 @@ mod tests {
         // The SQLite spelling binds the same parameters in the same order.
         let q = Statements::new(Placeholder::Question);
         let count = |s: &str, pat: &str| s.matches(pat).count();
-        assert_eq!(count(&q.upsert_chunk, "?"), CHUNK * UPSERT_BINDS);
-        assert_eq!(count(&q.select_rows, "?"), 1 + 4 * CHUNK);
-        assert!(q.select_rows.contains("\"partition\" = ? AND"));
-        assert!(q.insert_new_chunk.is_none() && q.upsert_arrays.is_none());
+        assert_eq!(count(&q.upsert_row, "?"), UPSERT_BINDS);
+        assert_eq!(count(&q.insert_row_if_new, "?"), UPSERT_BINDS);
+        assert_eq!(count(&q.select_row, "?"), 5);
         assert_eq!(count(&q.select_export, "?"), 4);
-        assert!(!one_row(&q).contains('$'));
+        assert!(!q.upsert_row.contains('$'));
         assert_eq!(rfc3339_ms(T0 + 5), "2026-11-23T00:00:00.005Z");
     }
 
@@ -2889,7 +2860,7 @@ mod tests {
         .execute(&pg.pool)
         .await
         .unwrap();
-        let st = sql::Statements::new(sql::Placeholder::Dollar);
+        let st = sql::PgRowStatements::new();
         let start = T0 + 5 * H;
         let agent = |i: usize| format!("'agent-{:05}'", i * 7);
         // select_rows: the partition, then (window, start, dimension, key) per key.
@@ -2937,7 +2908,7 @@ mod tests {
             }
         }
         let write_types: Vec<&str> = write_types.iter().map(String::as_str).collect();
-        let insert_new = st.insert_new_chunk.as_deref().unwrap();
+        let insert_new = st.insert_new_chunk.as_str();
         for (what, statement, types, args, mode, rows) in [
             (
                 "select_rows",

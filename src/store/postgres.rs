@@ -1,16 +1,17 @@
 //! PostgreSQL backend: opens the pool and says how write transactions keep partitions
-//! apart; the statements run in [`super::backend`].
+//! apart; the shared statements run in [`super::backend`], the snapshot rows are
+//! written by `postgres_rows.rs`.
 
 use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgQueryResult};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgQueryResult};
 use sqlx::{ConnectOptions, Connection, Postgres};
 
-use super::backend::{Dialect, Query, SqlxStore};
+use super::backend::{Dialect, RowsWritten, SqlxStore};
 use super::sql::{Placeholder, Statements};
-use super::{Connections, N_COUNTERS, N_HISTS, NewRow, Pending, StoreError};
+use super::{Connections, Pending, StoreError};
 
 /// Connections per process. One writer per owned partition flushes at a time, and
 /// exports and HTTP reads share the rest; more would only hold server backends idle.
@@ -65,45 +66,14 @@ impl Dialect for Postgres {
         done.rows_affected()
     }
 
-    /// One array per column ([`super::sql::array_type`]): the rows' values column by column.
-    #[allow(private_interfaces, clippy::type_complexity)]
-    fn bind_rows<'q>(
-        q: Query<'q, Postgres>,
-        partition: &'q str,
-        rows: Vec<(&'q Pending<'q>, NewRow)>,
-        updated_at: &'q str,
-    ) -> Result<Query<'q, Postgres>, Vec<(&'q Pending<'q>, NewRow)>> {
-        let n = rows.len();
-        let mut counters: Vec<Vec<i64>> = (0..N_COUNTERS).map(|_| Vec::with_capacity(n)).collect();
-        let mut hists: Vec<Vec<Option<Vec<u8>>>> =
-            (0..N_HISTS).map(|_| Vec::with_capacity(n)).collect();
-        let mut revisions = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        for (p, row) in rows {
-            for (column, c) in counters.iter_mut().zip(row.counters) {
-                column.push(c);
-            }
-            for (column, h) in hists.iter_mut().zip(row.hists) {
-                column.push(h);
-            }
-            revisions.push(row.revision);
-            keys.push(p);
-        }
-        let column = |f: fn(&Pending<'q>) -> &'q str| keys.iter().map(|p| f(p)).collect::<Vec<_>>();
-        let mut q = q
-            .bind(column(|p| p.window))
-            .bind(keys.iter().map(|p| p.start).collect::<Vec<i64>>())
-            .bind(keys.iter().map(|p| p.end).collect::<Vec<i64>>())
-            .bind(column(|p| p.dimension.as_str()))
-            .bind(column(|p| p.delta.key.as_str()))
-            .bind(partition);
-        for c in counters {
-            q = q.bind(c);
-        }
-        for h in hists {
-            q = q.bind(h);
-        }
-        Ok(q.bind(revisions).bind(updated_at))
+    #[allow(private_interfaces)]
+    fn write_rows<'a>(
+        conn: &'a mut PgConnection,
+        partition: &'a str,
+        rows: &'a [Pending<'a>],
+        updated_at: &'a str,
+    ) -> RowsWritten<'a> {
+        super::postgres_rows::write(conn, partition, rows, updated_at)
     }
 }
 

@@ -66,10 +66,10 @@ impl Dialect for Sqlite {
         partition: &'a str,
         rows: &'a [Pending<'a>],
         updated_at: &'a str,
-    ) -> Option<RowsWritten<'a>> {
-        Some(Box::pin(super::sqlite_rows::write(
+    ) -> RowsWritten<'a> {
+        Box::pin(super::sqlite_rows::write(
             conn, &SQL, partition, rows, updated_at,
-        )))
+        ))
     }
 }
 
@@ -398,7 +398,7 @@ mod plans {
         let s = SqliteStore::open("sqlite::memory:", Connections::Shared)
             .await
             .unwrap();
-        let rows = plan(&s.pool, &SQL.select_rows).await;
+        let rows = plan(&s.pool, &SQL.select_row).await;
         assert!(
             rows.contains(
                 "USING INDEX sqlite_autoindex_snapshots_1 (window=? AND dimension=? \
