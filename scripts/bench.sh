@@ -21,6 +21,11 @@
 #   publish        serve's CPU to keep the live view current at 10 k agents: fed one
 #                  file on stdin, then its CPU while idle (the centre published every
 #                  second, the agent part captured every 5 s), RUNS runs
+#   threads        where a replay's CPU goes, thread by thread: `replay` of the first of
+#                  SIZES into a fresh SQLite file under perf (cpu-clock samples; needs
+#                  perf, Debian's linux-perf): CPU seconds per thread, how busy it
+#                  kept the cores, and the wall time were the same work spread perfectly
+#                  over every core (docs/performance.md, "thirty-fourth round")
 #   kafka          serve catching up vs a bare rdkafka consumer, then latency
 #   kafka-latency  only the event -> /metrics latency
 #   suite          gen + duckdb + parse + memory + scrape (the issue 6 comparison)
@@ -426,6 +431,32 @@ TOML
   "$REL"/examples/kafka_bench latency --config "$OUT/kafka-latency.toml" --rate "$rate" --seconds "$secs" --bin "$BIN"
 }
 
+# Where a replay's CPU goes, thread by thread (docs/performance.md, "thirty-fourth
+# round"): perf's cpu-clock samples at THREADS_HZ per busy CPU, counted per thread
+# name, over the span from the first sample to the last.
+threads_bench() {
+  command -v perf > /dev/null || { echo "threads: needs perf (Debian: apt-get install linux-perf)" >&2; exit 1; }
+  local n=${SIZES[0]} hz=${THREADS_HZ:-2000} f db data
+  f=$(set_file "$n")
+  events_file "$f" "$n" "$AGENTS"
+  db="$OUT/threads.db" data="$OUT/threads.perf"
+  rm -f "$db" "$db-wal" "$db-shm"
+  echo "== threads: replay of $n events into a fresh SQLite file under perf ($hz Hz), machine: $(machine)"
+  CCMETRICS__STORE__URL="sqlite://$db" RUST_LOG=error \
+    perf record -q -e cpu-clock -F "$hz" -o "$data" "$BIN" replay --input "$f" > /dev/null
+  perf script -i "$data" -F comm,time 2> /dev/null | awk -v hz="$hz" -v cores="$(nproc)" '
+    { t = $NF; sub(":", "", t); n[$1]++; total++
+      if (first == "" || t < first) first = t
+      if (t > last) last = t }
+    END {
+      wall = last - first
+      for (c in n) printf "  %-18s %6.2f CPU s  %5.1f %%\n", c, n[c] / hz, 100 * n[c] / total | "sort -k2 -rn"
+      close("sort -k2 -rn")
+      printf "all threads: %.2f CPU s over %.2f s of wall time: %.0f %% of the %d cores kept busy (other processes load the machine too: run it alone)\n", total / hz, wall, 100 * total / hz / wall / cores, cores
+      printf "the same work spread perfectly over every core: %.2f s, %.2f of the wall time\n", total / hz / cores, total / hz / cores / wall
+    }'
+}
+
 engine_bench() {
   local events="$OUT/events-$N-$AGENTS.jsonl"
   events_file "$events" "$N" "$AGENTS" 300 "$CPH"
@@ -523,8 +554,9 @@ case "$WHAT" in
   memory) memory_bench ;;
   scrape) scrape_bench ;;
   publish) publish_bench ;;
+  threads) threads_bench ;;
   kafka | kafka-latency) kafka_bench ;;
   suite) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench ;;
   all) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench; kafka_bench ;;
-  *) echo "unknown mode $WHAT (engine|gen|duckdb|parse|memory|spill|scrape|publish|kafka|kafka-latency|suite|all)" >&2; exit 2 ;;
+  *) echo "unknown mode $WHAT (engine|gen|duckdb|parse|memory|spill|scrape|publish|threads|kafka|kafka-latency|suite|all)" >&2; exit 2 ;;
 esac

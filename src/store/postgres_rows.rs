@@ -20,7 +20,7 @@ use super::{N_COUNTERS, N_HISTS, NewRow, Pending, RawRow, StoreError};
 use super::backend::Dialect;
 
 /// The statements, in their one spelling.
-pub(super) static STATEMENTS: LazyLock<PgRowStatements> = LazyLock::new(PgRowStatements::new);
+static STATEMENTS: LazyLock<PgRowStatements> = LazyLock::new(PgRowStatements::new);
 
 /// [`Dialect::write_rows`] for PostgreSQL: (inserted, revised) rows.
 pub(super) fn write<'a>(
