@@ -646,26 +646,28 @@ pub(crate) mod sql {
             .join(", ")
     }
 
-    /// `INSERT INTO snapshots (every column) VALUES` `rows` tuples of
-    /// [`UPSERT_BINDS`] parameters: the head of SQLite's upsert and insert.
-    fn insert_values(p: Placeholder, rows: usize) -> String {
-        let tuples: Vec<String> = (0..rows)
-            .map(|r| format!("({})", p.list(1 + r * UPSERT_BINDS, UPSERT_BINDS)))
-            .collect();
+    /// `INSERT INTO snapshots (every column, in the order of [`UPSERT_BINDS`]'s
+    /// values)`: the head of every insert and upsert.
+    fn insert_into() -> String {
         format!(
             "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \"partition\", {}, \
-             revision, updated_at) VALUES {}",
-            value_columns(),
-            tuples.join(", ")
+             revision, updated_at)",
+            value_columns()
         )
+    }
+
+    /// [`insert_into`] one row of [`UPSERT_BINDS`] parameters: the head of SQLite's
+    /// upsert and insert.
+    fn insert_row(p: Placeholder) -> String {
+        format!("{} VALUES ({})", insert_into(), p.list(1, UPSERT_BINDS))
     }
 
     /// The conflict target: the primary key.
     const ON_ROW: &str =
         "ON CONFLICT (\"window\", dimension, window_start, \"key\", \"partition\")";
 
-    fn upsert(p: Placeholder, rows: usize) -> String {
-        format!("{} {}", insert_values(p, rows), update_set())
+    fn upsert_row(p: Placeholder) -> String {
+        format!("{} {}", insert_row(p), update_set())
     }
 
     /// The conflict clause of every upsert: the row's new values replace the stored.
@@ -755,9 +757,8 @@ pub(crate) mod sql {
             }
         }
         format!(
-            "INSERT INTO snapshots (\"window\", window_start, window_end, dimension, \"key\", \"partition\", {}, \
-             revision, updated_at) SELECT {} FROM unnest({}) AS r ({})",
-            value_columns(),
+            "{} SELECT {} FROM unnest({}) AS r ({})",
+            insert_into(),
             columns.join(", "),
             arrays.join(", "),
             names.join(", ")
@@ -765,7 +766,7 @@ pub(crate) mod sql {
     }
 
     /// The element type of [`PgRowStatements::insert_new_chunk`]'s parameter `b` (1-based, in
-    /// the order of `insert_values`), or none for the two bound once: the partition
+    /// the order of [`insert_into`]), or none for the two bound once: the partition
     /// (6) and `updated_at` (the last).
     pub(crate) fn array_type(b: usize) -> Option<&'static str> {
         const HISTS: usize = 7 + super::N_COUNTERS;
@@ -806,8 +807,8 @@ pub(crate) mod sql {
     impl Statements {
         pub fn new(p: Placeholder) -> Statements {
             Statements {
-                insert_row_if_new: format!("{} {ON_ROW} DO NOTHING", insert_values(p, 1)),
-                upsert_row: upsert(p, 1),
+                insert_row_if_new: format!("{} {ON_ROW} DO NOTHING", insert_row(p)),
+                upsert_row: upsert_row(p),
                 select_row: format!(
                     "SELECT revision, {} FROM snapshots WHERE \"window\" = {} AND window_start = {} \
                      AND dimension = {} AND \"key\" = {} AND \"partition\" = {}",

@@ -226,8 +226,8 @@ async fn fetch_existing(
 ) -> Result<Vec<Option<RawRow>>, StoreError> {
     let mut q = sqlx::query::<Postgres>(&STATEMENTS.select_rows).bind(partition);
     for i in 0..CHUNK {
-        // A short list repeats its last key to fill the fixed statement; IN
-        // ignores the repeats.
+        // A short list repeats its last key to fill the fixed statement; the
+        // repeats find the same row, which lands in the same slot below.
         let p = rows[i.min(rows.len().saturating_sub(1))];
         q = q
             .bind(p.window)
