@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use ccmetrics::engine::{Engine, EngineConfig};
+use ccmetrics::engine::{Engine, EngineConfig, Outcome};
 use ccmetrics::event::{Decoder, Keys};
 use ccmetrics::source::file;
 use clap::Parser;
@@ -71,6 +71,9 @@ fn main() -> anyhow::Result<()> {
     let mut reader =
         file::open_lines(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     let (mut lines, mut ok, mut max_open) = (0u64, 0u64, 0usize);
+    // `engine` mode: events the engine accepted (not duplicates, not rejected), so
+    // that two inputs' runs can be checked to have done the same work.
+    let mut accepted = 0u64;
     // Records are read in batches straight into one buffer, as `replay`'s reader
     // thread does (`read_records`); `engine` also applies them in batches, as `replay`
     // does, so that it can announce the next events' contacts (`Engine::look_ahead`).
@@ -109,7 +112,9 @@ fn main() -> anyhow::Result<()> {
                 for (i, (ev, k)) in decoded.iter().zip(&keys).enumerate() {
                     e.look_ahead(|d| keys.get(i + d));
                     let Ok(ev) = ev else { continue };
-                    e.apply_keyed(ev, k);
+                    if e.apply_keyed(ev, k) == Outcome::Accepted {
+                        accepted += 1;
+                    }
                     ok += 1;
                     if ok.is_multiple_of(a.flush_every) {
                         max_open = max_open.max(e.open_contacts());
@@ -131,7 +136,7 @@ fn main() -> anyhow::Result<()> {
         black_box(e.flush_all().len());
     }
     println!(
-        "mode={} lines={lines} decoded={ok} secs={secs:.3} events_per_s={:.0} max_open_contacts={max_open} peak_rss_kb={}",
+        "mode={} lines={lines} decoded={ok} accepted={accepted} secs={secs:.3} events_per_s={:.0} max_open_contacts={max_open} peak_rss_kb={}",
         format!("{:?}", a.mode).to_lowercase(),
         lines as f64 / secs.max(1e-9),
         peak_rss_kb().unwrap_or(0),

@@ -26,6 +26,11 @@
 #                  perf, Debian's linux-perf): CPU seconds per thread, how busy it
 #                  kept the cores, and the wall time were the same work spread perfectly
 #                  over every core (docs/performance.md, "thirty-fourth round")
+#   grouped        what the order of the events costs the engine: `parse_bench engine`
+#                  on the first of SIZES and on the same events grouped by contact
+#                  (benches/group_by_contact.py), in turn over RUNS rounds: wall and CPU
+#                  medians, their ratio, and the events each accepted
+#                  (docs/performance.md, "thirty-fifth round")
 #   kafka          serve catching up vs a bare rdkafka consumer, then latency
 #   kafka-latency  only the event -> /metrics latency
 #   suite          gen + duckdb + parse + memory + scrape (the issue 6 comparison)
@@ -457,6 +462,33 @@ threads_bench() {
     }'
 }
 
+# The engine on the events as they come and grouped by contact (docs/performance.md,
+# "thirty-fifth round"): the same work, without the interleaving of contacts that makes
+# nearly every event's contact a cache miss.
+grouped_bench() {
+  local n=${SIZES[0]} f g at gt
+  f=$(set_file "$n")
+  events_file "$f" "$n" "$AGENTS"
+  g="$OUT/grouped-$n-$AGENTS.jsonl"
+  [ -s "$g" ] || python3 benches/group_by_contact.py "$f" "$g"
+  echo "== grouped: parse_bench engine, $n events as generated and grouped by contact, $RUNS rounds in turn, machine: $(machine)"
+  at=$OUT/grouped-as-is.times gt=$OUT/grouped-grouped.times
+  : > "$at"
+  : > "$gt"
+  for _ in $(seq "$RUNS"); do
+    time_once "$at" "$PARSE" engine "$f"
+    time_once "$gt" "$PARSE" engine "$g"
+  done
+  "$PARSE" engine "$f" | sed 's/^/  as generated: /'
+  "$PARSE" engine "$g" | sed 's/^/  grouped:      /'
+  read -r amin amed amax acpu < <(summary "$at")
+  read -r gmin gmed gmax gcpu < <(summary "$gt")
+  read -r rmin rmed rmax < <(pair_ratios "$gt" "$at")
+  echo "as generated: s $amin / $amed / $amax, CPU s per run $acpu  [$(machine)]"
+  echo "grouped by contact: s $gmin / $gmed / $gmax, CPU s per run $gcpu  [$(machine)]"
+  echo "grouped / as generated: wall $rmed, median of the rounds' ratios (min $rmin, max $rmax); CPU $(ratio "$gcpu" "$acpu")"
+}
+
 engine_bench() {
   local events="$OUT/events-$N-$AGENTS.jsonl"
   events_file "$events" "$N" "$AGENTS" 300 "$CPH"
@@ -555,8 +587,9 @@ case "$WHAT" in
   scrape) scrape_bench ;;
   publish) publish_bench ;;
   threads) threads_bench ;;
+  grouped) grouped_bench ;;
   kafka | kafka-latency) kafka_bench ;;
   suite) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench ;;
   all) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench; kafka_bench ;;
-  *) echo "unknown mode $WHAT (engine|gen|duckdb|parse|memory|spill|scrape|publish|threads|kafka|kafka-latency|suite|all)" >&2; exit 2 ;;
+  *) echo "unknown mode $WHAT (engine|gen|duckdb|parse|memory|spill|scrape|publish|threads|grouped|kafka|kafka-latency|suite|all)" >&2; exit 2 ;;
 esac
