@@ -135,8 +135,12 @@ fn main() -> anyhow::Result<()> {
         max_open = max_open.max(e.open_contacts());
         black_box(e.flush_all().len());
     }
+    let accepted = match a.mode {
+        Mode::Engine => format!(" accepted={accepted}"),
+        Mode::Read | Mode::Parse => String::new(),
+    };
     println!(
-        "mode={} lines={lines} decoded={ok} accepted={accepted} secs={secs:.3} events_per_s={:.0} max_open_contacts={max_open} peak_rss_kb={}",
+        "mode={} lines={lines} decoded={ok}{accepted} secs={secs:.3} events_per_s={:.0} max_open_contacts={max_open} peak_rss_kb={}",
         format!("{:?}", a.mode).to_lowercase(),
         lines as f64 / secs.max(1e-9),
         peak_rss_kb().unwrap_or(0),
