@@ -30,9 +30,12 @@
 #                  on the first of SIZES and on the same events grouped by contact
 #                  (benches/group_by_contact.py), in turn over RUNS rounds: wall and CPU
 #                  medians, their ratio, and the events each accepted (it fails if
-#                  they differ). PACK_AFTER_MS=-1 runs both without packing: the fair
-#                  pair, since the grouped order's clock delays packing
-#                  (docs/performance.md, "thirty-fifth round")
+#                  they differ by more than 0.1 %). PACK_AFTER_MS=-1 runs both
+#                  without packing: the fair pair, since the grouped order's clock
+#                  delays packing. GROUPED_FLUSH_EVERY [250000]: a flush's closed
+#                  windows are corrected by the grouped order's late events; a value
+#                  above the events flushes only at the end (docs/performance.md,
+#                  "thirty-fifth round")
 #   kafka          serve catching up vs a bare rdkafka consumer, then latency
 #   kafka-latency  only the event -> /metrics latency
 #   suite          gen + duckdb + parse + memory + scrape (the issue 6 comparison)
@@ -468,28 +471,36 @@ threads_bench() {
 # "thirty-fifth round"): the same work, without the interleaving of contacts that makes
 # nearly every event's contact a cache miss.
 grouped_bench() {
-  local n=${SIZES[0]} f g at gt
+  local n=${SIZES[0]} f g at gt every=${GROUPED_FLUSH_EVERY:-250000}
   f=$(set_file "$n")
   events_file "$f" "$n" "$AGENTS"
   g="$OUT/grouped-$n-$AGENTS.jsonl"
   [ -s "$g" ] || python3 benches/group_by_contact.py "$f" "$g"
-  echo "== grouped: parse_bench engine, $n events as generated and grouped by contact, $RUNS rounds in turn, machine: $(machine)"
+  echo "== grouped: parse_bench engine (flush every $every), $n events as generated and grouped by contact, $RUNS rounds in turn, machine: $(machine)"
   at=$OUT/grouped-as-is.times gt=$OUT/grouped-grouped.times
   : > "$at"
   : > "$gt"
   for _ in $(seq "$RUNS"); do
-    time_once "$at" "$PARSE" engine "$f"
-    time_once "$gt" "$PARSE" engine "$g"
+    time_once "$at" "$PARSE" engine --flush-every "$every" "$f"
+    time_once "$gt" "$PARSE" engine --flush-every "$every" "$g"
   done
   local as_is grouped
-  as_is=$("$PARSE" engine "$f")
-  grouped=$("$PARSE" engine "$g")
+  as_is=$("$PARSE" engine --flush-every "$every" "$f")
+  grouped=$("$PARSE" engine --flush-every "$every" "$g")
   echo "  as generated: $as_is"
   echo "  grouped:      $grouped"
-  # The comparison holds only if both runs did the same work.
-  if [ "$(grep -o 'accepted=[0-9]*' <<< "$as_is")" != "$(grep -o 'accepted=[0-9]*' <<< "$grouped")" ]; then
-    echo "grouped: the two orders accepted different events; the comparison does not hold" >&2
-    return 1
+  # The comparison holds only if both runs did the same work. An event too late for
+  # the correction horizon in one order can be in time in the other (a few hundred of
+  # 10 M events): up to 0.1 % of the events may differ.
+  local a b
+  a=$(grep -o 'accepted=[0-9]*' <<< "$as_is" | cut -d= -f2)
+  b=$(grep -o 'accepted=[0-9]*' <<< "$grouped" | cut -d= -f2)
+  if [ "$a" != "$b" ]; then
+    echo "  accepted: $a as generated, $b grouped (the correction horizon decides by order)"
+    if [ $(( (a > b ? a - b : b - a) * 1000 )) -gt "$n" ]; then
+      echo "grouped: the two orders accepted events that differ by more than 0.1 %; the comparison does not hold" >&2
+      return 1
+    fi
   fi
   read -r amin amed amax acpu < <(summary "$at")
   read -r gmin gmed gmax gcpu < <(summary "$gt")
