@@ -475,7 +475,12 @@ grouped_bench() {
   f=$(set_file "$n")
   events_file "$f" "$n" "$AGENTS"
   g="$OUT/grouped-$n-$AGENTS.jsonl"
-  [ -s "$g" ] || python3 benches/group_by_contact.py "$f" "$g"
+  # Written aside and moved, as `events_file` does: an interrupted run leaves no
+  # half file for the next one to take as done.
+  if [ ! -s "$g" ]; then
+    python3 benches/group_by_contact.py "$f" "$g.tmp"
+    mv "$g.tmp" "$g"
+  fi
   echo "== grouped: parse_bench engine (flush every $every), $n events as generated and grouped by contact, $RUNS rounds in turn, machine: $(machine)"
   at=$OUT/grouped-as-is.times gt=$OUT/grouped-grouped.times
   : > "$at"
