@@ -485,13 +485,15 @@ grouped_bench() {
   at=$OUT/grouped-as-is.times gt=$OUT/grouped-grouped.times
   : > "$at"
   : > "$gt"
+  # Each timed run keeps its own report (`time_once` discards stdout): the check
+  # below reads the last round's, not the report of one more run of each.
   for _ in $(seq "$RUNS"); do
-    time_once "$at" "$PARSE" engine --flush-every "$every" "$f"
-    time_once "$gt" "$PARSE" engine --flush-every "$every" "$g"
+    time_once "$at" sh -c 'exec "$@" > "$0"' "$at.out" "$PARSE" engine --flush-every "$every" "$f"
+    time_once "$gt" sh -c 'exec "$@" > "$0"' "$gt.out" "$PARSE" engine --flush-every "$every" "$g"
   done
   local as_is grouped
-  as_is=$("$PARSE" engine --flush-every "$every" "$f")
-  grouped=$("$PARSE" engine --flush-every "$every" "$g")
+  as_is=$(cat "$at.out")
+  grouped=$(cat "$gt.out")
   echo "  as generated: $as_is"
   echo "  grouped:      $grouped"
   # The comparison holds only if both runs did the same work. An event too late for
