@@ -199,6 +199,12 @@ fn invalid_utf8_and_nul_bytes() {
             ended_with(field, "\"a\\u0000b\"").as_bytes(),
             RejectReason::InvalidField,
         );
+        // Unescaped DEL and a C1 control (U+0085, two bytes) are valid JSON strings,
+        // read by the flat path, which lets validation skip the search for controls
+        // only in a message of printable ASCII: these are not.
+        for v in ["\"a\u{7f}b\"", "\"a\u{85}b\"", "\"\u{85}\""] {
+            assert_reason(ended_with(field, v).as_bytes(), RejectReason::InvalidField);
+        }
     }
 }
 
