@@ -242,6 +242,12 @@ impl Aggregator {
 
     /// Drop minute buckets that left the rolling span.
     pub(super) fn trim(&mut self, now: Millis) {
+        // Without live views there are no buckets or running sums (`apply_live_to`
+        // fills them only when live), and this runs at every event that moves the
+        // clock: returning here saves walking the empty structures each time.
+        if !self.live {
+            return;
+        }
         // Buckets leaving a rolling window come out of its running sum first (before
         // the span's oldest are dropped below).
         for r in &mut self.rolling {

@@ -280,11 +280,13 @@ impl<V> KeyTable<V> {
         self.probe(h, |e| e.tag == tag(h) && self.slab[e.slot as usize].0 == k)
     }
 
+    #[inline]
     pub(crate) fn get(&self, k: &Key) -> Option<&V> {
         self.find(*k)
             .map(|pos| &self.slab[self.index[pos].slot as usize].1)
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, k: &Key) -> Option<&mut V> {
         let pos = self.find(*k)?;
         Some(&mut self.slab[self.index[pos].slot as usize].1)
