@@ -296,10 +296,8 @@ impl Aggregator {
             .map(|(_, w)| w.accs.len())
             .sum();
         let mut out = Vec::with_capacity(rows);
-        for (k, w) in finest.into_iter().chain(coarse) {
-            self.emit(k, w, syms, &mut out);
-        }
-        sort_deltas(&mut out);
+        let mut windows: Vec<Window> = finest.into_iter().chain(coarse).collect();
+        self.emit_in_order(&mut windows, syms, &mut out);
         out
     }
 
@@ -345,20 +343,64 @@ impl Aggregator {
         }
     }
 
-    fn emit(&self, k: (u8, Millis), w: WindowAccs, syms: &Interner, out: &mut Vec<SnapshotDelta>) {
-        let interval = self.intervals[k.0 as usize];
-        for ((dimension, key), acc) in w.accs {
-            if acc.is_zero() {
-                continue;
+    /// Emit `windows` (emptied) as deltas in key order: (interval, start, dimension,
+    /// key name), the order the snapshots table is keyed in.
+    ///
+    /// The windows are ordered first, and then the keys of each run of windows with
+    /// one (interval, start) (one, or two when a dimension keeps an interval that is
+    /// updated per fact and another dimension derives it: `windows` and `coarse` each
+    /// hold one) by (dimension, key name). That gives the full order. Sorting the
+    /// finished deltas instead (as before) moved ~350-byte values at every swap and
+    /// compared the windows' fields at every step: at an hour's boundary, tens of
+    /// thousands of deltas (docs/performance.md, "thirty-seventh round").
+    fn emit_in_order(
+        &self,
+        windows: &mut Vec<Window>,
+        syms: &Interner,
+        out: &mut Vec<SnapshotDelta>,
+    ) {
+        let at = |k: &(u8, Millis)| (self.intervals[k.0 as usize], k.1);
+        windows.sort_unstable_by_key(|(k, _)| at(k));
+        for group in windows.chunk_by_mut(|a, b| at(&a.0) == at(&b.0)) {
+            self.emit(group, syms, out);
+        }
+        windows.clear();
+    }
+
+    /// Emit the non-zero accumulators of `group`, windows of one (interval, start),
+    /// as deltas ordered by (dimension, key name); the windows are left empty.
+    fn emit(&self, group: &mut [Window], syms: &Interner, out: &mut Vec<SnapshotDelta>) {
+        let Some(&((i, start), WindowAccs { end, .. })) = group.first() else {
+            return;
+        };
+        let interval = self.intervals[i as usize];
+        let mut order: Vec<(Dimension, u128, &str, Sym, usize)> = group
+            .iter()
+            .enumerate()
+            .flat_map(|(n, (_, w))| {
+                w.accs.iter().filter(|(_, acc)| !acc.is_zero()).map(
+                    move |(&(dimension, key), _)| {
+                        let name = syms.name(key);
+                        (dimension, name_prefix(name), name, key, n)
+                    },
+                )
+            })
+            .collect();
+        // Unstable is exact here: no two keys of one (interval, start) share
+        // (dimension, name).
+        order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2.cmp(b.2)));
+        out.reserve(order.len());
+        for (dimension, _, name, key, n) in order {
+            if let Some(acc) = group[n].1.accs.remove(&(dimension, key)) {
+                out.push(SnapshotDelta {
+                    interval,
+                    start,
+                    end,
+                    dimension,
+                    key: name.to_owned(),
+                    acc,
+                });
             }
-            out.push(SnapshotDelta {
-                interval,
-                start: k.1,
-                end: w.end,
-                dimension,
-                key: syms.name(key).to_owned(),
-                acc,
-            });
         }
     }
 
@@ -527,8 +569,10 @@ impl Iterator for TakeParts<'_> {
     type Item = Vec<SnapshotDelta>;
 
     fn next(&mut self) -> Option<Vec<SnapshotDelta>> {
-        let mut out = Vec::new();
-        while out.len() < self.rows {
+        // The part's windows, then their deltas in key order; `n` counts the deltas
+        // they will give, as the rows emitted so far did before.
+        let (mut part, mut n) = (Vec::new(), 0);
+        while n < self.rows {
             let (k, w) = match self.finest.pop() {
                 Some((k, w)) => {
                     self.agg.feed_coarse(k, &w);
@@ -544,13 +588,14 @@ impl Iterator for TakeParts<'_> {
                     }
                 }
             };
-            out.reserve(w.accs.len());
-            self.agg.emit(k, w, self.syms, &mut out);
+            n += w.accs.values().filter(|acc| !acc.is_zero()).count();
+            part.push((k, w));
         }
+        let mut out = Vec::with_capacity(n);
+        self.agg.emit_in_order(&mut part, self.syms, &mut out);
         if out.is_empty() {
             return None;
         }
-        sort_deltas(&mut out);
         Some(out)
     }
 }
@@ -562,12 +607,17 @@ fn latest_first(windows: impl Iterator<Item = Window>) -> Vec<Window> {
     v
 }
 
-/// Deltas in key order. Unstable (in place, no scratch copy of the deltas) gives the
-/// stable order: no two deltas of one take share (interval, start, dimension, key).
-fn sort_deltas(out: &mut [SnapshotDelta]) {
-    out.sort_unstable_by(|a, b| {
-        (a.interval, a.start, a.dimension, &a.key).cmp(&(b.interval, b.start, b.dimension, &b.key))
-    });
+/// A name's first 16 bytes as a big-endian integer, zero-padded: ordering by it and
+/// then by the whole name is the names' byte order. Where two prefixes differ, the
+/// first differing byte decides as in the names, or the shorter name (padded with
+/// zero) is a prefix of the other and comes first either way. Sorting a window's
+/// keys by this compares integers instead of calling `memcmp` at almost every step
+/// (most names, `agent-01234`, fit in 16 bytes).
+fn name_prefix(name: &str) -> u128 {
+    let mut b = [0u8; 16];
+    let n = name.len().min(16);
+    b[..n].copy_from_slice(&name.as_bytes()[..n]);
+    u128::from_be_bytes(b)
 }
 
 /// Add every accumulator of `from` to `into`'s.

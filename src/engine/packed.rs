@@ -28,19 +28,50 @@ const FACT_MAX: usize = 48;
 /// Append the packed form of `(base, events, facts)` to `out`, each time stored as
 /// its (wrapping) difference from `base`.
 pub(super) fn encode(base: Millis, events: &[CEvent], facts: &[Fact], out: &mut Vec<u8>) {
-    out.reserve(30 + EVENT_MAX * events.len() + FACT_MAX * facts.len());
-    signed(out, base);
-    varint(out, events.len() as u64);
+    let at = out.len();
+    // Zeroed room for the most the contact can take, cut to what was written.
+    out.resize(
+        at + 20 + EVENT_MAX * events.len() + FACT_MAX * facts.len(),
+        0,
+    );
+    let mut b = Buf {
+        b: &mut out[at..],
+        n: 0,
+    };
+    signed(&mut b, base);
+    varint(&mut b, events.len() as u64);
     for e in events {
-        encode_event(out, e, base);
+        encode_event(&mut b, e, base);
     }
-    varint(out, facts.len() as u64);
+    varint(&mut b, facts.len() as u64);
     for f in facts {
-        encode_fact(out, f, base);
+        encode_fact(&mut b, f, base);
+    }
+    let n = b.n;
+    out.truncate(at + n);
+}
+
+/// The bytes written so far into room made beforehand. Pushed a byte at a time onto
+/// the output vector instead, every byte stored reloaded the vector's length and
+/// capacity (a byte store may alias them), about a third of encoding's instructions
+/// (docs/performance.md, "thirty-seventh round"); here the count stays in a register.
+struct Buf<'a> {
+    b: &'a mut [u8],
+    n: usize,
+}
+
+impl Buf<'_> {
+    #[inline(always)]
+    fn push(&mut self, x: u8) {
+        // In bounds: `encode` makes room for the most each event (`EVENT_MAX`) and
+        // fact (`FACT_MAX`) can take; were it ever short, this panics in the property
+        // tests (which encode extreme values) rather than writing past the room.
+        self.b[self.n] = x;
+        self.n += 1;
     }
 }
 
-fn encode_event(out: &mut Vec<u8>, e: &CEvent, base: Millis) {
+fn encode_event(out: &mut Buf<'_>, e: &CEvent, base: Millis) {
     signed(out, e.ts.wrapping_sub(base));
     // Field-less enums without explicit discriminants: `as` gives the declaration
     // index, which is serde's variant index.
@@ -69,7 +100,7 @@ fn encode_event(out: &mut Vec<u8>, e: &CEvent, base: Millis) {
     signed(out, e.value);
 }
 
-fn encode_fact(out: &mut Vec<u8>, f: &Fact, base: Millis) {
+fn encode_fact(out: &mut Buf<'_>, f: &Fact, base: Millis) {
     signed(out, f.ts.wrapping_sub(base));
     varint(out, f.side as u64);
     match f.measure {
@@ -132,7 +163,7 @@ fn encode_fact(out: &mut Vec<u8>, f: &Fact, base: Millis) {
 }
 
 #[inline(always)]
-fn opt_sym(out: &mut Vec<u8>, s: Option<Sym>) {
+fn opt_sym(out: &mut Buf<'_>, s: Option<Sym>) {
     match s {
         Some(s) => {
             out.push(1);
@@ -144,7 +175,7 @@ fn opt_sym(out: &mut Vec<u8>, s: Option<Sym>) {
 
 /// LEB128: seven bits per byte, lowest first, the high bit set on all but the last.
 #[inline(always)]
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+fn varint(out: &mut Buf<'_>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -154,7 +185,7 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 
 /// Zigzag (0, −1, 1, −2, … as 0, 1, 2, 3, …), then [`varint`].
 #[inline(always)]
-fn signed(out: &mut Vec<u8>, v: i64) {
+fn signed(out: &mut Buf<'_>, v: i64) {
     varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
@@ -290,7 +321,7 @@ mod tests {
         }
     }
 
-    /// The reserve is an upper bound: a worst-case event and fact fit in it.
+    /// The room `encode` makes is an upper bound: a worst-case event and fact fit in it.
     #[test]
     fn worst_cases_fit_the_reserve() {
         let big = Sym::from_raw(NonZeroU32::MAX);
@@ -308,9 +339,10 @@ mod tests {
             wrap_ms: Some(Ms::new(u32::MAX)),
             value: i64::MIN,
         };
-        let mut out = Vec::new();
+        let mut room = [0u8; 4 * EVENT_MAX];
+        let mut out = Buf { b: &mut room, n: 0 };
         encode_event(&mut out, &e, i64::MAX);
-        assert!(out.len() <= EVENT_MAX, "{}", out.len());
+        assert!(out.n <= EVENT_MAX, "{}", out.n);
         for measure in [
             Measure::QueueOutcome {
                 answered: true,
@@ -336,9 +368,10 @@ mod tests {
                 agent: Some(big),
                 team: big,
             };
-            let mut out = Vec::new();
+            let mut room = [0u8; 4 * FACT_MAX];
+            let mut out = Buf { b: &mut room, n: 0 };
             encode_fact(&mut out, &f, i64::MAX);
-            assert!(out.len() <= FACT_MAX, "{}", out.len());
+            assert!(out.n <= FACT_MAX, "{}", out.n);
         }
     }
 }
