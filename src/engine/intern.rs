@@ -71,6 +71,7 @@ impl Interner {
     }
 
     /// [`Interner::get`] by the name's [`hash_id`].
+    #[inline]
     pub fn get_hashed(&self, h: u128) -> Option<Sym> {
         self.ids.get(&h).copied()
     }
