@@ -1837,11 +1837,21 @@ impl Engine {
     /// between scans up to one period's contacts are held beyond the horizon, so a
     /// fixed hour would let a 5-minute horizon hold 13 times its worth. Called as event
     /// time moves ([`Engine::expire_due`]) and at every flush; the period gates both.
+    ///
+    /// The check is inlined, the scan is not: this runs at every event, and as a call
+    /// the check cost more than itself (docs/performance.md, "thirty-seventh round").
+    #[inline]
     fn expire(&mut self, wm: Millis) {
         let every = (self.cfg.correction_horizon_ms / 8).clamp(1_000, 3_600_000);
         if wm.saturating_sub(self.last_expiry) < every {
             return;
         }
+        self.expire_now(wm);
+    }
+
+    /// [`Engine::expire`]'s scan, due.
+    #[inline(never)]
+    fn expire_now(&mut self, wm: Millis) {
         self.last_expiry = wm;
         // Put-off derivations first, while every contact they may read (a customer's
         // other contacts) is still held, as it was when they were put off.
