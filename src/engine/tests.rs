@@ -851,34 +851,108 @@ fn packing_settled_contacts_changes_no_figure() {
             ..EngineConfig::default()
         })
     };
+    // Packed at once; after a minute (open contacts after `OPEN_PACK_FACTOR` minutes,
+    // through `open_queue`); never.
     let mut always = engine(0);
+    let mut later = engine(60_000);
     let mut never = engine(i64::MAX);
-    let (mut out_a, mut out_n) = (BTreeMap::new(), BTreeMap::new());
-    let mut packed_seen = 0;
+    let (mut out_a, mut out_l, mut out_n) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut packed_seen, mut open_seen) = (0, 0);
     for (i, line) in lines.iter().enumerate() {
         let Ok(ev) = decode(line.as_bytes()) else {
             continue;
         };
         let owned = ev.into_owned();
-        assert_eq!(always.apply(owned.clone()), never.apply(owned), "{line}");
+        let want = never.apply(owned.clone());
+        assert_eq!(always.apply(owned.clone()), want, "{line}");
+        assert_eq!(later.apply(owned), want, "{line}");
         if i % 500 == 499 {
             merge(&mut out_a, always.flush());
+            merge(&mut out_l, later.flush());
             merge(&mut out_n, never.flush());
             packed_seen = packed_seen.max(always.contacts_packed());
+            open_seen = open_seen.max(later.open_queue.len());
             assert_eq!(never.contacts_packed(), 0);
         }
         if i == 20_000 {
             // Continue from a checkpoint holding packed contacts.
             let bytes = always.checkpoint().unwrap();
             always = Engine::restore(always.config().clone(), &bytes).unwrap();
+            let bytes = later.checkpoint().unwrap();
+            later = Engine::restore(later.config().clone(), &bytes).unwrap();
         }
     }
     assert!(packed_seen > 100, "packing never happened ({packed_seen})");
+    assert!(
+        open_seen > 10,
+        "no open contact was held back ({open_seen})"
+    );
     merge(&mut out_a, always.flush_all());
+    merge(&mut out_l, later.flush_all());
     merge(&mut out_n, never.flush_all());
     assert!(!out_n.is_empty());
     assert_eq!(out_a, out_n);
+    assert_eq!(out_l, out_n);
     assert_eq!(always.stats(), never.stats());
+    assert_eq!(later.stats(), never.stats());
+}
+
+/// An open contact (offered, answered, not ended) is packed only after
+/// `OPEN_PACK_FACTOR` times `pack_after_ms` without a change, a finished one after
+/// `pack_after_ms`. One that ends while held back is packed when its entry in the
+/// open queue comes due, not before.
+#[test]
+fn open_contacts_are_packed_later() {
+    let minute = 60_000;
+    let mut e = Engine::new(EngineConfig {
+        pack_after_ms: minute,
+        live: false,
+        ..EngineConfig::default()
+    });
+    let packed = |e: &Engine, id: &str| e.contacts[&key_of(id)].packed.is_some();
+    e.apply(offered("f1", "done", 0.0, "q"));
+    e.apply(with_agent("f2", "contact.answered", "done", 1.0, "a2"));
+    e.apply(with_agent("f3", "contact.ended", "done", 2.0, "a2"));
+    e.apply(offered("o1", "open", 2.0, "q"));
+    e.apply(with_agent("o2", "contact.answered", "open", 2.0, "a1"));
+    e.apply(offered("l1", "late-end", 2.0, "q"));
+    // Events elsewhere move the clock; flushes pack what is due.
+    let tick = |e: &mut Engine, secs: f64, n: &str| {
+        e.apply(offered(n, n, secs, "q2"));
+        e.flush();
+    };
+    tick(&mut e, 150.0, "x1");
+    assert!(
+        packed(&e, "done"),
+        "a finished contact is packed after a minute"
+    );
+    assert!(!packed(&e, "open"), "an open contact is held unpacked");
+    assert!(!packed(&e, "late-end"));
+    assert_eq!(e.open_queue.len(), 2);
+    // `late-end` is abandoned at 160 s: its open entry (listed at 2 s) decides.
+    e.apply(with_agent(
+        "l2",
+        "contact.abandoned",
+        "late-end",
+        160.0,
+        "a3",
+    ));
+    tick(&mut e, 230.0, "x2");
+    assert!(
+        !packed(&e, "late-end"),
+        "held back until 4 minutes after 2 s"
+    );
+    assert!(!packed(&e, "open"));
+    tick(&mut e, 4.0 * 60.0 + 3.0, "x3");
+    assert!(
+        packed(&e, "late-end"),
+        "finished, unchanged for over a minute"
+    );
+    assert!(packed(&e, "open"), "open, unchanged for four minutes");
+    // The clock's own contacts are open too: `x1`, due a minute after 150 s, is
+    // held back in its turn.
+    assert!(!packed(&e, "x1"));
+    assert_eq!(e.open_queue.len(), 1);
 }
 
 /// The bit packing sets so that a spill candidate need not be decoded
@@ -1567,10 +1641,10 @@ fn a_contact_is_listed_for_packing_once() {
             most_packed = most_packed.max(e.contacts_packed());
         }
         let listed = e.contacts.values().filter(|c| c.queued).count();
+        let entries = e.pack_queue.len() + e.open_queue.len();
         assert!(
-            e.pack_queue.len() <= e.contacts.len() && listed <= e.pack_queue.len(),
-            "after {i} events: {} entries, {listed} listed, {} contacts",
-            e.pack_queue.len(),
+            entries <= e.contacts.len() && listed <= entries,
+            "after {i} events: {entries} entries, {listed} listed, {} contacts",
             e.contacts.len()
         );
         // Every unpacked contact is listed, so it will be packed.
