@@ -135,9 +135,11 @@ pub struct WindowsConfig {
     pub spill_after: Dur,
     /// A contact unchanged for this long (event time) is packed: its events and facts
     /// held as one compact byte string, about a third of the memory, and unpacked when
-    /// touched again. Shorter holds less memory and costs CPU whenever a late event of
-    /// a packed contact arrives (docs/performance.md, "Engine memory and CPU, one
-    /// more round").
+    /// touched again. A contact still open (offered, not yet ended or abandoned) is
+    /// packed after four times this instead: its next event is all but certain.
+    /// Shorter holds less memory and costs CPU whenever a late event of a packed
+    /// contact arrives (docs/performance.md, "Engine memory and CPU, one more round"
+    /// and "thirty-seventh round").
     pub pack_after: Dur,
 }
 
