@@ -87,7 +87,7 @@ impl Admission {
     /// `Customer`), and whether it was folded into [`OVERFLOW_KEY`].
     ///
     /// Inlined for the known key, the case of nearly every call (2.4 per event): as
-    /// a call, its prologue and epilogue were a quarter of its instructions
+    /// a call, its prologue and epilogue were about a fifth of its instructions
     /// (docs/performance.md, "thirty-seventh round"). A new key takes the call.
     #[inline]
     pub fn admit(
