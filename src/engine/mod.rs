@@ -1424,51 +1424,36 @@ impl Engine {
             self.pack_queue.pop_front();
             let queue = &self.pack_queue;
             self.look_ahead_keys(|d| queue.get(d - 1).map(|e| e.1), true);
-            // Gone, or an entry left from before it was dropped and held again.
-            let Some(c) = self.contacts.get_mut(&ck).filter(|c| c.queued) else {
-                continue;
-            };
-            if c.touched > due {
-                // Changed since it was listed: due at its last change.
-                self.pack_queue.push_back((c.touched, ck));
-                continue;
-            }
-            if c.touched > due_open && never_finished_events(&c.events) {
-                self.open_queue.push_back((c.touched, ck));
-                continue;
-            }
-            self.pack(ck);
+            self.pack_or_relist(ck, due, due_open);
         }
         while let Some(&(t, ck)) = self.open_queue.front() {
             if t > due_open {
                 break;
             }
             self.open_queue.pop_front();
-            let Some(c) = self.contacts.get_mut(&ck).filter(|c| c.queued) else {
-                continue;
-            };
-            if c.touched > due {
-                // Changed lately: the usual rule again from its last change.
-                self.pack_queue.push_back((c.touched, ck));
-                continue;
-            }
-            if c.touched > due_open && never_finished_events(&c.events) {
-                self.open_queue.push_back((c.touched, ck));
-                continue;
-            }
-            self.pack(ck);
+            self.pack_or_relist(ck, due, due_open);
         }
     }
 
-    /// Pack listed contact `ck` now (and list it for the spill).
-    fn pack(&mut self, ck: ContactKey) {
-        let Some(c) = self.contacts.get_mut(&ck) else {
+    /// An entry for contact `ck` came due in `pack_queue` (by `due`) or `open_queue`
+    /// (by `due_open`): pack the contact, or list it again where its last change and
+    /// its state say.
+    fn pack_or_relist(&mut self, ck: ContactKey, due: Millis, due_open: Millis) {
+        // Gone, or an entry left from before it was dropped and held again.
+        let Some(c) = self.contacts.get_mut(&ck).filter(|c| c.queued) else {
             return;
         };
-        c.queued = false;
-        c.pack(self.unknown);
-        if self.spill.is_some() {
-            self.spill_queue.push_back((c.touched, ck));
+        if c.touched > due {
+            // Changed since it was listed: due at its last change.
+            self.pack_queue.push_back((c.touched, ck));
+        } else if c.touched > due_open && never_finished_events(&c.events) {
+            self.open_queue.push_back((c.touched, ck));
+        } else {
+            c.queued = false;
+            c.pack(self.unknown);
+            if self.spill.is_some() {
+                self.spill_queue.push_back((c.touched, ck));
+            }
         }
     }
 
