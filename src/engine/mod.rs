@@ -631,14 +631,14 @@ pub struct Engine {
     pack_queue: std::collections::VecDeque<(Millis, ContactKey)>,
     /// Contacts that came due in `pack_queue` still open (offered, not yet ended or
     /// abandoned: waiting in a queue, or in a long call), listed by the clock of
-    /// their last change until [`OPEN_PACK_FACTOR`] × `pack_after_ms` has passed. One
-    /// that ends meanwhile waits for its entry here (it is not listed twice): packed
-    /// at most that long after it was listed.
-    /// Their next event is all but certain, and packed, each such event unpacked
-    /// them and packed them again (about 3,900 and 2,700 instructions): in the 1 M
-    /// event set, two thirds of the unpacks an event caused were a contact routed or
-    /// ended after more than `pack_after_ms` (docs/performance.md, "thirty-seventh
-    /// round"). Mostly in clock order, as `pack_queue`.
+    /// their last change until [`OPEN_PACK_FACTOR`] × `pack_after_ms` has passed.
+    /// Their next event is all but certain, and packed, each such event unpacked them
+    /// and packed them again (about 4,000 and 3,000 instructions): in the 1 M event
+    /// set, two thirds of the unpacks an event caused were a contact routed or ended
+    /// after more than `pack_after_ms` (docs/performance.md, "thirty-seventh round").
+    /// One that ends meanwhile waits for its entry here (it is not listed twice):
+    /// packed at most that long after it was listed. Mostly in clock order, as
+    /// `pack_queue`.
     open_queue: std::collections::VecDeque<(Millis, ContactKey)>,
     /// Where closed, settled contacts go ([`spill`]); none: all stay in memory.
     spill: Option<Box<dyn spill::Spill>>,
