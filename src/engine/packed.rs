@@ -185,8 +185,9 @@ fn varint(out: &mut Buf<'_>, mut v: u64) {
 
 /// [`varint`] of a value that is usually 57 bits or more (an id hash: uniform over
 /// `u64`, so nine or ten bytes): its low 56 bits' eight bytes made in a word and
-/// stored at once, the rest by [`varint`]'s loop. Byte by byte, the hash was about a
-/// third of packing's instructions (docs/performance.md, "thirty-seventh round").
+/// stored at once, the rest by [`varint`]'s loop. The hashes are about a third of a
+/// packed contact's bytes; written byte by byte, each byte cost a compare, a branch and
+/// a bounds check (docs/performance.md, "thirty-seventh round").
 #[inline(always)]
 fn wide_varint(out: &mut Buf<'_>, v: u64) {
     if v >> 56 == 0 {
