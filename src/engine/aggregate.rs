@@ -175,9 +175,13 @@ impl Aggregator {
         // The windows go over only once the thread runs: a failed spawn would drop
         // its closure, and whatever the closure owned, with it.
         let (lent_tx, lent_rx) = std::sync::mpsc::sync_channel::<Lent>(1);
+        // Accumulators of windows the facts open are allocated in the engine thread's
+        // arena, as inline (`alloc::thread_arena`).
+        let arena = crate::alloc::thread_arena();
         let spawned = std::thread::Builder::new()
             .name("settle".into())
             .spawn(move || {
+                crate::alloc::use_arena(arena);
                 let mut lent = lent_rx.recv().ok()?;
                 for mut batch in rx {
                     for (f, sign) in &batch {
@@ -283,22 +287,52 @@ impl Aggregator {
         syms: &Interner,
     ) -> Vec<SnapshotDelta> {
         let finest: Vec<_> = self.windows.extract_if(|_, w| ready(w.end)).collect();
-        for (k, w) in &finest {
-            self.feed_coarse(*k, w);
+        take_windows(
+            finest,
+            &mut self.coarse,
+            &Layout {
+                intervals: &self.intervals,
+                plan: &self.plan,
+            },
+            &mut self.windower,
+            ready,
+            syms,
+        )
+    }
+
+    /// Accumulators in the windows updated per fact that end by `until`: the size of
+    /// what [`Aggregator::take`] of them would merge and emit.
+    pub(super) fn ready_accs(&self, until: Millis) -> usize {
+        self.windows
+            .values()
+            .filter(|w| w.end <= until)
+            .map(|w| w.accs.len())
+            .sum()
+    }
+
+    /// [`Aggregator::take`] of the windows ending by `until`, handed out as a job that
+    /// can run on another thread: the windows updated per fact that end by then, and
+    /// every coarser window (they are fed from those). Until [`Aggregator::take_back`]
+    /// nothing may take, apply to, or read the windows here.
+    pub(super) fn lend_take(&mut self, until: Millis) -> TakeJob {
+        TakeJob {
+            finest: self.windows.extract_if(|_, w| w.end <= until).collect(),
+            coarse: std::mem::take(&mut self.coarse),
+            intervals: self.intervals.clone(),
+            plan: self.plan.clone(),
+            windower: self.windower.clone(),
+            until,
         }
-        let coarse: Vec<_> = self.coarse.extract_if(|_, w| ready(w.end)).collect();
-        // Sized exactly: grown by doubling, the vector of an hour's boundary (tens of
-        // thousands of deltas of ~350 bytes) was up to half empty, and copied at
-        // every growth.
-        let rows = finest
-            .iter()
-            .chain(&coarse)
-            .map(|(_, w)| w.accs.len())
-            .sum();
-        let mut out = Vec::with_capacity(rows);
-        let mut windows: Vec<Window> = finest.into_iter().chain(coarse).collect();
-        self.emit_in_order(&mut windows, syms, &mut out);
-        out
+    }
+
+    /// The coarser windows back from a [`TakeJob`] that has run.
+    pub(super) fn take_back(&mut self, job: TakeJob) {
+        debug_assert!(job.finest.is_empty(), "a take job given back before it ran");
+        // Nothing feeds coarser windows meanwhile; were anything to, it is added to the
+        // windows coming back rather than lost (accumulators add).
+        let early = std::mem::replace(&mut self.coarse, job.coarse);
+        debug_assert!(early.is_empty(), "coarser windows fed while lent");
+        merge_windows(&mut self.coarse, early);
     }
 
     /// Every window, as [`Aggregator::take`] with every window ready takes them, handed
@@ -321,87 +355,13 @@ impl Aggregator {
         }
     }
 
-    /// A finished finest window feeds the coarser intervals containing it: still open
-    /// ones grow, already flushed ones get a correction delta.
+    /// [`feed_coarse`] of this aggregator's coarser windows.
     fn feed_coarse(&mut self, k: (u8, Millis), w: &WindowAccs) {
-        // Each dimension feeds the coarser intervals it keeps (a window holds only the
-        // dimensions updated per fact at its interval, whose finest it is).
-        for &c in &self.plan.derived_any {
-            let bit = 1u32 << c;
-            let feeds = |dk: &DimKey| self.plan.derived[dk.0 as usize] & bit != 0;
-            if !w.accs.keys().any(feeds) {
-                continue;
-            }
-            let (start, end) = self.windower.window(self.intervals[c as usize], k.1);
-            let cw = self.coarse.entry((c, start)).or_insert_with(|| WindowAccs {
-                end,
-                accs: HashMap::default(),
-            });
-            for (dk, acc) in w.accs.iter().filter(|(dk, _)| feeds(dk)) {
-                cw.accs.entry(*dk).or_default().merge(acc);
-            }
-        }
-    }
-
-    /// Emit `windows` (emptied) as deltas in key order: (interval, start, dimension,
-    /// key name), the order the snapshots table is keyed in.
-    ///
-    /// The windows are ordered first, and then the keys of each run of windows with
-    /// one (interval, start) (one, or two when a dimension keeps an interval that is
-    /// updated per fact and another dimension derives it: `windows` and `coarse` each
-    /// hold one) by (dimension, key name). That gives the full order. Sorting the
-    /// finished deltas instead (as before) moved ~350-byte values at every swap and
-    /// compared the windows' fields at every step: at an hour's boundary, tens of
-    /// thousands of deltas (docs/performance.md, "thirty-seventh round").
-    fn emit_in_order(
-        &self,
-        windows: &mut Vec<Window>,
-        syms: &Interner,
-        out: &mut Vec<SnapshotDelta>,
-    ) {
-        let at = |k: &(u8, Millis)| (self.intervals[k.0 as usize], k.1);
-        windows.sort_unstable_by_key(|(k, _)| at(k));
-        for group in windows.chunk_by_mut(|a, b| at(&a.0) == at(&b.0)) {
-            self.emit(group, syms, out);
-        }
-        windows.clear();
-    }
-
-    /// Emit the non-zero accumulators of `group`, windows of one (interval, start),
-    /// as deltas ordered by (dimension, key name); the windows are left empty.
-    fn emit(&self, group: &mut [Window], syms: &Interner, out: &mut Vec<SnapshotDelta>) {
-        let Some(&((i, start), WindowAccs { end, .. })) = group.first() else {
-            return;
+        let layout = Layout {
+            intervals: &self.intervals,
+            plan: &self.plan,
         };
-        let interval = self.intervals[i as usize];
-        let mut order: Vec<(Dimension, u128, &str, Sym, usize)> = group
-            .iter()
-            .enumerate()
-            .flat_map(|(n, (_, w))| {
-                w.accs.iter().filter(|(_, acc)| !acc.is_zero()).map(
-                    move |(&(dimension, key), _)| {
-                        let name = syms.name(key);
-                        (dimension, name_prefix(name), name, key, n)
-                    },
-                )
-            })
-            .collect();
-        // Unstable is exact here: no two keys of one (interval, start) share
-        // (dimension, name).
-        order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2.cmp(b.2)));
-        out.reserve(order.len());
-        for (dimension, _, name, key, n) in order {
-            if let Some(acc) = group[n].1.accs.remove(&(dimension, key)) {
-                out.push(SnapshotDelta {
-                    interval,
-                    start,
-                    end,
-                    dimension,
-                    key: name.to_owned(),
-                    acc,
-                });
-            }
-        }
+        feed_coarse(&mut self.coarse, &layout, &mut self.windower, k, w);
     }
 
     /// Merged minute buckets from `from` (inclusive) on.
@@ -592,7 +552,7 @@ impl Iterator for TakeParts<'_> {
             part.push((k, w));
         }
         let mut out = Vec::with_capacity(n);
-        self.agg.emit_in_order(&mut part, self.syms, &mut out);
+        emit_in_order(&self.agg.intervals, &mut part, self.syms, &mut out);
         if out.is_empty() {
             return None;
         }
@@ -605,6 +565,170 @@ fn latest_first(windows: impl Iterator<Item = Window>) -> Vec<Window> {
     let mut v: Vec<_> = windows.collect();
     v.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
     v
+}
+
+/// What taking windows reads of an aggregator besides the windows.
+struct Layout<'a> {
+    intervals: &'a [Interval],
+    plan: &'a Plan,
+}
+
+/// [`Aggregator::take`]'s work once the ready windows updated per fact are out:
+/// feed them to the coarser windows (`coarse`), take the coarser windows that are
+/// `ready` too, and emit them all as deltas in key order. One body for the inline
+/// take and a [`TakeJob`].
+fn take_windows(
+    finest: Vec<Window>,
+    coarse: &mut HashMap<(u8, Millis), WindowAccs>,
+    layout: &Layout<'_>,
+    windower: &mut Windower,
+    ready: impl Fn(Millis) -> bool,
+    syms: &Interner,
+) -> Vec<SnapshotDelta> {
+    for (k, w) in &finest {
+        feed_coarse(coarse, layout, windower, *k, w);
+    }
+    let ready_coarse: Vec<_> = coarse.extract_if(|_, w| ready(w.end)).collect();
+    // Sized exactly: grown by doubling, the vector of an hour's boundary (tens of
+    // thousands of deltas of ~350 bytes) was up to half empty, and copied at
+    // every growth.
+    let rows = finest
+        .iter()
+        .chain(&ready_coarse)
+        .map(|(_, w)| w.accs.len())
+        .sum();
+    let mut out = Vec::with_capacity(rows);
+    let mut windows: Vec<Window> = finest.into_iter().chain(ready_coarse).collect();
+    emit_in_order(layout.intervals, &mut windows, syms, &mut out);
+    out
+}
+
+/// A finished finest window feeds the coarser intervals containing it: still open
+/// ones grow, already flushed ones get a correction delta.
+fn feed_coarse(
+    coarse: &mut HashMap<(u8, Millis), WindowAccs>,
+    layout: &Layout<'_>,
+    windower: &mut Windower,
+    k: (u8, Millis),
+    w: &WindowAccs,
+) {
+    let plan = layout.plan;
+    // Each dimension feeds the coarser intervals it keeps (a window holds only the
+    // dimensions updated per fact at its interval, whose finest it is).
+    for &c in &plan.derived_any {
+        let bit = 1u32 << c;
+        let feeds = |dk: &DimKey| plan.derived[dk.0 as usize] & bit != 0;
+        if !w.accs.keys().any(feeds) {
+            continue;
+        }
+        let (start, end) = windower.window(layout.intervals[c as usize], k.1);
+        let cw = coarse.entry((c, start)).or_insert_with(|| WindowAccs {
+            end,
+            accs: HashMap::default(),
+        });
+        for (dk, acc) in w.accs.iter().filter(|(dk, _)| feeds(dk)) {
+            cw.accs.entry(*dk).or_default().merge(acc);
+        }
+    }
+}
+
+/// Emit `windows` (emptied) as deltas in key order: (interval, start, dimension,
+/// key name), the order the snapshots table is keyed in.
+///
+/// The windows are ordered first, and then the keys of each run of windows with
+/// one (interval, start) (one, or two when a dimension keeps an interval that is
+/// updated per fact and another dimension derives it: `windows` and `coarse` each
+/// hold one) by (dimension, key name). That gives the full order. Sorting the
+/// finished deltas instead (as before) moved ~350-byte values at every swap and
+/// compared the windows' fields at every step: at an hour's boundary, tens of
+/// thousands of deltas (docs/performance.md, "thirty-seventh round").
+fn emit_in_order(
+    intervals: &[Interval],
+    windows: &mut Vec<Window>,
+    syms: &Interner,
+    out: &mut Vec<SnapshotDelta>,
+) {
+    let at = |k: &(u8, Millis)| (intervals[k.0 as usize], k.1);
+    windows.sort_unstable_by_key(|(k, _)| at(k));
+    for group in windows.chunk_by_mut(|a, b| at(&a.0) == at(&b.0)) {
+        emit(intervals, group, syms, out);
+    }
+    windows.clear();
+}
+
+/// Emit the non-zero accumulators of `group`, windows of one (interval, start),
+/// as deltas ordered by (dimension, key name); the windows are left empty.
+fn emit(
+    intervals: &[Interval],
+    group: &mut [Window],
+    syms: &Interner,
+    out: &mut Vec<SnapshotDelta>,
+) {
+    let Some(&((i, start), WindowAccs { end, .. })) = group.first() else {
+        return;
+    };
+    let interval = intervals[i as usize];
+    let mut order: Vec<(Dimension, u128, &str, Sym, usize)> = group
+        .iter()
+        .enumerate()
+        .flat_map(|(n, (_, w))| {
+            w.accs
+                .iter()
+                .filter(|(_, acc)| !acc.is_zero())
+                .map(move |(&(dimension, key), _)| {
+                    let name = syms.name(key);
+                    (dimension, name_prefix(name), name, key, n)
+                })
+        })
+        .collect();
+    // Unstable is exact here: no two keys of one (interval, start) share
+    // (dimension, name).
+    order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2.cmp(b.2)));
+    out.reserve(order.len());
+    for (dimension, _, name, key, n) in order {
+        if let Some(acc) = group[n].1.accs.remove(&(dimension, key)) {
+            out.push(SnapshotDelta {
+                interval,
+                start,
+                end,
+                dimension,
+                key: name.to_owned(),
+                acc,
+            });
+        }
+    }
+}
+
+/// [`Aggregator::lend_take`]'s job: a flush's take, owned, so that it runs on a second
+/// thread while the engine's thread does the flush's other work (expiry, packing),
+/// none of which reads or changes a window. The same [`take_windows`] as inline, on
+/// the same windows: the same deltas in the same order.
+pub(super) struct TakeJob {
+    finest: Vec<Window>,
+    coarse: HashMap<(u8, Millis), WindowAccs>,
+    intervals: Vec<Interval>,
+    plan: Plan,
+    windower: Windower,
+    until: Millis,
+}
+
+impl TakeJob {
+    /// The deltas of the lent windows (the job keeps the coarser windows still open,
+    /// for [`Aggregator::take_back`]).
+    pub(super) fn run(&mut self, syms: &Interner) -> Vec<SnapshotDelta> {
+        let until = self.until;
+        take_windows(
+            std::mem::take(&mut self.finest),
+            &mut self.coarse,
+            &Layout {
+                intervals: &self.intervals,
+                plan: &self.plan,
+            },
+            &mut self.windower,
+            |end| end <= until,
+            syms,
+        )
+    }
 }
 
 /// A name's first 16 bytes as a big-endian integer, zero-padded: ordering by it and
@@ -817,6 +941,44 @@ mod tests {
             .map(|d| d.acc.answered)
             .sum();
         assert_eq!(day, 10_000);
+    }
+
+    /// A take lent to another thread gives the deltas the inline take gives, flush
+    /// after flush: the coarser windows it carries come back open, so a later flush
+    /// adds to them (first deltas) or corrects them (a late fact in a flushed hour).
+    #[test]
+    fn a_lent_take_takes_what_take_takes() {
+        let mut syms = Interner::default();
+        let mut lent = aggregator(&mut syms);
+        let mut inline = aggregator(&mut syms);
+        let mut flushes = 0;
+        for i in 0..20_000i64 {
+            // Mostly in order, a tenth an hour late: corrections of flushed windows.
+            let ts = if i % 10 == 9 {
+                i * 1_000 - 3_600_000
+            } else {
+                i * 1_000
+            };
+            let f = queue_fact(&mut syms, ts.max(0), 5_000 + i as u64);
+            lent.apply(&f, 1, None);
+            inline.apply(&f, 1, None);
+            if i % 997 == 996 {
+                let until = i * 1_000 - 600_000;
+                let mut job = lent.lend_take(until);
+                let syms = &syms;
+                let taken = std::thread::scope(|s| {
+                    s.spawn(|| job.run(syms)).join().expect("the take thread")
+                });
+                lent.take_back(job);
+                let expected = inline.take(|end| end <= until, syms);
+                assert_eq!(taken, expected, "flush at event {i}");
+                flushes += usize::from(!expected.is_empty());
+            }
+        }
+        assert!(flushes > 10, "{flushes} flushes gave deltas");
+        assert_eq!(lent.take(|_| true, &syms), inline.take(|_| true, &syms));
+        let corrected = lent.ready_accs(Millis::MAX) + inline.ready_accs(Millis::MAX);
+        assert_eq!(corrected, 0, "every window taken");
     }
 
     /// What `give_back` does with windows applied to while lent (a misuse the engine

@@ -245,7 +245,7 @@ impl Engine {
                 postcard::Error::DeserializeBadEncoding,
             ));
         }
-        e.syms = syms;
+        e.syms = std::sync::Arc::new(syms);
         e.seen_by_hour = s.seen_by_hour;
         e.contacts = s.contacts;
         e.customers = s.customers;

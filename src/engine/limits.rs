@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use super::intern::{Interner, Sym};
 
 /// The key new names of a full dimension are counted under.
@@ -92,7 +94,7 @@ impl Admission {
     #[inline]
     pub fn admit(
         &mut self,
-        syms: &mut Interner,
+        syms: &mut Arc<Interner>,
         limits: &KeyLimits,
         d: KeyDim,
         name: &str,
@@ -110,7 +112,7 @@ impl Admission {
     #[inline(never)]
     fn admit_new(
         &mut self,
-        syms: &mut Interner,
+        syms: &mut Arc<Interner>,
         limits: &KeyLimits,
         d: KeyDim,
         name: &str,
@@ -118,9 +120,9 @@ impl Admission {
     ) -> (Sym, bool) {
         let slot = d as usize;
         if self.admitted.get(slot).copied().unwrap_or(usize::MAX) >= limits.of(d) {
-            return (syms.intern(OVERFLOW_KEY), true);
+            return (Arc::make_mut(syms).intern(OVERFLOW_KEY), true);
         }
-        let s = syms.intern_hashed(name, hash);
+        let s = Arc::make_mut(syms).intern_hashed(name, hash);
         let i = s.index();
         if self.bits.len() <= i {
             self.bits.resize(i + 1, 0);

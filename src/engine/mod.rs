@@ -480,6 +480,11 @@ const FIRST_EVENTS: usize = 8;
 /// Stale contacts from which [`Engine::settle`] applies facts on a second thread.
 const SETTLE_HELPER_MIN: usize = 1024;
 
+/// Accumulators to take from which [`Engine::flush`] takes the windows on a second
+/// thread: about 5 M instructions of merging and sorting, against tens of
+/// microseconds to start a thread. A daemon's commit-by-commit flushes stay inline.
+const TAKE_HELPER_MIN: usize = 2048;
+
 impl Contact {
     fn customer_key(&self) -> Option<CustomerKey> {
         self.customer.map(NonZeroU128::get)
@@ -608,7 +613,10 @@ fn held(k: Option<CustomerKey>) -> Option<NonZeroU128> {
 
 pub struct Engine {
     cfg: EngineConfig,
-    syms: Interner,
+    /// Shared with a flush's take thread while it runs ([`Engine::flush`]): it reads
+    /// the names, and nothing interns meanwhile. Were anything to, `Arc::make_mut`
+    /// would copy the interner rather than change the one being read.
+    syms: Arc<Interner>,
     unknown: Sym,
     channels: [Sym; 5],
     /// Ids of accepted `agent.state` events by hour of event time, for duplicate
@@ -676,6 +684,10 @@ pub struct Engine {
     settle_helper_min: usize,
     /// Settles whose facts were applied on a helper thread.
     settles_helped: u64,
+    /// [`TAKE_HELPER_MIN`]; tests set it as `settle_helper_min`.
+    take_helper_min: usize,
+    /// Flushes whose windows were taken on a second thread.
+    takes_helped: u64,
     agg: Aggregator,
     /// Who waits and what agents do now (live views only).
     floor: live::Floor,
@@ -767,7 +779,7 @@ impl Engine {
         );
         Engine {
             cfg,
-            syms,
+            syms: Arc::new(syms),
             unknown,
             channels,
             seen_by_hour: BTreeMap::new(),
@@ -786,6 +798,8 @@ impl Engine {
             helper: None,
             settle_helper_min: SETTLE_HELPER_MIN,
             settles_helped: 0,
+            take_helper_min: TAKE_HELPER_MIN,
+            takes_helped: 0,
             agg,
             floor: live::Floor::default(),
             windower: Windower::new(cfg_tz),
@@ -1211,6 +1225,9 @@ impl Engine {
     /// windows or lets contacts go (flushes, expiry, checkpoints) and before an agent's
     /// team changes.
     fn settle(&mut self) {
+        if self.stale.is_empty() {
+            return;
+        }
         let mut stale = std::mem::take(&mut self.stale);
         // Applying the facts to the windows is about half of a derivation's work, and
         // a flush's settle (a quarter of the engine's thread in `replay`) otherwise
@@ -1392,16 +1409,62 @@ impl Engine {
         };
         self.fire_wrap_deadlines();
         self.settle();
-        // Contacts leave (expired, spilled) and their tables are rebuilt before the
-        // windows are taken, not after: a rebuild holds two tables for a moment, and
-        // with the deltas of an hour's boundary (20,000 rows at 10 k agents) alive
-        // beside them that moment was a peak of a replay (none of these steps changes
-        // a window).
+        // From here on nothing changes a window: expiry settles nothing (all settled
+        // above), packing and spilling move contacts' events, not facts. So a large
+        // take (merging finished windows into coarser ones, sorting the deltas: about a
+        // tenth of the engine's thread in `replay`) runs on a second thread meanwhile,
+        // which otherwise waits through a flush (the reader has filled its batches
+        // ahead; the writer has written the previous flush). The same windows give
+        // the same deltas on either thread (docs/performance.md, "thirty-eighth round").
+        if self.agg.ready_accs(wm) < self.take_helper_min {
+            self.release_settled(wm);
+            return self.agg.take(|end| end <= wm, &self.syms);
+        }
+        let mut job = self.agg.lend_take(wm);
+        let syms = Arc::clone(&self.syms);
+        // The deltas are built in this thread's arena, in the memory packing has just
+        // freed, as inline (`alloc::thread_arena`).
+        let arena = crate::alloc::thread_arena();
+        let helped = std::thread::scope(|s| {
+            // Borrowed, not moved, into the thread: were it not to start, the windows
+            // are still here to take inline.
+            let worker = std::thread::Builder::new()
+                .name("take".into())
+                .spawn_scoped(s, || {
+                    crate::alloc::use_arena(arena);
+                    job.run(&syms)
+                });
+            if let Err(e) = &worker {
+                tracing::debug!(error = %e, "no thread to take windows on; taken inline");
+            }
+            self.release_settled(wm);
+            worker.ok().map(|w| match w.join() {
+                Ok(deltas) => deltas,
+                // A bug, as it would be inline: resumed here.
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+        });
+        let deltas = match helped {
+            Some(deltas) => {
+                self.takes_helped += 1;
+                deltas
+            }
+            None => job.run(&syms),
+        };
+        drop(syms);
+        self.agg.take_back(job);
+        deltas
+    }
+
+    /// A flush's work on the contacts: let go of those past the correction horizon,
+    /// pack and spill the settled ones, and fit the tables to what is left. Contacts
+    /// leave and their tables are rebuilt before the deltas are handed out, not after:
+    /// a rebuild holds two tables for a moment (none of these steps changes a window).
+    fn release_settled(&mut self, wm: Millis) {
         self.expire(wm);
         self.pack_settled();
         self.spill_settled();
         self.compact_contacts();
-        self.agg.take(|end| end <= wm, &self.syms)
     }
 
     /// Fit the contacts and customers tables to what they hold: room released after
@@ -1746,9 +1809,16 @@ impl Engine {
         self.settles_helped
     }
 
+    /// Flushes whose windows were taken on a second thread (see [`Engine::flush`]).
+    pub fn takes_helped(&self) -> u64 {
+        self.takes_helped
+    }
+
+    /// Both helper thresholds: 1 (always) or `usize::MAX` (never), in tests.
     #[cfg(test)]
     fn set_settle_helper_min(&mut self, min: usize) {
         self.settle_helper_min = min;
+        self.take_helper_min = min;
     }
 
     /// Contacts held packed (settled) and unpacked (recently changed).

@@ -1025,9 +1025,10 @@ fn the_spill_bit_never_frees_what_decoding_keeps() {
     );
 }
 
-/// Applying a settle's facts on a helper thread must change no figure: the same
-/// simulated stream through an engine that always lends its windows to a helper and
-/// one that never does gives identical snapshots at every flush, and identical stats.
+/// Applying a settle's facts, and taking a flush's windows, on helper threads must
+/// change no figure: the same simulated stream through an engine that always lends
+/// its windows to helpers and one that never does gives identical snapshots at every
+/// flush, and identical stats.
 /// (Only an engine without live views puts derivations off until a settle.)
 #[test]
 fn settling_on_a_helper_thread_changes_no_figure() {
@@ -1057,6 +1058,10 @@ fn settling_on_a_helper_thread_changes_no_figure() {
     }
     assert!(helped.settles_helped() > 20, "{}", helped.settles_helped());
     assert_eq!(inline.settles_helped(), 0);
+    assert!(helped.takes_helped() > 20, "{}", helped.takes_helped());
+    assert_eq!(inline.takes_helped(), 0);
+    // Packing ran beside the helped takes.
+    assert!(helped.contacts_packed() > 0);
     let (a, b) = (helped.finish(), inline.finish());
     assert!(!b.is_empty());
     assert_eq!(a, b);
