@@ -977,8 +977,8 @@ mod tests {
         }
         assert!(flushes > 10, "{flushes} flushes gave deltas");
         assert_eq!(lent.take(|_| true, &syms), inline.take(|_| true, &syms));
-        let corrected = lent.ready_accs(Millis::MAX) + inline.ready_accs(Millis::MAX);
-        assert_eq!(corrected, 0, "every window taken");
+        let left = lent.ready_accs(Millis::MAX) + inline.ready_accs(Millis::MAX);
+        assert_eq!(left, 0, "every window taken");
     }
 
     /// What `give_back` does with windows applied to while lent (a misuse the engine

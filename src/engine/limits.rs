@@ -6,9 +6,9 @@
 //! counted; names admitted before keep their own key. Customers are limited in the
 //! engine itself (they are released with the correction horizon).
 
-use serde::{Deserialize, Serialize};
-
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use super::intern::{Interner, Sym};
 
