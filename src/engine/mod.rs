@@ -931,7 +931,10 @@ impl Engine {
         // One look-up of a known contact answers all three: was it packed, is this a
         // duplicate, is it full.
         let (mut was_packed, mut duplicate, mut full) = (false, false, false);
-        if let Some(c) = contact_key.and_then(|ck| self.contacts.get_mut(&ck)) {
+        // Where the contact sits: the event's later look-ups of it start there.
+        let mut slot = None;
+        if let Some((at, c)) = contact_key.and_then(|ck| self.contacts.get_mut_slot(&ck)) {
+            slot = Some(at);
             was_packed = c.packed.is_some();
             c.unpack();
             duplicate = c.events.iter().any(|e| e.id_hash == id as u64);
@@ -1049,7 +1052,7 @@ impl Engine {
             event_customer = None;
             *self.stats.overflowed.entry(KeyDim::Customer).or_default() += 1;
         }
-        let c = self.contacts.get_or_default(ck);
+        let (slot, c) = self.contacts.at_or_default(ck, slot);
         let pos = c.events.partition_point(|x| x.sort_key() <= ce.sort_key());
         let new_offer =
             ce.kind == EventType::ContactOffered && c.first_offer().is_none_or(|t| ce.ts < t);
@@ -1087,7 +1090,7 @@ impl Engine {
                     self.touch(id);
                 }
             }
-            _ => self.touch(ck),
+            _ => self.touch_at(ck, Some(slot)),
         }
         self.fire_wrap_deadlines();
         self.expire_due();
@@ -1177,6 +1180,11 @@ impl Engine {
     /// that was most of the engine's work per event (docs/performance.md, "seventh
     /// round").
     fn touch(&mut self, ck: ContactKey) {
+        self.touch_at(ck, None);
+    }
+
+    /// [`Engine::touch`] of a contact last seen in `hint` ([`KeyTable::at_mut`]).
+    fn touch_at(&mut self, ck: ContactKey, hint: Option<table::Slot>) {
         if self.cfg.live {
             self.rederive(ck, true);
             return;
@@ -1185,7 +1193,7 @@ impl Engine {
             return;
         }
         let now = self.max_ts;
-        let Some(c) = self.contacts.get_mut(&ck) else {
+        let Some(c) = self.contacts.at_mut(&ck, hint) else {
             return;
         };
         // What the derivation would have done to the pack queue now.

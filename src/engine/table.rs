@@ -41,6 +41,11 @@ struct Entry {
     slot: u32,
 }
 
+/// Where a key's value sat in the slab when it was looked up: a hint for the next
+/// look-up of the same key, checked before it is used ([`KeyTable::at_mut`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot(usize);
+
 const EMPTY: u32 = u32::MAX;
 const VACANT: Entry = Entry {
     tag: 0,
@@ -171,6 +176,14 @@ impl<T> Slab<T> {
         }
     }
 
+    /// Entry `i`, `None` past the end.
+    #[inline]
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.chunks
+            .get_mut(i >> CHUNK_SHIFT)?
+            .get_mut(i & (SLAB_CHUNK - 1))
+    }
+
     fn iter(&self) -> impl Iterator<Item = &T> {
         self.chunks.iter().flatten()
     }
@@ -290,6 +303,30 @@ impl<V> KeyTable<V> {
     pub(crate) fn get_mut(&mut self, k: &Key) -> Option<&mut V> {
         let pos = self.find(*k)?;
         Some(&mut self.slab[self.index[pos].slot as usize].1)
+    }
+
+    /// [`KeyTable::get_mut`], with the value's slot: a later look-up of the same key
+    /// can start there ([`KeyTable::at_mut`], [`KeyTable::at_or_default`]).
+    #[inline]
+    pub(crate) fn get_mut_slot(&mut self, k: &Key) -> Option<(Slot, &mut V)> {
+        let pos = self.find(*k)?;
+        let slot = self.index[pos].slot as usize;
+        Some((Slot(slot), &mut self.slab[slot].1))
+    }
+
+    /// The value of `k`, looked for at `hint` first. A hint is only that: a removal
+    /// since it was taken may have moved another key into its slot, which the key
+    /// comparison tells, and then `k` is looked up as by [`KeyTable::get_mut`]. An
+    /// event looks its contact up three times (is it a duplicate, insert the event,
+    /// list it for derivation); the slot makes the second and third a comparison
+    /// instead of a probe (docs/performance.md, "thirty-ninth round").
+    #[inline]
+    pub(crate) fn at_mut(&mut self, k: &Key, hint: Option<Slot>) -> Option<&mut V> {
+        let slot = match hint {
+            Some(Slot(s)) if self.slab.get_mut(s).is_some_and(|e| e.0 == *k) => s,
+            _ => self.index[self.find(*k)?].slot as usize,
+        };
+        Some(&mut self.slab[slot].1)
     }
 
     pub(crate) fn contains_key(&self, k: &Key) -> bool {
@@ -449,6 +486,20 @@ impl<V: Default> KeyTable<V> {
     pub(crate) fn get_or_default(&mut self, k: Key) -> &mut V {
         self.get_or_insert_with(k, V::default)
     }
+
+    /// [`KeyTable::get_or_default`] looked for at `hint` first (see
+    /// [`KeyTable::at_mut`]), with the value's slot.
+    #[inline]
+    pub(crate) fn at_or_default(&mut self, k: Key, hint: Option<Slot>) -> (Slot, &mut V) {
+        let slot = match hint {
+            Some(Slot(s)) if self.slab.get_mut(s).is_some_and(|e| e.0 == k) => s,
+            _ => match self.find(k) {
+                Some(pos) => self.index[pos].slot as usize,
+                None => self.push_new(k, V::default()),
+            },
+        };
+        (Slot(slot), &mut self.slab[slot].1)
+    }
 }
 
 /// For tests, like a map's index: panics when absent.
@@ -525,6 +576,9 @@ mod tests {
         Insert(u128, u32),
         Remove(u128),
         Get(u128),
+        /// Set through `at_or_default`, with the slot `at` of the hints (a stale one
+        /// as often as not: taken for another key, or before removals moved it).
+        Set(u128, u32, usize),
         Compact,
     }
 
@@ -539,6 +593,7 @@ mod tests {
             4 => (key(), any::<u32>()).prop_map(|(k, v)| Op::Insert(k, v)),
             3 => key().prop_map(Op::Remove),
             2 => key().prop_map(Op::Get),
+            2 => (key(), any::<u32>(), 0usize..8).prop_map(|(k, v, at)| Op::Set(k, v, at)),
             1 => Just(Op::Compact),
         ]
     }
@@ -566,6 +621,8 @@ mod tests {
         fn behaves_like_a_map(ops in proptest::collection::vec(op(), 0..400)) {
             let mut t: KeyTable<u32> = KeyTable::default();
             let mut m: HashMap<u128, u32> = HashMap::new();
+            // Slots of earlier look-ups, of any key: hints, right or wrong.
+            let mut hints: Vec<Slot> = Vec::new();
             for op in ops {
                 match op {
                     Op::Insert(k, v) => prop_assert_eq!(t.insert(k, v), m.insert(k, v)),
@@ -575,6 +632,20 @@ mod tests {
                         prop_assert_eq!(t.contains_key(&k), m.contains_key(&k));
                         t.prefetch(k, 0);
                         t.prefetch(k, 1);
+                        let slot = t.get_mut_slot(&k).map(|(s, v)| (s, *v));
+                        prop_assert_eq!(slot.map(|(_, v)| v), m.get(&k).copied());
+                        for &hint in &hints {
+                            prop_assert_eq!(t.at_mut(&k, Some(hint)).copied(), m.get(&k).copied());
+                        }
+                        hints.extend(slot.map(|(s, _)| s));
+                    }
+                    Op::Set(k, v, at) => {
+                        let hint = hints.get(at).copied();
+                        let (slot, value) = t.at_or_default(k, hint);
+                        *value = v;
+                        m.insert(k, v);
+                        prop_assert_eq!(t.at_mut(&k, Some(slot)).copied(), Some(v));
+                        hints.push(slot);
                     }
                     Op::Compact => t.compact(),
                 }
