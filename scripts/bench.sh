@@ -25,7 +25,10 @@
 #                  SIZES into a fresh SQLite file under perf (cpu-clock samples; needs
 #                  perf, Debian's linux-perf): CPU seconds per thread, how busy it
 #                  kept the cores, and the wall time were the same work spread perfectly
-#                  over every core (docs/performance.md, "thirty-fourth round")
+#                  over every core (docs/performance.md, "thirty-fourth round"); then
+#                  its timeline: per THREADS_STEP_MS [50] of wall time, how busy the
+#                  cores were and each of the busiest threads' share of a core
+#                  (where the write tail is: docs/performance.md, "thirty-ninth round")
 #   grouped        what the order of the events costs the engine: `parse_bench engine`
 #                  on the first of SIZES and on the same events grouped by contact
 #                  (benches/group_by_contact.py), in turn over RUNS rounds: wall and CPU
@@ -446,7 +449,7 @@ TOML
 # name, over the span from the first sample to the last.
 threads_bench() {
   command -v perf > /dev/null || { echo "threads: needs perf (Debian: apt-get install linux-perf)" >&2; exit 1; }
-  local n=${SIZES[0]} hz=${THREADS_HZ:-2000} f db data
+  local n=${SIZES[0]} hz=${THREADS_HZ:-2000} step=${THREADS_STEP_MS:-50} f db data
   f=$(set_file "$n")
   events_file "$f" "$n" "$AGENTS"
   db="$OUT/threads.db" data="$OUT/threads.perf"
@@ -464,6 +467,31 @@ threads_bench() {
       close("sort -k2 -rn")
       printf "all threads: %.2f CPU s over %.2f s of wall time: %.0f %% of the %d cores kept busy (other processes load the machine too: run it alone)\n", total / hz, wall, 100 * total / hz / wall / cores, cores
       printf "the same work spread perfectly over every core: %.2f s, %.2f of the wall time\n", total / hz / cores, total / hz / cores / wall
+    }'
+  # The same samples by time: a step's samples per thread, as a share of one core
+  # (a thread's name is cut to 15 characters by the kernel, to 10 here).
+  echo "timeline: per ${step} ms of wall time, the cores' busy share, then each busiest thread's share of one core (%)"
+  perf script -i "$data" -F comm,time 2> /dev/null | awk -v hz="$hz" -v cores="$(nproc)" -v step="$step" -v top=7 '
+    { t = $NF; sub(":", "", t); c = $1; for (i = 2; i < NF; i++) c = c "_" $i
+      if (first == "" || t < first) first = t
+      at[NR] = t; who[NR] = c; n[c]++ }
+    END {
+      per = hz * step / 1000
+      # The busiest threads, by their samples.
+      k = 0
+      for (c in n) names[++k] = c
+      for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++)
+        if (n[names[j]] > n[names[i]]) { x = names[i]; names[i] = names[j]; names[j] = x }
+      shown = (k < top) ? k : top
+      for (r = 1; r <= NR; r++) { b = int((at[r] - first) * 1000 / step); s[b, who[r]]++; all[b]++; if (b > last) last = b }
+      printf "%7s %5s", "t (s)", "busy"
+      for (i = 1; i <= shown; i++) printf " %10.10s", names[i]
+      printf "\n"
+      for (b = 0; b <= last; b++) {
+        printf "%7.2f %5.0f", b * step / 1000, 100 * all[b] / per / cores
+        for (i = 1; i <= shown; i++) printf " %10.0f", 100 * s[b, names[i]] / per
+        printf "\n"
+      }
     }'
 }
 
