@@ -449,15 +449,17 @@ TOML
 # name, over the span from the first sample to the last.
 threads_bench() {
   command -v perf > /dev/null || { echo "threads: needs perf (Debian: apt-get install linux-perf)" >&2; exit 1; }
-  local n=${SIZES[0]} hz=${THREADS_HZ:-2000} step=${THREADS_STEP_MS:-50} f db data
+  local n=${SIZES[0]} hz=${THREADS_HZ:-2000} step=${THREADS_STEP_MS:-50} f db data samples
   f=$(set_file "$n")
   events_file "$f" "$n" "$AGENTS"
-  db="$OUT/threads.db" data="$OUT/threads.perf"
+  db="$OUT/threads.db" data="$OUT/threads.perf" samples="$OUT/threads.samples"
   rm -f "$db" "$db-wal" "$db-shm"
   echo "== threads: replay of $n events into a fresh SQLite file under perf ($hz Hz), machine: $(machine)"
   CCMETRICS__STORE__URL="sqlite://$db" RUST_LOG=error \
     perf record -q -e cpu-clock -F "$hz" -o "$data" "$BIN" replay --input "$f" > /dev/null
-  perf script -i "$data" -F comm,time 2> /dev/null | awk -v hz="$hz" -v cores="$(nproc)" '
+  # One line per sample, "thread time:", read by both summaries below.
+  perf script -i "$data" -F comm,time 2> /dev/null > "$samples"
+  awk -v hz="$hz" -v cores="$(nproc)" '
     { t = $NF; sub(":", "", t); n[$1]++; total++
       if (first == "" || t < first) first = t
       if (t > last) last = t }
@@ -467,14 +469,14 @@ threads_bench() {
       close("sort -k2 -rn")
       printf "all threads: %.2f CPU s over %.2f s of wall time: %.0f %% of the %d cores kept busy (other processes load the machine too: run it alone)\n", total / hz, wall, 100 * total / hz / wall / cores, cores
       printf "the same work spread perfectly over every core: %.2f s, %.2f of the wall time\n", total / hz / cores, total / hz / cores / wall
-    }'
+    }' "$samples"
   # The same samples by time: a step's samples per thread, as a share of one core
   # (a thread's name is cut to 15 characters by the kernel, to 10 here).
   echo "timeline: per ${step} ms of wall time, the cores' busy share, then each busiest thread's share of one core (%)"
-  perf script -i "$data" -F comm,time 2> /dev/null | awk -v hz="$hz" -v cores="$(nproc)" -v step="$step" -v top=7 '
-    { t = $NF; sub(":", "", t); c = $1; for (i = 2; i < NF; i++) c = c "_" $i
+  awk -v hz="$hz" -v cores="$(nproc)" -v step="$step" -v top=7 '
+    { t = $NF; sub(":", "", t)
       if (first == "" || t < first) first = t
-      at[NR] = t; who[NR] = c; n[c]++ }
+      at[NR] = t; who[NR] = $1; n[$1]++ }
     END {
       per = hz * step / 1000
       # The busiest threads, by their samples.
@@ -492,7 +494,7 @@ threads_bench() {
         for (i = 1; i <= shown; i++) printf " %10.0f", 100 * s[b, names[i]] / per
         printf "\n"
       }
-    }'
+    }' "$samples"
 }
 
 # The engine on the events as they come and grouped by contact (docs/performance.md,

@@ -1827,7 +1827,7 @@ impl Engine {
 
     /// Both helper thresholds: 1 (always) or `usize::MAX` (never), in tests.
     #[cfg(test)]
-    fn set_settle_helper_min(&mut self, min: usize) {
+    fn set_helper_min(&mut self, min: usize) {
         self.settle_helper_min = min;
         self.take_helper_min = min;
     }

@@ -1040,7 +1040,7 @@ fn settling_on_a_helper_thread_changes_no_figure() {
             live: false,
             ..EngineConfig::default()
         });
-        e.set_settle_helper_min(min);
+        e.set_helper_min(min);
         e
     };
     let mut helped = engine(1);
@@ -1223,7 +1223,7 @@ fn kept_dimensions_write_the_same_figures_for_what_they_keep() {
         let mut every = engine(BTreeMap::new());
         let mut fewer = engine(kept.clone());
         // Its settles apply facts on the helper thread, which gets the plan too.
-        fewer.set_settle_helper_min(1);
+        fewer.set_helper_min(1);
         let keeps = |d: &SnapshotDelta| {
             kept.get(&d.dimension)
                 .is_none_or(|k| k.contains(&d.interval))
@@ -1259,7 +1259,7 @@ fn kept_dimensions_write_the_same_figures_for_what_they_keep() {
                     "{refused:?}"
                 );
                 fewer = Engine::restore(fewer.config().clone(), &bytes).unwrap();
-                fewer.set_settle_helper_min(1);
+                fewer.set_helper_min(1);
             }
         }
         compare(every.finish(), fewer.finish(), "finish");
