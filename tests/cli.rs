@@ -360,7 +360,9 @@ fn replay_and_export_on_postgres_match_sqlite() {
 /// `replay` with every closed contact spilled as soon as it is packed exports exactly
 /// what a replay that keeps every contact in memory exports, on a simulated day with
 /// repeat contacts, late surveys and duplicates; and it did spill, into scratch files
-/// under `--spill-dir` that are gone when the replay ends.
+/// under `--spill-dir` that are gone when the replay ends. So does a replay with the
+/// spill off that starts spilling midway, once it holds more than `--spill-above`
+/// contacts; `--spill-above never` never does.
 #[test]
 fn replay_with_spilled_contacts_equals_replay_without() {
     let dir = tempfile::tempdir().unwrap();
@@ -386,7 +388,7 @@ fn replay_with_spilled_contacts_equals_replay_without() {
     assert!(o.status.success(), "{}", text(&o));
     let scratch = dir.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
-    let run = |name: &str, env: &[(&str, &str)]| {
+    let run = |name: &str, spill_above: &str, env: &[(&str, &str)]| {
         let db = format!("sqlite://{}", dir.path().join(name).display());
         let mut env: Vec<(&str, &str)> = env.to_vec();
         env.push(("CCMETRICS__STORE__URL", &db));
@@ -399,11 +401,14 @@ fn replay_with_spilled_contacts_equals_replay_without() {
                 "2000",
                 "--spill-dir",
                 scratch.to_str().unwrap(),
+                "--spill-above",
+                spill_above,
                 "--input",
                 events.to_str().unwrap(),
             ],
             &env,
         );
+        let summary = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(o.status.success(), "{}", text(&o));
         // The store is closed, not dropped: SQLite has moved its write-ahead log into
         // the database file, which alone holds the replay (the log is gone or empty).
@@ -433,11 +438,18 @@ fn replay_with_spilled_contacts_equals_replay_without() {
             assert!(o.status.success(), "{}", text(&o));
             out.push_str(&String::from_utf8(o.stdout).unwrap());
         }
-        (out, log)
+        (out, log, summary)
     };
-    let (kept, _) = run("kept.db", &[("CCMETRICS__WINDOWS__SPILL", "false")]);
-    let (spilled, log) = run(
+    let (kept, kept_log, kept_summary) = run(
+        "kept.db",
+        "never",
+        &[("CCMETRICS__WINDOWS__SPILL", "false")],
+    );
+    assert!(!kept_log.contains("scratch files"), "{kept_log}");
+    assert!(!kept_summary.contains("contacts spilled"), "{kept_summary}");
+    let (spilled, log, _) = run(
         "spilled.db",
+        "never",
         &[
             ("CCMETRICS__WINDOWS__SPILL", "true"),
             ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
@@ -447,6 +459,34 @@ fn replay_with_spilled_contacts_equals_replay_without() {
     assert!(n > 500, "only {n} rows exported");
     assert!(kept.contains("\"fcr_rate\""), "{kept}");
     assert!(kept == spilled, "exports differ with spilling");
+    // The spill off, but the replay holds more than 300 contacts after a few flushes.
+    let (midway, midway_log, midway_summary) = run(
+        "midway.db",
+        "300",
+        &[
+            ("CCMETRICS__WINDOWS__SPILL", "false"),
+            ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
+        ],
+    );
+    assert!(kept == midway, "exports differ with spilling from midway");
+    let started = midway_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("more contacts held than --spill-above"))
+        })
+        .unwrap_or_else(|| panic!("the spill never started: {midway_log}"));
+    let at = started["fields"]["events"].as_u64().unwrap_or(0);
+    assert!(at > 0 && at < 60_000, "{started}");
+    assert!(started["fields"]["contacts_held"].as_u64().unwrap_or(0) > 300);
+    let spilled_midway = midway_summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("contacts spilled "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no spill in the summary: {midway_summary}"));
+    assert!(spilled_midway > 300, "{midway_summary}");
     let line = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -473,8 +513,10 @@ fn replay_with_spilled_contacts_equals_replay_without() {
     assert_eq!(spilled_rows, 0);
 }
 
-/// A spill directory that cannot be used is a clear error before any event is read;
-/// one given with the spill off is reported unused.
+/// A spill directory that cannot be used is a clear error before any event is read,
+/// also when the spill is off but would start past `--spill-above` contacts (hours
+/// into a back-fill is too late to find out); one that would never be used is
+/// reported unused.
 #[test]
 fn replay_with_an_unusable_spill_dir_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -484,12 +526,14 @@ fn replay_with_an_unusable_spill_dir_fails_clearly() {
     );
     let missing = dir.path().join("no-such-dir");
     let db = format!("sqlite://{}", dir.path().join("r.db").display());
-    let replay = |spill: &str| {
+    let replay = |spill: &str, spill_above: &str| {
         let o = ccm(
             &[
                 "replay",
                 "--spill-dir",
                 missing.to_str().unwrap(),
+                "--spill-above",
+                spill_above,
                 "--input",
                 events,
             ],
@@ -501,16 +545,27 @@ fn replay_with_an_unusable_spill_dir_fails_clearly() {
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         (o.status.success(), err)
     };
-    let (ok, err) = replay("true");
-    assert!(!ok);
-    assert!(
-        err.contains("creating the spill's scratch directory in") && err.contains("no-such-dir"),
-        "{err}"
-    );
-    // With the spill off the directory is not used, and the replay says so.
-    let (ok, err) = replay("false");
+    for (spill, above) in [("true", "never"), ("false", "2000000")] {
+        let (ok, err) = replay(spill, above);
+        assert!(!ok, "spill {spill}, --spill-above {above}");
+        assert!(
+            err.contains("creating the spill's scratch directory in")
+                && err.contains("no-such-dir"),
+            "{err}"
+        );
+    }
+    // With the spill off and never started, the directory is not used, and the replay
+    // says so.
+    let (ok, err) = replay("false", "never");
     assert!(ok, "{err}");
     assert!(err.contains("--spill-dir is not used"), "{err}");
+    // A limit that is not a number is refused by name.
+    let (ok, err) = replay("false", "lots");
+    assert!(!ok);
+    assert!(
+        err.contains("\"lots\" is neither a number of contacts nor `never`"),
+        "{err}"
+    );
 }
 
 /// `[windows.dimensions]` set from the environment: a replay keeping agents at 1h and

@@ -46,6 +46,31 @@ pub struct Args {
     /// centre); a `/tmp` kept in RAM (tmpfs) would hold them in memory again.
     #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
+    /// With `[windows] spill` off: start spilling closed contacts into the scratch
+    /// files above (as `spill = true` does from the first event) at the first flush
+    /// where the replay holds more than CONTACTS contacts, so a back-fill longer than
+    /// memory allows keeps going instead of growing with the correction horizon's
+    /// week. `never` keeps every contact of the horizon in memory. The figures are
+    /// the same either way; only memory, time and scratch disk differ. The default
+    /// is about 1.3 GB of held contacts (~650 bytes each, docs/performance.md,
+    /// "fortieth round"): a 10,000-agent centre at 120,000 contacts an hour reaches
+    /// it after about 17 hours of events, a 500-agent one never within the week.
+    #[arg(long, value_name = "CONTACTS|never", default_value = "2000000", value_parser = parse_spill_above)]
+    pub spill_above: SpillAbove,
+}
+
+/// `--spill-above`: the contacts held beyond which a replay starts spilling, or never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpillAbove(pub Option<usize>);
+
+fn parse_spill_above(s: &str) -> Result<SpillAbove, String> {
+    match s {
+        "never" => Ok(SpillAbove(None)),
+        _ => s
+            .parse::<usize>()
+            .map(|n| SpillAbove(Some(n)))
+            .map_err(|_| format!("{s:?} is neither a number of contacts nor `never`")),
+    }
 }
 
 /// Deltas per part of `replay`'s last write (whole windows, so a part may hold more):
@@ -93,16 +118,30 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // nor into a database at all: into append-only files of this run, which cost a
     // fraction of a B-tree's random-key inserts (`store::spill_log`; docs/performance.md,
     // "twenty-fifth round").
-    if a.spill_dir.is_some() && !cfg.windows.spill {
-        tracing::warn!("--spill-dir is not used: [windows] spill is off");
+    //
+    // With the spill off, `--spill-above` turns it on mid-replay once memory holds
+    // more contacts than that: spilling costs a long replay about a sixth more time,
+    // which a short one need not pay, but a back-fill of weeks must not grow with
+    // the horizon's week of contacts until it runs out of memory. The scratch
+    // directory is made up front all the same, so that one that cannot be made is
+    // an error before any event is read, not after hours of them.
+    let spill_above = match cfg.windows.spill {
+        true => None,
+        false => a.spill_above.0,
+    };
+    if a.spill_dir.is_some() && !cfg.windows.spill && spill_above.is_none() {
+        tracing::warn!(
+            "--spill-dir is not used: [windows] spill is off and --spill-above is never"
+        );
     }
-    let scratch = if cfg.windows.spill {
-        let dir = spill_scratch_dir(a.spill_dir.as_deref(), &cfg.store.url)?;
-        pipe.engine.set_spill(Box::new(LogSpill::new(dir.path())));
-        Some(dir)
+    let scratch = if cfg.windows.spill || spill_above.is_some() {
+        Some(spill_scratch_dir(a.spill_dir.as_deref(), &cfg.store.url)?)
     } else {
         None
     };
+    if let Some(dir) = scratch.as_ref().filter(|_| cfg.windows.spill) {
+        pipe.engine.set_spill(Box::new(LogSpill::new(dir.path())));
+    }
     if let Some(path) = &a.dead_letter {
         let f = std::fs::File::create(path)
             .with_context(|| format!("creating dead-letter file {}", path.display()))?;
@@ -160,6 +199,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // Files are read and decoded ahead on a second thread (see `source::ahead`).
     let mut n: u64 = 0;
     let mut spilled_peak = 0;
+    let mut spilling = cfg.windows.spill;
     let mut ahead = Ahead::spawn(a.inputs.clone(), cfg.decoder()).context("starting the reader")?;
     // A flush point is acted on when an event follows it. At the end of the input
     // `finish` flushes every window anyway: a flush just before it (an input whose
@@ -193,6 +233,20 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                     "flushed"
                 );
                 spill_failed(&mut pipe)?;
+                if let (Some(limit), Some(dir)) = (spill_above, scratch.as_ref())
+                    && !spilling
+                    && pipe.engine.open_contacts() > limit
+                {
+                    tracing::info!(
+                        events = n,
+                        contacts_held = pipe.engine.open_contacts(),
+                        limit,
+                        dir = %dir.path().display(),
+                        "more contacts held than --spill-above: closed contacts go to scratch files from now on"
+                    );
+                    pipe.engine.set_spill(Box::new(LogSpill::new(dir.path())));
+                    spilling = true;
+                }
                 if !send(deltas).await {
                     break 'input;
                 }
@@ -258,11 +312,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     tracing::debug!(rows, "snapshots written");
     if let Some(dir) = scratch {
         // Nothing after the replay reads the spill.
-        tracing::info!(
-            peak = spilled_peak,
-            dir = %dir.path().display(),
-            "closed contacts held in scratch files instead of memory (at most, at a flush)"
-        );
+        if spilling {
+            tracing::info!(
+                peak = spilled_peak,
+                dir = %dir.path().display(),
+                "closed contacts held in scratch files instead of memory (at most, at a flush)"
+            );
+        }
         let path = dir.path().to_path_buf();
         dir.close().with_context(|| {
             format!("removing the spill's scratch directory {}", path.display())
@@ -285,6 +341,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         &a.inputs,
         pipe.stats(),
         rows,
+        spilling.then_some(spilled_peak),
         started.elapsed().as_secs_f64(),
     );
     Ok(ExitCode::SUCCESS)
@@ -314,7 +371,8 @@ fn spill_scratch_dir(
     Ok(dir)
 }
 
-fn print_summary(inputs: &[PathBuf], s: &Stats, rows: u64, secs: f64) {
+/// `spilled`: with the spill on, the most contacts it held at a flush.
+fn print_summary(inputs: &[PathBuf], s: &Stats, rows: u64, spilled: Option<usize>, secs: f64) {
     println!("replay summary");
     println!("  files            {}", inputs.len());
     println!("  events read      {}", s.read);
@@ -333,6 +391,9 @@ fn print_summary(inputs: &[PathBuf], s: &Stats, rows: u64, secs: f64) {
         }
     }
     println!("  snapshot rows    {rows}");
+    if let Some(peak) = spilled {
+        println!("  contacts spilled {peak} at most, at a flush");
+    }
     println!(
         "  elapsed          {secs:.2} s ({:.0} events/s)",
         s.read as f64 / secs.max(1e-9)

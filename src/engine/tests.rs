@@ -1417,6 +1417,59 @@ fn spilling_settled_contacts_changes_no_figure() {
     assert_eq!(spilling.stats().expired, kept.stats().expired);
 }
 
+/// A spill set in the middle of a stream (`replay --spill-above`, once memory holds
+/// too many contacts) changes no figure: the contacts packed before it are handed to
+/// it at the next flushes, the later ones as they settle, and the snapshots and
+/// counts are those of an engine that never spills.
+#[test]
+fn a_spill_set_mid_stream_changes_no_figure() {
+    use super::spill::MemSpill;
+    use crate::source::sim::{SimConfig, Simulator};
+
+    let mut sim = Simulator::new(SimConfig {
+        customers: 300,
+        ..small_centre(21)
+    });
+    let lines: Vec<String> = (0..30_000).map(|_| sim.next_line().1).collect();
+    let cfg = EngineConfig {
+        pack_after_ms: 0,
+        spill_after_ms: 0,
+        live: false,
+        correction_horizon_ms: 4 * 3_600_000,
+        ..EngineConfig::default()
+    };
+    let (mut late, mut kept) = (Engine::new(cfg.clone()), Engine::new(cfg));
+    let (mut out_l, mut out_k) = (BTreeMap::new(), BTreeMap::new());
+    let (mut held_at_set, mut spilled_seen) = (0, 0);
+    for (i, line) in lines.iter().enumerate() {
+        let Ok(ev) = decode(line.as_bytes()) else {
+            continue;
+        };
+        let owned = ev.into_owned();
+        assert_eq!(late.apply(owned.clone()), kept.apply(owned), "{line}");
+        if i % 500 == 499 {
+            merge(&mut out_l, late.flush());
+            merge(&mut out_k, kept.flush());
+            spilled_seen = spilled_seen.max(late.contacts_spilled());
+            if i == 14_999 {
+                assert_eq!(late.contacts_spilled(), 0);
+                held_at_set = late.open_contacts();
+                late.set_spill(Box::new(MemSpill::default()));
+            }
+        }
+    }
+    assert!(held_at_set > 500, "only {held_at_set} contacts held");
+    assert!(
+        spilled_seen > 300,
+        "spilling never happened ({spilled_seen})"
+    );
+    merge(&mut out_l, late.finish());
+    merge(&mut out_k, kept.flush_all());
+    assert!(!out_k.is_empty());
+    assert_eq!(out_l, out_k);
+    assert_eq!(late.stats(), kept.stats());
+}
+
 /// The running rolling sums equal a fresh merge of the minute buckets, whatever the
 /// order of facts, retractions (late events, corrections) and clock moves.
 #[test]
