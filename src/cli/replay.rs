@@ -52,7 +52,7 @@ pub struct Args {
     /// memory allows keeps going instead of growing with the correction horizon's
     /// week. `never` keeps every contact of the horizon in memory. The figures are
     /// the same either way; only memory, time and scratch disk differ. The default
-    /// is about 1.3 GB of held contacts (~650 bytes each, docs/performance.md,
+    /// is about 1.3 GB of held contacts (~660 bytes each, docs/performance.md,
     /// "fortieth round"): a 10,000-agent centre at 120,000 contacts an hour reaches
     /// it after about 17 hours of events, a 500-agent one never within the week.
     #[arg(long, value_name = "CONTACTS|never", default_value = "2000000", value_parser = parse_spill_above)]
