@@ -133,6 +133,15 @@ pub struct WindowsConfig {
     /// the days of the horizon live in the store.
     pub spill: bool,
     pub spill_after: Dur,
+    /// With `spill = false`: an engine (a `replay`, or one Kafka partition in `serve`)
+    /// starts spilling as `spill = true` would at the first flush (replay) or commit
+    /// (serve) where it holds more than this many contacts, so memory and checkpoints
+    /// level off instead of growing with the correction horizon's week; `"never"`
+    /// keeps every contact of the horizon. Unset: [`REPLAY_SPILL_ABOVE`] for
+    /// `replay` (its `--spill-above` overrides the setting) and
+    /// [`SERVE_SPILL_ABOVE`] per partition for `serve`, whose every commit writes
+    /// the contacts it holds into the partition's checkpoint.
+    pub spill_above: Option<SpillAbove>,
     /// A contact unchanged for this long (event time) is packed: its events and facts
     /// held as one compact byte string, about a third of the memory, and unpacked when
     /// touched again. A contact still open (offered, not yet ended or abandoned) is
@@ -143,7 +152,88 @@ pub struct WindowsConfig {
     pub pack_after: Dur,
 }
 
+/// `replay`'s default `[windows] spill_above`: about 1.3 GB of held contacts (~660
+/// bytes each), which no benchmark of docs/performance.md reaches (its 10 M-event
+/// set holds 1.3 M) and a 10,000-agent centre at 120,000 contacts an hour reaches
+/// after about 17 hours of events (docs/performance.md, "fortieth round").
+pub const REPLAY_SPILL_ABOVE: u64 = 2_000_000;
+
+/// `serve`'s default `[windows] spill_above`, per partition: about 66 MB of held
+/// contacts, each of them also in every commit's checkpoint. A 500-agent centre
+/// at 6,000 contacts an hour on six partitions reaches it after about four days of
+/// its week-long horizon; a 10,000-agent one at 120,000 after about five hours.
+pub const SERVE_SPILL_ABOVE: u64 = 100_000;
+
+/// `[windows] spill_above`: a number of contacts, or never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpillAbove {
+    Contacts(u64),
+    Never,
+}
+
+impl SpillAbove {
+    /// The limit, or `None` for never.
+    pub fn contacts(self) -> Option<u64> {
+        match self {
+            SpillAbove::Contacts(n) => Some(n),
+            SpillAbove::Never => None,
+        }
+    }
+}
+
+impl FromStr for SpillAbove {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "never" => Ok(SpillAbove::Never),
+            t => t
+                .replace('_', "")
+                .parse()
+                .map(SpillAbove::Contacts)
+                .map_err(|_| format!("{s:?} is neither a number of contacts nor `never`")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SpillAbove {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A TOML integer, or a string: `never`, or a number as the environment gives it.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(SpillAbove::Contacts(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for SpillAbove {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SpillAbove::Contacts(n) => s.serialize_u64(*n),
+            SpillAbove::Never => s.serialize_str("never"),
+        }
+    }
+}
+
 impl WindowsConfig {
+    /// Past how many contacts held an engine starts spilling: `flag` (a command
+    /// line's override), else `spill_above`, else the command's `default`. `None`
+    /// when it spills from the start (`spill = true`) or never does.
+    pub fn spill_limit(&self, flag: Option<SpillAbove>, default: u64) -> Option<u64> {
+        match self.spill {
+            true => None,
+            false => flag
+                .or(self.spill_above)
+                .unwrap_or(SpillAbove::Contacts(default))
+                .contacts(),
+        }
+    }
+
     /// Whether `dimension`'s windows are kept at `interval` (one of `intervals`).
     pub fn keeps(&self, dimension: Dimension, interval: Interval) -> bool {
         self.intervals.contains(&interval)
@@ -182,14 +272,15 @@ impl Default for WindowsConfig {
             rolling: vec![Dur::secs(300), Dur::secs(900), Dur::secs(3600)],
             idle_timeout: Dur::secs(30),
             max_clock_skew: Dur::secs(600),
-            // Off: spilling costs time on every closed contact (a 10 M-event replay
-            // of a 10,000-agent centre about 1.2x as long), which a stream that fits
-            // in memory need not pay. `replay` turns it on by itself once it holds
-            // more than `--spill-above` contacts, so a back-fill of weeks does not
-            // grow with the horizon (docs/performance.md, "Spilling closed contacts"
-            // and "fortieth round").
+            // Off from the start: spilling costs time on every closed contact (a 10
+            // M-event replay of a 10,000-agent centre about 1.2x as long), which a
+            // stream that fits in memory need not pay. It starts by itself past
+            // `spill_above` contacts, so a back-fill of weeks or a week of `serve`
+            // does not grow with the horizon (docs/performance.md, "Spilling closed
+            // contacts" and "fortieth round").
             spill: false,
             spill_after: Dur::secs(3600),
+            spill_above: None,
             // Long enough that a call's or chat's burst of events (offer, answer,
             // end, wrap) mostly finds it unpacked; short enough that unpacked contacts
             // are a few minutes of traffic. 3 min rather than the earlier 10: 4–6 %
@@ -944,6 +1035,42 @@ mod tests {
         assert!(shown.contains("[windows.dimensions]"), "{shown}");
         let back = load_str(&shown).unwrap();
         assert_eq!(back.windows.dimensions, c.windows.dimensions);
+    }
+
+    #[test]
+    fn spill_above_is_a_number_or_never() {
+        let unset = load_str("").unwrap();
+        assert_eq!(unset.windows.spill_above, None);
+        assert_eq!(unset.windows.spill_limit(None, 7), Some(7));
+        let flag = Some(SpillAbove::Contacts(9));
+        assert_eq!(unset.windows.spill_limit(flag, 7), Some(9));
+        let n = load_str("[windows]\nspill_above = 5000\n").unwrap();
+        assert_eq!(n.windows.spill_limit(None, 7), Some(5000));
+        // The command line's flag wins over the file.
+        assert_eq!(n.windows.spill_limit(Some(SpillAbove::Never), 7), None);
+        assert_eq!(n.windows.spill_limit(flag, 7), Some(9));
+        let never = load_str("[windows]\nspill_above = \"never\"\n").unwrap();
+        assert_eq!(never.windows.spill_limit(None, 7), None);
+        assert_eq!(never.windows.spill_limit(flag, 7), Some(9));
+        // With the spill on from the start there is nothing to start.
+        let on = load_str("[windows]\nspill = true\nspill_above = 5000\n").unwrap();
+        assert_eq!(on.windows.spill_limit(None, 7), None);
+        assert_eq!(on.windows.spill_limit(flag, 7), None);
+        let e = load_str("[windows]\nspill_above = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("neither a number of contacts nor `never`"),
+            "{e}"
+        );
+        assert!(load_str("[windows]\nspill_above = -3\n").is_err());
+        // As the environment gives it.
+        assert_eq!("2_000_000".parse(), Ok(SpillAbove::Contacts(2_000_000)));
+        // Shown by check-config and read back.
+        let shown = toml::to_string(&never).unwrap();
+        assert!(shown.contains("spill_above = \"never\""), "{shown}");
+        let back: Config = toml::from_str(&shown).unwrap();
+        assert_eq!(back.windows.spill_above, Some(SpillAbove::Never));
     }
 
     #[test]

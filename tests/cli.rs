@@ -361,8 +361,8 @@ fn replay_and_export_on_postgres_match_sqlite() {
 /// what a replay that keeps every contact in memory exports, on a simulated day with
 /// repeat contacts, late surveys and duplicates; and it did spill, into scratch files
 /// under `--spill-dir` that are gone when the replay ends. So does a replay with the
-/// spill off that starts spilling midway, once it holds more than `--spill-above`
-/// contacts; `--spill-above never` never does.
+/// spill off that starts spilling midway, once it holds more than `[windows]
+/// spill_above` contacts; `--spill-above never` never does.
 #[test]
 fn replay_with_spilled_contacts_equals_replay_without() {
     let dir = tempfile::tempdir().unwrap();
@@ -388,26 +388,25 @@ fn replay_with_spilled_contacts_equals_replay_without() {
     assert!(o.status.success(), "{}", text(&o));
     let scratch = dir.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
-    let run = |name: &str, spill_above: &str, env: &[(&str, &str)]| {
+    let run = |name: &str, spill_above: Option<&str>, env: &[(&str, &str)]| {
         let db = format!("sqlite://{}", dir.path().join(name).display());
         let mut env: Vec<(&str, &str)> = env.to_vec();
         env.push(("CCMETRICS__STORE__URL", &db));
         env.push(("RUST_LOG", "info"));
-        let o = ccm(
-            &[
-                "replay",
-                "--log-json",
-                "--flush-every",
-                "2000",
-                "--spill-dir",
-                scratch.to_str().unwrap(),
-                "--spill-above",
-                spill_above,
-                "--input",
-                events.to_str().unwrap(),
-            ],
-            &env,
-        );
+        let mut args = vec![
+            "replay",
+            "--log-json",
+            "--flush-every",
+            "2000",
+            "--spill-dir",
+            scratch.to_str().unwrap(),
+            "--input",
+            events.to_str().unwrap(),
+        ];
+        if let Some(above) = spill_above {
+            args.extend(["--spill-above", above]);
+        }
+        let o = ccm(&args, &env);
         let summary = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(o.status.success(), "{}", text(&o));
         // The store is closed, not dropped: SQLite has moved its write-ahead log into
@@ -442,14 +441,14 @@ fn replay_with_spilled_contacts_equals_replay_without() {
     };
     let (kept, kept_log, kept_summary) = run(
         "kept.db",
-        "never",
+        Some("never"),
         &[("CCMETRICS__WINDOWS__SPILL", "false")],
     );
     assert!(!kept_log.contains("scratch files"), "{kept_log}");
     assert!(!kept_summary.contains("contacts spilled"), "{kept_summary}");
     let (spilled, log, _) = run(
         "spilled.db",
-        "never",
+        Some("never"),
         &[
             ("CCMETRICS__WINDOWS__SPILL", "true"),
             ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
@@ -459,12 +458,14 @@ fn replay_with_spilled_contacts_equals_replay_without() {
     assert!(n > 500, "only {n} rows exported");
     assert!(kept.contains("\"fcr_rate\""), "{kept}");
     assert!(kept == spilled, "exports differ with spilling");
-    // The spill off, but the replay holds more than 300 contacts after a few flushes.
+    // The spill off, but the replay holds more than `[windows] spill_above` (300)
+    // contacts after a few flushes.
     let (midway, midway_log, midway_summary) = run(
         "midway.db",
-        "300",
+        None,
         &[
             ("CCMETRICS__WINDOWS__SPILL", "false"),
+            ("CCMETRICS__WINDOWS__SPILL_ABOVE", "300"),
             ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
         ],
     );
@@ -475,7 +476,7 @@ fn replay_with_spilled_contacts_equals_replay_without() {
         .find(|v| {
             v["fields"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("more contacts held than --spill-above"))
+                .is_some_and(|m| m.contains("more contacts held than the spill limit"))
         })
         .unwrap_or_else(|| panic!("the spill never started: {midway_log}"));
     let at = started["fields"]["events"].as_u64().unwrap_or(0);

@@ -58,23 +58,47 @@ fn serve_on_six_partitions_equals_replay() {
 /// must still agree.
 #[test]
 fn kill9_at_random_points_then_restart_equals_replay() {
+    kill9_rounds("crash", 12, &[("CCMETRICS__WINDOWS__SPILL", "true")], false);
+}
+
+/// The same with the spill off but started midway: each partition starts spilling at
+/// the first commit where it holds more than `spill_above` contacts. The kills land
+/// before and after that commit, and a partition claimed again after it must take
+/// its spill back at once: its spilled contacts are in the store, not in its
+/// checkpoint, and a restart that missed them would export other figures.
+#[test]
+fn kill9_with_the_spill_started_midway_equals_replay() {
+    kill9_rounds(
+        "crash-midway",
+        13,
+        &[
+            ("CCMETRICS__WINDOWS__SPILL", "false"),
+            ("CCMETRICS__WINDOWS__SPILL_ABOVE", "100"),
+        ],
+        true,
+    );
+}
+
+/// Four `serve` daemons killed with SIGKILL at random points of the stream (`spill`
+/// settings from `env`, closed contacts spilled as soon as packed), then one left to
+/// catch up: the exports must equal `replay`'s, and contacts must have been spilled.
+/// `midway`: the spill starts past `spill_above`, which must have happened before the
+/// last daemon, so that it claims partitions whose contacts are partly in the store.
+fn kill9_rounds(name: &str, seed_events: u64, env: &[(&str, &str)], midway: bool) {
     let _serial = support::serial();
-    let w = World::new("crash", 6, None);
-    let events = w.generate(30_000, 12);
+    let w = World::new(name, 6, None);
+    let events = w.generate(30_000, seed_events);
     w.produce_all(&events);
     let expected = w.replay_exports(&[&events]);
     let seed = jiff::Timestamp::now().as_millisecond() as u64;
     println!("kill points seed {seed}");
     let serve = |name: &str, group: &str| {
-        Daemon::start(
-            &w.config,
-            &w.path(&format!("{name}.log")),
-            &[
-                ("CCMETRICS__KAFKA__GROUP_ID", group),
-                ("CCMETRICS__WINDOWS__SPILL", "true"),
-                ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
-            ],
-        )
+        let mut all = vec![
+            ("CCMETRICS__KAFKA__GROUP_ID", group),
+            ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
+        ];
+        all.extend_from_slice(env);
+        Daemon::start(&w.config, &w.path(&format!("{name}.log")), &all)
     };
     let mut x = seed | 1;
     for round in 0..4 {
@@ -90,6 +114,16 @@ fn kill9_at_random_points_then_restart_equals_replay() {
             || (d.read() >= target).then_some(()),
         );
         d.kill9();
+    }
+    if midway {
+        let started = (0..4)
+            .filter_map(|r| std::fs::read_to_string(w.path(&format!("crash-{r}.log"))).ok())
+            .filter(|log| log.contains("spill_above: closed contacts go to the store"))
+            .count();
+        assert!(
+            started > 0,
+            "no partition started spilling before the last daemon"
+        );
     }
     let d = serve("final", &format!("{}-final", w.group));
     w.wait_for_exports(&expected, CATCH_UP);

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
+use ccmetrics::config::{REPLAY_SPILL_ABOVE, SpillAbove};
 use ccmetrics::engine::{EngineConfig, SnapshotDelta, Stats};
 use ccmetrics::pipeline::Pipeline;
 use ccmetrics::source::ahead::{Ahead, Item};
@@ -51,26 +52,13 @@ pub struct Args {
     /// where the replay holds more than CONTACTS contacts, so a back-fill longer than
     /// memory allows keeps going instead of growing with the correction horizon's
     /// week. `never` keeps every contact of the horizon in memory. The figures are
-    /// the same either way; only memory, time and scratch disk differ. The default
-    /// is about 1.3 GB of held contacts (~660 bytes each, docs/performance.md,
-    /// "fortieth round"): a 10,000-agent centre at 120,000 contacts an hour reaches
-    /// it after about 17 hours of events, a 500-agent one never within the week.
-    #[arg(long, value_name = "CONTACTS|never", default_value = "2000000", value_parser = parse_spill_above)]
-    pub spill_above: SpillAbove,
-}
-
-/// `--spill-above`: the contacts held beyond which a replay starts spilling, or never.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpillAbove(pub Option<usize>);
-
-fn parse_spill_above(s: &str) -> Result<SpillAbove, String> {
-    match s {
-        "never" => Ok(SpillAbove(None)),
-        _ => s
-            .parse::<usize>()
-            .map(|n| SpillAbove(Some(n)))
-            .map_err(|_| format!("{s:?} is neither a number of contacts nor `never`")),
-    }
+    /// the same either way; only memory, time and scratch disk differ. Default:
+    /// `[windows] spill_above`, or 2,000,000 when unset: about 1.3 GB of held
+    /// contacts (~660 bytes each, docs/performance.md, "fortieth round"), which a
+    /// 10,000-agent centre at 120,000 contacts an hour reaches after about 17 hours
+    /// of events, and a 500-agent one never within the week.
+    #[arg(long, value_name = "CONTACTS|never")]
+    pub spill_above: Option<SpillAbove>,
 }
 
 /// Deltas per part of `replay`'s last write (whole windows, so a part may hold more):
@@ -125,10 +113,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // the horizon's week of contacts until it runs out of memory. The scratch
     // directory is made up front all the same, so that one that cannot be made is
     // an error before any event is read, not after hours of them.
-    let spill_above = match cfg.windows.spill {
-        true => None,
-        false => a.spill_above.0,
-    };
+    let spill_above = cfg
+        .windows
+        .spill_limit(a.spill_above, REPLAY_SPILL_ABOVE)
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     if a.spill_dir.is_some() && !cfg.windows.spill && spill_above.is_none() {
         tracing::warn!(
             "--spill-dir is not used: [windows] spill is off and --spill-above is never"
@@ -242,7 +230,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                         contacts_held = pipe.engine.open_contacts(),
                         limit,
                         dir = %dir.path().display(),
-                        "more contacts held than --spill-above: closed contacts go to scratch files from now on"
+                        "more contacts held than the spill limit (--spill-above, [windows] spill_above): closed contacts go to scratch files from now on"
                     );
                     pipe.engine.set_spill(Box::new(LogSpill::new(dir.path())));
                     spilling = true;

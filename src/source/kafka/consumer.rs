@@ -47,6 +47,7 @@ use tokio::sync::mpsc;
 use super::dead_letter::{DeadLetterProducer, DeliveryCounter, KafkaDeadLetters};
 use super::partition::{Part, Position};
 use crate::config::{AssignmentStrategy, Config};
+use crate::engine::spill::Spill;
 use crate::engine::{EngineConfig, Scope};
 use crate::event::Decoder;
 use crate::http::{AGENTS_EVERY, AppState, LiveSnapshot, PartitionStatus};
@@ -215,8 +216,11 @@ pub struct Shared {
     store: Store,
     owner: String,
     engine_cfg: EngineConfig,
-    /// Spill settled contacts to the store (`[windows] spill`).
+    /// Spill settled contacts to the store from the start (`[windows] spill`).
     spill: bool,
+    /// Otherwise, past how many contacts a partition starts spilling
+    /// (`[windows] spill_above`), if ever.
+    spill_above: Option<usize>,
     decoder: Decoder,
     dead_letters: Option<(Arc<DeadLetterProducer>, String)>,
     idle: Duration,
@@ -410,9 +414,11 @@ impl Shared {
                     return;
                 }
             };
-            if self.spill {
-                // The spill as committed with the claimed checkpoint (its filters are
-                // built from the partition's rows).
+            // The spill as committed with the claimed checkpoint (its filters are built
+            // from the partition's rows). Read whatever the settings: a partition that
+            // spilled under an earlier owner or configuration has some of its contacts
+            // in the store, not in its checkpoint, and they must be found there.
+            {
                 let Some(spill) = self.retry(&name, "read spilled contacts", || {
                     let (store, rt, name) = (self.store.clone(), self.rt.clone(), name.clone());
                     async move {
@@ -427,7 +433,19 @@ impl Shared {
                 }) else {
                     return; // stopping
                 };
-                part.pipe.engine.set_spill(Box::new(spill));
+                let held = spill.len();
+                if self.spill || held > 0 {
+                    // Spilling from the start, or it started under an earlier owner:
+                    // from the first event on.
+                    if !self.spill && self.spill_above.is_none() {
+                        tracing::warn!(partition = %name, spilled = held, "the partition has contacts spilled to the store under earlier settings; it goes on spilling although [windows] spill_above is never");
+                    }
+                    part.pipe.engine.set_spill(Box::new(spill));
+                } else if let Some(limit) = self.spill_above {
+                    // Not spilling yet: the spill waits for the partition to hold more
+                    // than the limit (`Part::prepare`).
+                    part.spill_later = Some((limit, Box::new(spill)));
+                }
             }
             let offset = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
             if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
@@ -914,6 +932,10 @@ impl KafkaSource {
             owner: k.owner(),
             engine_cfg: EngineConfig::from_config(cfg),
             spill: cfg.windows.spill,
+            spill_above: cfg
+                .windows
+                .spill_limit(None, crate::config::SERVE_SPILL_ABOVE)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             decoder: cfg.decoder(),
             dead_letters,
             idle: cfg.windows.idle_timeout.0,

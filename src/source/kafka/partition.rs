@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::engine::spill::Spill;
 use crate::engine::{Engine, EngineConfig};
 use crate::event::Decoder;
 use crate::pipeline::{CommitDone, CommitError, CommitJob, Ownership, Pipeline};
@@ -30,6 +31,11 @@ pub struct Part {
     /// A prepared commit has not come back yet: no other may be prepared (it would
     /// carry the same sequence number) until [`Part::finish`] has taken its outcome.
     pub in_flight: bool,
+    /// The store's spill, not yet given to the engine, and past how many contacts
+    /// held it is (`[windows] spill_above` with `spill = false`): set at the first
+    /// commit where the engine holds more, so the contacts it spills from then on go
+    /// out in that commit's transaction with its checkpoint.
+    pub spill_later: Option<(usize, Box<dyn Spill>)>,
 }
 
 /// How a partition's messages relate to its offsets.
@@ -69,6 +75,7 @@ impl Part {
             last_input: Instant::now(),
             dirty: false,
             in_flight: false,
+            spill_later: None,
         })
     }
 
@@ -128,6 +135,18 @@ impl Part {
         };
         if self.in_flight || (!self.dirty && self.pipe.unwritten() == 0 && !open) {
             return Ok(None);
+        }
+        if let Some((limit, _)) = &self.spill_later
+            && self.pipe.engine.open_contacts() > *limit
+            && let Some((limit, spill)) = self.spill_later.take()
+        {
+            tracing::info!(
+                partition = %self.name(),
+                contacts_held = self.pipe.engine.open_contacts(),
+                limit,
+                "more contacts held than [windows] spill_above: closed contacts go to the store from now on"
+            );
+            self.pipe.engine.set_spill(spill);
         }
         let deltas = if open {
             self.pipe.engine.flush_open()
