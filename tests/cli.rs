@@ -470,15 +470,7 @@ fn replay_with_spilled_contacts_equals_replay_without() {
         ],
     );
     assert!(kept == midway, "exports differ with spilling from midway");
-    let started = midway_log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| {
-            v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("more contacts held than the spill limit"))
-        })
-        .unwrap_or_else(|| panic!("the spill never started: {midway_log}"));
+    let started = log_line(&midway_log, "more contacts held than the spill limit");
     let at = started["fields"]["events"].as_u64().unwrap_or(0);
     assert!(at > 0 && at < 60_000, "{started}");
     assert!(started["fields"]["contacts_held"].as_u64().unwrap_or(0) > 300);
@@ -488,15 +480,7 @@ fn replay_with_spilled_contacts_equals_replay_without() {
         .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no spill in the summary: {midway_summary}"));
     assert!(spilled_midway > 300, "{midway_summary}");
-    let line = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| {
-            v["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("closed contacts held in scratch files"))
-        })
-        .unwrap_or_else(|| panic!("no spill line in the log: {log}"));
+    let line = log_line(&log, "closed contacts held in scratch files");
     let peak = line["fields"]["peak"].as_u64().unwrap_or(0);
     assert!(peak > 1_000, "only {peak} contacts spilled");
     // The scratch directory was under --spill-dir, and is gone with its files.
@@ -512,6 +496,18 @@ fn replay_with_spilled_contacts_equals_replay_without() {
         store.spill_scan("replay", |_, _, _| {}).await.unwrap()
     });
     assert_eq!(spilled_rows, 0);
+}
+
+/// The first line of a `--log-json` log whose message contains `needle`.
+fn log_line(log: &str, needle: &str) -> serde_json::Value {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(needle))
+        })
+        .unwrap_or_else(|| panic!("no {needle:?} in the log: {log}"))
 }
 
 /// A spill directory that cannot be used is a clear error before any event is read,
