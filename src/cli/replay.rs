@@ -107,10 +107,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // fraction of a B-tree's random-key inserts (`store::spill_log`; docs/performance.md,
     // "twenty-fifth round").
     //
-    // With the spill off, `--spill-above` turns it on mid-replay once memory holds
-    // more contacts than that: spilling costs a long replay about a sixth more time,
-    // which a short one need not pay, but a back-fill of weeks must not grow with
-    // the horizon's week of contacts until it runs out of memory. The scratch
+    // With the spill off, `[windows] spill_above` (or `--spill-above`) turns it on
+    // mid-replay once memory holds more contacts than that: spilling costs a long
+    // replay a sixth to two fifths more time (docs/performance.md, "fortieth
+    // round"), which a short one need not pay, but a back-fill of weeks must not grow
+    // with the horizon's week of contacts until it runs out of memory. The scratch
     // directory is made up front all the same, so that one that cannot be made is
     // an error before any event is read, not after hours of them.
     let spill_above = cfg
@@ -119,7 +120,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     if a.spill_dir.is_some() && !cfg.windows.spill && spill_above.is_none() {
         tracing::warn!(
-            "--spill-dir is not used: [windows] spill is off and --spill-above is never"
+            "--spill-dir is not used: [windows] spill is off and the spill limit is never"
         );
     }
     let scratch = if cfg.windows.spill || spill_above.is_some() {
