@@ -15,8 +15,10 @@
 #                  contact rate), and at twice the events: bytes per agent / open contact
 #   spill          replay of a stream longer than the correction horizon (SPILL_N events,
 #                  500 agents, 6 000 contacts/h: 9.5 simulated days at 10 M) with
-#                  closed contacts spilled to the store and without (the default):
-#                  wall, CPU, peak RSS, and whether the exports are identical
+#                  closed contacts spilled from the first event, never spilled, and
+#                  spilled from midway (the spill started past SPILL_ABOVE contacts
+#                  held, as [windows] spill_above does): wall, CPU, peak RSS, and
+#                  whether the exports are identical
 #   scrape         /metrics response time and size with per-agent series at 10 k agents
 #   publish        serve's CPU to keep the live view current at 10 k agents: fed one
 #                  file on stdin, then its CPU while idle (the centre published every
@@ -47,6 +49,7 @@
 #   SIZES [1000000 10000000]  comparison event sets (all 10 k agents, 300 queues)
 #   AGENTS [10000]  RUNS [3]  N [10000000] (engine mode)
 #   MEM_N [2000000]  MEM_AGENTS [10000 50000 100000]  SPILL_N [10000000]
+#   SPILL_ABOVE [300000] (spill mode's midway run)
 #   MEM_SPILL_AFTER [1h]  MEM_FLUSH_EVERY [250000]  (memory mode's spilling run:
 #                  [windows] spill_after and replay --flush-every; 15m and 50000 give
 #                  the lowest peak, at more CPU)
@@ -610,29 +613,39 @@ publish_bench() {
 }
 
 spill_bench() {
-  local n=${SPILL_N:-10000000} f spill
+  local n=${SPILL_N:-10000000} above=${SPILL_ABOVE:-300000} f v
   f="$OUT/long-$n-500.jsonl"
   events_file "$f" "$n" 500 12 6000
   echo "== spill: replay of $f ($n events, 500 agents, 6 000 contacts/h), machine: $(machine)"
-  for spill in true false; do
-    rm -f "$OUT/spill-$spill.db"*
-    CCMETRICS__STORE__URL="sqlite://$OUT/spill-$spill.db" CCMETRICS__WINDOWS__SPILL=$spill \
-      /usr/bin/time -f "%e %U %S %M" -o "$OUT/spill-$spill.time" "$BIN" replay --input "$f" \
-      > "$OUT/spill-$spill.out" 2> "$OUT/spill-$spill.log"
-    read -r wall user sys rss < "$OUT/spill-$spill.time"
-    echo "spill=$spill: wall $wall s, CPU $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') s, peak RSS $((rss / 1024)) MiB; $(grep -o 'peak=[0-9]*' "$OUT/spill-$spill.log" || true)"
+  # on: spilled from the first event; never: every contact of the horizon kept in
+  # memory; midway: the spill off, started past SPILL_ABOVE contacts held
+  # (docs/performance.md, "fortieth round").
+  for v in on never midway; do
+    local env=(CCMETRICS__STORE__URL="sqlite://$OUT/spill-$v.db")
+    case $v in
+      on) env+=(CCMETRICS__WINDOWS__SPILL=true) ;;
+      never) env+=(CCMETRICS__WINDOWS__SPILL=false CCMETRICS__WINDOWS__SPILL_ABOVE=never) ;;
+      midway) env+=(CCMETRICS__WINDOWS__SPILL=false CCMETRICS__WINDOWS__SPILL_ABOVE="$above") ;;
+    esac
+    rm -f "$OUT/spill-$v.db"*
+    env "${env[@]}" /usr/bin/time -f "%e %U %S %M" -o "$OUT/spill-$v.time" "$BIN" replay --input "$f" \
+      > "$OUT/spill-$v.out" 2> "$OUT/spill-$v.log"
+    read -r wall user sys rss < "$OUT/spill-$v.time"
+    echo "spill $v: wall $wall s, CPU $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') s, peak RSS $((rss / 1024)) MiB; $(grep -o 'contacts spilled.*' "$OUT/spill-$v.out" || echo 'no contact spilled')"
     for e in "15m queue" "1d agent" "1h team" "1d all"; do
       set -- $e
-      CCMETRICS__STORE__URL="sqlite://$OUT/spill-$spill.db" RUST_LOG=error "$BIN" export \
+      CCMETRICS__STORE__URL="sqlite://$OUT/spill-$v.db" RUST_LOG=error "$BIN" export \
         --window "$1" --dimension "$2" --format jsonl
-    done > "$OUT/spill-$spill.export"
+    done > "$OUT/spill-$v.export"
   done
-  if cmp -s "$OUT/spill-true.export" "$OUT/spill-false.export"; then
-    echo "exports identical ($(wc -l < "$OUT/spill-true.export") rows)"
-  else
-    echo "EXPORTS DIFFER: diff $OUT/spill-true.export $OUT/spill-false.export"
-    return 1
-  fi
+  for v in on midway; do
+    if cmp -s "$OUT/spill-never.export" "$OUT/spill-$v.export"; then
+      echo "exports identical, $v and never ($(wc -l < "$OUT/spill-never.export") rows)"
+    else
+      echo "EXPORTS DIFFER: diff $OUT/spill-never.export $OUT/spill-$v.export"
+      return 1
+    fi
+  done
 }
 
 case "$WHAT" in
