@@ -224,13 +224,15 @@ impl WindowsConfig {
     /// Past how many contacts held an engine starts spilling: `flag` (a command
     /// line's override), else `spill_above`, else the command's `default`. `None`
     /// when it spills from the start (`spill = true`) or never does.
-    pub fn spill_limit(&self, flag: Option<SpillAbove>, default: u64) -> Option<u64> {
+    pub fn spill_limit(&self, flag: Option<SpillAbove>, default: u64) -> Option<usize> {
         match self.spill {
             true => None,
             false => flag
                 .or(self.spill_above)
                 .unwrap_or(SpillAbove::Contacts(default))
-                .contacts(),
+                .contacts()
+                // Compared with a count of contacts held; beyond `usize` is never.
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         }
     }
 

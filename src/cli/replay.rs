@@ -114,10 +114,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // with the horizon's week of contacts until it runs out of memory. The scratch
     // directory is made up front all the same, so that one that cannot be made is
     // an error before any event is read, not after hours of them.
-    let spill_above = cfg
-        .windows
-        .spill_limit(a.spill_above, REPLAY_SPILL_ABOVE)
-        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let spill_above = cfg.windows.spill_limit(a.spill_above, REPLAY_SPILL_ABOVE);
     if a.spill_dir.is_some() && !cfg.windows.spill && spill_above.is_none() {
         tracing::warn!(
             "--spill-dir is not used: [windows] spill is off and the spill limit is never"

@@ -418,34 +418,32 @@ impl Shared {
             // from the partition's rows). Read whatever the settings: a partition that
             // spilled under an earlier owner or configuration has some of its contacts
             // in the store, not in its checkpoint, and they must be found there.
-            {
-                let Some(spill) = self.retry(&name, "read spilled contacts", || {
-                    let (store, rt, name) = (self.store.clone(), self.rt.clone(), name.clone());
-                    async move {
-                        tokio::task::spawn_blocking(move || StoreSpill::open(store, rt, &name))
-                            .await
-                            .unwrap_or_else(|e| {
-                                Err(StoreError::Corrupt {
-                                    what: format!("spill reader stopped: {e}"),
-                                })
+            let Some(spill) = self.retry(&name, "read spilled contacts", || {
+                let (store, rt, name) = (self.store.clone(), self.rt.clone(), name.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || StoreSpill::open(store, rt, &name))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(StoreError::Corrupt {
+                                what: format!("spill reader stopped: {e}"),
                             })
-                    }
-                }) else {
-                    return; // stopping
-                };
-                let held = spill.len();
-                if self.spill || held > 0 {
-                    // Spilling from the start, or it started under an earlier owner:
-                    // from the first event on.
-                    if !self.spill && self.spill_above.is_none() {
-                        tracing::warn!(partition = %name, spilled = held, "the partition has contacts spilled to the store under earlier settings; it goes on spilling although [windows] spill_above is never");
-                    }
-                    part.pipe.engine.set_spill(Box::new(spill));
-                } else if let Some(limit) = self.spill_above {
-                    // Not spilling yet: the spill waits for the partition to hold more
-                    // than the limit (`Part::prepare`).
-                    part.spill_later = Some((limit, Box::new(spill)));
+                        })
                 }
+            }) else {
+                return; // stopping
+            };
+            let held = spill.len();
+            if self.spill || held > 0 {
+                // Spilling from the start, or it started under an earlier owner:
+                // from the first event on.
+                if !self.spill && self.spill_above.is_none() {
+                    tracing::warn!(partition = %name, spilled = held, "the partition has contacts spilled to the store under earlier settings; it goes on spilling although [windows] spill_above is never");
+                }
+                part.pipe.engine.set_spill(Box::new(spill));
+            } else if let Some(limit) = self.spill_above {
+                // Not spilling yet: the spill waits for the partition to hold more
+                // than the limit (`Part::prepare`).
+                part.spill_later = Some((limit, Box::new(spill)));
             }
             let offset = claim.next_offset.map_or(Offset::Beginning, Offset::Offset);
             if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
@@ -934,8 +932,7 @@ impl KafkaSource {
             spill: cfg.windows.spill,
             spill_above: cfg
                 .windows
-                .spill_limit(None, crate::config::SERVE_SPILL_ABOVE)
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                .spill_limit(None, crate::config::SERVE_SPILL_ABOVE),
             decoder: cfg.decoder(),
             dead_letters,
             idle: cfg.windows.idle_timeout.0,
