@@ -9,6 +9,11 @@
 //! - `engine`: read + decode + `Engine::apply` + a flush of closed windows every
 //!   250 000 events (the rows are dropped, no store): replay without SQLite, and the
 //!   largest number of contacts the engine held (sampled at every flush).
+//! - `floor`: read the whole file, decode every line and hash its keys, then
+//!   `Engine::batch_floor`: the least a batch engine could do for these events
+//!   (grouped by contact with one sort, each contact derived once, every window taken
+//!   at the end; see `src/engine/floor.rs`). Prints the decoding and the batch pass
+//!   apart (`decode_secs`, `batch_secs`): what the engine adds to decoding at best.
 //!
 //! Each prints one `key=value` line; `secs` is measured inside the process from the
 //! first read to the last event (process start and the final flush excluded), so the
@@ -32,6 +37,7 @@ enum Mode {
     Read,
     Parse,
     Engine,
+    Floor,
 }
 
 #[derive(Parser)]
@@ -52,6 +58,9 @@ fn main() -> anyhow::Result<()> {
     // Same engine settings as `replay`: the defaults with the `CCMETRICS__*`
     // environment over them (no config file), live views off.
     let cfg = ccmetrics::config::Config::load(None).context("loading the configuration")?;
+    if a.mode == Mode::Floor {
+        return floor(&a.input, &decoder, &cfg);
+    }
     let mut engine = (a.mode == Mode::Engine).then(|| {
         let base = EngineConfig::from_config(&cfg);
         Engine::new(EngineConfig {
@@ -100,6 +109,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+            Mode::Floor => break,
             Mode::Engine => {
                 let Some(e) = engine.as_mut() else { break };
                 // Decoded into a vector of results and hashed once per event, as
@@ -137,11 +147,51 @@ fn main() -> anyhow::Result<()> {
     }
     let accepted = match a.mode {
         Mode::Engine => format!(" accepted={accepted}"),
-        Mode::Read | Mode::Parse => String::new(),
+        Mode::Read | Mode::Parse | Mode::Floor => String::new(),
     };
     println!(
         "mode={} lines={lines} decoded={ok}{accepted} secs={secs:.3} events_per_s={:.0} max_open_contacts={max_open} peak_rss_kb={}",
         format!("{:?}", a.mode).to_lowercase(),
+        lines as f64 / secs.max(1e-9),
+        peak_rss_kb().unwrap_or(0),
+    );
+    Ok(())
+}
+
+/// `floor` mode: the whole file in memory, decoded, then one batch pass.
+fn floor(
+    input: &std::path::Path,
+    decoder: &Decoder,
+    cfg: &ccmetrics::config::Config,
+) -> anyhow::Result<()> {
+    let mut reader =
+        file::open_lines(input).with_context(|| format!("opening {}", input.display()))?;
+    let (mut arena, mut ranges) = (Vec::<u8>::new(), Vec::new());
+    // Every record at once (the limit counts the records in `ranges`).
+    file::read_records(&mut reader, &mut arena, &mut ranges, usize::MAX)
+        .with_context(|| format!("reading {}", input.display()))?;
+    let started = Instant::now();
+    let mut events = Vec::with_capacity(ranges.len());
+    events.extend(
+        ranges
+            .iter()
+            .filter_map(|r| decoder.decode(&arena[r.clone()]).ok()),
+    );
+    let keys: Vec<Keys> = events.iter().map(Keys::of).collect();
+    let decoded = started.elapsed().as_secs_f64();
+    let mut engine = Engine::new(EngineConfig {
+        live: false,
+        ..EngineConfig::from_config(cfg)
+    });
+    let batch_started = Instant::now();
+    let rows = engine.batch_floor(&events, &keys).len();
+    let batch = batch_started.elapsed().as_secs_f64();
+    let lines = ranges.len();
+    let secs = decoded + batch;
+    println!(
+        "mode=floor lines={lines} decoded={} accepted={} rows={rows} decode_secs={decoded:.3} batch_secs={batch:.3} secs={secs:.3} events_per_s={:.0} peak_rss_kb={}",
+        events.len(),
+        engine.stats().accepted,
         lines as f64 / secs.max(1e-9),
         peak_rss_kb().unwrap_or(0),
     );

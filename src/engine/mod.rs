@@ -11,6 +11,7 @@ pub mod acc;
 mod aggregate;
 pub mod checkpoint;
 pub mod contact;
+mod floor;
 pub mod hist;
 pub mod intern;
 pub mod limits;
@@ -1013,27 +1014,7 @@ impl Engine {
             // Decoding guarantees contact events carry an id; count defensively anyway.
             return Outcome::Accepted;
         };
-        let duration = |d: Option<u64>| d.map(|v| Ms::new(u32::try_from(v).unwrap_or(u32::MAX)));
-        let ce = CEvent {
-            ts: ev.ts,
-            kind: ev.kind,
-            id_hash: id as u64,
-            agent,
-            team,
-            queue: ev
-                .queue
-                .as_deref()
-                .map(|q| self.key(KeyDim::Queue, q, keys.queue)),
-            channel: ev.channel,
-            to_agent: ev
-                .to_agent_id
-                .as_deref()
-                .map(|a| self.key(KeyDim::Agent, a, crate::event::hash_id(a))),
-            talk_ms: duration(ev.talk_ms),
-            hold_ms: duration(ev.hold_ms),
-            wrap_ms: duration(ev.wrap_ms),
-            value: ev.amount.or(ev.score).unwrap_or(0),
-        };
+        let ce = self.contact_event(ev, keys, agent, team);
         let mut event_customer = keys.customer();
         if let Some(k) = event_customer
             && self.spill.is_some()
@@ -1095,6 +1076,38 @@ impl Engine {
         self.fire_wrap_deadlines();
         self.expire_due();
         Outcome::Accepted
+    }
+
+    /// Contact event `ev` as a contact holds it, its agent and team already interned
+    /// (the rest is interned here).
+    fn contact_event(
+        &mut self,
+        ev: &Event,
+        keys: &Keys,
+        agent: Option<Sym>,
+        team: Option<Sym>,
+    ) -> CEvent {
+        let duration = |d: Option<u64>| d.map(|v| Ms::new(u32::try_from(v).unwrap_or(u32::MAX)));
+        CEvent {
+            ts: ev.ts,
+            kind: ev.kind,
+            id_hash: keys.id as u64,
+            agent,
+            team,
+            queue: ev
+                .queue
+                .as_deref()
+                .map(|q| self.key(KeyDim::Queue, q, keys.queue)),
+            channel: ev.channel,
+            to_agent: ev
+                .to_agent_id
+                .as_deref()
+                .map(|a| self.key(KeyDim::Agent, a, crate::event::hash_id(a))),
+            talk_ms: duration(ev.talk_ms),
+            hold_ms: duration(ev.hold_ms),
+            wrap_ms: duration(ev.wrap_ms),
+            value: ev.amount.or(ev.score).unwrap_or(0),
+        }
     }
 
     /// The symbol a name (whose [`crate::event::hash_id`] is `hash`) counts under in a
