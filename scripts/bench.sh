@@ -41,6 +41,13 @@
 #                  windows are corrected by the grouped order's late events; a value
 #                  above the events flushes only at the end (docs/performance.md,
 #                  "thirty-fifth round")
+#   floor          what a batch engine could cost at best (src/engine/floor.rs):
+#                  `parse_bench parse`, `engine` and `floor` on the first of SIZES, in
+#                  turn over RUNS rounds: medians of the bare parse, of the engine's
+#                  share of its run (engine - parse) and of the batch pass alone
+#                  (`batch_secs`); then, with valgrind, the instructions per event of
+#                  each (FLOOR_CALLGRIND=0 skips them, about 3 minutes at 1 M events;
+#                  docs/performance.md, "forty-first round")
 #   kafka          serve catching up vs a bare rdkafka consumer, then latency
 #   kafka-latency  only the event -> /metrics latency
 #   suite          gen + duckdb + parse + memory + scrape (the issue 6 comparison)
@@ -550,6 +557,59 @@ grouped_bench() {
   echo "grouped / as generated: wall $rmed, median of the rounds' ratios (min $rmin, max $rmax); CPU $(ratio "$gcpu" "$acpu")"
 }
 
+# instructions FILE MODE: callgrind's instruction count of `parse_bench MODE FILE`,
+# every thread together, and of its decoding (`Decoder::decode_with`, inclusive).
+instructions() {
+  local out="$OUT/floor-callgrind-$2"
+  rm -f "$out"*
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$PARSE" "$2" "$1" > /dev/null 2>&1
+  local total decode
+  total=$(grep -m1 '^summary:' "$out" | awk '{print $2}')
+  # awk reads to the end: `grep -m1` would close the pipe on callgrind_annotate.
+  decode=$(callgrind_annotate --inclusive=yes "$out" 2>/dev/null \
+    | awk '/Decoder::decode_with \[/ && !done {gsub(",", "", $1); print $1; done = 1}')
+  echo "$total ${decode:-0}"
+}
+
+floor_bench() {
+  local n=${SIZES[0]} f pt et ft
+  f=$(set_file "$n")
+  events_file "$f" "$n" "$AGENTS"
+  echo "== floor: parse_bench parse / engine / floor, $n events, $RUNS rounds in turn, machine: $(machine)"
+  pt=$OUT/floor-parse.times et=$OUT/floor-engine.times ft=$OUT/floor-batch.secs
+  : > "$pt"
+  : > "$et"
+  : > "$ft"
+  for _ in $(seq "$RUNS"); do
+    "$PARSE" parse "$f" | grep -o ' secs=[0-9.]*' | cut -d= -f2 >> "$pt"
+    "$PARSE" engine "$f" | grep -o ' secs=[0-9.]*' | cut -d= -f2 >> "$et"
+    "$PARSE" floor "$f" | tee "$OUT/floor-last.txt" | grep -o 'batch_secs=[0-9.]*' | cut -d= -f2 >> "$ft"
+  done
+  echo "  last floor run: $(cat "$OUT/floor-last.txt")"
+  read -r plo pmd phi < <(median < "$pt")
+  read -r elo emd ehi < <(median < "$et")
+  read -r flo fmd fhi < <(median < "$ft")
+  # The engine's own share of its run: its seconds less the same round's bare parse.
+  read -r slo smd shi < <(paste -d' ' "$et" "$pt" | awk '{printf "%.3f\n", $1 - $2}' | median)
+  echo "bare parse: s $plo / $pmd / $phi  [$(machine)]"
+  echo "engine (decode + engine): s $elo / $emd / $ehi; the engine's share (engine - parse, per round): s $slo / $smd / $shi"
+  echo "batch floor (the pass alone, every event decoded beforehand): s $flo / $fmd / $fhi"
+  echo "batch floor / the engine's share: $(ratio "$fmd" "$smd") (medians)"
+  if [ "${FLOOR_CALLGRIND:-1}" = 0 ] || ! command -v valgrind > /dev/null; then
+    return 0
+  fi
+  local pi ei fi_ pd ed fd
+  read -r pi pd < <(instructions "$f" parse)
+  read -r ei ed < <(instructions "$f" engine)
+  read -r fi_ fd < <(instructions "$f" floor)
+  # Per event: decoding is the same in all three; what each adds is the rest.
+  awk -v n="$n" -v pi="$pi" -v pd="$pd" -v ei="$ei" -v ed="$ed" -v fi="$fi_" -v fd="$fd" 'BEGIN {
+    printf "instructions per event (callgrind, every thread): bare parse %.0f (decoding %.0f)\n", pi / n, pd / n
+    printf "  engine adds %.0f, the batch floor adds %.0f (floor / engine %.2f)\n", (ei - ed) / n - (pi - pd) / n, (fi - fd) / n - (pi - pd) / n, ((fi - fd) - (pi - pd)) / ((ei - ed) - (pi - pd))
+    printf "  the budget for 70 %% of bare parse: %.0f added\n", (pi / n) * (1 / 0.7 - 1)
+  }'
+}
+
 engine_bench() {
   local events="$OUT/events-$N-$AGENTS.jsonl"
   events_file "$events" "$N" "$AGENTS" 300 "$CPH"
@@ -659,8 +719,9 @@ case "$WHAT" in
   publish) publish_bench ;;
   threads) threads_bench ;;
   grouped) grouped_bench ;;
+  floor) floor_bench ;;
   kafka | kafka-latency) kafka_bench ;;
   suite) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench ;;
   all) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench; kafka_bench ;;
-  *) echo "unknown mode $WHAT (engine|gen|duckdb|parse|memory|spill|scrape|publish|threads|grouped|kafka|kafka-latency|suite|all)" >&2; exit 2 ;;
+  *) echo "unknown mode $WHAT (engine|gen|duckdb|parse|memory|spill|scrape|publish|threads|grouped|floor|kafka|kafka-latency|suite|all)" >&2; exit 2 ;;
 esac
