@@ -165,73 +165,115 @@ mod tests {
         out
     }
 
-    /// The floor is measured doing the engine's work: on a simulated stream (in order
-    /// enough, one team per agent, with duplicates and repeat customers) its windows
-    /// equal those of the streaming engine fed the same events one by one.
-    #[test]
-    fn the_floor_pass_makes_the_engines_windows() {
-        let mut sim = Simulator::new(SimConfig {
-            agents: 40,
-            queues: 4,
-            contacts_per_hour: 600.0,
-            ..SimConfig::default()
-        });
-        let decoder = Decoder::default();
-        let lines: Vec<String> = (0..30_000).map(|_| sim.next_line().1).collect();
-        let events: Vec<Event> = lines
-            .iter()
-            .filter_map(|l| decoder.decode(l.as_bytes()).ok())
-            .collect();
-        let keys: Vec<Keys> = events.iter().map(Keys::of).collect();
-        let cfg = EngineConfig {
-            live: false,
-            ..EngineConfig::default()
-        };
-
-        let mut streaming = Engine::new(cfg.clone());
+    /// One streamed run of `events`: the engine fed them one by one, flushed every
+    /// `flush_every`, optionally spilling into memory; every delta it handed out.
+    fn streamed(
+        cfg: &EngineConfig,
+        events: &[Event],
+        keys: &[Keys],
+        flush_every: usize,
+        spill: bool,
+    ) -> (Vec<SnapshotDelta>, Stats, usize) {
+        let mut e = Engine::new(cfg.clone());
+        if spill {
+            e.set_spill(Box::new(super::spill::MemSpill::default()));
+        }
         let mut deltas = Vec::new();
+        let mut spilled = 0;
         for (i, ev) in events.iter().enumerate() {
-            streaming.apply_keyed(ev, &keys[i]);
-            if i % 5_000 == 4_999 {
+            e.apply_keyed(ev, &keys[i]);
+            if i % flush_every == flush_every - 1 {
                 // Windows flushed early and corrected later add up the same.
-                deltas.extend(streaming.flush());
+                deltas.extend(e.flush());
+                spilled = spilled.max(e.contacts_spilled());
             }
         }
-        deltas.extend(streaming.flush_all());
-        assert!(
-            streaming.stats().duplicates > 0,
-            "the stream should hold duplicates"
-        );
-        assert_eq!(
-            streaming.stats().rejected_total(),
-            0,
-            "nothing may be turned away here, or the two passes count different events"
-        );
-        let expected = totals(deltas);
+        deltas.extend(e.flush_all());
+        (deltas, e.stats().clone(), spilled)
+    }
 
-        let mut batch = Engine::new(cfg);
-        let got = totals(batch.batch_floor(&events, &keys));
-        assert!(!expected.is_empty());
-        assert!(
-            expected.values().any(|a| a.fcr > 0 && a.fcr < a.resolved),
-            "the stream should have repeat contacts, or FCR is not exercised"
-        );
-        let differing: Vec<_> = expected
-            .iter()
-            .filter(|(k, v)| got.get(*k) != Some(*v))
-            .map(|(k, _)| k)
-            .take(5)
-            .collect();
-        assert!(
-            differing.is_empty() && got.len() == expected.len(),
-            "{} windows differ, e.g. {differing:?} ({} against {})",
-            expected
+    /// The floor is measured doing the engine's work: on simulated streams (one team
+    /// per agent, within the limits and the correction horizon, with duplicates,
+    /// repeat customers, and events out of order and later than the allowed lateness)
+    /// its windows equal those of the streaming engine fed the same events one by one.
+    /// Read the other way, the floor is an oracle for the engine's incremental
+    /// machinery: flushed windows corrected later, contacts re-derived and their
+    /// facts' difference applied, packed and unpacked, spilled and brought back, must
+    /// all add up to each contact derived once from its whole list.
+    #[test]
+    fn the_floor_pass_makes_the_engines_windows() {
+        // (seed, late events, pack after ms, flush every, spill)
+        let cases: [(u64, f64, i64, usize, bool); 5] = [
+            (1, 0.0, 180_000, 5_000, false),
+            (2, 0.02, 180_000, 1_000, false),
+            (3, 0.02, 0, 2_500, false),
+            (4, 0.01, 60_000, 3_001, true),
+            (5, 0.05, 0, 997, true),
+        ];
+        for (seed, late_rate, pack_after_ms, flush_every, spill) in cases {
+            let mut sim = Simulator::new(SimConfig {
+                seed,
+                agents: 40,
+                queues: 4,
+                contacts_per_hour: 600.0,
+                late_rate,
+                ..SimConfig::default()
+            });
+            let decoder = Decoder::default();
+            let lines: Vec<String> = (0..20_000).map(|_| sim.next_line().1).collect();
+            let events: Vec<Event> = lines
+                .iter()
+                .filter_map(|l| decoder.decode(l.as_bytes()).ok())
+                .collect();
+            let keys: Vec<Keys> = events.iter().map(Keys::of).collect();
+            let cfg = EngineConfig {
+                live: false,
+                pack_after_ms,
+                spill_after_ms: 60_000,
+                ..EngineConfig::default()
+            };
+            let case = format!(
+                "seed {seed}, late {late_rate}, pack after {pack_after_ms} ms, flush every {flush_every}, spill {spill}"
+            );
+            let (deltas, stats, spilled) = streamed(&cfg, &events, &keys, flush_every, spill);
+            assert!(
+                stats.duplicates > 0,
+                "{case}: the stream should hold duplicates"
+            );
+            assert_eq!(
+                stats.rejected_total(),
+                0,
+                "{case}: nothing may be turned away, or the two passes count different events"
+            );
+            if late_rate > 0.0 {
+                assert!(stats.late_applied > 0, "{case}: no late event was applied");
+            }
+            if spill {
+                assert!(spilled > 0, "{case}: nothing was spilled");
+            }
+            let expected = totals(deltas);
+
+            let mut batch = Engine::new(cfg);
+            let got = totals(batch.batch_floor(&events, &keys));
+            assert!(!expected.is_empty());
+            assert!(
+                expected.values().any(|a| a.fcr > 0 && a.fcr < a.resolved),
+                "{case}: the stream should have repeat contacts, or FCR is not exercised"
+            );
+            let differing: Vec<_> = expected
                 .iter()
                 .filter(|(k, v)| got.get(*k) != Some(*v))
-                .count(),
-            got.len(),
-            expected.len()
-        );
-        assert_eq!(batch.stats().duplicates, streaming.stats().duplicates);
+                .map(|(k, _)| k)
+                .collect();
+            assert!(
+                differing.is_empty() && got.len() == expected.len(),
+                "{case}: {} windows differ, e.g. {:?} ({} against {})",
+                differing.len(),
+                &differing[..differing.len().min(5)],
+                got.len(),
+                expected.len()
+            );
+            assert_eq!(batch.stats().duplicates, stats.duplicates, "{case}");
+        }
     }
 }
