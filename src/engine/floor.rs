@@ -45,14 +45,7 @@ impl Engine {
         let mut agent_states: HashSet<u128> = HashSet::default();
         for (ev, k) in events.iter().zip(keys) {
             self.stats.read += 1;
-            let agent = ev
-                .agent_id
-                .as_deref()
-                .map(|a| self.key(KeyDim::Agent, a, k.agent));
-            let team = ev
-                .team
-                .as_deref()
-                .map(|t| self.key(KeyDim::Team, t, k.team));
+            let (agent, team) = self.agent_and_team(ev, k);
             if let (Some(a), Some(t)) = (agent, team) {
                 self.agent_team.insert(a, t);
             }

@@ -970,14 +970,7 @@ impl Engine {
             self.stats.late_applied += 1;
         }
 
-        let agent = ev
-            .agent_id
-            .as_deref()
-            .map(|a| self.key(KeyDim::Agent, a, keys.agent));
-        let team = ev
-            .team
-            .as_deref()
-            .map(|t| self.key(KeyDim::Team, t, keys.team));
+        let (agent, team) = self.agent_and_team(ev, keys);
         if let (Some(a), Some(t)) = (agent, team) {
             match self.agent_team.get(&a) {
                 Some(&known) if known == t => {}
@@ -1076,6 +1069,19 @@ impl Engine {
         self.fire_wrap_deadlines();
         self.expire_due();
         Outcome::Accepted
+    }
+
+    /// The symbols event `ev`'s agent and team count under.
+    fn agent_and_team(&mut self, ev: &Event, keys: &Keys) -> (Option<Sym>, Option<Sym>) {
+        let agent = ev
+            .agent_id
+            .as_deref()
+            .map(|a| self.key(KeyDim::Agent, a, keys.agent));
+        let team = ev
+            .team
+            .as_deref()
+            .map(|t| self.key(KeyDim::Team, t, keys.team));
+        (agent, team)
     }
 
     /// Contact event `ev` as a contact holds it, its agent and team already interned
