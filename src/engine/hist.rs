@@ -10,6 +10,7 @@
 use std::sync::LazyLock;
 
 use hdrhistogram::Histogram;
+use smallvec::SmallVec;
 
 /// Largest recordable value: one year in milliseconds. Larger values are clamped.
 pub const MAX_VALUE_MS: u64 = 366 * 24 * 3600 * 1000;
@@ -152,20 +153,32 @@ impl Dense {
     }
 }
 
+/// Bins a sparse histogram holds in place, without a heap allocation. Most open
+/// windows' histograms are an agent's in a quarter-hour: one to a few contacts, so
+/// one to a few bins. On the heap, each of them was an allocation when its first
+/// value came and a reallocation at its fifth, and a free when its window was
+/// written: a quarter of a million allocations per million events, about a tenth of
+/// the instructions spent applying facts to the windows (docs/performance.md,
+/// "forty-second round").
+const INLINE_BINS: usize = 4;
+
+/// A sparse histogram's bins, the first [`INLINE_BINS`] in place.
+type SparseBins = SmallVec<[Bin; INLINE_BINS]>;
+
 /// Sparse or dense signed bins; see [`DENSE_AT`]. The rare dense form is boxed, so a
-/// histogram is one `Vec`'s 24 bytes (three per accumulator).
+/// histogram is 32 bytes (three per accumulator): the sparse list's 24 and a tag.
 #[derive(Clone, Debug)]
 enum Bins {
     /// Sorted by index, no zero counts.
-    Sparse(Vec<Bin>),
+    Sparse(SparseBins),
     Dense(Box<Dense>),
 }
 
-const _: () = assert!(size_of::<Hist>() == 24);
+const _: () = assert!(size_of::<Hist>() == 48);
 
 /// Add `count` at index `index` of sorted sparse bins: `Some(true)` when a bin was
 /// inserted, `None` (bins unchanged) when the count would not fit a [`Bin`].
-fn sparse_add(bins: &mut Vec<Bin>, index: u16, count: i64) -> Option<bool> {
+fn sparse_add(bins: &mut SparseBins, index: u16, count: i64) -> Option<bool> {
     match bins.binary_search_by_key(&index, |b| b.index) {
         Ok(i) => {
             let c = i32::try_from(i64::from(bins[i].count) + count).ok()?;
@@ -186,7 +199,7 @@ fn sparse_add(bins: &mut Vec<Bin>, index: u16, count: i64) -> Option<bool> {
 
 impl Default for Bins {
     fn default() -> Self {
-        Bins::Sparse(Vec::new())
+        Bins::Sparse(SparseBins::new())
     }
 }
 
@@ -246,7 +259,7 @@ impl Hist {
 
     /// From bins sorted by value without zero counts (a decoded or stored list).
     fn from_sorted(bins: Vec<(u64, i64)>) -> Hist {
-        let sparse: Option<Vec<Bin>> = bins
+        let sparse: Option<SparseBins> = bins
             .iter()
             .map(|&(value, count)| {
                 Some(Bin {
@@ -338,7 +351,7 @@ impl Hist {
             // Both sorted: one pass over the two lists. Bin by bin, each of `other`'s
             // bins was a binary search and an insertion shifting the tail, which made
             // merging a day's 96 quarter-hours into its window quadratic in the bins.
-            let mut out = Vec::with_capacity(mine.len() + theirs.len());
+            let mut out = SparseBins::with_capacity(mine.len() + theirs.len());
             let (mut i, mut j) = (0, 0);
             let merged = loop {
                 let next = match (mine.get(i), theirs.get(j)) {
