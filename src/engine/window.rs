@@ -80,10 +80,23 @@ impl Serialize for Interval {
 
 /// Maps timestamps to interval bounds in one zone, caching the current day because
 /// calendar arithmetic is the expensive part and events mostly arrive in order.
+///
+/// Sub-day windows are cached too: the UTC offset in force at the last timestamp with
+/// the span of time it holds for (between the zone's transitions), and the last
+/// window whose whole span has that one offset. Every timestamp inside that window
+/// then maps to it with two comparisons, where asking the zone for its offset was
+/// most of the cost of placing a fact in its window (docs/performance.md,
+/// "forty-second round"). Exact: between two transitions the offset is constant, and
+/// the window's bounds are a function of the timestamp and the offset alone.
 #[derive(Clone, Debug)]
 pub struct Windower {
     tz: TimeZone,
     day_cache: Option<(Millis, Millis)>,
+    /// `(from, until, offset_ms)`: the zone's offset is `offset_ms` at every
+    /// millisecond in `[from, until)`.
+    offset_cache: Option<(Millis, Millis, i64)>,
+    /// `(interval, start, end)`: a sub-day window inside `offset_cache`'s span.
+    minutes_cache: Option<(Interval, Millis, Millis)>,
 }
 
 impl Windower {
@@ -91,6 +104,8 @@ impl Windower {
         Windower {
             tz,
             day_cache: None,
+            offset_cache: None,
+            minutes_cache: None,
         }
     }
 
@@ -103,14 +118,73 @@ impl Windower {
         i64::from(self.tz.to_offset(t).seconds()) * 1000
     }
 
+    /// The offset at `ts` and the span `[from, until)` it holds for: from the zone's
+    /// last transition at or before `ts` to its next one after (whole milliseconds,
+    /// rounded up: at a millisecond at or past a transition the new offset is in
+    /// force). A zone without transitions (UTC, a fixed offset) holds one offset for
+    /// every timestamp.
+    fn offset_span(&self, ts: Millis) -> (Millis, Millis, i64) {
+        let off = self.offset_ms(ts);
+        let Ok(t) = Timestamp::from_millisecond(ts) else {
+            // Outside jiff's range: nothing cached beyond this one millisecond.
+            return (ts, ts.saturating_add(1), off);
+        };
+        let ceil_ms = |tr: Timestamp| {
+            let ms = tr.as_millisecond();
+            if tr.subsec_nanosecond().rem_euclid(1_000_000) != 0 {
+                ms + 1
+            } else {
+                ms
+            }
+        };
+        // `preceding` yields transitions strictly before its argument: from one
+        // millisecond later, a transition at `ts` itself is among them.
+        let after = Timestamp::from_millisecond(ts.saturating_add(1)).unwrap_or(t);
+        let from = self
+            .tz
+            .preceding(after)
+            .next()
+            .map_or(Millis::MIN, |tr| ceil_ms(tr.timestamp()));
+        let until = self
+            .tz
+            .following(t)
+            .next()
+            .map_or(Millis::MAX, |tr| ceil_ms(tr.timestamp()));
+        if (from..until).contains(&ts) {
+            (from, until, off)
+        } else {
+            // A transition within this millisecond: hold nothing beyond it.
+            (ts, ts.saturating_add(1), off)
+        }
+    }
+
     /// `[start, end)` of the interval holding `ts`.
     pub fn window(&mut self, iv: Interval, ts: Millis) -> (Millis, Millis) {
         match iv {
             Interval::Minutes(_) => {
+                if let Some((civ, s, e)) = self.minutes_cache
+                    && civ == iv
+                    && (s..e).contains(&ts)
+                {
+                    return (s, e);
+                }
+                let (from, until, off) = match self.offset_cache {
+                    Some(span @ (from, until, _)) if (from..until).contains(&ts) => span,
+                    _ => {
+                        let span = self.offset_span(ts);
+                        self.offset_cache = Some(span);
+                        span
+                    }
+                };
                 let size = iv.nominal_ms();
-                let off = self.offset_ms(ts);
                 let start = (ts + off).div_euclid(size) * size - off;
-                (start, start + size)
+                let end = start + size;
+                // Cached only when one offset holds for the whole window: then every
+                // timestamp in it maps to it.
+                if from <= start && end <= until {
+                    self.minutes_cache = Some((iv, start, end));
+                }
+                (start, end)
             }
             Interval::Day => {
                 if let Some((s, e)) = self.day_cache
@@ -198,6 +272,56 @@ mod tests {
             win("UTC", "15m", "2026-11-23T01:15:00Z"),
             ("2026-11-23T01:15:00Z".into(), "2026-11-23T01:30:00Z".into())
         );
+    }
+
+    /// The cached windower places every timestamp where the zone's offset at that
+    /// timestamp places it, through DST changes of an hour and of half an hour, zones
+    /// at half and three-quarter hours, and timestamps going back and forth.
+    #[test]
+    fn cached_windows_are_the_zones_windows() {
+        let zones = [
+            "UTC",
+            "America/New_York",
+            "Europe/London",
+            "Australia/Lord_Howe",
+            "America/St_Johns",
+            "Asia/Kathmandu",
+            "Pacific/Chatham",
+        ];
+        let intervals = ["15m", "30m", "1h", "2h", "12h"];
+        let start = ts("2026-01-01T00:00:00Z");
+        let year = 366 * 86_400_000;
+        for zone in zones {
+            let tz = TimeZone::get(zone).unwrap();
+            // Each interval alone (its window cached from one timestamp to the
+            // next), then all of them in turn.
+            let runs = intervals
+                .iter()
+                .map(|iv| vec![iv.parse::<Interval>().unwrap()])
+                .chain([intervals.iter().map(|iv| iv.parse().unwrap()).collect()]);
+            for run in runs {
+                let mut w = Windower::new(tz.clone());
+                // Steps of about 7 minutes through a year, with a step back now and
+                // then (late events).
+                let mut t = start;
+                let mut n = 0usize;
+                while t < start + year {
+                    n += 1;
+                    let iv = run[n % run.len()];
+                    let got = w.window(iv, t);
+                    let at = Timestamp::from_millisecond(t).unwrap();
+                    let off = i64::from(tz.to_offset(at).seconds()) * 1000;
+                    let size = iv.nominal_ms();
+                    let s = (t + off).div_euclid(size) * size - off;
+                    assert_eq!(got, (s, s + size), "{zone} {iv} at {}", fmt_utc(t));
+                    t += if n.is_multiple_of(11) {
+                        -3_600_000
+                    } else {
+                        419_987
+                    };
+                }
+            }
+        }
     }
 
     #[test]
