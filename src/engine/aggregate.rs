@@ -668,35 +668,59 @@ fn emit(
         return;
     };
     let interval = intervals[i as usize];
-    let mut order: Vec<(Dimension, u128, &str, Sym, usize)> = group
-        .iter()
-        .enumerate()
-        .flat_map(|(n, (_, w))| {
-            w.accs
-                .iter()
-                .filter(|(_, acc)| !acc.is_zero())
-                .map(move |(&(dimension, key), _)| {
-                    let name = syms.name(key);
-                    (dimension, name_prefix(name), name, key, n)
-                })
-        })
-        .collect();
-    // Unstable is exact here: no two keys of one (interval, start) share
-    // (dimension, name).
-    order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2.cmp(b.2)));
+    let order = key_order(group, syms);
     out.reserve(order.len());
-    for (dimension, _, name, key, n) in order {
-        if let Some(acc) = group[n].1.accs.remove(&(dimension, key)) {
+    for (dimension, key, n) in order {
+        if let Some(acc) = group[n as usize].1.accs.remove(&(dimension, key)) {
             out.push(SnapshotDelta {
                 interval,
                 start,
                 end,
                 dimension,
-                key: name.to_owned(),
+                key: syms.name(key).to_owned(),
                 acc,
             });
         }
     }
+}
+
+/// A key of a window group and the index of its window in the group.
+type KeyAt = (Dimension, Sym, u32);
+
+/// The non-zero accumulators of `group` (windows of one (interval, start)) as
+/// (dimension, key, window), ordered by (dimension, key name).
+fn key_order(group: &[Window], syms: &Interner) -> Vec<KeyAt> {
+    // A group holds one or two windows.
+    let keys = || {
+        group.iter().enumerate().flat_map(|(n, (_, w))| {
+            w.accs
+                .iter()
+                .filter(|(_, acc)| !acc.is_zero())
+                .map(move |(&(dimension, key), _)| (dimension, key, n as u32))
+        })
+    };
+    // By the names' places in the interner's order ([`Interner::order_names`]): one
+    // integer per key, (dimension, place), sorted as such. Unstable is exact: no two
+    // keys of one (interval, start) share (dimension, name).
+    let ranked: Option<Vec<(u64, KeyAt)>> = keys()
+        .map(|k| {
+            let place = syms.name_rank(k.1)?;
+            Some(((k.0 as u64) << 32 | u64::from(place), k))
+        })
+        .collect();
+    if let Some(mut ranked) = ranked {
+        ranked.sort_unstable_by_key(|r| r.0);
+        return ranked.into_iter().map(|r| r.1).collect();
+    }
+    // A name interned since the order was last brought up to date: by the names.
+    let mut named: Vec<(Dimension, u128, &str, KeyAt)> = keys()
+        .map(|k| {
+            let name = syms.name(k.1);
+            (k.0, name_prefix(name), name, k)
+        })
+        .collect();
+    named.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| a.2.cmp(b.2)));
+    named.into_iter().map(|r| r.3).collect()
 }
 
 /// [`Aggregator::lend_take`]'s job: a flush's take, owned, so that it runs on a second
@@ -917,6 +941,52 @@ mod tests {
             &[],
             false,
         )
+    }
+
+    /// A window's deltas come out in (dimension, key name) order whether the
+    /// interner's name order is up to date (keys sorted by their places) or not
+    /// (sorted by their names): the same deltas in the same order.
+    #[test]
+    fn deltas_are_in_name_order_with_or_without_places() {
+        let mut syms = Interner::default();
+        let mut agg = aggregator(&mut syms);
+        let mut facts = Vec::new();
+        // Names sharing 16-byte and longer prefixes, and a name that is a prefix of
+        // another, in an order that is not the names' order.
+        let names = [
+            "queue-b",
+            "queue-a",
+            "a-very-long-shared-prefix-2",
+            "a-very-long-shared-prefix-10",
+            "a-very-long-shared-prefix-1",
+            "a-very-long-shared-prefix-",
+            "Z",
+            "é",
+        ];
+        for (i, q) in names.iter().enumerate() {
+            let mut f = queue_fact(&mut syms, i as i64 * 60_000, 1_000);
+            f.queue = syms.intern(q);
+            f.channel = syms.intern(names[names.len() - 1 - i]);
+            facts.push(f);
+        }
+        let mut ordered = syms.clone();
+        ordered.order_names();
+        let mut twin = aggregator(&mut ordered);
+        for f in &facts {
+            agg.apply(f, 1, None);
+            twin.apply(f, 1, None);
+        }
+        let by_names = agg.take(|_| true, &syms);
+        let by_places = twin.take(|_| true, &ordered);
+        assert_eq!(by_names, by_places);
+        let keys: Vec<_> = by_places
+            .iter()
+            .map(|d| (d.interval, d.start, d.dimension, d.key.clone()))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys.len(), 2 * (1 + 2 * names.len()));
     }
 
     /// The windows come back from a helper with every fact it was given, as inline

@@ -136,6 +136,7 @@ impl Engine {
             buf = derived.facts;
             buf.clear();
         }
+        self.order_names();
         self.agg.take(|_| true, &self.syms)
     }
 }

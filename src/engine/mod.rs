@@ -1443,6 +1443,7 @@ impl Engine {
         // which otherwise waits through a flush (the reader has filled its batches
         // ahead; the writer has written the previous flush). The same windows give
         // the same deltas on either thread (docs/performance.md, "thirty-eighth round").
+        self.order_names();
         if self.agg.ready_accs(wm) < self.take_helper_min {
             self.release_settled(wm);
             return self.agg.take(|end| end <= wm, &self.syms);
@@ -1864,6 +1865,7 @@ impl Engine {
     pub fn flush_all(&mut self) -> Vec<SnapshotDelta> {
         self.settle();
         self.complete_waiting_wraps();
+        self.order_names();
         self.agg.take(|_| true, &self.syms)
     }
 
@@ -1913,6 +1915,7 @@ impl Engine {
         self.settle();
         self.complete_waiting_wraps();
         drop(self.release_contacts());
+        self.order_names();
         self.agg.take(|_| true, &self.syms)
     }
 
@@ -1943,6 +1946,7 @@ impl Engine {
         {
             tracing::debug!(error = %e, "no thread to release the contacts on; released inline");
         }
+        self.order_names();
         Ok(self.agg.take_all_in_parts(&self.syms, rows))
     }
 
@@ -1967,7 +1971,18 @@ impl Engine {
     /// for a daemon shutting down (deltas are additive, so a restart continues them).
     pub fn flush_open(&mut self) -> Vec<SnapshotDelta> {
         self.settle();
+        self.order_names();
         self.agg.take(|_| true, &self.syms)
+    }
+
+    /// Bring the interner's name order up to date before windows are taken: a take
+    /// emits each window's keys in name order, by their places in it
+    /// ([`Interner::order_names`]). Skipped while a take thread still shares the
+    /// interner (none does between flushes); the take then orders by the names.
+    fn order_names(&mut self) {
+        if let Some(syms) = Arc::get_mut(&mut self.syms) {
+            syms.order_names();
+        }
     }
 
     /// Release contacts and duplicate-detection memory that no acceptable event can
