@@ -136,8 +136,7 @@ impl Engine {
             buf = derived.facts;
             buf.clear();
         }
-        self.order_names();
-        self.agg.take(|_| true, &self.syms)
+        self.take_every_window()
     }
 }
 

@@ -1865,8 +1865,7 @@ impl Engine {
     pub fn flush_all(&mut self) -> Vec<SnapshotDelta> {
         self.settle();
         self.complete_waiting_wraps();
-        self.order_names();
-        self.agg.take(|_| true, &self.syms)
+        self.take_every_window()
     }
 
     /// Derive every contact still waiting for a wrap as if its deadline had passed
@@ -1915,8 +1914,7 @@ impl Engine {
         self.settle();
         self.complete_waiting_wraps();
         drop(self.release_contacts());
-        self.order_names();
-        self.agg.take(|_| true, &self.syms)
+        self.take_every_window()
     }
 
     /// [`Engine::finish`], its deltas handed out in parts of whole windows of at least
@@ -1971,6 +1969,11 @@ impl Engine {
     /// for a daemon shutting down (deltas are additive, so a restart continues them).
     pub fn flush_open(&mut self) -> Vec<SnapshotDelta> {
         self.settle();
+        self.take_every_window()
+    }
+
+    /// Every window, open ones included, as deltas in key order.
+    fn take_every_window(&mut self) -> Vec<SnapshotDelta> {
         self.order_names();
         self.agg.take(|_| true, &self.syms)
     }
