@@ -9,6 +9,11 @@
 //! - `engine`: read + decode + `Engine::apply` + a flush of closed windows every
 //!   250 000 events (the rows are dropped, no store): replay without SQLite, and the
 //!   largest number of contacts the engine held (sampled at every flush).
+//! - `engine-ahead`: `engine` as `replay` runs it: the file read and decoded ahead on
+//!   a thread of its own (`source::ahead::Ahead`, replay's reader), the engine on the
+//!   caller's thread. The design the issue names ("parse on one core while
+//!   aggregating on the other"); `engine` keeps decoding inline, so that its CPU and
+//!   instruction counts stay comparable with every earlier round.
 //! - `floor`: read the whole file, decode every line and hash its keys, then
 //!   `Engine::batch_floor`: the least a batch engine could do for these events
 //!   (grouped by contact with one sort, each contact derived once, every window taken
@@ -26,6 +31,7 @@ use std::time::Instant;
 use anyhow::Context;
 use ccmetrics::engine::{Engine, EngineConfig, Outcome};
 use ccmetrics::event::{Decoder, Keys};
+use ccmetrics::source::ahead::{Ahead, Item};
 use ccmetrics::source::file;
 use clap::Parser;
 
@@ -37,6 +43,7 @@ enum Mode {
     Read,
     Parse,
     Engine,
+    EngineAhead,
     Floor,
 }
 
@@ -61,7 +68,7 @@ fn main() -> anyhow::Result<()> {
     if a.mode == Mode::Floor {
         return floor(&a.input, &decoder, &cfg);
     }
-    let mut engine = (a.mode == Mode::Engine).then(|| {
+    let mut engine = matches!(a.mode, Mode::Engine | Mode::EngineAhead).then(|| {
         let base = EngineConfig::from_config(&cfg);
         Engine::new(EngineConfig {
             live: false,
@@ -77,12 +84,44 @@ fn main() -> anyhow::Result<()> {
             ..base
         })
     });
-    let mut reader =
-        file::open_lines(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     let (mut lines, mut ok, mut max_open) = (0u64, 0u64, 0usize);
     // `engine` mode: events the engine accepted (not duplicates, not rejected), so
     // that two inputs' runs can be checked to have done the same work.
     let mut accepted = 0u64;
+    if let (Mode::EngineAhead, Some(e)) = (a.mode, engine.as_mut()) {
+        let started = Instant::now();
+        let mut ahead = Ahead::spawn(vec![a.input.clone()], decoder)
+            .with_context(|| format!("reading {}", a.input.display()))?;
+        while let Some(item) = ahead.next() {
+            let batch = match item.with_context(|| format!("reading {}", a.input.display()))? {
+                Item::File(_) => continue,
+                Item::Batch(b) => b,
+            };
+            batch.with_dependent(|_, decoded| {
+                lines += decoded.len() as u64;
+                for (i, (ev, k)) in decoded.iter().zip(&decoded.keys).enumerate() {
+                    e.look_ahead(|d| decoded.keys.get(i + d));
+                    let Ok(ev) = ev else { continue };
+                    if e.apply_keyed(ev, k) == Outcome::Accepted {
+                        accepted += 1;
+                    }
+                    ok += 1;
+                    if ok.is_multiple_of(a.flush_every) {
+                        max_open = max_open.max(e.open_contacts());
+                        black_box(e.flush().len());
+                    }
+                }
+            });
+            ahead.recycle(batch);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        max_open = max_open.max(e.open_contacts());
+        black_box(e.flush_all().len());
+        report("engine-ahead", lines, ok, Some(accepted), secs, max_open);
+        return Ok(());
+    }
+    let mut reader =
+        file::open_lines(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     // Records are read in batches straight into one buffer, as `replay`'s reader
     // thread does (`read_records`); `engine` also applies them in batches, as `replay`
     // does, so that it can announce the next events' contacts (`Engine::look_ahead`).
@@ -109,7 +148,7 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            Mode::Floor => break,
+            Mode::Floor | Mode::EngineAhead => break,
             Mode::Engine => {
                 let Some(e) = engine.as_mut() else { break };
                 // Decoded into a vector of results and hashed once per event, as
@@ -145,17 +184,20 @@ fn main() -> anyhow::Result<()> {
         max_open = max_open.max(e.open_contacts());
         black_box(e.flush_all().len());
     }
-    let accepted = match a.mode {
-        Mode::Engine => format!(" accepted={accepted}"),
-        Mode::Read | Mode::Parse | Mode::Floor => String::new(),
-    };
+    let mode = format!("{:?}", a.mode).to_lowercase();
+    let accepted = (a.mode == Mode::Engine).then_some(accepted);
+    report(&mode, lines, ok, accepted, secs, max_open);
+    Ok(())
+}
+
+/// The one `key=value` line of `read`, `parse`, `engine` and `engine-ahead`.
+fn report(mode: &str, lines: u64, ok: u64, accepted: Option<u64>, secs: f64, max_open: usize) {
+    let accepted = accepted.map_or(String::new(), |n| format!(" accepted={n}"));
     println!(
-        "mode={} lines={lines} decoded={ok}{accepted} secs={secs:.3} events_per_s={:.0} max_open_contacts={max_open} peak_rss_kb={}",
-        format!("{:?}", a.mode).to_lowercase(),
+        "mode={mode} lines={lines} decoded={ok}{accepted} secs={secs:.3} events_per_s={:.0} max_open_contacts={max_open} peak_rss_kb={}",
         lines as f64 / secs.max(1e-9),
         peak_rss_kb().unwrap_or(0),
     );
-    Ok(())
 }
 
 /// `floor` mode: the whole file in memory, decoded, then one batch pass.
