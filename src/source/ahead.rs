@@ -1,14 +1,16 @@
-//! Files read and decoded ahead on a thread of their own, for `replay`.
+//! Files read and decoded ahead on threads of their own, for `replay`.
 //!
 //! Decoding (JSON parse and validation) is about a third of a replay's CPU time and
-//! needs nothing from the engine, so a reader thread reads the files in order, splits
-//! them into records and decodes them in batches while the caller's thread applies
-//! the previous batch: on two cores the engine no longer waits for the parser. The
-//! decoded events borrow their strings from the batch's bytes (no copy per field);
-//! [`Batch`] keeps the bytes and the events borrowing them together.
+//! needs nothing from the engine, so a reader thread reads the files in order and
+//! splits them into batches of records, and decoder threads decode the batches while
+//! the caller's thread applies the previous ones: on two cores the engine no longer
+//! waits for the parser. The decoded events borrow their strings from the batch's
+//! bytes (no copy per field); [`Batch`] keeps the bytes and the events borrowing them
+//! together.
 //!
-//! Order is preserved exactly (one reader, one bounded FIFO channel), so a replay's
-//! result is the same as decoding in line.
+//! Order is preserved exactly (one reader, batches dealt to the decoders in turn and
+//! taken back in the same turn, bounded FIFO channels), so a replay's result is the
+//! same as decoding in line, with any number of decoders.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -103,27 +105,98 @@ pub enum Item {
     Batch(Batch),
 }
 
-/// Reads and decodes `paths` in order on a new thread. Blank lines are skipped (they
-/// are not messages). The first error (a file that cannot be opened or read) ends the
+/// Reads `paths` in order on a thread of its own and decodes them on [`decoders`]
+/// more, handing the batches out in input order. Blank lines are skipped (they are
+/// not messages). The first error (a file that cannot be opened or read) ends the
 /// stream after everything before it.
+///
+/// The reader deals its batches to the decoders in turn (batch `k` to decoder
+/// `k mod n`) and [`Ahead`] takes them back in the same turn, so the order needs no
+/// reordering buffer. Why several decoders: with one, `replay` on two cores left a
+/// third of a core idle between flushes. The engine's thread used about 60 % of its
+/// core while the one decoder used all of the other, and the engine waited for it
+/// (docs/performance.md, "forty-third round"). A second decoder takes the rest of the
+/// engine's core.
+///
+/// Ordering holds without a deadlock. Batch `k` is dealt before batch `k + 1`, and
+/// when [`Ahead`] waits for batch `k` it has taken every batch before it, so decoder
+/// `k mod n`'s queue has room for it.
 pub struct Ahead {
-    rx: Receiver<Result<Item, SourceError>>,
+    /// Each decoder's decoded batches, in the order dealt.
+    rx: Vec<Receiver<Result<Item, SourceError>>>,
+    /// The decoder whose queue holds the next item.
+    next: usize,
     /// Applied batches going back to the reader thread (see [`Ahead::recycle`]).
     back: Sender<Batch>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
+/// What the reader deals to a decoder: the next item, still to decode.
+enum Job {
+    File(PathBuf),
+    Records(Records),
+    Failed(SourceError),
+}
+
+/// Decoders for a machine with `cores` cores: one per core (the engine's thread
+/// shares a core with one of them), at most [`MAX_DECODERS`].
+pub fn decoders(cores: usize) -> usize {
+    cores.clamp(1, MAX_DECODERS)
+}
+
+/// Decoding is three to four times cheaper per event than the engine's work, so more
+/// decoders than this would wait for the engine.
+const MAX_DECODERS: usize = 4;
+
 impl Ahead {
+    /// [`Ahead::with_decoders`] with [`decoders`] for this machine's cores.
     pub fn spawn(paths: Vec<PathBuf>, decoder: Decoder) -> std::io::Result<Ahead> {
-        let (tx, rx) = sync_channel(AHEAD);
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Ahead::with_decoders(paths, decoder, decoders(cores))
+    }
+
+    /// Read `paths` on one thread and decode them on `n` (at least one).
+    pub fn with_decoders(
+        paths: Vec<PathBuf>,
+        decoder: Decoder,
+        n: usize,
+    ) -> std::io::Result<Ahead> {
+        let n = n.max(1);
+        // The batches decoded ahead, shared among the decoders: as many in flight as
+        // with one decoder.
+        let queue = AHEAD.div_ceil(n);
+        let (mut jobs, mut rx, mut threads) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let (job_tx, job_rx) = sync_channel::<Job>(1);
+            let (tx, out) = sync_channel(queue);
+            let decoder = decoder.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("decode-{i}"))
+                .spawn(move || decode_all(&job_rx, &decoder, &tx));
+            match spawned {
+                Ok(t) => threads.push(t),
+                // The decoders already started end when their job queues close.
+                Err(e) => return Err(e),
+            }
+            jobs.push(job_tx);
+            rx.push(out);
+        }
         let (back, back_rx) = channel();
-        let thread = std::thread::Builder::new()
-            .name("decode".into())
-            .spawn(move || read_all(&paths, &decoder, &tx, &back_rx))?;
+        let mut turn = 0;
+        let deal = move |job: Job| {
+            let sent = jobs[turn].send(job).is_ok();
+            turn = (turn + 1) % jobs.len();
+            sent
+        };
+        let reader = std::thread::Builder::new()
+            .name("read".into())
+            .spawn(move || read_all(&paths, deal, &back_rx))?;
+        threads.push(reader);
         Ok(Ahead {
             rx,
+            next: 0,
             back,
-            thread: Some(thread),
+            threads,
         })
     }
 
@@ -142,12 +215,19 @@ impl Iterator for Ahead {
     type Item = Result<Item, SourceError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.rx.recv() {
-            Ok(item) => Some(item),
+        let rx = self.rx.get(self.next)?;
+        match rx.recv() {
+            Ok(item) => {
+                self.next = (self.next + 1) % self.rx.len();
+                Some(item)
+            }
             Err(_) => {
-                // The reader finished (or panicked: its batches so far were delivered
-                // and the panic was printed); nothing more will come.
-                if let Some(t) = self.thread.take() {
+                // The reader finished (or a thread panicked: the items before were
+                // delivered and the panic was printed); nothing more will come, as the
+                // next item would have come from this decoder. The other queues are
+                // closed so that no thread waits on a full one.
+                self.rx.clear();
+                for t in self.threads.drain(..) {
                     let _ = t.join();
                 }
                 None
@@ -156,22 +236,35 @@ impl Iterator for Ahead {
     }
 }
 
-fn read_all(
-    paths: &[PathBuf],
-    decoder: &Decoder,
-    tx: &SyncSender<Result<Item, SourceError>>,
-    back: &Receiver<Batch>,
-) {
+/// A decoder's thread: decode each job's records, in the order dealt.
+fn decode_all(jobs: &Receiver<Job>, decoder: &Decoder, tx: &SyncSender<Result<Item, SourceError>>) {
+    for job in jobs {
+        let item = match job {
+            Job::File(path) => Ok(Item::File(path)),
+            Job::Records(records) => Ok(Item::Batch(Batch::new(records, |r| {
+                Decoded::of(r, decoder)
+            }))),
+            Job::Failed(e) => Err(e),
+        };
+        if tx.send(item).is_err() {
+            return;
+        }
+    }
+}
+
+/// The reader's thread: split `paths` into batches of records and `deal` them out
+/// (false: nobody takes them any more).
+fn read_all(paths: &[PathBuf], mut deal: impl FnMut(Job) -> bool, back: &Receiver<Batch>) {
     // Buffers of batches handed back, their events freed (here, on this thread).
     let mut spare: Vec<Records> = Vec::new();
     for path in paths {
-        if tx.send(Ok(Item::File(path.clone()))).is_err() {
+        if !deal(Job::File(path.clone())) {
             return;
         }
         let mut reader = match file::open_lines(path) {
             Ok(r) => r,
             Err(e) => {
-                let _ = tx.send(Err(e));
+                deal(Job::Failed(e));
                 return;
             }
         };
@@ -196,15 +289,12 @@ fn read_all(
             ) {
                 Ok(more) => !more,
                 Err(e) => {
-                    let _ = tx.send(Err(SourceError::read(path, e)));
+                    deal(Job::Failed(SourceError::read(path, e)));
                     return;
                 }
             };
-            if !records.ranges.is_empty() {
-                let batch = Batch::new(records, |r| Decoded::of(r, decoder));
-                if tx.send(Ok(Item::Batch(batch))).is_err() {
-                    return;
-                }
+            if !records.ranges.is_empty() && !deal(Job::Records(records)) {
+                return;
             }
             if eof {
                 break;
@@ -295,16 +385,19 @@ mod tests {
         let used = Batch::new(used, |r| Decoded::of(r, &decoder));
         let (back_tx, back_rx) = channel();
         back_tx.send(used).unwrap();
-        let (tx, rx) = sync_channel(8);
-        read_all(&[a], &decoder, &tx, &back_rx);
-        drop(tx);
-        let batches: Vec<Batch> = rx
-            .iter()
-            .filter_map(|item| match item.unwrap() {
-                Item::Batch(b) => Some(b),
-                Item::File(_) => None,
-            })
-            .collect();
+        let mut batches: Vec<Batch> = Vec::new();
+        read_all(
+            &[a],
+            |job| {
+                match job {
+                    Job::Records(r) => batches.push(Batch::new(r, |r| Decoded::of(r, &decoder))),
+                    Job::File(_) => {}
+                    Job::Failed(e) => panic!("{e}"),
+                }
+                true
+            },
+            &back_rx,
+        );
         assert_eq!(batches.len(), 3);
         assert_eq!(
             batches[0].borrow_owner().bytes.as_ptr(),
@@ -325,5 +418,63 @@ mod tests {
         }
         let want: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
         assert_eq!(seen, want);
+    }
+
+    /// Any number of decoders hands out the same items in the same order as one:
+    /// every record of several files, each file announced before its batches, and a
+    /// read error last, after everything before it.
+    #[test]
+    fn several_decoders_keep_the_input_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
+        for (f, n) in [(0, 3 * BATCH_RECORDS + 7), (1, 5), (2, BATCH_RECORDS)] {
+            let p = dir.path().join(format!("{f}.jsonl"));
+            let text: String = (0..n)
+                .map(|i| {
+                    format!(
+                        "{{\"event_id\":\"f{f}-{i}\",\"type\":\"agent.state\",\"ts\":1795392000000,\"agent_id\":\"x\",\"state\":\"available\"}}\n"
+                    )
+                })
+                .collect();
+            std::fs::write(&p, text).unwrap();
+            paths.push(p);
+        }
+        paths.push(dir.path().join("missing.jsonl"));
+        let run = |n: usize| {
+            let mut seen = Vec::new();
+            let mut ahead = Ahead::with_decoders(paths.clone(), Decoder::default(), n).unwrap();
+            while let Some(item) = ahead.next() {
+                match item {
+                    Ok(Item::File(p)) => {
+                        seen.push(format!("file {}", p.file_name().unwrap().display()))
+                    }
+                    Ok(Item::Batch(b)) => {
+                        b.with_dependent(|_, decoded| {
+                            for (i, d) in decoded.iter().enumerate() {
+                                let ev = d.as_ref().unwrap();
+                                assert_eq!(decoded.keys[i], Keys::of(ev));
+                                seen.push(ev.event_id.to_string());
+                            }
+                        });
+                        // Recycled or dropped, the order is the same.
+                        if seen.len() % 2 == 0 {
+                            ahead.recycle(b);
+                        }
+                    }
+                    Err(e) => {
+                        seen.push(format!("error {}", e.to_string().contains("missing.jsonl")))
+                    }
+                }
+            }
+            seen
+        };
+        let one = run(1);
+        assert_eq!(one.len(), 4 * BATCH_RECORDS + 12 + 4 + 1);
+        assert_eq!(one[0], "file 0.jsonl");
+        assert_eq!(one[1], "f0-0");
+        assert_eq!(one.last().unwrap(), "error true");
+        for n in [2, 3, 5] {
+            assert_eq!(run(n), one, "{n} decoders");
+        }
     }
 }
