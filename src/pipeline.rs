@@ -211,7 +211,7 @@ impl Pipeline {
         self.ingest_decoded(bytes, &decoded, &keys, offset, key)
     }
 
-    /// Apply a message decoded elsewhere (by `source::ahead`'s reader thread, with
+    /// Apply a message decoded elsewhere (by `source::ahead`'s decoder threads, with
     /// this pipeline's decoder settings, and its [`Keys`] beside it); `bytes` are its
     /// raw form for dead letters.
     pub fn ingest_decoded(
@@ -222,7 +222,7 @@ impl Pipeline {
         offset: Option<i64>,
         key: Option<&[u8]>,
     ) -> Outcome {
-        // By reference: `replay` applies the events where its reader thread decoded
+        // By reference: `replay` applies the events where its decoder threads decoded
         // them, and moving each (~320 bytes) out of the batch and down into the engine
         // was 4 % of the engine thread's time.
         let (outcome, reject): (Outcome, Option<Cow<'_, Reject>>) = match decoded {

@@ -904,7 +904,7 @@ impl Engine {
     }
 
     /// [`Engine::apply_ref`] with the event's keys computed beforehand (`replay`'s
-    /// decoding thread computes them; [`Engine::look_ahead`] reads them too).
+    /// decoder threads compute them; [`Engine::look_ahead`] reads them too).
     /// `keys` must be `Keys::of(ev)`.
     pub fn apply_keyed(&mut self, ev: &Event, keys: &Keys) -> Outcome {
         debug_assert_eq!(*keys, Keys::of(ev), "keys of another event");

@@ -222,7 +222,7 @@ pub fn hash_id(id: &str) -> u128 {
 /// event (hashing the id each time was 4 % of a replay's samples), and finds agents,
 /// teams and queues by their names' hashes (another 4 %, on the engine's thread, the
 /// replay's critical path; docs/performance.md, "seventeenth round"). `replay`
-/// computes them on its decoding thread, beside the event.
+/// computes them on its decoder threads, beside the event.
 ///
 /// 96 bytes: `replay` holds one per event read ahead (~1.9 MiB at its 10 batches of
 /// 2,048 in flight), so the rare `to_agent_id` is hashed where it is used instead, and the
