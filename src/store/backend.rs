@@ -62,6 +62,10 @@ pub type RowsWritten<'a> =
 /// A snapshot store on an sqlx pool of backend `DB`.
 pub struct SqlxStore<DB: Database> {
     pub(super) pool: Pool<DB>,
+    /// SQLite's write-ahead log checkpointed on a thread of its own
+    /// ([`super::sqlite::Checkpointer`]); `None` for PostgreSQL and wherever SQLite
+    /// checkpoints itself.
+    pub(super) wal: Option<std::sync::Arc<super::sqlite::Checkpointer>>,
 }
 
 // By hand: a derive would require `DB: Clone + Debug`, which the driver markers are not.
@@ -69,6 +73,7 @@ impl<DB: Database> Clone for SqlxStore<DB> {
     fn clone(&self) -> Self {
         SqlxStore {
             pool: self.pool.clone(),
+            wal: self.wal.clone(),
         }
     }
 }
@@ -101,7 +106,7 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     pub(super) fn new(pool: Pool<DB>) -> Self {
-        SqlxStore { pool }
+        SqlxStore { pool, wal: None }
     }
 
     pub async fn close(&self) {

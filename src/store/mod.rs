@@ -212,7 +212,9 @@ pub enum Connections {
     /// statements (the chunked upserts are large programs), and the pool handed
     /// consecutive write transactions to two connections, so a replay held both
     /// copies: about 10 to 20 MiB of its peak (docs/performance.md, "twenty-ninth
-    /// round").
+    /// round"). A SQLite file's write-ahead log is checkpointed beside it, on a
+    /// connection of its own that holds no statements
+    /// ([`sqlite::Checkpointer`]), so that the writer never waits for the disk.
     Single,
 }
 
@@ -264,6 +266,10 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => {
+                // The background checkpoints end before the last one, on the pool.
+                if let Some(wal) = &s.wal {
+                    wal.stop();
+                }
                 s.checkpoint().await;
                 s.close().await
             }
