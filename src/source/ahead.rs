@@ -222,15 +222,19 @@ impl Iterator for Ahead {
                 Some(item)
             }
             Err(_) => {
-                // The reader finished (or a thread panicked: the items before were
-                // delivered and the panic was printed); nothing more will come, as the
-                // next item would have come from this decoder. The other queues are
-                // closed so that no thread waits on a full one.
+                // The reader finished, or a thread panicked; nothing more will come, as
+                // the next item would have come from this decoder. The other queues are
+                // closed so that no thread waits on a full one. A panic (a bug) ends
+                // the stream with an error, never as if the input had ended there.
                 self.rx.clear();
+                let mut stopped = None;
                 for t in self.threads.drain(..) {
-                    let _ = t.join();
+                    let thread = t.thread().name().unwrap_or("reader").to_owned();
+                    if t.join().is_err() {
+                        stopped.get_or_insert(SourceError::Stopped { thread });
+                    }
                 }
-                None
+                stopped.map(Err)
             }
         }
     }
@@ -476,5 +480,35 @@ mod tests {
         for n in [2, 3, 5] {
             assert_eq!(run(n), one, "{n} decoders");
         }
+    }
+
+    /// A thread that panics ends the stream with an error after what it delivered,
+    /// never as if the input had ended there.
+    #[test]
+    fn a_panicking_thread_ends_the_stream_with_an_error() {
+        let (tx, rx) = sync_channel(4);
+        let (back, _back_rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("decode-0".into())
+            .spawn(move || {
+                tx.send(Ok(Item::File(PathBuf::from("a.jsonl")))).unwrap();
+                panic!("a decoder's bug");
+            })
+            .unwrap();
+        let mut ahead = Ahead {
+            rx: vec![rx],
+            next: 0,
+            back,
+            threads: vec![thread],
+        };
+        assert!(matches!(ahead.next(), Some(Ok(Item::File(_)))));
+        match ahead.next() {
+            Some(Err(SourceError::Stopped { thread })) => assert_eq!(thread, "decode-0"),
+            other => panic!(
+                "expected the stop as an error, got {:?}",
+                other.map(|r| r.is_ok())
+            ),
+        }
+        assert!(ahead.next().is_none());
     }
 }

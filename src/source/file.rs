@@ -27,6 +27,10 @@ pub enum SourceError {
     Open { path: PathBuf, source: io::Error },
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
+    /// A reading or decoding thread panicked (a bug): what came before it was
+    /// delivered, the rest of the input was not read.
+    #[error("the {thread} thread stopped unexpectedly; the input after that point was not read")]
+    Stopped { thread: String },
 }
 
 impl SourceError {
