@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ccmetrics::engine::{Engine, EngineConfig, Outcome};
-use ccmetrics::event::{Decoder, Keys};
+use ccmetrics::event::{Decoder, Event, Keys, Reject};
 use ccmetrics::source::ahead::{Ahead, Item};
 use ccmetrics::source::file;
 use clap::Parser;
@@ -99,18 +99,8 @@ fn main() -> anyhow::Result<()> {
             };
             batch.with_dependent(|_, decoded| {
                 lines += decoded.len() as u64;
-                for (i, (ev, k)) in decoded.iter().zip(&decoded.keys).enumerate() {
-                    e.look_ahead(|d| decoded.keys.get(i + d));
-                    let Ok(ev) = ev else { continue };
-                    if e.apply_keyed(ev, k) == Outcome::Accepted {
-                        accepted += 1;
-                    }
-                    ok += 1;
-                    if ok.is_multiple_of(a.flush_every) {
-                        max_open = max_open.max(e.open_contacts());
-                        black_box(e.flush().len());
-                    }
-                }
+                let counts = (&mut ok, &mut accepted, &mut max_open);
+                apply_batch(e, decoded, &decoded.keys, a.flush_every, counts);
             });
             ahead.recycle(batch);
         }
@@ -158,18 +148,8 @@ fn main() -> anyhow::Result<()> {
                     .map(|r| decoder.decode(&arena[r.clone()]))
                     .collect();
                 let keys: Vec<Keys> = decoded.iter().map(Keys::of_decoded).collect();
-                for (i, (ev, k)) in decoded.iter().zip(&keys).enumerate() {
-                    e.look_ahead(|d| keys.get(i + d));
-                    let Ok(ev) = ev else { continue };
-                    if e.apply_keyed(ev, k) == Outcome::Accepted {
-                        accepted += 1;
-                    }
-                    ok += 1;
-                    if ok.is_multiple_of(a.flush_every) {
-                        max_open = max_open.max(e.open_contacts());
-                        black_box(e.flush().len());
-                    }
-                }
+                let counts = (&mut ok, &mut accepted, &mut max_open);
+                apply_batch(e, &decoded, &keys, a.flush_every, counts);
             }
         }
     }
@@ -188,6 +168,30 @@ fn main() -> anyhow::Result<()> {
     let accepted = (a.mode == Mode::Engine).then_some(accepted);
     report(&mode, lines, ok, accepted, secs, max_open);
     Ok(())
+}
+
+/// Apply a decoded batch as `replay` does: each event's contact announced ahead
+/// (`Engine::look_ahead`), closed windows flushed every `flush_every` events and their
+/// rows dropped. Counts (events applied, accepted, most contacts held at a flush).
+fn apply_batch(
+    e: &mut Engine,
+    decoded: &[Result<Event<'_>, Reject>],
+    keys: &[Keys],
+    flush_every: u64,
+    (ok, accepted, max_open): (&mut u64, &mut u64, &mut usize),
+) {
+    for (i, (ev, k)) in decoded.iter().zip(keys).enumerate() {
+        e.look_ahead(|d| keys.get(i + d));
+        let Ok(ev) = ev else { continue };
+        if e.apply_keyed(ev, k) == Outcome::Accepted {
+            *accepted += 1;
+        }
+        *ok += 1;
+        if ok.is_multiple_of(flush_every) {
+            *max_open = (*max_open).max(e.open_contacts());
+            black_box(e.flush().len());
+        }
+    }
 }
 
 /// The one `key=value` line of `read`, `parse`, `engine` and `engine-ahead`.
