@@ -266,9 +266,11 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => {
-                // The background checkpoints end before the last one, on the pool.
-                if let Some(wal) = &s.wal {
-                    wal.stop();
+                // The background checkpoints end before the last one, on the pool. The
+                // join waits for a checkpoint in progress (its syncs), off the runtime's
+                // threads.
+                if let Some(wal) = s.wal.clone() {
+                    let _ = tokio::task::spawn_blocking(move || wal.stop()).await;
                 }
                 s.checkpoint().await;
                 s.close().await

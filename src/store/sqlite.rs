@@ -263,8 +263,8 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1
 /// it. [`Store::close`](super::Store::close) stops the thread and checkpoints what is
 /// left.
 pub(super) struct Checkpointer {
-    stop: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The thread and the sender that stops it (dropped); `None` once stopped.
+    running: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
 impl Checkpointer {
@@ -290,20 +290,23 @@ impl Checkpointer {
                 }
             })?;
         Ok(Checkpointer {
-            stop: std::sync::Mutex::new(Some(stop)),
-            thread: std::sync::Mutex::new(Some(thread)),
+            running: std::sync::Mutex::new(Some((stop, thread))),
         })
     }
 
     /// End the thread once its checkpoint in progress, if any, is done. Idempotent.
     pub(super) fn stop(&self) {
-        // A poisoned lock still holds the sender or handle: take them anyway.
-        drop(self.stop.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = thread
-            && t.join().is_err()
-        {
-            tracing::warn!("the SQLite checkpoint thread panicked");
+        // A poisoned lock still holds the sender and handle: take them anyway.
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((stop, thread)) = running {
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::warn!("the SQLite checkpoint thread panicked");
+            }
         }
     }
 }
