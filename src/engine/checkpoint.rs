@@ -160,7 +160,8 @@ impl Engine {
             seen_by_hour: std::mem::take(&mut self.seen_by_hour),
             contacts: std::mem::take(&mut self.contacts),
             customers: std::mem::take(&mut self.customers),
-            agent_team: std::mem::take(&mut self.agent_team),
+            // Stored as a map, as before the engine held it densely.
+            agent_team: self.agent_team.iter().collect(),
             awaiting_team: std::mem::take(&mut self.awaiting_team),
             wrap_deadlines: std::mem::take(&mut self.wrap_deadlines),
             agg: self.agg.take_state(),
@@ -185,7 +186,6 @@ impl Engine {
         self.seen_by_hour = state.seen_by_hour;
         self.contacts = state.contacts;
         self.customers = state.customers;
-        self.agent_team = state.agent_team;
         self.awaiting_team = state.awaiting_team;
         self.wrap_deadlines = state.wrap_deadlines;
         self.agg.put_state(state.agg);
@@ -249,7 +249,7 @@ impl Engine {
         e.seen_by_hour = s.seen_by_hour;
         e.contacts = s.contacts;
         e.customers = s.customers;
-        e.agent_team = s.agent_team;
+        e.agent_team = s.agent_team.into_iter().collect();
         e.awaiting_team = s.awaiting_team;
         e.wrap_deadlines = s.wrap_deadlines;
         e.index_wrap_deadlines();

@@ -103,7 +103,7 @@ impl Engine {
         let mut list: Vec<CEvent> = Vec::new();
         let mut buf = ThinVec::new();
         let teams = &self.agent_team;
-        let agent_team = |a: Sym| teams.get(&a).copied();
+        let agent_team = |a: Sym| teams.get(a);
         for &(from, to, customer, first_offer) in &spans {
             list.clear();
             list.extend(

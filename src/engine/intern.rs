@@ -162,6 +162,79 @@ impl Interner {
     }
 }
 
+/// A map from symbols to `Copy` values, held densely by symbol index: a look-up is one
+/// indexed load, without hashing or probing. For maps that every event reads and whose
+/// keys are most of the symbols of a dimension (the agent → team map: a `HashMap`
+/// look-up there was about 5 % of the engine thread's samples in a replay,
+/// docs/performance.md, "forty-fourth round"). Memory: one slot per symbol interned
+/// (4 bytes for an `Option<Sym>`), whichever dimension it belongs to.
+#[derive(Clone, Debug)]
+pub struct SymMap<V> {
+    slots: Vec<Option<V>>,
+    len: usize,
+}
+
+impl<V> Default for SymMap<V> {
+    fn default() -> Self {
+        SymMap {
+            slots: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<V: Copy> SymMap<V> {
+    #[inline]
+    pub fn get(&self, k: Sym) -> Option<V> {
+        self.slots.get(k.index()).copied().flatten()
+    }
+
+    #[inline]
+    pub fn contains_key(&self, k: Sym) -> bool {
+        self.get(k).is_some()
+    }
+
+    /// Set `k`'s value; the previous one, if any.
+    pub fn insert(&mut self, k: Sym, v: V) -> Option<V> {
+        let i = k.index();
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, None);
+        }
+        let old = self.slots[i].replace(v);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every (key, value), in symbol order.
+    pub fn iter(&self) -> impl Iterator<Item = (Sym, V)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, v)| {
+            // Slots exist only up to the largest symbol inserted, a `u32`.
+            let k = Sym(NonZeroU32::new(u32::try_from(i + 1).ok()?)?);
+            v.map(|v| (k, v))
+        })
+    }
+}
+
+impl<V: Copy> FromIterator<(Sym, V)> for SymMap<V> {
+    fn from_iter<I: IntoIterator<Item = (Sym, V)>>(iter: I) -> Self {
+        let mut m = SymMap::default();
+        for (k, v) in iter {
+            m.insert(k, v);
+        }
+        m
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +278,32 @@ mod tests {
             if syms.len() > syms.sorted.len() {
                 prop_assert_eq!(syms.name_rank(late), None);
             }
+        }
+    }
+
+    proptest! {
+        /// A `SymMap` answers every look-up as a `HashMap` given the same inserts does,
+        /// and lists the same entries.
+        #[test]
+        fn sym_map_behaves_like_a_map(
+            ops in proptest::collection::vec((1u32..300, 0u32..5), 0..200),
+            probes in proptest::collection::vec(1u32..400, 0..50),
+        ) {
+            let sym = |n: u32| Sym(NonZeroU32::new(n).unwrap());
+            let mut dense = SymMap::default();
+            let mut map = std::collections::HashMap::new();
+            for (k, v) in ops {
+                prop_assert_eq!(dense.insert(sym(k), v), map.insert(sym(k), v));
+                prop_assert_eq!(dense.len(), map.len());
+            }
+            for k in probes {
+                prop_assert_eq!(dense.get(sym(k)), map.get(&sym(k)).copied());
+                prop_assert_eq!(dense.contains_key(sym(k)), map.contains_key(&sym(k)));
+            }
+            let mut listed: Vec<_> = map.into_iter().collect();
+            listed.sort();
+            prop_assert_eq!(dense.iter().collect::<Vec<_>>(), listed.clone());
+            prop_assert_eq!(listed.into_iter().collect::<SymMap<_>>().iter().collect::<Vec<_>>(), dense.iter().collect::<Vec<_>>());
         }
     }
 }

@@ -35,7 +35,7 @@ type HashSet<K> = StdHashSet<K, foldhash::fast::RandomState>;
 use self::acc::Acc;
 use self::aggregate::{Aggregator, DimKey, Helper};
 use self::contact::{CEvent, Ctx, Fact, Ms, Rules};
-use self::intern::{Interner, Sym};
+use self::intern::{Interner, Sym, SymMap};
 use self::limits::{Admission, KeyDim, KeyLimits};
 use self::table::KeyTable;
 use self::window::{Interval, Windower};
@@ -655,7 +655,7 @@ pub struct Engine {
     /// `spill_after_ms` has passed (stale entries skipped, as in `pack_queue`).
     spill_queue: std::collections::VecDeque<(Millis, ContactKey)>,
     customers: KeyTable<CustomerContacts>,
-    agent_team: HashMap<Sym, Sym>,
+    agent_team: SymMap<Sym>,
     /// Contacts with facts attributed to team `unknown` because their agent's team was
     /// not known yet; re-derived when it becomes known, so the result does not depend
     /// on whether the agent's other events arrived first.
@@ -790,7 +790,7 @@ impl Engine {
             spill: None,
             spill_queue: std::collections::VecDeque::new(),
             customers: KeyTable::default(),
-            agent_team: HashMap::default(),
+            agent_team: SymMap::default(),
             awaiting_team: HashMap::default(),
             wrap_deadlines: BTreeMap::new(),
             wrap_of: HashMap::default(),
@@ -972,8 +972,8 @@ impl Engine {
 
         let (agent, team) = self.agent_and_team(ev, keys);
         if let (Some(a), Some(t)) = (agent, team) {
-            match self.agent_team.get(&a) {
-                Some(&known) if known == t => {}
+            match self.agent_team.get(a) {
+                Some(known) if known == t => {}
                 Some(_) => {
                     // A contact derived before this event keeps the team it was derived
                     // with until something else re-derives it: put-off derivations
@@ -1331,7 +1331,7 @@ impl Engine {
             return;
         };
         c.unpack();
-        let agent_team = |a: Sym| teams.get(&a).copied();
+        let agent_team = |a: Sym| teams.get(a);
         let ctx = Ctx {
             rules: &cfg.rules,
             watermark,
@@ -1365,7 +1365,7 @@ impl Engine {
         for f in &derived.facts {
             if let Some(a) = f.agent
                 && f.team == *unknown
-                && !teams.contains_key(&a)
+                && !teams.contains_key(a)
             {
                 let waiting = awaiting_team.entry(a).or_default();
                 if !waiting.contains(&ck) {
@@ -1624,7 +1624,7 @@ impl Engine {
             return false;
         };
         free_to_spill(&events, &facts, self.unknown, |a| {
-            self.agent_team.contains_key(&a)
+            self.agent_team.contains_key(a)
         })
     }
 
@@ -2113,8 +2113,8 @@ impl Engine {
                 agent: self.syms.name(a).to_owned(),
                 team: self
                     .agent_team
-                    .get(&a)
-                    .map_or(UNKNOWN_KEY, |t| self.syms.name(*t))
+                    .get(a)
+                    .map_or(UNKNOWN_KEY, |t| self.syms.name(t))
                     .to_owned(),
                 state: st.state,
                 since: st.since,
