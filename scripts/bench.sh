@@ -30,7 +30,11 @@
 #                  over every core (docs/performance.md, "thirty-fourth round"); then
 #                  its timeline: per THREADS_STEP_MS [50] of wall time, how busy the
 #                  cores were and each of the busiest threads' share of a core
-#                  (where the write tail is: docs/performance.md, "thirty-ninth round")
+#                  (where the write tail is: docs/performance.md, "thirty-ninth round");
+#                  then a second replay under `perf sched record`: how long the cores
+#                  sat idle, how much of it while the engine's thread ran (it was then
+#                  the critical path), and its own running / off-CPU / waiting time
+#                  (benches/sched_idle.py, "forty-fourth round"; THREADS_SCHED=0 skips)
 #   grouped        what the order of the events costs the engine: `parse_bench engine`
 #                  on the first of SIZES and on the same events grouped by contact
 #                  (benches/group_by_contact.py), in turn over RUNS rounds: wall and CPU
@@ -509,6 +513,20 @@ threads_bench() {
         printf "\n"
       }
     }' "$samples"
+  # Samples count CPU time; they cannot tell an idle core from one not sampled, nor
+  # why a thread was off the CPU. The scheduler's own record of a second run can
+  # (docs/performance.md, "forty-fourth round"). THREADS_SCHED=0 skips it.
+  if [ "${THREADS_SCHED:-1}" != 0 ]; then
+    local sched="$OUT/threads.sched"
+    rm -f "$db" "$db-wal" "$db-shm"
+    echo "== threads: the same replay under perf sched: idle cores, and whether the engine's thread was running meanwhile"
+    if CCMETRICS__STORE__URL="sqlite://$db" RUST_LOG=error \
+      perf sched record -q -o "$sched" "$BIN" replay --input "$f" > /dev/null 2>&1; then
+      python3 benches/sched_idle.py "$sched"
+    else
+      echo "threads: perf sched record failed (scheduler tracepoints need root or perf_event_paranoid <= -1); skipped" >&2
+    fi
+  fi
 }
 
 # The engine on the events as they come and grouped by contact (docs/performance.md,
