@@ -655,6 +655,9 @@ pub struct Engine {
     /// `spill_after_ms` has passed (stale entries skipped, as in `pack_queue`).
     spill_queue: std::collections::VecDeque<(Millis, ContactKey)>,
     customers: KeyTable<CustomerContacts>,
+    /// Each agent's latest team, read by every event that names both and by every
+    /// derivation. Held densely by symbol: as a `HashMap` its probe was about 5 % of
+    /// the engine thread's samples (docs/performance.md, "forty-fourth round").
     agent_team: SymMap<Sym>,
     /// Contacts with facts attributed to team `unknown` because their agent's team was
     /// not known yet; re-derived when it becomes known, so the result does not depend
