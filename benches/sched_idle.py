@@ -40,20 +40,21 @@ def timehist(data, idle):
         yield p[1], p[2], end - run / 1000, end, wait / 1000, delay / 1000
 
 
-def overlap(a, b):
-    """Total length of the intersection of two lists of intervals."""
+def intersect(a, b):
+    """The intersection of two lists of intervals, each list disjoint within itself
+    (one thread's runs, one core's idle stretches), as intervals."""
     a, b = sorted(a), sorted(b)
     i = j = 0
-    total = 0.0
+    out = []
     while i < len(a) and j < len(b):
         lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
         if hi > lo:
-            total += hi - lo
+            out.append((lo, hi))
         if a[i][1] < b[j][1]:
             i += 1
         else:
             j += 1
-    return total
+    return out
 
 
 def wakers(data, main_task):
@@ -108,17 +109,21 @@ def main():
         if task == "<idle>" and e > t0 and s < t1:
             idle[cpu].append((max(s, t0), min(e, t1)))
     every = [iv for ivs in idle.values() for iv in ivs]
+    # Each core's idle stretches are disjoint, the two cores' are not: intersected
+    # with the engine's runs one core at a time.
+    inter = [iv for ivs in idle.values() for iv in intersect(ivs, engine)]
+    cores = len({cpu for cpu, *_ in runs} | set(idle))
     span = t1 - t0
     ran = sum(e - s for s, e in engine)
     idle_total = sum(e - s for s, e in every)
-    while_engine = overlap(every, engine)
-    print(f"span of the engine's thread: {span:.3f} s on {len(idle) or 'the'} cores")
+    while_engine = sum(e - s for s, e in inter)
+    print(f"span of the engine's thread: {span:.3f} s on {cores} cores")
     print(
         f"  engine's thread: running {ran:.3f} s ({100 * ran / span:.0f} %), "
         f"off the CPU {wait:.3f} s, waiting for a core {delay:.3f} s"
     )
     print(
-        f"  idle core time: {idle_total:.3f} s ({100 * idle_total / span / max(len(idle), 1):.0f} % of the cores); "
+        f"  idle core time: {idle_total:.3f} s ({100 * idle_total / span / max(cores, 1):.0f} % of the cores); "
         f"while the engine's thread ran: {while_engine:.3f} s ({100 * while_engine / max(idle_total, 1e-9):.0f} % of it)"
     )
     for cpu, ivs in sorted(idle.items()):
@@ -142,13 +147,6 @@ def main():
 
     spread(every, per)
     spread(engine, per_engine)
-    inter = []
-    ev = sorted(engine)
-    for iv in sorted(every):
-        for s, e in ev:
-            lo, hi = max(iv[0], s), min(iv[1], e)
-            if hi > lo:
-                inter.append((lo, hi))
     spread(inter, per_while)
     print("per 100 ms: engine's thread busy %, idle core ms, of which while the engine ran")
     for b in range(buckets):
