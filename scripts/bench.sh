@@ -52,6 +52,17 @@
 #                  (`batch_secs`); then, with valgrind, the instructions per event of
 #                  each (FLOOR_CALLGRIND=0 skips them, about 3 minutes at 1 M events;
 #                  docs/performance.md, "forty-first round")
+#   pairs          two builds side by side in alternated pairs, the method behind every
+#                  round's "new / old" figures: the directories A_DIR [target/release]
+#                  and B_DIR [target/pgo/release] each hold ccmetrics and
+#                  examples/parse_bench. PAIRS [11] pairs of `parse_bench engine` and of
+#                  `replay` + the DuckDB comparison's two exports on the first of SIZES,
+#                  the side that runs first alternating: the medians of the pair-by-pair
+#                  ratios B / A (wall, CPU) with their range, each side's medians and
+#                  peak RSS (benches/pairs.py); it fails if the two sides' exports differ
+#                  by a byte. A_DIR = B_DIR runs an A/A series: the host's own noise,
+#                  the smallest ratio a series can tell apart (docs/performance.md,
+#                  "forty-fifth round")
 #   kafka          serve catching up vs a bare rdkafka consumer, then latency
 #   kafka-latency  only the event -> /metrics latency
 #   suite          gen + duckdb + parse + memory + scrape (the issue 6 comparison)
@@ -633,6 +644,69 @@ floor_bench() {
   }'
 }
 
+# pairs_run KIND SIDE DIR ROUND FILE: one timed run of KIND (engine: `parse_bench
+# engine`; replay: `replay` + the two exports into a fresh SQLite file, the exports kept
+# as $OUT/pairs-SIDE-*.csv) with DIR's binaries; prints "KIND SIDE ROUND wall user
+# system peak_kb" (GNU time's peak is the largest process's: replay's).
+pairs_run() {
+  local kind=$1 side=$2 dir=$3 round=$4 f=$5 db="$OUT/pairs-$2.db"
+  case "$kind" in
+    engine)
+      /usr/bin/time -f "%e %U %S %M" -o "$OUT/pairs.time" "$dir/examples/parse_bench" engine "$f" > /dev/null
+      ;;
+    replay)
+      rm -f "$db" "$db-wal" "$db-shm"
+      /usr/bin/time -f "%e %U %S %M" -o "$OUT/pairs.time" bash -c '
+        set -e
+        export CCMETRICS__STORE__URL="sqlite://$1"
+        "$2/ccmetrics" replay --input "$3" > /dev/null
+        "$2/ccmetrics" export --window 15m --dimension queue > "$4-15m-queue.csv"
+        "$2/ccmetrics" export --window 1d --dimension agent > "$4-1d-agent.csv"
+      ' pairs "$db" "$dir" "$f" "$OUT/pairs-$side"
+      ;;
+  esac
+  echo "$kind $side $round $(tail -n 1 "$OUT/pairs.time")"
+}
+
+pairs_bench() {
+  local n=${SIZES[0]} f a=${A_DIR:-target/release} b=${B_DIR:-target/pgo/release}
+  local count=${PAIRS:-11} t=$OUT/pairs.runs i order side dir kind e
+  for dir in "$a" "$b"; do
+    if [ ! -x "$dir/ccmetrics" ] || [ ! -x "$dir/examples/parse_bench" ]; then
+      echo "pairs: $dir/ccmetrics or $dir/examples/parse_bench is missing (build it, or set A_DIR / B_DIR)" >&2
+      return 1
+    fi
+  done
+  f=$(set_file "$n")
+  events_file "$f" "$n" "$AGENTS"
+  echo "== pairs: B = $b against A = $a, $count alternated pairs, $n events, machine: $(machine)"
+  : > "$t"
+  for i in $(seq "$count"); do
+    # The side that runs first alternates: a host's speed drifts, and the first of two
+    # runs can be the faster (caches, turbo), so neither side gets the same place.
+    order="A B"
+    [ $((i % 2)) = 0 ] && order="B A"
+    for kind in engine replay; do
+      for side in $order; do
+        dir=$a
+        [ "$side" = B ] && dir=$b
+        pairs_run "$kind" "$side" "$dir" "$i" "$f" >> "$t"
+      done
+    done
+  done
+  python3 benches/pairs.py "$t"
+  echo "  [$(machine)]"
+  # A faster build that computes other figures is not faster: the exports must match.
+  for e in 15m-queue 1d-agent; do
+    if cmp -s "$OUT/pairs-A-$e.csv" "$OUT/pairs-B-$e.csv"; then
+      echo "  export $e: byte-identical on both sides ($(wc -l < "$OUT/pairs-A-$e.csv") lines)"
+    else
+      echo "pairs: export $e DIFFERS between $a and $b" >&2
+      return 1
+    fi
+  done
+}
+
 engine_bench() {
   local events="$OUT/events-$N-$AGENTS.jsonl"
   events_file "$events" "$N" "$AGENTS" 300 "$CPH"
@@ -743,6 +817,7 @@ case "$WHAT" in
   threads) threads_bench ;;
   grouped) grouped_bench ;;
   floor) floor_bench ;;
+  pairs) pairs_bench ;;
   kafka | kafka-latency) kafka_bench ;;
   suite) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench ;;
   all) gen_bench; duckdb_bench; parse_bench; memory_bench; scrape_bench; kafka_bench ;;
