@@ -252,8 +252,10 @@ impl<'s> Out<'s> {
         if v.fract() == 0.0 && v.abs() < 9.0e15 && !(v == 0.0 && v.is_sign_negative()) {
             let s = self.int.format(v as i64);
             self.buf.extend_from_slice(s.as_bytes());
-        } else if ryu_matches_display(v) {
-            let s = self.float.format_finite(v);
+        } else if let Some(s) = in_range_for_ryu(v)
+            .then(|| self.float.format_finite(v))
+            .filter(|s| !is_tie(v, s))
+        {
             self.buf.extend_from_slice(s.as_bytes());
         } else {
             use std::io::Write;
@@ -263,16 +265,44 @@ impl<'s> Out<'s> {
     }
 }
 
-/// Whether `ryu` prints `v` exactly as `f64`'s `Display` does: both print the shortest
-/// digits that round-trip, but `ryu` switches to exponent notation outside
-/// [1e-5, 1e16) and prints whole numbers with a `.0`; and where two shortest
-/// candidates are equally close (from 2^49 ≈ 5.6e14 up, where a step is 1/8 and
-/// `x.25` lies midway between `x.2` and `x.3`) the two break the tie differently.
-/// Below 1e14 (every ratio, rate and seconds sum a scrape has) the text is the same,
-/// at a quarter of the cost.
-fn ryu_matches_display(v: f64) -> bool {
-    let a = v.abs();
-    v.fract() != 0.0 && (1e-5..1e14).contains(&a)
+/// Whether `ryu` writes `v` in `Display`'s notation: both print the shortest digits
+/// that round-trip, but `ryu` switches to exponent notation outside [1e-5, 1e16) and
+/// prints whole numbers with a `.0`. Inside this range the two texts are the same at a
+/// quarter of the cost, except at a tie ([`is_tie`]).
+fn in_range_for_ryu(v: f64) -> bool {
+    v.fract() != 0.0 && (1e-5..1e14).contains(&v.abs())
+}
+
+/// Whether `v` lies exactly midway between two shortest candidates, `printed` (ryu's
+/// plain-decimal text of it) being one: then ryu rounds the last digit half to even and
+/// `Display` rounds it half up, and the texts differ (-90896891695788.625 is
+/// "-90896891695788.62" to ryu, "-90896891695788.63" to `Display`: found by the
+/// property test below). A tie needs the exact binary value's decimal expansion to be
+/// one digit longer than the printed one, ending in 5; a dyadic `m · 2^q` with `m` odd
+/// and `q < 0` has exactly `-q` fractional digits, the last a 5. So the check is exact:
+/// no tie is missed, and nothing else is sent to `Display`'s slower path.
+fn is_tie(v: f64, printed: &str) -> bool {
+    let printed_digits = printed.split_once('.').map_or(0, |(_, f)| f.len());
+    exact_fraction_digits(v) == printed_digits + 1
+}
+
+/// The number of fractional digits of `v`'s exact decimal expansion (finite `v`).
+fn exact_fraction_digits(v: f64) -> usize {
+    let bits = v.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1u64 << 52) - 1);
+    // value = mantissa · 2^exp, as IEEE 754 lays it out (subnormals without the
+    // implicit bit).
+    let (mantissa, exp) = if biased == 0 {
+        (fraction, -1074)
+    } else {
+        (fraction | (1u64 << 52), biased - 1075)
+    };
+    if mantissa == 0 {
+        return 0;
+    }
+    let q = exp + mantissa.trailing_zeros() as i32;
+    usize::try_from(-q).unwrap_or(0)
 }
 
 /// One per-dimension family.
@@ -902,6 +932,16 @@ mod tests {
             0.3,
             299.99,
             86_399.999,
+            // Ties between two shortest candidates, where ryu rounds half to even and
+            // `Display` half up: the property test's find (bits 14039033839954996008,
+            // -90896891695788.625) and others with a longer shortest text (2^43 +
+            // 1/16, 2^39 + 1/32, 1/2 + 2^-17), written as sums so the exact values
+            // show.
+            f64::from_bits(14_039_033_839_954_996_008),
+            -(90_896_891_695_788.0 + 5.0 / 8.0),
+            8_796_093_022_208.0 + 1.0 / 16.0,
+            549_755_813_888.0 + 1.0 / 32.0,
+            0.5 + 1.0 / 131_072.0,
         ] {
             assert_eq!(written(v), v.to_string(), "{v:e}");
         }
