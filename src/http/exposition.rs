@@ -282,8 +282,14 @@ fn in_range_for_ryu(v: f64) -> bool {
 /// and `q < 0` has exactly `-q` fractional digits, the last a 5. So the check is exact:
 /// no tie is missed, and nothing else is sent to `Display`'s slower path.
 fn is_tie(v: f64, printed: &str) -> bool {
+    let exact = exact_fraction_digits(v);
+    // Most values (ratios, seconds) are no short dyadic: their expansions run to dozens
+    // of digits, longer than the whole text, and the text need not be read.
+    if exact > printed.len() {
+        return false;
+    }
     let printed_digits = printed.split_once('.').map_or(0, |(_, f)| f.len());
-    exact_fraction_digits(v) == printed_digits + 1
+    exact == printed_digits + 1
 }
 
 /// The number of fractional digits of `v`'s exact decimal expansion (finite `v`).
