@@ -149,7 +149,8 @@ fn settings(cfg: &EngineConfig) -> (Vec<String>, String) {
 
 impl Engine {
     /// Serialise the engine's state. The state is moved out for encoding and put
-    /// back, so this needs `&mut self` but copies nothing.
+    /// back, so this needs `&mut self` but copies nothing but the agent → team map,
+    /// which the engine holds densely and the format stores as a map.
     pub fn checkpoint(&mut self) -> Result<Vec<u8>, CheckpointError> {
         self.settle();
         let (intervals, timezone) = settings(&self.cfg);
@@ -249,6 +250,18 @@ impl Engine {
         e.seen_by_hour = s.seen_by_hour;
         e.contacts = s.contacts;
         e.customers = s.customers;
+        // The map is held densely by symbol: a symbol past the interner's names (a
+        // corrupt checkpoint) would size it by that number, up to 2^32 slots. As a
+        // `HashMap` such an entry cost one slot; now it is refused.
+        let known = e.syms.names().len();
+        if s.agent_team
+            .iter()
+            .any(|(a, t)| a.index() >= known || t.index() >= known)
+        {
+            return Err(CheckpointError::Decode(
+                postcard::Error::DeserializeBadEncoding,
+            ));
+        }
         e.agent_team = s.agent_team.into_iter().collect();
         e.awaiting_team = s.awaiting_team;
         e.wrap_deadlines = s.wrap_deadlines;
@@ -272,6 +285,18 @@ impl Engine {
 
 #[cfg(test)]
 impl Engine {
+    /// This engine's checkpoint with `team` recorded as `agent`'s team, symbols given
+    /// by number whether or not the interner holds them: for tests of a corrupt map.
+    pub(crate) fn checkpoint_with_agent_team(&mut self, agent: u32, team: u32) -> Vec<u8> {
+        let bytes = self.checkpoint().unwrap();
+        let (mut s, rest): (State, &[u8]) = postcard::take_from_bytes(&bytes[1..]).unwrap();
+        let sym = |n: u32| Sym::from_raw(std::num::NonZeroU32::new(n).unwrap());
+        s.agent_team.insert(sym(agent), sym(team));
+        let mut out = postcard::to_extend(&s, vec![bytes[0]]).unwrap();
+        out.extend_from_slice(rest);
+        out
+    }
+
     /// This engine's state in an older checkpoint `version` (1 to 3), as the
     /// binaries of that format wrote it: for tests of the upgrade path.
     pub(crate) fn checkpoint_as(&mut self, version: u8) -> Vec<u8> {

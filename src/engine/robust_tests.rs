@@ -296,3 +296,31 @@ fn agent_state_ids_are_kept_for_hours_not_the_horizon() {
         Outcome::Duplicate
     );
 }
+
+/// The agent → team map is held densely by symbol, so a corrupt checkpoint naming a
+/// symbol far past the interner's names would size it by that number (2^32 slots of
+/// 4 bytes). Restore refuses such a checkpoint instead, and still takes one whose
+/// symbols are all known.
+#[test]
+fn a_checkpoint_naming_unknown_symbols_in_the_team_map_is_refused() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(answered("1", "c1", 10.0, "agent-1", "alpha"));
+    let agent = e.syms.get("agent-1").expect("interned").raw();
+    let team = e.syms.get("alpha").expect("interned").raw();
+    let known = e.checkpoint_with_agent_team(agent, team);
+    let r = Engine::restore(EngineConfig::default(), &known).expect("known symbols restore");
+    assert_eq!(
+        r.agent_team.get(r.syms.get("agent-1").unwrap()),
+        r.syms.get("alpha")
+    );
+    for (a, t) in [(u32::MAX, team), (agent, u32::MAX)] {
+        let corrupt = e.checkpoint_with_agent_team(a, t);
+        assert!(
+            matches!(
+                Engine::restore(EngineConfig::default(), &corrupt),
+                Err(checkpoint::CheckpointError::Decode(_))
+            ),
+            "agent {a}, team {t}"
+        );
+    }
+}
