@@ -58,9 +58,9 @@
 #                  examples/parse_bench. PAIRS [11] pairs of `parse_bench engine` and of
 #                  `replay` + the DuckDB comparison's two exports on the first of SIZES,
 #                  the side that runs first alternating: the medians of the pair-by-pair
-#                  ratios B / A (wall, CPU) with their range, each side's medians and
-#                  peak RSS (benches/pairs.py); it fails if the two sides' exports differ
-#                  by a byte. A_DIR = B_DIR runs an A/A series: the host's own noise,
+#                  ratios B / A (wall, CPU) with their range, and each side's min /
+#                  median / max (the DuckDB mode's helpers); it fails if the two sides'
+#                  exports differ by a byte. A_DIR = B_DIR runs an A/A series: the host's own noise,
 #                  the smallest ratio a series can tell apart (docs/performance.md,
 #                  "forty-fifth round")
 #   kafka          serve catching up vs a bare rdkafka consumer, then latency
@@ -172,9 +172,14 @@ timed() {
   fi
 }
 
-# pair_ratios A B: "min median max" of the runs' ratios A / B (wall), line by line.
+# pair_ratios A B [cpu]: "min median max" of the runs' ratios A / B, line by line: of
+# the wall seconds, or with `cpu` of user + system.
 pair_ratios() {
-  paste -d' ' "$1" "$2" | awk '{if ($4 > 0) printf "%.3f\n", $1 / $4}' | median
+  paste -d' ' "$1" "$2" | awk -v cpu="${3:-}" '{
+    a = cpu ? $2 + $3 : $1
+    b = cpu ? $5 + $6 : $4
+    if (b > 0) printf "%.3f\n", a / b
+  }' | median
 }
 
 gen_bench() {
@@ -644,33 +649,27 @@ floor_bench() {
   }'
 }
 
-# pairs_run KIND SIDE DIR ROUND FILE: one timed run of KIND (engine: `parse_bench
-# engine`; replay: `replay` + the two exports into a fresh SQLite file, the exports kept
-# as $OUT/pairs-SIDE-*.csv) with DIR's binaries; prints "KIND SIDE ROUND wall user
-# system peak_kb" (GNU time's peak is the largest process's: replay's).
+# pairs_run KIND DIR SIDE FILE: the command of one run of KIND with DIR's binaries:
+# `parse_bench engine`, or `replay` + the two exports into a fresh SQLite file (the
+# exports kept as $OUT/pairs-SIDE-*.csv, for the check that both sides agree).
 pairs_run() {
-  local kind=$1 side=$2 dir=$3 round=$4 f=$5 db="$OUT/pairs-$2.db"
+  local kind=$1 dir=$2 side=$3 f=$4 db="$OUT/pairs-$3.db"
   case "$kind" in
-    engine)
-      /usr/bin/time -f "%e %U %S %M" -o "$OUT/pairs.time" "$dir/examples/parse_bench" engine "$f" > /dev/null
-      ;;
+    engine) "$dir/examples/parse_bench" engine "$f" ;;
     replay)
       rm -f "$db" "$db-wal" "$db-shm"
-      /usr/bin/time -f "%e %U %S %M" -o "$OUT/pairs.time" bash -c '
-        set -e
-        export CCMETRICS__STORE__URL="sqlite://$1"
-        "$2/ccmetrics" replay --input "$3" > /dev/null
-        "$2/ccmetrics" export --window 15m --dimension queue > "$4-15m-queue.csv"
-        "$2/ccmetrics" export --window 1d --dimension agent > "$4-1d-agent.csv"
-      ' pairs "$db" "$dir" "$f" "$OUT/pairs-$side"
+      CCMETRICS__STORE__URL="sqlite://$db" RUST_LOG=error "$dir/ccmetrics" replay --input "$f" &&
+        CCMETRICS__STORE__URL="sqlite://$db" "$dir/ccmetrics" export --window 15m --dimension queue \
+          > "$OUT/pairs-$side-15m-queue.csv" &&
+        CCMETRICS__STORE__URL="sqlite://$db" "$dir/ccmetrics" export --window 1d --dimension agent \
+          > "$OUT/pairs-$side-1d-agent.csv"
       ;;
   esac
-  echo "$kind $side $round $(tail -n 1 "$OUT/pairs.time")"
 }
 
 pairs_bench() {
   local n=${SIZES[0]} f a=${A_DIR:-target/release} b=${B_DIR:-target/pgo/release}
-  local count=${PAIRS:-11} t=$OUT/pairs.runs i order side dir kind e
+  local count=${PAIRS:-11} i order side dir kind e
   for dir in "$a" "$b"; do
     if [ ! -x "$dir/ccmetrics" ] || [ ! -x "$dir/examples/parse_bench" ]; then
       echo "pairs: $dir/ccmetrics or $dir/examples/parse_bench is missing (build it, or set A_DIR / B_DIR)" >&2
@@ -680,7 +679,10 @@ pairs_bench() {
   f=$(set_file "$n")
   events_file "$f" "$n" "$AGENTS"
   echo "== pairs: B = $b against A = $a, $count alternated pairs, $n events, machine: $(machine)"
-  : > "$t"
+  for kind in engine replay; do
+    : > "$OUT/pairs-$kind-A.times"
+    : > "$OUT/pairs-$kind-B.times"
+  done
   for i in $(seq "$count"); do
     # The side that runs first alternates: a host's speed drifts, and the first of two
     # runs can be the faster (caches, turbo), so neither side gets the same place.
@@ -690,11 +692,20 @@ pairs_bench() {
       for side in $order; do
         dir=$a
         [ "$side" = B ] && dir=$b
-        pairs_run "$kind" "$side" "$dir" "$i" "$f" >> "$t"
+        time_once "$OUT/pairs-$kind-$side.times" pairs_run "$kind" "$dir" "$side" "$f"
       done
     done
   done
-  python3 benches/pairs.py "$t"
+  local wmin wmed wmax cmin cmed cmax lo med hi cpu
+  for kind in engine replay; do
+    read -r wmin wmed wmax < <(pair_ratios "$OUT/pairs-$kind-B.times" "$OUT/pairs-$kind-A.times")
+    read -r cmin cmed cmax < <(pair_ratios "$OUT/pairs-$kind-B.times" "$OUT/pairs-$kind-A.times" cpu)
+    echo "$kind: B / A, median of the $count pairs' ratios (min, max): wall $wmed ($wmin, $wmax), CPU $cmed ($cmin, $cmax)"
+    for side in A B; do
+      read -r lo med hi cpu < <(summary "$OUT/pairs-$kind-$side.times")
+      echo "  $side: s $lo / $med / $hi, CPU s per run $cpu"
+    done
+  done
   echo "  [$(machine)]"
   # A faster build that computes other figures is not faster: the exports must match.
   for e in 15m-queue 1d-agent; do
