@@ -14,6 +14,10 @@
 //! - `engine`: a JSONL stream → decode → `Engine::apply`, with flushes, wall-clock
 //!   advances, checkpoint + restore round trips and the live views in between, under
 //!   random small cardinality limits; checks the input accounting adds up.
+//! - `checkpoint`: a JSONL stream applied to an engine, whose checkpoint is then
+//!   damaged byte by byte many times; each damaged copy must be refused with an error
+//!   or restore to an engine that keeps working (apply, flush, live views, checkpoint,
+//!   finish), without a panic or a hang.
 //!
 //! Corpus: `fuzz/corpus/<target>/` (one message or one stream per file). Inputs that
 //! produce an outcome not seen before (a new reject reason and detail shape, or for
@@ -56,7 +60,12 @@ fn parse_args() -> Result<Args, String> {
     let target = match it.next().as_deref() {
         Some("decode") => Target::Decode,
         Some("engine") => Target::Engine,
-        other => return Err(format!("target must be decode or engine, got {other:?}")),
+        Some("checkpoint") => Target::Checkpoint,
+        other => {
+            return Err(format!(
+                "target must be decode, engine or checkpoint, got {other:?}"
+            ));
+        }
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
     let mut a = Args {
@@ -130,13 +139,25 @@ fn run_one(target: Target, input: &[u8]) -> Result<String, String> {
 }
 
 fn fuzz(a: &Args) -> usize {
-    let mut corpus: Vec<Vec<u8>> = std::fs::read_dir(&a.corpus)
-        .map(|d| {
-            let mut paths: Vec<PathBuf> = d.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut dirs = vec![a.corpus.clone()];
+    // The checkpoint target's inputs are streams, as the engine's are: it starts from
+    // the engine's corpus too.
+    if a.target == Target::Checkpoint
+        && let Some(root) = a.corpus.parent()
+    {
+        dirs.push(root.join(Target::Engine.name()));
+    }
+    let mut corpus: Vec<Vec<u8>> = dirs
+        .iter()
+        .flat_map(|dir| {
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
             paths.sort();
-            paths.iter().filter_map(|p| std::fs::read(p).ok()).collect()
+            paths
         })
-        .unwrap_or_default();
+        .filter_map(|p| std::fs::read(p).ok())
+        .collect();
     if corpus.is_empty() {
         corpus.push(b"{}".to_vec());
     }
@@ -165,7 +186,9 @@ fn fuzz(a: &Args) -> usize {
         let other = &corpus[rng.random_range(0..corpus.len())];
         let input = match a.target {
             Target::Decode => fuzzing::mutate_message(&mut rng, base, other),
-            Target::Engine => fuzzing::mutate_stream(&mut rng, base, other),
+            // The checkpoint target damages the checkpoint itself; its stream varies
+            // as the engine's does.
+            Target::Engine | Target::Checkpoint => fuzzing::mutate_stream(&mut rng, base, other),
         };
         runs += 1;
         match run_one(a.target, &input) {
@@ -204,7 +227,7 @@ fn save(dir: &Path, target: Target, input: &[u8]) -> PathBuf {
     let hash = xxhash_rust::xxh3::xxh3_64(input);
     let ext = match target {
         Target::Decode => "json",
-        Target::Engine => "jsonl",
+        Target::Engine | Target::Checkpoint => "jsonl",
     };
     let path = dir.join(format!("{}-{hash:016x}.{ext}", target.name()));
     if let Err(e) = std::fs::write(&path, input) {

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-180}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(decode engine)
+[ ${#targets[@]} -eq 0 ] && targets=(decode engine checkpoint)
 
 cargo build --locked --example fuzz
 status=0

@@ -12,10 +12,15 @@ use std::path::Path;
 use harness::Target;
 
 fn replay_dir(target: Target, dir: &str) -> usize {
+    replay_inputs(target, dir, target)
+}
+
+/// Replays the inputs saved for `saved_for` through `target`.
+fn replay_inputs(target: Target, dir: &str, saved_for: Target) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz")
         .join(dir)
-        .join(target.name());
+        .join(saved_for.name());
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return 0;
     };
@@ -53,4 +58,15 @@ fn decoder_corpus_and_regressions() {
 fn engine_corpus_and_regressions() {
     let n = replay_dir(Target::Engine, "corpus") + replay_dir(Target::Engine, "regressions");
     assert!(n >= 5, "only {n} engine inputs found");
+}
+
+/// Damaged checkpoints: each stream of the engine's corpus is checkpointed and the
+/// checkpoint damaged 48 times (most of the copies sealed again with a matching
+/// checksum); every copy must be refused or restore to a working engine.
+#[test]
+fn checkpoint_corpus_and_regressions() {
+    let n = replay_dir(Target::Checkpoint, "corpus")
+        + replay_dir(Target::Checkpoint, "regressions")
+        + replay_inputs(Target::Checkpoint, "corpus", Target::Engine);
+    assert!(n >= 5, "only {n} checkpoint inputs found");
 }

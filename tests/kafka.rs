@@ -180,6 +180,66 @@ fn sigterm_mid_stream_commits_within_the_deadline_and_a_restart_equals_replay() 
     assert_eq!(w.exports(), expected);
 }
 
+/// A partition's checkpoint damaged in the store (one byte flipped, as a bad disk or
+/// a hand edit would) stops the daemon assigned that partition with an error that
+/// names the partition and the damage: no panic, and no engine continued from other
+/// figures. Once the damaged partition is started afresh (its checkpoint and rows
+/// deleted, as the error advises), a restart ends where replay does.
+#[test]
+fn a_checkpoint_damaged_in_the_store_stops_serve_with_an_error() {
+    let _serial = support::serial();
+    let w = World::new("damaged", 2, None);
+    let events = w.generate(4_000, 23);
+    let expected = w.replay_exports(&[&events]);
+    w.produce_all(&events);
+    let d = w.serve("first");
+    w.wait_for_exports(&expected, CATCH_UP);
+    d.stop();
+
+    let db_path = w.store_url.trim_start_matches("sqlite://").to_owned();
+    let partition = format!("kafka:{}:0", w.topic);
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    let mut state: Vec<u8> = db
+        .query_row(
+            "SELECT state FROM checkpoints WHERE partition = ?1",
+            [&partition],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let middle = state.len() / 2;
+    state[middle] ^= 0x04;
+    db.execute(
+        "UPDATE checkpoints SET state = ?1 WHERE partition = ?2",
+        rusqlite::params![state, partition],
+    )
+    .unwrap();
+
+    let mut d = w.serve("second");
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "serve went on from a damaged checkpoint");
+    let log = std::fs::read_to_string(w.path("second.log")).unwrap();
+    assert!(
+        log.contains(&format!("cannot restore partition {partition}")),
+        "{log}"
+    );
+    assert!(log.contains("checkpoint is damaged"), "{log}");
+    assert!(log.contains("checksum does not match"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    drop(d);
+
+    // Started afresh as the error advises: the partition's checkpoint and rows go, and
+    // the next run reads it again from the beginning of the topic.
+    db.execute("DELETE FROM checkpoints WHERE partition = ?1", [&partition])
+        .unwrap();
+    db.execute("DELETE FROM snapshots WHERE partition = ?1", [&partition])
+        .unwrap();
+    drop(db);
+    let d = w.serve("third");
+    w.wait_for_exports(&expected, CATCH_UP);
+    d.stop();
+    assert_eq!(w.exports(), expected);
+}
+
 #[test]
 fn scale_out_stop_one_and_add_one_equals_replay() {
     let _serial = support::serial();

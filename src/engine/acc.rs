@@ -218,6 +218,19 @@ impl Acc {
             && self.frt_hist.is_empty()
     }
 
+    /// Whether every counter and histogram count lies within ±2^62. No real figure
+    /// comes near (2^62 ms are 146 million years), and values in that range add up
+    /// without overflowing. A restored checkpoint's accumulators are checked: one
+    /// beyond it is damage, which would otherwise wrap into other figures.
+    pub fn plausible(&self) -> bool {
+        const BOUND: u64 = 1 << 62;
+        self.counters().iter().all(|c| c.unsigned_abs() < BOUND)
+            && self
+                .hists()
+                .iter()
+                .all(|h| h.iter().all(|(_, c)| c.unsigned_abs() < BOUND))
+    }
+
     /// Integer primitives in [`COUNTER_NAMES`] order.
     pub fn counters(&self) -> [i64; 21] {
         [

@@ -846,6 +846,46 @@ pub(super) struct AggState {
     totals: HashMap<DimKey, Acc>,
 }
 
+impl AggState {
+    /// What a restored checkpoint's windows must hold to, or why they do not: every
+    /// window names one of the `intervals` configured intervals by its index (flushing
+    /// looks the index up), and every accumulator is [`Acc::plausible`].
+    pub(super) fn check(&self, intervals: usize) -> Result<(), &'static str> {
+        let windows = || self.windows.iter().chain(&self.coarse);
+        if !windows().all(|((i, _), _)| usize::from(*i) < intervals) {
+            return Err("a window names an interval past the configured ones");
+        }
+        let mut accs = windows()
+            .flat_map(|(_, w)| w.accs.values())
+            .chain(self.minutes.values().flat_map(HashMap::values))
+            .chain(self.totals.values());
+        if !accs.all(Acc::plausible) {
+            return Err("an accumulator holds a count or sum past 2^62");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl AggState {
+    /// Renumbers one window's interval to `interval`: for tests of a damaged checkpoint.
+    pub(super) fn renumber_a_window(&mut self, interval: u8) -> bool {
+        let Some(key) = self.windows.keys().next().copied() else {
+            return false;
+        };
+        let w = self.windows.remove(&key).unwrap_or_default();
+        self.windows.insert((interval, key.1), w);
+        true
+    }
+
+    /// One accumulator of a window, if any: for tests of a damaged checkpoint.
+    pub(super) fn an_acc_mut(&mut self) -> Option<&mut Acc> {
+        self.windows
+            .values_mut()
+            .find_map(|w| w.accs.values_mut().next())
+    }
+}
+
 /// Which intervals each dimension keeps, and how: as bit sets over the interval
 /// indexes, per dimension (`Dimension as usize`).
 #[derive(Clone, Debug, PartialEq)]

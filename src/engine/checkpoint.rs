@@ -66,8 +66,16 @@ impl State<LegacyContact> {
     }
 }
 
-/// Bumped whenever the layout below changes; formats 1 to 3 still restore (upgraded).
-const FORMAT_VERSION: u8 = 4;
+/// Bumped whenever the layout below changes; formats 1 to 4 still restore (1 to 3
+/// upgraded, 1 to 4 without a checksum to check).
+const FORMAT_VERSION: u8 = 5;
+
+/// Format 5 ends with the xxh3-64 (little-endian) of every byte before it, the
+/// version byte included. A checkpoint comes back from the store after a restart or a
+/// rebalance; damage to it (a disk, a hand edit, a copy cut short) is refused as such,
+/// rather than decoded into other figures or an engine that fails later.
+const CHECKSUM_FROM: u8 = 5;
+const CHECKSUM_BYTES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -77,6 +85,12 @@ pub enum CheckpointError {
     Decode(postcard::Error),
     #[error("empty checkpoint")]
     Empty,
+    #[error(
+        "the engine checkpoint is damaged: {what}; the partition cannot continue from it. \
+         Restore the store from a backup, or start the partition afresh (delete its checkpoint \
+         and snapshots, then replay)"
+    )]
+    Damaged { what: String },
     #[error(
         "checkpoint format {found} is not supported by this version (expects {FORMAT_VERSION})"
     )]
@@ -182,6 +196,10 @@ impl Engine {
                 };
                 postcard::to_extend(&extra, buf)
             })
+            .map(|mut buf| {
+                seal(&mut buf);
+                buf
+            })
             .map_err(CheckpointError::Encode);
         // Put everything back whether or not encoding worked.
         self.seen_by_hour = state.seen_by_hour;
@@ -196,10 +214,15 @@ impl Engine {
 
     /// An engine continuing from `bytes` (made by [`Engine::checkpoint`]) under `cfg`.
     pub fn restore(cfg: EngineConfig, bytes: &[u8]) -> Result<Engine, CheckpointError> {
-        let (&version, body) = bytes.split_first().ok_or(CheckpointError::Empty)?;
+        let (&version, _) = bytes.split_first().ok_or(CheckpointError::Empty)?;
         if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(CheckpointError::Version { found: version });
         }
+        let body = if version >= CHECKSUM_FROM {
+            &checked(bytes)?[1..]
+        } else {
+            &bytes[1..]
+        };
         let (s, rest): (State, &[u8]) = if version >= 4 {
             postcard::take_from_bytes(body).map_err(CheckpointError::Decode)?
         } else {
@@ -235,6 +258,16 @@ impl Engine {
                 what: "[windows] timezone",
                 stored: s.timezone,
                 configured: timezone,
+            });
+        }
+        // What the engine later indexes or decodes on trust, checked now: a checkpoint
+        // consistent in its bytes (format 5's checksum) can still be a bug's.
+        if let Err(what) = s.agg.check(cfg.intervals.len()) {
+            return Err(CheckpointError::Damaged { what: what.into() });
+        }
+        if let Some((key, _)) = s.contacts.iter().find(|(_, c)| !c.packed_decodes()) {
+            return Err(CheckpointError::Damaged {
+                what: format!("contact {key:032x}'s packed events do not decode"),
             });
         }
         let mut e = Engine::new(cfg);
@@ -273,6 +306,11 @@ impl Engine {
         e.stats = s.stats;
         e.stats.expired = extra.expired;
         e.stats.overflowed = extra.overflowed;
+        if !e.stats.plausible() {
+            return Err(CheckpointError::Damaged {
+                what: "an input counter is past 2^62".into(),
+            });
+        }
         // A format-2 checkpoint has no admission: names are admitted afresh as they
         // come, up to the limits.
         e.admission = extra.admission;
@@ -283,24 +321,104 @@ impl Engine {
     }
 }
 
+/// Appends the checksum of everything in `buf` (format 5 on).
+fn seal(buf: &mut Vec<u8>) {
+    let sum = xxhash_rust::xxh3::xxh3_64(buf);
+    buf.extend_from_slice(&sum.to_le_bytes());
+}
+
+/// `bytes` without their checksum, once it matches (format 5 on).
+fn checked(bytes: &[u8]) -> Result<&[u8], CheckpointError> {
+    let Some(split) = bytes.len().checked_sub(CHECKSUM_BYTES).filter(|n| *n > 0) else {
+        return Err(CheckpointError::Damaged {
+            what: format!("{} bytes, too short to hold its checksum", bytes.len()),
+        });
+    };
+    let (data, stored) = bytes.split_at(split);
+    let mut le = [0; CHECKSUM_BYTES];
+    le.copy_from_slice(stored);
+    let (stored, computed) = (u64::from_le_bytes(le), xxhash_rust::xxh3::xxh3_64(data));
+    if stored != computed {
+        return Err(CheckpointError::Damaged {
+            what: format!(
+                "its checksum does not match its {} bytes (stored {stored:016x}, computed {computed:016x})",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(data)
+}
+
+/// Damage done to a checkpoint behind a matching checksum, for tests of restore's
+/// checks.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Damage {
+    /// A window names an interval past the configured ones.
+    Interval,
+    /// A packed contact's bytes do not decode.
+    Packed,
+    /// An accumulator's count past 2^62.
+    Counter,
+    /// An input counter past 2^62.
+    Stats,
+}
+
 #[cfg(test)]
 impl Engine {
+    /// This engine's checkpoint with `damage` done to its state, sealed again: the
+    /// bytes are consistent, their meaning is not. `None` when the state has nothing
+    /// to damage that way.
+    pub(crate) fn checkpoint_damaged(&mut self, damage: Damage) -> Option<Vec<u8>> {
+        let bytes = self.checkpoint().unwrap();
+        let data = checked(&bytes).unwrap();
+        let (mut s, rest): (State, &[u8]) = postcard::take_from_bytes(&data[1..]).unwrap();
+        let done = match damage {
+            Damage::Interval => s
+                .agg
+                .renumber_a_window(u8::try_from(s.intervals.len()).unwrap()),
+            Damage::Packed => s
+                .contacts
+                .iter_mut()
+                .find_map(|(_, c)| c.packed.as_mut())
+                .map(|b| *b = Box::new([0xff; 3]))
+                .is_some(),
+            Damage::Counter => s.agg.an_acc_mut().map(|a| a.offered = 1 << 62).is_some(),
+            Damage::Stats => {
+                s.stats.read = u64::MAX;
+                true
+            }
+        };
+        let mut out = postcard::to_extend(&s, vec![bytes[0]]).unwrap();
+        out.extend_from_slice(rest);
+        seal(&mut out);
+        done.then_some(out)
+    }
+
     /// This engine's checkpoint with `team` recorded as `agent`'s team, symbols given
     /// by number whether or not the interner holds them: for tests of a corrupt map.
     pub(crate) fn checkpoint_with_agent_team(&mut self, agent: u32, team: u32) -> Vec<u8> {
         let bytes = self.checkpoint().unwrap();
-        let (mut s, rest): (State, &[u8]) = postcard::take_from_bytes(&bytes[1..]).unwrap();
+        let data = checked(&bytes).unwrap();
+        let (mut s, rest): (State, &[u8]) = postcard::take_from_bytes(&data[1..]).unwrap();
         let sym = |n: u32| Sym::from_raw(std::num::NonZeroU32::new(n).unwrap());
         s.agent_team.insert(sym(agent), sym(team));
         let mut out = postcard::to_extend(&s, vec![bytes[0]]).unwrap();
         out.extend_from_slice(rest);
+        // Sealed as the engine seals its own: the damage is in the meaning, not the bytes.
+        seal(&mut out);
         out
     }
 
-    /// This engine's state in an older checkpoint `version` (1 to 3), as the
+    /// This engine's state in an older checkpoint `version` (1 to 4), as the
     /// binaries of that format wrote it: for tests of the upgrade path.
     pub(crate) fn checkpoint_as(&mut self, version: u8) -> Vec<u8> {
-        let bytes = self.checkpoint().unwrap();
+        let mut bytes = self.checkpoint().unwrap();
+        bytes.truncate(bytes.len() - CHECKSUM_BYTES);
+        if version == 4 {
+            bytes[0] = 4;
+            return bytes;
+        }
         let (s, rest): (State, &[u8]) = postcard::take_from_bytes(&bytes[1..]).unwrap();
         let (floor, extra): (super::live::Floor, &[u8]) = postcard::take_from_bytes(rest).unwrap();
         let legacy = s.map_contacts(|mut c| {

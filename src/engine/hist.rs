@@ -7,6 +7,7 @@
 //! relative error), so converting to an [`hdrhistogram::Histogram`] for storage,
 //! merging and percentiles is lossless.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use hdrhistogram::Histogram;
@@ -266,20 +267,35 @@ impl Hist {
             .map(|&(value, count)| {
                 Some(Bin {
                     index: sparse_index(value),
-                    count: i32::try_from(count).ok()?,
+                    count: i32::try_from(count).ok().filter(|c| *c != 0)?,
                 })
             })
             .collect();
+        // The sparse form's order and non-zero counts are invariants the rest of this
+        // file relies on. A list that breaks them is not one this code writes (a
+        // damaged checkpoint behind a matching checksum, a hand-edited row): it is
+        // added up bin by bin below instead of trusted.
+        let sparse = sparse.filter(|s| s.windows(2).all(|w| w[0].index < w[1].index));
         let mut h = Hist::new();
         match sparse {
             Some(sparse) => {
                 h.bins = Bins::Sparse(sparse);
                 h.densify_if_large();
             }
-            // A count past `i32` (a stored row merged over a long period).
+            // A count past `i32` (a stored row merged over a long period), or a list
+            // out of order.
             None => {
                 h.densify();
+                // Each bin's counts added up first, saturating, and recorded once: a
+                // damaged list repeating a bin with huge counts must not overflow here
+                // (a restored checkpoint's accumulators are then checked for
+                // plausible counts, `Acc::plausible`).
+                let mut sums: BTreeMap<usize, (u64, i64)> = BTreeMap::new();
                 for (value, count) in bins {
+                    let sum = sums.entry(index_of(value)).or_insert((value, 0));
+                    sum.1 = sum.1.saturating_add(count);
+                }
+                for (value, count) in sums.into_values() {
                     h.record(value, count);
                 }
             }
@@ -770,6 +786,32 @@ mod tests {
         r.record(7, big);
         r.record(7, big);
         assert_eq!(r.iter().collect::<Vec<_>>(), [(7, 2 * big)]);
+    }
+
+    /// A stored list out of order, repeating a bin or holding a zero count (not one
+    /// this code writes: a damaged checkpoint behind a matching checksum) is added up
+    /// bin by bin instead of trusted as the sparse form; huge repeated counts
+    /// saturate rather than overflow.
+    #[test]
+    fn a_stored_list_out_of_order_is_added_up() {
+        let mut want = Hist::new();
+        for (v, c) in [(5, 2), (900, 1), (40, -3)] {
+            want.record(v, c);
+        }
+        for list in [
+            vec![(900, 1), (5, 2), (40, -3)],
+            vec![(5, 1), (40, -3), (5, 1), (900, 1)],
+            vec![(5, 2), (7, 0), (40, -3), (900, 1)],
+        ] {
+            let h = Hist::from_sorted(list.clone());
+            assert_eq!(
+                h.iter().collect::<Vec<_>>(),
+                want.iter().collect::<Vec<_>>(),
+                "{list:?}"
+            );
+        }
+        let h = Hist::from_sorted(vec![(5, i64::MAX), (5, i64::MAX), (1, 1)]);
+        assert_eq!(h.iter().collect::<Vec<_>>(), [(1, 1), (5, i64::MAX)]);
     }
 
     /// A histogram turned dense by one count past `i32` holds the doubling of that

@@ -350,6 +350,23 @@ impl Stats {
         self.rejected.values().sum()
     }
 
+    /// Whether every count lies below 2^62, as [`acc::Acc::plausible`] asks of a
+    /// restored checkpoint's accumulators: far past any real input, and room to add.
+    pub fn plausible(&self) -> bool {
+        const BOUND: u64 = 1 << 62;
+        [
+            self.read,
+            self.accepted,
+            self.duplicates,
+            self.late_applied,
+            self.expired,
+        ]
+        .iter()
+        .chain(self.rejected.values())
+        .chain(self.overflowed.values())
+        .all(|n| *n < BOUND)
+    }
+
     /// Add another input's counts (several partitions shown as one).
     pub fn merge(&mut self, o: &Stats) {
         self.read += o.read;
@@ -516,6 +533,15 @@ impl Contact {
         self.packed = Some(bytes);
         self.events = ThinVec::new();
         self.facts = ThinVec::new();
+    }
+
+    /// Whether a packed contact's bytes decode. [`Contact::unpack`] trusts them, as
+    /// the engine's own; a restored checkpoint is checked contact by contact.
+    fn packed_decodes(&self) -> bool {
+        type Body = (Millis, ThinVec<CEvent>, ThinVec<Fact>);
+        self.packed
+            .as_ref()
+            .is_none_or(|b| postcard::from_bytes::<Body>(b).is_ok())
     }
 
     /// The events and facts of a packed contact, decoded without unpacking it.

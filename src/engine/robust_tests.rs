@@ -324,3 +324,91 @@ fn a_checkpoint_naming_unknown_symbols_in_the_team_map_is_refused() {
         );
     }
 }
+
+/// Format 5 ends with a checksum: a checkpoint damaged anywhere (a flipped bit, a copy
+/// cut short) is refused as damaged instead of decoded into other figures. Format 4,
+/// written before the checksum, still restores.
+#[test]
+fn a_damaged_checkpoint_is_refused_by_its_checksum() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(offered("1", "c1", 0.0, "q", "k"));
+    e.apply(answered("2", "c1", 30.0, "agent-1", "alpha"));
+    let bytes = e.checkpoint().unwrap();
+    assert_eq!(bytes[0], 5);
+    Engine::restore(EngineConfig::default(), &bytes).expect("an intact checkpoint restores");
+    let damaged = |what: &str, b: &[u8]| match Engine::restore(EngineConfig::default(), b) {
+        Err(checkpoint::CheckpointError::Damaged { what }) => what,
+        Err(other) => panic!("{what}: refused, but not as damaged: {other}"),
+        Ok(_) => panic!("{what}: restored"),
+    };
+    for at in [1, bytes.len() / 2, bytes.len() - 9, bytes.len() - 1] {
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 0x10;
+        assert!(
+            damaged("flipped", &flipped).contains("checksum"),
+            "byte {at}"
+        );
+    }
+    assert!(damaged("cut", &bytes[..bytes.len() - 3]).contains("checksum"));
+    assert!(damaged("stub", &bytes[..5]).contains("too short"));
+    let message = Engine::restore(EngineConfig::default(), &bytes[..bytes.len() - 1])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("start the partition afresh"), "{message}");
+
+    let v4 = e.checkpoint_as(4);
+    assert_eq!(v4[0], 4);
+    let r = Engine::restore(EngineConfig::default(), &v4).expect("format 4 restores");
+    assert_eq!(r.stats(), e.stats());
+    assert_eq!(r.open_contacts(), e.open_contacts());
+}
+
+/// Behind a matching checksum, restore still checks what the engine later indexes,
+/// decodes or adds to on trust: a checkpoint a bug could write is refused with what is
+/// wrong, rather than panicking or wrapping later (the `checkpoint` fuzz target).
+#[test]
+fn a_checkpoint_consistent_in_its_bytes_but_not_its_meaning_is_refused() {
+    use checkpoint::Damage;
+    // Contacts packed as soon as they settle; c2 keeps a window open.
+    let cfg = EngineConfig {
+        pack_after_ms: 0,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(cfg.clone());
+    e.apply(offered("1", "c1", 0.0, "q", "k"));
+    e.apply(answered("2", "c1", 30.0, "agent-1", "alpha"));
+    e.apply(simple("3", "contact.ended", "c1", 300.0));
+    e.flush();
+    e.apply(offered("4", "c2", 3.0 * 3_600.0, "q", "k2"));
+    e.apply(answered(
+        "5",
+        "c2",
+        3.0 * 3_600.0 + 20.0,
+        "agent-1",
+        "alpha",
+    ));
+    e.flush();
+    e.apply(simple("6", "contact.abandoned", "c3", 3.0 * 3_600.0 + 60.0));
+    assert!(e.contacts_packed() > 0, "no packed contact to damage");
+    for (damage, says) in [
+        (Damage::Interval, "interval"),
+        (Damage::Packed, "packed events"),
+        (Damage::Counter, "2^62"),
+        (Damage::Stats, "2^62"),
+    ] {
+        let bytes = e
+            .checkpoint_damaged(damage)
+            .unwrap_or_else(|| panic!("{damage:?}: nothing to damage"));
+        match Engine::restore(cfg.clone(), &bytes) {
+            Err(checkpoint::CheckpointError::Damaged { what }) => {
+                assert!(what.contains(says), "{damage:?}: {what}");
+            }
+            Err(other) => panic!("{damage:?}: refused, but not as damaged: {other}"),
+            Ok(_) => panic!("{damage:?}: restored"),
+        }
+    }
+    // The same engine's own checkpoint restores.
+    let r = Engine::restore(cfg, &e.checkpoint().unwrap()).unwrap();
+    assert_eq!(r.stats(), e.stats());
+}

@@ -420,6 +420,13 @@ impl Daemon {
         (status, started.elapsed())
     }
 
+    /// Waits (at most `timeout`) for the daemon to exit by itself: its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_for("the daemon to exit", timeout, || {
+            self.child.try_wait().unwrap()
+        })
+    }
+
     /// SIGTERM; the daemon must commit and exit 0 within the timeout.
     pub fn stop(mut self) {
         let pid = self.child.id().to_string();
