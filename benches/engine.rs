@@ -1,4 +1,6 @@
-//! Parse and parse+aggregate throughput on a realistic simulated mix.
+//! Parse and parse+aggregate throughput on a realistic simulated mix, and what a
+//! partition's checkpoint costs to write and to restore (`serve` writes one per
+//! commit, and restores one per partition assigned).
 //! `cargo bench --bench engine`; figures in docs/performance.md.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -44,6 +46,32 @@ fn bench(c: &mut Criterion) {
                 }
             }
             e.flush_all().len()
+        })
+    });
+    g.finish();
+
+    // A daemon's engine (live views on) after the same events, unflushed windows and
+    // contacts held as a commit leaves them.
+    let cfg = EngineConfig::default();
+    let mut e = Engine::new(cfg.clone());
+    for l in &input {
+        if let Ok(ev) = decoder.decode(l.as_bytes()) {
+            e.apply(ev);
+        }
+    }
+    e.flush();
+    let bytes = e.checkpoint().expect("checkpoint");
+    let mut g = c.benchmark_group("checkpoint");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("write", |b| {
+        b.iter(|| e.checkpoint().expect("checkpoint").len())
+    });
+    g.bench_function("restore", |b| {
+        b.iter(|| {
+            Engine::restore(cfg.clone(), &bytes)
+                .expect("restore")
+                .open_contacts()
         })
     });
     g.finish();

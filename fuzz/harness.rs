@@ -276,9 +276,21 @@ fn run_checkpoint(input: &[u8]) -> Result<String, String> {
         }
         match Engine::restore(cfg.clone(), &damaged) {
             Err(x) => {
-                // The refusal's kind and what it names, without its numbers.
+                // The refusal's kind and what it names, without its numbers (decimal
+                // or hex: checksums, contact keys).
                 let text = x.to_string();
-                outcomes.insert(shape(text.split(';').next().unwrap_or("")));
+                let words = text.split(';').next().unwrap_or("").split_whitespace();
+                let class: Vec<String> = words
+                    .map(|w| {
+                        let bare = w.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+                        if bare.len() >= 8 && bare.chars().all(|c| c.is_ascii_hexdigit()) {
+                            "#".to_owned()
+                        } else {
+                            shape(w)
+                        }
+                    })
+                    .collect();
+                outcomes.insert(class.join(" "));
             }
             Ok(mut r) => {
                 outcomes.insert("restored".to_owned());

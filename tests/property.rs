@@ -357,8 +357,18 @@ fn check_crashes(seed: u64, contacts: usize, dup_rate: f64, flush_every: usize, 
     assert_eq!(committed, expected, "seed {seed}: {crashes} crashes");
 }
 
+/// `default` cases, or `PROPTEST_CASES` when set: CI runs the defaults, a longer hunt
+/// for rare draws sets the variable (proptest's own default reads it too, but the
+/// counts set here would override it).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]
     #[test]
     fn engine_equals_oracle(seed in any::<u64>(), contacts in 1usize..60, dup in 0.0f64..0.5, flush_every in 0usize..40) {
         check(seed, contacts, dup, flush_every);
@@ -366,7 +376,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
     #[test]
     fn crash_and_restore_from_checkpoints_equals_oracle(seed in any::<u64>(), contacts in 1usize..60, dup in 0.0f64..0.3, flush_every in 1usize..40, crash in 0.0f64..0.1) {
         check_crashes(seed, contacts, dup, flush_every, crash);

@@ -267,7 +267,7 @@ impl Engine {
         }
         if let Some((key, _)) = s.contacts.iter().find(|(_, c)| !c.packed_decodes()) {
             return Err(CheckpointError::Damaged {
-                what: format!("contact {key:032x}'s packed events do not decode"),
+                what: format!("the packed events of contact {key:032x} do not decode"),
             });
         }
         let mut e = Engine::new(cfg);

@@ -615,7 +615,10 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        // 256 cases, or `PROPTEST_CASES` when set (a longer hunt for rare draws).
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+        ))]
         /// The table answers every operation as a `HashMap` does.
         #[test]
         fn behaves_like_a_map(ops in proptest::collection::vec(op(), 0..400)) {
