@@ -170,8 +170,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         ))
     };
     let spill_failed = |pipe: &mut Pipeline| -> anyhow::Result<()> {
-        match pipe.engine.spill_mut().and_then(|s| s.failure()) {
-            Some(e) => Err(spill_error(e)),
+        if let Some(e) = pipe.engine.spill_mut().and_then(|s| s.failure()) {
+            return Err(spill_error(e));
+        }
+        // A contact read back damaged (its events lost to the engine): nothing
+        // derived since may be stored.
+        match pipe.engine.damage() {
+            Some(what) => Err(spill_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                what.to_owned(),
+            ))),
             None => Ok(()),
         }
     };

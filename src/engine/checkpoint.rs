@@ -92,6 +92,13 @@ pub enum CheckpointError {
     )]
     Damaged { what: String },
     #[error(
+        "a contact read back from the spill is damaged: {what}; its events are lost to the \
+         engine, so the partition stops before storing figures without them. Restore the \
+         store from a backup, or start the partition afresh (delete its checkpoint, \
+         snapshots and spilled contacts, then replay)"
+    )]
+    SpillDamaged { what: String },
+    #[error(
         "checkpoint format {found} is not supported by this version (expects {FORMAT_VERSION})"
     )]
     Version { found: u8 },
@@ -166,6 +173,10 @@ impl Engine {
     /// back, so this needs `&mut self` but copies nothing but the agent → team map,
     /// which the engine holds densely and the format stores as a map.
     pub fn checkpoint(&mut self) -> Result<Vec<u8>, CheckpointError> {
+        // A checkpoint commits the figures derived so far; none may be after damage.
+        if let Some(what) = &self.damaged {
+            return Err(CheckpointError::SpillDamaged { what: what.clone() });
+        }
         self.settle();
         let (intervals, timezone) = settings(&self.cfg);
         let state = State {

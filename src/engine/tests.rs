@@ -1176,6 +1176,77 @@ fn finishing_in_parts_reports_a_failed_spill_first() {
     }
 }
 
+/// A contact read back from the spill whose bytes do not decode (a damaged row or
+/// file) has lost its events to the engine: from then on the engine refuses to give a
+/// checkpoint or its last figures, so nothing derived without those events is stored
+/// (`serve` stops at its next commit, `replay` before its next write).
+#[test]
+fn a_damaged_contact_from_the_spill_stops_the_figures_from_being_stored() {
+    use crate::source::sim::{SimConfig, Simulator};
+    /// A spill that damages every body it keeps.
+    struct Damaging(spill::MemSpill);
+    impl spill::Spill for Damaging {
+        fn put(&mut self, mut c: spill::SpilledContact) {
+            c.body = std::sync::Arc::from(&[0xff_u8; 4][..]);
+            self.0.put(c);
+        }
+        fn take(&mut self, key: ContactKey) -> Option<spill::SpilledContact> {
+            self.0.take(key)
+        }
+        fn take_customer(&mut self, customer: CustomerKey) -> Vec<spill::SpilledContact> {
+            self.0.take_customer(customer)
+        }
+        fn expire(&mut self, before: Millis) {
+            self.0.expire(before);
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+    }
+    let mut sim = Simulator::new(SimConfig {
+        // Few customers: repeat contacts read spilled ones back.
+        customers: 300,
+        ..small_centre(12)
+    });
+    let mut e = Engine::new(EngineConfig {
+        pack_after_ms: 0,
+        spill_after_ms: 0,
+        ..EngineConfig::default()
+    });
+    e.set_spill(Box::new(Damaging(spill::MemSpill::default())));
+    let mut damaged_at = None;
+    for i in 0..40_000 {
+        let line = sim.next_line().1;
+        if let Ok(ev) = decode(line.as_bytes()) {
+            e.apply(ev.into_owned());
+        }
+        if i % 500 == 499 {
+            e.flush();
+            if e.damage().is_none() {
+                e.checkpoint().expect("no damage read back yet");
+            }
+        }
+        if e.damage().is_some() {
+            damaged_at = Some(i);
+            break;
+        }
+    }
+    assert!(damaged_at.is_some(), "no spilled contact was read back");
+    let what = e.damage().unwrap().to_owned();
+    assert!(what.contains("spilled contact"), "{what}");
+    match e.checkpoint() {
+        Err(checkpoint::CheckpointError::SpillDamaged { what: w }) => assert_eq!(w, what),
+        other => panic!(
+            "a checkpoint after the damage: {:?}",
+            other.map(|b| b.len())
+        ),
+    }
+    match e.finish_in_parts(1000) {
+        Ok(_) => panic!("the last figures were given after the damage"),
+        Err(err) => assert_eq!(err.to_string(), what),
+    }
+}
+
 /// `[windows.dimensions]`: an engine that keeps some dimensions at fewer intervals
 /// writes, at every flush, exactly the deltas of one that keeps everything, less the
 /// (interval, dimension) pairs it does not keep; also where keeping fewer changes how

@@ -610,6 +610,14 @@ impl Shared {
                     round.outstanding += 1;
                 }
                 Ok(None) => {}
+                // A checkpoint that cannot be taken (a contact read back from the
+                // spill damaged) will not heal by retrying: the daemon stops, naming it.
+                Err(e @ CommitError::Checkpoint(_)) => {
+                    let msg = format!("cannot commit partition {}: {e}", part.name());
+                    drop((parts, round));
+                    self.fail(msg);
+                    return;
+                }
                 Err(e) => {
                     round.ok = false;
                     self.record(part, Err(&e), Duration::ZERO);
