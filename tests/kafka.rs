@@ -240,6 +240,66 @@ fn a_checkpoint_damaged_in_the_store_stops_serve_with_an_error() {
     assert_eq!(w.exports(), expected);
 }
 
+/// Spilled contacts damaged in the store (their bodies overwritten): a daemon that
+/// reads one back has lost that contact's events, and must stop at the partition's
+/// next commit, naming the damage, rather than store figures without them.
+#[test]
+fn a_spilled_contact_damaged_in_the_store_stops_serve_at_its_next_commit() {
+    let _serial = support::serial();
+    let w = World::new("spill-damaged", 2, None);
+    let events = w.generate(8_000, 29);
+    // Two halves: contacts of the first are spilled (closed contacts go to the store
+    // at once), and the second's events reach some of them again.
+    let all = std::fs::read_to_string(&events).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let write = |name: &str, part: &[&str]| {
+        let path = w.path(name);
+        std::fs::write(&path, part.join("\n") + "\n").unwrap();
+        path
+    };
+    let (first, second) = (write("first.jsonl", first), write("second.jsonl", second));
+    let env = [
+        ("CCMETRICS__WINDOWS__SPILL", "true"),
+        ("CCMETRICS__WINDOWS__SPILL_AFTER", "0s"),
+    ];
+    w.produce_all(&first);
+    let d = Daemon::start(&w.config, &w.path("first.log"), &env);
+    let half = lines.len() as u64 / 2;
+    wait_for(
+        "the first half consumed and contacts spilled",
+        CATCH_UP,
+        || (d.read() >= half && d.metric("ccmetrics_spilled_contacts") > 50.0).then_some(()),
+    );
+    d.stop();
+
+    let db_path = w.store_url.trim_start_matches("sqlite://").to_owned();
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    let damaged = db
+        .execute("UPDATE spilled_contacts SET body = x'ffffffff'", [])
+        .unwrap();
+    assert!(damaged > 50, "only {damaged} spilled contacts in the store");
+    drop(db);
+
+    w.produce_all(&second);
+    let mut d = Daemon::start(&w.config, &w.path("second.log"), &env);
+    let status = d.wait_exit(CATCH_UP);
+    assert!(
+        !status.success(),
+        "serve went on without a damaged contact's events"
+    );
+    let log = std::fs::read_to_string(w.path("second.log")).unwrap();
+    assert!(
+        log.contains(&format!("cannot commit partition kafka:{}:", w.topic)),
+        "{log}"
+    );
+    assert!(
+        log.contains("a contact read back from the spill is damaged"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
 #[test]
 fn scale_out_stop_one_and_add_one_equals_replay() {
     let _serial = support::serial();
