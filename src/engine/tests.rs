@@ -1139,36 +1139,51 @@ fn finishing_in_parts_hands_out_the_deltas_of_finish() {
     }
 }
 
+/// A [`spill::MemSpill`] with hooks for tests: what `put` does to a contact before
+/// keeping it, and a failure reported once.
+#[derive(Default)]
+struct TestSpill {
+    inner: spill::MemSpill,
+    on_put: Option<fn(&mut spill::SpilledContact)>,
+    failure: Option<std::io::Error>,
+}
+
+impl spill::Spill for TestSpill {
+    fn put(&mut self, mut c: spill::SpilledContact) {
+        if let Some(f) = self.on_put {
+            f(&mut c);
+        }
+        self.inner.put(c);
+    }
+    fn take(&mut self, key: ContactKey) -> Option<spill::SpilledContact> {
+        self.inner.take(key)
+    }
+    fn take_customer(&mut self, customer: CustomerKey) -> Vec<spill::SpilledContact> {
+        self.inner.take_customer(customer)
+    }
+    fn expire(&mut self, before: Millis) {
+        self.inner.expire(before);
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn failure(&mut self) -> Option<std::io::Error> {
+        self.failure.take()
+    }
+}
+
 /// A spill that failed while the last contacts were derived stops `finish_in_parts`
 /// before any part: those derivations may have missed contacts it could not give back.
 #[test]
 fn finishing_in_parts_reports_a_failed_spill_first() {
-    struct Failed(spill::MemSpill, bool);
-    impl spill::Spill for Failed {
-        fn put(&mut self, c: spill::SpilledContact) {
-            self.0.put(c);
-        }
-        fn take(&mut self, key: ContactKey) -> Option<spill::SpilledContact> {
-            self.0.take(key)
-        }
-        fn take_customer(&mut self, customer: CustomerKey) -> Vec<spill::SpilledContact> {
-            self.0.take_customer(customer)
-        }
-        fn expire(&mut self, before: Millis) {
-            self.0.expire(before);
-        }
-        fn len(&self) -> usize {
-            self.0.len()
-        }
-        fn failure(&mut self) -> Option<std::io::Error> {
-            std::mem::take(&mut self.1).then(|| std::io::Error::other("disk gone"))
-        }
-    }
     let mut e = Engine::new(EngineConfig {
         live: false,
         ..EngineConfig::default()
     });
-    e.set_spill(Box::new(Failed(spill::MemSpill::default(), true)));
+    e.set_spill(Box::new(TestSpill {
+        failure: Some(std::io::Error::other("disk gone")),
+        ..TestSpill::default()
+    }));
     e.apply(offered("e1", "c1", 10.0, "q"));
     match e.finish_in_parts(1) {
         Ok(_) => panic!("a failed spill went unreported"),
@@ -1183,26 +1198,6 @@ fn finishing_in_parts_reports_a_failed_spill_first() {
 #[test]
 fn a_damaged_contact_from_the_spill_stops_the_figures_from_being_stored() {
     use crate::source::sim::{SimConfig, Simulator};
-    /// A spill that damages every body it keeps.
-    struct Damaging(spill::MemSpill);
-    impl spill::Spill for Damaging {
-        fn put(&mut self, mut c: spill::SpilledContact) {
-            c.body = std::sync::Arc::from(&[0xff_u8; 4][..]);
-            self.0.put(c);
-        }
-        fn take(&mut self, key: ContactKey) -> Option<spill::SpilledContact> {
-            self.0.take(key)
-        }
-        fn take_customer(&mut self, customer: CustomerKey) -> Vec<spill::SpilledContact> {
-            self.0.take_customer(customer)
-        }
-        fn expire(&mut self, before: Millis) {
-            self.0.expire(before);
-        }
-        fn len(&self) -> usize {
-            self.0.len()
-        }
-    }
     let mut sim = Simulator::new(SimConfig {
         // Few customers: repeat contacts read spilled ones back.
         customers: 300,
@@ -1213,7 +1208,11 @@ fn a_damaged_contact_from_the_spill_stops_the_figures_from_being_stored() {
         spill_after_ms: 0,
         ..EngineConfig::default()
     });
-    e.set_spill(Box::new(Damaging(spill::MemSpill::default())));
+    // Every body kept is overwritten with bytes that do not decode.
+    e.set_spill(Box::new(TestSpill {
+        on_put: Some(|c| c.body = std::sync::Arc::from(&[0xff_u8; 4][..])),
+        ..TestSpill::default()
+    }));
     let mut damaged_at = None;
     for i in 0..40_000 {
         let line = sim.next_line().1;
