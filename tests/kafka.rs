@@ -189,6 +189,116 @@ fn sigterm_mid_stream_commits_within_the_deadline_and_a_restart_equals_replay() 
 fn a_checkpoint_damaged_in_the_store_stops_serve_with_an_error() {
     let _serial = support::serial();
     let w = World::new("damaged", 2, None);
+    let db_path = w.store_url.trim_start_matches("sqlite://").to_owned();
+    checkpoint_damaged(&w, &StoreSql::Sqlite(db_path));
+}
+
+/// The same against PostgreSQL, the production store.
+#[test]
+fn a_checkpoint_damaged_in_postgres_stops_serve_with_an_error() {
+    let _serial = support::serial();
+    let (rt, db) = support::pg_db();
+    let w = World::new("damaged-pg", 2, Some(db.url.clone()));
+    let pool = rt.block_on(sqlx::PgPool::connect(&db.url)).unwrap();
+    checkpoint_damaged(&w, &StoreSql::Postgres(&rt, pool));
+}
+
+/// A test's hand on the store's rows: SQLite through rusqlite, PostgreSQL through
+/// sqlx on the test's runtime.
+enum StoreSql<'a> {
+    Sqlite(String),
+    Postgres(&'a tokio::runtime::Runtime, sqlx::PgPool),
+}
+
+impl StoreSql<'_> {
+    fn checkpoint(&self, partition: &str) -> Vec<u8> {
+        const SQL: &str = r#"SELECT state FROM checkpoints WHERE "partition" = "#;
+        match self {
+            StoreSql::Sqlite(path) => rusqlite::Connection::open(path)
+                .unwrap()
+                .query_row(&format!("{SQL}?1"), [partition], |r| r.get(0))
+                .unwrap(),
+            StoreSql::Postgres(rt, pool) => rt
+                .block_on(
+                    sqlx::query_scalar(&format!("{SQL}$1"))
+                        .bind(partition)
+                        .fetch_one(pool),
+                )
+                .unwrap(),
+        }
+    }
+
+    fn set_checkpoint(&self, partition: &str, state: &[u8]) {
+        const SQL: &str = r#"UPDATE checkpoints SET state = "#;
+        match self {
+            StoreSql::Sqlite(path) => {
+                let n = rusqlite::Connection::open(path)
+                    .unwrap()
+                    .execute(
+                        &format!(r#"{SQL}?1 WHERE "partition" = ?2"#),
+                        rusqlite::params![state, partition],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+            StoreSql::Postgres(rt, pool) => {
+                let done = rt
+                    .block_on(
+                        sqlx::query(&format!(r#"{SQL}$1 WHERE "partition" = $2"#))
+                            .bind(state)
+                            .bind(partition)
+                            .execute(pool),
+                    )
+                    .unwrap();
+                assert_eq!(done.rows_affected(), 1);
+            }
+        }
+    }
+
+    /// Overwrites every spilled contact's body with bytes that do not decode: the
+    /// rows changed.
+    fn damage_spilled(&self) -> u64 {
+        match self {
+            StoreSql::Sqlite(path) => rusqlite::Connection::open(path)
+                .unwrap()
+                .execute("UPDATE spilled_contacts SET body = x'ffffffff'", [])
+                .unwrap() as u64,
+            StoreSql::Postgres(rt, pool) => rt
+                .block_on(
+                    sqlx::query(r"UPDATE spilled_contacts SET body = '\xffffffff'::bytea")
+                        .execute(pool),
+                )
+                .unwrap()
+                .rows_affected(),
+        }
+    }
+
+    /// Deletes the partition's checkpoint and snapshot rows: the partition starts
+    /// afresh, from the beginning of its topic.
+    fn start_afresh(&self, partition: &str) {
+        for table in ["checkpoints", "snapshots"] {
+            let sql = format!(r#"DELETE FROM {table} WHERE "partition" = "#);
+            match self {
+                StoreSql::Sqlite(path) => {
+                    rusqlite::Connection::open(path)
+                        .unwrap()
+                        .execute(&format!("{sql}?1"), [partition])
+                        .unwrap();
+                }
+                StoreSql::Postgres(rt, pool) => {
+                    rt.block_on(
+                        sqlx::query(&format!("{sql}$1"))
+                            .bind(partition)
+                            .execute(pool),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+    }
+}
+
+fn checkpoint_damaged(w: &World, sql: &StoreSql<'_>) {
     let events = w.generate(4_000, 23);
     let expected = w.replay_exports(&[&events]);
     w.produce_all(&events);
@@ -196,23 +306,11 @@ fn a_checkpoint_damaged_in_the_store_stops_serve_with_an_error() {
     w.wait_for_exports(&expected, CATCH_UP);
     d.stop();
 
-    let db_path = w.store_url.trim_start_matches("sqlite://").to_owned();
     let partition = format!("kafka:{}:0", w.topic);
-    let db = rusqlite::Connection::open(&db_path).unwrap();
-    let mut state: Vec<u8> = db
-        .query_row(
-            "SELECT state FROM checkpoints WHERE partition = ?1",
-            [&partition],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let mut state = sql.checkpoint(&partition);
     let middle = state.len() / 2;
     state[middle] ^= 0x04;
-    db.execute(
-        "UPDATE checkpoints SET state = ?1 WHERE partition = ?2",
-        rusqlite::params![state, partition],
-    )
-    .unwrap();
+    sql.set_checkpoint(&partition, &state);
 
     let mut d = w.serve("second");
     let status = d.wait_exit(Duration::from_secs(60));
@@ -227,13 +325,9 @@ fn a_checkpoint_damaged_in_the_store_stops_serve_with_an_error() {
     assert!(!log.contains("panicked"), "{log}");
     drop(d);
 
-    // Started afresh as the error advises: the partition's checkpoint and rows go, and
-    // the next run reads it again from the beginning of the topic.
-    db.execute("DELETE FROM checkpoints WHERE partition = ?1", [&partition])
-        .unwrap();
-    db.execute("DELETE FROM snapshots WHERE partition = ?1", [&partition])
-        .unwrap();
-    drop(db);
+    // Started afresh as the error advises: the next run reads the partition again
+    // from the beginning of the topic.
+    sql.start_afresh(&partition);
     let d = w.serve("third");
     w.wait_for_exports(&expected, CATCH_UP);
     d.stop();
@@ -247,6 +341,21 @@ fn a_checkpoint_damaged_in_the_store_stops_serve_with_an_error() {
 fn a_spilled_contact_damaged_in_the_store_stops_serve_at_its_next_commit() {
     let _serial = support::serial();
     let w = World::new("spill-damaged", 2, None);
+    let db_path = w.store_url.trim_start_matches("sqlite://").to_owned();
+    spilled_contact_damaged(&w, &StoreSql::Sqlite(db_path));
+}
+
+/// The same against PostgreSQL.
+#[test]
+fn a_spilled_contact_damaged_in_postgres_stops_serve_at_its_next_commit() {
+    let _serial = support::serial();
+    let (rt, db) = support::pg_db();
+    let w = World::new("spill-damaged-pg", 2, Some(db.url.clone()));
+    let pool = rt.block_on(sqlx::PgPool::connect(&db.url)).unwrap();
+    spilled_contact_damaged(&w, &StoreSql::Postgres(&rt, pool));
+}
+
+fn spilled_contact_damaged(w: &World, sql: &StoreSql<'_>) {
     let events = w.generate(8_000, 29);
     // Two halves: contacts of the first are spilled (closed contacts go to the store
     // at once), and the second's events reach some of them again.
@@ -273,13 +382,8 @@ fn a_spilled_contact_damaged_in_the_store_stops_serve_at_its_next_commit() {
     );
     d.stop();
 
-    let db_path = w.store_url.trim_start_matches("sqlite://").to_owned();
-    let db = rusqlite::Connection::open(&db_path).unwrap();
-    let damaged = db
-        .execute("UPDATE spilled_contacts SET body = x'ffffffff'", [])
-        .unwrap();
+    let damaged = sql.damage_spilled();
     assert!(damaged > 50, "only {damaged} spilled contacts in the store");
-    drop(db);
 
     w.produce_all(&second);
     let mut d = Daemon::start(&w.config, &w.path("second.log"), &env);
