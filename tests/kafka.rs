@@ -273,10 +273,10 @@ impl StoreSql<'_> {
         }
     }
 
-    /// Deletes the partition's checkpoint and snapshot rows: the partition starts
-    /// afresh, from the beginning of its topic.
+    /// Deletes the partition's checkpoint, snapshot and spilled-contact rows: the
+    /// partition starts afresh, from the beginning of its topic.
     fn start_afresh(&self, partition: &str) {
-        for table in ["checkpoints", "snapshots"] {
+        for table in ["checkpoints", "snapshots", "spilled_contacts"] {
             let sql = format!(r#"DELETE FROM {table} WHERE "partition" = "#);
             match self {
                 StoreSql::Sqlite(path) => {

@@ -87,8 +87,8 @@ pub enum CheckpointError {
     Empty,
     #[error(
         "the engine checkpoint is damaged: {what}; the partition cannot continue from it. \
-         Restore the store from a backup, or start the partition afresh (delete its checkpoint \
-         and snapshots, then replay)"
+         Restore the store from a backup, or start the partition afresh (delete its checkpoint, \
+         snapshots and spilled contacts, then replay)"
     )]
     Damaged { what: String },
     #[error(
