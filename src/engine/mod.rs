@@ -560,11 +560,12 @@ impl Contact {
         };
         self.spill_ok = false;
         type Body = (Millis, ThinVec<CEvent>, ThinVec<Fact>);
-        // The bytes are our own encoding of the same types, made by `pack`. Bytes from
-        // outside are checked where they enter: a checkpoint's by `restore` (refused),
-        // the spill's by `load`, which marks the engine damaged, so that nothing
-        // derived from the empty contact this gives is stored.
+        // The bytes are our own encoding of the same types, made by `pack`: bytes from
+        // outside are checked where they enter (a checkpoint's by `restore`, refused;
+        // the spill's by `load`, dropped). So a failure here is a bug of `pack` or of
+        // this decoding, which the fuzzer's dev builds stop on.
         let decoded: Result<Body, _> = postcard::from_bytes(&bytes);
+        debug_assert!(decoded.is_ok(), "a packed contact did not decode");
         let (base, mut events, mut facts) = decoded.unwrap_or_default();
         shift_times(&mut events, &mut facts, base);
         self.events = events;
@@ -1702,7 +1703,7 @@ impl Engine {
     /// spilled again if nothing changes it.
     fn load(&mut self, s: spill::SpilledContact) {
         let now = self.max_ts.unwrap_or(s.last_ts);
-        let c = Contact {
+        let mut c = Contact {
             packed: Some(Box::from(&s.body[..])),
             customer: held(s.customer),
             first_offer_ms: s.first_offer.unwrap_or(NO_OFFER),
@@ -1714,13 +1715,18 @@ impl Engine {
         // The spill's bytes come from a store or a file, where they can be damaged;
         // `unpack` trusts them. A contact read back rarely (a few thousand per million
         // events), so each is checked.
-        if !c.packed_decodes() && self.damaged.is_none() {
-            let what = format!(
-                "the packed events of spilled contact {:032x} do not decode",
-                s.key
-            );
-            tracing::error!("{what}: no figure derived from now on is stored");
-            self.damaged = Some(what);
+        if !c.packed_decodes() {
+            if self.damaged.is_none() {
+                let what = format!(
+                    "the packed events of spilled contact {:032x} do not decode",
+                    s.key
+                );
+                tracing::error!("{what}: no figure derived from now on is stored");
+                self.damaged = Some(what);
+            }
+            // Held empty: its figures are not stored any more, and `unpack` only
+            // ever sees bytes `pack` wrote.
+            c.packed = None;
         }
         self.contacts.insert(s.key, c);
         if let Some(k) = s.customer {
