@@ -187,20 +187,30 @@ fn sigterm_mid_stream_commits_within_the_deadline_and_a_restart_equals_replay() 
 /// deleted, as the error advises), a restart ends where replay does.
 #[test]
 fn a_checkpoint_damaged_in_the_store_stops_serve_with_an_error() {
-    let _serial = support::serial();
-    let w = World::new("damaged", 2, None);
-    let db_path = w.store_url.trim_start_matches("sqlite://").to_owned();
-    checkpoint_damaged(&w, &StoreSql::Sqlite(db_path));
+    on_sqlite("damaged", checkpoint_damaged);
 }
 
 /// The same against PostgreSQL, the production store.
 #[test]
 fn a_checkpoint_damaged_in_postgres_stops_serve_with_an_error() {
+    on_postgres("damaged-pg", checkpoint_damaged);
+}
+
+/// Runs `test` on a two-partition world whose store is a SQLite file.
+fn on_sqlite(name: &str, test: fn(&World, &StoreSql<'_>)) {
+    let _serial = support::serial();
+    let w = World::new(name, 2, None);
+    let db_path = w.store_url.trim_start_matches("sqlite://").to_owned();
+    test(&w, &StoreSql::Sqlite(db_path));
+}
+
+/// Runs `test` on a two-partition world whose store is a fresh PostgreSQL database.
+fn on_postgres(name: &str, test: fn(&World, &StoreSql<'_>)) {
     let _serial = support::serial();
     let (rt, db) = support::pg_db();
-    let w = World::new("damaged-pg", 2, Some(db.url.clone()));
+    let w = World::new(name, 2, Some(db.url.clone()));
     let pool = rt.block_on(sqlx::PgPool::connect(&db.url)).unwrap();
-    checkpoint_damaged(&w, &StoreSql::Postgres(&rt, pool));
+    test(&w, &StoreSql::Postgres(&rt, pool));
 }
 
 /// A test's hand on the store's rows: SQLite through rusqlite, PostgreSQL through
@@ -339,20 +349,13 @@ fn checkpoint_damaged(w: &World, sql: &StoreSql<'_>) {
 /// next commit, naming the damage, rather than store figures without them.
 #[test]
 fn a_spilled_contact_damaged_in_the_store_stops_serve_at_its_next_commit() {
-    let _serial = support::serial();
-    let w = World::new("spill-damaged", 2, None);
-    let db_path = w.store_url.trim_start_matches("sqlite://").to_owned();
-    spilled_contact_damaged(&w, &StoreSql::Sqlite(db_path));
+    on_sqlite("spill-damaged", spilled_contact_damaged);
 }
 
 /// The same against PostgreSQL.
 #[test]
 fn a_spilled_contact_damaged_in_postgres_stops_serve_at_its_next_commit() {
-    let _serial = support::serial();
-    let (rt, db) = support::pg_db();
-    let w = World::new("spill-damaged-pg", 2, Some(db.url.clone()));
-    let pool = rt.block_on(sqlx::PgPool::connect(&db.url)).unwrap();
-    spilled_contact_damaged(&w, &StoreSql::Postgres(&rt, pool));
+    on_postgres("spill-damaged-pg", spilled_contact_damaged);
 }
 
 fn spilled_contact_damaged(w: &World, sql: &StoreSql<'_>) {

@@ -66,6 +66,11 @@ pub const COUNTER_NAMES: [&str; 21] = [
 /// Names of the histogram columns, in storage order.
 pub const HIST_NAMES: [&str; 3] = ["wait_hist", "handle_hist", "frt_hist"];
 
+/// The magnitude no restored count or sum may reach ([`Acc::plausible`],
+/// `Stats::plausible`): far past any real figure, and two values below it add
+/// without overflowing.
+pub const PLAUSIBLE_BOUND: u64 = 1 << 62;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Acc {
     pub offered: i64,
@@ -223,12 +228,13 @@ impl Acc {
     /// without overflowing. A restored checkpoint's accumulators are checked: one
     /// beyond it is damage, which would otherwise wrap into other figures.
     pub fn plausible(&self) -> bool {
-        const BOUND: u64 = 1 << 62;
-        self.counters().iter().all(|c| c.unsigned_abs() < BOUND)
+        self.counters()
+            .iter()
+            .all(|c| c.unsigned_abs() < PLAUSIBLE_BOUND)
             && self
                 .hists()
                 .iter()
-                .all(|h| h.iter().all(|(_, c)| c.unsigned_abs() < BOUND))
+                .all(|h| h.iter().all(|(_, c)| c.unsigned_abs() < PLAUSIBLE_BOUND))
     }
 
     /// Integer primitives in [`COUNTER_NAMES`] order.

@@ -281,6 +281,17 @@ impl Engine {
                 what: format!("the packed events of contact {key:032x} do not decode"),
             });
         }
+        // The agent -> team map is held densely by symbol: a symbol past the
+        // interner's names would size it by that number, up to 2^32 slots.
+        let known = s.names.len();
+        if s.agent_team
+            .iter()
+            .any(|(a, t)| a.index() >= known || t.index() >= known)
+        {
+            return Err(CheckpointError::Damaged {
+                what: "the agent -> team map names a symbol past the names held".into(),
+            });
+        }
         let mut e = Engine::new(cfg);
         let syms = Interner::from_names(s.names);
         // `Engine::new` interned `unknown`, `all` and the channels first, so a
@@ -294,18 +305,6 @@ impl Engine {
         e.seen_by_hour = s.seen_by_hour;
         e.contacts = s.contacts;
         e.customers = s.customers;
-        // The map is held densely by symbol: a symbol past the interner's names (a
-        // corrupt checkpoint) would size it by that number, up to 2^32 slots. As a
-        // `HashMap` such an entry cost one slot; now it is refused.
-        let known = e.syms.names().len();
-        if s.agent_team
-            .iter()
-            .any(|(a, t)| a.index() >= known || t.index() >= known)
-        {
-            return Err(CheckpointError::Decode(
-                postcard::Error::DeserializeBadEncoding,
-            ));
-        }
         e.agent_team = s.agent_team.into_iter().collect();
         e.awaiting_team = s.awaiting_team;
         e.wrap_deadlines = s.wrap_deadlines;
@@ -381,10 +380,7 @@ impl Engine {
     /// bytes are consistent, their meaning is not. `None` when the state has nothing
     /// to damage that way.
     pub(crate) fn checkpoint_damaged(&mut self, damage: Damage) -> Option<Vec<u8>> {
-        let bytes = self.checkpoint().unwrap();
-        let data = checked(&bytes).unwrap();
-        let (mut s, rest): (State, &[u8]) = postcard::take_from_bytes(&data[1..]).unwrap();
-        let done = match damage {
+        self.checkpoint_edited(|s| match damage {
             Damage::Interval => s
                 .agg
                 .renumber_a_window(u8::try_from(s.intervals.len()).unwrap()),
@@ -399,26 +395,32 @@ impl Engine {
                 s.stats.read = u64::MAX;
                 true
             }
-        };
-        let mut out = postcard::to_extend(&s, vec![bytes[0]]).unwrap();
-        out.extend_from_slice(rest);
-        seal(&mut out);
-        done.then_some(out)
+        })
     }
 
     /// This engine's checkpoint with `team` recorded as `agent`'s team, symbols given
     /// by number whether or not the interner holds them: for tests of a corrupt map.
     pub(crate) fn checkpoint_with_agent_team(&mut self, agent: u32, team: u32) -> Vec<u8> {
+        let sym = |n: u32| Sym::from_raw(std::num::NonZeroU32::new(n).unwrap());
+        self.checkpoint_edited(|s| {
+            s.agent_team.insert(sym(agent), sym(team));
+            true
+        })
+        .unwrap()
+    }
+
+    /// This engine's checkpoint with its state changed by `edit`, sealed again as the
+    /// engine seals its own: the damage is in the meaning, not the bytes. `None` when
+    /// `edit` found nothing to change.
+    fn checkpoint_edited(&mut self, edit: impl FnOnce(&mut State) -> bool) -> Option<Vec<u8>> {
         let bytes = self.checkpoint().unwrap();
         let data = checked(&bytes).unwrap();
         let (mut s, rest): (State, &[u8]) = postcard::take_from_bytes(&data[1..]).unwrap();
-        let sym = |n: u32| Sym::from_raw(std::num::NonZeroU32::new(n).unwrap());
-        s.agent_team.insert(sym(agent), sym(team));
+        let done = edit(&mut s);
         let mut out = postcard::to_extend(&s, vec![bytes[0]]).unwrap();
         out.extend_from_slice(rest);
-        // Sealed as the engine seals its own: the damage is in the meaning, not the bytes.
         seal(&mut out);
-        out
+        done.then_some(out)
     }
 
     /// This engine's state in an older checkpoint `version` (1 to 4), as the

@@ -350,10 +350,9 @@ impl Stats {
         self.rejected.values().sum()
     }
 
-    /// Whether every count lies below 2^62, as [`acc::Acc::plausible`] asks of a
+    /// Whether every count lies below [`acc::PLAUSIBLE_BOUND`], as [`acc::Acc::plausible`] asks of a
     /// restored checkpoint's accumulators: far past any real input, and room to add.
     pub fn plausible(&self) -> bool {
-        const BOUND: u64 = 1 << 62;
         [
             self.read,
             self.accepted,
@@ -364,7 +363,7 @@ impl Stats {
         .iter()
         .chain(self.rejected.values())
         .chain(self.overflowed.values())
-        .all(|n| *n < BOUND)
+        .all(|n| *n < acc::PLAUSIBLE_BOUND)
     }
 
     /// Add another input's counts (several partitions shown as one).
@@ -503,6 +502,10 @@ const SETTLE_HELPER_MIN: usize = 1024;
 /// microseconds to start a thread. A daemon's commit-by-commit flushes stay inline.
 const TAKE_HELPER_MIN: usize = 2048;
 
+/// What [`Contact::pack`] encodes: the first event's time, then the events (times
+/// relative to it) and the facts.
+type PackedBody = (Millis, ThinVec<CEvent>, ThinVec<Fact>);
+
 impl Contact {
     fn customer_key(&self) -> Option<CustomerKey> {
         self.customer.map(NonZeroU128::get)
@@ -538,10 +541,9 @@ impl Contact {
     /// Whether a packed contact's bytes decode. [`Contact::unpack`] trusts them, as
     /// the engine's own; a restored checkpoint is checked contact by contact.
     fn packed_decodes(&self) -> bool {
-        type Body = (Millis, ThinVec<CEvent>, ThinVec<Fact>);
         self.packed
             .as_ref()
-            .is_none_or(|b| postcard::from_bytes::<Body>(b).is_ok())
+            .is_none_or(|b| postcard::from_bytes::<PackedBody>(b).is_ok())
     }
 
     /// The events and facts of a packed contact, decoded without unpacking it.
@@ -559,12 +561,11 @@ impl Contact {
             return;
         };
         self.spill_ok = false;
-        type Body = (Millis, ThinVec<CEvent>, ThinVec<Fact>);
         // The bytes are our own encoding of the same types, made by `pack`: bytes from
         // outside are checked where they enter (a checkpoint's by `restore`, refused;
         // the spill's by `load`, dropped). So a failure here is a bug of `pack` or of
         // this decoding, which the fuzzer's dev builds stop on.
-        let decoded: Result<Body, _> = postcard::from_bytes(&bytes);
+        let decoded: Result<PackedBody, _> = postcard::from_bytes(&bytes);
         debug_assert!(decoded.is_ok(), "a packed contact did not decode");
         let (base, mut events, mut facts) = decoded.unwrap_or_default();
         shift_times(&mut events, &mut facts, base);

@@ -318,7 +318,8 @@ fn a_checkpoint_naming_unknown_symbols_in_the_team_map_is_refused() {
         assert!(
             matches!(
                 Engine::restore(EngineConfig::default(), &corrupt),
-                Err(checkpoint::CheckpointError::Decode(_))
+                Err(checkpoint::CheckpointError::Damaged { what })
+                    if what.contains("agent -> team map")
             ),
             "agent {a}, team {t}"
         );
