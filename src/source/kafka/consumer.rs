@@ -97,6 +97,7 @@ pub struct KafkaMetrics {
     dead_letter_failures: IntGauge,
     paused: IntGauge,
     pending: IntGauge,
+    brokers_up: IntGauge,
 }
 
 impl KafkaMetrics {
@@ -183,6 +184,12 @@ impl KafkaMetrics {
                 "ccmetrics_kafka_pending_events",
                 "Messages read but not yet committed to the store, over the owned partitions",
             )?,
+            brokers_up: IntGauge::new(
+                "ccmetrics_kafka_brokers_up",
+                "Brokers the consumer has a working connection to (librdkafka state UP), as of \
+                 its last statistics (every second); 0 while no broker can be reached, when the \
+                 lag and the live figures stand still",
+            )?,
         };
         r.register(Box::new(m.lag.clone()))?;
         r.register(Box::new(m.position.clone()))?;
@@ -197,6 +204,7 @@ impl KafkaMetrics {
         r.register(Box::new(m.dead_letter_failures.clone()))?;
         r.register(Box::new(m.paused.clone()))?;
         r.register(Box::new(m.pending.clone()))?;
+        r.register(Box::new(m.brokers_up.clone()))?;
         for kind in ["assign", "revoke", "lost", "error"] {
             m.rebalances.with_label_values(&[kind]);
         }
@@ -306,11 +314,25 @@ async fn committer(
     }
 }
 
+/// The cluster's brokers with a working connection. Left out: the bootstrap addresses
+/// (node id -1) and librdkafka's internal and logical entries (the group coordinator is
+/// listed again as a logical broker), which would count one connection twice or an
+/// address that is not a broker.
+fn brokers_up(s: &Statistics) -> i64 {
+    let up = s
+        .brokers
+        .values()
+        .filter(|b| b.nodeid >= 0 && b.source == "learned" && b.state == "UP")
+        .count();
+    i64::try_from(up).unwrap_or(i64::MAX)
+}
+
 /// The consumer context: routes librdkafka's callbacks to [`Shared`].
 pub struct Ctx(Arc<Shared>);
 
 impl ClientContext for Ctx {
     fn stats(&self, s: Statistics) {
+        self.0.metrics.brokers_up.set(brokers_up(&s));
         let mut high = lock(&self.0.high);
         for (topic, t) in s.topics {
             for (p, ps) in t.partitions {
@@ -1165,4 +1187,45 @@ fn log_poll_error(e: &rdkafka::error::KafkaError) {
     // Broker connection trouble is retried by librdkafka itself; say so once per poll
     // error rather than failing.
     tracing::warn!(error = %e, "kafka poll error (librdkafka retries)");
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::statistics::{Broker, Statistics};
+
+    use super::brokers_up;
+
+    fn broker(nodeid: i32, source: &str, state: &str) -> Broker {
+        Broker {
+            nodeid,
+            source: source.into(),
+            state: state.into(),
+            ..Broker::default()
+        }
+    }
+
+    /// What librdkafka lists for a consumer of a 3-broker cluster: the bootstrap
+    /// address, its internal broker, the coordinator again as a logical broker, and the
+    /// brokers learned from the metadata, of which only the ones it needs are up.
+    #[test]
+    fn brokers_up_counts_the_clusters_brokers_once() {
+        let mut s = Statistics::default();
+        for (name, b) in [
+            ("127.0.0.1:9092/bootstrap", broker(-1, "configured", "UP")),
+            (":0/internal", broker(-1, "internal", "UP")),
+            ("GroupCoordinator", broker(1, "logical", "UP")),
+            ("b1:9092/1", broker(1, "learned", "UP")),
+            ("b2:9092/2", broker(2, "learned", "UP")),
+            ("b3:9092/3", broker(3, "learned", "INIT")),
+        ] {
+            s.brokers.insert(name.into(), b);
+        }
+        assert_eq!(brokers_up(&s), 2);
+        // Every connection cut: librdkafka is trying again.
+        for (name, state) in [("b1:9092/1", "CONNECT"), ("b2:9092/2", "DOWN")] {
+            s.brokers.get_mut(name).unwrap().state = state.into();
+        }
+        assert_eq!(brokers_up(&s), 0);
+        assert_eq!(brokers_up(&Statistics::default()), 0);
+    }
 }
