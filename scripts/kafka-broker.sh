@@ -2,6 +2,8 @@
 # Start a throwaway Kafka-compatible broker (tansu 0.6.0, in-memory storage) on a free
 # loopback port, installing it first when missing. Prints the bootstrap address
 # (127.0.0.1:PORT) on stdout; the broker's pid goes to $TANSU_PID_FILE when set.
+# TANSU_ADVERTISED=HOST:PORT makes it advertise another address than its own (a proxy
+# in front of it, which the broker-outage test cuts): clients connect to that one.
 #
 #   scripts/kafka-broker.sh --install          # only make sure tansu is installed
 #   addr=$(scripts/kafka-broker.sh)            # start
@@ -24,7 +26,8 @@ fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=${TANSU_LOG:-/tmp/tansu-$port.log}
 # IPv4 on purpose: the advertised address is what clients connect to.
-tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+advertised=${TANSU_ADVERTISED:-127.0.0.1:$port}
+tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://$advertised" \
   --storage-engine memory://tansu/ >"$log" 2>&1 &
 pid=$!
 [ -n "${TANSU_PID_FILE:-}" ] && echo "$pid" >"$TANSU_PID_FILE"

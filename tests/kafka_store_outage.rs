@@ -2,139 +2,24 @@
 //! uncommitted work up to its budget (then pause), retry with backoff, and end with the
 //! same export as `replay`; and a shutdown while it is away must keep its deadline.
 //!
-//! The daemon reaches PostgreSQL through a TCP proxy of the test's own; an outage cuts
-//! every proxied connection and closes the proxy's port (new connections are refused),
-//! which is what the daemon sees when the server stops, without stopping the machine's
-//! PostgreSQL under other tests.
+//! The daemon reaches PostgreSQL through a TCP proxy of the test's own
+//! (`support::proxy`); an outage cuts every proxied connection and closes the proxy's
+//! port (new connections are refused), which is what the daemon sees when the server
+//! stops, without stopping the machine's PostgreSQL under other tests.
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::proxy::Proxy;
 use support::{CATCH_UP, Daemon, World, wait_for};
 
 /// The test PostgreSQL server the proxy forwards to.
 const UPSTREAM: &str = "127.0.0.1:5432";
 
-/// A TCP proxy to [`UPSTREAM`] on a fixed local port that can be cut and restored.
-struct PgProxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl PgProxy {
-    fn start() -> PgProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let p = PgProxy {
-            port,
-            up: Arc::new(AtomicBool::new(true)),
-            conns: Arc::new(Mutex::new(Vec::new())),
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        let (up, conns, stop) = (p.up.clone(), p.conns.clone(), p.stop.clone());
-        std::thread::spawn(move || {
-            let mut listener = Some(listener);
-            while !stop.load(Ordering::Acquire) {
-                match (&listener, up.load(Ordering::Acquire)) {
-                    // Down: no listener, so connecting is refused.
-                    (Some(_), false) => listener = None,
-                    (None, true) => {
-                        // std sets SO_REUSEADDR, so the port can be bound again at once.
-                        listener = TcpListener::bind(("127.0.0.1", port)).ok();
-                    }
-                    _ => {}
-                }
-                let Some(l) = &listener else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                l.set_nonblocking(true).unwrap();
-                match l.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        let Ok(server) = TcpStream::connect(UPSTREAM) else {
-                            continue;
-                        };
-                        let mut c = conns.lock().unwrap();
-                        c.push(client.try_clone().unwrap());
-                        c.push(server.try_clone().unwrap());
-                        drop(c);
-                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                        pipe(server, client);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(_) => {}
-                }
-            }
-        });
-        p
-    }
-
-    /// The store URL of `url` with its host and port replaced by the proxy's.
-    fn url(&self, url: &str) -> String {
-        url.replace(UPSTREAM, &format!("127.0.0.1:{}", self.port))
-    }
-
-    /// The outage: every proxied connection cut, new ones refused.
-    fn cut(&self) -> Outage<'_> {
-        self.up.store(false, Ordering::Release);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-        let addr = format!("127.0.0.1:{}", self.port);
-        wait_for(
-            "the proxy to refuse connections",
-            Duration::from_secs(10),
-            || TcpStream::connect(&addr).is_err().then_some(()),
-        );
-        Outage(self)
-    }
-}
-
-impl Drop for PgProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-    }
-}
-
-/// Copy one direction until either side closes.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(Shutdown::Write);
-    });
-}
-
-/// Ends the outage when dropped (also when the test fails).
-struct Outage<'a>(&'a PgProxy);
-
-impl Drop for Outage<'_> {
-    fn drop(&mut self) {
-        self.0.up.store(true, Ordering::Release);
-        let addr = format!("127.0.0.1:{}", self.0.port);
-        wait_for("the proxy to accept again", Duration::from_secs(10), || {
-            TcpStream::connect(&addr).ok().map(|_| ())
-        });
-    }
+/// The store URL of `url` with its host and port replaced by the proxy's.
+fn proxied(proxy: &Proxy, url: &str) -> String {
+    url.replace(UPSTREAM, &proxy.addr())
 }
 
 const ERRORS: &str = "ccmetrics_store_commits_total{result=\"error\"}";
@@ -161,8 +46,8 @@ fn held(d: &Daemon) -> i64 {
 fn store_lost_mid_stream_pauses_at_the_budget_then_back_equals_replay() {
     let _serial = support::serial();
     let (rt, db) = support::pg_db();
-    let proxy = PgProxy::start();
-    let w = World::new("outage", 6, Some(proxy.url(&db.url)));
+    let proxy = Proxy::start(UPSTREAM);
+    let w = World::new("outage", 6, Some(proxied(&proxy, &db.url)));
     let events = w.generate(30_000, 15);
     let expected = w.replay_exports(&[&events]);
     // Still producing while the store is away, so the daemon has input to hold.
@@ -232,8 +117,8 @@ fn store_lost_mid_stream_pauses_at_the_budget_then_back_equals_replay() {
 fn sigterm_while_the_store_is_down_exits_1_at_the_deadline_and_loses_nothing() {
     let _serial = support::serial();
     let (rt, db) = support::pg_db();
-    let proxy = PgProxy::start();
-    let w = World::new("deadline", 6, Some(proxy.url(&db.url)));
+    let proxy = Proxy::start(UPSTREAM);
+    let w = World::new("deadline", 6, Some(proxied(&proxy, &db.url)));
     let events = w.generate(10_000, 17);
     let expected = w.replay_exports(&[&events]);
     w.produce_all(&events);

@@ -4,6 +4,8 @@
 //! timeouts.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,11 +43,22 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// A broker that tells its clients to connect to `advertised` (a proxy in front of
+    /// it) instead of its own address.
+    pub fn start_advertising(advertised: &str) -> Broker {
+        Broker::start_with(&[("TANSU_ADVERTISED", advertised)])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Broker {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka-broker.sh");
         let pid_file = tempfile::NamedTempFile::new().unwrap();
         let out = Command::new("bash")
             .arg(script)
             .env("TANSU_PID_FILE", pid_file.path())
+            .envs(env.iter().copied())
             .output()
             .expect("running scripts/kafka-broker.sh");
         assert!(
@@ -122,6 +135,28 @@ pub struct World {
 impl World {
     pub fn new(name: &str, partitions: u32, store_url: Option<String>) -> World {
         let broker = Broker::start();
+        let bootstrap = broker.addr.clone();
+        World::on(broker, &bootstrap, name, partitions, store_url)
+    }
+
+    /// A world whose clients (daemons, producers) reach the broker only through a proxy
+    /// the test can cut: the broker advertises the proxy's address.
+    pub fn behind_proxy(name: &str, partitions: u32) -> (World, proxy::Proxy) {
+        let proxy = proxy::Proxy::listen();
+        let broker = Broker::start_advertising(&proxy.addr());
+        proxy.forward_to(&broker.addr);
+        let w = World::on(broker, &proxy.addr(), name, partitions, None);
+        (w, proxy)
+    }
+
+    /// `bootstrap`: the address the config names (the broker's, or a proxy's).
+    fn on(
+        broker: Broker,
+        bootstrap: &str,
+        name: &str,
+        partitions: u32,
+        store_url: Option<String>,
+    ) -> World {
         let mut dir = tempfile::tempdir().unwrap();
         // Daemon logs and stores for a post-mortem: CCMETRICS_TEST_KEEP=1.
         if std::env::var_os("CCMETRICS_TEST_KEEP").is_some() {
@@ -146,7 +181,7 @@ idle_timeout = "2s"
 [http]
 listen = "127.0.0.1:0"
 [kafka]
-brokers = "{broker}"
+brokers = "{bootstrap}"
 topics = ["{topic}"]
 group_id = "{group}"
 dead_letter_topic = "{dead_letter_topic}"
@@ -154,8 +189,7 @@ commit_interval = "300ms"
 [kafka.properties]
 "session.timeout.ms" = 6000
 "heartbeat.interval.ms" = 500
-"#,
-                broker = broker.addr
+"#
             ),
         )
         .unwrap();

@@ -331,6 +331,10 @@ fn brokers_up(s: &Statistics) -> i64 {
 pub struct Ctx(Arc<Shared>);
 
 impl ClientContext for Ctx {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::log_client_error("consumer", &error, reason);
+    }
+
     fn stats(&self, s: Statistics) {
         self.0.metrics.brokers_up.set(brokers_up(&s));
         let mut high = lock(&self.0.high);
@@ -1184,9 +1188,9 @@ fn tpl(keys: &[PartKey]) -> TopicPartitionList {
 }
 
 fn log_poll_error(e: &rdkafka::error::KafkaError) {
-    // Broker connection trouble is retried by librdkafka itself; say so once per poll
-    // error rather than failing.
-    tracing::warn!(error = %e, "kafka poll error (librdkafka retries)");
+    // Broker connection trouble is retried by librdkafka itself: logged (rate-limited)
+    // rather than failing.
+    super::log_client_error("consumer", e, "poll");
 }
 
 #[cfg(test)]

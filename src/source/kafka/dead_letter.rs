@@ -29,7 +29,11 @@ pub struct DeliveryCounter {
     pub failed: AtomicU64,
 }
 
-impl ClientContext for DeliveryCounter {}
+impl ClientContext for DeliveryCounter {
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::log_client_error("dead-letter producer", &error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = ();
