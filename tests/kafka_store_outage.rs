@@ -1,6 +1,8 @@
 //! PostgreSQL goes away mid-stream: the Kafka daemon must stay up, keep its
 //! uncommitted work up to its budget (then pause), retry with backoff, and end with the
 //! same export as `replay`; and a shutdown while it is away must keep its deadline.
+//! The same for a SQLite store whose disk fills up, on a small tmpfs of the test's own
+//! (mounted as root, as CI runs), until the test frees room again.
 //!
 //! The daemon reaches PostgreSQL through a TCP proxy of the test's own
 //! (`support::proxy`); an outage cuts every proxied connection and closes the proxy's
@@ -153,4 +155,100 @@ fn sigterm_while_the_store_is_down_exits_1_at_the_deadline_and_loses_nothing() {
     d.stop();
     assert_eq!(w.exports(), expected);
     rt.block_on(db.drop_db()).unwrap();
+}
+
+/// A tmpfs of `size` mounted on a directory of the test's own (root only), unmounted
+/// on drop: a disk the test can fill.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs for the full-disk test (it needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir)
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.path().join(name)
+    }
+
+    /// Writes `name` until the disk is full; its size.
+    fn fill(&self, name: &str) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path(name)).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let mut written = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(28), "filling the disk: {e}"); // ENOSPC
+                    break;
+                }
+            }
+        }
+        written
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a daemon killed by a failing test may still hold a file open.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn store_disk_full_mid_stream_then_room_again_equals_replay() {
+    let _serial = support::serial();
+    let disk = Tmpfs::mount("64m");
+    let url = format!("sqlite://{}", disk.path("kafka.db").display());
+    let w = World::new("disk-full", 3, Some(url));
+    let events = w.generate(24_000, 19);
+    let expected = w.replay_exports(&[&events]);
+    let mut producer = w.produce(&events, &["--rate", "2000"]);
+    let mut d = w.serve("serve");
+    wait_for("commits under way", CATCH_UP, || {
+        (d.read() >= 4_000 && d.metric(OKS) >= 6.0).then_some(())
+    });
+
+    let filled = disk.fill("filler");
+    assert!(filled > 0, "nothing written: the disk was already full");
+    let errors = d.metric(ERRORS);
+    // Two rounds of 3 partitions at least: the retries must fail on the full disk too
+    // (and not for another reason, see the log check), then succeed once there is room.
+    wait_for("commits failing on the full disk", CATCH_UP, || {
+        (d.metric(ERRORS) >= errors + 6.0).then_some(())
+    });
+    assert!(d.alive(), "serve exited on a full disk");
+    let log = std::fs::read_to_string(w.path("serve.log")).unwrap();
+    assert!(
+        log.contains("database or disk is full"),
+        "the log does not say the disk is full"
+    );
+    // The operator makes room.
+    std::fs::remove_file(disk.path("filler")).unwrap();
+
+    let oks = d.metric(OKS);
+    wait_for("commits to succeed again", CATCH_UP, || {
+        (d.metric(OKS) > oks).then_some(())
+    });
+    assert!(producer.wait().unwrap().success());
+    w.wait_for_exports(&expected, CATCH_UP);
+    assert!(d.alive());
+    d.stop();
+    assert_eq!(w.exports(), expected);
 }

@@ -10,7 +10,9 @@
 
 use std::fmt;
 
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+use sqlx::{
+    ColumnIndex, Connection, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type,
+};
 
 use super::sql::{self, Statements};
 use crate::engine::spill::{SpillBatch, SpilledContact};
@@ -20,6 +22,25 @@ use super::{
     StoredRow,
 };
 use crate::engine::Dimension;
+
+/// A connection on which a write transaction failed is closed instead of going back
+/// to the pool.
+///
+/// Why: sqlx counts a connection's open transactions itself, and its count goes wrong
+/// when the database ended the transaction on its own. SQLite rolls a transaction back
+/// by itself on some errors (a full disk, `SQLITE_FULL`, among them): the `ROLLBACK`
+/// that follows then fails ("no transaction is active"), the count stays at 1, and
+/// every later transaction on that connection is refused ("begin_with at non-zero
+/// transaction depth"), long after the disk has room again. A fresh connection costs
+/// a few milliseconds, and only after a failure.
+fn discard_if_failed<DB: Database, T>(
+    conn: &mut sqlx::pool::PoolConnection<DB>,
+    result: &Result<T, StoreError>,
+) {
+    if result.is_err() {
+        conn.close_on_drop();
+    }
+}
 
 /// What differs between backends once a pool is open.
 pub trait Dialect: Database {
@@ -123,32 +144,39 @@ where
         checkpoint: Option<&CheckpointWrite<'_>>,
         spill: Option<&SpillBatch>,
     ) -> Result<(u64, u64), StoreError> {
-        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
+        let mut conn = self.pool.acquire().await?;
         let result = async {
-            Self::lock_partition(&mut tx, partition).await?;
-            if let Some(cp) = checkpoint {
-                Self::write_checkpoint(&mut tx, partition, cp, updated_at).await?;
+            let mut tx = conn.begin_with(DB::BEGIN).await?;
+            let result = async {
+                Self::lock_partition(&mut tx, partition).await?;
+                if let Some(cp) = checkpoint {
+                    Self::write_checkpoint(&mut tx, partition, cp, updated_at).await?;
+                }
+                if let Some(batch) = checkpoint.and_then(|cp| cp.spill).or(spill) {
+                    Self::write_spill(&mut tx, partition, batch).await?;
+                }
+                DB::write_rows(&mut tx, partition, rows, updated_at).await
             }
-            if let Some(batch) = checkpoint.and_then(|cp| cp.spill).or(spill) {
-                Self::write_spill(&mut tx, partition, batch).await?;
+            .await;
+            match result {
+                Ok(counts) => {
+                    tx.commit().await?;
+                    Ok(counts)
+                }
+                Err(e) => {
+                    // Explicit so the write lock is let go before the error reaches
+                    // the caller (dropping the transaction would only queue the
+                    // rollback).
+                    if let Err(rb) = tx.rollback().await {
+                        tracing::warn!(error = %rb, "rollback after a failed snapshot write failed");
+                    }
+                    Err(e)
+                }
             }
-            DB::write_rows(&mut tx, partition, rows, updated_at).await
         }
         .await;
-        match result {
-            Ok(counts) => {
-                tx.commit().await?;
-                Ok(counts)
-            }
-            Err(e) => {
-                // Explicit so the connection is clean before the error reaches the
-                // caller (dropping the transaction would only queue the rollback).
-                if let Err(rb) = tx.rollback().await {
-                    tracing::warn!(error = %rb, "rollback after a failed snapshot write failed");
-                }
-                Err(e)
-            }
-        }
+        discard_if_failed(&mut conn, &result);
+        result
     }
 
     pub(super) async fn claim(
@@ -188,15 +216,21 @@ where
     /// In a write transaction like [`Self::apply`], so it waits for (rather than
     /// interleaves with) a write of the same partition in progress.
     pub(super) async fn clear_partition(&self, partition: &str) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
-        Self::lock_partition(&mut tx, partition).await?;
-        let done = sqlx::query::<DB>(&DB::statements().delete_partition)
-            .bind(partition)
-            .execute(&mut *tx)
-            .await?;
-        Self::delete_spill(&mut tx, partition).await?;
-        tx.commit().await?;
-        Ok(DB::rows_affected(&done))
+        let mut conn = self.pool.acquire().await?;
+        let result = async {
+            let mut tx = conn.begin_with(DB::BEGIN).await?;
+            Self::lock_partition(&mut tx, partition).await?;
+            let done = sqlx::query::<DB>(&DB::statements().delete_partition)
+                .bind(partition)
+                .execute(&mut *tx)
+                .await?;
+            Self::delete_spill(&mut tx, partition).await?;
+            tx.commit().await?;
+            Ok(DB::rows_affected(&done))
+        }
+        .await;
+        discard_if_failed(&mut conn, &result);
+        result
     }
 
     /// Removes `partition`'s spilled contacts. When no other partition has any (a
@@ -336,11 +370,17 @@ where
     /// In a write transaction, so the check that no other partition has spilled
     /// contacts holds until the clear (see [`Self::delete_spill`]).
     pub(super) async fn clear_spill(&self, partition: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
-        Self::lock_partition(&mut tx, partition).await?;
-        Self::delete_spill(&mut tx, partition).await?;
-        tx.commit().await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        let result = async {
+            let mut tx = conn.begin_with(DB::BEGIN).await?;
+            Self::lock_partition(&mut tx, partition).await?;
+            Self::delete_spill(&mut tx, partition).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        discard_if_failed(&mut conn, &result);
+        result
     }
 
     pub(super) async fn spill_get(
