@@ -23,25 +23,6 @@ use super::{
 };
 use crate::engine::Dimension;
 
-/// A connection on which a write transaction failed is closed instead of going back
-/// to the pool.
-///
-/// Why: sqlx counts a connection's open transactions itself, and its count goes wrong
-/// when the database ended the transaction on its own. SQLite rolls a transaction back
-/// by itself on some errors (a full disk, `SQLITE_FULL`, among them): the `ROLLBACK`
-/// that follows then fails ("no transaction is active"), the count stays at 1, and
-/// every later transaction on that connection is refused ("begin_with at non-zero
-/// transaction depth"), long after the disk has room again. A fresh connection costs
-/// a few milliseconds, and only after a failure.
-fn discard_if_failed<DB: Database, T>(
-    conn: &mut sqlx::pool::PoolConnection<DB>,
-    result: &Result<T, StoreError>,
-) {
-    if result.is_err() {
-        conn.close_on_drop();
-    }
-}
-
 /// What differs between backends once a pool is open.
 pub trait Dialect: Database {
     /// Starts every write transaction.
@@ -87,6 +68,10 @@ pub struct SqlxStore<DB: Database> {
     /// ([`super::sqlite::Checkpointer`]); `None` for PostgreSQL and wherever SQLite
     /// checkpoints itself.
     pub(super) wal: Option<std::sync::Arc<super::sqlite::Checkpointer>>,
+    /// Whether a connection whose write transaction failed is closed (see
+    /// [`discard_if_failed`]). Not for an in-memory SQLite database: it lives in its
+    /// one connection, and closing it would lose every table.
+    pub(super) discard_failed: bool,
 }
 
 // By hand: a derive would require `DB: Clone + Debug`, which the driver markers are not.
@@ -95,6 +80,7 @@ impl<DB: Database> Clone for SqlxStore<DB> {
         SqlxStore {
             pool: self.pool.clone(),
             wal: self.wal.clone(),
+            discard_failed: self.discard_failed,
         }
     }
 }
@@ -127,11 +113,36 @@ where
     usize: ColumnIndex<DB::Row>,
 {
     pub(super) fn new(pool: Pool<DB>) -> Self {
-        SqlxStore { pool, wal: None }
+        SqlxStore {
+            pool,
+            wal: None,
+            discard_failed: true,
+        }
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// A connection on which a write transaction failed is closed instead of going
+    /// back to the pool.
+    ///
+    /// Why: sqlx counts a connection's open transactions itself, and its count goes
+    /// wrong when the database ended the transaction on its own. SQLite rolls a
+    /// transaction back by itself on some errors (a full disk, `SQLITE_FULL`, among
+    /// them): the `ROLLBACK` that follows then fails ("no transaction is active"), the
+    /// count stays at 1, and every later transaction on that connection is refused
+    /// ("begin_with at non-zero transaction depth"), long after the disk has room
+    /// again (`tests/kafka_store_outage.rs`, the full disk). A fresh connection costs a
+    /// few milliseconds, and only after a failure.
+    fn discard_if_failed<T>(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<DB>,
+        result: &Result<T, StoreError>,
+    ) {
+        if result.is_err() && self.discard_failed {
+            conn.close_on_drop();
+        }
     }
 
     /// Apply pre-merged rows in one transaction, with the partition's checkpoint when
@@ -175,7 +186,7 @@ where
             }
         }
         .await;
-        discard_if_failed(&mut conn, &result);
+        self.discard_if_failed(&mut conn, &result);
         result
     }
 
@@ -229,7 +240,7 @@ where
             Ok(DB::rows_affected(&done))
         }
         .await;
-        discard_if_failed(&mut conn, &result);
+        self.discard_if_failed(&mut conn, &result);
         result
     }
 
@@ -379,7 +390,7 @@ where
             Ok(())
         }
         .await;
-        discard_if_failed(&mut conn, &result);
+        self.discard_if_failed(&mut conn, &result);
         result
     }
 

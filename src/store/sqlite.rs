@@ -152,6 +152,7 @@ impl SqlxStore<Sqlite> {
         // Records what it applied in `_sqlx_migrations`, so reopening is a no-op.
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let mut store = SqlxStore::new(pool);
+        store.discard_failed = !memory;
         if background {
             match Checkpointer::start(&path) {
                 Ok(wal) => store.wal = Some(std::sync::Arc::new(wal)),
