@@ -75,6 +75,28 @@ impl ConfigArg {
     }
 }
 
+/// An error and its causes on one line, each said once.
+///
+/// Why not `{:#}` alone: many of our errors (and sqlx's) put their cause in their own
+/// message (`"cannot migrate the database schema: {0}"`) and also return it as the
+/// source, so the chain says each cause again: a full disk under a new store read
+/// "… database or disk is full" four times. A cause whose text the line already holds
+/// is left out.
+pub fn error_report(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if msg.is_empty() || line.contains(&msg) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+    }
+    line
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -99,5 +121,49 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(a) => check_config::run(a),
         Command::Generate(a) => serve::generate(a),
         Command::Score(a) => runtime()?.block_on(score::run(a)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    use super::error_report;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("database or disk is full")]
+        Full,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot migrate the database schema: {0}")]
+        Migrate(#[from] Inner),
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = Err::<(), _>(Outer::from(Inner::Full))
+            .context("opening store sqlite:///x.db")
+            .unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "opening store sqlite:///x.db: cannot migrate the database schema: database or \
+             disk is full: database or disk is full"
+        );
+        assert_eq!(
+            error_report(&e),
+            "opening store sqlite:///x.db: cannot migrate the database schema: database or \
+             disk is full"
+        );
+        // Causes not in the message above them are kept.
+        let e = Err::<(), _>(Inner::Full)
+            .context("writing snapshots")
+            .unwrap_err();
+        assert_eq!(
+            error_report(&e),
+            "writing snapshots: database or disk is full"
+        );
     }
 }
