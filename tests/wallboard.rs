@@ -3,6 +3,10 @@
 //! Server-Sent Events, must show the expected numbers, turn the breached queue red,
 //! list the agents; and the JSON API must refuse requests without the token.
 //! A screenshot is kept in `target/wallboard.png` as a test artifact.
+//! A second test runs the Kafka source behind a proxy (`support::proxy`) and cuts
+//! it: the page must say that its figures are not live while no broker answers.
+
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -389,4 +393,68 @@ max_wait = "120s"
         html.contains("<td class=\"st-busy\">busy</td>"),
         "bob's state"
     );
+}
+
+/// With the broker out of reach the figures stand still; the page must not go on
+/// calling them live. It says so within seconds of the cut, and goes back to "live"
+/// once the broker answers again.
+#[test]
+fn wallboard_says_its_figures_are_not_live_while_kafka_is_away() {
+    let _serial = support::serial();
+    let (w, proxy) = support::World::behind_proxy("wallboard-outage", 1);
+    let events = w.generate(2_000, 41);
+    w.produce_all(&events);
+    let d = w.serve("serve");
+    wait_for(
+        "the daemon to read the topic",
+        Duration::from_secs(120),
+        || (d.read() >= 2_000).then_some(()),
+    );
+    let b = Browser::start();
+    b.session(
+        "POST",
+        "/url",
+        Some(serde_json::json!({"url": format!("{}/wallboard", d.base)})),
+    );
+    let conn = || {
+        let v = b.script(
+            "const c = document.getElementById('conn'); return [c.textContent, c.className];",
+        );
+        (
+            v[0].as_str().unwrap_or_default().to_owned(),
+            v[1].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    wait_for("the page to say live", Duration::from_secs(30), || {
+        let (text, class) = conn();
+        (text.starts_with("live") && class.is_empty()).then_some(())
+    });
+
+    let outage = proxy.cut();
+    let (text, _) = wait_for("the page to say not live", Duration::from_secs(30), || {
+        let (text, class) = conn();
+        (class == "down").then_some((text, class))
+    });
+    assert!(text.starts_with("not live: no input since "), "{text}");
+    let floor: serde_json::Value =
+        serde_json::from_str(&d.get("/api/v1/floor").unwrap().1).unwrap();
+    assert!(
+        floor["input_down_since"].is_i64(),
+        "{}",
+        floor["input_down_since"]
+    );
+    drop(outage);
+
+    wait_for(
+        "the page to say live again",
+        Duration::from_secs(60),
+        || {
+            let (text, class) = conn();
+            (text.starts_with("live") && class.is_empty()).then_some(())
+        },
+    );
+    let floor: serde_json::Value =
+        serde_json::from_str(&d.get("/api/v1/floor").unwrap().1).unwrap();
+    assert!(floor["input_down_since"].is_null());
+    d.stop();
 }

@@ -225,7 +225,9 @@ fn current_window(s: &HttpSettings) -> Option<&super::state::RollingWindow> {
 
 /// The whole floor as JSON: `/api/v1/floor`, each SSE message, and the wallboard's
 /// data. Times are UTC ms; durations seconds; ratios 0–1 (`null` without data).
-pub fn view(snap: &LiveSnapshot, s: &HttpSettings) -> Value {
+/// `input_down_since`: since when the source has reached no input (the figures stand
+/// still meanwhile), `null` while it does.
+pub fn view(snap: &LiveSnapshot, s: &HttpSettings, input_down_since: Option<i64>) -> Value {
     let now = snap.now_ms;
     let window = current_window(s);
     let rows = |dim: Dimension| -> BTreeMap<&str, &Acc> {
@@ -355,6 +357,7 @@ pub fn view(snap: &LiveSnapshot, s: &HttpSettings) -> Value {
         .collect();
     json!({
         "now": now,
+        "input_down_since": input_down_since,
         "current_window": window.map(|w| w.label.clone()),
         "interval_start": snap.floor.interval_start,
         "day_start": snap.floor.day_start,

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use prometheus::Registry;
 use tokio::sync::watch;
@@ -430,6 +430,9 @@ pub struct AppState {
     registry: Registry,
     /// The rendered agent part of `/metrics`.
     blocks: Arc<BlockCache>,
+    /// Since when (UTC ms) the source has reached no input (the Kafka source: no
+    /// broker connection); 0 while it does. Set by the source, shown by the floor.
+    input_down_since: AtomicI64,
 }
 
 impl AppState {
@@ -456,6 +459,7 @@ impl AppState {
             settings,
             registry,
             blocks: Arc::default(),
+            input_down_since: AtomicI64::new(0),
         })
     }
 
@@ -506,6 +510,24 @@ impl AppState {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Say that the source reaches no input since `since_ms` (`None`: it does again).
+    /// A change wakes the floor's streams, so a wallboard shows it at once even though
+    /// no figure changed (nothing arrives to change one).
+    pub fn set_input_down(&self, since_ms: Option<i64>) {
+        let v = since_ms.unwrap_or(0);
+        if self.input_down_since.swap(v, Ordering::AcqRel) != v {
+            self.snapshot.send_modify(|_| {});
+        }
+    }
+
+    /// Since when the source has reached no input, if it does not.
+    pub fn input_down_since(&self) -> Option<i64> {
+        match self.input_down_since.load(Ordering::Acquire) {
+            0 => None,
+            v => Some(v),
+        }
     }
 
     /// The current settings (a reload replaces them; a request keeps the ones it

@@ -32,7 +32,11 @@ pub async fn floor_json(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     no_params("/api/v1/floor", q)?;
     let snap = st.snapshot();
-    Ok(Json(floor::view(&snap, &st.settings())))
+    Ok(Json(floor::view(
+        &snap,
+        &st.settings(),
+        st.input_down_since(),
+    )))
 }
 
 /// One message per published snapshot (the Kafka source publishes every 250 ms while
@@ -50,7 +54,7 @@ pub async fn floor_stream(
             return None; // the daemon is shutting down
         }
         let snap = rx.borrow_and_update().clone();
-        let data = floor::view(&snap, &st.settings()).to_string();
+        let data = floor::view(&snap, &st.settings(), st.input_down_since()).to_string();
         Some((
             Ok(Event::default().event("floor").data(data)),
             (rx, st, false),

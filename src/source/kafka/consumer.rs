@@ -336,7 +336,16 @@ impl ClientContext for Ctx {
     }
 
     fn stats(&self, s: Statistics) {
-        self.0.metrics.brokers_up.set(brokers_up(&s));
+        let up = brokers_up(&s);
+        self.0.metrics.brokers_up.set(up);
+        // The floor says its figures stand still; the time of the first statistics
+        // without a broker (within a second of the cut) is when it started.
+        let state = &self.0.state;
+        if up > 0 {
+            state.set_input_down(None);
+        } else if state.input_down_since().is_none() {
+            state.set_input_down(Some(now_ms()));
+        }
         let mut high = lock(&self.0.high);
         for (topic, t) in s.topics {
             for (p, ps) in t.partitions {
