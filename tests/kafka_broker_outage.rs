@@ -1,5 +1,5 @@
 //! The Kafka broker goes away mid-stream, or is away when the daemon starts: `serve`
-//! must stay up, say so on `/metrics` (`ccmetrics_kafka_brokers_up` 0), pick up where
+//! must stay up, say so on `/metrics` (`ccmetrics_kafka_broker_connections_up` 0), pick up where
 //! it was once the broker is back, and end with the same export as `replay`.
 //!
 //! Every client (daemon, producer) reaches the broker through a TCP proxy of the
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use support::{CATCH_UP, World, wait_for};
 
-const BROKERS_UP: &str = "ccmetrics_kafka_brokers_up";
+const CONNECTIONS_UP: &str = "ccmetrics_kafka_broker_connections_up";
 const READY: &str = "ccmetrics_ready";
 const LOST: &str = "ccmetrics_kafka_rebalances_total{kind=\"lost\"}";
 const ASSIGNS: &str = "ccmetrics_kafka_rebalances_total{kind=\"assign\"}";
@@ -46,19 +46,19 @@ fn broker_away_mid_stream(name: &str, outage_for: Duration, seed: u64) {
     let producer = w.produce(&events, &["--rate", "2000"]);
     let mut d = w.serve("serve");
     wait_for("reading under way", CATCH_UP, || {
-        (d.read() >= 4_000 && d.metric(BROKERS_UP) >= 1.0).then_some(())
+        (d.read() >= 4_000 && d.metric(CONNECTIONS_UP) >= 1.0).then_some(())
     });
 
     let outage = proxy.cut();
     wait_for("the broker reported down", Duration::from_secs(30), || {
-        (d.metric(BROKERS_UP) == 0.0).then_some(())
+        (d.metric(CONNECTIONS_UP) == 0.0).then_some(())
     });
     // The fault's length, not a wait for a condition. The daemon is checked all along.
     let start = std::time::Instant::now();
     while start.elapsed() < outage_for {
         assert!(d.alive(), "serve exited while the broker was away");
         assert_eq!(
-            d.metric(BROKERS_UP),
+            d.metric(CONNECTIONS_UP),
             0.0,
             "a broker seen up during the outage"
         );
@@ -76,7 +76,7 @@ fn broker_away_mid_stream(name: &str, outage_for: Duration, seed: u64) {
     drop(outage);
 
     wait_for("the broker reported up again", CATCH_UP, || {
-        (d.metric(BROKERS_UP) >= 1.0).then_some(())
+        (d.metric(CONNECTIONS_UP) >= 1.0).then_some(())
     });
     if session_ran_out {
         // It rejoins and takes its partitions back from the store.
@@ -110,7 +110,7 @@ fn serve_started_while_the_broker_is_away_waits_then_catches_up() {
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
         assert!(d.alive(), "serve exited while the broker was away");
-        assert_eq!(d.metric(BROKERS_UP), 0.0);
+        assert_eq!(d.metric(CONNECTIONS_UP), 0.0);
         assert_eq!(d.metric(READY), 0.0, "ready without a broker");
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -118,7 +118,7 @@ fn serve_started_while_the_broker_is_away_waits_then_catches_up() {
     drop(outage);
 
     wait_for("the broker reported up", CATCH_UP, || {
-        (d.metric(BROKERS_UP) >= 1.0).then_some(())
+        (d.metric(CONNECTIONS_UP) >= 1.0).then_some(())
     });
     w.wait_for_exports(&expected, CATCH_UP);
     assert_eq!(d.metric(READY), 1.0);

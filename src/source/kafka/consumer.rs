@@ -97,7 +97,7 @@ pub struct KafkaMetrics {
     dead_letter_failures: IntGauge,
     paused: IntGauge,
     pending: IntGauge,
-    brokers_up: IntGauge,
+    connections_up: IntGauge,
 }
 
 impl KafkaMetrics {
@@ -184,11 +184,12 @@ impl KafkaMetrics {
                 "ccmetrics_kafka_pending_events",
                 "Messages read but not yet committed to the store, over the owned partitions",
             )?,
-            brokers_up: IntGauge::new(
-                "ccmetrics_kafka_brokers_up",
-                "Brokers the consumer has a working connection to (librdkafka state UP), as of \
-                 its last statistics (every second); 0 while no broker can be reached, when the \
-                 lag and the live figures stand still",
+            connections_up: IntGauge::new(
+                "ccmetrics_kafka_broker_connections_up",
+                "The consumer's working connections to brokers (librdkafka state UP: the \
+                 bootstrap addresses, the brokers by node id, the group coordinator), as of its \
+                 last statistics (every second); 0 while no broker can be reached, when the lag \
+                 and the live figures stand still",
             )?,
         };
         r.register(Box::new(m.lag.clone()))?;
@@ -204,7 +205,7 @@ impl KafkaMetrics {
         r.register(Box::new(m.dead_letter_failures.clone()))?;
         r.register(Box::new(m.paused.clone()))?;
         r.register(Box::new(m.pending.clone()))?;
-        r.register(Box::new(m.brokers_up.clone()))?;
+        r.register(Box::new(m.connections_up.clone()))?;
         for kind in ["assign", "revoke", "lost", "error"] {
             m.rebalances.with_label_values(&[kind]);
         }
@@ -314,15 +315,21 @@ async fn committer(
     }
 }
 
-/// The cluster's brokers with a working connection. Left out: the bootstrap addresses
-/// (node id -1) and librdkafka's internal and logical entries (the group coordinator is
-/// listed again as a logical broker), which would count one connection twice or an
-/// address that is not a broker.
-fn brokers_up(s: &Statistics) -> i64 {
+/// The consumer's working connections to brokers: every entry of librdkafka's but its
+/// internal one (node id -1, source "internal"), which is no connection.
+///
+/// Why connections and not brokers: which entries are connected depends on what the
+/// consumer needs. librdkafka connects only to the brokers leading its partitions
+/// (`enable.sparse.connections`), holds the group coordinator on a connection of its
+/// own (a "logical" entry), and may ask for metadata on a bootstrap address (node id
+/// -1). A member with no partitions can be healthy with every by-node-id entry idle,
+/// so counting those alone would say "unreachable" of it; with every connection
+/// counted, 0 means what the alert needs: nothing of the cluster answers.
+fn connections_up(s: &Statistics) -> i64 {
     let up = s
         .brokers
         .values()
-        .filter(|b| b.nodeid >= 0 && b.source == "learned" && b.state == "UP")
+        .filter(|b| b.source != "internal" && b.state == "UP")
         .count();
     i64::try_from(up).unwrap_or(i64::MAX)
 }
@@ -336,8 +343,8 @@ impl ClientContext for Ctx {
     }
 
     fn stats(&self, s: Statistics) {
-        let up = brokers_up(&s);
-        self.0.metrics.brokers_up.set(up);
+        let up = connections_up(&s);
+        self.0.metrics.connections_up.set(up);
         // The floor says its figures stand still; the time of the first statistics
         // without a broker (within a second of the cut) is when it started.
         let state = &self.0.state;
@@ -1206,7 +1213,7 @@ fn log_poll_error(e: &rdkafka::error::KafkaError) {
 mod tests {
     use rdkafka::statistics::{Broker, Statistics};
 
-    use super::brokers_up;
+    use super::connections_up;
 
     fn broker(nodeid: i32, source: &str, state: &str) -> Broker {
         Broker {
@@ -1218,27 +1225,30 @@ mod tests {
     }
 
     /// What librdkafka lists for a consumer of a 3-broker cluster: the bootstrap
-    /// address, its internal broker, the coordinator again as a logical broker, and the
-    /// brokers learned from the metadata, of which only the ones it needs are up.
+    /// address, its internal broker (always "UP", never a connection), the coordinator
+    /// as a logical broker, and the brokers learned from the metadata, of which only
+    /// the ones it needs are connected.
     #[test]
-    fn brokers_up_counts_the_clusters_brokers_once() {
+    fn connections_up_counts_every_connection_and_nothing_else() {
         let mut s = Statistics::default();
         for (name, b) in [
-            ("127.0.0.1:9092/bootstrap", broker(-1, "configured", "UP")),
+            ("127.0.0.1:9092/bootstrap", broker(-1, "configured", "INIT")),
             (":0/internal", broker(-1, "internal", "UP")),
             ("GroupCoordinator", broker(1, "logical", "UP")),
             ("b1:9092/1", broker(1, "learned", "UP")),
-            ("b2:9092/2", broker(2, "learned", "UP")),
+            ("b2:9092/2", broker(2, "learned", "INIT")),
             ("b3:9092/3", broker(3, "learned", "INIT")),
         ] {
             s.brokers.insert(name.into(), b);
         }
-        assert_eq!(brokers_up(&s), 2);
+        assert_eq!(connections_up(&s), 2);
+        // A member without partitions: only its coordinator connection is up. It
+        // reaches the cluster.
+        s.brokers.get_mut("b1:9092/1").unwrap().state = "INIT".into();
+        assert_eq!(connections_up(&s), 1);
         // Every connection cut: librdkafka is trying again.
-        for (name, state) in [("b1:9092/1", "CONNECT"), ("b2:9092/2", "DOWN")] {
-            s.brokers.get_mut(name).unwrap().state = state.into();
-        }
-        assert_eq!(brokers_up(&s), 0);
-        assert_eq!(brokers_up(&Statistics::default()), 0);
+        s.brokers.get_mut("GroupCoordinator").unwrap().state = "CONNECT".into();
+        assert_eq!(connections_up(&s), 0);
+        assert_eq!(connections_up(&Statistics::default()), 0);
     }
 }

@@ -113,7 +113,7 @@ static CLIENT_ERRORS: Mutex<RateLimit> = Mutex::new(RateLimit {
 /// Why: librdkafka retries connection trouble by itself and reports each failed attempt,
 /// once through the error callback of every client (consumer, dead-letter producer) and
 /// again as a poll error: with the broker away, several lines a second that say one
-/// thing. `ccmetrics_kafka_brokers_up` says it on `/metrics`; the log says it when it
+/// thing. `ccmetrics_kafka_broker_connections_up` says it on `/metrics`; the log says it when it
 /// starts and then twice a minute. librdkafka's own log lines (`librdkafka: FAIL …`,
 /// the address and the cause) are left as they are: it rate-limits them itself.
 pub fn log_client_error(client: &str, error: &KafkaError, reason: &str) {
