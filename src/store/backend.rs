@@ -69,7 +69,7 @@ pub struct SqlxStore<DB: Database> {
     /// checkpoints itself.
     pub(super) wal: Option<std::sync::Arc<super::sqlite::Checkpointer>>,
     /// Whether a connection whose write transaction failed is closed (see
-    /// [`discard_if_failed`]). Not for an in-memory SQLite database: it lives in its
+    /// [`Self::write_tx`]). Not for an in-memory SQLite database: it lives in its
     /// one connection, and closing it would lose every table.
     pub(super) discard_failed: bool,
 }
@@ -124,25 +124,51 @@ where
         self.pool.close().await;
     }
 
-    /// A connection on which a write transaction failed is closed instead of going
-    /// back to the pool.
+    /// Runs `body` in one write transaction of `partition` (begun with
+    /// [`Dialect::BEGIN`], the partition locked first): committed when `body`
+    /// succeeds, else rolled back at once, so the write lock is let go before the error
+    /// reaches the caller (dropping the transaction would only queue the rollback).
     ///
-    /// Why: sqlx counts a connection's open transactions itself, and its count goes
-    /// wrong when the database ended the transaction on its own. SQLite rolls a
-    /// transaction back by itself on some errors (a full disk, `SQLITE_FULL`, among
-    /// them): the `ROLLBACK` that follows then fails ("no transaction is active"), the
-    /// count stays at 1, and every later transaction on that connection is refused
-    /// ("begin_with at non-zero transaction depth"), long after the disk has room
-    /// again (`tests/kafka_store_outage.rs`, the full disk). A fresh connection costs a
-    /// few milliseconds, and only after a failure.
-    fn discard_if_failed<T>(
+    /// A connection on which the transaction failed is closed instead of going back
+    /// to the pool. Why: sqlx counts a connection's open transactions itself, and its
+    /// count goes wrong when the database ended the transaction on its own. SQLite
+    /// rolls a transaction back by itself on some errors (a full disk, `SQLITE_FULL`,
+    /// among them): the `ROLLBACK` that follows then fails ("no transaction is
+    /// active"), the count stays at 1, and every later transaction on that connection
+    /// is refused ("begin_with at non-zero transaction depth"), long after the disk has
+    /// room again (`tests/kafka_store_outage.rs`, the full disk). A fresh connection
+    /// costs a few milliseconds, and only after a failure.
+    async fn write_tx<T>(
         &self,
-        conn: &mut sqlx::pool::PoolConnection<DB>,
-        result: &Result<T, StoreError>,
-    ) {
+        partition: &str,
+        body: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let result = async {
+            let mut tx = conn.begin_with(DB::BEGIN).await?;
+            let result = async {
+                Self::lock_partition(&mut tx, partition).await?;
+                body(&mut tx).await
+            }
+            .await;
+            match result {
+                Ok(v) => {
+                    tx.commit().await?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    if let Err(rb) = tx.rollback().await {
+                        tracing::warn!(partition, error = %rb, "rollback after a failed write failed");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .await;
         if result.is_err() && self.discard_failed {
             conn.close_on_drop();
         }
+        result
     }
 
     /// Apply pre-merged rows in one transaction, with the partition's checkpoint when
@@ -155,39 +181,16 @@ where
         checkpoint: Option<&CheckpointWrite<'_>>,
         spill: Option<&SpillBatch>,
     ) -> Result<(u64, u64), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let result = async {
-            let mut tx = conn.begin_with(DB::BEGIN).await?;
-            let result = async {
-                Self::lock_partition(&mut tx, partition).await?;
-                if let Some(cp) = checkpoint {
-                    Self::write_checkpoint(&mut tx, partition, cp, updated_at).await?;
-                }
-                if let Some(batch) = checkpoint.and_then(|cp| cp.spill).or(spill) {
-                    Self::write_spill(&mut tx, partition, batch).await?;
-                }
-                DB::write_rows(&mut tx, partition, rows, updated_at).await
+        self.write_tx(partition, async |tx| {
+            if let Some(cp) = checkpoint {
+                Self::write_checkpoint(tx, partition, cp, updated_at).await?;
             }
-            .await;
-            match result {
-                Ok(counts) => {
-                    tx.commit().await?;
-                    Ok(counts)
-                }
-                Err(e) => {
-                    // Explicit so the write lock is let go before the error reaches
-                    // the caller (dropping the transaction would only queue the
-                    // rollback).
-                    if let Err(rb) = tx.rollback().await {
-                        tracing::warn!(error = %rb, "rollback after a failed snapshot write failed");
-                    }
-                    Err(e)
-                }
+            if let Some(batch) = checkpoint.and_then(|cp| cp.spill).or(spill) {
+                Self::write_spill(tx, partition, batch).await?;
             }
-        }
-        .await;
-        self.discard_if_failed(&mut conn, &result);
-        result
+            DB::write_rows(tx, partition, rows, updated_at).await
+        })
+        .await
     }
 
     pub(super) async fn claim(
@@ -227,21 +230,15 @@ where
     /// In a write transaction like [`Self::apply`], so it waits for (rather than
     /// interleaves with) a write of the same partition in progress.
     pub(super) async fn clear_partition(&self, partition: &str) -> Result<u64, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let result = async {
-            let mut tx = conn.begin_with(DB::BEGIN).await?;
-            Self::lock_partition(&mut tx, partition).await?;
+        self.write_tx(partition, async |tx| {
             let done = sqlx::query::<DB>(&DB::statements().delete_partition)
                 .bind(partition)
                 .execute(&mut *tx)
                 .await?;
-            Self::delete_spill(&mut tx, partition).await?;
-            tx.commit().await?;
+            Self::delete_spill(tx, partition).await?;
             Ok(DB::rows_affected(&done))
-        }
-        .await;
-        self.discard_if_failed(&mut conn, &result);
-        result
+        })
+        .await
     }
 
     /// Removes `partition`'s spilled contacts. When no other partition has any (a
@@ -381,17 +378,10 @@ where
     /// In a write transaction, so the check that no other partition has spilled
     /// contacts holds until the clear (see [`Self::delete_spill`]).
     pub(super) async fn clear_spill(&self, partition: &str) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let result = async {
-            let mut tx = conn.begin_with(DB::BEGIN).await?;
-            Self::lock_partition(&mut tx, partition).await?;
-            Self::delete_spill(&mut tx, partition).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        self.discard_if_failed(&mut conn, &result);
-        result
+        self.write_tx(partition, async |tx| {
+            Self::delete_spill(tx, partition).await
+        })
+        .await
     }
 
     pub(super) async fn spill_get(
