@@ -169,19 +169,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .map_or_else(String::new, |d| d.path().display().to_string())
         ))
     };
+    // A failed spill, or a contact read back damaged: nothing derived since may be
+    // stored.
     let spill_failed = |pipe: &mut Pipeline| -> anyhow::Result<()> {
-        if let Some(e) = pipe.engine.spill_mut().and_then(|s| s.failure()) {
-            return Err(spill_error(e));
-        }
-        // A contact read back damaged (its events lost to the engine): nothing
-        // derived since may be stored.
-        match pipe.engine.damage() {
-            Some(what) => Err(spill_error(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                what.to_owned(),
-            ))),
-            None => Ok(()),
-        }
+        pipe.engine
+            .spill_trouble()
+            .map_or(Ok(()), |e| Err(spill_error(e)))
     };
     let bar = ProgressBar::new_spinner();
     bar.set_style(

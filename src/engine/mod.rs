@@ -1875,6 +1875,19 @@ impl Engine {
         self.damaged.as_deref()
     }
 
+    /// Why the figures derived since the last check cannot be trusted, if they
+    /// cannot: the spill failed (its answers since are unknown), or a contact read
+    /// back from it was damaged (its events lost). Nothing derived since may be
+    /// stored. A spill failure is reported once; the damage every time.
+    pub fn spill_trouble(&mut self) -> Option<std::io::Error> {
+        if let Some(e) = self.spill.as_mut().and_then(|s| s.failure()) {
+            return Some(e);
+        }
+        self.damaged
+            .as_ref()
+            .map(|what| std::io::Error::new(std::io::ErrorKind::InvalidData, what.clone()))
+    }
+
     /// Contacts held in the spill.
     pub fn contacts_spilled(&self) -> usize {
         self.spill.as_ref().map_or(0, |s| s.len())
@@ -1990,14 +2003,8 @@ impl Engine {
     ) -> Result<impl Iterator<Item = Vec<SnapshotDelta>> + '_, std::io::Error> {
         self.settle();
         self.complete_waiting_wraps();
-        if let Some(e) = self.spill.as_mut().and_then(|s| s.failure()) {
+        if let Some(e) = self.spill_trouble() {
             return Err(e);
-        }
-        if let Some(what) = &self.damaged {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                what.clone(),
-            ));
         }
         let released = self.release_contacts();
         // Freeing ~150,000 contacts' lists takes a core ~10 ms that the last write
