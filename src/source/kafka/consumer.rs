@@ -95,6 +95,7 @@ pub struct KafkaMetrics {
     busy_seconds: HistogramVec,
     dead_letters: IntGauge,
     dead_letter_failures: IntGauge,
+    dead_letters_pending: IntGauge,
     paused: IntGauge,
     pending: IntGauge,
     connections_up: IntGauge,
@@ -174,7 +175,13 @@ impl KafkaMetrics {
             )?,
             dead_letter_failures: IntGauge::new(
                 "ccmetrics_dead_letter_failures_total",
-                "Dead letters the broker finally refused (after librdkafka's retries)",
+                "Dead-letter deliveries that finally failed (after librdkafka's retries, \
+                 message.timeout.ms); each copy is sent again",
+            )?,
+            dead_letters_pending: IntGauge::new(
+                "ccmetrics_dead_letters_pending",
+                "Dead letters sent and not yet acknowledged by the broker; the partitions that \
+                 rejected them do not commit until they are",
             )?,
             paused: IntGauge::new(
                 "ccmetrics_kafka_consumer_paused",
@@ -203,6 +210,7 @@ impl KafkaMetrics {
         r.register(Box::new(m.busy_seconds.clone()))?;
         r.register(Box::new(m.dead_letters.clone()))?;
         r.register(Box::new(m.dead_letter_failures.clone()))?;
+        r.register(Box::new(m.dead_letters_pending.clone()))?;
         r.register(Box::new(m.paused.clone()))?;
         r.register(Box::new(m.pending.clone()))?;
         r.register(Box::new(m.connections_up.clone()))?;
@@ -493,12 +501,12 @@ impl Shared {
                 return;
             }
             if let Some((producer, dlq)) = &self.dead_letters {
-                part.pipe.set_dead_letters(Box::new(KafkaDeadLetters {
-                    producer: producer.clone(),
-                    topic: dlq.clone(),
-                    source_topic: topic.clone(),
-                    source_partition: p,
-                }));
+                part.pipe.set_dead_letters(Box::new(KafkaDeadLetters::new(
+                    producer.clone(),
+                    dlq.clone(),
+                    topic.clone(),
+                    p,
+                )));
             }
             tracing::info!(partition = %name, epoch = claim.epoch, offset = ?claim.next_offset, restored = claim.state.is_some(), "partition assigned");
             lock(&self.parts).insert((topic, p), part);
@@ -661,7 +669,12 @@ impl Shared {
                     return;
                 }
                 Err(e) => {
-                    round.ok = false;
+                    // Copies of rejected messages not yet acknowledged hold back only
+                    // their own partition: the store is fine, so the others' commits
+                    // keep their pace instead of backing off.
+                    if !matches!(e, CommitError::DeadLetters(_)) {
+                        round.ok = false;
+                    }
                     self.record(part, Err(&e), Duration::ZERO);
                 }
             }
@@ -878,6 +891,9 @@ impl Shared {
             self.metrics
                 .dead_letter_failures
                 .set(ctx.failed.load(Ordering::Relaxed) as i64);
+            self.metrics
+                .dead_letters_pending
+                .set(ctx.pending.load(Ordering::Relaxed));
         }
         Publication {
             views,

@@ -3,14 +3,16 @@
 //! `ccmetrics.detail`, `ccmetrics.source.topic`, `ccmetrics.source.partition`,
 //! `ccmetrics.source.offset`).
 //!
-//! Delivery is at least once: copies are flushed before the partition's offset is
-//! committed, so a crash can repeat a copy but never skip one. A copy that librdkafka
-//! finally fails to deliver (after its own retries, `message.timeout.ms`) is counted
-//! in `ccmetrics_dead_letter_failures_total` and logged.
+//! Delivery is at least once: a partition's commit is refused until the broker has
+//! acknowledged every copy it sent, so a crash can repeat a copy but never skip one.
+//! A copy that librdkafka finally fails to deliver (after its own retries,
+//! `message.timeout.ms`) is counted in `ccmetrics_dead_letter_failures_total`, logged,
+//! and sent again (docs/reliability.md, "Dead letters the broker does not take").
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -19,14 +21,21 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 
 use crate::pipeline::{DeadLetter, DeadLetterSink};
 
-/// How long a commit waits for dead letters to be acknowledged by the broker.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a commit waits for the broker to acknowledge copies sent since the last
+/// commit. A healthy broker answers in milliseconds. The wait blocks the polling
+/// thread (every owned partition), so copies the broker has already not acknowledged
+/// through one wait are not waited for again: during an outage each commit round
+/// costs nothing, instead of this long per partition.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
-/// Counts delivery outcomes (called on librdkafka's polling thread).
+/// Counts delivery outcomes (called on librdkafka's polling thread) and the copies
+/// every partition holds until the broker acknowledges them.
 #[derive(Default)]
 pub struct DeliveryCounter {
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
+    /// Copies held by the partitions' sinks, sent and not yet acknowledged.
+    pub pending: AtomicI64,
 }
 
 impl ClientContext for DeliveryCounter {
@@ -35,44 +44,148 @@ impl ClientContext for DeliveryCounter {
     }
 }
 
+/// Which copy a delivery report is about, and whose book to enter it in.
+pub struct Ticket {
+    book: Arc<Book>,
+    id: u64,
+}
+
 impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
+    type DeliveryOpaque = Box<Ticket>;
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        let error = match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                None
             }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "a message could not be delivered");
+                tracing::error!(error = %e, "a dead letter could not be delivered; it is sent again, and its partition commits only once it is delivered");
+                Some(e.to_string())
             }
-        }
+        };
+        ticket.book.settle(ticket.id, error);
     }
 }
 
 pub type DeadLetterProducer = ThreadedProducer<DeliveryCounter>;
 
-/// One partition's handle on the shared dead-letter producer.
-pub struct KafkaDeadLetters {
-    pub producer: Arc<DeadLetterProducer>,
-    pub topic: String,
-    /// The consumed topic (the partition and offset come with each letter).
-    pub source_topic: String,
-    pub source_partition: i32,
+/// One partition's delivery reports, written by librdkafka's polling thread and read
+/// by the partition's commit.
+#[derive(Default)]
+struct Book {
+    state: Mutex<BookState>,
+    settled: Condvar,
 }
 
-impl DeadLetterSink for KafkaDeadLetters {
-    fn send(&mut self, l: &DeadLetter<'_>) -> std::io::Result<()> {
-        let partition = self.source_partition.to_string();
-        let offset = l.offset.map(|o| o.to_string()).unwrap_or_default();
+#[derive(Default)]
+struct BookState {
+    in_flight: usize,
+    acknowledged: Vec<u64>,
+    failed: Vec<u64>,
+    last_error: Option<String>,
+}
+
+impl Book {
+    fn lock(&self) -> MutexGuard<'_, BookState> {
+        // A panic elsewhere cannot leave the counts half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn settle(&self, id: u64, error: Option<String>) {
+        let mut s = self.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        match error {
+            None => s.acknowledged.push(id),
+            Some(e) => {
+                s.failed.push(id);
+                s.last_error = Some(e);
+            }
+        }
+        drop(s);
+        self.settled.notify_all();
+    }
+
+    /// Wait until nothing is in flight or `deadline`, then take the reports.
+    fn take(&self, deadline: Option<Instant>) -> BookState {
+        let mut s = self.lock();
+        if let Some(deadline) = deadline {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            s = match self
+                .settled
+                .wait_timeout_while(s, wait, |s| s.in_flight > 0)
+            {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        BookState {
+            in_flight: s.in_flight,
+            acknowledged: std::mem::take(&mut s.acknowledged),
+            failed: std::mem::take(&mut s.failed),
+            last_error: s.last_error.take(),
+        }
+    }
+}
+
+/// A copy as sent, kept until the broker acknowledges it (to send it again).
+struct Copy {
+    message: Vec<u8>,
+    key: Option<Vec<u8>>,
+    reason: &'static str,
+    detail: String,
+    offset: String,
+}
+
+/// One partition's handle on the shared dead-letter producer.
+///
+/// Every copy is kept until the broker acknowledges it. One that librdkafka finally
+/// fails to deliver (after its retries, `message.timeout.ms`: the broker away that
+/// long, or the topic missing) is sent again, and the partition's commit is refused
+/// while any copy is unacknowledged: the offset of a rejected message is never
+/// committed before its copy is safe, however long the broker is away.
+pub struct KafkaDeadLetters {
+    producer: Arc<DeadLetterProducer>,
+    topic: String,
+    /// The consumed topic (the partition and offset come with each letter).
+    source_topic: String,
+    source_partition: String,
+    book: Arc<Book>,
+    copies: BTreeMap<u64, Copy>,
+    next_id: u64,
+    /// Copies up to this id have been waited for once.
+    waited_for: u64,
+}
+
+impl KafkaDeadLetters {
+    pub fn new(
+        producer: Arc<DeadLetterProducer>,
+        topic: String,
+        source_topic: String,
+        source_partition: i32,
+    ) -> KafkaDeadLetters {
+        KafkaDeadLetters {
+            producer,
+            topic,
+            source_topic,
+            source_partition: source_partition.to_string(),
+            book: Arc::default(),
+            copies: BTreeMap::new(),
+            next_id: 0,
+            waited_for: 0,
+        }
+    }
+
+    /// Hand one copy to librdkafka (waiting while its local queue is full).
+    fn enqueue(&mut self, id: u64, copy: &Copy) -> std::io::Result<()> {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "ccmetrics.reason",
-                value: Some(l.reason.as_str()),
+                value: Some(copy.reason),
             })
             .insert(Header {
                 key: "ccmetrics.detail",
-                value: Some(l.detail),
+                value: Some(&copy.detail),
             })
             .insert(Header {
                 key: "ccmetrics.source.topic",
@@ -80,18 +193,25 @@ impl DeadLetterSink for KafkaDeadLetters {
             })
             .insert(Header {
                 key: "ccmetrics.source.partition",
-                value: Some(&partition),
+                value: Some(&self.source_partition),
             })
             .insert(Header {
                 key: "ccmetrics.source.offset",
-                value: Some(&offset),
+                value: Some(&copy.offset),
             });
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic)
-            .payload(l.message)
-            .headers(headers);
-        if let Some(k) = l.key {
-            record = record.key(k);
+        let ticket = Box::new(Ticket {
+            book: self.book.clone(),
+            id,
+        });
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
+            BaseRecord::with_opaque_to(&self.topic, ticket)
+                .payload(&copy.message[..])
+                .headers(headers);
+        if let Some(k) = &copy.key {
+            record = record.key(&k[..]);
         }
+        // Counted before librdkafka can report on it.
+        self.book.lock().in_flight += 1;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -100,14 +220,205 @@ impl DeadLetterSink for KafkaDeadLetters {
                     record = r;
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Err((e, _)) => return Err(std::io::Error::other(e)),
+                Err((e, _)) => {
+                    let mut s = self.book.lock();
+                    s.in_flight = s.in_flight.saturating_sub(1);
+                    return Err(std::io::Error::other(e));
+                }
             }
         }
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
+    fn pending_changed(&self, by: i64) {
         self.producer
-            .flush(FLUSH_TIMEOUT)
-            .map_err(std::io::Error::other)
+            .context()
+            .pending
+            .fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+impl DeadLetterSink for KafkaDeadLetters {
+    fn send(&mut self, l: &DeadLetter<'_>) -> std::io::Result<()> {
+        let copy = Copy {
+            message: l.message.to_vec(),
+            key: l.key.map(<[u8]>::to_vec),
+            reason: l.reason.as_str(),
+            detail: l.detail.to_owned(),
+            offset: l.offset.map(|o| o.to_string()).unwrap_or_default(),
+        };
+        self.next_id += 1;
+        let id = self.next_id;
+        self.enqueue(id, &copy)?;
+        self.copies.insert(id, copy);
+        self.pending_changed(1);
+        Ok(())
+    }
+
+    /// Ok once every copy sent so far is acknowledged by the broker; copies that
+    /// failed are sent again, and the error says how many are still unacknowledged.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.copies.is_empty() {
+            return Ok(());
+        }
+        let fresh = self.next_id > self.waited_for;
+        self.waited_for = self.next_id;
+        let report = self.book.take(fresh.then(|| Instant::now() + FLUSH_WAIT));
+        let before = self.copies.len();
+        for id in &report.acknowledged {
+            self.copies.remove(id);
+        }
+        for id in &report.failed {
+            if let Some(copy) = self.copies.remove(id) {
+                self.next_id += 1;
+                let again = self.next_id;
+                // Not waited for: the broker just refused it.
+                self.waited_for = self.next_id;
+                self.enqueue(again, &copy)?;
+                self.copies.insert(again, copy);
+            }
+        }
+        self.pending_changed(self.copies.len() as i64 - before as i64);
+        if self.copies.is_empty() {
+            return Ok(());
+        }
+        let cause = report
+            .last_error
+            .map(|e| format!(" (last delivery error: {e}; sent again)"))
+            .unwrap_or_default();
+        Err(std::io::Error::other(format!(
+            "{} dead letters to {:?} not yet acknowledged by the broker{cause}; the partition commits once they are",
+            self.copies.len(),
+            self.topic
+        )))
+    }
+}
+
+impl Drop for KafkaDeadLetters {
+    /// A released partition's copies are no longer this process's to wait for: its
+    /// next owner re-reads from the committed offset and copies them again.
+    fn drop(&mut self) {
+        self.pending_changed(-(self.copies.len() as i64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+    use crate::event::RejectReason;
+
+    fn letter(message: &[u8], offset: i64) -> DeadLetter<'_> {
+        DeadLetter {
+            reason: RejectReason::InvalidJson,
+            detail: "not JSON",
+            partition: "events/0",
+            offset: Some(offset),
+            key: Some(b"k"),
+            message,
+        }
+    }
+
+    /// Until `f` is true or `secs` pass (then panics naming `what`).
+    fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The broker away longer than `message.timeout.ms`: librdkafka gives the copy
+    /// up, the sink sends it again and refuses the commit until the broker has it.
+    /// Before, the flush found librdkafka's queue empty and the commit went ahead
+    /// without the copy.
+    #[test]
+    fn a_copy_the_broker_never_took_is_sent_again_and_holds_the_commit() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("dlq", 1, 1).unwrap();
+        let producer: DeadLetterProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "1000")
+            .create_with_context(DeliveryCounter::default())
+            .unwrap();
+        let producer = Arc::new(producer);
+        let mut sink = KafkaDeadLetters::new(producer.clone(), "dlq".into(), "events".into(), 0);
+        let ctx = producer.context();
+
+        sink.send(&letter(b"first", 10)).unwrap();
+        sink.flush().unwrap();
+        assert_eq!(ctx.delivered.load(Ordering::Relaxed), 1);
+        assert_eq!(ctx.pending.load(Ordering::Relaxed), 0);
+
+        cluster.broker_down(1).unwrap();
+        sink.send(&letter(b"second", 11)).unwrap();
+        assert_eq!(ctx.pending.load(Ordering::Relaxed), 1);
+        wait_until("librdkafka to give the copy up", 30, || {
+            ctx.failed.load(Ordering::Relaxed) >= 1
+        });
+        let e = sink.flush().unwrap_err().to_string();
+        assert!(e.contains("1 dead letters"), "{e}");
+        assert!(e.contains("sent again"), "{e}");
+        assert_eq!(ctx.pending.load(Ordering::Relaxed), 1);
+        // Waited for once already: later refusals do not block the polling thread.
+        let t = Instant::now();
+        assert!(sink.flush().is_err());
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+        cluster.broker_up(1).unwrap();
+        wait_until("the commit to be allowed", 60, || sink.flush().is_ok());
+        assert_eq!(ctx.pending.load(Ordering::Relaxed), 0);
+
+        // Both copies are in the topic, with their source offsets.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "reader")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["dlq"]).unwrap();
+        let mut seen = Vec::new();
+        wait_until("both copies in the topic", 30, || {
+            while let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let offset = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "ccmetrics.source.offset"))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                seen.push((m.payload().unwrap_or_default().to_vec(), offset));
+            }
+            seen.len() >= 2
+        });
+        assert!(
+            seen.contains(&(b"first".to_vec(), Some("10".into()))),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&(b"second".to_vec(), Some("11".into()))),
+            "{seen:?}"
+        );
+    }
+
+    /// A released partition's copies leave the pending gauge with it.
+    #[test]
+    fn a_dropped_sink_takes_its_copies_off_the_gauge() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("dlq", 1, 1).unwrap();
+        cluster.broker_down(1).unwrap();
+        let producer: DeadLetterProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create_with_context(DeliveryCounter::default())
+            .unwrap();
+        let producer = Arc::new(producer);
+        let mut sink = KafkaDeadLetters::new(producer.clone(), "dlq".into(), "events".into(), 3);
+        sink.send(&letter(b"x", 1)).unwrap();
+        sink.send(&letter(b"y", 2)).unwrap();
+        assert_eq!(producer.context().pending.load(Ordering::Relaxed), 2);
+        drop(sink);
+        assert_eq!(producer.context().pending.load(Ordering::Relaxed), 0);
     }
 }

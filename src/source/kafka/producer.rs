@@ -11,13 +11,13 @@
 //! dead-lettered by the consumer wherever they land).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
-use super::dead_letter::DeliveryCounter;
 use crate::config::KafkaConfig;
 use crate::event::Decoder;
 
@@ -58,6 +58,34 @@ impl Keyer {
             ),
             (None, _, Some(agent)) => Some(agent.into_owned()),
             (None, _, None) => None,
+        }
+    }
+}
+
+/// Counts delivery outcomes (called on librdkafka's polling thread).
+#[derive(Default)]
+pub struct DeliveryCounter {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for DeliveryCounter {
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::log_client_error("producer", &error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "a message could not be delivered");
+            }
         }
     }
 }
