@@ -460,23 +460,23 @@ fn scale_out_stop_one_and_add_one_equals_replay() {
     _rt.block_on(db.drop_db()).unwrap();
 }
 
-#[test]
-fn poison_messages_are_counted_and_dead_lettered() {
-    let _serial = support::serial();
-    let w = World::new("poison", 3, None);
-    let good = w.generate(5_000, 14);
-    let bad: Vec<Vec<u8>> = vec![
+/// Messages no decoder takes: not JSON, wrong shape, unknown type, 70 KB, a bad time.
+fn poison() -> Vec<Vec<u8>> {
+    vec![
         b"this is not json".to_vec(),
         b"{\"event_id\":\"x1\"}".to_vec(),
         b"[1,2,3]".to_vec(),
         b"{\"event_id\":\"x2\",\"type\":\"contact.teleported\",\"ts\":1793577600000,\"contact_id\":\"c\"}".to_vec(),
         format!("{{\"event_id\":\"x3\",\"pad\":\"{}\"}}", "z".repeat(70_000)).into_bytes(),
         b"{\"event_id\":\"x4\",\"type\":\"contact.offered\",\"ts\":\"yesterday\",\"contact_id\":\"c9\"}".to_vec(),
-    ];
-    // Interleave: a bad line after every 700 good ones.
+    ]
+}
+
+/// `good`'s lines with a bad one after every 700.
+fn mixed_with(w: &World, good: &std::path::Path, bad: &[Vec<u8>]) -> std::path::PathBuf {
     let mixed = w.path("mixed.jsonl");
     let mut f = std::fs::File::create(&mixed).unwrap();
-    let text = std::fs::read_to_string(&good).unwrap();
+    let text = std::fs::read_to_string(good).unwrap();
     let mut bad_iter = bad.iter();
     for (i, line) in text.lines().enumerate() {
         writeln!(f, "{line}").unwrap();
@@ -488,7 +488,54 @@ fn poison_messages_are_counted_and_dead_lettered() {
         }
     }
     assert!(bad_iter.next().is_none(), "every bad line placed");
-    drop(f);
+    mixed
+}
+
+/// Read `topic` until it holds at least `n` messages: (payload, reason header).
+fn dead_letters(w: &World, topic: &str, n: usize) -> Vec<(Vec<u8>, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &w.broker.addr)
+        .set("group.id", support::unique("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut letters: Vec<(Vec<u8>, String)> = Vec::new();
+    wait_for("every dead letter", CATCH_UP, || {
+        while let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let reason = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "ccmetrics.reason"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            letters.push((m.payload().unwrap_or_default().to_vec(), reason));
+        }
+        (letters.len() >= n).then_some(())
+    });
+    letters
+}
+
+/// Every bad message is among the letters, with a reason.
+fn assert_dead_lettered(letters: &[(Vec<u8>, String)], bad: &[Vec<u8>]) {
+    for b in bad {
+        let (_, reason) = letters.iter().find(|(p, _)| p == b).unwrap_or_else(|| {
+            panic!(
+                "{:?} not dead-lettered",
+                String::from_utf8_lossy(&b[..b.len().min(60)])
+            )
+        });
+        assert!(!reason.is_empty());
+    }
+}
+
+#[test]
+fn poison_messages_are_counted_and_dead_lettered() {
+    let _serial = support::serial();
+    let w = World::new("poison", 3, None);
+    let good = w.generate(5_000, 14);
+    let bad = poison();
+    let mixed = mixed_with(&w, &good, &bad);
     w.produce_all(&mixed);
     let expected = w.replay_exports(&[&good]);
 
@@ -507,35 +554,57 @@ fn poison_messages_are_counted_and_dead_lettered() {
     );
 
     // Every bad message is in the dead-letter topic, byte for byte, with its reason.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &w.broker.addr)
-        .set("group.id", support::unique("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&w.dead_letter_topic]).unwrap();
-    let mut letters: Vec<(Vec<u8>, String)> = Vec::new();
-    wait_for("every dead letter", CATCH_UP, || {
-        while let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let reason = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == "ccmetrics.reason"))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            letters.push((m.payload().unwrap_or_default().to_vec(), reason));
-        }
-        (letters.len() >= bad.len()).then_some(())
-    });
+    let letters = dead_letters(&w, &w.dead_letter_topic, bad.len());
     assert_eq!(letters.len(), bad.len());
-    for b in &bad {
-        let (_, reason) = letters.iter().find(|(p, _)| p == b).unwrap_or_else(|| {
-            panic!(
-                "{:?} not dead-lettered",
-                String::from_utf8_lossy(&b[..b.len().min(60)])
-            )
-        });
-        assert!(!reason.is_empty());
-    }
+    assert_dead_lettered(&letters, &bad);
+    d.stop();
+}
+
+/// The dead-letter topic missing (tansu, like many clusters, creates no topic on first
+/// use): librdkafka gives each copy up after `message.timeout.ms`. The copies are sent
+/// again, the partitions that rejected them do not commit past them, and once the topic
+/// exists every copy lands and the figures catch up. Before, the commit went ahead
+/// once librdkafka had given a copy up, and the copy was lost.
+#[test]
+fn dead_letters_the_broker_refuses_hold_their_partitions_commit_until_it_takes_them() {
+    let _serial = support::serial();
+    let w = World::new("dlq-late", 2, None);
+    let good = w.generate(5_000, 15);
+    let bad = poison();
+    let mixed = mixed_with(&w, &good, &bad);
+    w.produce_all(&mixed);
+    let expected = w.replay_exports(&[&good]);
+
+    let late_topic = format!("{}-late", w.dead_letter_topic);
+    let d = Daemon::start(
+        &w.config,
+        &w.path("serve.log"),
+        &[
+            ("CCMETRICS__KAFKA__DEAD_LETTER_TOPIC", late_topic.as_str()),
+            ("CCMETRICS_RDKAFKA_MESSAGE_TIMEOUT_MS", "2000"),
+        ],
+    );
+    wait_for("a dead letter given up by librdkafka", CATCH_UP, || {
+        (d.metric("ccmetrics_dead_letter_failures_total") >= 1.0).then_some(())
+    });
+    // Everything is read, but what follows a rejected message is not committed.
+    wait_for("every message read", CATCH_UP, || {
+        (d.read() >= (5_000 + bad.len()) as u64).then_some(())
+    });
+    assert!(d.metric("ccmetrics_dead_letters_pending") >= 1.0);
+    assert_ne!(
+        w.exports(),
+        expected,
+        "committed past an undelivered dead letter"
+    );
+
+    support::create_topic(&w.broker.addr, &late_topic, 1);
+    w.wait_for_exports(&expected, CATCH_UP);
+    wait_for("no dead letter pending", CATCH_UP, || {
+        (d.metric("ccmetrics_dead_letters_pending") == 0.0).then_some(())
+    });
+    // At least once: every bad message is there (a copy given up may have landed too).
+    let letters = dead_letters(&w, &late_topic, bad.len());
+    assert_dead_lettered(&letters, &bad);
     d.stop();
 }
