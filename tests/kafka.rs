@@ -608,3 +608,52 @@ fn dead_letters_the_broker_refuses_hold_their_partitions_commit_until_it_takes_t
     assert_dead_lettered(&letters, &bad);
     d.stop();
 }
+
+/// Stopped while copies of rejected messages are unacknowledged (the dead-letter topic
+/// missing): the partitions that hold them cannot make their last commit, so `serve`
+/// exits 1 at its shutdown deadline instead of committing past them. A restart, with
+/// the topic there, re-reads from the committed offsets and copies them again: every
+/// copy lands, and the figures end where `replay` puts them (nothing counted twice).
+#[test]
+fn sigterm_with_dead_letters_unacknowledged_exits_1_and_a_restart_copies_them_again() {
+    let _serial = support::serial();
+    let w = World::new("dlq-stop", 2, None);
+    let good = w.generate(5_000, 17);
+    let bad = poison();
+    let mixed = mixed_with(&w, &good, &bad);
+    w.produce_all(&mixed);
+    let expected = w.replay_exports(&[&good]);
+
+    let late_topic = format!("{}-late", w.dead_letter_topic);
+    let env = [
+        ("CCMETRICS__KAFKA__DEAD_LETTER_TOPIC", late_topic.as_str()),
+        ("CCMETRICS_RDKAFKA_MESSAGE_TIMEOUT_MS", "2000"),
+        ("CCMETRICS__SERVE__SHUTDOWN_TIMEOUT", "3s"),
+    ];
+    let d = Daemon::start(&w.config, &w.path("first.log"), &env);
+    wait_for("every message read", CATCH_UP, || {
+        (d.read() >= (5_000 + bad.len()) as u64).then_some(())
+    });
+    wait_for("a dead letter given up by librdkafka", CATCH_UP, || {
+        (d.metric("ccmetrics_dead_letter_failures_total") >= 1.0).then_some(())
+    });
+    let (status, took) = d.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "see first.log");
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    assert_ne!(
+        w.exports(),
+        expected,
+        "committed past an undelivered dead letter"
+    );
+
+    support::create_topic(&w.broker.addr, &late_topic, 1);
+    let d = Daemon::start(&w.config, &w.path("second.log"), &env);
+    w.wait_for_exports(&expected, CATCH_UP);
+    wait_for("no dead letter pending", CATCH_UP, || {
+        (d.metric("ccmetrics_dead_letters_pending") == 0.0).then_some(())
+    });
+    let letters = dead_letters(&w, &late_topic, bad.len());
+    assert_dead_lettered(&letters, &bad);
+    d.stop();
+    assert_eq!(w.exports(), expected);
+}

@@ -58,6 +58,17 @@ impl ProducerContext for DeliveryCounter {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
                 None
             }
+            // Purged by the producer's shutdown: not the broker's refusal. The
+            // partition's commit was refused, so its next owner copies them again.
+            Err((
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
+                ),
+                _,
+            )) => {
+                tracing::debug!("an unacknowledged dead letter dropped at shutdown");
+                Some("purged at shutdown".to_owned())
+            }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "a dead letter could not be delivered; it is sent again, and its partition commits only once it is delivered");
