@@ -1,7 +1,8 @@
 //! Rejected messages copied to the dead-letter topic: the original bytes and key, with
 //! the reason and the source position in headers (`ccmetrics.reason`,
 //! `ccmetrics.detail`, `ccmetrics.source.topic`, `ccmetrics.source.partition`,
-//! `ccmetrics.source.offset`).
+//! `ccmetrics.source.offset`; `ccmetrics.dropped` when the bytes were too large for
+//! the topic and the copy went without them).
 //!
 //! Delivery is at least once: a partition's commit is refused until the broker has
 //! acknowledged every copy it sent, so a crash can repeat a copy but never skip one.
@@ -67,12 +68,12 @@ impl ProducerContext for DeliveryCounter {
                 _,
             )) => {
                 tracing::debug!("an unacknowledged dead letter dropped at shutdown");
-                Some("purged at shutdown".to_owned())
+                Some(KafkaError::Canceled)
             }
             Err((e, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "a dead letter could not be delivered; it is sent again, and its partition commits only once it is delivered");
-                Some(e.to_string())
+                Some(e.clone())
             }
         };
         ticket.book.settle(ticket.id, error);
@@ -93,8 +94,8 @@ struct Book {
 struct BookState {
     in_flight: usize,
     acknowledged: Vec<u64>,
-    failed: Vec<u64>,
-    last_error: Option<String>,
+    /// Copies to send again, with why they failed.
+    failed: Vec<(u64, KafkaError)>,
 }
 
 impl Book {
@@ -103,15 +104,12 @@ impl Book {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn settle(&self, id: u64, error: Option<String>) {
+    fn settle(&self, id: u64, error: Option<KafkaError>) {
         let mut s = self.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
         match error {
             None => s.acknowledged.push(id),
-            Some(e) => {
-                s.failed.push(id);
-                s.last_error = Some(e);
-            }
+            Some(e) => s.failed.push((id, e)),
         }
         drop(s);
         self.settled.notify_all();
@@ -134,7 +132,6 @@ impl Book {
             in_flight: s.in_flight,
             acknowledged: std::mem::take(&mut s.acknowledged),
             failed: std::mem::take(&mut s.failed),
-            last_error: s.last_error.take(),
         }
     }
 }
@@ -146,6 +143,21 @@ struct Copy {
     reason: &'static str,
     detail: String,
     offset: String,
+    /// The original bytes could never be delivered (too large for the topic): the
+    /// copy goes without them, saying so in `ccmetrics.dropped`.
+    dropped: Option<String>,
+}
+
+/// Errors no retry can cure: the message itself is refused.
+fn permanent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
 }
 
 /// One partition's handle on the shared dead-letter producer.
@@ -187,9 +199,10 @@ impl KafkaDeadLetters {
         }
     }
 
-    /// Hand one copy to librdkafka (waiting while its local queue is full).
-    fn enqueue(&mut self, id: u64, copy: &Copy) -> std::io::Result<()> {
-        let headers = OwnedHeaders::new()
+    /// Hand one copy to librdkafka (waiting while its local queue is full); one it
+    /// refuses at once is reported as a failed delivery, to be sent again.
+    fn enqueue(&mut self, id: u64, copy: &Copy) {
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "ccmetrics.reason",
                 value: Some(copy.reason),
@@ -210,13 +223,24 @@ impl KafkaDeadLetters {
                 key: "ccmetrics.source.offset",
                 value: Some(&copy.offset),
             });
+        if let Some(why) = &copy.dropped {
+            headers = headers.insert(Header {
+                key: "ccmetrics.dropped",
+                value: Some(why),
+            });
+        }
+        let payload: &[u8] = if copy.dropped.is_some() {
+            &[]
+        } else {
+            &copy.message
+        };
         let ticket = Box::new(Ticket {
             book: self.book.clone(),
             id,
         });
         let mut record: BaseRecord<'_, [u8], [u8], Box<Ticket>> =
             BaseRecord::with_opaque_to(&self.topic, ticket)
-                .payload(&copy.message[..])
+                .payload(payload)
                 .headers(headers);
         if let Some(k) = &copy.key {
             record = record.key(&k[..]);
@@ -225,16 +249,20 @@ impl KafkaDeadLetters {
         self.book.lock().in_flight += 1;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return,
                 // The local queue is full: wait for deliveries to make room.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err((e, _)) => {
-                    let mut s = self.book.lock();
-                    s.in_flight = s.in_flight.saturating_sub(1);
-                    return Err(std::io::Error::other(e));
+                    tracing::error!(error = %e, "a dead letter could not be queued; it is sent again, and its partition commits only once it is delivered");
+                    self.producer
+                        .context()
+                        .failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.book.settle(id, Some(e));
+                    return;
                 }
             }
         }
@@ -256,10 +284,11 @@ impl DeadLetterSink for KafkaDeadLetters {
             reason: l.reason.as_str(),
             detail: l.detail.to_owned(),
             offset: l.offset.map(|o| o.to_string()).unwrap_or_default(),
+            dropped: None,
         };
         self.next_id += 1;
         let id = self.next_id;
-        self.enqueue(id, &copy)?;
+        self.enqueue(id, &copy);
         self.copies.insert(id, copy);
         self.pending_changed(1);
         Ok(())
@@ -278,22 +307,34 @@ impl DeadLetterSink for KafkaDeadLetters {
         for id in &report.acknowledged {
             self.copies.remove(id);
         }
-        for id in &report.failed {
-            if let Some(copy) = self.copies.remove(id) {
-                self.next_id += 1;
-                let again = self.next_id;
-                // Not waited for: the broker just refused it.
-                self.waited_for = self.next_id;
-                self.enqueue(again, &copy)?;
-                self.copies.insert(again, copy);
+        let mut last_error = None;
+        for (id, e) in report.failed {
+            let Some(mut copy) = self.copies.remove(&id) else {
+                continue;
+            };
+            if permanent(&e) {
+                if copy.dropped.is_some() {
+                    // Even without its bytes: nothing left to send.
+                    tracing::error!(error = %e, offset = %copy.offset, "a dead letter cannot be delivered even without the message; dropped");
+                    continue;
+                }
+                tracing::warn!(error = %e, offset = %copy.offset, bytes = copy.message.len(), "a dead letter is too large for its topic; sent without the message");
+                copy.dropped = Some(format!("{} bytes: {e}", copy.message.len()));
+                copy.message = Vec::new();
             }
+            last_error = Some(e);
+            self.next_id += 1;
+            let again = self.next_id;
+            // Not waited for: the broker just refused it.
+            self.waited_for = self.next_id;
+            self.enqueue(again, &copy);
+            self.copies.insert(again, copy);
         }
         self.pending_changed(self.copies.len() as i64 - before as i64);
         if self.copies.is_empty() {
             return Ok(());
         }
-        let cause = report
-            .last_error
+        let cause = last_error
             .map(|e| format!(" (last delivery error: {e}; sent again)"))
             .unwrap_or_default();
         Err(std::io::Error::other(format!(
@@ -412,6 +453,57 @@ mod tests {
             seen.contains(&(b"second".to_vec(), Some("11".into()))),
             "{seen:?}"
         );
+    }
+
+    /// A message too large for the topic is never accepted, however often it is sent:
+    /// the copy goes without its bytes, saying so, instead of holding the partition's
+    /// commit for good.
+    #[test]
+    fn a_copy_too_large_for_the_topic_goes_without_the_message() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("dlq", 1, 1).unwrap();
+        let producer: DeadLetterProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("message.max.bytes", "1000")
+            .create_with_context(DeliveryCounter::default())
+            .unwrap();
+        let producer = Arc::new(producer);
+        let mut sink = KafkaDeadLetters::new(producer.clone(), "dlq".into(), "events".into(), 0);
+        let big = vec![b'z'; 5_000];
+        sink.send(&letter(&big, 42)).unwrap();
+        wait_until("the commit to be allowed", 30, || sink.flush().is_ok());
+        assert_eq!(producer.context().pending.load(Ordering::Relaxed), 0);
+        assert_eq!(producer.context().failed.load(Ordering::Relaxed), 1);
+
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "reader")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["dlq"]).unwrap();
+        let mut got = None;
+        wait_until("the copy in the topic", 30, || {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let header = |name: &str| {
+                    m.headers()
+                        .and_then(|h| h.iter().find(|h| h.key == name))
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                got = Some((
+                    m.payload().map(<[u8]>::len),
+                    header("ccmetrics.dropped"),
+                    header("ccmetrics.source.offset"),
+                ));
+            }
+            got.is_some()
+        });
+        let (len, dropped, offset) = got.unwrap();
+        assert_eq!(len.unwrap_or(0), 0);
+        let dropped = dropped.unwrap();
+        assert!(dropped.starts_with("5000 bytes: "), "{dropped}");
+        assert_eq!(offset.as_deref(), Some("42"));
     }
 
     /// A released partition's copies leave the pending gauge with it.
