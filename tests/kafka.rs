@@ -560,52 +560,85 @@ fn poison_messages_are_counted_and_dead_lettered() {
     d.stop();
 }
 
-/// The dead-letter topic missing (tansu, like many clusters, creates no topic on first
-/// use): librdkafka gives each copy up after `message.timeout.ms`. The copies are sent
-/// again, the partitions that rejected them do not commit past them, and once the topic
-/// exists every copy lands and the figures catch up. Before, the commit went ahead
-/// once librdkafka had given a copy up, and the copy was lost.
+/// A world whose input mixes good events with [`poison`], and whose daemon names a
+/// dead-letter topic that does not exist yet (tansu, like many clusters, creates no
+/// topic on first use), with librdkafka giving a copy up after 2 s.
+struct LateTopic {
+    w: World,
+    bad: Vec<Vec<u8>>,
+    expected: String,
+    topic: String,
+}
+
+impl LateTopic {
+    fn new(name: &str, seed: u64) -> LateTopic {
+        let w = World::new(name, 2, None);
+        let good = w.generate(5_000, seed);
+        let bad = poison();
+        let mixed = mixed_with(&w, &good, &bad);
+        w.produce_all(&mixed);
+        let expected = w.replay_exports(&[&good]);
+        let topic = format!("{}-late", w.dead_letter_topic);
+        LateTopic {
+            w,
+            bad,
+            expected,
+            topic,
+        }
+    }
+
+    fn serve(&self, log: &str, extra: &[(&str, &str)]) -> Daemon {
+        let mut env = vec![
+            ("CCMETRICS__KAFKA__DEAD_LETTER_TOPIC", self.topic.as_str()),
+            ("CCMETRICS_RDKAFKA_MESSAGE_TIMEOUT_MS", "2000"),
+        ];
+        env.extend_from_slice(extra);
+        Daemon::start(&self.w.config, &self.w.path(log), &env)
+    }
+
+    /// Every message read, and at least one copy given up by librdkafka.
+    fn wait_for_a_copy_given_up(&self, d: &Daemon) {
+        wait_for("every message read", CATCH_UP, || {
+            (d.read() >= (5_000 + self.bad.len()) as u64).then_some(())
+        });
+        wait_for("a dead letter given up by librdkafka", CATCH_UP, || {
+            (d.metric("ccmetrics_dead_letter_failures_total") >= 1.0).then_some(())
+        });
+    }
+
+    /// Once the topic exists: the figures end where `replay` puts them, nothing is
+    /// pending, and every bad message is in the topic (at least once: a copy given up
+    /// may have landed too).
+    fn create_topic_and_wait_for_every_copy(&self, d: &Daemon) {
+        support::create_topic(&self.w.broker.addr, &self.topic, 1);
+        self.w.wait_for_exports(&self.expected, CATCH_UP);
+        wait_for("no dead letter pending", CATCH_UP, || {
+            (d.metric("ccmetrics_dead_letters_pending") == 0.0).then_some(())
+        });
+        let letters = dead_letters(&self.w, &self.topic, self.bad.len());
+        assert_dead_lettered(&letters, &self.bad);
+    }
+}
+
+/// The dead-letter topic missing: librdkafka gives each copy up after
+/// `message.timeout.ms`. The copies are sent again, the partitions that rejected them
+/// do not commit past them, and once the topic exists every copy lands and the figures
+/// catch up. Before, the commit went ahead once librdkafka had given a copy up, and
+/// the copy was lost.
 #[test]
 fn dead_letters_the_broker_refuses_hold_their_partitions_commit_until_it_takes_them() {
     let _serial = support::serial();
-    let w = World::new("dlq-late", 2, None);
-    let good = w.generate(5_000, 15);
-    let bad = poison();
-    let mixed = mixed_with(&w, &good, &bad);
-    w.produce_all(&mixed);
-    let expected = w.replay_exports(&[&good]);
-
-    let late_topic = format!("{}-late", w.dead_letter_topic);
-    let d = Daemon::start(
-        &w.config,
-        &w.path("serve.log"),
-        &[
-            ("CCMETRICS__KAFKA__DEAD_LETTER_TOPIC", late_topic.as_str()),
-            ("CCMETRICS_RDKAFKA_MESSAGE_TIMEOUT_MS", "2000"),
-        ],
-    );
-    wait_for("a dead letter given up by librdkafka", CATCH_UP, || {
-        (d.metric("ccmetrics_dead_letter_failures_total") >= 1.0).then_some(())
-    });
+    let t = LateTopic::new("dlq-late", 15);
+    let d = t.serve("serve.log", &[]);
+    t.wait_for_a_copy_given_up(&d);
     // Everything is read, but what follows a rejected message is not committed.
-    wait_for("every message read", CATCH_UP, || {
-        (d.read() >= (5_000 + bad.len()) as u64).then_some(())
-    });
     assert!(d.metric("ccmetrics_dead_letters_pending") >= 1.0);
     assert_ne!(
-        w.exports(),
-        expected,
+        t.w.exports(),
+        t.expected,
         "committed past an undelivered dead letter"
     );
-
-    support::create_topic(&w.broker.addr, &late_topic, 1);
-    w.wait_for_exports(&expected, CATCH_UP);
-    wait_for("no dead letter pending", CATCH_UP, || {
-        (d.metric("ccmetrics_dead_letters_pending") == 0.0).then_some(())
-    });
-    // At least once: every bad message is there (a copy given up may have landed too).
-    let letters = dead_letters(&w, &late_topic, bad.len());
-    assert_dead_lettered(&letters, &bad);
+    t.create_topic_and_wait_for_every_copy(&d);
     d.stop();
 }
 
@@ -617,43 +650,20 @@ fn dead_letters_the_broker_refuses_hold_their_partitions_commit_until_it_takes_t
 #[test]
 fn sigterm_with_dead_letters_unacknowledged_exits_1_and_a_restart_copies_them_again() {
     let _serial = support::serial();
-    let w = World::new("dlq-stop", 2, None);
-    let good = w.generate(5_000, 17);
-    let bad = poison();
-    let mixed = mixed_with(&w, &good, &bad);
-    w.produce_all(&mixed);
-    let expected = w.replay_exports(&[&good]);
-
-    let late_topic = format!("{}-late", w.dead_letter_topic);
-    let env = [
-        ("CCMETRICS__KAFKA__DEAD_LETTER_TOPIC", late_topic.as_str()),
-        ("CCMETRICS_RDKAFKA_MESSAGE_TIMEOUT_MS", "2000"),
-        ("CCMETRICS__SERVE__SHUTDOWN_TIMEOUT", "3s"),
-    ];
-    let d = Daemon::start(&w.config, &w.path("first.log"), &env);
-    wait_for("every message read", CATCH_UP, || {
-        (d.read() >= (5_000 + bad.len()) as u64).then_some(())
-    });
-    wait_for("a dead letter given up by librdkafka", CATCH_UP, || {
-        (d.metric("ccmetrics_dead_letter_failures_total") >= 1.0).then_some(())
-    });
+    let t = LateTopic::new("dlq-stop", 17);
+    let d = t.serve("first.log", &[("CCMETRICS__SERVE__SHUTDOWN_TIMEOUT", "3s")]);
+    t.wait_for_a_copy_given_up(&d);
     let (status, took) = d.terminate(Duration::from_secs(30));
     assert_eq!(status.code(), Some(1), "see first.log");
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     assert_ne!(
-        w.exports(),
-        expected,
+        t.w.exports(),
+        t.expected,
         "committed past an undelivered dead letter"
     );
 
-    support::create_topic(&w.broker.addr, &late_topic, 1);
-    let d = Daemon::start(&w.config, &w.path("second.log"), &env);
-    w.wait_for_exports(&expected, CATCH_UP);
-    wait_for("no dead letter pending", CATCH_UP, || {
-        (d.metric("ccmetrics_dead_letters_pending") == 0.0).then_some(())
-    });
-    let letters = dead_letters(&w, &late_topic, bad.len());
-    assert_dead_lettered(&letters, &bad);
+    let d = t.serve("second.log", &[]);
+    t.create_topic_and_wait_for_every_copy(&d);
     d.stop();
-    assert_eq!(w.exports(), expected);
+    assert_eq!(t.w.exports(), t.expected);
 }

@@ -374,6 +374,27 @@ mod tests {
         }
     }
 
+    /// A reader of the mock cluster's `dlq` topic from its start.
+    fn reader(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+    ) -> BaseConsumer {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "reader")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["dlq"]).unwrap();
+        consumer
+    }
+
+    fn header(m: &impl Message, name: &str) -> Option<String> {
+        m.headers()
+            .and_then(|h| h.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
     /// Until `f` is true or `secs` pass (then panics naming `what`).
     fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -426,21 +447,11 @@ mod tests {
         assert_eq!(ctx.pending.load(Ordering::Relaxed), 0);
 
         // Both copies are in the topic, with their source offsets.
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "reader")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&["dlq"]).unwrap();
+        let consumer = reader(&cluster);
         let mut seen = Vec::new();
         wait_until("both copies in the topic", 30, || {
             while let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                let offset = m
-                    .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == "ccmetrics.source.offset"))
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                let offset = header(&m, "ccmetrics.source.offset");
                 seen.push((m.payload().unwrap_or_default().to_vec(), offset));
             }
             seen.len() >= 2
@@ -475,26 +486,14 @@ mod tests {
         assert_eq!(producer.context().pending.load(Ordering::Relaxed), 0);
         assert_eq!(producer.context().failed.load(Ordering::Relaxed), 1);
 
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "reader")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .unwrap();
-        consumer.subscribe(&["dlq"]).unwrap();
+        let consumer = reader(&cluster);
         let mut got = None;
         wait_until("the copy in the topic", 30, || {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                let header = |name: &str| {
-                    m.headers()
-                        .and_then(|h| h.iter().find(|h| h.key == name))
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                };
                 got = Some((
                     m.payload().map(<[u8]>::len),
-                    header("ccmetrics.dropped"),
-                    header("ccmetrics.source.offset"),
+                    header(&m, "ccmetrics.dropped"),
+                    header(&m, "ccmetrics.source.offset"),
                 ));
             }
             got.is_some()
