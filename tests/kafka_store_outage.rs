@@ -1,8 +1,9 @@
 //! PostgreSQL goes away mid-stream: the Kafka daemon must stay up, keep its
 //! uncommitted work up to its budget (then pause), retry with backoff, and end with the
 //! same export as `replay`; and a shutdown while it is away must keep its deadline.
-//! The same for a SQLite store whose disk fills up, on a small tmpfs of the test's own
-//! (mounted as root, as CI runs), until the test frees room again.
+//! The same for a store whose disk fills up, on a small tmpfs of the test's own
+//! (mounted as root, as CI runs), until the test frees room again: a SQLite file on it,
+//! or a PostgreSQL database whose tablespace it is.
 //!
 //! The daemon reaches PostgreSQL through a TCP proxy of the test's own
 //! (`support::proxy`); an outage cuts every proxied connection and closes the proxy's
@@ -163,9 +164,30 @@ struct Tmpfs(tempfile::TempDir);
 
 impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
+        Tmpfs::mount_with(&format!("size={size}"))
+    }
+
+    /// Owned by `user` (mode 0700), as PostgreSQL wants a tablespace's directory.
+    fn mount_for(size: &str, user: &str) -> Tmpfs {
+        let id = |flag: &str| {
+            let out = std::process::Command::new("id")
+                .args([flag, user])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "no user {user} on this machine");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        Tmpfs::mount_with(&format!(
+            "size={size},uid={},gid={},mode=0700",
+            id("-u"),
+            id("-g")
+        ))
+    }
+
+    fn mount_with(options: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
             .output()
             .unwrap();
@@ -217,6 +239,52 @@ fn store_disk_full_mid_stream_then_room_again_equals_replay() {
     let disk = Tmpfs::mount("64m");
     let url = format!("sqlite://{}", disk.path("kafka.db").display());
     let w = World::new("disk-full", 3, Some(url));
+    disk_full_then_room_again(&w, &disk, "database or disk is full");
+}
+
+/// The same with the production store: a PostgreSQL database created in a tablespace
+/// on the test's tmpfs, so that only this database's files run out of room (the
+/// server's write-ahead log stays on its own disk, as it would on a server whose
+/// data volume, not its log volume, filled up).
+#[test]
+fn postgres_disk_full_mid_stream_then_room_again_equals_replay() {
+    let _serial = support::serial();
+    let disk = Tmpfs::mount_for("64m", "postgres");
+    let (rt, db) = support::pg_db();
+    let space = db
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .replace("ccm_test", "ccm_space");
+    let name = format!("{space}_db");
+    let base = db.url.clone();
+    let admin = |sql: String| {
+        rt.block_on(async {
+            use sqlx::{Connection, Executor};
+            let mut c = sqlx::PgConnection::connect(&base).await.unwrap();
+            c.execute(sql.as_str())
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        })
+    };
+    admin(format!(
+        "CREATE TABLESPACE {space} LOCATION '{}'",
+        disk.path("").display()
+    ));
+    admin(format!("CREATE DATABASE {name} TABLESPACE {space}"));
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let w = World::new("pg-disk-full", 3, Some(url));
+    disk_full_then_room_again(&w, &disk, "No space left on device");
+    admin(format!("DROP DATABASE {name} WITH (FORCE)"));
+    admin(format!("DROP TABLESPACE {space}"));
+    rt.block_on(db.drop_db()).unwrap();
+}
+
+/// The stream under way, the disk filled: commits fail (the log says why, `expect`)
+/// and back off while `serve` stays up; room made again: commits succeed, and the
+/// export ends where `replay`'s does.
+fn disk_full_then_room_again(w: &World, disk: &Tmpfs, expect: &str) {
     let events = w.generate(24_000, 19);
     let expected = w.replay_exports(&[&events]);
     let mut producer = w.produce(&events, &["--rate", "2000"]);
@@ -236,7 +304,7 @@ fn store_disk_full_mid_stream_then_room_again_equals_replay() {
     assert!(d.alive(), "serve exited on a full disk");
     let log = std::fs::read_to_string(w.path("serve.log")).unwrap();
     assert!(
-        log.contains("database or disk is full"),
+        log.contains(expect),
         "the log does not say the disk is full"
     );
     // The operator makes room.
