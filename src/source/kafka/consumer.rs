@@ -55,6 +55,9 @@ use crate::pipeline::{CommitDone, CommitError, CommitJob};
 use crate::store::spill::StoreSpill;
 use crate::store::{Store, StoreError};
 
+/// How often a partition's commit held by its dead letters is logged.
+const HELD_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
 /// How long one revoked partition may retry its last commit before it is released
 /// anyway (its next owner re-reads whatever was not committed).
 const REVOKE_COMMIT_BUDGET: Duration = Duration::from_secs(10);
@@ -229,6 +232,8 @@ impl KafkaMetrics {
 
 /// Everything the polling thread and the rebalance callback share.
 pub struct Shared {
+    /// Commits held by dead letters, logged per partition at most every 30 s.
+    held_logs: Mutex<super::RateLimit>,
     rt: Handle,
     store: Store,
     owner: String,
@@ -623,6 +628,16 @@ impl Shared {
             }
             // Not attempted: the failure that caused it was counted and logged.
             Err(CommitError::Deferred) => {}
+            // Refused at every round while the copies are away (a missing topic can
+            // last hours): the first, then every 30 s with the count since.
+            Err(e @ CommitError::DeadLetters(_)) => {
+                self.metrics.commits.with_label_values(&["error"]).inc();
+                let name = part.name();
+                let admitted = lock(&self.held_logs).admit(name, Instant::now());
+                if let Some(suppressed) = admitted {
+                    tracing::warn!(partition = %name, error = %e, suppressed, "partition commit waits for its dead letters (repeats logged every 30 s)");
+                }
+            }
             Err(e) => {
                 self.metrics.commits.with_label_values(&["error"]).inc();
                 tracing::error!(partition = %part.name(), error = %e, pending = part.pipe.unwritten(), "partition commit failed; will retry");
@@ -1013,6 +1028,7 @@ impl KafkaSource {
             state,
             stop,
             fatal: Mutex::new(None),
+            held_logs: Mutex::new(super::RateLimit::every(HELD_LOG_INTERVAL)),
         });
         let consumer: BaseConsumer<Ctx> =
             super::consumer_config(k).create_with_context(Ctx(shared.clone()))?;

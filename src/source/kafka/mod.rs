@@ -82,6 +82,13 @@ struct RateLimit {
 }
 
 impl RateLimit {
+    fn every(interval: Duration) -> RateLimit {
+        RateLimit {
+            seen: BTreeMap::new(),
+            interval,
+        }
+    }
+
     /// `Some(n)` when this one is to be logged, with `n` not logged since the last;
     /// `None` when it is one of them.
     fn admit(&mut self, kind: &str, now: Instant) -> Option<u64> {
