@@ -24,9 +24,9 @@ use crate::pipeline::{DeadLetter, DeadLetterSink};
 
 /// How long a commit waits for the broker to acknowledge copies sent since the last
 /// commit. A healthy broker answers in milliseconds. The wait blocks the polling
-/// thread (every owned partition), so copies the broker has already not acknowledged
-/// through one wait are not waited for again: during an outage each commit round
-/// costs nothing, instead of this long per partition.
+/// thread (every owned partition), so a copy is waited for once at most: if it is
+/// still unacknowledged then, later commits look without waiting, and during an
+/// outage a commit round costs nothing instead of this long per partition.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// Counts delivery outcomes (called on librdkafka's polling thread) and the copies
