@@ -33,6 +33,10 @@ pub trait DeadLetterSink: Send {
     fn send(&mut self, letter: &DeadLetter<'_>) -> std::io::Result<()>;
     /// Make everything sent so far durable (called before offsets are committed).
     fn flush(&mut self) -> std::io::Result<()>;
+    /// Copies sent but not yet durable (those a commit waits for).
+    fn pending(&self) -> usize {
+        0
+    }
 }
 
 /// Dead letters as JSON lines: `reason`, `detail`, `partition`, `offset` (when known),
@@ -360,6 +364,11 @@ impl Pipeline {
     /// Deltas waiting for the store.
     pub fn unwritten(&self) -> usize {
         self.unwritten.len()
+    }
+
+    /// Dead letters sent and not yet durable: the next commit waits for them.
+    pub fn dead_letters_pending(&self) -> usize {
+        self.dead_letters.as_ref().map_or(0, |w| w.pending())
     }
 
     /// Flush the windows the watermark has passed.

@@ -631,8 +631,17 @@ fn dead_letters_the_broker_refuses_hold_their_partitions_commit_until_it_takes_t
     let t = LateTopic::new("dlq-late", 15);
     let d = t.serve("serve.log", &[]);
     t.wait_for_a_copy_given_up(&d);
-    // Everything is read, but what follows a rejected message is not committed.
+    // Everything is read, but what follows a rejected message is not committed: the
+    // status names the partitions that wait.
     assert!(d.metric("ccmetrics_dead_letters_pending") >= 1.0);
+    let status = d.status().unwrap();
+    let waiting: u64 = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["dead_letters_pending"].as_u64().unwrap())
+        .sum();
+    assert_eq!(waiting as f64, d.metric("ccmetrics_dead_letters_pending"));
     assert_ne!(
         t.w.exports(),
         t.expected,

@@ -111,6 +111,9 @@ pub struct PartitionStatus {
     pub epoch: i64,
     /// Deltas waiting for the store (non-zero while it is unavailable).
     pub unwritten: usize,
+    /// Dead letters the broker has not acknowledged yet: the partition does not
+    /// commit until it has (docs/reliability.md).
+    pub dead_letters_pending: usize,
     /// The partition's event-time watermark, UTC ms.
     pub watermark: Option<Millis>,
 }

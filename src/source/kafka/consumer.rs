@@ -893,6 +893,7 @@ impl Shared {
                 lag,
                 epoch: part.own.epoch,
                 unwritten: part.pipe.unwritten(),
+                dead_letters_pending: part.pipe.dead_letters_pending(),
                 watermark: engine.watermark(),
             });
             views.push(v);

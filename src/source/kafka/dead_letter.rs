@@ -294,6 +294,10 @@ impl DeadLetterSink for KafkaDeadLetters {
         Ok(())
     }
 
+    fn pending(&self) -> usize {
+        self.copies.len()
+    }
+
     /// Ok once every copy sent so far is acknowledged by the broker; copies that
     /// failed are sent again, and the error says how many are still unacknowledged.
     fn flush(&mut self) -> std::io::Result<()> {
