@@ -871,6 +871,7 @@ impl Shared {
         let parts = lock(&self.parts);
         let mut views = Vec::with_capacity(parts.len());
         let mut positions = Vec::with_capacity(parts.len());
+        let mut dead_letters_pending = 0;
         for (key, part) in parts.iter() {
             let engine = &part.pipe.engine;
             let mut v = LiveSnapshot::capture_of(engine, part.pipe.flushes, None, scope);
@@ -896,6 +897,7 @@ impl Shared {
                 dead_letters_pending: part.pipe.dead_letters_pending(),
                 watermark: engine.watermark(),
             });
+            dead_letters_pending += part.pipe.dead_letters_pending();
             views.push(v);
         }
         drop(parts);
@@ -907,9 +909,11 @@ impl Shared {
             self.metrics
                 .dead_letter_failures
                 .set(ctx.failed.load(Ordering::Relaxed) as i64);
+            // The owned partitions' copies: a released partition's are its next
+            // owner's to send again.
             self.metrics
                 .dead_letters_pending
-                .set(ctx.pending.load(Ordering::Relaxed));
+                .set(i64::try_from(dead_letters_pending).unwrap_or(i64::MAX));
         }
         Publication {
             views,

@@ -11,7 +11,7 @@
 //! and sent again (docs/reliability.md, "Dead letters the broker does not take").
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,14 +29,11 @@ use crate::pipeline::{DeadLetter, DeadLetterSink};
 /// outage a commit round costs nothing instead of this long per partition.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
-/// Counts delivery outcomes (called on librdkafka's polling thread) and the copies
-/// every partition holds until the broker acknowledges them.
+/// Counts delivery outcomes (called on librdkafka's polling thread).
 #[derive(Default)]
 pub struct DeliveryCounter {
     pub delivered: AtomicU64,
     pub failed: AtomicU64,
-    /// Copies held by the partitions' sinks, sent and not yet acknowledged.
-    pub pending: AtomicI64,
 }
 
 impl ClientContext for DeliveryCounter {
@@ -267,13 +264,6 @@ impl KafkaDeadLetters {
             }
         }
     }
-
-    fn pending_changed(&self, by: i64) {
-        self.producer
-            .context()
-            .pending
-            .fetch_add(by, Ordering::Relaxed);
-    }
 }
 
 impl DeadLetterSink for KafkaDeadLetters {
@@ -290,7 +280,6 @@ impl DeadLetterSink for KafkaDeadLetters {
         let id = self.next_id;
         self.enqueue(id, &copy);
         self.copies.insert(id, copy);
-        self.pending_changed(1);
         Ok(())
     }
 
@@ -307,7 +296,6 @@ impl DeadLetterSink for KafkaDeadLetters {
         let fresh = self.next_id > self.waited_for;
         self.waited_for = self.next_id;
         let report = self.book.take(fresh.then(|| Instant::now() + FLUSH_WAIT));
-        let before = self.copies.len();
         for id in &report.acknowledged {
             self.copies.remove(id);
         }
@@ -334,7 +322,6 @@ impl DeadLetterSink for KafkaDeadLetters {
             self.enqueue(again, &copy);
             self.copies.insert(again, copy);
         }
-        self.pending_changed(self.copies.len() as i64 - before as i64);
         if self.copies.is_empty() {
             return Ok(());
         }
@@ -346,14 +333,6 @@ impl DeadLetterSink for KafkaDeadLetters {
             self.copies.len(),
             self.topic
         )))
-    }
-}
-
-impl Drop for KafkaDeadLetters {
-    /// A released partition's copies are no longer this process's to wait for: its
-    /// next owner re-reads from the committed offset and copies them again.
-    fn drop(&mut self) {
-        self.pending_changed(-(self.copies.len() as i64));
     }
 }
 
@@ -429,18 +408,18 @@ mod tests {
         sink.send(&letter(b"first", 10)).unwrap();
         sink.flush().unwrap();
         assert_eq!(ctx.delivered.load(Ordering::Relaxed), 1);
-        assert_eq!(ctx.pending.load(Ordering::Relaxed), 0);
+        assert_eq!(sink.pending(), 0);
 
         cluster.broker_down(1).unwrap();
         sink.send(&letter(b"second", 11)).unwrap();
-        assert_eq!(ctx.pending.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.pending(), 1);
         wait_until("librdkafka to give the copy up", 30, || {
             ctx.failed.load(Ordering::Relaxed) >= 1
         });
         let e = sink.flush().unwrap_err().to_string();
         assert!(e.contains("1 dead letters"), "{e}");
         assert!(e.contains("sent again"), "{e}");
-        assert_eq!(ctx.pending.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.pending(), 1);
         // Waited for once already: later refusals do not block the polling thread.
         let t = Instant::now();
         assert!(sink.flush().is_err());
@@ -448,7 +427,7 @@ mod tests {
 
         cluster.broker_up(1).unwrap();
         wait_until("the commit to be allowed", 60, || sink.flush().is_ok());
-        assert_eq!(ctx.pending.load(Ordering::Relaxed), 0);
+        assert_eq!(sink.pending(), 0);
 
         // Both copies are in the topic, with their source offsets.
         let consumer = reader(&cluster);
@@ -487,7 +466,7 @@ mod tests {
         let big = vec![b'z'; 5_000];
         sink.send(&letter(&big, 42)).unwrap();
         wait_until("the commit to be allowed", 30, || sink.flush().is_ok());
-        assert_eq!(producer.context().pending.load(Ordering::Relaxed), 0);
+        assert_eq!(sink.pending(), 0);
         assert_eq!(producer.context().failed.load(Ordering::Relaxed), 1);
 
         let consumer = reader(&cluster);
@@ -507,24 +486,5 @@ mod tests {
         let dropped = dropped.unwrap();
         assert!(dropped.starts_with("5000 bytes: "), "{dropped}");
         assert_eq!(offset.as_deref(), Some("42"));
-    }
-
-    /// A released partition's copies leave the pending gauge with it.
-    #[test]
-    fn a_dropped_sink_takes_its_copies_off_the_gauge() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("dlq", 1, 1).unwrap();
-        cluster.broker_down(1).unwrap();
-        let producer: DeadLetterProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .create_with_context(DeliveryCounter::default())
-            .unwrap();
-        let producer = Arc::new(producer);
-        let mut sink = KafkaDeadLetters::new(producer.clone(), "dlq".into(), "events".into(), 3);
-        sink.send(&letter(b"x", 1)).unwrap();
-        sink.send(&letter(b"y", 2)).unwrap();
-        assert_eq!(producer.context().pending.load(Ordering::Relaxed), 2);
-        drop(sink);
-        assert_eq!(producer.context().pending.load(Ordering::Relaxed), 0);
     }
 }

@@ -82,7 +82,7 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn every(interval: Duration) -> RateLimit {
+    const fn every(interval: Duration) -> RateLimit {
         RateLimit {
             seen: BTreeMap::new(),
             interval,
@@ -109,10 +109,7 @@ impl RateLimit {
     }
 }
 
-static CLIENT_ERRORS: Mutex<RateLimit> = Mutex::new(RateLimit {
-    seen: BTreeMap::new(),
-    interval: CLIENT_ERROR_LOG_INTERVAL,
-});
+static CLIENT_ERRORS: Mutex<RateLimit> = Mutex::new(RateLimit::every(CLIENT_ERROR_LOG_INTERVAL));
 
 /// Logs a Kafka client error (from librdkafka's error callback or a poll), at most once
 /// per kind (librdkafka's code) every 30 s, with the count of the ones not logged since.
@@ -144,10 +141,7 @@ mod tests {
 
     #[test]
     fn a_repeated_error_is_logged_once_per_interval_with_the_count_since() {
-        let mut r = RateLimit {
-            seen: Default::default(),
-            interval: Duration::from_secs(30),
-        };
+        let mut r = RateLimit::every(Duration::from_secs(30));
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(r.admit("AllBrokersDown", at(0)), Some(0));
